@@ -1,0 +1,64 @@
+//! Generates the gRPC code from ../proto and embeds the shipped calendars and workflows.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn embed(out: &Path, file: &str, items: &[(&str, Vec<PathBuf>)]) {
+    let mut code = String::new();
+    for (name, files) in items {
+        let _ = writeln!(code, "/// Embedded (file name, text) pairs.\npub const {name}: &[(&str, &str)] = &[");
+        for f in files {
+            let abs = f.canonicalize().expect("embedded file path");
+            let label = f.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+            let _ = writeln!(code, "    ({label:?}, include_str!({:?})),", abs.display().to_string());
+        }
+        code.push_str("];\n");
+    }
+    std::fs::write(out.join(file), code).expect("write embedded list");
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let calendars = root.join("ops/calendars");
+    let years: Vec<PathBuf> = toml_files(&calendars)
+        .into_iter()
+        .filter(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .is_some_and(|s| s.len() == 4 && s.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    embed(&out, "embedded_calendars.rs", &[("YEARS", years), ("REGIONS", toml_files(&calendars.join("regions")))]);
+    embed(&out, "embedded_workflows.rs", &[("WORKFLOWS", toml_files(&root.join("workflows")))]);
+    println!("cargo:rerun-if-changed={}", calendars.display());
+    println!("cargo:rerun-if-changed={}", calendars.join("regions").display());
+    println!("cargo:rerun-if-changed={}", root.join("workflows").display());
+    println!("cargo:rerun-if-changed={}", root.join("migrations").display());
+    println!("cargo:rerun-if-changed={}", root.join("proto").display());
+
+    // protoc comes from the build, so a fresh machine needs nothing installed by hand.
+    std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    let protos: Vec<PathBuf> = std::fs::read_dir(root.join("proto/shenguan/v1"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "proto"))
+        .collect();
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("shenguan_descriptor.bin"))
+        .compile_protos(&protos, &[root.join("proto")])?;
+    Ok(())
+}

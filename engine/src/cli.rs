@@ -1,0 +1,317 @@
+//! The `shenguan` command line: the server, the calendar and workflow tools, and offline admin
+//! commands. `main` parses and calls [`run`]; this is the only module besides `main` that
+//! uses `anyhow`, because its errors end at a person's terminal.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand};
+
+use crate::calendar::Calendars;
+use crate::clock::{self, Clock, SystemClock, VirtualClock};
+use crate::definition::{render, Registry};
+use crate::engine;
+
+/// shenguan: durable workflows for approval–supervision linkage.
+#[derive(Debug, Parser)]
+#[command(name = "shenguan", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (gRPC) on a SQLite database.
+    Serve(ServeArgs),
+    /// Working-day calendar questions.
+    #[command(subcommand)]
+    Calendar(CalendarCommand),
+    /// Workflow definition tools.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+    /// Offline administration of a database.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// Where definitions and calendars come from.
+#[derive(Debug, clap::Args)]
+pub struct DataArgs {
+    /// Load workflow definitions from this folder instead of the ones built in.
+    #[arg(long, value_name = "DIR")]
+    pub workflows: Option<PathBuf>,
+    /// Load calendars from this folder (`<year>.toml`, `regions/`) instead of the ones built in.
+    #[arg(long, value_name = "DIR")]
+    pub calendars: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn registry(&self) -> Result<Registry> {
+        Ok(match &self.workflows {
+            Some(dir) => Registry::from_dir(dir)?,
+            None => Registry::embedded()?,
+        })
+    }
+
+    fn calendars(&self) -> Result<Calendars> {
+        Ok(match &self.calendars {
+            Some(dir) => Calendars::from_dir(dir)?,
+            None => Calendars::embedded()?,
+        })
+    }
+}
+
+/// `shenguan serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// SQLite database file (created if missing).
+    #[arg(long, default_value = "shenguan.db")]
+    pub db: PathBuf,
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Sandbox mode: time moves only when an admin advances it. Optionally the start
+    /// instant (RFC 3339); default: now.
+    #[arg(long, value_name = "START", num_args = 0..=1, default_missing_value = "now")]
+    pub virtual_clock: Option<String>,
+    /// Cap the database at this many pages (writes beyond fail as unavailable).
+    #[arg(long, hide = true)]
+    pub max_db_pages: Option<u32>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Definitions and calendars.
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// `shenguan calendar …`.
+#[derive(Debug, Subcommand)]
+pub enum CalendarCommand {
+    /// Print the n-th working day strictly after DATE.
+    AddWorkingDays {
+        /// The start date, YYYY-MM-DD.
+        date: String,
+        /// How many working days.
+        n: u32,
+        /// Region code (default: the national calendar).
+        #[arg(long)]
+        region: Option<String>,
+        /// Calendar folder (default: built in).
+        #[arg(long, value_name = "DIR")]
+        calendars: Option<PathBuf>,
+    },
+    /// Print `true` if DATE is a working day, else `false`.
+    IsWorkingDay {
+        /// The date, YYYY-MM-DD.
+        date: String,
+        /// Region code.
+        #[arg(long)]
+        region: Option<String>,
+        /// Calendar folder.
+        #[arg(long, value_name = "DIR")]
+        calendars: Option<PathBuf>,
+    },
+    /// Print a year's holidays and make-up working days.
+    Show {
+        /// The year.
+        year: i32,
+        /// Region code.
+        #[arg(long)]
+        region: Option<String>,
+        /// Calendar folder.
+        #[arg(long, value_name = "DIR")]
+        calendars: Option<PathBuf>,
+    },
+}
+
+/// `shenguan workflow …`.
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Check definition files; prints every problem as FILE:LINE: message and exits 1.
+    Validate {
+        /// Definition files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a definition as a Mermaid stateDiagram-v2.
+    Graph {
+        /// Workflow name.
+        name: String,
+        /// Version (default: the newest).
+        #[arg(long)]
+        version: Option<u32>,
+        /// Definitions folder (default: built in).
+        #[arg(long, value_name = "DIR")]
+        workflows: Option<PathBuf>,
+    },
+}
+
+/// `shenguan admin …`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Replay every instance's history and report any that differs from its stored row.
+    Verify {
+        /// SQLite database file.
+        #[arg(long, default_value = "shenguan.db")]
+        db: PathBuf,
+        /// Definitions and calendars.
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| anyhow!("{s:?} is not a date; expected YYYY-MM-DD"))
+}
+
+fn calendars_from(dir: &Option<PathBuf>) -> Result<Calendars> {
+    DataArgs { workflows: None, calendars: dir.clone() }.calendars()
+}
+
+fn out(text: impl std::fmt::Display) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}").context("writing to stdout")
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Calendar(cmd) => calendar(cmd),
+        Command::Workflow(cmd) => workflow(cmd),
+        Command::Admin(AdminCommand::Verify { db, data }) => {
+            let report = crate::admin::verify(&db, &data.registry()?, &data.calendars()?).await?;
+            for (id, problem) in &report.divergent {
+                out(format!("DIVERGENT {id}: {problem}"))?;
+            }
+            out(format!(
+                "verified {} instances ({} history entries): {} divergent",
+                report.instances,
+                report.entries,
+                report.divergent.len()
+            ))?;
+            Ok(if report.divergent.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+fn calendar(cmd: CalendarCommand) -> Result<ExitCode> {
+    match cmd {
+        CalendarCommand::AddWorkingDays { date, n, region, calendars } => {
+            let cals = calendars_from(&calendars)?;
+            let cal = region.as_deref().map_or(cals.national(), |r| cals.region(r));
+            out(cal.add_working_days(parse_date(&date)?, n)?)?;
+        }
+        CalendarCommand::IsWorkingDay { date, region, calendars } => {
+            let cals = calendars_from(&calendars)?;
+            let cal = region.as_deref().map_or(cals.national(), |r| cals.region(r));
+            out(cal.is_working_day(parse_date(&date)?)?)?;
+        }
+        CalendarCommand::Show { year, region, calendars } => {
+            let cals = calendars_from(&calendars)?;
+            let cal = region.as_deref().map_or(cals.national(), |r| cals.region(r));
+            let holidays = cal.holidays_in(year)?;
+            out(format!("{year} ({})", cal.region()))?;
+            out(format!("source: {}", cal.source(year).unwrap_or("-")))?;
+            out("holidays:")?;
+            for day in holidays {
+                out(format!("  {} {:<3} {}", day.date, day.date.format("%a"), day.name))?;
+            }
+            out("make-up working days:")?;
+            for day in cal.workdays_in(year)? {
+                out(format!("  {} {:<3} for {}", day.date, day.date.format("%a"), day.name))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workflow(cmd: WorkflowCommand) -> Result<ExitCode> {
+    match cmd {
+        WorkflowCommand::Validate { files } => {
+            let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
+            match Registry::from_files(&paths) {
+                Ok(registry) => {
+                    for def in registry.all() {
+                        out(format!("ok: {} v{} ({})", def.name, def.version, def.file))?;
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(crate::definition::Error::Invalid(diags)) => {
+                    let mut stderr = std::io::stderr().lock();
+                    for d in &diags {
+                        writeln!(stderr, "{d}")?;
+                    }
+                    writeln!(stderr, "{} problem(s)", diags.len())?;
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        WorkflowCommand::Graph { name, version, workflows } => {
+            let registry = DataArgs { workflows, calendars: None }.registry()?;
+            let def = match version {
+                Some(v) => registry.get(&name, v),
+                None => registry.latest(&name),
+            };
+            let Some(def) = def else {
+                let known: Vec<String> = registry.all().map(|d| format!("{} v{}", d.name, d.version)).collect();
+                bail!(
+                    "no workflow {name}{}; known: {}",
+                    version.map_or(String::new(), |v| format!(" version {v}")),
+                    known.join(", ")
+                );
+            };
+            print!("{}", render::mermaid(def));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<ExitCode> {
+    crate::cli::init_tracing(args.log_json);
+    let clock: Arc<dyn Clock> = match args.virtual_clock.as_deref() {
+        None => Arc::new(SystemClock),
+        Some("now") => Arc::new(VirtualClock::new(SystemClock.now())),
+        Some(start) => {
+            let t = chrono::DateTime::parse_from_rfc3339(start)
+                .map_err(|_| anyhow!("--virtual-clock {start:?} is not an RFC 3339 instant"))?;
+            Arc::new(VirtualClock::new(clock::from_datetime(t.with_timezone(&chrono::Utc))))
+        }
+    };
+    let mut config = engine::Config::new(&args.db);
+    config.max_db_pages = args.max_db_pages;
+    let options = crate::server::Options {
+        engine: config,
+        registry: Arc::new(args.data.registry()?),
+        calendars: Arc::new(args.data.calendars()?),
+        clock,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    crate::server::run(options, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Installs the tracing subscriber: human-readable by default, JSON lines on request;
+/// `RUST_LOG` filters (default `info`).
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,171 @@
+//! The engine assembled: store → writer → timer service, started and stopped as one.
+//!
+//! [`Engine::start`] opens the database, pages in the first horizon of timers (so overdue
+//! timers fire at once, oldest first) and spawns the writer and the timer service. The gRPC
+//! server, the crash-test child and the tests all start the engine through here.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use crate::calendar::Calendars;
+use crate::clock::{Clock, Millis};
+use crate::definition::Registry;
+use crate::machine::Command;
+use crate::store::sqlite::{Options, SqliteStore};
+use crate::timer::service::{Control, Service};
+use crate::timer::{self, TimerIndex};
+use crate::writer::{self, Applied, Handle, WriteError};
+
+/// Engine settings; see `ops/config/shenguan.example.toml` for what each is for.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The SQLite database file.
+    pub db: PathBuf,
+    /// Most commands committed in one transaction.
+    pub max_batch: usize,
+    /// Number of shards.
+    pub shards: u32,
+    /// How far ahead timers are held in memory (ms).
+    pub horizon: Millis,
+    /// Most timers read per page.
+    pub page: u32,
+    /// Delay before retrying a timer whose commit failed (ms).
+    pub retry: Millis,
+    /// Optional cap on the database size in pages.
+    pub max_db_pages: Option<u32>,
+}
+
+impl Config {
+    /// Defaults for a database at `db`.
+    pub fn new(db: impl Into<PathBuf>) -> Self {
+        Config {
+            db: db.into(),
+            max_batch: 1024,
+            shards: 64,
+            horizon: 5 * 60 * 1000,
+            page: 10_000,
+            retry: 1_000,
+            max_db_pages: None,
+        }
+    }
+}
+
+/// Errors starting the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// The first page of timers could not be loaded.
+    #[error("cannot load timers: {0}")]
+    Timers(WriteError),
+}
+
+/// A running engine.
+pub struct Engine {
+    writer: Handle,
+    control: mpsc::Sender<Control>,
+    registry: Arc<Registry>,
+    calendars: Arc<Calendars>,
+    clock: Arc<dyn Clock>,
+    timers: Arc<Mutex<TimerIndex>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Opens the database and starts the writer and the timer service.
+    pub async fn start(
+        config: Config,
+        registry: Arc<Registry>,
+        calendars: Arc<Calendars>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, Error> {
+        let options = Options { max_pages: config.max_db_pages };
+        let store = SqliteStore::open(&config.db, &options).await?;
+        let timers = Arc::new(Mutex::new(TimerIndex::new(clock.now())));
+        let wake = Arc::new(Notify::new());
+        let (writer, handle) = writer::channel(
+            store,
+            registry.clone(),
+            calendars.clone(),
+            clock.clone(),
+            timers.clone(),
+            wake.clone(),
+            writer::Settings { max_batch: config.max_batch, shards: config.shards, page: config.page },
+        );
+        let writer_task = tokio::spawn(writer.run());
+        handle.extend(clock.now().saturating_add(config.horizon)).await.map_err(Error::Timers)?;
+        let (service, control) = Service::new(
+            clock.clone(),
+            timers.clone(),
+            handle.clone(),
+            wake,
+            timer::service::Settings { horizon: config.horizon, retry: config.retry },
+        );
+        let service_task = tokio::spawn(service.run());
+        tracing::info!(db = %config.db.display(), "engine started");
+        Ok(Engine {
+            writer: handle,
+            control,
+            registry,
+            calendars,
+            clock,
+            timers,
+            tasks: vec![writer_task, service_task],
+        })
+    }
+
+    /// Applies a command; answers once it is durable.
+    pub async fn submit(&self, command: Command) -> Result<Applied, WriteError> {
+        self.writer.submit(command).await
+    }
+
+    /// A handle for submitting commands from other tasks.
+    pub fn handle(&self) -> Handle {
+        self.writer.clone()
+    }
+
+    /// Waits until no timer is due at the clock's current time and every fire has committed.
+    /// With a virtual clock: advance, then settle, then look.
+    pub async fn settle(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Settle(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The loaded definitions.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The calendars.
+    pub fn calendars(&self) -> &Arc<Calendars> {
+        &self.calendars
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Timers currently held in memory.
+    pub fn timers_in_memory(&self) -> usize {
+        self.timers.lock().map_or(0, |t| t.wheel.len())
+    }
+
+    /// Stops the tasks. Commands already answered are durable; queued ones are dropped
+    /// unanswered (their callers see `ShuttingDown`).
+    pub async fn shutdown(self) {
+        let Engine { writer, control, tasks, .. } = self;
+        drop(writer);
+        drop(control);
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}

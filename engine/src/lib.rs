@@ -1,0 +1,31 @@
+//! shenguan (審管): a workflow orchestration engine with durable state machines for
+//! approval–supervision linkage.
+//!
+//! # Layout
+//! - [`calendar`]: working-day calendars per region, from the State Council notices.
+//! - [`clock`]: the `Clock` trait, the system clock and the virtual clock.
+//! - [`definition`]: the workflow language — TOML in, validated `Definition` out; Mermaid output.
+//! - [`machine`]: the pure core, `decide`, and replay. No I/O.
+//! - [`store`]: durable state (SQLite today) behind the `Store` trait.
+//! - [`writer`]: group commit — the one path every change takes.
+//! - [`timer`]: the timing wheel, the horizon loader contract, the timer service.
+//! - [`engine`]: store + writer + timers, started as one.
+//! - [`admin`]: offline operations on a database (`admin verify`).
+//! - [`server`]: the gRPC server (health and reflection until the domain API lands).
+//! - [`cli`]: the `shenguan` command line.
+//! - [`proto`]: generated gRPC types.
+//!
+//! Where to start reading: `docs/ARCHITECTURE.md`, then [`writer`] and [`machine`].
+
+pub mod admin;
+pub mod calendar;
+pub mod cli;
+pub mod clock;
+pub mod definition;
+pub mod engine;
+pub mod machine;
+pub mod proto;
+pub mod server;
+pub mod store;
+pub mod timer;
+pub mod writer;

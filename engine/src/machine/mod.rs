@@ -1,0 +1,551 @@
+//! The pure core: [`decide`] turns (definition, instance, command, now, calendar) into a
+//! [`Transition`] — the new instance row, the timers to arm and cancel, the outbox messages and
+//! the history entry — or a [`Rejection`].
+//!
+//! # Invariant
+//! No async, no I/O, no clock: everything time-dependent comes in as `now`. That makes the
+//! transition tests, replay ([`replay`]) and `shenguan admin verify` single function calls, and
+//! it is why the writer can run `decide` for a whole batch before touching the database.
+
+pub mod replay;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::Calendars;
+use crate::clock::Millis;
+use crate::definition::expr::{EvalError, Operand, Scope};
+use crate::definition::{Definition, EmitSpec, Segment, TimerSpec, Type, Value};
+
+/// A timer that is armed on an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmedTimer {
+    /// When it is due (UTC ms).
+    pub due: Millis,
+    /// The event it raises.
+    pub event: String,
+}
+
+/// The durable state of one workflow instance: exactly one row in `instances`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Instance id (for a case: the case id).
+    pub id: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// The definition version the instance started on and stays on.
+    pub version: u32,
+    /// Current state.
+    pub state: String,
+    /// Variables.
+    pub vars: BTreeMap<String, Value>,
+    /// Armed timers by name.
+    pub timers: BTreeMap<String, ArmedTimer>,
+    /// Number of history entries; the last entry's sequence number.
+    pub seq: u64,
+    /// When the instance started.
+    pub created_at: Millis,
+    /// When it last changed.
+    pub updated_at: Millis,
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CommandKind {
+    /// Start a new instance of the newest version of `workflow` (or of `version`).
+    Start {
+        /// Workflow name.
+        workflow: String,
+        /// Explicit version, for replay; new instances take the newest.
+        version: Option<u32>,
+        /// Initial variables, as JSON.
+        vars: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Deliver an event from a caller.
+    Event {
+        /// Event name.
+        name: String,
+        /// Event fields, as JSON.
+        fields: serde_json::Map<String, serde_json::Value>,
+    },
+    /// A timer fell due.
+    Timer {
+        /// Timer name.
+        name: String,
+        /// The due instant it was armed with (a re-armed timer has another).
+        due: Millis,
+    },
+}
+
+/// One request to change one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The instance.
+    pub instance: String,
+    /// What to do.
+    pub kind: CommandKind,
+    /// Who asks (a platform, an office, `timer`).
+    pub actor: String,
+    /// The caller's idempotency key, if any.
+    pub request_id: Option<String>,
+}
+
+/// A message to another system, written to the outbox with the transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Delivery channel.
+    pub channel: String,
+    /// Recipient, when the definition names one.
+    pub recipient: Option<String>,
+    /// Rendered text.
+    pub body: String,
+}
+
+/// One entry of an instance's append-only history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// 1-based position in the instance's history.
+    pub seq: u64,
+    /// When it was applied.
+    pub at: Millis,
+    /// Who caused it.
+    pub actor: String,
+    /// The caller's idempotency key.
+    pub request_id: Option<String>,
+    /// The command as received (replay feeds it back to `decide`).
+    pub command: CommandKind,
+    /// State before (`None` for a start).
+    pub from: Option<String>,
+    /// State after.
+    pub to: String,
+    /// Timers armed: name → due.
+    pub armed: BTreeMap<String, Millis>,
+    /// Timers cancelled without firing: name → the due they had.
+    pub cancelled: BTreeMap<String, Millis>,
+    /// Number of outbox messages written.
+    pub messages: u32,
+    /// Whether a transition was taken (a timer armed by a transition may fire in a state that
+    /// does not handle it; it is recorded and consumed, and the state stays).
+    pub handled: bool,
+}
+
+/// The result of a successful [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The instance row after the command.
+    pub instance: Instance,
+    /// The history entry to append.
+    pub history: HistoryEntry,
+    /// Timers to insert (replacing a timer of the same name).
+    pub arm: Vec<(String, ArmedTimer)>,
+    /// Timers to delete, by name (cancelled, or the one that fired).
+    pub remove: Vec<String>,
+    /// Messages for the outbox.
+    pub outbox: Vec<Message>,
+}
+
+/// Why a command was refused. Nothing is written for a rejected command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A start for an id that exists.
+    #[error("instance {instance} already exists")]
+    AlreadyExists {
+        /// The id.
+        instance: String,
+    },
+    /// An event or timer for an id that does not exist.
+    #[error("instance {instance} does not exist")]
+    NotFound {
+        /// The id.
+        instance: String,
+    },
+    /// No such workflow (or version).
+    #[error("unknown workflow {workflow}")]
+    UnknownWorkflow {
+        /// The name (and version, if one was asked for).
+        workflow: String,
+    },
+    /// The workflow declares no such event.
+    #[error("workflow {workflow} has no event {event}")]
+    UnknownEvent {
+        /// Workflow name.
+        workflow: String,
+        /// Event name.
+        event: String,
+    },
+    /// The event is raised by the engine only.
+    #[error("event {event} is raised by the engine's timers and cannot be sent")]
+    InternalEvent {
+        /// Event name.
+        event: String,
+    },
+    /// A variable or field is missing, unknown or of the wrong type.
+    #[error("{field}: {message}")]
+    InvalidInput {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The current state does not accept the event.
+    #[error("event {event} is not allowed in state {state}")]
+    InvalidTransition {
+        /// The current state.
+        state: String,
+        /// The event.
+        event: String,
+    },
+    /// Transitions exist for the event, but no guard holds.
+    #[error("event {event} in state {state}: no transition's guard holds")]
+    GuardRejected {
+        /// The current state.
+        state: String,
+        /// The event.
+        event: String,
+    },
+    /// The timer is no longer armed with that due time (cancelled, re-armed or fired already).
+    #[error("timer {name} is no longer armed for that instant")]
+    StaleTimer {
+        /// Timer name.
+        name: String,
+    },
+    /// A deadline could not be computed.
+    #[error("cannot compute timer {timer}: {source}")]
+    Deadline {
+        /// The timer.
+        timer: String,
+        /// Why.
+        #[source]
+        source: EvalError,
+    },
+    /// A variable could not be set.
+    #[error("cannot set {var}: {source}")]
+    Set {
+        /// The variable.
+        var: String,
+        /// Why.
+        #[source]
+        source: EvalError,
+    },
+}
+
+fn decode(
+    what: &str,
+    types: impl Fn(&str) -> Option<Type>,
+    json: &serde_json::Map<String, serde_json::Value>,
+) -> Result<BTreeMap<String, Value>, Rejection> {
+    let mut out = BTreeMap::new();
+    for (key, value) in json {
+        let Some(ty) = types(key) else {
+            return Err(Rejection::InvalidInput { field: key.clone(), message: format!("unknown {what}") });
+        };
+        if value.is_null() {
+            continue;
+        }
+        let v =
+            Value::from_json(ty, value).map_err(|message| Rejection::InvalidInput { field: key.clone(), message })?;
+        out.insert(key.clone(), v);
+    }
+    Ok(out)
+}
+
+/// Decodes a stored variables object against a definition (used by the store).
+pub fn decode_vars(
+    def: &Definition,
+    json: &serde_json::Map<String, serde_json::Value>,
+) -> Result<BTreeMap<String, Value>, Rejection> {
+    decode("variable", |k| def.vars.get(k).map(|v| v.ty), json)
+}
+
+/// Encodes variables as a JSON object.
+pub fn encode_vars(vars: &BTreeMap<String, Value>) -> serde_json::Map<String, serde_json::Value> {
+    vars.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
+}
+
+fn render(emit: &EmitSpec, scope: &Scope<'_>, instance: &str, state: &str) -> Message {
+    let get = |o: &Operand| -> Option<Value> {
+        match o {
+            Operand::Var(n) => scope.vars.get(n).cloned(),
+            Operand::EventField(n) => scope.event.get(n).cloned(),
+            Operand::Now => Some(Value::Instant(scope.now)),
+            Operand::Entry => Some(Value::Instant(scope.entry)),
+            Operand::Literal(v) => Some(v.clone()),
+        }
+    };
+    let mut body = String::new();
+    for seg in &emit.template.0 {
+        match seg {
+            Segment::Text(t) => body.push_str(t),
+            Segment::InstanceId => body.push_str(instance),
+            Segment::State => body.push_str(state),
+            Segment::Value(o) => {
+                if let Some(v) = get(o) {
+                    body.push_str(&v.to_string());
+                }
+            }
+        }
+    }
+    Message { channel: emit.channel.clone(), recipient: emit.to.as_ref().and_then(get).map(|v| v.to_string()), body }
+}
+
+fn arm(timer: &TimerSpec, scope: &Scope<'_>) -> Result<ArmedTimer, Rejection> {
+    let due = timer.at.eval(scope).map_err(|source| Rejection::Deadline { timer: timer.name.clone(), source })?;
+    Ok(ArmedTimer { due, event: timer.event.clone() })
+}
+
+/// Applies `command` to `instance` (None when it does not exist yet).
+///
+/// `def` must be the definition the instance runs on (for a start: the one to start on).
+pub fn decide(
+    def: &Definition,
+    instance: Option<&Instance>,
+    command: &Command,
+    now: Millis,
+    calendars: &Calendars,
+) -> Result<Transition, Rejection> {
+    match (&command.kind, instance) {
+        (CommandKind::Start { vars, .. }, None) => start(def, command, vars, now, calendars),
+        (CommandKind::Start { .. }, Some(_)) => Err(Rejection::AlreadyExists { instance: command.instance.clone() }),
+        (_, None) => Err(Rejection::NotFound { instance: command.instance.clone() }),
+        (CommandKind::Event { name, fields }, Some(instance)) => {
+            let spec = def
+                .events
+                .get(name)
+                .ok_or_else(|| Rejection::UnknownEvent { workflow: def.name.clone(), event: name.clone() })?;
+            if spec.internal {
+                return Err(Rejection::InternalEvent { event: name.clone() });
+            }
+            let fields = decode("field", |k| spec.fields.get(k).copied(), fields)?;
+            if let Some(missing) = spec.required.iter().find(|f| !fields.contains_key(*f)) {
+                return Err(Rejection::InvalidInput { field: missing.clone(), message: "required".into() });
+            }
+            apply(def, instance, command, name, &fields, None, now, calendars)
+        }
+        (CommandKind::Timer { name, due }, Some(instance)) => {
+            let armed = instance
+                .timers
+                .get(name)
+                .filter(|t| t.due == *due)
+                .ok_or_else(|| Rejection::StaleTimer { name: name.clone() })?;
+            let event = armed.event.clone();
+            apply(def, instance, command, &event, &BTreeMap::new(), Some(name), now, calendars)
+        }
+    }
+}
+
+fn calendar_of<'a>(
+    def: &Definition,
+    vars: &BTreeMap<String, Value>,
+    calendars: &'a Calendars,
+) -> &'a crate::calendar::Calendar {
+    match def.region_var().and_then(|v| vars.get(v)) {
+        Some(Value::Str(code)) => calendars.region(code),
+        _ => calendars.national(),
+    }
+}
+
+fn start(
+    def: &Definition,
+    command: &Command,
+    vars: &serde_json::Map<String, serde_json::Value>,
+    now: Millis,
+    calendars: &Calendars,
+) -> Result<Transition, Rejection> {
+    let vars = decode_vars(def, vars)?;
+    if let Some((missing, _)) = def.vars.iter().find(|(k, v)| !v.optional && !vars.contains_key(*k)) {
+        return Err(Rejection::InvalidInput { field: missing.clone(), message: "required".into() });
+    }
+    let calendar = calendar_of(def, &vars, calendars);
+    let empty = BTreeMap::new();
+    let scope = Scope { vars: &vars, event: &empty, now, entry: now, calendar };
+    let initial = def.state(&def.initial).ok_or_else(|| Rejection::UnknownWorkflow { workflow: def.name.clone() })?;
+    let mut timers = BTreeMap::new();
+    let mut armed = BTreeMap::new();
+    let mut arm_rows = Vec::new();
+    for t in &initial.timers {
+        let a = arm(t, &scope)?;
+        armed.insert(t.name.clone(), a.due);
+        arm_rows.push((t.name.clone(), a.clone()));
+        timers.insert(t.name.clone(), a);
+    }
+    let outbox: Vec<Message> =
+        initial.emit.iter().map(|e| render(e, &scope, &command.instance, &def.initial)).collect();
+    let instance = Instance {
+        id: command.instance.clone(),
+        workflow: def.name.clone(),
+        version: def.version,
+        state: def.initial.clone(),
+        vars,
+        timers,
+        seq: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let history = HistoryEntry {
+        seq: 1,
+        at: now,
+        actor: command.actor.clone(),
+        request_id: command.request_id.clone(),
+        command: CommandKind::Start {
+            workflow: def.name.clone(),
+            version: Some(def.version),
+            vars: encode_vars(&instance.vars),
+        },
+        from: None,
+        to: def.initial.clone(),
+        armed,
+        cancelled: BTreeMap::new(),
+        messages: u32::try_from(outbox.len()).unwrap_or(u32::MAX),
+        handled: true,
+    };
+    Ok(Transition { instance, history, arm: arm_rows, remove: Vec::new(), outbox })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    def: &Definition,
+    instance: &Instance,
+    command: &Command,
+    event: &str,
+    fields: &BTreeMap<String, Value>,
+    fired: Option<&String>,
+    now: Millis,
+    calendars: &Calendars,
+) -> Result<Transition, Rejection> {
+    let calendar = calendar_of(def, &instance.vars, calendars);
+    let scope = Scope { vars: &instance.vars, event: fields, now, entry: now, calendar };
+    let current = def.state(&instance.state);
+    let terminal = current.is_none_or(|s| s.terminal);
+    let mut candidates = def.candidates(&instance.state, event).peekable();
+    let mut chosen = None;
+    let any = candidates.peek().is_some();
+    if !terminal {
+        for t in candidates {
+            let holds = match &t.guard {
+                None => true,
+                Some(g) => g.eval(&scope).map_err(|source| Rejection::Set { var: "guard".into(), source })?,
+            };
+            if holds {
+                chosen = Some(t);
+                break;
+            }
+        }
+    }
+
+    let mut next = instance.clone();
+    next.seq += 1;
+    next.updated_at = now;
+    let mut remove = Vec::new();
+    let mut cancelled = BTreeMap::new();
+    if let Some(name) = fired {
+        next.timers.remove(name);
+        remove.push(name.clone());
+    }
+
+    let Some(t) = chosen else {
+        if fired.is_none() {
+            return Err(if any && !terminal {
+                Rejection::GuardRejected { state: instance.state.clone(), event: event.to_owned() }
+            } else {
+                Rejection::InvalidTransition { state: instance.state.clone(), event: event.to_owned() }
+            });
+        }
+        // A timer with nowhere to go is consumed and recorded; the state stays.
+        let history = HistoryEntry {
+            seq: next.seq,
+            at: now,
+            actor: command.actor.clone(),
+            request_id: command.request_id.clone(),
+            command: command.kind.clone(),
+            from: Some(instance.state.clone()),
+            to: instance.state.clone(),
+            armed: BTreeMap::new(),
+            cancelled,
+            messages: 0,
+            handled: false,
+        };
+        return Ok(Transition { instance: next, history, arm: Vec::new(), remove, outbox: Vec::new() });
+    };
+
+    // Variables are all computed from the values before the transition.
+    for (var, value) in &t.set {
+        match value.eval(&scope).map_err(|source| Rejection::Set { var: var.clone(), source })? {
+            Some(v) => next.vars.insert(var.clone(), v),
+            None => next.vars.remove(var),
+        };
+    }
+    next.state = t.to.clone();
+    let calendar = calendar_of(def, &next.vars, calendars);
+    let scope = Scope { vars: &next.vars, event: fields, now, entry: now, calendar };
+    let target = def.state(&t.to);
+    let changes_state = t.to != instance.state;
+
+    let mut timers = std::mem::take(&mut next.timers);
+    let mut cancel = |timers: &mut BTreeMap<String, ArmedTimer>, name: &str| {
+        if let Some(timer) = timers.remove(name) {
+            cancelled.insert(name.to_owned(), timer.due);
+            remove.push(name.to_owned());
+        }
+    };
+    if changes_state {
+        for timer in current.map(|s| s.timers.as_slice()).unwrap_or_default() {
+            cancel(&mut timers, &timer.name);
+        }
+    }
+    for name in &t.cancel {
+        cancel(&mut timers, name);
+    }
+    if target.is_some_and(|s| s.terminal) {
+        let names: Vec<String> = timers.keys().cloned().collect();
+        for name in names {
+            cancel(&mut timers, &name);
+        }
+    }
+
+    let mut armed = BTreeMap::new();
+    let mut arm_rows = Vec::new();
+    let entering: &[TimerSpec] =
+        if changes_state { target.map(|s| s.timers.as_slice()).unwrap_or_default() } else { &[] };
+    let mut put = |timers: &mut BTreeMap<String, ArmedTimer>, spec: &TimerSpec| -> Result<(), Rejection> {
+        let a = arm(spec, &scope)?;
+        // Re-arming a name replaces it: the old due is gone, so it is not "cancelled".
+        cancelled.remove(&spec.name);
+        armed.insert(spec.name.clone(), a.due);
+        arm_rows.retain(|(n, _): &(String, ArmedTimer)| n != &spec.name);
+        arm_rows.push((spec.name.clone(), a.clone()));
+        timers.insert(spec.name.clone(), a);
+        Ok(())
+    };
+    for spec in entering.iter().chain(&t.arm) {
+        put(&mut timers, spec)?;
+    }
+    // A row re-armed under the same name is replaced by the insert, not deleted.
+    remove.retain(|n| !armed.contains_key(n));
+
+    let mut outbox: Vec<Message> = t.emit.iter().map(|e| render(e, &scope, &instance.id, &t.to)).collect();
+    if changes_state {
+        if let Some(s) = target {
+            outbox.extend(s.emit.iter().map(|e| render(e, &scope, &instance.id, &t.to)));
+        }
+    }
+    next.timers = timers;
+    let history = HistoryEntry {
+        seq: next.seq,
+        at: now,
+        actor: command.actor.clone(),
+        request_id: command.request_id.clone(),
+        command: command.kind.clone(),
+        from: Some(instance.state.clone()),
+        to: t.to.clone(),
+        armed,
+        cancelled,
+        messages: u32::try_from(outbox.len()).unwrap_or(u32::MAX),
+        handled: true,
+    };
+    Ok(Transition { instance: next, history, arm: arm_rows, remove, outbox })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,19 @@
+//! The `shenguan` binary: parse the command line, run it, print any error as one line.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = shenguan::cli::Cli::parse();
+    match shenguan::cli::run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            // One line a person can act on: the error and its causes, outermost first.
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Durable state: instances, history, timers, outbox and idempotency keys.
+//!
+//! The writer hands a whole [`Batch`] — the effects of many commands — to [`Store::commit`],
+//! which writes it in one transaction with multi-row statements (a statement per table, not
+//! per row: sqlx's SQLite driver pays a thread hop per statement). Reads for the command path
+//! are batched the same way ([`Store::load_instances`], [`Store::load_idempotency`]).
+//!
+//! # Contract
+//! - `commit` returns only once the transaction is durable (SQLite: WAL with synchronous=FULL).
+//!   On error nothing of the batch is visible.
+//! - [`Store::timers_page`] returns timers in `(due_at, instance_id, name)` order strictly after
+//!   the given position: the loader relies on that order being the SQL `ORDER BY`.
+//!
+//! One implementation today ([`sqlite::SqliteStore`]); the PostgreSQL one implements the same
+//! trait.
+
+pub mod sqlite;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use crate::clock::Millis;
+use crate::machine::{ArmedTimer, HistoryEntry, Message};
+
+/// Storage errors. Callers see [`Error::Unavailable`] as a retryable condition; database detail
+/// stays in the logs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database cannot be opened or prepared at start.
+    #[error("cannot open database {path}: {message}")]
+    Open {
+        /// The path.
+        path: String,
+        /// Why, in words.
+        message: String,
+    },
+    /// A read or write failed (I/O error, disk full, lock timeout): retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data does not decode.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Unavailable(e.to_string())
+    }
+}
+
+/// An instance row as stored; variables stay JSON until a definition types them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    /// Id.
+    pub id: String,
+    /// Workflow.
+    pub workflow: String,
+    /// Definition version.
+    pub version: u32,
+    /// State.
+    pub state: String,
+    /// Variables as a JSON object.
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    /// Armed timers.
+    pub timers: std::collections::BTreeMap<String, ArmedTimer>,
+    /// History length.
+    pub seq: u64,
+    /// Shard.
+    pub shard: u32,
+    /// Start instant.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// A timer's identity: (instance, timer name).
+pub type TimerId = (String, String);
+
+/// A stored timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerRow {
+    /// Due instant.
+    pub due: Millis,
+    /// Instance.
+    pub instance: String,
+    /// Timer name.
+    pub name: String,
+}
+
+/// Where a page of timers starts, in `(due_at, instance_id, name)` order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerFrom {
+    /// Every timer with `due_at >= the given instant`.
+    Due(Millis),
+    /// Every timer strictly after `(due, instance, name)`.
+    After(Millis, String, String),
+}
+
+/// A stored idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRow {
+    /// The instance the first request changed.
+    pub instance: String,
+    /// The history entry it produced.
+    pub seq: u64,
+    /// Fingerprint of the first request.
+    pub fingerprint: String,
+}
+
+/// An outbox message to insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Deduplication key for receivers: `instance:seq:index`.
+    pub key: String,
+    /// Instance.
+    pub instance: String,
+    /// History entry that produced it.
+    pub seq: u64,
+    /// The message.
+    pub message: Message,
+    /// When.
+    pub created_at: Millis,
+}
+
+/// Everything one group commit writes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Final rows of every instance the batch changed (one per instance).
+    pub instances: Vec<InstanceRow>,
+    /// History entries to append.
+    pub history: Vec<(String, HistoryEntry)>,
+    /// Net timer changes: `Some` upserts the row, `None` deletes it.
+    pub timers: Vec<(TimerId, Option<(ArmedTimer, u32)>)>,
+    /// Outbox messages.
+    pub outbox: Vec<OutboxRow>,
+    /// Idempotency keys to record: key → row.
+    pub idempotency: Vec<(String, IdempotencyRow, Millis)>,
+}
+
+impl Batch {
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty() && self.history.is_empty() && self.timers.is_empty()
+    }
+}
+
+/// The storage operations the engine needs.
+pub trait Store: Send + 'static {
+    /// Rows of the given instances that exist.
+    fn load_instances(
+        &mut self,
+        ids: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, InstanceRow>, Error>> + Send;
+    /// Stored idempotency keys among `keys`.
+    fn load_idempotency(
+        &mut self,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, IdempotencyRow>, Error>> + Send;
+    /// Writes a batch in one durable transaction.
+    fn commit(&mut self, batch: &Batch) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Up to `limit` timers from `from` with `due_at < before`, in key order.
+    fn timers_page(
+        &mut self,
+        from: &TimerFrom,
+        before: Millis,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TimerRow>, Error>> + Send;
+}
+
+/// The shard of an instance: a stable hash (FNV-1a) of its id modulo `shards`.
+pub fn shard_of(id: &str, shards: u32) -> u32 {
+    (fnv1a(id.as_bytes()) % u64::from(shards.max(1))) as u32
+}
+
+/// FNV-1a 64: stable across builds and platforms, which `std`'s hasher does not promise;
+/// used for shards and request fingerprints that are stored.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

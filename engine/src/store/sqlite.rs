@@ -1,0 +1,441 @@
+//! The embedded default: one SQLite file in WAL mode with `synchronous=FULL`, migrated from
+//! `migrations/sqlite` at open.
+//!
+//! The writer owns one connection ([`SqliteStore`]) and is the only writer, so no transaction
+//! ever waits on another. Reads that are not on the command path (verify, queries) open their
+//! own connection with [`SqliteStore::open_read_only`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::{Batch, Error, IdempotencyRow, InstanceRow, Store, TimerFrom, TimerRow};
+use crate::clock::Millis;
+use crate::machine::{CommandKind, HistoryEntry};
+
+/// Migrations of the SQLite schema, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// SQLite allows 32,766 bound parameters per statement; rows per statement stay well below.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Runs the migrations on the connection itself: `Migrator::run`'s generic `Acquire` bound
+/// makes every caller's future fail the higher-ranked `Send` check, so a server built on it
+/// could not be spawned on a runtime.
+async fn migrate(conn: &mut SqliteConnection) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run_direct(conn).await
+}
+
+/// Options for opening the database.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Upper bound on the database size in pages (`PRAGMA max_page_count`); writes beyond it
+    /// fail with "database or disk is full" and are answered as unavailable. `None`: no bound.
+    pub max_pages: Option<u32>,
+}
+
+/// The writer's connection to a SQLite database.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: SqliteConnection,
+    path: PathBuf,
+}
+
+fn open_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Open { path: path.display().to_string(), message: message.into() }
+}
+
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => {
+            let msg = db.message().to_owned();
+            if msg.contains("not a database") {
+                "the file is not a SQLite database (corrupt, or another kind of file)".to_owned()
+            } else if msg.contains("readonly") || msg.contains("read-only") {
+                format!("the database or its directory is read-only ({msg})")
+            } else if msg.contains("unable to open") {
+                format!("{msg} (does the directory exist and is it writable?)")
+            } else {
+                msg
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub async fn open(path: &Path, options: &Options) -> Result<Self, Error> {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(open_error(path, format!("directory {} does not exist", dir.display())));
+        }
+        if path.is_dir() {
+            return Err(open_error(path, "is a directory"));
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|e| open_error(path, e.to_string()))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(false)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-65536")
+            .disable_statement_logging();
+        let mut conn = opts.connect().await.map_err(|e| open_error(path, describe(&e)))?;
+        // Reading the header here catches a corrupt or foreign file before migrations try to.
+        sqlx::query("SELECT count(*) FROM sqlite_master")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| open_error(path, describe(&e)))?;
+        migrate(&mut conn).await.map_err(|e| {
+            let msg = match &e {
+                sqlx::migrate::MigrateError::Execute(inner) => describe(inner),
+                other => other.to_string(),
+            };
+            open_error(path, format!("migration failed: {msg}"))
+        })?;
+        if let Some(pages) = options.max_pages {
+            sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| open_error(path, describe(&e)))?;
+        }
+        Ok(SqliteStore { conn, path: path.to_owned() })
+    }
+
+    /// Opens an existing database for reading only (verify, inspection). Never creates a file.
+    pub async fn open_read_only(path: &Path) -> Result<Self, Error> {
+        if !path.is_file() {
+            return Err(open_error(path, "no such database file"));
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|e| open_error(path, e.to_string()))?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5))
+            .disable_statement_logging();
+        let mut conn = opts.connect().await.map_err(|e| open_error(path, describe(&e)))?;
+        let has_schema: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = 'instances'")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| open_error(path, describe(&e)))?;
+        if has_schema == 0 {
+            return Err(open_error(path, "not a shenguan database (no instances table)"));
+        }
+        Ok(SqliteStore { conn, path: path.to_owned() })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Instance ids in order, strictly after `after`, at most `limit`.
+    pub async fn instance_ids(&mut self, after: Option<&str>, limit: u32) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query_scalar("SELECT id FROM instances WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&mut self.conn)
+            .await?;
+        Ok(rows)
+    }
+
+    /// One instance's history, ascending.
+    pub async fn history(&mut self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled \
+             FROM history WHERE instance_id = ? ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.iter().map(history_from_row).collect()
+    }
+
+    /// Counts rows of a table (tests and reports).
+    pub async fn count(&mut self, table: Table) -> Result<u64, Error> {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name())).fetch_one(&mut self.conn).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Every stored timer in key order (tests and reports; unbounded).
+    pub async fn all_timers(&mut self) -> Result<Vec<TimerRow>, Error> {
+        self.timers_page(&TimerFrom::Due(Millis::MIN), Millis::MAX, u32::MAX).await
+    }
+}
+
+/// Tables that [`SqliteStore::count`] can count.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    /// `instances`
+    Instances,
+    /// `history`
+    History,
+    /// `timers`
+    Timers,
+    /// `outbox`
+    Outbox,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Instances => "instances",
+            Table::History => "history",
+            Table::Timers => "timers",
+            Table::Outbox => "outbox",
+        }
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Corrupt(format!("{what}: {e}"))
+}
+
+fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HistoryEntry, Error> {
+    let command: String = row.try_get("command")?;
+    let armed: String = row.try_get("armed")?;
+    let cancelled: String = row.try_get("cancelled")?;
+    Ok(HistoryEntry {
+        seq: u64::try_from(row.try_get::<i64, _>("seq")?).map_err(|e| corrupt("history.seq", e))?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        request_id: row.try_get("request_id")?,
+        command: serde_json::from_str::<CommandKind>(&command).map_err(|e| corrupt("history.command", e))?,
+        from: row.try_get("from_state")?,
+        to: row.try_get("to_state")?,
+        armed: serde_json::from_str(&armed).map_err(|e| corrupt("history.armed", e))?,
+        cancelled: serde_json::from_str(&cancelled).map_err(|e| corrupt("history.cancelled", e))?,
+        messages: u32::try_from(row.try_get::<i64, _>("messages")?).map_err(|e| corrupt("history.messages", e))?,
+        handled: row.try_get::<i64, _>("handled")? != 0,
+    })
+}
+
+fn instance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow, Error> {
+    let vars: String = row.try_get("vars")?;
+    let timers: String = row.try_get("timers")?;
+    Ok(InstanceRow {
+        id: row.try_get("id")?,
+        workflow: row.try_get("workflow")?,
+        version: u32::try_from(row.try_get::<i64, _>("version")?).map_err(|e| corrupt("instances.version", e))?,
+        state: row.try_get("state")?,
+        vars: serde_json::from_str(&vars).map_err(|e| corrupt("instances.vars", e))?,
+        timers: serde_json::from_str(&timers).map_err(|e| corrupt("instances.timers", e))?,
+        seq: u64::try_from(row.try_get::<i64, _>("seq")?).map_err(|e| corrupt("instances.seq", e))?,
+        shard: u32::try_from(row.try_get::<i64, _>("shard")?).map_err(|e| corrupt("instances.shard", e))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising our own plain data types cannot fail (no maps with non-string keys).
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+impl Store for SqliteStore {
+    async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at FROM instances WHERE id IN (",
+            );
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut self.conn).await? {
+                let row = instance_from_row(&row)?;
+                out.insert(row.id.clone(), row);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_idempotency(&mut self, keys: &[&str]) -> Result<HashMap<String, IdempotencyRow>, Error> {
+        let mut out = HashMap::new();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT key, instance_id, seq, fingerprint FROM idempotency WHERE key IN (");
+            let mut sep = q.separated(", ");
+            for key in chunk {
+                sep.push_bind(*key);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut self.conn).await? {
+                out.insert(
+                    row.try_get("key")?,
+                    IdempotencyRow {
+                        instance: row.try_get("instance_id")?,
+                        seq: u64::try_from(row.try_get::<i64, _>("seq")?).map_err(|e| corrupt("idempotency.seq", e))?,
+                        fingerprint: row.try_get("fingerprint")?,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
+        let mut tx = self.conn.begin().await?;
+        for chunk in batch.instances.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) ");
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.id)
+                    .push_bind(&r.workflow)
+                    .push_bind(i64::from(r.version))
+                    .push_bind(&r.state)
+                    .push_bind(json(&r.vars))
+                    .push_bind(json(&r.timers))
+                    .push_bind(seq_i64(r.seq))
+                    .push_bind(i64::from(r.shard))
+                    .push_bind(r.created_at)
+                    .push_bind(r.updated_at);
+            });
+            q.push(
+                " ON CONFLICT(id) DO UPDATE SET state = excluded.state, vars = excluded.vars, timers = excluded.timers, \
+                 seq = excluded.seq, updated_at = excluded.updated_at",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in batch.history.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled) ",
+            );
+            q.push_values(chunk, |mut b, (id, h)| {
+                b.push_bind(id)
+                    .push_bind(seq_i64(h.seq))
+                    .push_bind(h.at)
+                    .push_bind(&h.actor)
+                    .push_bind(&h.request_id)
+                    .push_bind(json(&h.command))
+                    .push_bind(&h.from)
+                    .push_bind(&h.to)
+                    .push_bind(json(&h.armed))
+                    .push_bind(json(&h.cancelled))
+                    .push_bind(i64::from(h.messages))
+                    .push_bind(h.handled);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        let deletes: Vec<&(String, String)> =
+            batch.timers.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k).collect();
+        for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("DELETE FROM timers WHERE (instance_id, name) IN (VALUES ");
+            let mut first = true;
+            for (id, name) in chunk {
+                if !first {
+                    q.push(", ");
+                }
+                first = false;
+                q.push("(").push_bind(id).push(", ").push_bind(name).push(")");
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        let upserts: Vec<_> = batch.timers.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))).collect();
+        for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR REPLACE INTO timers (instance_id, name, due_at, event, shard) ");
+            q.push_values(chunk, |mut b, ((id, name), (timer, shard))| {
+                b.push_bind(id)
+                    .push_bind(name)
+                    .push_bind(timer.due)
+                    .push_bind(&timer.event)
+                    .push_bind(i64::from(*shard));
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in batch.outbox.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO outbox (key, instance_id, seq, channel, recipient, body, created_at, next_attempt_at) ",
+            );
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(&m.key)
+                    .push_bind(&m.instance)
+                    .push_bind(seq_i64(m.seq))
+                    .push_bind(&m.message.channel)
+                    .push_bind(&m.message.recipient)
+                    .push_bind(&m.message.body)
+                    .push_bind(m.created_at)
+                    .push_bind(m.created_at);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in batch.idempotency.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) ");
+            q.push_values(chunk, |mut b, (key, row, at)| {
+                b.push_bind(key)
+                    .push_bind(&row.instance)
+                    .push_bind(seq_i64(row.seq))
+                    .push_bind(&row.fingerprint)
+                    .push_bind(*at);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn timers_page(&mut self, from: &TimerFrom, before: Millis, limit: u32) -> Result<Vec<TimerRow>, Error> {
+        let rows = match from {
+            TimerFrom::Due(from) => {
+                sqlx::query(
+                    "SELECT due_at, instance_id, name FROM timers WHERE due_at >= ? AND due_at < ? \
+                     ORDER BY due_at, instance_id, name LIMIT ?",
+                )
+                .bind(from)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&mut self.conn)
+                .await?
+            }
+            TimerFrom::After(due, id, name) => {
+                sqlx::query(
+                    "SELECT due_at, instance_id, name FROM timers \
+                     WHERE (due_at, instance_id, name) > (?, ?, ?) AND due_at < ? \
+                     ORDER BY due_at, instance_id, name LIMIT ?",
+                )
+                .bind(due)
+                .bind(id)
+                .bind(name)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&mut self.conn)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(TimerRow {
+                    due: r.try_get("due_at")?,
+                    instance: r.try_get("instance_id")?,
+                    name: r.try_get("name")?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl SqliteStore {
+    /// One instance row, if it exists.
+    pub async fn instance(&mut self, id: &str) -> Result<Option<InstanceRow>, Error> {
+        Ok(self.load_instances(&[id]).await?.remove(id))
+    }
+}

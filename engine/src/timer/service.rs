@@ -1,0 +1,153 @@
+//! The timer service: sleeps until the wheel's next due time (or until woken by a commit that
+//! armed something sooner), fires what is due as commands to the writer, and keeps the
+//! horizon paged in ahead of the clock.
+//!
+//! # Important
+//! - Firing is "send a `Timer` command and wait for its commit". A fire whose commit fails is
+//!   put back in the wheel to be retried after `retry`; its row is still in the database, so a
+//!   crash instead of a retry fires it after restart.
+//! - Everything due is fired in `(due, key)` order, page by page, so after a long outage the
+//!   overdue timers fire at once, oldest first.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::clock::{Clock, Millis};
+use crate::machine::{Command, CommandKind};
+use crate::timer::{TimerIndex, TimerKey};
+use crate::writer::{Handle, WriteError};
+
+/// Settings of the timer service.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How far ahead of the clock timers are kept in memory.
+    pub horizon: Millis,
+    /// Delay before a fire whose commit failed is tried again.
+    pub retry: Millis,
+}
+
+/// A request to the service from outside its loop.
+#[derive(Debug)]
+pub enum Control {
+    /// Answer once nothing is due at the current clock time and every fire has committed.
+    Settle(oneshot::Sender<()>),
+}
+
+/// The timer service task.
+pub struct Service {
+    clock: Arc<dyn Clock>,
+    timers: Arc<Mutex<TimerIndex>>,
+    writer: Handle,
+    wake: Arc<Notify>,
+    control: mpsc::Receiver<Control>,
+    settings: Settings,
+}
+
+fn lock(timers: &Mutex<TimerIndex>) -> std::sync::MutexGuard<'_, TimerIndex> {
+    timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Service {
+    /// A service and the sender to control it.
+    pub fn new(
+        clock: Arc<dyn Clock>,
+        timers: Arc<Mutex<TimerIndex>>,
+        writer: Handle,
+        wake: Arc<Notify>,
+        settings: Settings,
+    ) -> (Self, mpsc::Sender<Control>) {
+        let (tx, control) = mpsc::channel(64);
+        (Service { clock, timers, writer, wake, control, settings }, tx)
+    }
+
+    /// Runs until the writer goes away or the control channel closes.
+    pub async fn run(mut self) {
+        let mut settle_waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            let mut extend_failed = false;
+            let now = self.clock.now();
+            // Fire what the wheel holds first: everything in it is inside the horizon, so it
+            // precedes (in due order) anything a next page could bring.
+            match self.fire_due(now).await {
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(()) => return,
+            }
+            // Then keep the horizon ahead of the clock, a page at a time.
+            let horizon_due = lock(&self.timers).horizon.due;
+            if horizon_due <= now.saturating_add(self.settings.horizon / 2) {
+                match self.writer.extend(now.saturating_add(self.settings.horizon)).await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => {}
+                    Err(WriteError::ShuttingDown) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot page timers in; will retry");
+                        extend_failed = true;
+                    }
+                }
+            }
+            for waiter in settle_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+            let (next, horizon_due) = {
+                let index = lock(&self.timers);
+                (index.wheel.next_wake(), index.horizon.due)
+            };
+            let refresh = if extend_failed {
+                now.saturating_add(self.settings.retry)
+            } else {
+                horizon_due.saturating_sub(self.settings.horizon / 2).max(now.saturating_add(1))
+            };
+            let wake_at = next.map_or(refresh, |n| n.min(refresh));
+            tokio::select! {
+                () = self.clock.sleep_until(wake_at) => {}
+                () = self.wake.notified() => {}
+                control = self.control.recv() => match control {
+                    Some(Control::Settle(waiter)) => settle_waiters.push(waiter),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Fires everything due at `now`; returns how many fired. `Err` when the writer is gone.
+    async fn fire_due(&mut self, now: Millis) -> Result<usize, ()> {
+        let due: Vec<(TimerKey, Millis)> = lock(&self.timers).wheel.poll(now);
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut waiting = Vec::with_capacity(due.len());
+        for (key, _) in &due {
+            let command = Command {
+                instance: key.instance.clone(),
+                kind: CommandKind::Timer { name: key.name.clone(), due: key.due },
+                actor: "timer".to_owned(),
+                request_id: None,
+            };
+            match self.writer.send(command).await {
+                Ok(rx) => waiting.push((key.clone(), rx)),
+                Err(_) => return Err(()),
+            }
+        }
+        let mut retry = Vec::new();
+        for (key, rx) in waiting {
+            match rx.await {
+                Ok(Ok(_)) | Ok(Err(WriteError::Rejected(_))) => {}
+                Ok(Err(WriteError::ShuttingDown)) | Err(_) => return Err(()),
+                Ok(Err(e)) => {
+                    tracing::warn!(instance = %key.instance, timer = %key.name, error = %e, "timer fire not committed; will retry");
+                    retry.push(key);
+                }
+            }
+        }
+        if !retry.is_empty() {
+            let at = self.clock.now().saturating_add(self.settings.retry);
+            let mut index = lock(&self.timers);
+            for key in retry {
+                index.wheel.insert(key, at);
+            }
+        }
+        Ok(due.len())
+    }
+}

@@ -1,0 +1,123 @@
+//! Harness for tests that cross a real process or socket boundary: a child process running
+//! the engine on a SQLite file (killed with SIGKILL and restarted), and read-only access to
+//! that file from the test process.
+//!
+//! # Layout
+//! - `src/bin/crash_child.rs`: the engine in a child process, driven line by line on stdin.
+//! - [`Child`]: spawns it and speaks its protocol.
+//! - [`Db`]: reads a database file the way an operator would, from another process.
+//! - `tests/`: the suites (`crash_recovery.rs`, `server.rs`).
+
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{bail, Context, Result};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Row, SqliteConnection};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout, Command};
+
+/// A running `crash_child`.
+pub struct Child {
+    child: tokio::process::Child,
+    stdin: Option<ChildStdin>,
+    /// Where answers come from, one per line.
+    pub stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Child {
+    /// Starts the child on `db` with its virtual clock at `clock` (UTC ms) and waits for `ready`.
+    pub async fn start(exe: &Path, db: &Path, clock: i64) -> Result<Child> {
+        let mut child = Command::new(exe)
+            .arg(db)
+            .arg(clock.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn crash_child")?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let mut c = Child { child, stdin: Some(stdin), stdout };
+        let line = c.next_line().await?;
+        if line != "ready" {
+            bail!("crash_child said {line:?} instead of ready");
+        }
+        Ok(c)
+    }
+
+    /// The next line the child printed.
+    pub async fn next_line(&mut self) -> Result<String> {
+        self.stdout.next_line().await?.context("crash_child closed its output")
+    }
+
+    /// Sends one command line.
+    pub async fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin was taken")?;
+        stdin.write_all(line.as_bytes()).await?;
+        stdin.write_all(b"\n").await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Takes the child's stdin, to stream commands from another task.
+    pub fn take_stdin(&mut self) -> Result<ChildStdin> {
+        self.stdin.take().context("stdin was taken")
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+/// Read access to a database file from the test process.
+pub struct Db {
+    conn: SqliteConnection,
+}
+
+impl Db {
+    /// Opens `path` read-only.
+    pub async fn open(path: &Path) -> Result<Db> {
+        let conn = SqliteConnectOptions::new().filename(path).read_only(true).connect().await?;
+        Ok(Db { conn })
+    }
+
+    /// `(instance, state)` for every instance.
+    pub async fn states(&mut self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT id, state FROM instances ORDER BY id").fetch_all(&mut self.conn).await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("state")?))).collect()
+    }
+
+    /// Every request id recorded in history.
+    pub async fn request_ids(&mut self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT request_id FROM history WHERE request_id IS NOT NULL")
+            .fetch_all(&mut self.conn)
+            .await?)
+    }
+
+    /// `(instance, timer name, due)` of every timer fire recorded in history.
+    pub async fn fires(&mut self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT instance_id, json_extract(command, '$.name') AS name, json_extract(command, '$.due') AS due \
+             FROM history WHERE json_extract(command, '$.kind') = 'timer'",
+        )
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("instance_id")?, r.try_get("name")?, r.try_get("due")?))).collect()
+    }
+
+    /// `(instance, name, due)` of every stored timer.
+    pub async fn timers(&mut self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query("SELECT instance_id, name, due_at FROM timers").fetch_all(&mut self.conn).await?;
+        rows.iter().map(|r| Ok((r.try_get("instance_id")?, r.try_get("name")?, r.try_get("due_at")?))).collect()
+    }
+
+    /// Rows in the outbox.
+    pub async fn outbox_len(&mut self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut self.conn).await?)
+    }
+}

@@ -408,8 +408,8 @@ enum OneOrMany {
 #[serde(deny_unknown_fields)]
 struct RawTransition {
     from: OneOrMany,
-    event: String,
-    to: String,
+    event: Spanned<String>,
+    to: Spanned<String>,
     #[serde(default)]
     guard: Option<String>,
     #[serde(default)]
@@ -666,9 +666,9 @@ fn build(raw: &RawDef, d: &mut Diags<'_>) -> Option<Definition> {
         let rt = spanned.get_ref();
         let at = spanned.span().start;
         let line = d.lines.of(at);
-        let event_spec = events.get(&rt.event);
+        let event_spec = events.get(rt.event.get_ref());
         if event_spec.is_none() {
-            d.at(at, format!("unknown event `{}` (declare it under [events])", rt.event));
+            d.at(rt.event.span().start, format!("unknown event `{}` (declare it under [events])", rt.event.get_ref()));
         }
         let from: Vec<String> = match &rt.from {
             OneOrMany::One(s) if s == "*" => non_terminal.clone(),
@@ -684,8 +684,8 @@ fn build(raw: &RawDef, d: &mut Diags<'_>) -> Option<Definition> {
                 Some(_) => {}
             }
         }
-        if !state_index.contains_key(&rt.to) {
-            d.at(at, format!("unknown state `{}` in `to`", rt.to));
+        if !state_index.contains_key(rt.to.get_ref()) {
+            d.at(rt.to.span().start, format!("unknown state `{}` in `to`", rt.to.get_ref()));
         }
         let fields = event_spec.map_or(&no_fields, |e| &e.fields);
         let env = Env { vars: &var_types, event: Some(fields), allow_entry: false };
@@ -736,7 +736,7 @@ fn build(raw: &RawDef, d: &mut Diags<'_>) -> Option<Definition> {
             }
         }
         for f in &from {
-            let key = (f.clone(), rt.event.clone());
+            let key = (f.clone(), rt.event.get_ref().clone());
             let guards = seen_guards.entry(key.clone()).or_default();
             if guards.contains(&rt.guard) {
                 d.at(
@@ -761,8 +761,8 @@ fn build(raw: &RawDef, d: &mut Diags<'_>) -> Option<Definition> {
         }
         transitions.push(TransitionSpec {
             from,
-            event: rt.event.clone(),
-            to: rt.to.clone(),
+            event: rt.event.get_ref().clone(),
+            to: rt.to.get_ref().clone(),
             guard,
             guard_text: rt.guard.clone(),
             set,

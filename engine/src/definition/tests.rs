@@ -59,7 +59,7 @@ fn base_and_shipped_definitions_load() {
 #[test]
 fn each_kind_of_error_names_file_line_and_problem() {
     // Unknown state in `to`, on the line of its [[transitions]] header.
-    assert_error(&BASE.replace("to = \"done\"", "to = \"finished\""), "t.toml:22: unknown state `finished` in `to`");
+    assert_error(&BASE.replace("to = \"done\"", "to = \"finished\""), "t.toml:25: unknown state `finished` in `to`");
     assert_error(
         &BASE.replace("from = \"a\"\nevent = \"go\"", "from = \"b\"\nevent = \"go\""),
         "unknown state `b` in `from`",

@@ -1,0 +1,166 @@
+//! The `shenguan` binary as a person runs it: exact output of the calendar commands, exit codes
+//! and one-line errors, definition validation with file:line, Mermaid output, and
+//! `admin verify` catching a tampered database.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn shenguan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shenguan")).args(args).output().expect("run shenguan")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn calendar_commands_print_only_the_answer() {
+    let o = shenguan(&["calendar", "add-working-days", "2026-09-30", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "2026-10-10\n");
+    assert_eq!(stdout(&shenguan(&["calendar", "is-working-day", "2026-10-10"])), "true\n");
+    assert_eq!(stdout(&shenguan(&["calendar", "is-working-day", "2026-10-11"])), "false\n");
+    assert_eq!(
+        stdout(&shenguan(&["calendar", "add-working-days", "2026-09-30", "3", "--region", "320700"])),
+        "2026-10-10\n"
+    );
+
+    let show = stdout(&shenguan(&["calendar", "show", "2026"]));
+    assert!(show.contains("國務院辦公廳關于2026年部分節假日安排的通知"), "{show}");
+    assert!(show.contains("  2026-10-10 Sat for 國慶節"), "{show}");
+    assert!(show.contains("  2026-02-17 Tue 春節"), "{show}");
+}
+
+#[test]
+fn calendar_errors_are_one_clear_line_and_exit_non_zero() {
+    let o = shenguan(&["calendar", "add-working-days", "2026-12-30", "5"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "error: year 2027 is not loaded in the working-day calendar of national\n");
+    assert!(stdout(&o).is_empty());
+
+    let o = shenguan(&["calendar", "is-working-day", "10/10/2026"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "error: \"10/10/2026\" is not a date; expected YYYY-MM-DD\n");
+
+    let o = shenguan(&["calendar", "add-working-days", "2026-09-30", "-3"]);
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn workflow_validate_reports_every_problem_with_file_and_line() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/commitment_case.v1.toml");
+    let o = shenguan(&["workflow", "validate", shipped.to_str().expect("path")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("ok: commitment_case v1"), "{}", stdout(&o));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&shipped).expect("read").replace("to = \"reminded\"", "to = \"remindd\"");
+    std::fs::write(&bad, text).expect("write");
+    let o = shenguan(&["workflow", "validate", bad.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("bad.toml:56: unknown state `remindd` in `to`"), "{err}");
+    assert!(err.contains("state `reminded` is unreachable"), "{err}");
+    assert!(err.ends_with("problem(s)\n"), "{err}");
+
+    let o = shenguan(&["workflow", "validate", "/no/such/file.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("error: /no/such/file.toml: "), "{}", stderr(&o));
+}
+
+#[test]
+fn workflow_graph_prints_mermaid() {
+    let o = shenguan(&["workflow", "graph", "commitment_case"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("stateDiagram-v2\n    [*] --> pending\n"), "{text}");
+    assert!(
+        text.contains("pending --> overdue: deadline_passed ⏰ deadline @ commitment_deadline at end of day"),
+        "{text}"
+    );
+    let o = shenguan(&["workflow", "graph", "commitment_case", "--version", "9"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no workflow commitment_case version 9; known: commitment_case v1"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn admin_verify_is_clean_on_an_engine_database_and_catches_tampering() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("v.db");
+    let clock = shenguan::clock::VirtualClock::new(
+        chrono::DateTime::parse_from_rfc3339("2026-09-28T10:00:00+08:00").expect("t").timestamp_millis(),
+    );
+    let engine = shenguan::engine::Engine::start(
+        shenguan::engine::Config::new(&db),
+        Arc::new(shenguan::definition::Registry::embedded().expect("w")),
+        Arc::new(shenguan::calendar::Calendars::embedded().expect("c")),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .expect("start");
+    for i in 0..20 {
+        let serde_json::Value::Object(vars) =
+            serde_json::json!({"region": "320700", "commitment_deadline": "2026-09-30"})
+        else {
+            unreachable!()
+        };
+        let command = shenguan::machine::Command {
+            instance: format!("c{i}"),
+            kind: shenguan::machine::CommandKind::Start { workflow: "commitment_case".into(), version: None, vars },
+            actor: "test".into(),
+            request_id: None,
+        };
+        engine.submit(command).await.expect("accepted");
+    }
+    clock.advance(3 * 24 * 3_600_000);
+    engine.settle().await;
+    engine.shutdown().await;
+
+    let o = shenguan(&["admin", "verify", "--db", db.to_str().expect("path")]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("verified 20 instances (60 history entries): 0 divergent"), "{}", stdout(&o));
+
+    // Someone edits a row by hand: verify names the instance and the field.
+    {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).connect().await.expect("open");
+        sqlx::query("UPDATE instances SET state = 'licensed' WHERE id = 'c7'")
+            .execute(&mut conn)
+            .await
+            .expect("update");
+    }
+    let o = shenguan(&["admin", "verify", "--db", db.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(
+            "DIVERGENT c7: stored instance differs from replay: state: stored licensed, replay gives overdue"
+        ),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = shenguan(&["admin", "verify", "--db", dir.path().join("none.db").to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no such database file"), "{}", stderr(&o));
+}
+
+#[test]
+fn serve_refuses_a_bad_database_path_with_one_line() {
+    let o = shenguan(&["serve", "--db", "/no/such/dir/x.db", "--listen", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("error: cannot open database /no/such/dir/x.db: directory /no/such/dir does not exist"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -9,6 +9,14 @@ async fn main() -> ExitCode {
     let cli = shenguan::cli::Cli::parse();
     match shenguan::cli::run(cli).await {
         Ok(code) => code,
+        // A closed pipe (`shenguan … | head`) is the reader's choice, not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // One line a person can act on: the error and its causes, outermost first.
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();

@@ -249,3 +249,45 @@ async fn a_running_instance_stays_on_its_version_and_new_ones_take_the_newest() 
         vec![("old".to_owned(), "workflow commitment_case version 1 is not loaded".to_owned())]
     );
 }
+
+#[tokio::test]
+async fn the_horizon_pages_timers_in_and_they_fire_in_due_order_across_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("h.db");
+    let clock = VirtualClock::new(t("2026-09-01T10:00:00+08:00"));
+    // A one-hour horizon and pages of 7: 120 timers over a month never sit in memory at once.
+    let engine = start(&db, &clock, |c| {
+        c.horizon = 3_600_000;
+        c.page = 7;
+    })
+    .await
+    .expect("starts");
+    for i in 0..60u32 {
+        let deadline = format!("2026-09-{:02}", 3 + i % 27);
+        engine.submit(case(&format!("h{i:02}"), &deadline, None)).await.expect("accepted");
+    }
+    let mut most_in_memory = 0;
+    for _ in 0..90 {
+        clock.advance(8 * 3_600_000);
+        engine.settle().await;
+        most_in_memory = most_in_memory.max(engine.timers_in_memory());
+    }
+    assert!(most_in_memory <= 14, "the wheel held {most_in_memory} timers; the horizon should bound it");
+    engine.shutdown().await;
+
+    use sqlx::ConnectOptions;
+    let mut conn =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(&db).read_only(true).connect().await.expect("open");
+    // Outbox ids are commit order; the timer behind each message must come in due order.
+    let dues: Vec<i64> = sqlx::query_scalar(
+        "SELECT json_extract(h.command, '$.due') FROM outbox o JOIN history h ON h.instance_id = o.instance_id AND h.seq = o.seq \
+         WHERE json_extract(h.command, '$.kind') = 'timer' ORDER BY o.id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("query");
+    assert_eq!(dues.len(), 120, "a reminder and an overdue notice per case");
+    assert!(dues.windows(2).all(|w| w[0] <= w[1]), "fired out of due order: {dues:?}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM timers").fetch_one(&mut conn).await.expect("count");
+    assert_eq!(left, 0);
+}

@@ -24,6 +24,20 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc, 
 use chrono_tz::Tz;
 use serde::Deserialize;
 
+/// Parses exactly `YYYY-MM-DD` (chrono alone also takes `2026-9-1`, which callers should not
+/// get away with: the same date must always be written the same way).
+pub fn parse_date(text: &str) -> Option<NaiveDate> {
+    let b = text.as_bytes();
+    let shape = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shape {
+        return None;
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+}
+
 /// The time zone every deadline is computed in unless a region says otherwise.
 pub const DEFAULT_TZ: Tz = chrono_tz::Asia::Shanghai;
 
@@ -130,7 +144,7 @@ pub struct Calendar {
     years: BTreeMap<i32, Year>,
 }
 
-fn parse_date(file: &str, value: &toml::value::Datetime) -> Result<NaiveDate, Error> {
+fn toml_date(file: &str, value: &toml::value::Datetime) -> Result<NaiveDate, Error> {
     match (value.date, value.time, value.offset) {
         (Some(d), None, None) => NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
             .ok_or_else(|| invalid(file, format!("{value} is not a date"))),
@@ -185,14 +199,14 @@ impl Calendar {
 
     fn add_days(&mut self, file: &str, holidays: &[HolidayEntry], workdays: &[WorkdayEntry]) -> Result<(), Error> {
         for h in holidays {
-            let date = parse_date(file, &h.date)?;
+            let date = toml_date(file, &h.date)?;
             if self.workdays.contains_key(&date) {
                 return Err(invalid(file, format!("{date} is listed both as a holiday and as a working day")));
             }
             self.holidays.insert(date, h.name.clone());
         }
         for w in workdays {
-            let date = parse_date(file, &w.date)?;
+            let date = toml_date(file, &w.date)?;
             if !is_weekend(date) {
                 return Err(invalid(
                     file,
@@ -216,7 +230,7 @@ impl Calendar {
             return Err(invalid(file, format!("year {} is loaded twice", parsed.year)));
         }
         for date in parsed.holidays.iter().map(|h| &h.date).chain(parsed.workdays.iter().map(|w| &w.date)) {
-            let date = parse_date(file, date)?;
+            let date = toml_date(file, date)?;
             if (date.year() - parsed.year).abs() > 1 {
                 return Err(invalid(file, format!("{date} is too far from year {}", parsed.year)));
             }

@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// A credit grade that may not take the commitment route (repeatable; default: dishonest).
+    #[arg(long, value_name = "GRADE")]
+    pub barred_credit_grade: Vec<String>,
     /// Definitions and calendars.
     #[command(flatten)]
     pub data: DataArgs,
@@ -170,7 +173,7 @@ pub enum AdminCommand {
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| anyhow!("{s:?} is not a date; expected YYYY-MM-DD"))
+    crate::calendar::parse_date(s).ok_or_else(|| anyhow!("{s:?} is not a date; expected YYYY-MM-DD"))
 }
 
 fn calendars_from(dir: &Option<PathBuf>) -> Result<Calendars> {
@@ -279,23 +282,26 @@ fn workflow(cmd: WorkflowCommand) -> Result<ExitCode> {
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
     crate::cli::init_tracing(args.log_json);
-    let clock: Arc<dyn Clock> = match args.virtual_clock.as_deref() {
-        None => Arc::new(SystemClock),
-        Some("now") => Arc::new(VirtualClock::new(SystemClock.now())),
+    let virtual_clock = match args.virtual_clock.as_deref() {
+        None => None,
+        Some("now") => Some(VirtualClock::new(SystemClock.now())),
         Some(start) => {
             let t = chrono::DateTime::parse_from_rfc3339(start)
                 .map_err(|_| anyhow!("--virtual-clock {start:?} is not an RFC 3339 instant"))?;
-            Arc::new(VirtualClock::new(clock::from_datetime(t.with_timezone(&chrono::Utc))))
+            Some(VirtualClock::new(clock::from_datetime(t.with_timezone(&chrono::Utc))))
         }
     };
     let mut config = engine::Config::new(&args.db);
     config.max_db_pages = args.max_db_pages;
-    let options = crate::server::Options {
-        engine: config,
-        registry: Arc::new(args.data.registry()?),
-        calendars: Arc::new(args.data.calendars()?),
-        clock,
-    };
+    let mut options = crate::server::Options::new(
+        config,
+        Arc::new(args.data.registry()?),
+        Arc::new(args.data.calendars()?),
+        virtual_clock,
+    );
+    if !args.barred_credit_grade.is_empty() {
+        options.barred_grades = args.barred_credit_grade.clone();
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

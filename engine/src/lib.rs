@@ -18,10 +18,12 @@
 //! Where to start reading: `docs/ARCHITECTURE.md`, then [`writer`] and [`machine`].
 
 pub mod admin;
+pub mod api;
 pub mod calendar;
 pub mod cli;
 pub mod clock;
 pub mod definition;
+pub mod domain;
 pub mod engine;
 pub mod machine;
 pub mod proto;

@@ -1,8 +1,9 @@
 //! The gRPC server: [`run`] starts the engine and serves it on a listener until `shutdown`
 //! completes. `main` and the tests call the same function (tests bind port 0).
 //!
-//! Until the domain API lands this serves the gRPC health service (`grpc.health.v1.Health`,
-//! SERVING once the engine has started) and server reflection for every shenguan.v1 file.
+//! It serves the domain services (`IntakeService`, `SupervisionService`, `AdminService`), the
+//! gRPC health service (`grpc.health.v1.Health`, SERVING once the engine has started) and
+//! server reflection for every shenguan.v1 file.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::api::{self, Shared};
 use crate::calendar::Calendars;
-use crate::clock::Clock;
+use crate::clock::{Clock, VirtualClock};
 use crate::definition::Registry;
 use crate::engine::{self, Engine};
 
@@ -24,6 +26,9 @@ pub enum Error {
     /// The reflection service could not be built from the descriptor set.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// The read side could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -39,7 +44,31 @@ pub struct Options {
     pub calendars: Arc<Calendars>,
     /// The clock (virtual in sandbox mode).
     pub clock: Arc<dyn Clock>,
+    /// In sandbox mode, the same clock as `clock`, which `AdvanceClock` moves.
+    pub virtual_clock: Option<VirtualClock>,
+    /// Credit grades that may not take the commitment route.
+    pub barred_grades: Vec<String>,
 }
+
+impl Options {
+    /// Options with the defaults: the system clock, or a virtual clock when `virtual_clock` is
+    /// given; the grade "dishonest" barred from the commitment route.
+    pub fn new(
+        engine: engine::Config,
+        registry: Arc<Registry>,
+        calendars: Arc<Calendars>,
+        virtual_clock: Option<VirtualClock>,
+    ) -> Self {
+        let clock: Arc<dyn Clock> = match &virtual_clock {
+            Some(v) => Arc::new(v.clone()),
+            None => Arc::new(crate::clock::SystemClock),
+        };
+        Options { engine, registry, calendars, clock, virtual_clock, barred_grades: vec!["dishonest".to_owned()] }
+    }
+}
+
+/// Largest request a client may send. Every field has its own, smaller, limit.
+const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// Starts the engine and serves gRPC on `listener` until `shutdown` completes; then stops the
 /// engine. Everything acknowledged before is durable.
@@ -48,7 +77,29 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let engine = Engine::start(options.engine, options.registry, options.calendars, options.clock).await?;
+    let db = options.engine.db.clone();
+    let engine = Arc::new(
+        Engine::start(options.engine, options.registry.clone(), options.calendars.clone(), options.clock.clone())
+            .await?,
+    );
+    let reader = crate::store::read::Reader::open(&db, 4).await?;
+    let shared = Arc::new(Shared {
+        engine: engine.clone(),
+        reader,
+        registry: options.registry,
+        calendars: options.calendars,
+        clock: options.clock,
+        virtual_clock: options.virtual_clock,
+        barred_grades: options.barred_grades,
+    });
+    use crate::proto::admin_service_server::AdminServiceServer;
+    use crate::proto::intake_service_server::IntakeServiceServer;
+    use crate::proto::supervision_service_server::SupervisionServiceServer;
+    let intake =
+        IntakeServiceServer::new(api::intake::Intake::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE);
+    let supervision = SupervisionServiceServer::new(api::supervision::Supervision::new(shared.clone()))
+        .max_decoding_message_size(MAX_MESSAGE);
+    let admin = AdminServiceServer::new(api::admin::Admin::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE);
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -62,8 +113,14 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
+        .add_service(intake)
+        .add_service(supervision)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
-    engine.shutdown().await;
+    drop(shared);
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        engine.shutdown().await;
+    }
     served.map_err(Error::from)
 }

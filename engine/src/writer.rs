@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::calendar::Calendars;
 use crate::clock::{Clock, Millis};
 use crate::definition::{Definition, Registry};
-use crate::machine::{decide, decode_vars, encode_vars, Command, CommandKind, Instance, Rejection};
+use crate::machine::{decide, decode_vars, encode_vars, Command, CommandKind, Instance, Rejection, Transition};
 use crate::store::{fnv1a, shard_of, Batch, IdempotencyRow, InstanceRow, OutboxRow, Store, TimerFrom};
 use crate::timer::{Horizon, TimerIndex, TimerKey};
 
@@ -65,12 +65,35 @@ pub enum WriteError {
 }
 
 type Reply = oneshot::Sender<Result<Applied, WriteError>>;
+type GroupReply = oneshot::Sender<Result<Vec<Option<Applied>>, GroupError>>;
+
+/// One command of an atomic group.
+#[derive(Debug, Clone)]
+pub struct GroupItem {
+    /// The command.
+    pub command: Command,
+    /// When false, a rejection of this command skips it instead of failing the group (for
+    /// "tell every open task" fan-outs where some tasks may already be closed).
+    pub required: bool,
+}
+
+/// Why a group was not applied: the index of the command that failed, and why.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("command {index} of the group: {error}")]
+pub struct GroupError {
+    /// Position in the group.
+    pub index: usize,
+    /// The failure.
+    pub error: WriteError,
+}
 
 /// What the writer task is asked to do.
 #[derive(Debug)]
 pub enum Request {
     /// Apply a command.
     Command(Command, Reply),
+    /// Apply several commands all-or-nothing, in one transaction.
+    Group(Vec<GroupItem>, GroupReply),
     /// Load the next page of timers due before the instant into the wheel; answers the number
     /// of timers loaded.
     Extend(Millis, oneshot::Sender<Result<usize, WriteError>>),
@@ -95,6 +118,17 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Command(command, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
         Ok(rx)
+    }
+
+    /// Applies `items` atomically: all required ones apply (in order, each seeing the ones
+    /// before it) and commit in one transaction, or nothing is written. Only the first item's
+    /// request id is honoured, for the whole group. Answers one entry per item: `None` for a
+    /// non-required item that was skipped.
+    pub async fn submit_group(&self, items: Vec<GroupItem>) -> Result<Vec<Option<Applied>>, GroupError> {
+        let (reply, rx) = oneshot::channel();
+        let gone = GroupError { index: 0, error: WriteError::ShuttingDown };
+        self.tx.send(Request::Group(items, reply)).await.map_err(|_| gone.clone())?;
+        rx.await.map_err(|_| gone)?
     }
 
     /// Asks the writer to page in timers due before `until`; returns how many were loaded.
@@ -143,10 +177,20 @@ pub fn channel<S: Store>(
     (Writer { store, rx, registry, calendars, clock, timers, wake, settings }, Handle { tx })
 }
 
-/// A reply waiting for the batch's commit.
+/// A queued request with its reply.
+enum Item {
+    One(Command, Reply),
+    Group(Vec<GroupItem>, GroupReply),
+}
+
+/// The reply owed to a request once the batch's fate is known.
+enum Owed {
+    One(Reply, Result<Applied, WriteError>),
+    Group(GroupReply, Result<Vec<Option<Applied>>, GroupError>),
+}
+
 struct Pending {
-    reply: Reply,
-    result: Result<Applied, WriteError>,
+    owed: Owed,
     /// Whether the answer is only true once this batch commits.
     needs_commit: bool,
 }
@@ -154,6 +198,26 @@ struct Pending {
 enum WheelOp {
     Insert(TimerKey),
     Cancel(TimerKey),
+}
+
+/// Everything a batch accumulates before its commit.
+#[derive(Default)]
+struct Acc {
+    live: HashMap<String, Result<Instance, WriteError>>,
+    known_keys: HashMap<String, IdempotencyRow>,
+    new_keys: HashMap<String, IdempotencyRow>,
+    batch: Batch,
+    timer_rows: HashMap<(String, String), usize>,
+    changed: HashMap<String, usize>,
+    wheel_ops: Vec<WheelOp>,
+}
+
+/// What a command's request id says before deciding anything.
+enum Seen {
+    New,
+    /// Same request again: the first answer; `true` when the first one is in this batch.
+    Duplicate(Applied, bool),
+    Reused(WriteError),
 }
 
 fn fingerprint(command: &Command) -> String {
@@ -179,23 +243,24 @@ impl<S: Store> Writer<S> {
                     Err(_) => break,
                 }
             }
-            let mut commands = Vec::with_capacity(requests.len());
+            let mut items = Vec::with_capacity(requests.len());
             for request in requests.drain(..) {
                 match request {
-                    Request::Command(c, reply) => commands.push((c, reply)),
+                    Request::Command(c, reply) => items.push(Item::One(c, reply)),
+                    Request::Group(g, reply) => items.push(Item::Group(g, reply)),
                     Request::Extend(until, reply) => {
                         // Commands queued before the extension are committed first, so the
                         // page read sees them.
-                        if !commands.is_empty() {
-                            self.process(std::mem::take(&mut commands)).await;
+                        if !items.is_empty() {
+                            self.process(std::mem::take(&mut items)).await;
                         }
                         let loaded = self.extend(until).await;
                         let _ = reply.send(loaded);
                     }
                 }
             }
-            if !commands.is_empty() {
-                self.process(commands).await;
+            if !items.is_empty() {
+                self.process(items).await;
             }
         }
     }
@@ -268,183 +333,271 @@ impl<S: Store> Writer<S> {
         })
     }
 
-    #[allow(clippy::too_many_lines)]
-    async fn process(&mut self, commands: Vec<(Command, Reply)>) {
-        let now = self.clock.now();
-        let ids: Vec<&str> = {
-            let mut ids: Vec<&str> = commands.iter().map(|(c, _)| c.instance.as_str()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
+    fn seen(acc: &Acc, command: &Command) -> Seen {
+        let Some(key) = &command.request_id else { return Seen::New };
+        let (row, in_batch) = match acc.new_keys.get(key) {
+            Some(row) => (row, true),
+            None => match acc.known_keys.get(key) {
+                Some(row) => (row, false),
+                None => return Seen::New,
+            },
         };
-        let keys: Vec<&str> = commands.iter().filter_map(|(c, _)| c.request_id.as_deref()).collect();
+        match acc.live.get(&command.instance) {
+            Some(Ok(instance)) if row.fingerprint == fingerprint(command) && row.instance == command.instance => {
+                Seen::Duplicate(Applied { instance: instance.clone(), seq: row.seq, duplicate: true }, in_batch)
+            }
+            _ => Seen::Reused(WriteError::KeyReused { key: key.clone() }),
+        }
+    }
+
+    /// Runs `decide` for one command against the batch so far, without recording anything.
+    fn try_decide(
+        &self,
+        acc: &Acc,
+        overlay: &HashMap<String, Instance>,
+        command: &Command,
+        now: Millis,
+    ) -> Result<Transition, WriteError> {
+        let current = match overlay.get(&command.instance) {
+            Some(instance) => Some(instance),
+            None => match acc.live.get(&command.instance) {
+                Some(Ok(instance)) => Some(instance),
+                Some(Err(e)) => return Err(e.clone()),
+                None => None,
+            },
+        };
+        let def = self.definition_for(command, current)?;
+        Ok(decide(&def, current, command, now, &self.calendars)?)
+    }
+
+    /// Records a decided transition into the batch.
+    fn record(&self, acc: &mut Acc, command: &Command, t: Transition, now: Millis) -> Applied {
+        let previous = match acc.live.get(&command.instance) {
+            Some(Ok(instance)) => Some(instance.timers.clone()),
+            _ => None,
+        };
+        let shard = shard_of(&command.instance, self.settings.shards);
+        let id = command.instance.clone();
+        for name in &t.remove {
+            if let Some(old) = previous.as_ref().and_then(|timers| timers.get(name)) {
+                acc.wheel_ops.push(WheelOp::Cancel(TimerKey {
+                    instance: id.clone(),
+                    name: name.clone(),
+                    due: old.due,
+                }));
+            }
+            set_timer(&mut acc.batch, &mut acc.timer_rows, (id.clone(), name.clone()), None);
+        }
+        for (name, timer) in &t.arm {
+            if let Some(old) = previous.as_ref().and_then(|timers| timers.get(name)) {
+                acc.wheel_ops.push(WheelOp::Cancel(TimerKey {
+                    instance: id.clone(),
+                    name: name.clone(),
+                    due: old.due,
+                }));
+            }
+            acc.wheel_ops.push(WheelOp::Insert(TimerKey { instance: id.clone(), name: name.clone(), due: timer.due }));
+            set_timer(&mut acc.batch, &mut acc.timer_rows, (id.clone(), name.clone()), Some((timer.clone(), shard)));
+        }
+        for (i, message) in t.outbox.iter().enumerate() {
+            acc.batch.outbox.push(OutboxRow {
+                key: format!("{id}:{}:{i}", t.history.seq),
+                instance: id.clone(),
+                seq: t.history.seq,
+                message: message.clone(),
+                created_at: now,
+            });
+        }
+        if let Some(key) = &command.request_id {
+            let row = IdempotencyRow { instance: id.clone(), seq: t.history.seq, fingerprint: fingerprint(command) };
+            acc.batch.idempotency.push((key.clone(), row.clone(), now));
+            acc.new_keys.insert(key.clone(), row);
+        }
+        let row = InstanceRow {
+            id: id.clone(),
+            workflow: t.instance.workflow.clone(),
+            version: t.instance.version,
+            state: t.instance.state.clone(),
+            vars: encode_vars(&t.instance.vars),
+            timers: t.instance.timers.clone(),
+            seq: t.instance.seq,
+            shard,
+            created_at: t.instance.created_at,
+            updated_at: t.instance.updated_at,
+        };
+        match acc.changed.get(&id) {
+            Some(&i) => acc.batch.instances[i] = row,
+            None => {
+                acc.changed.insert(id.clone(), acc.batch.instances.len());
+                acc.batch.instances.push(row);
+            }
+        }
+        let seq = t.history.seq;
+        acc.batch.history.push((id.clone(), t.history));
+        let applied = Applied { instance: t.instance.clone(), seq, duplicate: false };
+        acc.live.insert(id, Ok(t.instance));
+        applied
+    }
+
+    fn one(&self, acc: &mut Acc, command: &Command, now: Millis) -> (Result<Applied, WriteError>, bool) {
+        match Self::seen(acc, command) {
+            Seen::Duplicate(applied, in_batch) => return (Ok(applied), in_batch),
+            Seen::Reused(e) => return (Err(e), false),
+            Seen::New => {}
+        }
+        match self.try_decide(acc, &HashMap::new(), command, now) {
+            Ok(t) => (Ok(self.record(acc, command, t, now)), true),
+            Err(e) => (Err(e), false),
+        }
+    }
+
+    fn group(
+        &self,
+        acc: &mut Acc,
+        items: &[GroupItem],
+        now: Millis,
+    ) -> (Result<Vec<Option<Applied>>, GroupError>, bool) {
+        if let Some(first) = items.first() {
+            match Self::seen(acc, &first.command) {
+                Seen::New => {}
+                Seen::Reused(error) => return (Err(GroupError { index: 0, error }), false),
+                Seen::Duplicate(_, in_batch) => {
+                    // The whole group was applied before: answer with the instances as they are.
+                    let answers = items
+                        .iter()
+                        .map(|item| match acc.live.get(&item.command.instance) {
+                            Some(Ok(instance)) => {
+                                Some(Applied { instance: instance.clone(), seq: instance.seq, duplicate: true })
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    return (Ok(answers), in_batch);
+                }
+            }
+        }
+        // Dry run on an overlay: decide is pure, so deciding again for real gives the same result.
+        let mut overlay: HashMap<String, Instance> = HashMap::new();
+        let mut decided = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let mut command = item.command.clone();
+            if index > 0 {
+                command.request_id = None;
+            }
+            match self.try_decide(acc, &overlay, &command, now) {
+                Ok(t) => {
+                    overlay.insert(command.instance.clone(), t.instance.clone());
+                    decided.push(Some((command, t)));
+                }
+                Err(_) if !item.required => decided.push(None),
+                Err(error) => return (Err(GroupError { index, error }), false),
+            }
+        }
+        let answers = decided.into_iter().map(|d| d.map(|(command, t)| self.record(acc, &command, t, now))).collect();
+        (Ok(answers), true)
+    }
+
+    async fn process(&mut self, items: Vec<Item>) {
+        let now = self.clock.now();
+        let mut ids: Vec<&str> = Vec::new();
+        let mut keys: Vec<&str> = Vec::new();
+        for item in &items {
+            match item {
+                Item::One(c, _) => {
+                    ids.push(&c.instance);
+                    keys.extend(c.request_id.as_deref());
+                }
+                Item::Group(g, _) => {
+                    ids.extend(g.iter().map(|i| i.command.instance.as_str()));
+                    keys.extend(g.first().and_then(|i| i.command.request_id.as_deref()));
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
         let loaded = match self.store.load_instances(&ids).await {
             Ok(rows) => rows,
-            Err(e) => return fail_all(commands, &e.to_string()),
+            Err(e) => return fail_all(items, &e.to_string()),
         };
         let known_keys = if keys.is_empty() {
             HashMap::new()
         } else {
             match self.store.load_idempotency(&keys).await {
                 Ok(rows) => rows,
-                Err(e) => return fail_all(commands, &e.to_string()),
+                Err(e) => return fail_all(items, &e.to_string()),
             }
         };
-
-        let mut live: HashMap<String, Result<Instance, WriteError>> = HashMap::with_capacity(loaded.len());
+        let mut acc = Acc { known_keys, ..Acc::default() };
         for (id, row) in loaded {
             let decoded = self.decode(row);
-            live.insert(id, decoded);
-        }
-        let mut new_keys: HashMap<String, IdempotencyRow> = HashMap::new();
-        let mut batch = Batch::default();
-        let mut timer_rows: HashMap<(String, String), usize> = HashMap::new();
-        let mut changed: HashMap<String, usize> = HashMap::new();
-        let mut wheel_ops = Vec::new();
-        let mut pending = Vec::with_capacity(commands.len());
-
-        for (command, reply) in commands {
-            let current = match live.get(&command.instance) {
-                Some(Ok(instance)) => Some(instance),
-                Some(Err(e)) => {
-                    pending.push(Pending { reply, result: Err(e.clone()), needs_commit: false });
-                    continue;
-                }
-                None => None,
-            };
-            let print = command.request_id.as_ref().map(|_| fingerprint(&command));
-            if let (Some(key), Some(print)) = (&command.request_id, &print) {
-                let (seen, in_batch) = match new_keys.get(key) {
-                    Some(row) => (Some(row), true),
-                    None => (known_keys.get(key), false),
-                };
-                if let Some(row) = seen {
-                    let result = match current {
-                        Some(instance) if row.fingerprint == *print && row.instance == command.instance => {
-                            Ok(Applied { instance: instance.clone(), seq: row.seq, duplicate: true })
-                        }
-                        _ => Err(WriteError::KeyReused { key: key.clone() }),
-                    };
-                    pending.push(Pending { reply, result, needs_commit: in_batch });
-                    continue;
-                }
-            }
-            let def = match self.definition_for(&command, current) {
-                Ok(def) => def,
-                Err(r) => {
-                    pending.push(Pending { reply, result: Err(r.into()), needs_commit: false });
-                    continue;
-                }
-            };
-            let t = match decide(&def, current, &command, now, &self.calendars) {
-                Ok(t) => t,
-                Err(r) => {
-                    pending.push(Pending { reply, result: Err(r.into()), needs_commit: false });
-                    continue;
-                }
-            };
-            let shard = shard_of(&command.instance, self.settings.shards);
-            let id = command.instance.clone();
-            for name in &t.remove {
-                if let Some(old) = current.and_then(|i| i.timers.get(name)) {
-                    wheel_ops.push(WheelOp::Cancel(TimerKey {
-                        instance: id.clone(),
-                        name: name.clone(),
-                        due: old.due,
-                    }));
-                }
-                set_timer(&mut batch, &mut timer_rows, (id.clone(), name.clone()), None);
-            }
-            for (name, timer) in &t.arm {
-                if let Some(old) = current.and_then(|i| i.timers.get(name)) {
-                    wheel_ops.push(WheelOp::Cancel(TimerKey {
-                        instance: id.clone(),
-                        name: name.clone(),
-                        due: old.due,
-                    }));
-                }
-                wheel_ops.push(WheelOp::Insert(TimerKey { instance: id.clone(), name: name.clone(), due: timer.due }));
-                set_timer(&mut batch, &mut timer_rows, (id.clone(), name.clone()), Some((timer.clone(), shard)));
-            }
-            for (i, message) in t.outbox.iter().enumerate() {
-                batch.outbox.push(OutboxRow {
-                    key: format!("{id}:{}:{i}", t.history.seq),
-                    instance: id.clone(),
-                    seq: t.history.seq,
-                    message: message.clone(),
-                    created_at: now,
-                });
-            }
-            if let (Some(key), Some(print)) = (&command.request_id, print) {
-                let row = IdempotencyRow { instance: id.clone(), seq: t.history.seq, fingerprint: print };
-                batch.idempotency.push((key.clone(), row.clone(), now));
-                new_keys.insert(key.clone(), row);
-            }
-            let row = InstanceRow {
-                id: id.clone(),
-                workflow: t.instance.workflow.clone(),
-                version: t.instance.version,
-                state: t.instance.state.clone(),
-                vars: encode_vars(&t.instance.vars),
-                timers: t.instance.timers.clone(),
-                seq: t.instance.seq,
-                shard,
-                created_at: t.instance.created_at,
-                updated_at: t.instance.updated_at,
-            };
-            match changed.get(&id) {
-                Some(&i) => batch.instances[i] = row,
-                None => {
-                    changed.insert(id.clone(), batch.instances.len());
-                    batch.instances.push(row);
-                }
-            }
-            batch.history.push((id.clone(), t.history.clone()));
-            let seq = t.history.seq;
-            pending.push(Pending {
-                reply,
-                result: Ok(Applied { instance: t.instance.clone(), seq, duplicate: false }),
-                needs_commit: true,
-            });
-            live.insert(id, Ok(t.instance));
+            acc.live.insert(id, decoded);
         }
 
-        let committed = if batch.is_empty() { Ok(()) } else { self.store.commit(&batch).await };
+        let mut pending = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Item::One(command, reply) => {
+                    let (result, needs_commit) = self.one(&mut acc, &command, now);
+                    pending.push(Pending { owed: Owed::One(reply, result), needs_commit });
+                }
+                Item::Group(group, reply) => {
+                    let (result, needs_commit) = self.group(&mut acc, &group, now);
+                    pending.push(Pending { owed: Owed::Group(reply, result), needs_commit });
+                }
+            }
+        }
+
+        let committed = if acc.batch.is_empty() { Ok(()) } else { self.store.commit(&acc.batch).await };
         match committed {
             Ok(()) => {
-                if !wheel_ops.is_empty() {
-                    let mut index = lock(&self.timers);
-                    let mut inserted = false;
-                    for op in wheel_ops {
-                        match op {
-                            WheelOp::Cancel(key) => {
-                                index.wheel.cancel(&key);
-                            }
-                            WheelOp::Insert(key) => {
-                                if index.horizon.contains(key.due, &key.instance, &key.name) {
-                                    let due = key.due;
-                                    index.wheel.insert(key, due);
-                                    inserted = true;
-                                }
-                            }
-                        }
-                    }
-                    drop(index);
-                    if inserted {
-                        self.wake.notify_one();
-                    }
-                }
+                self.update_wheel(acc.wheel_ops);
                 for p in pending {
-                    let _ = p.reply.send(p.result);
+                    match p.owed {
+                        Owed::One(reply, result) => drop(reply.send(result)),
+                        Owed::Group(reply, result) => drop(reply.send(result)),
+                    }
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, commands = pending.len(), "group commit failed; nothing of the batch was written");
+                tracing::error!(error = %e, requests = pending.len(), "group commit failed; nothing of the batch was written");
+                let unavailable = WriteError::Unavailable(e.to_string());
                 for p in pending {
-                    let result = if p.needs_commit { Err(WriteError::Unavailable(e.to_string())) } else { p.result };
-                    let _ = p.reply.send(result);
+                    match (p.owed, p.needs_commit) {
+                        (Owed::One(reply, _), true) => drop(reply.send(Err(unavailable.clone()))),
+                        (Owed::Group(reply, _), true) => {
+                            drop(reply.send(Err(GroupError { index: 0, error: unavailable.clone() })))
+                        }
+                        (Owed::One(reply, result), false) => drop(reply.send(result)),
+                        (Owed::Group(reply, result), false) => drop(reply.send(result)),
+                    }
                 }
             }
+        }
+    }
+
+    fn update_wheel(&self, ops: Vec<WheelOp>) {
+        if ops.is_empty() {
+            return;
+        }
+        let mut index = lock(&self.timers);
+        let mut inserted = false;
+        for op in ops {
+            match op {
+                WheelOp::Cancel(key) => {
+                    index.wheel.cancel(&key);
+                }
+                WheelOp::Insert(key) => {
+                    if index.horizon.contains(key.due, &key.instance, &key.name) {
+                        let due = key.due;
+                        index.wheel.insert(key, due);
+                        inserted = true;
+                    }
+                }
+            }
+        }
+        drop(index);
+        if inserted {
+            self.wake.notify_one();
         }
     }
 }
@@ -464,9 +617,13 @@ fn set_timer(
     }
 }
 
-fn fail_all(commands: Vec<(Command, Reply)>, message: &str) {
+fn fail_all(items: Vec<Item>, message: &str) {
     tracing::error!(error = message, "cannot read the batch's instances");
-    for (_, reply) in commands {
-        let _ = reply.send(Err(WriteError::Unavailable(message.to_owned())));
+    let error = WriteError::Unavailable(message.to_owned());
+    for item in items {
+        match item {
+            Item::One(_, reply) => drop(reply.send(Err(error.clone()))),
+            Item::Group(_, reply) => drop(reply.send(Err(GroupError { index: 0, error: error.clone() }))),
+        }
     }
 }

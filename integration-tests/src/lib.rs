@@ -6,6 +6,7 @@
 //! - `src/bin/crash_child.rs`: the engine in a child process, driven line by line on stdin.
 //! - [`Child`]: spawns it and speaks its protocol.
 //! - [`Db`]: reads a database file the way an operator would, from another process.
+//! - [`TestServer`]: the real gRPC server on 127.0.0.1:0 with a virtual clock, and typed clients.
 //! - `tests/`: the suites (`crash_recovery.rs`, `server.rs`).
 
 use std::path::Path;
@@ -119,5 +120,77 @@ impl Db {
     /// Rows in the outbox.
     pub async fn outbox_len(&mut self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut self.conn).await?)
+    }
+}
+
+/// The real server (`shenguan::server::run`) on a loopback port chosen by the OS, on a fresh
+/// SQLite file, with a virtual clock; stopped when dropped or by [`TestServer::stop`].
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// A connected channel.
+    pub channel: tonic::transport::Channel,
+    /// The database file.
+    pub db: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), shenguan::server::Error>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server whose virtual clock reads `start` (RFC 3339).
+    pub async fn start(start: &str) -> Result<TestServer> {
+        let start = chrono::DateTime::parse_from_rfc3339(start)?.timestamp_millis();
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("server.db");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let options = shenguan::server::Options::new(
+            shenguan::engine::Config::new(&db),
+            std::sync::Arc::new(shenguan::definition::Registry::embedded()?),
+            std::sync::Arc::new(shenguan::calendar::Calendars::embedded()?),
+            Some(shenguan::clock::VirtualClock::new(start)),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(shenguan::server::run(options, listener, async {
+            let _ = stopped.await;
+        }));
+        // The listener is already bound, so this connects without racing the server task.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+        Ok(TestServer { addr, channel, db, stop: Some(stop), task: Some(task), _dir: dir })
+    }
+
+    /// A client of the intake service.
+    pub fn intake(&self) -> shenguan::proto::intake_service_client::IntakeServiceClient<tonic::transport::Channel> {
+        shenguan::proto::intake_service_client::IntakeServiceClient::new(self.channel.clone())
+    }
+
+    /// A client of the supervision service.
+    pub fn supervision(
+        &self,
+    ) -> shenguan::proto::supervision_service_client::SupervisionServiceClient<tonic::transport::Channel> {
+        shenguan::proto::supervision_service_client::SupervisionServiceClient::new(self.channel.clone())
+    }
+
+    /// A client of the admin service.
+    pub fn admin(&self) -> shenguan::proto::admin_service_client::AdminServiceClient<tonic::transport::Channel> {
+        shenguan::proto::admin_service_client::AdminServiceClient::new(self.channel.clone())
+    }
+
+    /// Moves the virtual clock to `to` (RFC 3339); returns once everything due has fired.
+    pub async fn advance_to(&self, to: &str) -> Result<()> {
+        self.admin().advance_clock(shenguan::proto::AdvanceClockRequest { by_millis: 0, to: to.to_owned() }).await?;
+        Ok(())
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
     }
 }

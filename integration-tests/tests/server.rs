@@ -22,12 +22,12 @@ async fn serves_health_and_reflection_then_stops_on_signal() -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = shenguan::server::Options {
-        engine: shenguan::engine::Config::new(dir.path().join("s.db")),
-        registry: Arc::new(Registry::embedded()?),
-        calendars: Arc::new(Calendars::embedded()?),
-        clock: Arc::new(VirtualClock::new(0)),
-    };
+    let options = shenguan::server::Options::new(
+        shenguan::engine::Config::new(dir.path().join("s.db")),
+        Arc::new(Registry::embedded()?),
+        Arc::new(Calendars::embedded()?),
+        Some(VirtualClock::new(0)),
+    );
     let server = tokio::spawn(shenguan::server::run(options, listener, async {
         let _ = stopped.await;
     }));

@@ -114,6 +114,8 @@ pub enum ValueExpr {
     Operand(Operand),
     /// Compute an instant.
     Time(TimeExpr),
+    /// An integer variable plus a constant (`open_tasks - 1`).
+    IntAdd(Operand, i64),
 }
 
 /// Evaluation failures that only data can cause (the types were checked at load).
@@ -279,6 +281,10 @@ impl ValueExpr {
         match self {
             ValueExpr::Operand(o) => scope.get(o),
             ValueExpr::Time(t) => t.eval(scope).map(|i| Some(Value::Instant(i))),
+            ValueExpr::IntAdd(o, n) => match scope.require(o)? {
+                Value::Int(v) => Ok(Some(Value::Int(v.saturating_add(*n)))),
+                _ => Err(EvalError::Unset(operand_text(o))),
+            },
         }
     }
 }
@@ -686,6 +692,25 @@ pub fn parse_value(src: &str, target: Type, env: &Env<'_>) -> Result<ValueExpr, 
         }
         return Ok(ValueExpr::Operand(operand));
     }
+    if target == Type::Int {
+        let (operand, ty) = p.operand()?;
+        let sign = if p.eat_sym("+") {
+            1
+        } else if p.eat_sym("-") {
+            -1
+        } else {
+            return Err(format!("expected `+ N` or `- N`{}", p.found()));
+        };
+        let n = match p.next() {
+            Some(Tok::Int(n)) => n,
+            _ => return Err("expected a whole number after `+` or `-`".into()),
+        };
+        p.done()?;
+        if ty != Type::Int {
+            return Err(format!("`{}` is of type {ty}, not int", operand_text(&operand)));
+        }
+        return Ok(ValueExpr::IntAdd(operand, sign * n));
+    }
     if target != Type::Instant {
         return Err(format!("a computed time can only be stored in an instant variable, not in one of type {target}"));
     }
@@ -848,5 +873,8 @@ mod tests {
         ));
         assert!(parse_value("now", Type::Str, &env).expect_err("type").contains("is of type instant"));
         assert!(parse_value("now + 1 day", Type::Str, &env).expect_err("type").contains("instant variable"));
+        assert_eq!(parse_value("count - 1", Type::Int, &env), Ok(ValueExpr::IntAdd(Operand::Var("count".into()), -1)));
+        assert!(parse_value("grade + 1", Type::Int, &env).expect_err("type").contains("not int"));
+        assert!(parse_value("count * 2", Type::Int, &env).is_err());
     }
 }

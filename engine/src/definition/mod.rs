@@ -134,9 +134,9 @@ impl Value {
                 n.as_i64().map(Value::Int).ok_or_else(|| format!("expected an integer, got {}", got()))
             }
             (Type::Bool, serde_json::Value::Bool(b)) => Ok(Value::Bool(*b)),
-            (Type::Date, serde_json::Value::String(s)) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            (Type::Date, serde_json::Value::String(s)) => crate::calendar::parse_date(s)
                 .map(Value::Date)
-                .map_err(|_| format!("expected a date YYYY-MM-DD, got {}", got())),
+                .ok_or_else(|| format!("expected a date YYYY-MM-DD, got {}", got())),
             (Type::Instant, serde_json::Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
                 .map(|t| Value::Instant(t.timestamp_millis()))
                 .map_err(|_| format!("expected an RFC 3339 instant, got {}", got())),
@@ -216,6 +216,8 @@ pub struct TimerSpec {
     pub at: TimeExpr,
     /// The event it raises.
     pub event: String,
+    /// Whether it is a deadline: its firing is a breach (timelines and statistics say so).
+    pub deadline: bool,
 }
 
 /// An outbox message template.
@@ -327,6 +329,15 @@ impl Definition {
             .map(|&i| &self.transitions[i])
     }
 
+    /// A timer spec by name (state timers first, then timers armed by transitions).
+    pub fn timer(&self, name: &str) -> Option<&TimerSpec> {
+        self.states
+            .iter()
+            .flat_map(|s| s.timers.iter())
+            .chain(self.transitions.iter().flat_map(|t| t.arm.iter()))
+            .find(|t| t.name == name)
+    }
+
     /// The variable holding the instance's region code, if the workflow declares `region`.
     pub fn region_var(&self) -> Option<&str> {
         self.vars.get("region").filter(|v| v.ty == Type::Str).map(|_| "region")
@@ -386,6 +397,8 @@ struct RawTimer {
     name: String,
     at: String,
     event: String,
+    #[serde(default)]
+    deadline: bool,
 }
 
 #[derive(Deserialize)]
@@ -545,7 +558,7 @@ fn build_timer(raw: &RawTimer, env: &Env<'_>) -> Result<TimerSpec, String> {
         return Err(format!("timer name {:?} must be an identifier", raw.name));
     }
     let at = expr::parse_time(&raw.at, env).map_err(|e| format!("timer `{}`: at = {:?}: {e}", raw.name, raw.at))?;
-    Ok(TimerSpec { name: raw.name.clone(), at, event: raw.event.clone() })
+    Ok(TimerSpec { name: raw.name.clone(), at, event: raw.event.clone(), deadline: raw.deadline })
 }
 
 #[allow(clippy::too_many_lines)]

@@ -14,6 +14,7 @@
 //! One implementation today ([`sqlite::SqliteStore`]); the PostgreSQL one implements the same
 //! trait.
 
+pub mod read;
 pub mod sqlite;
 
 use std::collections::HashMap;

@@ -200,7 +200,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupt(format!("{what}: {e}"))
 }
 
-fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HistoryEntry, Error> {
+pub(crate) fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HistoryEntry, Error> {
     let command: String = row.try_get("command")?;
     let armed: String = row.try_get("armed")?;
     let cancelled: String = row.try_get("cancelled")?;
@@ -219,7 +219,7 @@ fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HistoryEntry, Error
     })
 }
 
-fn instance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow, Error> {
+pub(crate) fn instance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow, Error> {
     let vars: String = row.try_get("vars")?;
     let timers: String = row.try_get("timers")?;
     Ok(InstanceRow {

@@ -1,0 +1,250 @@
+//! `AdminService`: case timelines, case queries, timeliness statistics (every figure with the
+//! ids behind it, so it can be traced to timelines), and the sandbox clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::status::{self, invalid};
+use super::{check, date, page, view, Shared};
+use crate::clock::{self, Millis};
+use crate::domain;
+use crate::proto::admin_service_server::AdminService;
+use crate::proto::{
+    AdvanceClockReply, AdvanceClockRequest, ApprovalFigures, Figure, GetStatisticsReply, GetStatisticsRequest,
+    GetTimelineReply, GetTimelineRequest, QueryCasesReply, QueryCasesRequest, SupervisionFigures,
+};
+use crate::store::read::Filter;
+use crate::store::InstanceRow;
+
+/// The service.
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    /// Over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Admin { shared }
+    }
+
+    /// The instant a local date starts in the region (for date-range filters).
+    fn start_of(&self, region: &str, field: &str, text: &str) -> Result<Millis, Status> {
+        let d = date(field, text)?;
+        let calendar = self.shared.calendars.region(region);
+        calendar.at_time(d, chrono::NaiveTime::MIN).map(clock::from_datetime).map_err(|e| invalid(field, e))
+    }
+
+    fn end_of(&self, region: &str, field: &str, text: &str) -> Result<Millis, Status> {
+        let d = date(field, text)?;
+        let next = d.succ_opt().ok_or_else(|| invalid(field, "is out of range"))?;
+        self.start_of(region, field, &next.to_string())
+    }
+}
+
+const MAX_ADVANCE: Millis = 10 * 366 * 24 * 3_600_000;
+
+fn figure(ids: Vec<String>) -> Option<Figure> {
+    Some(Figure { count: ids.len() as u64, ids })
+}
+
+fn ids_where(rows: &[&InstanceRow], keep: impl Fn(&InstanceRow) -> bool) -> Vec<String> {
+    rows.iter().filter(|r| keep(r)).map(|r| r.id.clone()).collect()
+}
+
+fn has(row: &InstanceRow, var: &str) -> bool {
+    row.vars.get(var).is_some_and(|v| !v.is_null())
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn get_timeline(&self, request: Request<GetTimelineRequest>) -> Result<Response<GetTimelineReply>, Status> {
+        let case_id = super::intake::case_id_field("case_id", &request.get_ref().case_id)?;
+        let reader = &self.shared.reader;
+        let Some(case) = reader
+            .instance(&case_id)
+            .await
+            .map_err(|e| status::read_error(&e))?
+            .filter(|r| r.workflow == "approval_case")
+        else {
+            return Err(Status::not_found(format!("case {case_id} does not exist")));
+        };
+        let mut rows = vec![case];
+        rows.extend(reader.with_prefix(&format!("{case_id}/T")).await.map_err(|e| status::read_error(&e))?);
+        let mut entries = Vec::new();
+        for (order, row) in rows.iter().enumerate() {
+            let history = reader.history(&row.id).await.map_err(|e| status::read_error(&e))?;
+            entries.extend(view::timeline(&self.shared.registry, row, &history).into_iter().map(|e| (order, e)));
+        }
+        // Oldest first; within one instant the case before its tasks, each in history order.
+        entries.sort_by_key(|(order, e)| (e.at.as_ref().map_or(0, |a| a.unix_millis), *order, e.seq));
+        Ok(Response::new(GetTimelineReply { case_id, entries: entries.into_iter().map(|(_, e)| e).collect() }))
+    }
+
+    async fn query_cases(&self, request: Request<QueryCasesRequest>) -> Result<Response<QueryCasesReply>, Status> {
+        let r = request.into_inner();
+        let (size, after) = page(r.page.as_ref())?;
+        let mut filter = Filter { workflow: "approval_case".into(), after, limit: Some(size), ..Filter::default() };
+        let region = if r.region_code.is_empty() { "national".to_owned() } else { r.region_code.clone() };
+        if !r.region_code.is_empty() {
+            check("region_code", domain::check_region(&r.region_code))?;
+            filter.vars.push(("region".into(), r.region_code.clone()));
+        }
+        if !r.approval_department.is_empty() {
+            check("approval_department", domain::check_text(&r.approval_department, 128))?;
+            filter.vars.push(("approval_department".into(), r.approval_department.clone()));
+        }
+        if !r.applicant_code.is_empty() {
+            check("applicant_code", domain::check_text(&r.applicant_code, 18))?;
+            filter.vars.push(("applicant_code".into(), r.applicant_code.to_ascii_uppercase()));
+        }
+        if !r.state.is_empty() {
+            let def = self
+                .shared
+                .registry
+                .latest("approval_case")
+                .ok_or_else(|| Status::internal("no approval_case workflow"))?;
+            if def.state(&r.state).is_none() {
+                let states: Vec<&str> = def.states.iter().map(|s| s.name.as_str()).collect();
+                return Err(invalid("state", format!("unknown state {:?}; one of {}", r.state, states.join(", "))));
+            }
+            filter.state = Some(r.state.clone());
+        }
+        if r.overdue_only {
+            filter.any_true = vec!["deadline_breached".into()];
+        }
+        if !r.accepted_from.is_empty() {
+            filter.created_from = Some(self.start_of(&region, "accepted_from", &r.accepted_from)?);
+        }
+        if !r.accepted_to.is_empty() {
+            filter.created_before = Some(self.end_of(&region, "accepted_to", &r.accepted_to)?);
+        }
+        let rows = self.shared.reader.list(&filter).await.map_err(|e| status::read_error(&e))?;
+        let full = rows.len() as u32 == size;
+        let next_page_token = super::next_token(rows.last().map(|r| r.id.as_str()), full);
+        let mut cases = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let tasks =
+                self.shared.reader.with_prefix(&format!("{}/T", row.id)).await.map_err(|e| status::read_error(&e))?;
+            cases.push(view::case(&self.shared.registry, row, &tasks));
+        }
+        Ok(Response::new(QueryCasesReply { cases, next_page_token }))
+    }
+
+    async fn get_statistics(
+        &self,
+        request: Request<GetStatisticsRequest>,
+    ) -> Result<Response<GetStatisticsReply>, Status> {
+        let r = request.into_inner();
+        check("region_code", domain::check_region(&r.region_code))?;
+        let from = self.start_of(&r.region_code, "from", &r.from)?;
+        let to = self.end_of(&r.region_code, "to", &r.to)?;
+        if to <= from {
+            return Err(invalid("to", "is before from"));
+        }
+        let base = |workflow: &str| Filter {
+            workflow: workflow.into(),
+            vars: vec![("region".into(), r.region_code.clone())],
+            created_from: Some(from),
+            created_before: Some(to),
+            ..Filter::default()
+        };
+        let reader = &self.shared.reader;
+        let tasks = reader.list(&base("supervision_task")).await.map_err(|e| status::read_error(&e))?;
+        let cases = reader.list(&base("approval_case")).await.map_err(|e| status::read_error(&e))?;
+
+        let mut by_office: BTreeMap<(String, String), Vec<&InstanceRow>> = BTreeMap::new();
+        for t in &tasks {
+            let (department, office) = (view::var(t, "department"), view::var(t, "office"));
+            if (!r.department.is_empty() && r.department != department) || (!r.office.is_empty() && r.office != office)
+            {
+                continue;
+            }
+            by_office.entry((department, office)).or_default().push(t);
+        }
+        let supervision = by_office
+            .into_iter()
+            .map(|((department, office), rows)| SupervisionFigures {
+                region_code: r.region_code.clone(),
+                department,
+                office,
+                tasks: figure(ids_where(&rows, |_| true)),
+                viewed_in_time: figure(ids_where(&rows, |t| has(t, "viewed_at") && !view::flag(t, "ack_late"))),
+                viewed_late: figure(ids_where(&rows, |t| has(t, "viewed_at") && view::flag(t, "ack_late"))),
+                view_overdue: figure(ids_where(&rows, |t| !has(t, "viewed_at") && view::flag(t, "ack_breached"))),
+                results_in_time: figure(ids_where(&rows, |t| has(t, "result") && !view::flag(t, "result_late"))),
+                results_late: figure(ids_where(&rows, |t| has(t, "result") && view::flag(t, "result_late"))),
+                result_overdue: figure(ids_where(&rows, |t| !has(t, "result") && view::flag(t, "result_breached"))),
+                rectifications_ordered: figure(ids_where(&rows, |t| view::var(t, "result") == "non_compliant")),
+                rectified: figure(ids_where(&rows, |t| view::var(t, "rectified") == "true")),
+                rectification_failed: figure(ids_where(&rows, |t| view::var(t, "rectified") == "false")),
+                revocations_decided: figure(ids_where(&rows, |t| {
+                    view::var(t, "result") == "revocation" || view::var(t, "rectified") == "false"
+                })),
+            })
+            .collect();
+
+        let mut by_department: BTreeMap<String, Vec<&InstanceRow>> = BTreeMap::new();
+        for c in &cases {
+            let department = view::var(c, "approval_department");
+            if !r.department.is_empty() && r.department != department {
+                continue;
+            }
+            by_department.entry(department).or_default().push(c);
+        }
+        let commitment = |c: &InstanceRow| view::var(c, "route") == "commitment";
+        let approval = by_department
+            .into_iter()
+            .map(|(department, rows)| ApprovalFigures {
+                region_code: r.region_code.clone(),
+                department,
+                cases: figure(ids_where(&rows, |_| true)),
+                commitments: figure(ids_where(&rows, commitment)),
+                commitments_fulfilled: figure(ids_where(&rows, |c| view::var(c, "commitment_outcome") == "fulfilled")),
+                commitments_overdue: figure(ids_where(&rows, |c| view::flag(c, "deadline_breached"))),
+                commitments_revoked: figure(ids_where(&rows, |c| commitment(c) && c.state == "revoked")),
+                revoked: figure(ids_where(&rows, |c| c.state == "revoked")),
+            })
+            .collect();
+        Ok(Response::new(GetStatisticsReply { supervision, approval }))
+    }
+
+    async fn advance_clock(
+        &self,
+        request: Request<AdvanceClockRequest>,
+    ) -> Result<Response<AdvanceClockReply>, Status> {
+        let Some(clock) = &self.shared.virtual_clock else {
+            return Err(Status::failed_precondition(
+                "this server runs on the system clock; only a server started with --virtual-clock can be advanced",
+            ));
+        };
+        let r = request.into_inner();
+        let now = match (r.by_millis, r.to.is_empty()) {
+            (by, true) if by > 0 && by <= MAX_ADVANCE => clock.advance(by),
+            (by, true) => {
+                return Err(invalid("by_millis", format!("{by} must be between 1 and {MAX_ADVANCE} (ten years)")))
+            }
+            (0, false) => {
+                let to = chrono::DateTime::parse_from_rfc3339(&r.to)
+                    .map_err(|_| invalid("to", format!("{:?} is not an RFC 3339 instant", r.to)))?
+                    .timestamp_millis();
+                let current = crate::clock::Clock::now(clock);
+                if to < current {
+                    return Err(invalid(
+                        "to",
+                        format!("{} is before the current time {}", r.to, clock::display(current)),
+                    ));
+                }
+                if to - current > MAX_ADVANCE {
+                    return Err(invalid("to", "is more than ten years ahead"));
+                }
+                clock.advance_to(to)
+            }
+            _ => return Err(invalid("by_millis", "give by_millis or to, not both")),
+        };
+        // Answer once everything due by the new time has fired and committed.
+        self.shared.engine.settle().await;
+        Ok(Response::new(AdvanceClockReply { now: Some(view::instant(now)) }))
+    }
+}

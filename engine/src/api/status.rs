@@ -1,0 +1,64 @@
+//! The one place errors become gRPC statuses. Messages say what to do; database detail stays
+//! in the logs.
+
+use tonic::{Code, Status};
+
+use crate::machine::Rejection;
+use crate::writer::{GroupError, WriteError};
+
+/// `InvalidArgument` naming the field.
+pub fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+/// The status for a write that failed, for an instance of kind `what` ("case", "task").
+pub fn write_error(what: &str, id: &str, error: &WriteError) -> Status {
+    match error {
+        WriteError::Rejected(r) => rejection(what, id, r),
+        WriteError::KeyReused { .. } => {
+            Status::already_exists(format!("{what} {id} was already submitted with different content"))
+        }
+        WriteError::Unavailable(_) | WriteError::ShuttingDown => {
+            tracing::warn!(%error, "write failed");
+            Status::unavailable("storage is unavailable; nothing was written; retry later")
+        }
+        WriteError::Corrupt { .. } => {
+            tracing::error!(%error, "stored instance cannot be read");
+            Status::data_loss(format!("{what} {id} cannot be read back; an operator must look at it"))
+        }
+    }
+}
+
+/// The status for a rejected command.
+pub fn rejection(what: &str, id: &str, r: &Rejection) -> Status {
+    match r {
+        Rejection::AlreadyExists { .. } => Status::already_exists(format!("{what} {id} already exists")),
+        Rejection::NotFound { .. } => Status::not_found(format!("{what} {id} does not exist")),
+        Rejection::InvalidTransition { state, event } => {
+            Status::failed_precondition(format!("{what} {id} is in state {state}; {event} is not allowed there"))
+        }
+        Rejection::GuardRejected { state, event } => Status::failed_precondition(format!(
+            "{what} {id} is in state {state}; {event} does not apply to it as given"
+        )),
+        Rejection::InvalidInput { field, message } => invalid(field, message),
+        Rejection::UnknownEvent { event, .. } => Status::invalid_argument(format!("unknown event {event}")),
+        Rejection::InternalEvent { event } => {
+            Status::permission_denied(format!("{event} is raised by the engine's timers only"))
+        }
+        Rejection::Deadline { .. } | Rejection::Set { .. } => Status::failed_precondition(format!("{what} {id}: {r}")),
+        Rejection::StaleTimer { .. } => Status::aborted(r.to_string()),
+        Rejection::UnknownWorkflow { .. } => Status::new(Code::Internal, r.to_string()),
+    }
+}
+
+/// The status for a failed group: the failing command's instance is named.
+pub fn group_error(ids: &[(&str, &str)], error: &GroupError) -> Status {
+    let (what, id) = ids.get(error.index).copied().unwrap_or(("case", "?"));
+    write_error(what, id, &error.error)
+}
+
+/// The status for a read that failed.
+pub fn read_error(error: &crate::store::Error) -> Status {
+    tracing::warn!(%error, "read failed");
+    Status::unavailable("storage is unavailable; retry later")
+}

@@ -1,0 +1,165 @@
+//! Domain → proto: cases, tasks, deadlines and timeline entries as callers see them.
+
+use std::collections::HashMap;
+
+use crate::clock::{self, Millis};
+use crate::definition::Registry;
+use crate::machine::{encode_vars, CommandKind, HistoryEntry, Instance};
+use crate::proto;
+use crate::store::InstanceRow;
+
+/// An instant with its Asia/Shanghai rendering.
+pub fn instant(at: Millis) -> proto::Instant {
+    proto::Instant { unix_millis: at, shanghai: clock::display(at) }
+}
+
+/// The row an applied instance corresponds to.
+pub fn row_of(i: &Instance) -> InstanceRow {
+    InstanceRow {
+        id: i.id.clone(),
+        workflow: i.workflow.clone(),
+        version: i.version,
+        state: i.state.clone(),
+        vars: encode_vars(&i.vars),
+        timers: i.timers.clone(),
+        seq: i.seq,
+        shard: 0,
+        created_at: i.created_at,
+        updated_at: i.updated_at,
+    }
+}
+
+/// A variable as text ("" when unset).
+pub fn var(row: &InstanceRow, name: &str) -> String {
+    match row.vars.get(name) {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Whether a boolean variable is true.
+pub fn flag(row: &InstanceRow, name: &str) -> bool {
+    matches!(row.vars.get(name), Some(serde_json::Value::Bool(true)))
+}
+
+fn variables(row: &InstanceRow) -> HashMap<String, String> {
+    row.vars.keys().map(|k| (k.clone(), var(row, k))).collect()
+}
+
+fn is_deadline(registry: &Registry, row: &InstanceRow, timer: &str) -> bool {
+    registry.get(&row.workflow, row.version).and_then(|d| d.timer(timer)).is_some_and(|t| t.deadline)
+}
+
+fn deadlines(registry: &Registry, row: &InstanceRow) -> Vec<proto::Deadline> {
+    let mut out: Vec<proto::Deadline> = row
+        .timers
+        .iter()
+        .map(|(name, t)| proto::Deadline {
+            name: name.clone(),
+            due: Some(instant(t.due)),
+            is_deadline: is_deadline(registry, row, name),
+        })
+        .collect();
+    out.sort_by_key(|d| d.due.as_ref().map_or(0, |i| i.unix_millis));
+    out
+}
+
+/// The breach flags of a supervision task.
+pub const TASK_BREACHES: [&str; 3] = ["ack_breached", "result_breached", "rectification_breached"];
+
+/// A task as callers see it.
+pub fn task(registry: &Registry, row: &InstanceRow) -> proto::Task {
+    proto::Task {
+        task_id: row.id.clone(),
+        case_id: var(row, "case_id"),
+        department: var(row, "department"),
+        office: var(row, "office"),
+        state: row.state.clone(),
+        deadlines: deadlines(registry, row),
+        overdue: TASK_BREACHES.iter().any(|f| flag(row, f)),
+        created_at: Some(instant(row.created_at)),
+        updated_at: Some(instant(row.updated_at)),
+        version: row.seq,
+        variables: variables(row),
+    }
+}
+
+/// A case as callers see it, with its tasks.
+pub fn case(registry: &Registry, row: &InstanceRow, tasks: &[InstanceRow]) -> proto::Case {
+    let tasks: Vec<proto::Task> = tasks.iter().map(|t| task(registry, t)).collect();
+    proto::Case {
+        case_id: row.id.clone(),
+        case_no: var(row, "case_no"),
+        region_code: var(row, "region"),
+        state: row.state.clone(),
+        route: var(row, "route"),
+        scenario: var(row, "scenario"),
+        approval_department: var(row, "approval_department"),
+        applicant_name: var(row, "applicant_name"),
+        applicant_code: var(row, "applicant_code"),
+        credit_grade: var(row, "credit_grade"),
+        commitment_deadline: var(row, "commitment_deadline"),
+        license_no: var(row, "license_no"),
+        deadlines: deadlines(registry, row),
+        overdue: flag(row, "deadline_breached") || tasks.iter().any(|t| t.overdue),
+        accepted_at: Some(instant(row.created_at)),
+        updated_at: Some(instant(row.updated_at)),
+        version: row.seq,
+        tasks,
+        variables: variables(row),
+    }
+}
+
+/// One instance's history as timeline entries.
+pub fn timeline(registry: &Registry, row: &InstanceRow, history: &[HistoryEntry]) -> Vec<proto::TimelineEntry> {
+    use proto::DeadlineStatus;
+    history
+        .iter()
+        .map(|h| {
+            let mut changes = Vec::new();
+            if let CommandKind::Timer { name, due } = &h.command {
+                let status =
+                    if is_deadline(registry, row, name) { DeadlineStatus::Breached } else { DeadlineStatus::Fired };
+                changes.push(proto::DeadlineChange {
+                    name: name.clone(),
+                    due: Some(instant(*due)),
+                    status: status as i32,
+                });
+            }
+            for (name, due) in &h.cancelled {
+                // Cancelled by a caller's action before it fell due: the deadline was met.
+                let met = matches!(h.command, CommandKind::Event { .. }) && h.at <= *due;
+                let status = if met && is_deadline(registry, row, name) {
+                    DeadlineStatus::Met
+                } else {
+                    DeadlineStatus::Cancelled
+                };
+                changes.push(proto::DeadlineChange {
+                    name: name.clone(),
+                    due: Some(instant(*due)),
+                    status: status as i32,
+                });
+            }
+            for (name, due) in &h.armed {
+                changes.push(proto::DeadlineChange {
+                    name: name.clone(),
+                    due: Some(instant(*due)),
+                    status: DeadlineStatus::Armed as i32,
+                });
+            }
+            proto::TimelineEntry {
+                at: Some(instant(h.at)),
+                instance_id: row.id.clone(),
+                seq: h.seq,
+                actor: h.actor.clone(),
+                event: crate::store::read::event_name(h),
+                from_state: h.from.clone().unwrap_or_default(),
+                to_state: h.to.clone(),
+                deadlines: changes,
+                request_id: h.request_id.clone().unwrap_or_default(),
+                messages: h.messages,
+            }
+        })
+        .collect()
+}

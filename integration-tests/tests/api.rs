@@ -1,0 +1,589 @@
+//! The approval–supervision API over real gRPC on loopback, with the server's virtual clock:
+//! every branch of the workflows, the deadline rules on the working-day calendar, idempotency,
+//! refusals with the right status and nothing written, and statistics traced to timelines.
+
+use anyhow::Result;
+use integration_tests::TestServer;
+use shenguan::proto::{
+    applicant, AcceptCaseRequest, AcknowledgeTaskRequest, Applicant, Case, CompleteApprovalRequest, DeadlineStatus,
+    GetCaseRequest, GetStatisticsRequest, GetTimelineRequest, ListTasksRequest, Outcome, QueryCasesRequest,
+    ReportInspectionRequest, ReportRectificationRequest, ReportResultRequest, RevokeApprovalRequest, Route, Scenario,
+    SubmitMaterialsRequest, Supervisor, Task, TimelineEntry,
+};
+use tonic::Code;
+
+const USCC: &str = "91110000600037341L";
+
+fn accept(case_no: &str, route: Route, scenario: Scenario) -> AcceptCaseRequest {
+    AcceptCaseRequest {
+        case_no: case_no.into(),
+        region_code: "320700".into(),
+        approval_department: "市行政審批局".into(),
+        approval_item_code: "ITEM-001".into(),
+        handling_item_code: "HANDLE-001".into(),
+        applicant: Some(Applicant {
+            name: "連云港某某食品有限公司".into(),
+            id: Some(applicant::Id::CreditCode(USCC.into())),
+            mobile: "13800138000".into(),
+        }),
+        route: route as i32,
+        scenario: scenario as i32,
+        credit_grade: "A".into(),
+        commitment_deadline: String::new(),
+        commitment_period_working_days: 0,
+        deferred_materials: vec![],
+        supervisors: vec![Supervisor {
+            department: "市市場監督管理局".into(),
+            office: "食品生產監管處".into(),
+            office_admin_mobile: "13900139000".into(),
+        }],
+    }
+}
+
+fn deferral(case_no: &str, deadline: &str) -> AcceptCaseRequest {
+    let mut r = accept(case_no, Route::Commitment, Scenario::MaterialDeferral);
+    r.commitment_deadline = deadline.into();
+    r.deferred_materials = vec!["食品安全管理制度".into(), "設備布局圖".into()];
+    r
+}
+
+async fn get_case(server: &TestServer, id: &str) -> Result<Case> {
+    Ok(server.intake().get_case(GetCaseRequest { case_id: id.into() }).await?.into_inner().case.expect("case"))
+}
+
+async fn timeline(server: &TestServer, id: &str) -> Result<Vec<TimelineEntry>> {
+    Ok(server.admin().get_timeline(GetTimelineRequest { case_id: id.into() }).await?.into_inner().entries)
+}
+
+fn shanghai(e: &TimelineEntry) -> &str {
+    e.at.as_ref().map_or("", |a| a.shanghai.as_str())
+}
+
+/// (due, status) of every change to the deadline `name` of `instance`.
+fn deadline_status(entries: &[TimelineEntry], instance: &str, name: &str) -> Vec<(String, DeadlineStatus)> {
+    entries
+        .iter()
+        .filter(|e| e.instance_id == instance)
+        .flat_map(|e| {
+            e.deadlines
+                .iter()
+                .filter(|d| d.name == name)
+                .map(|d| (d.due.as_ref().map_or(String::new(), |i| i.shanghai.clone()), d.status()))
+        })
+        .collect()
+}
+
+async fn complete(server: &TestServer, id: &str) -> Result<Case> {
+    let r = CompleteApprovalRequest {
+        case_id: id.into(),
+        license_no: "JY13207000000001".into(),
+        approval_opinion: "同意".into(),
+        document_refs: vec!["doc://licence/1".into()],
+    };
+    Ok(server.intake().complete_approval(r).await?.into_inner().case.expect("case"))
+}
+
+async fn task(server: &TestServer, id: &str) -> Result<Task> {
+    let (case_id, _) = id.rsplit_once("/T").expect("task id");
+    let case = get_case(server, case_id).await?;
+    Ok(case.tasks.into_iter().find(|t| t.task_id == id).expect("task"))
+}
+
+#[tokio::test]
+async fn material_deferral_reminds_at_nine_the_day_before_then_goes_overdue_and_is_revoked() -> Result<()> {
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    let case = server.intake().accept_case(deferral("MD-1", "2026-10-09")).await?.into_inner().case.expect("case");
+    assert_eq!(case.case_id, "320700/MD-1");
+    assert_eq!(case.state, "commitment_pending");
+    let dues: Vec<(&str, &str)> =
+        case.deadlines.iter().map(|d| (d.name.as_str(), d.due.as_ref().map_or("", |i| i.shanghai.as_str()))).collect();
+    assert_eq!(
+        dues,
+        vec![
+            ("material_reminder", "2026-10-08 09:00:00 +08:00"),
+            ("commitment_deadline", "2026-10-09 23:59:59 +08:00")
+        ]
+    );
+
+    server.advance_to("2026-10-08T08:59:59.999+08:00").await?;
+    assert_eq!(get_case(&server, "320700/MD-1").await?.state, "commitment_pending", "nothing fires early");
+    server.advance_to("2026-10-08T09:00:00+08:00").await?;
+    assert_eq!(get_case(&server, "320700/MD-1").await?.state, "reminded");
+    let entries = timeline(&server, "320700/MD-1").await?;
+    let reminder = entries.iter().find(|e| e.event == "timer:material_reminder").expect("reminder in the timeline");
+    assert_eq!(shanghai(reminder), "2026-10-08 09:00:00 +08:00", "exactly 09:00 Asia/Shanghai");
+    assert_eq!(reminder.messages, 1, "the SMS to the applicant");
+
+    server.advance_to("2026-10-10T00:00:00+08:00").await?;
+    let case = get_case(&server, "320700/MD-1").await?;
+    assert_eq!(case.state, "overdue");
+    assert!(case.overdue);
+    let entries = timeline(&server, "320700/MD-1").await?;
+    assert!(deadline_status(&entries, "320700/MD-1", "commitment_deadline")
+        .contains(&("2026-10-09 23:59:59 +08:00".into(), DeadlineStatus::Breached)));
+
+    let revoke = RevokeApprovalRequest {
+        case_id: "320700/MD-1".into(),
+        reason: "逾期未補交材料".into(),
+        basis: "《行政許可法》第六十九條".into(),
+    };
+    let case = server.intake().revoke_approval(revoke).await?.into_inner().case.expect("case");
+    assert_eq!(case.state, "revoked");
+    assert_eq!(case.variables.get("commitment_outcome").map(String::as_str), Some("not_fulfilled"));
+    let last = timeline(&server, "320700/MD-1").await?.pop().expect("entry");
+    assert_eq!(
+        (last.event.as_str(), last.to_state.as_str(), last.messages),
+        ("revoke_approval", "revoked", 1),
+        "the dishonesty record"
+    );
+    server.stop().await
+}
+
+#[tokio::test]
+async fn materials_in_time_licence_supervision_with_a_late_view_and_a_rectification_then_closed() -> Result<()> {
+    let server = TestServer::start("2026-09-21T10:00:00+08:00").await?;
+    let mut request = deferral("MD-2", "2026-09-25");
+    request.supervisors.push(Supervisor {
+        department: "市衛生健康委".into(),
+        office: "綜合監督處".into(),
+        office_admin_mobile: String::new(),
+    });
+    server.intake().accept_case(request).await?;
+    let case = server
+        .intake()
+        .submit_materials(SubmitMaterialsRequest { case_id: "320700/MD-2".into() })
+        .await?
+        .into_inner()
+        .case
+        .expect("case");
+    assert_eq!(case.state, "materials_received");
+    assert!(case.deadlines.is_empty(), "materials in time cancel the reminder and the deadline");
+    let entries = timeline(&server, "320700/MD-2").await?;
+    assert!(deadline_status(&entries, "320700/MD-2", "commitment_deadline")
+        .iter()
+        .any(|(_, s)| *s == DeadlineStatus::Met));
+
+    let case = complete(&server, "320700/MD-2").await?;
+    assert_eq!(case.state, "licensed");
+    assert_eq!(case.tasks.len(), 2, "one task per supervising department");
+    for t in &case.tasks {
+        assert_eq!(t.state, "pushed");
+        // Pushed Monday 2026-09-21: 3 working days → end of Thursday 2026-09-24.
+        assert_eq!(t.deadlines[0].due.as_ref().map(|d| d.shanghai.as_str()), Some("2026-09-24 23:59:59 +08:00"));
+    }
+    // T1 views in time; T2 only after its deadline.
+    server.supervision().acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/MD-2/T1".into() }).await?;
+    server.advance_to("2026-09-25T09:00:00+08:00").await?;
+    let t2 = task(&server, "320700/MD-2/T2").await?;
+    assert!(t2.overdue);
+    assert_eq!(t2.state, "pushed");
+    let late = server
+        .supervision()
+        .acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/MD-2/T2".into() })
+        .await?
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(late.state, "viewed", "a late action is still accepted");
+    assert_eq!(late.variables.get("ack_late").map(String::as_str), Some("true"), "and recorded as late");
+    assert_ne!(task(&server, "320700/MD-2/T1").await?.variables.get("ack_late").map(String::as_str), Some("true"));
+
+    // T1: inspection finished Friday; the result is due at the end of the 5th working day after.
+    let t1 = server
+        .supervision()
+        .report_inspection(ReportInspectionRequest {
+            task_id: "320700/MD-2/T1".into(),
+            finished_on: "2026-09-25".into(),
+        })
+        .await?
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(
+        t1.deadlines[0].due.as_ref().map(|d| d.shanghai.as_str()),
+        Some("2026-10-09 23:59:59 +08:00"),
+        "5 working days after 2026-09-25 skip National Day: 28, 29, 30 Sep, 9 Oct… and 27 Sep is a make-up Sunday"
+    );
+    let t1 = server
+        .supervision()
+        .report_result(ReportResultRequest {
+            task_id: "320700/MD-2/T1".into(),
+            outcome: Outcome::Compliant as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(t1.state, "closed_compliant");
+    assert_eq!(get_case(&server, "320700/MD-2").await?.variables.get("open_tasks").map(String::as_str), Some("1"));
+
+    // T2: non-compliant, rectification ordered, rectified.
+    server
+        .supervision()
+        .report_inspection(ReportInspectionRequest {
+            task_id: "320700/MD-2/T2".into(),
+            finished_on: "2026-09-25".into(),
+        })
+        .await?;
+    let t2 = server
+        .supervision()
+        .report_result(ReportResultRequest {
+            task_id: "320700/MD-2/T2".into(),
+            outcome: Outcome::NonCompliant as i32,
+            rectification_deadline: "2026-10-16".into(),
+            notes: "標簽不符".into(),
+        })
+        .await?
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(t2.state, "rectifying");
+    let t2 = server
+        .supervision()
+        .report_rectification(ReportRectificationRequest {
+            task_id: "320700/MD-2/T2".into(),
+            rectified: true,
+            notes: String::new(),
+        })
+        .await?
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(t2.state, "closed_rectified");
+    let case = get_case(&server, "320700/MD-2").await?;
+    assert_eq!(case.state, "closed", "every result fed back");
+    assert_eq!(case.variables.get("commitment_outcome").map(String::as_str), Some("fulfilled"));
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_three_working_day_deadline_spans_national_day_and_counts_the_make_up_saturday() -> Result<()> {
+    let server = TestServer::start("2026-09-30T10:00:00+08:00").await?;
+    server.intake().accept_case(accept("N-1", Route::Normal, Scenario::Unspecified)).await?;
+    let case = complete(&server, "320700/N-1").await?;
+    // Pushed Wednesday 30 Sep: 1–7 Oct are holidays, 8 and 9 Oct working, Saturday 10 Oct a make-up working day.
+    let due = case.tasks[0].deadlines[0].due.clone().expect("due");
+    assert_eq!(due.shanghai, "2026-10-10 23:59:59 +08:00");
+    server.advance_to("2026-10-10T23:59:59.998+08:00").await?;
+    assert!(!task(&server, "320700/N-1/T1").await?.overdue, "the make-up Saturday is still a working day");
+    server.advance_to("2026-10-11T00:00:00+08:00").await?;
+    let t = task(&server, "320700/N-1/T1").await?;
+    assert!(t.overdue);
+    let entries = timeline(&server, "320700/N-1").await?;
+    let breach = entries.iter().find(|e| e.event == "timer:view_deadline").expect("breach recorded");
+    assert_eq!(breach.instance_id, "320700/N-1/T1");
+    assert_eq!(breach.messages, 1, "an escalation to the responsible department");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_revocation_decided_in_supervision_returns_to_the_approval_department() -> Result<()> {
+    let server = TestServer::start("2026-11-02T10:00:00+08:00").await?;
+    server.intake().accept_case(accept("PV-1", Route::Commitment, Scenario::PostApprovalVerification)).await?;
+    assert_eq!(get_case(&server, "320700/PV-1").await?.state, "awaiting_approval");
+    complete(&server, "320700/PV-1").await?;
+    let sup = server.supervision();
+    sup.clone().acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/PV-1/T1".into() }).await?;
+    sup.clone()
+        .report_inspection(ReportInspectionRequest {
+            task_id: "320700/PV-1/T1".into(),
+            finished_on: "2026-11-02".into(),
+        })
+        .await?;
+    let t = sup
+        .clone()
+        .report_result(ReportResultRequest {
+            task_id: "320700/PV-1/T1".into(),
+            outcome: Outcome::Revocation as i32,
+            notes: "承諾內容與實際不符".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(t.state, "revocation_requested");
+    let case = get_case(&server, "320700/PV-1").await?;
+    assert_eq!(case.state, "revocation_pending");
+    assert_eq!(case.variables.get("revocation_requested_by").map(String::as_str), Some("市市場監督管理局"));
+    let revoke = RevokeApprovalRequest {
+        case_id: "320700/PV-1".into(),
+        reason: "承諾不實".into(),
+        basis: "告知承諾制相關規定".into(),
+    };
+    let case = server.intake().revoke_approval(revoke).await?.into_inner().case.expect("case");
+    assert_eq!(case.state, "revoked");
+    assert_eq!(case.variables.get("commitment_outcome").map(String::as_str), Some("not_fulfilled"));
+    assert_eq!(case.tasks[0].state, "closed_revoked");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn the_same_accept_again_gets_the_first_answer_and_a_changed_one_already_exists() -> Result<()> {
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    let first = server.intake().accept_case(deferral("ID-1", "2026-10-09")).await?.into_inner();
+    assert!(!first.duplicate);
+    let again = server.intake().accept_case(deferral("ID-1", "2026-10-09")).await?.into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.case, first.case);
+    let changed = server.intake().accept_case(deferral("ID-1", "2026-10-12")).await.expect_err("changed payload");
+    assert_eq!(changed.code(), Code::AlreadyExists, "{changed:?}");
+    assert!(changed.message().contains("320700/ID-1"), "{}", changed.message());
+    assert_eq!(timeline(&server, "320700/ID-1").await?.len(), 2, "accepted and routed, once");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn illegal_steps_are_refused_naming_the_current_state() -> Result<()> {
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    server.intake().accept_case(accept("IL-1", Route::Normal, Scenario::Unspecified)).await?;
+    let e = server
+        .intake()
+        .submit_materials(SubmitMaterialsRequest { case_id: "320700/IL-1".into() })
+        .await
+        .expect_err("normal route");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("case 320700/IL-1 is in state awaiting_approval"), "{}", e.message());
+    complete(&server, "320700/IL-1").await?;
+    let e = complete(&server, "320700/IL-1").await.expect_err("twice");
+    assert!(e.to_string().contains("is in state licensed"), "{e}");
+    let e = server
+        .supervision()
+        .report_result(ReportResultRequest {
+            task_id: "320700/IL-1/T1".into(),
+            outcome: Outcome::Compliant as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("not inspected");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("task 320700/IL-1/T1 is in state pushed"), "{}", e.message());
+    let e = server.intake().get_case(GetCaseRequest { case_id: "320700/NOPE".into() }).await.expect_err("absent");
+    assert_eq!(e.code(), Code::NotFound);
+    let e = server
+        .supervision()
+        .acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/NOPE/T1".into() })
+        .await
+        .expect_err("absent");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_dishonest_applicant_may_not_take_the_commitment_route() -> Result<()> {
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    let mut r = deferral("CR-1", "2026-10-09");
+    r.credit_grade = "dishonest".into();
+    let e = server.intake().accept_case(r.clone()).await.expect_err("barred");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("may not take the commitment route"), "{}", e.message());
+    assert_eq!(
+        server
+            .intake()
+            .get_case(GetCaseRequest { case_id: "320700/CR-1".into() })
+            .await
+            .expect_err("nothing written")
+            .code(),
+        Code::NotFound
+    );
+    let mut normal = accept("CR-1", Route::Normal, Scenario::Unspecified);
+    normal.credit_grade = "dishonest".into();
+    assert_eq!(server.intake().accept_case(normal).await?.into_inner().case.expect("case").state, "awaiting_approval");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn malformed_input_is_invalid_argument_naming_the_field_and_writes_nothing() -> Result<()> {
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    type Edit = fn(&mut AcceptCaseRequest);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("applicant.credit_code", |r| {
+            r.applicant.as_mut().expect("a").id = Some(applicant::Id::CreditCode("91110000600037341M".into()))
+        }),
+        ("applicant.credit_code", |r| {
+            r.applicant.as_mut().expect("a").id = Some(applicant::Id::CreditCode("9111000060003734IL".into()))
+        }),
+        ("applicant.citizen_id", |r| {
+            r.applicant.as_mut().expect("a").id = Some(applicant::Id::CitizenId("110105194912310021".into()))
+        }),
+        ("applicant.credit_code", |r| r.applicant.as_mut().expect("a").id = None),
+        ("applicant", |r| r.applicant = None),
+        ("applicant.mobile", |r| r.applicant.as_mut().expect("a").mobile = "12345".into()),
+        ("applicant.name", |r| r.applicant.as_mut().expect("a").name = "x".repeat(201)),
+        ("applicant.name", |r| r.applicant.as_mut().expect("a").name = "bad\u{0}name".into()),
+        ("route", |r| r.route = 99),
+        ("route", |r| r.route = 0),
+        ("scenario", |r| r.scenario = 0),
+        ("case_no", |r| r.case_no = String::new()),
+        ("case_no", |r| r.case_no = "x".repeat(65)),
+        ("case_no", |r| r.case_no = "../../etc/passwd".into()),
+        ("region_code", |r| r.region_code = "32070".into()),
+        ("approval_department", |r| r.approval_department = "  ".into()),
+        ("commitment_deadline", |r| r.commitment_deadline = "2026-09-27".into()),
+        ("commitment_deadline", |r| r.commitment_deadline = "2027-01-15".into()),
+        ("commitment_deadline", |r| r.commitment_deadline = "09/10/2026".into()),
+        ("commitment_deadline", |r| r.commitment_period_working_days = 5),
+        ("commitment_period_working_days", |r| {
+            r.commitment_deadline = String::new();
+            r.commitment_period_working_days = 90;
+        }),
+        ("deferred_materials", |r| r.deferred_materials.clear()),
+        ("deferred_materials[0]", |r| r.deferred_materials[0] = "m".repeat(201)),
+        ("supervisors", |r| r.supervisors.clear()),
+        ("supervisors[0].office", |r| r.supervisors[0].office = String::new()),
+        ("supervisors[0].office_admin_mobile", |r| r.supervisors[0].office_admin_mobile = "x".into()),
+        ("supervisors", |r| r.supervisors = vec![r.supervisors[0].clone(); 21]),
+        ("credit_grade", |r| r.credit_grade = String::new()),
+    ];
+    for (field, edit) in cases {
+        let mut r = deferral("BAD-1", "2026-10-09");
+        edit(&mut r);
+        let e = server.intake().accept_case(r).await.expect_err(field);
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+        assert!(e.message().starts_with(&format!("{field}: ")), "{field}: {}", e.message());
+    }
+    // An oversized request is refused by the transport before it reaches a handler.
+    let mut huge = deferral("BAD-1", "2026-10-09");
+    huge.applicant.as_mut().expect("a").name = "x".repeat(2 * 1024 * 1024);
+    let e = server.intake().accept_case(huge).await.expect_err("too large");
+    assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted), "{e:?}");
+    // Nothing of any of them was written.
+    let listed = server.admin().query_cases(QueryCasesRequest::default()).await?.into_inner();
+    assert!(listed.cases.is_empty(), "{:?}", listed.cases);
+
+    // Other calls: ids and dates are checked too.
+    let e = server.intake().get_case(GetCaseRequest { case_id: "no-slash".into() }).await.expect_err("id");
+    assert_eq!((e.code(), e.message().starts_with("case_id: ")), (Code::InvalidArgument, true), "{e:?}");
+    server.intake().accept_case(accept("OK-1", Route::Normal, Scenario::Unspecified)).await?;
+    complete(&server, "320700/OK-1").await?;
+    server.supervision().acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/OK-1/T1".into() }).await?;
+    for (finished_on, why) in [("2026-09-29", "in the future"), ("2026-9-1", "not a date")] {
+        let e = server
+            .supervision()
+            .report_inspection(ReportInspectionRequest {
+                task_id: "320700/OK-1/T1".into(),
+                finished_on: finished_on.into(),
+            })
+            .await
+            .expect_err(why);
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("finished_on: "), "{}", e.message());
+    }
+    let e = server
+        .supervision()
+        .report_result(ReportResultRequest { task_id: "320700/OK-1/T1".into(), outcome: 7, ..Default::default() })
+        .await
+        .expect_err("outcome");
+    assert!(e.message().starts_with("outcome: "), "{}", e.message());
+    let e = server
+        .supervision()
+        .list_tasks(ListTasksRequest { state: "nonsense".into(), ..Default::default() })
+        .await
+        .expect_err("state");
+    assert!(e.message().starts_with("state: unknown state"), "{}", e.message());
+    let e = server
+        .admin()
+        .query_cases(QueryCasesRequest {
+            page: Some(shenguan::proto::PageRequest { page_size: 1, page_token: "zz".into() }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("token");
+    assert!(e.message().starts_with("page.page_token: "), "{}", e.message());
+    let e = server
+        .admin()
+        .advance_clock(shenguan::proto::AdvanceClockRequest { by_millis: -5, to: String::new() })
+        .await
+        .expect_err("back");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let task = task(&server, "320700/OK-1/T1").await?;
+    assert_eq!(task.state, "viewed", "unchanged by the refused calls");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn statistics_count_what_the_timelines_show() -> Result<()> {
+    let server = TestServer::start("2026-09-21T10:00:00+08:00").await?;
+    // Four normal cases; their tasks are viewed in time, late, or not at all.
+    for n in 1..=4 {
+        server.intake().accept_case(accept(&format!("ST-{n}"), Route::Normal, Scenario::Unspecified)).await?;
+        complete(&server, &format!("320700/ST-{n}")).await?;
+    }
+    server.supervision().acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/ST-1/T1".into() }).await?;
+    server.advance_to("2026-09-25T12:00:00+08:00").await?;
+    server.supervision().acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/ST-2/T1".into() }).await?;
+    // Two commitment cases: one fulfilled in time, one overdue.
+    server.intake().accept_case(deferral("ST-5", "2026-09-30")).await?;
+    server.intake().accept_case(deferral("ST-6", "2026-09-28")).await?;
+    server.intake().submit_materials(SubmitMaterialsRequest { case_id: "320700/ST-5".into() }).await?;
+    server.advance_to("2026-09-29T08:00:00+08:00").await?;
+
+    let stats = server
+        .admin()
+        .get_statistics(GetStatisticsRequest {
+            region_code: "320700".into(),
+            from: "2026-09-01".into(),
+            to: "2026-09-30".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let sup = &stats.supervision[0];
+    let ids = |f: &Option<shenguan::proto::Figure>| f.as_ref().map(|f| f.ids.clone()).unwrap_or_default();
+    assert_eq!(ids(&sup.tasks).len(), 4);
+    assert_eq!(ids(&sup.viewed_in_time), vec!["320700/ST-1/T1"]);
+    assert_eq!(ids(&sup.viewed_late), vec!["320700/ST-2/T1"]);
+    assert_eq!(ids(&sup.view_overdue), vec!["320700/ST-3/T1", "320700/ST-4/T1"]);
+    let approval = &stats.approval[0];
+    assert_eq!(ids(&approval.cases).len(), 6);
+    assert_eq!(ids(&approval.commitments), vec!["320700/ST-5", "320700/ST-6"]);
+    assert_eq!(ids(&approval.commitments_overdue), vec!["320700/ST-6"]);
+
+    // Every id behind a figure is borne out by its case's timeline.
+    for id in ids(&sup.viewed_in_time) {
+        let entries = timeline(&server, id.rsplit_once("/T").expect("task").0).await?;
+        assert!(entries.iter().any(|e| e.instance_id == id && e.event == "acknowledge"));
+        assert!(deadline_status(&entries, &id, "view_deadline").iter().any(|(_, s)| *s == DeadlineStatus::Met), "{id}");
+    }
+    for id in ids(&sup.viewed_late).into_iter().chain(ids(&sup.view_overdue)) {
+        let entries = timeline(&server, id.rsplit_once("/T").expect("task").0).await?;
+        assert!(
+            deadline_status(&entries, &id, "view_deadline").iter().any(|(_, s)| *s == DeadlineStatus::Breached),
+            "{id}"
+        );
+    }
+    for id in ids(&approval.commitments_overdue) {
+        let entries = timeline(&server, &id).await?;
+        assert!(entries.iter().any(|e| e.event == "timer:commitment_deadline" && e.to_state == "overdue"), "{id}");
+    }
+    let tasks = server
+        .supervision()
+        .list_tasks(ListTasksRequest { overdue_only: true, ..Default::default() })
+        .await?
+        .into_inner()
+        .tasks;
+    let mut overdue: Vec<String> = tasks.into_iter().map(|t| t.task_id).collect();
+    overdue.sort();
+    assert_eq!(overdue, vec!["320700/ST-2/T1", "320700/ST-3/T1", "320700/ST-4/T1"]);
+    // Paging walks every case exactly once.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = server
+            .admin()
+            .query_cases(QueryCasesRequest {
+                page: Some(shenguan::proto::PageRequest { page_size: 4, page_token: token.clone() }),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        seen.extend(page.cases.into_iter().map(|c| c.case_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 6);
+    server.stop().await
+}

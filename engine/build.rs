@@ -58,6 +58,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|p| p.extension().is_some_and(|e| e == "proto"))
         .collect();
     tonic_prost_build::configure()
+        // `--json` output of the CLI client serialises responses as they are.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
         .file_descriptor_set_path(out.join("shenguan_descriptor.bin"))
         .compile_protos(&protos, &[root.join("proto")])?;
     Ok(())

@@ -40,6 +40,53 @@ pub enum Command {
     /// Offline administration of a database.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Cases on a running server: accept, show, timeline, materials, complete, revoke, list.
+    Case {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::client::CaseCommand,
+    },
+    /// Supervision tasks on a running server: list, ack, report.
+    Task {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::client::TaskCommand,
+    },
+    /// Timeliness statistics per department and office, from a running server.
+    Stats {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// The period and filters.
+        #[command(flatten)]
+        args: crate::client::StatsArgs,
+    },
+    /// The sandbox clock of a server started with --virtual-clock.
+    #[command(subcommand)]
+    Clock(ClockCommand),
+    /// A tour: a real server on a temporary database with a virtual clock, a few hundred cases
+    /// over two months that include National Day, then a summary and one full timeline.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// `shenguan clock …`.
+#[derive(Debug, Subcommand)]
+pub enum ClockCommand {
+    /// Move the virtual clock forward; answers once everything due has fired.
+    Advance {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// By or to.
+        #[command(flatten)]
+        args: crate::client::AdvanceArgs,
+    },
 }
 
 /// Where definitions and calendars come from.
@@ -191,6 +238,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve(args).await,
         Command::Calendar(cmd) => calendar(cmd),
         Command::Workflow(cmd) => workflow(cmd),
+        Command::Case { conn, command } => crate::client::case(&conn, command).await,
+        Command::Task { conn, command } => crate::client::task(&conn, command).await,
+        Command::Stats { conn, args } => crate::client::stats(&conn, args).await,
+        Command::Clock(ClockCommand::Advance { conn, args }) => crate::client::advance(&conn, args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
         Command::Admin(AdminCommand::Verify { db, data }) => {
             let report = crate::admin::verify(&db, &data.registry()?, &data.calendars()?).await?;
             for (id, problem) in &report.divergent {

@@ -11,8 +11,10 @@
 //! - [`timer`]: the timing wheel, the horizon loader contract, the timer service.
 //! - [`engine`]: store + writer + timers, started as one.
 //! - [`admin`]: offline operations on a database (`admin verify`).
-//! - [`server`]: the gRPC server (health and reflection until the domain API lands).
-//! - [`cli`]: the `shenguan` command line.
+//! - [`server`]: the gRPC server: the services, health and reflection.
+//! - [`api`]: the gRPC services (intake, supervision, admin).
+//! - [`domain`]: identifiers of the domain (credit codes, ID numbers, case and task ids).
+//! - [`cli`]: the `shenguan` command line; [`client`]: its gRPC-client commands; [`demo`]: the tour.
 //! - [`proto`]: generated gRPC types.
 //!
 //! Where to start reading: `docs/ARCHITECTURE.md`, then [`writer`] and [`machine`].
@@ -21,8 +23,10 @@ pub mod admin;
 pub mod api;
 pub mod calendar;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod definition;
+pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod machine;

@@ -19,9 +19,16 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             // One line a person can act on: the error and its causes, outermost first.
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            // A gRPC status is already a whole sentence; its source would only repeat it.
+            let mut chain: Vec<String> = Vec::new();
+            for cause in e.chain() {
+                chain.push(cause.to_string());
+                if cause.downcast_ref::<shenguan::client::CallError>().is_some() {
+                    break;
+                }
+            }
             eprintln!("error: {}", chain.join(": "));
-            ExitCode::FAILURE
+            ExitCode::from(shenguan::client::exit_code(&e))
         }
     }
 }

@@ -85,7 +85,13 @@ fn workflow_graph_prints_mermaid() {
     );
     let o = shenguan(&["workflow", "graph", "commitment_case", "--version", "9"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no workflow commitment_case version 9; known: approval_case v1, commitment_case v1, supervision_task v1"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "no workflow commitment_case version 9; known: approval_case v1, commitment_case v1, supervision_task v1"
+        ),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,776 @@
+//! The CLI as a gRPC client: `case …`, `task …`, `stats`, `clock advance`. Readable tables by
+//! default, `--json` for scripts. A failed call prints one line (`error: CODE: message`) and
+//! exits with a code scripts can rely on (see [`exit_code`]).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use tonic::transport::Channel;
+
+use crate::proto::admin_service_client::AdminServiceClient;
+use crate::proto::intake_service_client::IntakeServiceClient;
+use crate::proto::supervision_service_client::SupervisionServiceClient;
+use crate::proto::{self, Case, Task};
+
+/// Where the server is.
+#[derive(Debug, Args, Clone)]
+pub struct Conn {
+    /// The server's gRPC address.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:50051", env = "SHENGUAN_SERVER")]
+    pub server: String,
+    /// Print the response as JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `shenguan case …`.
+#[derive(Debug, Subcommand)]
+pub enum CaseCommand {
+    /// Accept a case described by a JSON file (see README: API).
+    Accept {
+        /// The JSON file; `-` reads standard input.
+        #[arg(long = "json-file", short = 'f', value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show a case, its deadlines and its tasks.
+    Show {
+        /// Case id, e.g. 320700/SP-2026-0001.
+        id: String,
+    },
+    /// The whole history of a case and its tasks.
+    Timeline {
+        /// Case id.
+        id: String,
+    },
+    /// The deferred materials were handed in.
+    Materials {
+        /// Case id.
+        id: String,
+    },
+    /// Complete the approval (licence issued); creates the supervision tasks.
+    Complete {
+        /// Case id.
+        id: String,
+        /// Licence number.
+        #[arg(long)]
+        license_no: String,
+        /// Approval opinion.
+        #[arg(long, default_value = "同意")]
+        opinion: String,
+        /// Document references (repeatable).
+        #[arg(long = "doc")]
+        docs: Vec<String>,
+    },
+    /// Revoke the approval.
+    Revoke {
+        /// Case id.
+        id: String,
+        /// Reason.
+        #[arg(long)]
+        reason: String,
+        /// Legal basis.
+        #[arg(long)]
+        basis: String,
+    },
+    /// List cases.
+    List {
+        /// Region code.
+        #[arg(long)]
+        region: Option<String>,
+        /// Approval department.
+        #[arg(long)]
+        department: Option<String>,
+        /// State.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only cases whose commitment deadline passed.
+        #[arg(long)]
+        overdue: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// `shenguan task …`.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// List supervision tasks.
+    List {
+        /// Region code.
+        #[arg(long)]
+        region: Option<String>,
+        /// Supervising department.
+        #[arg(long)]
+        department: Option<String>,
+        /// Office.
+        #[arg(long)]
+        office: Option<String>,
+        /// State.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only tasks with a missed deadline.
+        #[arg(long)]
+        overdue: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// The office viewed the approval record.
+    Ack {
+        /// Task id, e.g. 320700/SP-2026-0001/T1.
+        id: String,
+    },
+    /// Report what the office did.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+/// `shenguan task report …`.
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Supervision work finished on a date.
+    Inspection {
+        /// Task id.
+        id: String,
+        /// YYYY-MM-DD.
+        #[arg(long)]
+        finished_on: String,
+    },
+    /// The result: compliant, non-compliant (with a rectification deadline) or revocation.
+    Result {
+        /// Task id.
+        id: String,
+        /// compliant | non-compliant | revocation
+        #[arg(long)]
+        outcome: String,
+        /// YYYY-MM-DD, for non-compliant.
+        #[arg(long)]
+        rectification_deadline: Option<String>,
+        /// Notes.
+        #[arg(long)]
+        notes: Option<String>,
+    },
+    /// Rectification outcome.
+    Rectification {
+        /// Task id.
+        id: String,
+        /// true: rectified; false: still not compliant.
+        #[arg(long, action = clap::ArgAction::Set)]
+        rectified: bool,
+    },
+}
+
+/// The JSON a `case accept` file holds: the request with readable enums.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptFile {
+    case_no: String,
+    region_code: String,
+    approval_department: String,
+    approval_item_code: String,
+    handling_item_code: String,
+    applicant: ApplicantFile,
+    route: String,
+    #[serde(default)]
+    scenario: Option<String>,
+    credit_grade: String,
+    #[serde(default)]
+    commitment_deadline: Option<String>,
+    #[serde(default)]
+    commitment_period_working_days: Option<u32>,
+    #[serde(default)]
+    deferred_materials: Vec<String>,
+    supervisors: Vec<SupervisorFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplicantFile {
+    name: String,
+    #[serde(default)]
+    credit_code: Option<String>,
+    #[serde(default)]
+    citizen_id: Option<String>,
+    mobile: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupervisorFile {
+    department: String,
+    office: String,
+    #[serde(default)]
+    office_admin_mobile: String,
+}
+
+fn accept_request(text: &str) -> Result<proto::AcceptCaseRequest> {
+    let f: AcceptFile = serde_json::from_str(text).context("the case file is not valid")?;
+    let route = match f.route.as_str() {
+        "normal" => proto::Route::Normal,
+        "commitment" => proto::Route::Commitment,
+        other => bail!("route {other:?}: expected \"normal\" or \"commitment\""),
+    };
+    let scenario = match f.scenario.as_deref() {
+        None | Some("") => proto::Scenario::Unspecified,
+        Some("material_deferral") => proto::Scenario::MaterialDeferral,
+        Some("material_verification") => proto::Scenario::MaterialVerification,
+        Some("post_approval_verification") => proto::Scenario::PostApprovalVerification,
+        Some(other) => {
+            bail!("scenario {other:?}: expected material_deferral, material_verification or post_approval_verification")
+        }
+    };
+    let id = match (f.applicant.credit_code, f.applicant.citizen_id) {
+        (Some(c), None) => Some(proto::applicant::Id::CreditCode(c)),
+        (None, Some(c)) => Some(proto::applicant::Id::CitizenId(c)),
+        (None, None) => None,
+        (Some(_), Some(_)) => bail!("applicant: give credit_code or citizen_id, not both"),
+    };
+    Ok(proto::AcceptCaseRequest {
+        case_no: f.case_no,
+        region_code: f.region_code,
+        approval_department: f.approval_department,
+        approval_item_code: f.approval_item_code,
+        handling_item_code: f.handling_item_code,
+        applicant: Some(proto::Applicant { name: f.applicant.name, id, mobile: f.applicant.mobile }),
+        route: route as i32,
+        scenario: scenario as i32,
+        credit_grade: f.credit_grade,
+        commitment_deadline: f.commitment_deadline.unwrap_or_default(),
+        commitment_period_working_days: f.commitment_period_working_days.unwrap_or(0),
+        deferred_materials: f.deferred_materials,
+        supervisors: f
+            .supervisors
+            .into_iter()
+            .map(|s| proto::Supervisor {
+                department: s.department,
+                office: s.office,
+                office_admin_mobile: s.office_admin_mobile,
+            })
+            .collect(),
+    })
+}
+
+/// The exit code for a failed call: 3 invalid argument, 4 not found, 5 already exists,
+/// 6 failed precondition (wrong state), 7 unavailable (server down or storage trouble),
+/// 8 permission denied, 1 anything else. Clap's usage errors exit 2.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let status = error.chain().find_map(|c| c.downcast_ref::<tonic::Status>());
+    let transport = error.chain().any(|c| c.downcast_ref::<tonic::transport::Error>().is_some());
+    match status.map(tonic::Status::code) {
+        Some(tonic::Code::InvalidArgument | tonic::Code::OutOfRange) => 3,
+        Some(tonic::Code::NotFound) => 4,
+        Some(tonic::Code::AlreadyExists) => 5,
+        Some(tonic::Code::FailedPrecondition) => 6,
+        Some(tonic::Code::Unavailable) => 7,
+        Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => 8,
+        _ if transport => 7,
+        _ => 1,
+    }
+}
+
+/// A gRPC status as one line: `NOT_FOUND: case 320700/X does not exist`.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CallError {
+    code: String,
+    message: String,
+    #[source]
+    status: tonic::Status,
+}
+
+fn call_error(status: tonic::Status) -> anyhow::Error {
+    let code = format!("{:?}", status.code());
+    // Upper snake case, as gRPC names the codes.
+    let mut upper = String::new();
+    for (i, c) in code.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            upper.push('_');
+        }
+        upper.push(c.to_ascii_uppercase());
+    }
+    anyhow::Error::new(CallError { code: upper, message: status.message().to_owned(), status })
+}
+
+async fn channel(conn: &Conn) -> Result<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(conn.server.clone())
+        .map_err(|_| anyhow!("--server {:?} is not a URL such as http://127.0.0.1:50051", conn.server))?;
+    endpoint.connect().await.with_context(|| format!("cannot reach the server at {}", conn.server))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints rows as aligned columns (character counts, so Chinese text lines up in most terminals
+/// only approximately; `--json` is for machines).
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut out = line(header.iter().map(|h| (*h).to_owned()).collect());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+fn at(i: &Option<proto::Instant>) -> String {
+    i.as_ref().map(|i| i.shanghai.clone()).unwrap_or_default()
+}
+
+fn deadline_rows(deadlines: &[proto::Deadline]) -> String {
+    deadlines
+        .iter()
+        .map(|d| format!("{}{} {}", d.name, if d.is_deadline { "" } else { " (reminder)" }, at(&d.due)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn task_rows(tasks: &[Task]) -> Vec<Vec<String>> {
+    tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.task_id.clone(),
+                t.state.clone(),
+                format!("{}/{}", t.department, t.office),
+                if t.overdue { "OVERDUE".into() } else { String::new() },
+                deadline_rows(&t.deadlines),
+            ]
+        })
+        .collect()
+}
+
+/// A case as text.
+pub fn case_text(c: &Case) -> String {
+    let mut out = String::new();
+    let fields = [
+        ("case", c.case_id.clone()),
+        ("state", c.state.clone() + if c.overdue { "  (OVERDUE)" } else { "" }),
+        ("route", format!("{} {}", c.route, c.scenario).trim().to_owned()),
+        ("applicant", format!("{} ({})", c.applicant_name, c.applicant_code)),
+        ("approval", c.approval_department.clone()),
+        ("credit grade", c.credit_grade.clone()),
+        ("commitment deadline", c.commitment_deadline.clone()),
+        ("licence", c.license_no.clone()),
+        ("accepted", at(&c.accepted_at)),
+        ("deadlines", deadline_rows(&c.deadlines)),
+    ];
+    for (k, v) in fields {
+        if !v.is_empty() {
+            out.push_str(&format!("{k:<20} {v}\n"));
+        }
+    }
+    if !c.tasks.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["TASK", "STATE", "DEPARTMENT/OFFICE", "", "DEADLINES"], &task_rows(&c.tasks)));
+    }
+    out
+}
+
+fn status_name(s: i32) -> &'static str {
+    match proto::DeadlineStatus::try_from(s) {
+        Ok(proto::DeadlineStatus::Armed) => "armed",
+        Ok(proto::DeadlineStatus::Met) => "met",
+        Ok(proto::DeadlineStatus::Breached) => "BREACHED",
+        Ok(proto::DeadlineStatus::Cancelled) => "cancelled",
+        Ok(proto::DeadlineStatus::Fired) => "fired",
+        _ => "?",
+    }
+}
+
+/// A timeline as text.
+pub fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let deadlines: Vec<String> =
+                e.deadlines.iter().map(|d| format!("{} {} {}", d.name, status_name(d.status), at(&d.due))).collect();
+            vec![
+                at(&e.at),
+                e.instance_id.clone(),
+                e.actor.clone(),
+                e.event.clone(),
+                if e.from_state.is_empty() {
+                    e.to_state.clone()
+                } else {
+                    format!("{} → {}", e.from_state, e.to_state)
+                },
+                deadlines.join("; "),
+            ]
+        })
+        .collect();
+    table(&["TIME (Asia/Shanghai)", "INSTANCE", "ACTOR", "EVENT", "STATE", "DEADLINES"], &rows)
+}
+
+/// Parses `3d`, `12h`, `90m`, `2d12h`, `30s` into milliseconds.
+pub fn parse_duration(text: &str) -> Result<i64> {
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: i64 = number.parse().map_err(|_| anyhow!("{text:?} is not a duration such as 3d, 12h, 2d12h"))?;
+        number.clear();
+        let unit = match c {
+            'd' => 86_400_000,
+            'h' => 3_600_000,
+            'm' => 60_000,
+            's' => 1_000,
+            _ => bail!("{text:?}: unknown unit {c:?} (use d, h, m, s)"),
+        };
+        total = total
+            .checked_add(n.checked_mul(unit).ok_or_else(|| anyhow!("{text:?} is too long"))?)
+            .ok_or_else(|| anyhow!("{text:?} is too long"))?;
+    }
+    if !number.is_empty() || total == 0 {
+        bail!("{text:?} is not a duration such as 3d, 12h, 2d12h");
+    }
+    Ok(total)
+}
+
+/// Runs `case …`.
+pub async fn case(conn: &Conn, cmd: CaseCommand) -> Result<ExitCode> {
+    let ch = channel(conn).await?;
+    let mut intake = IntakeServiceClient::new(ch.clone());
+    let reply = match cmd {
+        CaseCommand::Accept { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            intake.accept_case(accept_request(&text)?).await
+        }
+        CaseCommand::Show { id } => intake.get_case(proto::GetCaseRequest { case_id: id }).await,
+        CaseCommand::Materials { id } => intake.submit_materials(proto::SubmitMaterialsRequest { case_id: id }).await,
+        CaseCommand::Complete { id, license_no, opinion, docs } => {
+            intake
+                .complete_approval(proto::CompleteApprovalRequest {
+                    case_id: id,
+                    license_no,
+                    approval_opinion: opinion,
+                    document_refs: docs,
+                })
+                .await
+        }
+        CaseCommand::Revoke { id, reason, basis } => {
+            intake.revoke_approval(proto::RevokeApprovalRequest { case_id: id, reason, basis }).await
+        }
+        CaseCommand::Timeline { id } => {
+            let reply = AdminServiceClient::new(ch)
+                .get_timeline(proto::GetTimelineRequest { case_id: id })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if conn.json {
+                print_json(&reply)?;
+            } else {
+                print!("{}", timeline_text(&reply.entries));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        CaseCommand::List { region, department, state, overdue, limit } => {
+            let reply = AdminServiceClient::new(ch)
+                .query_cases(proto::QueryCasesRequest {
+                    region_code: region.unwrap_or_default(),
+                    approval_department: department.unwrap_or_default(),
+                    state: state.unwrap_or_default(),
+                    overdue_only: overdue,
+                    page: Some(proto::PageRequest { page_size: limit, page_token: String::new() }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if conn.json {
+                print_json(&reply)?;
+            } else {
+                let rows: Vec<Vec<String>> = reply
+                    .cases
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.case_id.clone(),
+                            c.state.clone(),
+                            format!("{} {}", c.route, c.scenario).trim().to_owned(),
+                            c.applicant_name.clone(),
+                            if c.overdue { "OVERDUE".into() } else { String::new() },
+                            c.tasks.len().to_string(),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["CASE", "STATE", "ROUTE", "APPLICANT", "", "TASKS"], &rows));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let reply = reply.map_err(call_error)?.into_inner();
+    if conn.json {
+        print_json(&reply)?;
+    } else if let Some(c) = &reply.case {
+        if reply.duplicate {
+            println!("(already applied before; nothing new was written)");
+        }
+        print!("{}", case_text(c));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `task …`.
+pub async fn task(conn: &Conn, cmd: TaskCommand) -> Result<ExitCode> {
+    let mut sup = SupervisionServiceClient::new(channel(conn).await?);
+    let reply = match cmd {
+        TaskCommand::List { region, department, office, state, overdue, limit } => {
+            let reply = sup
+                .list_tasks(proto::ListTasksRequest {
+                    region_code: region.unwrap_or_default(),
+                    department: department.unwrap_or_default(),
+                    office: office.unwrap_or_default(),
+                    state: state.unwrap_or_default(),
+                    overdue_only: overdue,
+                    page: Some(proto::PageRequest { page_size: limit, page_token: String::new() }),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if conn.json {
+                print_json(&reply)?;
+            } else {
+                print!("{}", table(&["TASK", "STATE", "DEPARTMENT/OFFICE", "", "DEADLINES"], &task_rows(&reply.tasks)));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TaskCommand::Ack { id } => sup.acknowledge_task(proto::AcknowledgeTaskRequest { task_id: id }).await,
+        TaskCommand::Report(ReportCommand::Inspection { id, finished_on }) => {
+            sup.report_inspection(proto::ReportInspectionRequest { task_id: id, finished_on }).await
+        }
+        TaskCommand::Report(ReportCommand::Result { id, outcome, rectification_deadline, notes }) => {
+            let outcome = match outcome.as_str() {
+                "compliant" => proto::Outcome::Compliant,
+                "non-compliant" | "non_compliant" => proto::Outcome::NonCompliant,
+                "revocation" => proto::Outcome::Revocation,
+                other => bail!("--outcome {other:?}: expected compliant, non-compliant or revocation"),
+            };
+            sup.report_result(proto::ReportResultRequest {
+                task_id: id,
+                outcome: outcome as i32,
+                rectification_deadline: rectification_deadline.unwrap_or_default(),
+                notes: notes.unwrap_or_default(),
+            })
+            .await
+        }
+        TaskCommand::Report(ReportCommand::Rectification { id, rectified }) => {
+            sup.report_rectification(proto::ReportRectificationRequest { task_id: id, rectified, notes: String::new() })
+                .await
+        }
+    };
+    let reply = reply.map_err(call_error)?.into_inner();
+    if conn.json {
+        print_json(&reply)?;
+    } else if let Some(t) = &reply.task {
+        print!(
+            "{}",
+            table(&["TASK", "STATE", "DEPARTMENT/OFFICE", "", "DEADLINES"], &task_rows(std::slice::from_ref(t)))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn count(f: &Option<proto::Figure>) -> String {
+    f.as_ref().map_or(0, |f| f.count).to_string()
+}
+
+/// Statistics as text.
+pub fn stats_text(reply: &proto::GetStatisticsReply) -> String {
+    let sup: Vec<Vec<String>> = reply
+        .supervision
+        .iter()
+        .map(|s| {
+            vec![
+                format!("{}/{}", s.department, s.office),
+                count(&s.tasks),
+                count(&s.viewed_in_time),
+                count(&s.viewed_late),
+                count(&s.view_overdue),
+                count(&s.results_in_time),
+                count(&s.results_late),
+                count(&s.result_overdue),
+                count(&s.rectifications_ordered),
+                count(&s.rectified),
+                count(&s.revocations_decided),
+            ]
+        })
+        .collect();
+    let appr: Vec<Vec<String>> = reply
+        .approval
+        .iter()
+        .map(|a| {
+            vec![
+                a.department.clone(),
+                count(&a.cases),
+                count(&a.commitments),
+                count(&a.commitments_fulfilled),
+                count(&a.commitments_overdue),
+                count(&a.commitments_revoked),
+                count(&a.revoked),
+            ]
+        })
+        .collect();
+    let mut out = String::from("Supervision (tasks created in the period)\n");
+    out.push_str(&table(
+        &[
+            "DEPARTMENT/OFFICE",
+            "TASKS",
+            "VIEWED≤3WD",
+            "VIEWED LATE",
+            "NOT VIEWED",
+            "RESULT≤5WD",
+            "RESULT LATE",
+            "NO RESULT",
+            "RECTIFY",
+            "RECTIFIED",
+            "REVOKE",
+        ],
+        &sup,
+    ));
+    out.push_str("\nApproval (cases accepted in the period)\n");
+    out.push_str(&table(
+        &["DEPARTMENT", "CASES", "COMMITMENT", "FULFILLED", "OVERDUE", "REVOKED(C)", "REVOKED"],
+        &appr,
+    ));
+    out
+}
+
+/// Runs `stats`.
+pub async fn stats(conn: &Conn, args: StatsArgs) -> Result<ExitCode> {
+    let reply = AdminServiceClient::new(channel(conn).await?)
+        .get_statistics(proto::GetStatisticsRequest {
+            region_code: args.region,
+            department: args.department.unwrap_or_default(),
+            office: args.office.unwrap_or_default(),
+            from: args.from,
+            to: args.to,
+        })
+        .await
+        .map_err(call_error)?
+        .into_inner();
+    if conn.json {
+        print_json(&reply)?;
+    } else {
+        print!("{}", stats_text(&reply));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shenguan stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Region code.
+    #[arg(long)]
+    pub region: String,
+    /// First day of the period (YYYY-MM-DD).
+    #[arg(long)]
+    pub from: String,
+    /// Last day of the period (YYYY-MM-DD).
+    #[arg(long)]
+    pub to: String,
+    /// One department.
+    #[arg(long)]
+    pub department: Option<String>,
+    /// One office.
+    #[arg(long)]
+    pub office: Option<String>,
+}
+
+/// `shenguan clock advance`.
+#[derive(Debug, Args)]
+pub struct AdvanceArgs {
+    /// By a duration: 3d, 12h, 2d12h, 90m.
+    #[arg(long, conflicts_with = "to")]
+    pub by: Option<String>,
+    /// To an instant (RFC 3339).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+/// Runs `clock advance`.
+pub async fn advance(conn: &Conn, args: AdvanceArgs) -> Result<ExitCode> {
+    let request = match (args.by, args.to) {
+        (Some(by), None) => proto::AdvanceClockRequest { by_millis: parse_duration(&by)?, to: String::new() },
+        (None, Some(to)) => proto::AdvanceClockRequest { by_millis: 0, to },
+        _ => bail!("give --by DURATION or --to INSTANT"),
+    };
+    let reply =
+        AdminServiceClient::new(channel(conn).await?).advance_clock(request).await.map_err(call_error)?.into_inner();
+    if conn.json {
+        print_json(&reply)?;
+    } else {
+        println!("{}", at(&reply.now));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3d").expect("d"), 3 * 86_400_000);
+        assert_eq!(parse_duration("2d12h").expect("dh"), 2 * 86_400_000 + 12 * 3_600_000);
+        assert_eq!(parse_duration("90m").expect("m"), 90 * 60_000);
+        assert!(parse_duration("3").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999d").is_err());
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    BB\nxyz  1\n");
+    }
+
+    #[test]
+    fn accept_files_are_checked_before_anything_is_sent() {
+        assert!(accept_request("{").is_err());
+        assert!(accept_request(r#"{"case_no": "x"}"#).is_err());
+        let ok = r#"{"case_no":"A-1","region_code":"320700","approval_department":"d","approval_item_code":"i",
+            "handling_item_code":"h","applicant":{"name":"n","credit_code":"91110000600037341L","mobile":"13800138000"},
+            "route":"commitment","scenario":"material_deferral","credit_grade":"A","commitment_deadline":"2026-10-09",
+            "deferred_materials":["m"],"supervisors":[{"department":"s","office":"o"}]}"#;
+        let r = accept_request(ok).expect("valid");
+        assert_eq!(r.route, proto::Route::Commitment as i32);
+        assert!(accept_request(&ok.replace("\"commitment\",", "\"fast\","))
+            .expect_err("route")
+            .to_string()
+            .contains("route"));
+        assert!(accept_request(&ok.replace("\"case_no\"", "\"extra\":1,\"case_no\"")).is_err());
+    }
+}

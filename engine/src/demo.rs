@@ -1,0 +1,482 @@
+//! `shenguan demo`: the quickest tour. Starts the real server in-process on a temporary SQLite
+//! file with a virtual clock, drives a few hundred realistic cases through every branch over
+//! two simulated months that include National Day — all over real gRPC on loopback — and prints
+//! a summary and one full timeline.
+//!
+//! The simulation is seeded (`--seed`), so a run can be repeated exactly.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use chrono::{Duration, NaiveDate};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+
+use crate::calendar::Calendars;
+use crate::client::{stats_text, table, timeline_text};
+use crate::clock::VirtualClock;
+use crate::definition::Registry;
+use crate::proto::admin_service_client::AdminServiceClient;
+use crate::proto::intake_service_client::IntakeServiceClient;
+use crate::proto::supervision_service_client::SupervisionServiceClient;
+use crate::proto::{self, Route, Scenario};
+
+/// `shenguan demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How many cases to accept.
+    #[arg(long, default_value_t = 300)]
+    pub cases: u32,
+    /// Seed of the simulation.
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Keep the database here instead of a temporary file (inspect it with `admin verify`).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+}
+
+const REGION: &str = "320700";
+const APPROVAL: [&str; 3] = ["市行政審批局", "贛榆區行政審批局", "海州區行政審批局"];
+const SUPERVISORS: [(&str, &str); 4] = [
+    ("市市場監督管理局", "食品生產監管處"),
+    ("市市場監督管理局", "特種設備安全監察處"),
+    ("市衛生健康委", "綜合監督處"),
+    ("市生態環境局", "執法監督處"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    OnTime,
+    Late,
+    Never,
+}
+
+struct SimCase {
+    id: String,
+    state: String,
+    next: NaiveDate,
+    materials: Plan,
+    deadline: Option<NaiveDate>,
+}
+
+struct SimTask {
+    id: String,
+    state: String,
+    next: NaiveDate,
+    inspected_on: Option<NaiveDate>,
+}
+
+struct Clients {
+    intake: IntakeServiceClient<Channel>,
+    supervision: SupervisionServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
+}
+
+fn at(date: NaiveDate, hour: u32) -> String {
+    format!("{date}T{hour:02}:00:00+08:00")
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let db = args.db.clone().unwrap_or_else(|| dir.path().join("demo.db"));
+    if args.db.is_some() && db.exists() {
+        anyhow::bail!("{} exists; the demo starts from an empty database", db.display());
+    }
+    let first = NaiveDate::from_ymd_opt(2026, 9, 1).context("date")?;
+    let last = NaiveDate::from_ymd_opt(2026, 10, 31).context("date")?;
+    let clock = VirtualClock::new(chrono::DateTime::parse_from_rfc3339(&at(first, 8))?.timestamp_millis());
+    let calendars = Arc::new(Calendars::embedded()?);
+    let calendar = calendars.region(REGION).clone();
+    let options = crate::server::Options::new(
+        crate::engine::Config::new(&db),
+        Arc::new(Registry::embedded()?),
+        calendars,
+        Some(clock),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::run(options, listener, async {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let mut c = Clients {
+        intake: IntakeServiceClient::new(channel.clone()),
+        supervision: SupervisionServiceClient::new(channel.clone()),
+        admin: AdminServiceClient::new(channel),
+    };
+    println!(
+        "shenguan demo: server on {addr}, database {}, virtual clock from {first} 08:00 Asia/Shanghai",
+        db.display()
+    );
+
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let working: Vec<NaiveDate> =
+        first.iter_days().take_while(|d| *d <= last).filter(|d| calendar.is_working_day(*d).unwrap_or(false)).collect();
+    let per_day = (f64::from(args.cases) / working.len().max(1) as f64).ceil() as u32;
+    let mut cases: Vec<SimCase> = Vec::new();
+    let mut tasks: Vec<SimTask> = Vec::new();
+    let mut accepted = 0u32;
+    let mut refused_credit = 0u32;
+    let mut day = first;
+    while day <= last {
+        advance(&mut c, &at(day, 9)).await?;
+        let is_working = calendar.is_working_day(day)?;
+        if is_working {
+            for _ in 0..per_day.min(args.cases - accepted) {
+                accepted += 1;
+                let (case, refused) = accept(&mut c, &mut rng, accepted, day, &calendar).await?;
+                refused_credit += u32::from(refused);
+                cases.push(case);
+            }
+            for case in cases.iter_mut().filter(|x| x.next <= day) {
+                step_case(&mut c, &mut rng, case, day, &mut tasks).await?;
+            }
+            for task in tasks.iter_mut().filter(|t| t.next <= day) {
+                step_task(&mut c, &mut rng, task, day, &calendar).await?;
+            }
+        }
+        advance(&mut c, &at(day, 17)).await?;
+        day = day.succ_opt().context("date")?;
+    }
+    // A month more for the last deadlines to run out.
+    advance(&mut c, &at(NaiveDate::from_ymd_opt(2026, 11, 30).context("date")?, 17)).await?;
+
+    // Summary.
+    let all_cases = list_cases(&mut c).await?;
+    let mut by_state: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for case in &all_cases {
+        let route = format!("{} {}", case.route, case.scenario).trim().to_owned();
+        *by_state.entry((route, case.state.clone())).or_default() += 1;
+    }
+    println!(
+        "\nCases accepted: {} ({} commitment requests refused for credit and taken on the normal route)",
+        all_cases.len(),
+        refused_credit
+    );
+    let rows: Vec<Vec<String>> = by_state.iter().map(|((r, s), n)| vec![r.clone(), s.clone(), n.to_string()]).collect();
+    print!("{}", table(&["ROUTE", "STATE", "CASES"], &rows));
+    let mut task_states: BTreeMap<String, usize> = BTreeMap::new();
+    for case in &all_cases {
+        for t in &case.tasks {
+            *task_states.entry(t.state.clone()).or_default() += 1;
+        }
+    }
+    println!();
+    let rows: Vec<Vec<String>> = task_states.iter().map(|(s, n)| vec![s.clone(), n.to_string()]).collect();
+    print!("{}", table(&["TASK STATE", "TASKS"], &rows));
+    let stats = c
+        .admin
+        .get_statistics(proto::GetStatisticsRequest {
+            region_code: REGION.into(),
+            from: first.to_string(),
+            to: last.to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    println!("\nStatistics for {REGION}, {first} to {last}");
+    print!("{}", stats_text(&stats));
+
+    // The fullest story: the case whose timeline is longest.
+    let mut best = (0usize, String::new());
+    for case in all_cases.iter().filter(|x| x.scenario == "material_deferral" || x.tasks.len() > 1).take(60) {
+        let n = c
+            .admin
+            .get_timeline(proto::GetTimelineRequest { case_id: case.case_id.clone() })
+            .await?
+            .into_inner()
+            .entries
+            .len();
+        if n > best.0 {
+            best = (n, case.case_id.clone());
+        }
+    }
+    if !best.1.is_empty() {
+        let timeline = c.admin.get_timeline(proto::GetTimelineRequest { case_id: best.1.clone() }).await?.into_inner();
+        println!("\nTimeline of {} ({} entries)", best.1, timeline.entries.len());
+        print!("{}", timeline_text(&timeline.entries));
+    }
+    let _ = stop.send(());
+    server.await.context("server task")??;
+    println!("\nDone in {:.1} s of wall time. Every step above was a durable gRPC call; deadlines fired on the virtual clock.", started.elapsed().as_secs_f64());
+    if let Some(db) = &args.db {
+        println!("The database is kept at {}: try `shenguan admin verify --db {}`.", db.display(), db.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn advance(c: &mut Clients, to: &str) -> Result<()> {
+    c.admin.advance_clock(proto::AdvanceClockRequest { by_millis: 0, to: to.to_owned() }).await?;
+    Ok(())
+}
+
+async fn list_cases(c: &mut Clients) -> Result<Vec<proto::Case>> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .admin
+            .query_cases(proto::QueryCasesRequest {
+                page: Some(proto::PageRequest { page_size: 500, page_token: token.clone() }),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        out.extend(page.cases);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn uscc(rng: &mut StdRng) -> String {
+    const A: &[u8] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
+    const W: [usize; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+    let mut code: Vec<u8> = b"91320700".to_vec();
+    while code.len() < 17 {
+        code.push(A[rng.random_range(0..A.len())]);
+    }
+    let sum: usize = code.iter().zip(W).map(|(c, w)| A.iter().position(|a| a == c).unwrap_or(0) * w).sum();
+    code.push(A[(31 - sum % 31) % 31]);
+    String::from_utf8(code).unwrap_or_default()
+}
+
+async fn accept(
+    c: &mut Clients,
+    rng: &mut StdRng,
+    n: u32,
+    today: NaiveDate,
+    calendar: &crate::calendar::Calendar,
+) -> Result<(SimCase, bool)> {
+    let roll = rng.random_range(0..100);
+    let (route, scenario) = match roll {
+        0..40 => (Route::Normal, Scenario::Unspecified),
+        40..72 => (Route::Commitment, Scenario::MaterialDeferral),
+        72..86 => (Route::Commitment, Scenario::MaterialVerification),
+        _ => (Route::Commitment, Scenario::PostApprovalVerification),
+    };
+    let grade = if rng.random_range(0..100) < 6 { "dishonest" } else { ["A", "A", "B", "C"][rng.random_range(0..4)] };
+    let deadline = calendar.add_working_days(today, rng.random_range(3..12))?;
+    let n_sup = if rng.random_range(0..100) < 25 { 2 } else { 1 };
+    let first_sup = rng.random_range(0..SUPERVISORS.len());
+    let supervisors = (0..n_sup)
+        .map(|i| {
+            let (department, office) = SUPERVISORS[(first_sup + i) % SUPERVISORS.len()];
+            proto::Supervisor {
+                department: department.into(),
+                office: office.into(),
+                office_admin_mobile: format!("139{:08}", rng.random_range(0..100_000_000)),
+            }
+        })
+        .collect();
+    let mut request = proto::AcceptCaseRequest {
+        case_no: format!("LYG-2026-{n:05}"),
+        region_code: REGION.into(),
+        approval_department: APPROVAL[rng.random_range(0..APPROVAL.len())].into(),
+        approval_item_code: format!("XK-{:03}", rng.random_range(1..40)),
+        handling_item_code: format!("BL-{:03}", rng.random_range(1..90)),
+        applicant: Some(proto::Applicant {
+            name: format!(
+                "連云港{}有限公司",
+                ["海鮮", "食品", "機械", "港口物流", "醫藥", "化工"][rng.random_range(0..6)]
+            ),
+            id: Some(proto::applicant::Id::CreditCode(uscc(rng))),
+            mobile: format!("138{:08}", rng.random_range(0..100_000_000)),
+        }),
+        route: route as i32,
+        scenario: scenario as i32,
+        credit_grade: grade.into(),
+        commitment_deadline: if scenario == Scenario::MaterialDeferral { deadline.to_string() } else { String::new() },
+        commitment_period_working_days: 0,
+        deferred_materials: if scenario == Scenario::MaterialDeferral {
+            vec!["消防驗收意見".into(), "場所平面圖".into()]
+        } else {
+            vec![]
+        },
+        supervisors,
+    };
+    let mut refused = false;
+    let reply = match c.intake.accept_case(request.clone()).await {
+        Ok(r) => r,
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            // §7: a dishonest applicant is accepted on the normal route instead.
+            refused = true;
+            request.route = Route::Normal as i32;
+            request.scenario = Scenario::Unspecified as i32;
+            request.commitment_deadline.clear();
+            request.deferred_materials.clear();
+            c.intake.accept_case(request).await?
+        }
+        Err(status) => return Err(status.into()),
+    };
+    let case = reply.into_inner().case.context("case")?;
+    let materials = match rng.random_range(0..100) {
+        0..70 => Plan::OnTime,
+        70..85 => Plan::Late,
+        _ => Plan::Never,
+    };
+    let wait = i64::from(rng.random_range(0..4u32));
+    Ok((
+        SimCase {
+            id: case.case_id,
+            state: case.state,
+            next: today + Duration::days(wait),
+            materials,
+            deadline: (!refused && scenario == Scenario::MaterialDeferral).then_some(deadline),
+        },
+        refused,
+    ))
+}
+
+async fn step_case(
+    c: &mut Clients,
+    rng: &mut StdRng,
+    case: &mut SimCase,
+    today: NaiveDate,
+    tasks: &mut Vec<SimTask>,
+) -> Result<()> {
+    let current = c
+        .intake
+        .get_case(proto::GetCaseRequest { case_id: case.id.clone() })
+        .await?
+        .into_inner()
+        .case
+        .context("case")?;
+    case.state = current.state.clone();
+    let later = |rng: &mut StdRng, lo: i64, hi: i64| today + Duration::days(rng.random_range(lo..=hi));
+    let reply = match case.state.as_str() {
+        "commitment_pending" | "reminded" => match (case.materials, case.deadline) {
+            (Plan::OnTime, Some(d)) if today <= d => {
+                Some(c.intake.submit_materials(proto::SubmitMaterialsRequest { case_id: case.id.clone() }).await)
+            }
+            _ => {
+                case.next = case.deadline.map_or(later(rng, 1, 3), |d| d + Duration::days(1));
+                None
+            }
+        },
+        "overdue" => match case.materials {
+            Plan::Late => {
+                Some(c.intake.submit_materials(proto::SubmitMaterialsRequest { case_id: case.id.clone() }).await)
+            }
+            _ => Some(
+                c.intake
+                    .revoke_approval(proto::RevokeApprovalRequest {
+                        case_id: case.id.clone(),
+                        reason: "逾期未補交承諾材料".into(),
+                        basis: "《行政許可法》第六十九條".into(),
+                    })
+                    .await,
+            ),
+        },
+        "awaiting_approval" | "materials_received" => Some(
+            c.intake
+                .complete_approval(proto::CompleteApprovalRequest {
+                    case_id: case.id.clone(),
+                    license_no: format!("JY1320700{:07}", rng.random_range(0..10_000_000)),
+                    approval_opinion: "符合條件,准予許可".into(),
+                    document_refs: vec![format!("doc://{}/licence.pdf", case.id)],
+                })
+                .await,
+        ),
+        "revocation_pending" => Some(
+            c.intake
+                .revoke_approval(proto::RevokeApprovalRequest {
+                    case_id: case.id.clone(),
+                    reason: "監管部門作出撤銷決定".into(),
+                    basis: "告知承諾制相關規定".into(),
+                })
+                .await,
+        ),
+        _ => {
+            case.next = later(rng, 3, 6);
+            None
+        }
+    };
+    if let Some(reply) = reply {
+        let after = reply?.into_inner().case.context("case")?;
+        if case.state != "licensed" && after.state == "licensed" {
+            for t in &after.tasks {
+                tasks.push(SimTask {
+                    id: t.task_id.clone(),
+                    state: t.state.clone(),
+                    next: later(rng, 0, 5),
+                    inspected_on: None,
+                });
+            }
+        }
+        case.state = after.state;
+        case.next = later(rng, 1, 3);
+    }
+    Ok(())
+}
+
+async fn step_task(
+    c: &mut Clients,
+    rng: &mut StdRng,
+    task: &mut SimTask,
+    today: NaiveDate,
+    calendar: &crate::calendar::Calendar,
+) -> Result<()> {
+    let sup = &mut c.supervision;
+    let reply = match task.state.as_str() {
+        "pushed" => sup.acknowledge_task(proto::AcknowledgeTaskRequest { task_id: task.id.clone() }).await,
+        "viewed" => {
+            task.inspected_on = Some(today);
+            sup.report_inspection(proto::ReportInspectionRequest {
+                task_id: task.id.clone(),
+                finished_on: today.to_string(),
+            })
+            .await
+        }
+        "inspected" => {
+            let roll = rng.random_range(0..100);
+            let (outcome, deadline) = match roll {
+                0..80 => (proto::Outcome::Compliant, String::new()),
+                80..95 => (proto::Outcome::NonCompliant, calendar.add_working_days(today, 10)?.to_string()),
+                _ => (proto::Outcome::Revocation, String::new()),
+            };
+            sup.report_result(proto::ReportResultRequest {
+                task_id: task.id.clone(),
+                outcome: outcome as i32,
+                rectification_deadline: deadline,
+                notes: if roll >= 80 { "現場核查與承諾不符".into() } else { String::new() },
+            })
+            .await
+        }
+        "rectifying" => {
+            let rectified = rng.random_range(0..100) < 80;
+            sup.report_rectification(proto::ReportRectificationRequest {
+                task_id: task.id.clone(),
+                rectified,
+                notes: String::new(),
+            })
+            .await
+        }
+        _ => {
+            task.next = NaiveDate::MAX;
+            return Ok(());
+        }
+    };
+    match reply {
+        Ok(r) => {
+            let t = r.into_inner().task.context("task")?;
+            task.state = t.state;
+        }
+        // The case may have been revoked meanwhile, ending the task: fine, it is recorded.
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => task.state = "ended".into(),
+        Err(status) => return Err(status.into()),
+    }
+    // Offices are usually prompt, sometimes not: some views and results come late.
+    let wait = if rng.random_range(0..100) < 15 { rng.random_range(4..9) } else { rng.random_range(0..3) };
+    task.next = today + Duration::days(wait);
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The CLI as a gRPC client against a real `shenguan serve` process in sandbox mode: a person's
+//! tour from the README — accept a case from a JSON file, advance the clock, see the reminder,
+//! the deadline and the supervision task — with exit codes scripts can rely on.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `shenguan serve` on a port the OS picks and reads the address from its log.
+fn serve(db: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--virtual-clock", "2026-09-28T10:00:00+08:00", "--db"])
+        .arg(db)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("the server logs its address before anything else fails").expect("read");
+        if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
+            break format!("http://{}", addr.trim());
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
+}
+
+fn cli(server: &Server, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(args)
+        .env("SHENGUAN_SERVER", &server.url)
+        .output()
+        .expect("run cli")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+#[test]
+fn the_readme_tour_through_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(&dir.path().join("tour.db"));
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/case-material-deferral.json");
+    let example = example.to_str().expect("path");
+
+    let o = cli(&server, &["case", "accept", "-f", example]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("state                commitment_pending"), "{}", text(&o));
+    let o = cli(&server, &["case", "accept", "-f", example]);
+    assert!(text(&o).contains("already applied before"), "idempotent: {}", text(&o));
+
+    let o = cli(&server, &["clock", "advance", "--to", "2026-10-08T09:00:00+08:00"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "2026-10-08 09:00:00 +08:00\n");
+    let o = cli(&server, &["case", "timeline", "320700/SP-2026-0001"]);
+    let timeline = text(&o);
+    assert!(timeline.contains("timer:material_reminder  commitment_pending → reminded"), "{timeline}");
+    assert!(timeline.contains("2026-10-08 09:00:00 +08:00"), "{timeline}");
+
+    let o = cli(&server, &["clock", "advance", "--by", "2d"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cli(&server, &["case", "show", "320700/SP-2026-0001", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(json["case"]["state"], "overdue");
+    assert_eq!(json["case"]["overdue"], true);
+
+    let o = cli(&server, &["case", "materials", "320700/SP-2026-0001"]);
+    assert!(o.status.success(), "late materials are accepted: {}", text(&o));
+    let o = cli(&server, &["case", "complete", "320700/SP-2026-0001", "--license-no", "JY13207000000001"]);
+    assert!(text(&o).contains("320700/SP-2026-0001/T1  pushed"), "{}", text(&o));
+    let o = cli(&server, &["task", "list", "--state", "pushed"]);
+    assert!(text(&o).contains("view_deadline 2026-10-14 23:59:59 +08:00"), "{}", text(&o));
+    let o = cli(&server, &["task", "ack", "320700/SP-2026-0001/T1"]);
+    assert!(text(&o).contains("viewed"), "{}", text(&o));
+    let o = cli(&server, &["task", "report", "inspection", "320700/SP-2026-0001/T1", "--finished-on", "2026-10-10"]);
+    assert!(text(&o).contains("inspected"), "{}", text(&o));
+    let o = cli(&server, &["task", "report", "result", "320700/SP-2026-0001/T1", "--outcome", "compliant"]);
+    assert!(text(&o).contains("closed_compliant"), "{}", text(&o));
+    let o = cli(&server, &["stats", "--region", "320700", "--from", "2026-09-01", "--to", "2026-10-31", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(stats["approval"][0]["commitments_overdue"]["ids"][0], "320700/SP-2026-0001");
+
+    // Failures: one line on stderr, and an exit code per kind.
+    let o = cli(&server, &["case", "show", "320700/NOPE"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "error: NOT_FOUND: case 320700/NOPE does not exist\n");
+    let o = cli(&server, &["case", "materials", "320700/SP-2026-0001"]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .starts_with("error: FAILED_PRECONDITION: case 320700/SP-2026-0001 is in state closed"),
+        "{}",
+        text(&o)
+    );
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(Path::new(example))
+            .expect("read")
+            .replace("91110000600037341L", "91110000600037341M")
+            .replace("SP-2026-0001", "SP-2026-0009"),
+    )
+    .expect("write");
+    let o = cli(&server, &["case", "accept", "-f", bad.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("INVALID_ARGUMENT: applicant.credit_code: check character is wrong (expected L)"),
+        "{}",
+        text(&o)
+    );
+    let o = cli(&server, &["case", "accept", "-f", dir.path().join("missing.json").to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(["case", "show", "320700/X", "--server", "http://127.0.0.1:1"])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(7), "server unreachable: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).starts_with("error: cannot reach the server at http://127.0.0.1:1"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn advance_clock_is_refused_on_the_system_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("sys.db"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = loop {
+        let line = lines.next().expect("address").expect("read");
+        if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
+            break format!("http://{}", addr.trim());
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server { child, url };
+    let o = cli(&server, &["clock", "advance", "--by", "1d"]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(text(&o).contains("only a server started with --virtual-clock can be advanced"), "{}", text(&o));
+}
+
+#[test]
+fn the_demo_runs_every_branch_and_prints_a_summary_and_a_timeline() {
+    let o = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(["demo", "--cases", "120", "--seed", "7"])
+        .output()
+        .expect("demo");
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("Cases accepted: 120"), "{out}");
+    for state in ["closed", "revoked", "overdue"] {
+        assert!(out.contains(&format!("  {state} ")), "no case ended {state}: {out}");
+    }
+    assert!(out.contains("Statistics for 320700, 2026-09-01 to 2026-10-31"), "{out}");
+    assert!(out.contains("Timeline of 320700/LYG-2026-"), "{out}");
+    assert!(out.contains("BREACHED"), "{out}");
+}

@@ -72,6 +72,7 @@ pub struct Engine {
     calendars: Arc<Calendars>,
     clock: Arc<dyn Clock>,
     timers: Arc<Mutex<TimerIndex>>,
+    metrics: Arc<crate::telemetry::Metrics>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -87,6 +88,7 @@ impl Engine {
         let store = SqliteStore::open(&config.db, &options).await?;
         let timers = Arc::new(Mutex::new(TimerIndex::new(clock.now())));
         let wake = Arc::new(Notify::new());
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
         let (writer, handle) = writer::channel(
             store,
             registry.clone(),
@@ -95,6 +97,7 @@ impl Engine {
             timers.clone(),
             wake.clone(),
             writer::Settings { max_batch: config.max_batch, shards: config.shards, page: config.page },
+            metrics.clone(),
         );
         let writer_task = tokio::spawn(writer.run());
         handle.extend(clock.now().saturating_add(config.horizon)).await.map_err(Error::Timers)?;
@@ -114,6 +117,7 @@ impl Engine {
             calendars,
             clock,
             timers,
+            metrics,
             tasks: vec![writer_task, service_task],
         })
     }
@@ -150,6 +154,11 @@ impl Engine {
     /// The engine's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &Arc<crate::telemetry::Metrics> {
+        &self.metrics
     }
 
     /// Timers currently held in memory.

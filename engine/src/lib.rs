@@ -15,6 +15,7 @@
 //! - [`api`]: the gRPC services (intake, supervision, admin).
 //! - [`domain`]: identifiers of the domain (credit codes, ID numbers, case and task ids).
 //! - [`cli`]: the `shenguan` command line; [`client`]: its gRPC-client commands; [`demo`]: the tour.
+//! - [`telemetry`]: Prometheus metrics.
 //! - [`proto`]: generated gRPC types.
 //!
 //! Where to start reading: `docs/ARCHITECTURE.md`, then [`writer`] and [`machine`].
@@ -33,5 +34,6 @@ pub mod machine;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod timer;
 pub mod writer;

@@ -70,6 +70,15 @@ impl Options {
 /// Largest request a client may send. Every field has its own, smaller, limit.
 const MAX_MESSAGE: usize = 1024 * 1024;
 
+async fn metrics_text(shared: &Shared) -> String {
+    let metrics = shared.engine.metrics();
+    metrics.timers_in_memory.set(i64::try_from(shared.engine.timers_in_memory()).unwrap_or(i64::MAX));
+    if let Ok(backlog) = shared.reader.outbox_backlog().await {
+        metrics.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    }
+    metrics.render()
+}
+
 /// Starts the engine and serves gRPC on `listener` until `shutdown` completes; then stops the
 /// engine. Everything acknowledged before is durable.
 pub async fn run(
@@ -118,12 +127,23 @@ pub async fn run(
         }
         conn
     });
-    let served = tonic::transport::Server::builder()
-        .add_service(health)
+    let routes = tonic::service::Routes::new(health)
         .add_service(reflection)
         .add_service(intake)
         .add_service(supervision)
-        .add_service(admin)
+        .add_service(admin);
+    // Prometheus scrapes `GET /metrics` over HTTP/1.1 on the same port.
+    let scrape = shared.clone();
+    let router = routes.into_axum_router().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = scrape.clone();
+            async move { metrics_text(&shared).await }
+        }),
+    );
+    let served = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     drop(shared);

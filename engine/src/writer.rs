@@ -23,6 +23,7 @@ use crate::clock::{Clock, Millis};
 use crate::definition::{Definition, Registry};
 use crate::machine::{decide, decode_vars, encode_vars, Command, CommandKind, Instance, Rejection, Transition};
 use crate::store::{fnv1a, shard_of, Batch, IdempotencyRow, InstanceRow, OutboxRow, Store, TimerFrom};
+use crate::telemetry::Metrics;
 use crate::timer::{Horizon, TimerIndex, TimerKey};
 
 /// The answer to a command that was applied (or had been applied before under its request id).
@@ -160,6 +161,7 @@ pub struct Writer<S: Store> {
     timers: Arc<Mutex<TimerIndex>>,
     wake: Arc<Notify>,
     settings: Settings,
+    metrics: Arc<Metrics>,
 }
 
 /// Creates a writer and its handle. Run the writer with [`Writer::run`].
@@ -172,9 +174,10 @@ pub fn channel<S: Store>(
     timers: Arc<Mutex<TimerIndex>>,
     wake: Arc<Notify>,
     settings: Settings,
+    metrics: Arc<Metrics>,
 ) -> (Writer<S>, Handle) {
     let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
-    (Writer { store, rx, registry, calendars, clock, timers, wake, settings }, Handle { tx })
+    (Writer { store, rx, registry, calendars, clock, timers, wake, settings, metrics }, Handle { tx })
 }
 
 /// A queued request with its reply.
@@ -210,6 +213,18 @@ struct Acc {
     timer_rows: HashMap<(String, String), usize>,
     changed: HashMap<String, usize>,
     wheel_ops: Vec<WheelOp>,
+    /// Timers fired in this batch: (due, workflow, responsible department if a deadline).
+    fired: Vec<(Millis, String, Option<String>)>,
+    /// Commands by (kind, result), counted once the batch's fate is known.
+    counts: Vec<(&'static str, &'static str)>,
+}
+
+fn kind_of(command: &Command) -> &'static str {
+    match command.kind {
+        CommandKind::Start { .. } => "start",
+        CommandKind::Event { .. } => "event",
+        CommandKind::Timer { .. } => "timer",
+    }
 }
 
 /// What a command's request id says before deciding anything.
@@ -372,6 +387,23 @@ impl<S: Store> Writer<S> {
 
     /// Records a decided transition into the batch.
     fn record(&self, acc: &mut Acc, command: &Command, t: Transition, now: Millis) -> Applied {
+        if let CommandKind::Timer { name, due } = &command.kind {
+            let deadline = self
+                .registry
+                .get(&t.instance.workflow, t.instance.version)
+                .and_then(|d| d.timer(name))
+                .is_some_and(|spec| spec.deadline);
+            let department = deadline.then(|| {
+                ["department", "approval_department"]
+                    .iter()
+                    .find_map(|v| match t.instance.vars.get(*v) {
+                        Some(crate::definition::Value::Str(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "unknown".to_owned())
+            });
+            acc.fired.push((*due, t.instance.workflow.clone(), department));
+        }
         let previous = match acc.live.get(&command.instance) {
             Some(Ok(instance)) => Some(instance.timers.clone()),
             _ => None,
@@ -446,8 +478,14 @@ impl<S: Store> Writer<S> {
             Seen::New => {}
         }
         match self.try_decide(acc, &HashMap::new(), command, now) {
-            Ok(t) => (Ok(self.record(acc, command, t, now)), true),
-            Err(e) => (Err(e), false),
+            Ok(t) => {
+                acc.counts.push((kind_of(command), "applied"));
+                (Ok(self.record(acc, command, t, now)), true)
+            }
+            Err(e) => {
+                acc.counts.push((kind_of(command), "rejected"));
+                (Err(e), false)
+            }
         }
     }
 
@@ -493,7 +531,15 @@ impl<S: Store> Writer<S> {
                 Err(error) => return (Err(GroupError { index, error }), false),
             }
         }
-        let answers = decided.into_iter().map(|d| d.map(|(command, t)| self.record(acc, &command, t, now))).collect();
+        let answers = decided
+            .into_iter()
+            .map(|d| {
+                d.map(|(command, t)| {
+                    acc.counts.push((kind_of(&command), "applied"));
+                    self.record(acc, &command, t, now)
+                })
+            })
+            .collect();
         (Ok(answers), true)
     }
 
@@ -547,9 +593,26 @@ impl<S: Store> Writer<S> {
             }
         }
 
+        let commit_started = std::time::Instant::now();
         let committed = if acc.batch.is_empty() { Ok(()) } else { self.store.commit(&acc.batch).await };
         match committed {
             Ok(()) => {
+                if !acc.batch.is_empty() {
+                    self.metrics.commit_seconds.observe(commit_started.elapsed().as_secs_f64());
+                    self.metrics.batch_size.observe(acc.batch.history.len() as f64);
+                    self.metrics.outbox_written.inc_by(acc.batch.outbox.len() as u64);
+                }
+                for (kind, result) in &acc.counts {
+                    self.metrics.commands.with_label_values(&[*kind, *result]).inc();
+                }
+                let committed_at = self.clock.now();
+                for (due, workflow, department) in &acc.fired {
+                    self.metrics.timers_fired.inc();
+                    self.metrics.fire_lateness_seconds.observe((committed_at - due).max(0) as f64 / 1000.0);
+                    if let Some(department) = department {
+                        self.metrics.breaches.with_label_values(&[workflow.as_str(), department.as_str()]).inc();
+                    }
+                }
                 self.update_wheel(acc.wheel_ops);
                 for p in pending {
                     match p.owed {
@@ -560,6 +623,9 @@ impl<S: Store> Writer<S> {
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = pending.len(), "group commit failed; nothing of the batch was written");
+                for (kind, _) in &acc.counts {
+                    self.metrics.commands.with_label_values(&[*kind, "failed"]).inc();
+                }
                 let unavailable = WriteError::Unavailable(e.to_string());
                 for p in pending {
                     match (p.owed, p.needs_commit) {

@@ -587,3 +587,116 @@ async fn statistics_count_what_the_timelines_show() -> Result<()> {
     assert_eq!(seen.len(), 6);
     server.stop().await
 }
+
+#[tokio::test]
+async fn material_verification_is_approved_directly_and_late_materials_are_recorded_late() -> Result<()> {
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    server.intake().accept_case(accept("MV-1", Route::Commitment, Scenario::MaterialVerification)).await?;
+    assert_eq!(get_case(&server, "320700/MV-1").await?.state, "awaiting_approval");
+    assert_eq!(complete(&server, "320700/MV-1").await?.state, "licensed");
+
+    server.intake().accept_case(deferral("LATE-1", "2026-09-29")).await?;
+    server.advance_to("2026-09-30T10:00:00+08:00").await?;
+    assert_eq!(get_case(&server, "320700/LATE-1").await?.state, "overdue");
+    let case = server
+        .intake()
+        .submit_materials(SubmitMaterialsRequest { case_id: "320700/LATE-1".into() })
+        .await?
+        .into_inner()
+        .case
+        .expect("case");
+    assert_eq!(case.state, "materials_received", "a late action is still accepted");
+    assert_eq!(case.variables.get("materials_late").map(String::as_str), Some("true"), "and recorded as late");
+    assert!(case.overdue, "the breach stays on record");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn missed_result_and_rectification_deadlines_escalate_and_a_failed_rectification_leads_to_revocation(
+) -> Result<()> {
+    let server = TestServer::start("2026-11-02T10:00:00+08:00").await?;
+    server.intake().accept_case(accept("RF-1", Route::Normal, Scenario::Unspecified)).await?;
+    complete(&server, "320700/RF-1").await?;
+    let t = "320700/RF-1/T1";
+    server.supervision().acknowledge_task(AcknowledgeTaskRequest { task_id: t.into() }).await?;
+    server
+        .supervision()
+        .report_inspection(ReportInspectionRequest { task_id: t.into(), finished_on: "2026-11-02".into() })
+        .await?;
+    // 5 working days after Monday 2 Nov: end of Monday 9 Nov.
+    server.advance_to("2026-11-10T09:00:00+08:00").await?;
+    let task = task(&server, t).await?;
+    assert!(task.overdue);
+    assert_eq!(task.variables.get("result_breached").map(String::as_str), Some("true"));
+    let late = server
+        .supervision()
+        .report_result(ReportResultRequest {
+            task_id: t.into(),
+            outcome: Outcome::NonCompliant as i32,
+            rectification_deadline: "2026-11-13".into(),
+            notes: "未按承諾落實".into(),
+        })
+        .await?
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(late.state, "rectifying");
+    assert_eq!(late.variables.get("result_late").map(String::as_str), Some("true"));
+    server.advance_to("2026-11-14T09:00:00+08:00").await?;
+    let entries = timeline(&server, "320700/RF-1").await?;
+    let breach = entries.iter().find(|e| e.event == "timer:rectification_deadline").expect("escalated");
+    assert_eq!((breach.instance_id.as_str(), breach.messages), (t, 1));
+    let task = server
+        .supervision()
+        .report_rectification(ReportRectificationRequest { task_id: t.into(), rectified: false, notes: String::new() })
+        .await?
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(task.state, "revocation_requested");
+    assert_eq!(get_case(&server, "320700/RF-1").await?.state, "revocation_pending");
+    let revoke = RevokeApprovalRequest {
+        case_id: "320700/RF-1".into(),
+        reason: "整改后仍不符合".into(),
+        basis: "《行政許可法》第七十條".into(),
+    };
+    let case = server.intake().revoke_approval(revoke).await?.into_inner().case.expect("case");
+    assert_eq!(case.state, "revoked");
+    assert_eq!(case.variables.get("commitment_outcome"), None, "no commitment on the normal route");
+    assert_eq!(case.tasks[0].state, "closed_revoked");
+    let e =
+        server.supervision().acknowledge_task(AcknowledgeTaskRequest { task_id: t.into() }).await.expect_err("ended");
+    assert!(e.message().contains("is in state closed_revoked"), "{}", e.message());
+    server.stop().await
+}
+
+/// `GET /metrics` over plain HTTP/1.1 on the gRPC port, the way Prometheus scrapes it.
+async fn scrape(server: &TestServer) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: shenguan\r\nConnection: close\r\n\r\n").await?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+#[tokio::test]
+async fn metrics_count_commands_commits_fired_timers_and_breaches_by_department() -> Result<()> {
+    let server = TestServer::start("2026-09-30T10:00:00+08:00").await?;
+    server.intake().accept_case(accept("M-1", Route::Normal, Scenario::Unspecified)).await?;
+    complete(&server, "320700/M-1").await?;
+    server.advance_to("2026-10-11T00:00:00+08:00").await?;
+    let text = scrape(&server).await?;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("shenguan_commands_total{kind=\"start\",result=\"applied\"} 2"), "{text}");
+    assert!(text.contains("shenguan_timers_fired_total 1"), "{text}");
+    assert!(
+        text.contains(
+            "shenguan_deadline_breaches_total{department=\"市市場監督管理局\",workflow=\"supervision_task\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("shenguan_commit_batch_size_count"), "{text}");
+    assert!(text.contains("shenguan_outbox_backlog 3"), "supervision push, task SMS, escalation: {text}");
+    server.stop().await
+}

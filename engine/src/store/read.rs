@@ -90,6 +90,13 @@ impl Reader {
         rows.iter().map(super::sqlite::history_from_row).collect()
     }
 
+    /// Outbox messages not yet delivered.
+    pub async fn outbox_backlog(&self) -> Result<u64, Error> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'pending'").fetch_one(&self.pool).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Instances matching `filter`, in id order.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<InstanceRow>, Error> {
         let mut q: QueryBuilder<Sqlite> =

@@ -22,7 +22,12 @@ async fn main() -> ExitCode {
             // A gRPC status is already a whole sentence; its source would only repeat it.
             let mut chain: Vec<String> = Vec::new();
             for cause in e.chain() {
-                chain.push(cause.to_string());
+                let text = cause.to_string();
+                // Transport errors repeat their source in their own text; say each thing once.
+                if chain.last().is_some_and(|last| last.contains(&text)) {
+                    continue;
+                }
+                chain.push(text);
                 if cause.downcast_ref::<shenguan::client::CallError>().is_some() {
                     break;
                 }

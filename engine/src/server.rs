@@ -76,6 +76,9 @@ async fn metrics_text(shared: &Shared) -> String {
     if let Ok(backlog) = shared.reader.outbox_backlog().await {
         metrics.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
     }
+    if let Ok(pending) = shared.reader.timers_pending().await {
+        metrics.timers_pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
     metrics.render()
 }
 

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub timers_in_memory: IntGauge,
     /// Outbox messages not yet delivered (set at scrape).
     pub outbox_backlog: IntGauge,
+    /// Timers armed in the database (set at scrape).
+    pub timers_pending: IntGauge,
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -64,6 +66,8 @@ impl Metrics {
             .unwrap_or_else(|_| unreachable_metric());
         let outbox_backlog = IntGauge::new("outbox_backlog", "Outbox messages not yet delivered")
             .unwrap_or_else(|_| unreachable_metric());
+        let timers_pending =
+            IntGauge::new("timers_pending", "Timers armed in the database").unwrap_or_else(|_| unreachable_metric());
         let m = Metrics {
             registry,
             commands,
@@ -75,6 +79,7 @@ impl Metrics {
             outbox_written,
             timers_in_memory,
             outbox_backlog,
+            timers_pending,
         };
         for c in [
             Box::new(m.commands.clone()) as Box<dyn prometheus::core::Collector>,
@@ -86,6 +91,7 @@ impl Metrics {
             Box::new(m.outbox_written.clone()),
             Box::new(m.timers_in_memory.clone()),
             Box::new(m.outbox_backlog.clone()),
+            Box::new(m.timers_pending.clone()),
         ] {
             // Names are distinct constants, so registration cannot collide.
             let _ = m.registry.register(c);

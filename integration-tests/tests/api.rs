@@ -697,6 +697,7 @@ async fn metrics_count_commands_commits_fired_timers_and_breaches_by_department(
         "{text}"
     );
     assert!(text.contains("shenguan_commit_batch_size_count"), "{text}");
+    assert!(text.contains("shenguan_timers_pending 0"), "the view deadline fired and nothing else is armed: {text}");
     assert!(text.contains("shenguan_outbox_backlog 3"), "supervision push, task SMS, escalation: {text}");
     server.stop().await
 }

@@ -97,6 +97,13 @@ impl Reader {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// Timers armed in the database. Counts the `timers_due` index: cost grows with the number
+    /// of pending timers (tens of milliseconds per million), paid per scrape, not per command.
+    pub async fn timers_pending(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM timers").fetch_one(&self.pool).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Instances matching `filter`, in id order.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<InstanceRow>, Error> {
         let mut q: QueryBuilder<Sqlite> =

@@ -2,6 +2,7 @@
 //! completes. `main` and the tests call the same function (tests bind port 0).
 //!
 //! It serves the domain services (`IntakeService`, `SupervisionService`, `AdminService`), the
+//! generic `EngineService`, the
 //! gRPC health service (`grpc.health.v1.Health`, SERVING once the engine has started) and
 //! server reflection for every shenguan.v1 file.
 
@@ -112,6 +113,9 @@ pub async fn run(
     let supervision = SupervisionServiceServer::new(api::supervision::Supervision::new(shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE);
     let admin = AdminServiceServer::new(api::admin::Admin::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE);
+    let generic =
+        crate::proto::engine_service_server::EngineServiceServer::new(api::engine::Engine::new(shared.clone()))
+            .max_decoding_message_size(MAX_MESSAGE);
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -134,7 +138,8 @@ pub async fn run(
         .add_service(reflection)
         .add_service(intake)
         .add_service(supervision)
-        .add_service(admin);
+        .add_service(admin)
+        .add_service(generic);
     // Prometheus scrapes `GET /metrics` over HTTP/1.1 on the same port.
     let scrape = shared.clone();
     let router = routes.into_axum_router().route(

@@ -701,3 +701,78 @@ async fn metrics_count_commands_commits_fired_timers_and_breaches_by_department(
     assert!(text.contains("shenguan_outbox_backlog 3"), "supervision push, task SMS, escalation: {text}");
     server.stop().await
 }
+
+#[tokio::test]
+async fn the_generic_engine_service_starts_and_signals_any_workflow_and_refuses_bad_input() -> Result<()> {
+    use shenguan::proto::engine_service_client::EngineServiceClient;
+    use shenguan::proto::{SignalRequest, StartRequest};
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    let mut engine = EngineServiceClient::new(server.channel.clone());
+    let vars = r#"{"reminder_at":"2026-09-28T02:00:30Z","deadline_at":"2026-09-28T02:01:00Z"}"#;
+    let start = |id: &str, vars: &str| StartRequest {
+        workflow: "bench_case".into(),
+        instance_id: id.into(),
+        vars_json: vars.into(),
+        request_id: format!("start-{id}"),
+    };
+    let r = engine.start(start("b-1", vars)).await?.into_inner();
+    assert_eq!((r.state.as_str(), r.seq, r.duplicate), ("pending", 1, false));
+    assert!(engine.start(start("b-1", vars)).await?.into_inner().duplicate);
+    engine.start(start("b-2", vars)).await?;
+    let r = engine
+        .signal(SignalRequest {
+            instance_id: "b-1".into(),
+            event: "materials_submitted".into(),
+            fields_json: String::new(),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(r.state, "licensed");
+    server.advance_to("2026-09-28T10:01:00+08:00").await?;
+    let e = engine
+        .signal(SignalRequest { instance_id: "b-2".into(), event: "materials_submitted".into(), ..Default::default() })
+        .await
+        .expect_err("overdue");
+    assert!(e.message().contains("instance b-2 is in state overdue"), "{}", e.message());
+
+    let bad: Vec<(StartRequest, Code, &str)> = vec![
+        (StartRequest { workflow: "nope".into(), ..start("b-3", vars) }, Code::InvalidArgument, "workflow: "),
+        (start("", vars), Code::InvalidArgument, "instance_id: "),
+        (start("a b", vars), Code::InvalidArgument, "instance_id: "),
+        (start(&"x".repeat(129), vars), Code::InvalidArgument, "instance_id: "),
+        (start("b-3", "{"), Code::InvalidArgument, "vars_json: is not JSON"),
+        (start("b-3", "[1]"), Code::InvalidArgument, "vars_json: must be a JSON object"),
+        (start("b-3", &format!("{{\"x\":\"{}\"}}", "y".repeat(70_000))), Code::InvalidArgument, "vars_json: is "),
+        (start("b-3", r#"{"reminder_at":"soon"}"#), Code::InvalidArgument, "reminder_at: expected an RFC 3339 instant"),
+        (start("b-3", r#"{"reminder_at":"2026-09-28T02:00:30Z"}"#), Code::InvalidArgument, "deadline_at: required"),
+        (
+            start("b-3", r#"{"reminder_at":"2026-09-28T02:00:30Z","deadline_at":"2026-09-28T02:01:00Z","extra":1}"#),
+            Code::InvalidArgument,
+            "extra: unknown variable",
+        ),
+    ];
+    for (request, code, prefix) in bad {
+        let e = engine.start(request).await.expect_err(prefix);
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().starts_with(prefix), "{prefix}: {}", e.message());
+    }
+    let e = engine
+        .signal(SignalRequest { instance_id: "b-2".into(), event: "remind".into(), ..Default::default() })
+        .await
+        .expect_err("internal");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = engine
+        .signal(SignalRequest { instance_id: "b-9".into(), event: "materials_submitted".into(), ..Default::default() })
+        .await
+        .expect_err("absent");
+    assert_eq!(e.code(), Code::NotFound);
+    let e = engine
+        .signal(SignalRequest { instance_id: "b-2".into(), event: "nope".into(), ..Default::default() })
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = engine.start(start("b-3", vars)).await;
+    assert!(e.is_ok(), "none of the refused starts wrote b-3: {e:?}");
+    server.stop().await
+}

@@ -9,9 +9,11 @@
 //! - [`intake`]: `IntakeService` (the integrated government service platform).
 //! - [`supervision`]: `SupervisionService` (supervision platforms).
 //! - [`admin`]: `AdminService` (timelines, queries, statistics, the sandbox clock).
+//! - [`engine`]: `EngineService` (any workflow: start, signal).
 //! - [`view`]: domain → proto. [`status`]: errors → `tonic::Status`.
 
 pub mod admin;
+pub mod engine;
 pub mod intake;
 pub mod status;
 pub mod supervision;

@@ -1,0 +1,115 @@
+//! `EngineService`: the generic surface — start any loaded workflow, send it events. Answers
+//! from the committed transition itself, with no read-back.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::status::{self, invalid};
+use super::{actor, Shared};
+use crate::machine::{Command, CommandKind};
+use crate::proto::engine_service_server::EngineService;
+use crate::proto::{InstanceReply, SignalRequest, StartRequest};
+use crate::writer::Applied;
+
+/// The service.
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Engine { shared }
+    }
+}
+
+const MAX_JSON: usize = 64 * 1024;
+
+fn check_id(field: &str, id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(invalid(field, "must be 1 to 128 characters"));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':')) {
+        return Err(invalid(field, "may hold only letters, digits and - _ . / :"));
+    }
+    Ok(())
+}
+
+fn object(field: &str, text: &str) -> Result<serde_json::Map<String, serde_json::Value>, Status> {
+    if text.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    if text.len() > MAX_JSON {
+        return Err(invalid(field, format!("is {} bytes; at most {MAX_JSON}", text.len())));
+    }
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(invalid(field, "must be a JSON object")),
+        Err(e) => Err(invalid(field, format!("is not JSON: {e}"))),
+    }
+}
+
+fn request_id(text: &str) -> Result<Option<String>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    crate::domain::check_text(text, 128).map_err(|e| invalid("request_id", e))?;
+    Ok(Some(text.to_owned()))
+}
+
+fn reply(a: Applied) -> Response<InstanceReply> {
+    Response::new(InstanceReply {
+        instance_id: a.instance.id,
+        workflow: a.instance.workflow,
+        version: a.instance.version,
+        state: a.instance.state,
+        seq: a.seq,
+        duplicate: a.duplicate,
+    })
+}
+
+#[tonic::async_trait]
+impl EngineService for Engine {
+    async fn start(&self, request: Request<StartRequest>) -> Result<Response<InstanceReply>, Status> {
+        let actor = actor(&request, "engine-client")?;
+        let r = request.into_inner();
+        check_id("instance_id", &r.instance_id)?;
+        if self.shared.registry.latest(&r.workflow).is_none() {
+            return Err(invalid("workflow", format!("no workflow named {:?} is loaded", r.workflow)));
+        }
+        let vars = object("vars_json", &r.vars_json)?;
+        let command = Command {
+            instance: r.instance_id.clone(),
+            kind: CommandKind::Start { workflow: r.workflow, version: None, vars },
+            actor,
+            request_id: request_id(&r.request_id)?,
+        };
+        self.shared
+            .engine
+            .submit(command)
+            .await
+            .map(reply)
+            .map_err(|e| status::write_error("instance", &r.instance_id, &e))
+    }
+
+    async fn signal(&self, request: Request<SignalRequest>) -> Result<Response<InstanceReply>, Status> {
+        let actor = actor(&request, "engine-client")?;
+        let r = request.into_inner();
+        check_id("instance_id", &r.instance_id)?;
+        crate::domain::check_text(&r.event, 64).map_err(|e| invalid("event", e))?;
+        let fields = object("fields_json", &r.fields_json)?;
+        let command = Command {
+            instance: r.instance_id.clone(),
+            kind: CommandKind::Event { name: r.event, fields },
+            actor,
+            request_id: request_id(&r.request_id)?,
+        };
+        self.shared
+            .engine
+            .submit(command)
+            .await
+            .map(reply)
+            .map_err(|e| status::write_error("instance", &r.instance_id, &e))
+    }
+}

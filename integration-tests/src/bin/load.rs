@@ -1,0 +1,480 @@
+//! The load generator for ../shared/WORKLOAD.md: W1 intake, W2 signals, W3 timers due at one
+//! instant, W4 server resources, W5 SIGKILL and recovery — against a real server over gRPC on
+//! loopback, with the two floors measured in the same run (a no-op gRPC call; the same rows
+//! inserted straight into SQLite with the same durability).
+//!
+//! ```text
+//! cargo run --release -p integration-tests --bin load               # the full workload
+//! cargo run --release -p integration-tests --bin load -- --smoke    # a few hundred cases, seconds
+//! ```
+//!
+//! The server is this same binary in `serve` mode, in its own process, on a fresh SQLite file,
+//! so its RSS and CPU are its own. Every loop is bounded in count and time.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use shenguan::proto::engine_service_client::EngineServiceClient;
+use shenguan::proto::{SignalRequest, StartRequest};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+struct Args {
+    smoke: bool,
+    cases: usize,
+    timers: usize,
+    concurrency: usize,
+    lead: Duration,
+    json: PathBuf,
+    keep: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        smoke: false,
+        cases: 5_000,
+        timers: 10_000,
+        concurrency: 64,
+        lead: Duration::from_secs(60),
+        json: PathBuf::from("target/load-results.json"),
+        keep: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--smoke" => {
+                a.smoke = true;
+                a.cases = 300;
+                a.timers = 300;
+                a.lead = Duration::from_secs(3);
+            }
+            "--cases" => a.cases = value("--cases")?.parse()?,
+            "--timers" => a.timers = value("--timers")?.parse()?,
+            "--concurrency" => a.concurrency = value("--concurrency")?.parse()?,
+            "--lead-secs" => a.lead = Duration::from_secs(value("--lead-secs")?.parse()?),
+            "--json" => a.json = value("--json")?.into(),
+            "--db" => a.keep = Some(value("--db")?.into()),
+            other => bail!("unknown argument {other:?}; see the module doc of integration-tests/src/bin/load.rs"),
+        }
+    }
+    ensure!(a.cases > 0 && a.timers > 0 && a.concurrency > 0, "counts must be positive");
+    Ok(a)
+}
+
+/// Latencies and wall time of one phase.
+struct Phase {
+    name: &'static str,
+    ops: usize,
+    wall: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i].as_secs_f64() * 1000.0
+    }
+}
+
+/// Runs `n` calls from `concurrency` workers; `call(i)` makes call number i.
+async fn drive<F, Fut>(name: &'static str, n: usize, concurrency: usize, call: F) -> Result<Phase>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let call = Arc::new(call);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (call, next) = (call.clone(), next.clone());
+        workers.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let t = Instant::now();
+                call(i).await?;
+                lat.push(t.elapsed());
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(n);
+    while let Some(r) = workers.join_next().await {
+        latencies.extend(r??);
+    }
+    let wall = started.elapsed();
+    latencies.sort_unstable();
+    Ok(Phase { name, ops: n, wall, latencies })
+}
+
+struct ServerProcess {
+    child: tokio::process::Child,
+    addr: String,
+    pid: u32,
+}
+
+async fn spawn_server(db: &Path) -> Result<(ServerProcess, Duration)> {
+    let started = Instant::now();
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("serve")
+        .arg(db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("pid")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??.context("server exited")?;
+        if let Some(addr) = line.strip_prefix("listening ") {
+            break addr.to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let channel = connect(&addr).await?;
+    let status =
+        HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
+    ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "server not serving");
+    Ok((ServerProcess { child, addr, pid }, started.elapsed()))
+}
+
+async fn connect(addr: &str) -> Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
+}
+
+/// Peak RSS (KiB) and CPU seconds of a process, from /proc.
+fn resources(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)).filter_map(|v| v.parse::<f64>().ok()).sum();
+    (hwm, ticks / 100.0)
+}
+
+fn instant_json(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn starts(
+    name: &'static str,
+    clients: &[EngineServiceClient<Channel>],
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+    reminder: i64,
+    deadline: i64,
+) -> Result<Phase> {
+    let clients = clients.to_vec();
+    let prefix = prefix.to_owned();
+    let vars = format!(r#"{{"reminder_at":"{}","deadline_at":"{}"}}"#, instant_json(reminder), instant_json(deadline));
+    drive(name, n, concurrency, move |i| {
+        let mut client = clients[i % clients.len()].clone();
+        let request = StartRequest {
+            workflow: "bench_case".into(),
+            instance_id: format!("{prefix}-{i:07}"),
+            vars_json: vars.clone(),
+            request_id: format!("{prefix}-{i:07}"),
+        };
+        async move {
+            client.start(request).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// (lateness ms per fired deadline, fires of each instance) for instances with `prefix`.
+async fn fired_deadlines(db: &Path, prefix: &str) -> Result<(Vec<i64>, usize, usize)> {
+    let mut conn = SqliteConnectOptions::new().filename(db).read_only(true).connect().await?;
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT instance_id, at, json_extract(command, '$.due') FROM history \
+         WHERE instance_id >= ? AND instance_id < ? AND json_extract(command, '$.kind') = 'timer' \
+         AND json_extract(command, '$.name') = 'deadline'",
+    )
+    .bind(format!("{prefix}-"))
+    .bind(format!("{prefix}.~"))
+    .fetch_all(&mut conn)
+    .await?;
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    ids.sort_unstable();
+    let total = ids.len();
+    ids.dedup();
+    let lateness = rows.iter().map(|r| r.1 - r.2).collect();
+    Ok((lateness, total, ids.len()))
+}
+
+async fn wait_for_fires(db: &Path, prefix: &str, want: usize, until: Instant) -> Result<(Vec<i64>, usize, usize)> {
+    loop {
+        let r = fired_deadlines(db, prefix).await?;
+        if r.1 >= want || Instant::now() > until {
+            return Ok(r);
+        }
+        // A load generator may poll: it measures, it does not synchronise anything.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The storage floor: the rows one case costs (instance, history, two timers, idempotency key)
+/// inserted straight into SQLite, WAL + synchronous=FULL, `batch` cases per transaction.
+async fn storage_floor(dir: &Path, n: usize, batch: usize) -> Result<Phase> {
+    let path = dir.join(format!("floor-{batch}.db"));
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .connect()
+        .await?;
+    shenguan::store::sqlite::MIGRATOR.run_direct(&mut conn).await?;
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let ids: Vec<String> = (0..n).map(|i| format!("floor-{i:07}")).collect();
+    for chunk in ids.chunks(batch) {
+        let t = Instant::now();
+        let mut tx = conn.begin().await?;
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut b, id| {
+            b.push_bind(id).push_bind("bench_case").push_bind(1).push_bind("pending")
+                .push_bind(r#"{"deadline_at":"2026-11-27T05:00:00.000Z","reminder_at":"2026-11-27T04:59:30.000Z"}"#)
+                .push_bind(r#"{"deadline":{"due":1795755600000,"event":"deadline_passed"},"reminder":{"due":1795755570000,"event":"remind"}}"#)
+                .push_bind(1).push_bind(7).push_bind(0).push_bind(0);
+        });
+        q.build().execute(&mut *tx).await?;
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled) ");
+        q.push_values(chunk, |mut b, id| {
+            b.push_bind(id).push_bind(1).push_bind(0).push_bind("engine-client").push_bind(id)
+                .push_bind(r#"{"kind":"start","workflow":"bench_case","version":1,"vars":{"deadline_at":"2026-11-27T05:00:00.000Z","reminder_at":"2026-11-27T04:59:30.000Z"}}"#)
+                .push_bind(None::<String>).push_bind("pending")
+                .push_bind(r#"{"deadline":1795755600000,"reminder":1795755570000}"#).push_bind("{}").push_bind(0).push_bind(1);
+        });
+        q.build().execute(&mut *tx).await?;
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO timers (instance_id, name, due_at, event, shard) ");
+        q.push_values(chunk.iter().flat_map(|id| [(id, "deadline"), (id, "reminder")]), |mut b, (id, name)| {
+            b.push_bind(id).push_bind(name).push_bind(1_795_755_600_000i64).push_bind("e").push_bind(7);
+        });
+        q.build().execute(&mut *tx).await?;
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) ");
+        q.push_values(chunk, |mut b, id| {
+            b.push_bind(id).push_bind(id).push_bind(1).push_bind("0123456789abcdef").push_bind(0);
+        });
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        latencies.push(t.elapsed());
+    }
+    let wall = started.elapsed();
+    latencies.sort_unstable();
+    Ok(Phase { name: if batch >= 500 { "floor: storage, 500/tx" } else { "floor: storage" }, ops: n, wall, latencies })
+}
+
+async fn serve(db: &Path) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening {}", listener.local_addr()?);
+    let options = shenguan::server::Options::new(
+        shenguan::engine::Config::new(db),
+        Arc::new(shenguan::definition::Registry::embedded()?),
+        Arc::new(shenguan::calendar::Calendars::embedded()?),
+        None,
+    );
+    shenguan::server::run(options, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some("serve") {
+        return serve(Path::new(raw.get(2).context("serve DB")?)).await;
+    }
+    let args = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let db = args.keep.clone().unwrap_or_else(|| dir.path().join("load.db"));
+    let (mut server, boot) = spawn_server(&db).await?;
+    let channels: Vec<Channel> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(connect(&server.addr).await?);
+        }
+        v
+    };
+    let clients: Vec<EngineServiceClient<Channel>> = channels.iter().cloned().map(EngineServiceClient::new).collect();
+    let c = args.concurrency;
+    let mut phases = Vec::new();
+
+    // Floor (a): a no-op unary call on the same server at the same concurrency.
+    let health: Vec<HealthClient<Channel>> = channels.iter().cloned().map(HealthClient::new).collect();
+    let transport = drive("floor: transport (health)", args.cases * 2, c, move |i| {
+        let mut h = health[i % health.len()].clone();
+        async move {
+            h.check(HealthCheckRequest { service: String::new() }).await?;
+            Ok(())
+        }
+    })
+    .await?;
+
+    // W1: starts whose timers are an hour away.
+    let far = now_ms() + 3_600_000;
+    let w1 = starts("W1 intake (start)", &clients, "w1", args.cases, c, far - 60_000, far).await?;
+    // W2: materials submitted to the same cases.
+    let signal_clients = clients.clone();
+    let w2 = drive("W2 signals", args.cases, c, move |i| {
+        let mut client = signal_clients[i % signal_clients.len()].clone();
+        async move {
+            let request = SignalRequest {
+                instance_id: format!("w1-{i:07}"),
+                event: "materials_submitted".into(),
+                fields_json: String::new(),
+                request_id: String::new(),
+            };
+            let reply = client.signal(request).await?.into_inner();
+            ensure!(reply.state == "licensed", "w1-{i:07} is {}", reply.state);
+            Ok(())
+        }
+    })
+    .await?;
+
+    // W3: M cases whose deadline is one common instant, `lead` after the first start.
+    let due = now_ms() + i64::try_from(args.lead.as_millis())?;
+    let w3_start = starts(
+        "W3 starts (timers armed)",
+        &clients,
+        "w3",
+        args.timers,
+        c,
+        due - (args.lead.as_millis() as i64) / 2,
+        due,
+    )
+    .await?;
+    let until = Instant::now() + args.lead + Duration::from_secs(30);
+    let (mut late, total, distinct) = wait_for_fires(&db, "w3", args.timers, until).await?;
+    late.sort_unstable();
+    let (rss_kib, cpu) = resources(server.pid);
+    ensure!(
+        total == args.timers && distinct == args.timers,
+        "W3: {total} deadline fires for {distinct} of {} cases",
+        args.timers
+    );
+    ensure!(late.first().is_none_or(|l| *l >= 0), "W3: a deadline fired early: {:?}", late.first());
+    let pick = |p: f64| late.get(((late.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+    let w3_drain = {
+        let mut conn = SqliteConnectOptions::new().filename(&db).read_only(true).connect().await?;
+        let (first, last): (i64, i64) = sqlx::query_as(
+            "SELECT min(at), max(at) FROM history WHERE instance_id >= 'w3-' AND instance_id < 'w3.~' AND json_extract(command, '$.name') = 'deadline'",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        args.timers as f64 / ((last - first).max(1) as f64 / 1000.0)
+    };
+
+    // W5: pending timers, SIGKILL, restart, every deadline exactly once.
+    let w5_lead: i64 = if args.smoke { 2_000 } else { 15_000 };
+    let w5_due = now_ms() + w5_lead.max(i64::try_from(args.lead.as_millis())? / 2);
+    let w5_n = args.timers;
+    let w5_start = starts("W5 starts before the kill", &clients, "w5", w5_n, c, w5_due - 5_000, w5_due).await?;
+    server.child.start_kill()?;
+    server.child.wait().await?;
+    let (restarted, ready) = spawn_server(&db).await?;
+    let until =
+        Instant::now() + Duration::from_millis(u64::try_from((w5_due - now_ms()).max(0))?) + Duration::from_secs(30);
+    let (_, w5_total, w5_distinct) = wait_for_fires(&db, "w5", w5_n, until).await?;
+    let mut conn = SqliteConnectOptions::new().filename(&db).read_only(true).connect().await?;
+    let present: i64 = sqlx::query_scalar("SELECT count(*) FROM instances WHERE id >= 'w5-' AND id < 'w5.~'")
+        .fetch_one(&mut conn)
+        .await?;
+    ensure!(present as usize == w5_n, "W5: {present} of {w5_n} acknowledged cases present after the kill");
+    ensure!(w5_total == w5_n && w5_distinct == w5_n, "W5: {w5_total} deadline fires for {w5_distinct} of {w5_n} cases");
+    drop(restarted);
+
+    // Floor (b): the same rows straight into SQLite, in batches of the callers' concurrency.
+    let storage = storage_floor(dir.path(), args.cases, c).await?;
+    let storage500 = storage_floor(dir.path(), args.cases.max(500), 500).await?;
+
+    phases.extend([transport, w1, w2, w3_start, w5_start, storage, storage500]);
+    println!(
+        "\nshenguan load ({}): {} cases, {} timers, {} callers, deadline lead {:?}",
+        if args.smoke { "smoke" } else { "full" },
+        args.cases,
+        args.timers,
+        c,
+        args.lead
+    );
+    println!("{:<28} {:>9} {:>10} {:>9} {:>9} {:>9}", "phase", "ops", "ops/s", "p50 ms", "p99 ms", "max ms");
+    for p in &phases {
+        println!(
+            "{:<28} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+            p.name,
+            p.ops,
+            p.rate(),
+            p.pct(0.5),
+            p.pct(0.99),
+            p.pct(1.0)
+        );
+    }
+    let floor = phases[0].rate().min(phases[5].rate());
+    println!(
+        "\nratios to the lower floor ({floor:.0}/s): W1 {:.2}, W2 {:.2}",
+        phases[1].rate() / floor,
+        phases[2].rate() / floor
+    );
+    println!("W3 lateness (commit batch start − due): p50 {} ms, p99 {} ms, max {} ms; drained at {w3_drain:.0} fires/s; none early", pick(0.5), pick(0.99), pick(1.0));
+    println!(
+        "W4 server: peak RSS {:.1} MiB, CPU {cpu:.2} s over W1–W3 (boot {:.0} ms)",
+        rss_kib as f64 / 1024.0,
+        boot.as_secs_f64() * 1000.0
+    );
+    println!("W5 after SIGKILL with {w5_n} pending: ready in {:.0} ms; {w5_n} cases present; every deadline fired exactly once", ready.as_secs_f64() * 1000.0);
+
+    let json = serde_json::json!({
+        "mode": if args.smoke { "smoke" } else { "full" },
+        "cases": args.cases, "timers": args.timers, "concurrency": c,
+        "phases": phases.iter().map(|p| serde_json::json!({"name": p.name, "ops": p.ops, "per_second": p.rate(), "p50_ms": p.pct(0.5), "p99_ms": p.pct(0.99), "max_ms": p.pct(1.0)})).collect::<Vec<_>>(),
+        "w3": {"lateness_ms": {"p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)}, "fires_per_second": w3_drain},
+        "w4": {"peak_rss_mib": rss_kib as f64 / 1024.0, "cpu_seconds": cpu},
+        "w5": {"pending": w5_n, "ready_ms": ready.as_secs_f64() * 1000.0, "fired_once": true},
+    });
+    if let Some(parent) = args.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&json)?)?;
+    println!("\nresults written to {}", args.json.display());
+    Ok(())
+}

@@ -471,7 +471,10 @@ async fn main() -> Result<()> {
         phases[1].rate() / floor,
         phases[2].rate() / floor
     );
-    println!("W1–W2 group commit: {:.1} commands per transaction, {:.2} ms per commit on average", after_w2.0, after_w2.1);
+    println!(
+        "W1–W2 group commit: {:.1} commands per transaction, {:.2} ms per commit on average",
+        after_w2.0, after_w2.1
+    );
     println!("W3 lateness (commit batch start − due): p50 {} ms, p99 {} ms, max {} ms; drained at {w3_drain:.0} fires/s; none early", pick(0.5), pick(0.99), pick(1.0));
     println!(
         "W4 server: peak RSS {:.1} MiB, CPU {cpu:.2} s over W1–W3 (boot {:.0} ms)",

@@ -35,6 +35,7 @@ struct Args {
     lead: Duration,
     json: PathBuf,
     keep: Option<PathBuf>,
+    prefill: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -46,6 +47,7 @@ fn parse_args() -> Result<Args> {
         lead: Duration::from_secs(60),
         json: PathBuf::from("target/load-results.json"),
         keep: None,
+        prefill: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -63,6 +65,7 @@ fn parse_args() -> Result<Args> {
             "--lead-secs" => a.lead = Duration::from_secs(value("--lead-secs")?.parse()?),
             "--json" => a.json = value("--json")?.into(),
             "--db" => a.keep = Some(value("--db")?.into()),
+            "--prefill" => a.prefill = value("--prefill")?.parse()?,
             other => bail!("unknown argument {other:?}; see the module doc of integration-tests/src/bin/load.rs"),
         }
     }
@@ -247,6 +250,105 @@ async fn wait_for_fires(db: &Path, prefix: &str, want: usize, until: Instant) ->
     }
 }
 
+/// The rows of pending `bench_case` instances whose deadline is `due`, in one transaction, the
+/// way the engine writes a start: instance, history, two timers, idempotency key.
+async fn insert_cases(conn: &mut sqlx::SqliteConnection, chunk: &[String], due: i64) -> Result<()> {
+    let vars = format!(r#"{{"deadline_at":"{}","reminder_at":"{}"}}"#, instant_json(due), instant_json(due - 30_000));
+    let timers = format!(
+        r#"{{"deadline":{{"due":{due},"event":"deadline_passed"}},"reminder":{{"due":{},"event":"remind"}}}}"#,
+        due - 30_000
+    );
+    let command = format!(r#"{{"kind":"start","workflow":"bench_case","version":1,"vars":{vars}}}"#);
+    let armed = format!(r#"{{"deadline":{due},"reminder":{}}}"#, due - 30_000);
+    let mut tx = conn.begin().await?;
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) ",
+    );
+    q.push_values(chunk, |mut b, id| {
+        b.push_bind(id)
+            .push_bind("bench_case")
+            .push_bind(1)
+            .push_bind("pending")
+            .push_bind(&vars)
+            .push_bind(&timers)
+            .push_bind(1)
+            .push_bind(7)
+            .push_bind(0)
+            .push_bind(0);
+    });
+    q.build().execute(&mut *tx).await?;
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled) ");
+    q.push_values(chunk, |mut b, id| {
+        b.push_bind(id)
+            .push_bind(1)
+            .push_bind(0)
+            .push_bind("engine-client")
+            .push_bind(id)
+            .push_bind(&command)
+            .push_bind(None::<String>)
+            .push_bind("pending")
+            .push_bind(&armed)
+            .push_bind("{}")
+            .push_bind(0)
+            .push_bind(1);
+    });
+    q.build().execute(&mut *tx).await?;
+    let mut q: QueryBuilder<Sqlite> =
+        QueryBuilder::new("INSERT INTO timers (instance_id, name, due_at, event, shard) ");
+    q.push_values(chunk.iter().flat_map(|id| [(id, "deadline"), (id, "reminder")]), |mut b, (id, name)| {
+        let at = if name == "deadline" { due } else { due - 30_000 };
+        b.push_bind(id)
+            .push_bind(name)
+            .push_bind(at)
+            .push_bind(if name == "deadline" { "deadline_passed" } else { "remind" })
+            .push_bind(7);
+    });
+    q.build().execute(&mut *tx).await?;
+    let mut q: QueryBuilder<Sqlite> =
+        QueryBuilder::new("INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) ");
+    q.push_values(chunk, |mut b, id| {
+        b.push_bind(id).push_bind(id).push_bind(1).push_bind("0123456789abcdef").push_bind(0);
+    });
+    q.build().execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Fills a fresh database with `n` pending cases whose timers fall due over the next 30 days,
+/// the way the engine would have written them: the scale run starts the server on this.
+async fn prefill(db: &Path, n: usize) -> Result<()> {
+    let started = Instant::now();
+    let mut conn = SqliteConnectOptions::new()
+        .filename(db)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .connect()
+        .await?;
+    shenguan::store::sqlite::MIGRATOR.run_direct(&mut conn).await?;
+    let base = now_ms() + 86_400_000;
+    let mut done = 0;
+    while done < n {
+        let ids: Vec<String> = (done..(done + 2_000).min(n)).map(|i| format!("pre-{i:08}")).collect();
+        // Spread over 30 days so that the horizon holds only a sliver of them.
+        let due = base + i64::try_from(done % 2_592_000)? * 1_000;
+        insert_cases(&mut conn, &ids, due).await?;
+        done += ids.len();
+        if done % 1_000_000 == 0 {
+            println!("prefilled {done} cases in {:.0} s", started.elapsed().as_secs_f64());
+        }
+    }
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
+    let size = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "prefilled {n} pending cases ({} timers) in {:.0} s; database {:.2} GiB",
+        2 * n,
+        started.elapsed().as_secs_f64(),
+        size as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}
+
 /// The storage floor: the rows one case costs (instance, history, two timers, idempotency key)
 /// inserted straight into SQLite, WAL + synchronous=FULL, `batch` cases per transaction.
 async fn storage_floor(dir: &Path, n: usize, batch: usize) -> Result<Phase> {
@@ -264,38 +366,7 @@ async fn storage_floor(dir: &Path, n: usize, batch: usize) -> Result<Phase> {
     let ids: Vec<String> = (0..n).map(|i| format!("floor-{i:07}")).collect();
     for chunk in ids.chunks(batch) {
         let t = Instant::now();
-        let mut tx = conn.begin().await?;
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) ",
-        );
-        q.push_values(chunk, |mut b, id| {
-            b.push_bind(id).push_bind("bench_case").push_bind(1).push_bind("pending")
-                .push_bind(r#"{"deadline_at":"2026-11-27T05:00:00.000Z","reminder_at":"2026-11-27T04:59:30.000Z"}"#)
-                .push_bind(r#"{"deadline":{"due":1795755600000,"event":"deadline_passed"},"reminder":{"due":1795755570000,"event":"remind"}}"#)
-                .push_bind(1).push_bind(7).push_bind(0).push_bind(0);
-        });
-        q.build().execute(&mut *tx).await?;
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled) ");
-        q.push_values(chunk, |mut b, id| {
-            b.push_bind(id).push_bind(1).push_bind(0).push_bind("engine-client").push_bind(id)
-                .push_bind(r#"{"kind":"start","workflow":"bench_case","version":1,"vars":{"deadline_at":"2026-11-27T05:00:00.000Z","reminder_at":"2026-11-27T04:59:30.000Z"}}"#)
-                .push_bind(None::<String>).push_bind("pending")
-                .push_bind(r#"{"deadline":1795755600000,"reminder":1795755570000}"#).push_bind("{}").push_bind(0).push_bind(1);
-        });
-        q.build().execute(&mut *tx).await?;
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO timers (instance_id, name, due_at, event, shard) ");
-        q.push_values(chunk.iter().flat_map(|id| [(id, "deadline"), (id, "reminder")]), |mut b, (id, name)| {
-            b.push_bind(id).push_bind(name).push_bind(1_795_755_600_000i64).push_bind("e").push_bind(7);
-        });
-        q.build().execute(&mut *tx).await?;
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) ");
-        q.push_values(chunk, |mut b, id| {
-            b.push_bind(id).push_bind(id).push_bind(1).push_bind("0123456789abcdef").push_bind(0);
-        });
-        q.build().execute(&mut *tx).await?;
-        tx.commit().await?;
+        insert_cases(&mut conn, chunk, 1_795_755_600_000).await?;
         latencies.push(t.elapsed());
     }
     let wall = started.elapsed();
@@ -342,7 +413,11 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let dir = tempfile::tempdir()?;
     let db = args.keep.clone().unwrap_or_else(|| dir.path().join("load.db"));
+    if args.prefill > 0 {
+        prefill(&db, args.prefill).await?;
+    }
     let (mut server, boot) = spawn_server(&db).await?;
+    let (boot_rss_kib, _) = resources(server.pid);
     let channels: Vec<Channel> = {
         let mut v = Vec::new();
         for _ in 0..4 {
@@ -490,6 +565,7 @@ async fn main() -> Result<()> {
         "group_commit_w1_w2": {"commands_per_commit": after_w2.0, "commit_ms": after_w2.1},
         "w3": {"lateness_ms": {"p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)}, "fires_per_second": w3_drain},
         "w4": {"peak_rss_mib": rss_kib as f64 / 1024.0, "cpu_seconds": cpu},
+        "scale": {"prefilled": args.prefill, "ready_ms": boot.as_secs_f64() * 1000.0, "rss_after_boot_mib": boot_rss_kib as f64 / 1024.0},
         "w5": {"pending": w5_n, "ready_ms": ready.as_secs_f64() * 1000.0, "fired_once": true},
     });
     if let Some(parent) = args.json.parent() {

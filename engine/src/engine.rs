@@ -43,7 +43,7 @@ impl Config {
     pub fn new(db: impl Into<PathBuf>) -> Self {
         Config {
             db: db.into(),
-            max_batch: 1024,
+            max_batch: 4096,
             shards: 64,
             horizon: 5 * 60 * 1000,
             page: 10_000,

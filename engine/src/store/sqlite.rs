@@ -20,8 +20,14 @@ use crate::machine::{CommandKind, HistoryEntry};
 /// Migrations of the SQLite schema, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-/// SQLite allows 32,766 bound parameters per statement; rows per statement stay well below.
-const ROWS_PER_STATEMENT: usize = 500;
+/// SQLite allows 32,766 bound parameters per statement: a statement carries as many rows as
+/// fit, because every statement is a hop to sqlx's SQLite worker thread.
+const MAX_PARAMS: usize = 32_000;
+
+/// Rows per statement for a table with `columns` bound columns.
+const fn rows_for(columns: usize) -> usize {
+    MAX_PARAMS / columns
+}
 
 /// Runs the migrations on the connection itself: `Migrator::run`'s generic `Acquire` bound
 /// makes every caller's future fail the higher-ranked `Send` check, so a server built on it
@@ -248,7 +254,7 @@ fn seq_i64(seq: u64) -> i64 {
 impl Store for SqliteStore {
     async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
         let mut out = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        for chunk in ids.chunks(rows_for(1)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "SELECT id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at FROM instances WHERE id IN (",
             );
@@ -267,7 +273,7 @@ impl Store for SqliteStore {
 
     async fn load_idempotency(&mut self, keys: &[&str]) -> Result<HashMap<String, IdempotencyRow>, Error> {
         let mut out = HashMap::new();
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        for chunk in keys.chunks(rows_for(1)) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("SELECT key, instance_id, seq, fingerprint FROM idempotency WHERE key IN (");
             let mut sep = q.separated(", ");
@@ -291,7 +297,7 @@ impl Store for SqliteStore {
 
     async fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
         let mut tx = self.conn.begin().await?;
-        for chunk in batch.instances.chunks(ROWS_PER_STATEMENT) {
+        for chunk in batch.instances.chunks(rows_for(10)) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) ");
             q.push_values(chunk, |mut b, r| {
@@ -312,7 +318,7 @@ impl Store for SqliteStore {
             );
             q.build().execute(&mut *tx).await?;
         }
-        for chunk in batch.history.chunks(ROWS_PER_STATEMENT) {
+        for chunk in batch.history.chunks(rows_for(12)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled) ",
             );
@@ -334,7 +340,7 @@ impl Store for SqliteStore {
         }
         let deletes: Vec<&(String, String)> =
             batch.timers.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k).collect();
-        for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+        for chunk in deletes.chunks(rows_for(2)) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("DELETE FROM timers WHERE (instance_id, name) IN (VALUES ");
             let mut first = true;
@@ -349,7 +355,7 @@ impl Store for SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
         let upserts: Vec<_> = batch.timers.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))).collect();
-        for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+        for chunk in upserts.chunks(rows_for(5)) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT OR REPLACE INTO timers (instance_id, name, due_at, event, shard) ");
             q.push_values(chunk, |mut b, ((id, name), (timer, shard))| {
@@ -361,7 +367,7 @@ impl Store for SqliteStore {
             });
             q.build().execute(&mut *tx).await?;
         }
-        for chunk in batch.outbox.chunks(ROWS_PER_STATEMENT) {
+        for chunk in batch.outbox.chunks(rows_for(8)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO outbox (key, instance_id, seq, channel, recipient, body, created_at, next_attempt_at) ",
             );
@@ -377,7 +383,7 @@ impl Store for SqliteStore {
             });
             q.build().execute(&mut *tx).await?;
         }
-        for chunk in batch.idempotency.chunks(ROWS_PER_STATEMENT) {
+        for chunk in batch.idempotency.chunks(rows_for(5)) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) ");
             q.push_values(chunk, |mut b, (key, row, at)| {

@@ -404,6 +404,10 @@ async fn serve(db: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The same allocator as the `shenguan` binary, so the server measured is the server shipped.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let raw: Vec<String> = std::env::args().collect();
@@ -551,6 +555,14 @@ async fn main() -> Result<()> {
         after_w2.0, after_w2.1
     );
     println!("W3 lateness (commit batch start − due): p50 {} ms, p99 {} ms, max {} ms; drained at {w3_drain:.0} fires/s; none early", pick(0.5), pick(0.99), pick(1.0));
+    if args.prefill > 0 {
+        println!(
+            "scale: {} pending cases prefilled; server ready in {:.0} ms with RSS {:.1} MiB after boot",
+            args.prefill,
+            boot.as_secs_f64() * 1000.0,
+            boot_rss_kib as f64 / 1024.0
+        );
+    }
     println!(
         "W4 server: peak RSS {:.1} MiB, CPU {cpu:.2} s over W1–W3 (boot {:.0} ms)",
         rss_kib as f64 / 1024.0,

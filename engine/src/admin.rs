@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::calendar::Calendars;
 use crate::definition::Registry;
-use crate::machine::{decode_vars, replay, Instance};
+use crate::machine::replay;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Error;
 
@@ -45,13 +45,6 @@ pub async fn verify(path: &Path, registry: &Registry, calendars: &Calendars) -> 
                 report.divergent.push((id, format!("workflow {} version {} is not loaded", row.workflow, row.version)));
                 continue;
             };
-            let vars = match decode_vars(def, &row.vars) {
-                Ok(v) => v,
-                Err(e) => {
-                    report.divergent.push((id, format!("stored variables do not decode: {e}")));
-                    continue;
-                }
-            };
             let stored_timers: BTreeMap<String, i64> = row.timers.iter().map(|(k, t)| (k.clone(), t.due)).collect();
             let table_timers = timer_rows.remove(&id).unwrap_or_default();
             if stored_timers != table_timers {
@@ -61,16 +54,12 @@ pub async fn verify(path: &Path, registry: &Registry, calendars: &Calendars) -> 
                 ));
                 continue;
             }
-            let instance = Instance {
-                id: row.id,
-                workflow: row.workflow,
-                version: row.version,
-                state: row.state,
-                vars,
-                timers: row.timers,
-                seq: row.seq,
-                created_at: row.created_at,
-                updated_at: row.updated_at,
+            let instance = match row.decode(def) {
+                Ok(instance) => instance,
+                Err(e) => {
+                    report.divergent.push((id, format!("stored variables do not decode: {e}")));
+                    continue;
+                }
             };
             if let Err(d) = replay::verify(def, &instance, &history, calendars) {
                 report.divergent.push((id, d.to_string()));

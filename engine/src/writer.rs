@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::calendar::Calendars;
 use crate::clock::{Clock, Millis};
 use crate::definition::{Definition, Registry};
-use crate::machine::{decide, decode_vars, encode_vars, Command, CommandKind, Instance, Rejection, Transition};
+use crate::machine::{decide, Command, CommandKind, Instance, Rejection, Transition};
 use crate::store::{fnv1a, shard_of, Batch, IdempotencyRow, InstanceRow, OutboxRow, Store, TimerFrom};
 use crate::telemetry::Metrics;
 use crate::timer::{Horizon, TimerIndex, TimerKey};
@@ -329,23 +329,13 @@ impl<S: Store> Writer<S> {
     }
 
     fn decode(&self, row: InstanceRow) -> Result<Instance, WriteError> {
-        let corrupt = |message: String| WriteError::Corrupt { instance: row.id.clone(), message };
+        let id = row.id.clone();
+        let corrupt = |message: String| WriteError::Corrupt { instance: id.clone(), message };
         let def = self
             .registry
             .get(&row.workflow, row.version)
             .ok_or_else(|| corrupt(format!("workflow {} version {} is not loaded", row.workflow, row.version)))?;
-        let vars = decode_vars(def, &row.vars).map_err(|e| corrupt(e.to_string()))?;
-        Ok(Instance {
-            id: row.id,
-            workflow: row.workflow,
-            version: row.version,
-            state: row.state,
-            vars,
-            timers: row.timers,
-            seq: row.seq,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        })
+        row.decode(def).map_err(|e| corrupt(e.to_string()))
     }
 
     fn seen(acc: &Acc, command: &Command) -> Seen {
@@ -445,18 +435,7 @@ impl<S: Store> Writer<S> {
             acc.batch.idempotency.push((key.clone(), row.clone(), now));
             acc.new_keys.insert(key.clone(), row);
         }
-        let row = InstanceRow {
-            id: id.clone(),
-            workflow: t.instance.workflow.clone(),
-            version: t.instance.version,
-            state: t.instance.state.clone(),
-            vars: encode_vars(&t.instance.vars),
-            timers: t.instance.timers.clone(),
-            seq: t.instance.seq,
-            shard,
-            created_at: t.instance.created_at,
-            updated_at: t.instance.updated_at,
-        };
+        let row = InstanceRow::of(&t.instance, shard);
         match acc.changed.get(&id) {
             Some(&i) => acc.batch.instances[i] = row,
             None => {

@@ -4,29 +4,13 @@ use std::collections::HashMap;
 
 use crate::clock::{self, Millis};
 use crate::definition::Registry;
-use crate::machine::{encode_vars, CommandKind, HistoryEntry, Instance};
+use crate::machine::{CommandKind, HistoryEntry};
 use crate::proto;
 use crate::store::InstanceRow;
 
 /// An instant with its Asia/Shanghai rendering.
 pub fn instant(at: Millis) -> proto::Instant {
     proto::Instant { unix_millis: at, shanghai: clock::display(at) }
-}
-
-/// The row an applied instance corresponds to.
-pub fn row_of(i: &Instance) -> InstanceRow {
-    InstanceRow {
-        id: i.id.clone(),
-        workflow: i.workflow.clone(),
-        version: i.version,
-        state: i.state.clone(),
-        vars: encode_vars(&i.vars),
-        timers: i.timers.clone(),
-        seq: i.seq,
-        shard: 0,
-        created_at: i.created_at,
-        updated_at: i.updated_at,
-    }
 }
 
 /// A variable as text ("" when unset).

@@ -21,7 +21,8 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use crate::clock::Millis;
-use crate::machine::{ArmedTimer, HistoryEntry, Message};
+use crate::definition::Definition;
+use crate::machine::{decode_vars, encode_vars, ArmedTimer, HistoryEntry, Instance, Message, Rejection};
 
 /// Storage errors. Callers see [`Error::Unavailable`] as a retryable condition; database detail
 /// stays in the logs.
@@ -72,6 +73,40 @@ pub struct InstanceRow {
     pub created_at: Millis,
     /// Last change.
     pub updated_at: Millis,
+}
+
+impl InstanceRow {
+    /// The row that stores `instance`, in shard `shard`.
+    pub fn of(instance: &Instance, shard: u32) -> Self {
+        InstanceRow {
+            id: instance.id.clone(),
+            workflow: instance.workflow.clone(),
+            version: instance.version,
+            state: instance.state.clone(),
+            vars: encode_vars(&instance.vars),
+            timers: instance.timers.clone(),
+            seq: instance.seq,
+            shard,
+            created_at: instance.created_at,
+            updated_at: instance.updated_at,
+        }
+    }
+
+    /// The instance this row stores, its variables typed by the definition it runs on.
+    pub fn decode(self, def: &Definition) -> Result<Instance, Rejection> {
+        let vars = decode_vars(def, &self.vars)?;
+        Ok(Instance {
+            id: self.id,
+            workflow: self.workflow,
+            version: self.version,
+            state: self.state,
+            vars,
+            timers: self.timers,
+            seq: self.seq,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
 }
 
 /// A timer's identity: (instance, timer name).

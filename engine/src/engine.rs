@@ -36,6 +36,8 @@ pub struct Config {
     pub retry: Millis,
     /// Optional cap on the database size in pages.
     pub max_db_pages: Option<u32>,
+    /// Most committed instances the writer keeps in memory to skip re-reading them.
+    pub cache_instances: usize,
 }
 
 impl Config {
@@ -49,6 +51,7 @@ impl Config {
             page: 10_000,
             retry: 1_000,
             max_db_pages: None,
+            cache_instances: 50_000,
         }
     }
 }
@@ -96,7 +99,12 @@ impl Engine {
             clock.clone(),
             timers.clone(),
             wake.clone(),
-            writer::Settings { max_batch: config.max_batch, shards: config.shards, page: config.page },
+            writer::Settings {
+                max_batch: config.max_batch,
+                shards: config.shards,
+                page: config.page,
+                cache: config.cache_instances,
+            },
             metrics.clone(),
         );
         let writer_task = tokio::spawn(writer.run());

@@ -149,6 +149,8 @@ pub struct Settings {
     pub shards: u32,
     /// Most timers read per horizon page.
     pub page: u32,
+    /// Most instances kept in the writer's cache of committed instances (0: no cache).
+    pub cache: usize,
 }
 
 /// The writer task's state.
@@ -162,6 +164,11 @@ pub struct Writer<S: Store> {
     wake: Arc<Notify>,
     settings: Settings,
     metrics: Arc<Metrics>,
+    /// Committed instances, so that a batch need not read them again. Coherent because this
+    /// task is the database's only writer: an entry is replaced only after the commit that
+    /// changed it. Bounded by `settings.cache`: when full, it is emptied (memory stays bounded
+    /// and the database stays the truth).
+    cache: HashMap<String, Instance>,
 }
 
 /// Creates a writer and its handle. Run the writer with [`Writer::run`].
@@ -177,7 +184,10 @@ pub fn channel<S: Store>(
     metrics: Arc<Metrics>,
 ) -> (Writer<S>, Handle) {
     let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
-    (Writer { store, rx, registry, calendars, clock, timers, wake, settings, metrics }, Handle { tx })
+    (
+        Writer { store, rx, registry, calendars, clock, timers, wake, settings, metrics, cache: HashMap::new() },
+        Handle { tx },
+    )
 }
 
 /// A queued request with its reply.
@@ -540,7 +550,16 @@ impl<S: Store> Writer<S> {
         }
         ids.sort_unstable();
         ids.dedup();
-        let loaded = match self.store.load_instances(&ids).await {
+        let mut cached = Vec::new();
+        ids.retain(|id| match self.cache.get(*id) {
+            Some(instance) => {
+                cached.push(instance.clone());
+                false
+            }
+            None => true,
+        });
+        let loaded = if ids.is_empty() { Ok(HashMap::new()) } else { self.store.load_instances(&ids).await };
+        let loaded = match loaded {
             Ok(rows) => rows,
             Err(e) => return fail_all(items, &e.to_string()),
         };
@@ -556,6 +575,9 @@ impl<S: Store> Writer<S> {
         for (id, row) in loaded {
             let decoded = self.decode(row);
             acc.live.insert(id, decoded);
+        }
+        for instance in cached {
+            acc.live.insert(instance.id.clone(), Ok(instance));
         }
 
         let mut pending = Vec::with_capacity(items.len());
@@ -593,6 +615,16 @@ impl<S: Store> Writer<S> {
                     }
                 }
                 self.update_wheel(acc.wheel_ops);
+                if self.settings.cache > 0 {
+                    if self.cache.len() + acc.live.len() > self.settings.cache {
+                        self.cache.clear();
+                    }
+                    for (id, instance) in acc.live {
+                        if let Ok(instance) = instance {
+                            self.cache.insert(id, instance);
+                        }
+                    }
+                }
                 for p in pending {
                     match p.owed {
                         Owed::One(reply, result) => drop(reply.send(result)),

@@ -259,6 +259,8 @@ async fn the_horizon_pages_timers_in_and_they_fire_in_due_order_across_pages() {
     let engine = start(&db, &clock, |c| {
         c.horizon = 3_600_000;
         c.page = 7;
+        // A tiny instance cache: it fills and is emptied again and again along the way.
+        c.cache_instances = 3;
     })
     .await
     .expect("starts");

@@ -314,18 +314,25 @@ async fn insert_cases(conn: &mut sqlx::SqliteConnection, chunk: &[String], due: 
     Ok(())
 }
 
-/// Fills a fresh database with `n` pending cases whose timers fall due over the next 30 days,
-/// the way the engine would have written them: the scale run starts the server on this.
-async fn prefill(db: &Path, n: usize) -> Result<()> {
-    let started = Instant::now();
+/// A connection with the engine's durability settings (WAL, synchronous=FULL) to a database
+/// with the engine's schema.
+async fn open_durable(path: &Path) -> Result<sqlx::SqliteConnection> {
     let mut conn = SqliteConnectOptions::new()
-        .filename(db)
+        .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .connect()
         .await?;
     shenguan::store::sqlite::MIGRATOR.run_direct(&mut conn).await?;
+    Ok(conn)
+}
+
+/// Fills a fresh database with `n` pending cases whose timers fall due over the next 30 days,
+/// the way the engine would have written them: the scale run starts the server on this.
+async fn prefill(db: &Path, n: usize) -> Result<()> {
+    let started = Instant::now();
+    let mut conn = open_durable(db).await?;
     let base = now_ms() + 86_400_000;
     let mut done = 0;
     while done < n {
@@ -352,15 +359,7 @@ async fn prefill(db: &Path, n: usize) -> Result<()> {
 /// The storage floor: the rows one case costs (instance, history, two timers, idempotency key)
 /// inserted straight into SQLite, WAL + synchronous=FULL, `batch` cases per transaction.
 async fn storage_floor(dir: &Path, n: usize, batch: usize) -> Result<Phase> {
-    let path = dir.join(format!("floor-{batch}.db"));
-    let mut conn = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .connect()
-        .await?;
-    shenguan::store::sqlite::MIGRATOR.run_direct(&mut conn).await?;
+    let mut conn = open_durable(&dir.join(format!("floor-{batch}.db"))).await?;
     let started = Instant::now();
     let mut latencies = Vec::new();
     let ids: Vec<String> = (0..n).map(|i| format!("floor-{i:07}")).collect();

@@ -22,6 +22,12 @@ impl Engine {
     pub fn new(shared: Arc<Shared>) -> Self {
         Engine { shared }
     }
+
+    /// Submits a command and answers from the committed transition.
+    async fn submit(&self, command: Command) -> Result<Response<InstanceReply>, Status> {
+        let id = command.instance.clone();
+        self.shared.engine.submit(command).await.map(reply).map_err(|e| status::write_error("instance", &id, &e))
+    }
 }
 
 const MAX_JSON: usize = 64 * 1024;
@@ -85,12 +91,7 @@ impl EngineService for Engine {
             actor,
             request_id: request_id(&r.request_id)?,
         };
-        self.shared
-            .engine
-            .submit(command)
-            .await
-            .map(reply)
-            .map_err(|e| status::write_error("instance", &r.instance_id, &e))
+        self.submit(command).await
     }
 
     async fn signal(&self, request: Request<SignalRequest>) -> Result<Response<InstanceReply>, Status> {
@@ -105,11 +106,6 @@ impl EngineService for Engine {
             actor,
             request_id: request_id(&r.request_id)?,
         };
-        self.shared
-            .engine
-            .submit(command)
-            .await
-            .map(reply)
-            .map_err(|e| status::write_error("instance", &r.instance_id, &e))
+        self.submit(command).await
     }
 }

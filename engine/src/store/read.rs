@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{QueryBuilder, Sqlite};
 
+use super::sqlite::{HISTORY_COLUMNS, INSTANCE_COLUMNS as COLUMNS};
 use super::{Error, InstanceRow};
 use crate::clock::Millis;
 use crate::machine::{CommandKind, HistoryEntry};
@@ -39,8 +40,6 @@ pub struct Filter {
 pub struct Reader {
     pool: SqlitePool,
 }
-
-const COLUMNS: &str = "id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at";
 
 impl Reader {
     /// Opens a pool of read-only connections to the database the writer has created.
@@ -80,13 +79,10 @@ impl Reader {
 
     /// One instance's history, ascending.
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled \
-             FROM history WHERE instance_id = ? ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {HISTORY_COLUMNS} FROM history WHERE instance_id = ? ORDER BY seq"))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(super::sqlite::history_from_row).collect()
     }
 

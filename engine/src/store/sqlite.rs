@@ -17,6 +17,14 @@ use super::{Batch, Error, IdempotencyRow, InstanceRow, Store, TimerFrom, TimerRo
 use crate::clock::Millis;
 use crate::machine::{CommandKind, HistoryEntry};
 
+/// The columns `instance_from_row` reads, in the order the queries select them.
+pub(crate) const INSTANCE_COLUMNS: &str =
+    "id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at";
+
+/// The columns `history_from_row` reads.
+pub(crate) const HISTORY_COLUMNS: &str =
+    "seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled";
+
 /// Migrations of the SQLite schema, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -155,13 +163,10 @@ impl SqliteStore {
 
     /// One instance's history, ascending.
     pub async fn history(&mut self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled \
-             FROM history WHERE instance_id = ? ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&mut self.conn)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {HISTORY_COLUMNS} FROM history WHERE instance_id = ? ORDER BY seq"))
+            .bind(id)
+            .fetch_all(&mut self.conn)
+            .await?;
         rows.iter().map(history_from_row).collect()
     }
 
@@ -255,9 +260,8 @@ impl Store for SqliteStore {
     async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(rows_for(1)) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at FROM instances WHERE id IN (",
-            );
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id IN ("));
             let mut sep = q.separated(", ");
             for id in chunk {
                 sep.push_bind(*id);

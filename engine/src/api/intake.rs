@@ -7,7 +7,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, check, date, request_id, view, Shared};
+use super::{actor, check, date, event, object, request_id, view, Shared};
 use crate::domain;
 use crate::machine::{Command, CommandKind};
 use crate::proto::intake_service_server::IntakeService;
@@ -30,22 +30,6 @@ impl Intake {
 }
 
 const ACTOR: &str = "intake-platform";
-
-fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
-}
-
-fn event(instance: &str, name: &str, fields: serde_json::Value, actor: &str, request_id: Option<String>) -> Command {
-    Command {
-        instance: instance.to_owned(),
-        kind: CommandKind::Event { name: name.to_owned(), fields: object(fields) },
-        actor: actor.to_owned(),
-        request_id,
-    }
-}
 
 fn required(command: Command) -> GroupItem {
     GroupItem { command, required: true }

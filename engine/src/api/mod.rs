@@ -28,6 +28,7 @@ use crate::calendar::{Calendar, Calendars};
 use crate::clock::{Clock, VirtualClock};
 use crate::definition::Registry;
 use crate::engine::Engine;
+use crate::machine::{Command, CommandKind};
 use crate::store::read::Reader;
 
 /// Largest page a listing returns.
@@ -81,6 +82,30 @@ pub fn request_id<T>(request: &Request<T>) -> Result<Option<String>, Status> {
             crate::domain::check_text(s, 128).map_err(|e| status::invalid("x-request-id", e))?;
             Ok(Some(s.to_owned()))
         }
+    }
+}
+
+/// A JSON object from a `json!` literal built by a handler (anything else is no fields).
+pub fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// A command delivering event `name` with `fields` to `instance`.
+pub fn event(
+    instance: &str,
+    name: &str,
+    fields: serde_json::Value,
+    actor: &str,
+    request_id: Option<String>,
+) -> Command {
+    Command {
+        instance: instance.to_owned(),
+        kind: CommandKind::Event { name: name.to_owned(), fields: object(fields) },
+        actor: actor.to_owned(),
+        request_id,
     }
 }
 

@@ -8,9 +8,9 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, check, date, page, request_id, view, Shared};
+use super::{actor, check, date, event, page, request_id, view, Shared};
 use crate::domain;
-use crate::machine::{Command, CommandKind};
+use crate::machine::Command;
 use crate::proto::supervision_service_server::SupervisionService;
 use crate::proto::{
     AcknowledgeTaskRequest, ListTasksReply, ListTasksRequest, Outcome, ReportInspectionRequest,
@@ -32,19 +32,6 @@ impl Supervision {
 }
 
 const ACTOR: &str = "supervision-platform";
-
-fn event(instance: &str, name: &str, fields: serde_json::Value, actor: &str, request_id: Option<String>) -> Command {
-    let fields = match fields {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    };
-    Command {
-        instance: instance.to_owned(),
-        kind: CommandKind::Event { name: name.to_owned(), fields },
-        actor: actor.to_owned(),
-        request_id,
-    }
-}
 
 fn task_id_field(id: &str) -> Result<(String, String), Status> {
     let (case, _) = domain::parse_task_id(id).map_err(|e| invalid("task_id", e))?;

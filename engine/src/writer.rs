@@ -24,7 +24,7 @@ use crate::definition::{Definition, Registry};
 use crate::machine::{decide, Command, CommandKind, Instance, Rejection, Transition};
 use crate::store::{fnv1a, shard_of, Batch, IdempotencyRow, InstanceRow, OutboxRow, Store, TimerFrom};
 use crate::telemetry::Metrics;
-use crate::timer::{Horizon, TimerIndex, TimerKey};
+use crate::timer::{lock, Horizon, TimerIndex, TimerKey};
 
 /// The answer to a command that was applied (or had been applied before under its request id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,12 +248,6 @@ enum Seen {
 fn fingerprint(command: &Command) -> String {
     let text = serde_json::to_string(&command.kind).unwrap_or_default();
     format!("{:016x}", fnv1a(format!("{}\u{0}{text}", command.instance).as_bytes()))
-}
-
-fn lock(timers: &Mutex<TimerIndex>) -> std::sync::MutexGuard<'_, TimerIndex> {
-    // A panic while holding the lock cannot leave the wheel half-updated in a way that loses
-    // timers (the database is the truth), so a poisoned lock is still usable.
-    timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<S: Store> Writer<S> {
@@ -503,7 +497,8 @@ impl<S: Store> Writer<S> {
                 }
             }
         }
-        // Dry run on an overlay: decide is pure, so deciding again for real gives the same result.
+        // Decide every member on an overlay first; only if all required ones are accepted are
+        // the transitions recorded into the batch (as decided: nothing is decided twice).
         let mut overlay: HashMap<String, Instance> = HashMap::new();
         let mut decided = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
@@ -550,10 +545,12 @@ impl<S: Store> Writer<S> {
         }
         ids.sort_unstable();
         ids.dedup();
+        // Cached instances are taken out, not copied: after a successful commit every instance
+        // of the batch goes back in; if the batch fails they are simply read again next time.
         let mut cached = Vec::new();
-        ids.retain(|id| match self.cache.get(*id) {
+        ids.retain(|id| match self.cache.remove(*id) {
             Some(instance) => {
-                cached.push(instance.clone());
+                cached.push(instance);
                 false
             }
             None => true,

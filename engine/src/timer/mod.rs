@@ -70,6 +70,12 @@ impl TimerIndex {
     }
 }
 
+/// Locks the shared index. A panic while it was held cannot leave the wheel in a state that
+/// loses timers (the database is the truth), so a poisoned lock is still used.
+pub fn lock(timers: &std::sync::Mutex<TimerIndex>) -> std::sync::MutexGuard<'_, TimerIndex> {
+    timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::clock::{Clock, Millis};
 use crate::machine::{Command, CommandKind};
-use crate::timer::{TimerIndex, TimerKey};
+use crate::timer::{lock, TimerIndex, TimerKey};
 use crate::writer::{Handle, WriteError};
 
 /// Settings of the timer service.
@@ -42,10 +42,6 @@ pub struct Service {
     wake: Arc<Notify>,
     control: mpsc::Receiver<Control>,
     settings: Settings,
-}
-
-fn lock(timers: &Mutex<TimerIndex>) -> std::sync::MutexGuard<'_, TimerIndex> {
-    timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Service {

@@ -61,6 +61,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `--json` output of the CLI client serialises responses as they are.
         .type_attribute(".", "#[derive(serde::Serialize)]")
         .file_descriptor_set_path(out.join("shenguan_descriptor.bin"))
+        // A body that is not valid protobuf is the caller's error (INVALID_ARGUMENT), not ours.
+        .codec_path("crate::codec::Codec")
         .compile_protos(&protos, &[root.join("proto")])?;
     Ok(())
 }

@@ -107,6 +107,7 @@ fn machine(c: &mut Criterion) {
         },
         actor: "bench".into(),
         request_id: None,
+        idempotency: None,
     };
     let now = START;
     let accepted = decide(def, None, &start, now, &calendars).expect("start").instance;

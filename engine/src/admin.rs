@@ -1,8 +1,9 @@
 //! Offline operations on a database file: `shenguan admin verify`.
 //!
 //! Verify replays every instance's history through `decide` (with the definitions and
-//! calendars loaded now) and checks that it rebuilds the stored row, and that the `timers`
-//! table holds exactly the timers each instance row says are armed.
+//! calendars loaded now) and checks that it rebuilds the stored row, that the `timers` table
+//! holds exactly the timers each instance row says are armed, and that no history, outbox or
+//! idempotency row names an instance that has no row (a deleted instance).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -69,6 +70,9 @@ pub async fn verify(path: &Path, registry: &Registry, calendars: &Calendars) -> 
     }
     for (id, timers) in timer_rows {
         report.divergent.push((id, format!("timers {timers:?} belong to no instance")));
+    }
+    for (table, id) in store.orphans(1000).await? {
+        report.divergent.push((id, format!("{table} rows name this instance, which has no instance row")));
     }
     Ok(report)
 }

@@ -248,7 +248,8 @@ impl Calendar {
             let mut prefix = Vec::with_capacity(367);
             prefix.push(0u16);
             let mut count = 0u16;
-            let mut date = NaiveDate::from_ymd_opt(year, 1, 1).unwrap_or_default();
+            // Loading admits only years 1900–9999, all of which chrono represents.
+            let Some(mut date) = NaiveDate::from_ymd_opt(year, 1, 1) else { continue };
             while date.year() == year {
                 if self.raw_is_working(date) {
                     count += 1;

@@ -135,9 +135,18 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
-    /// A credit grade that may not take the commitment route (repeatable; default: dishonest).
+    /// The credit grades AcceptCase accepts (repeatable; default: A B C D dishonest). Matched
+    /// ignoring case, surrounding space and full-width forms; any other grade is refused.
+    #[arg(long, value_name = "GRADE")]
+    pub credit_grade: Vec<String>,
+    /// A credit grade that may not take the commitment route (repeatable; default: D and
+    /// dishonest). Must be one of the credit grades.
     #[arg(long, value_name = "GRADE")]
     pub barred_credit_grade: Vec<String>,
+    /// How long a request id is remembered, so that a retry gets the first answer
+    /// (e.g. `7d`, `36h`).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub idempotency_retention: std::time::Duration,
     /// Definitions and calendars.
     #[command(flatten)]
     pub data: DataArgs,
@@ -345,14 +354,27 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     };
     let mut config = engine::Config::new(&args.db);
     config.max_db_pages = args.max_db_pages;
+    config.idempotency_retention = i64::try_from(args.idempotency_retention.as_millis())
+        .map_err(|_| anyhow!("--idempotency-retention is too long"))?;
     let mut options = crate::server::Options::new(
         config,
         Arc::new(args.data.registry()?),
         Arc::new(args.data.calendars()?),
         virtual_clock,
     );
-    if !args.barred_credit_grade.is_empty() {
-        options.barred_grades = args.barred_credit_grade.clone();
+    if !args.credit_grade.is_empty() || !args.barred_credit_grade.is_empty() {
+        let grades = if args.credit_grade.is_empty() {
+            crate::domain::credit::DEFAULT_GRADES.iter().map(|g| (*g).to_owned()).collect()
+        } else {
+            args.credit_grade.clone()
+        };
+        let barred = if args.barred_credit_grade.is_empty() {
+            crate::domain::credit::DEFAULT_BARRED.iter().map(|g| (*g).to_owned()).collect()
+        } else {
+            args.barred_credit_grade.clone()
+        };
+        options.credit = crate::domain::credit::CreditGrades::new(&grades, &barred)
+            .map_err(|e| anyhow!("credit grades: {e} (see --credit-grade and --barred-credit-grade)"))?;
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

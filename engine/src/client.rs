@@ -306,32 +306,23 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// Prints rows as aligned columns (character counts, so Chinese text lines up in most terminals
-/// only approximately; `--json` is for machines).
+/// Rows as aligned columns. Widths are display widths (a Chinese character takes two
+/// columns), as comfy-table measures them; `--json` is for machines.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.iter().map(comfy_table::Cell::new));
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
-        }
+        t.add_row(row.iter().map(comfy_table::Cell::new));
     }
-    let line = |cells: Vec<String>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
-            out.push_str(cell);
-            if i + 1 < cells.len() {
-                out.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        out.trim_end().to_owned()
-    };
-    let mut out = line(header.iter().map(|h| (*h).to_owned()).collect());
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(row.clone()));
+    for column in t.column_iter_mut() {
+        // One space between columns, none at the edges.
+        column.set_padding((0, 2));
+    }
+    let mut out = String::new();
+    for line in t.lines() {
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
@@ -426,32 +417,11 @@ pub fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
     table(&["TIME (Asia/Shanghai)", "INSTANCE", "ACTOR", "EVENT", "STATE", "DEADLINES"], &rows)
 }
 
-/// Parses `3d`, `12h`, `90m`, `2d12h`, `30s` into milliseconds.
+/// Parses a duration such as `3d`, `12h`, `90m`, `2d 12h`, `30s` into milliseconds.
 pub fn parse_duration(text: &str) -> Result<i64> {
-    let mut total: i64 = 0;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: i64 = number.parse().map_err(|_| anyhow!("{text:?} is not a duration such as 3d, 12h, 2d12h"))?;
-        number.clear();
-        let unit = match c {
-            'd' => 86_400_000,
-            'h' => 3_600_000,
-            'm' => 60_000,
-            's' => 1_000,
-            _ => bail!("{text:?}: unknown unit {c:?} (use d, h, m, s)"),
-        };
-        total = total
-            .checked_add(n.checked_mul(unit).ok_or_else(|| anyhow!("{text:?} is too long"))?)
-            .ok_or_else(|| anyhow!("{text:?} is too long"))?;
-    }
-    if !number.is_empty() || total == 0 {
-        bail!("{text:?} is not a duration such as 3d, 12h, 2d12h");
-    }
-    Ok(total)
+    let d = humantime::parse_duration(text)
+        .map_err(|e| anyhow!("{text:?} is not a duration such as 3d, 12h, 2d 12h ({e})"))?;
+    i64::try_from(d.as_millis()).map_err(|_| anyhow!("{text:?} is too long"))
 }
 
 /// Runs `case …`.
@@ -671,11 +641,11 @@ pub fn stats_text(reply: &proto::GetStatisticsReply) -> String {
 pub async fn stats(conn: &Conn, args: StatsArgs) -> Result<ExitCode> {
     let reply = AdminServiceClient::new(channel(conn).await?)
         .get_statistics(proto::GetStatisticsRequest {
-            region_code: args.region,
+            region_code: args.region.unwrap_or_default(),
             department: args.department.unwrap_or_default(),
             office: args.office.unwrap_or_default(),
-            from: args.from,
-            to: args.to,
+            from: args.from.unwrap_or_default(),
+            to: args.to.unwrap_or_default(),
         })
         .await
         .map_err(call_error)?
@@ -688,18 +658,18 @@ pub async fn stats(conn: &Conn, args: StatsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `shenguan stats`.
+/// `shenguan stats`: with no flags, every region, this year.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// Region code.
+    /// Region code (default: every region).
     #[arg(long)]
-    pub region: String,
-    /// First day of the period (YYYY-MM-DD).
+    pub region: Option<String>,
+    /// First day of the period, YYYY-MM-DD (default: 1 January of the server's year).
     #[arg(long)]
-    pub from: String,
-    /// Last day of the period (YYYY-MM-DD).
+    pub from: Option<String>,
+    /// Last day of the period, YYYY-MM-DD (default: 31 December of the server's year).
     #[arg(long)]
-    pub to: String,
+    pub to: Option<String>,
     /// One department.
     #[arg(long)]
     pub department: Option<String>,
@@ -745,16 +715,36 @@ mod tests {
         assert_eq!(parse_duration("3d").expect("d"), 3 * 86_400_000);
         assert_eq!(parse_duration("2d12h").expect("dh"), 2 * 86_400_000 + 12 * 3_600_000);
         assert_eq!(parse_duration("90m").expect("m"), 90 * 60_000);
+        assert_eq!(parse_duration("2d 12h").expect("d h"), 2 * 86_400_000 + 12 * 3_600_000);
         assert!(parse_duration("3").is_err());
-        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("3x").is_err());
         assert!(parse_duration("").is_err());
-        assert!(parse_duration("99999999999999999d").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 
     #[test]
     fn tables_align() {
         let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    BB\nxyz  1\n");
+    }
+
+    /// Columns start at the same display column on every line, Chinese text included (two
+    /// columns per character).
+    #[test]
+    fn tables_align_chinese_text() {
+        let t = table(
+            &["DEPARTMENT", "STATE"],
+            &[vec!["市市場監督管理局".into(), "pushed".into()], vec!["x".into(), "viewed".into()]],
+        );
+        let wide = |c: char| ('\u{2E80}'..='\u{9FFF}').contains(&c) || ('\u{F900}'..='\u{FAFF}').contains(&c);
+        let starts: Vec<usize> = t
+            .lines()
+            .map(|line| {
+                let before = &line[..line.rfind(' ').expect("two columns") + 1];
+                before.chars().map(|c| if wide(c) { 2 } else { 1 }).sum()
+            })
+            .collect();
+        assert!(starts.windows(2).all(|w| w[0] == w[1]), "{t}\n{starts:?}");
     }
 
     #[test]

@@ -247,7 +247,7 @@ fn uscc(rng: &mut StdRng) -> String {
     }
     let sum: usize = code.iter().zip(W).map(|(c, w)| A.iter().position(|a| a == c).unwrap_or(0) * w).sum();
     code.push(A[(31 - sum % 31) % 31]);
-    String::from_utf8(code).unwrap_or_default()
+    code.into_iter().map(char::from).collect()
 }
 
 async fn accept(

@@ -38,7 +38,13 @@ pub struct Config {
     pub max_db_pages: Option<u32>,
     /// Most committed instances the writer keeps in memory to skip re-reading them.
     pub cache_instances: usize,
+    /// How long a request id is remembered, so that a retry gets the first answer (ms).
+    pub idempotency_retention: Millis,
 }
+
+/// Request ids are remembered for a week by default: longer than any client's retry loop,
+/// short enough that the table stays small.
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Millis = 7 * 24 * 60 * 60 * 1000;
 
 impl Config {
     /// Defaults for a database at `db`.
@@ -52,6 +58,7 @@ impl Config {
             retry: 1_000,
             max_db_pages: None,
             cache_instances: 50_000,
+            idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
         }
     }
 }
@@ -104,6 +111,7 @@ impl Engine {
                 shards: config.shards,
                 page: config.page,
                 cache: config.cache_instances,
+                idempotency_retention: config.idempotency_retention,
             },
             metrics.clone(),
         );

@@ -13,10 +13,11 @@
 //! - [`admin`]: offline operations on a database (`admin verify`).
 //! - [`server`]: the gRPC server: the services, health and reflection.
 //! - [`api`]: the gRPC services (intake, supervision, admin).
-//! - [`domain`]: identifiers of the domain (credit codes, ID numbers, case and task ids).
+//! - [`domain`]: what approval and supervision mean: identifiers and text checks, credit
+//!   grades, the case ↔ task fan-out the writer decides.
 //! - [`cli`]: the `shenguan` command line; [`client`]: its gRPC-client commands; [`demo`]: the tour.
 //! - [`telemetry`]: Prometheus metrics.
-//! - [`proto`]: generated gRPC types.
+//! - [`proto`]: generated gRPC types; [`codec`]: their codec (bad bodies are INVALID_ARGUMENT).
 //!
 //! Where to start reading: `docs/ARCHITECTURE.md`, then [`writer`] and [`machine`].
 
@@ -26,6 +27,7 @@ pub mod calendar;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod codec;
 pub mod definition;
 pub mod demo;
 pub mod domain;

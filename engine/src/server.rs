@@ -47,13 +47,14 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// In sandbox mode, the same clock as `clock`, which `AdvanceClock` moves.
     pub virtual_clock: Option<VirtualClock>,
-    /// Credit grades that may not take the commitment route.
-    pub barred_grades: Vec<String>,
+    /// The credit grades, and which of them may not take the commitment route.
+    pub credit: crate::domain::credit::CreditGrades,
 }
 
 impl Options {
     /// Options with the defaults: the system clock, or a virtual clock when `virtual_clock` is
-    /// given; the grade "dishonest" barred from the commitment route.
+    /// given; the default credit grades (A, B, C, D, dishonest; D and dishonest barred from the
+    /// commitment route).
     pub fn new(
         engine: engine::Config,
         registry: Arc<Registry>,
@@ -64,7 +65,7 @@ impl Options {
             Some(v) => Arc::new(v.clone()),
             None => Arc::new(crate::clock::SystemClock),
         };
-        Options { engine, registry, calendars, clock, virtual_clock, barred_grades: vec!["dishonest".to_owned()] }
+        Options { engine, registry, calendars, clock, virtual_clock, credit: Default::default() }
     }
 }
 
@@ -103,7 +104,7 @@ pub async fn run(
         calendars: options.calendars,
         clock: options.clock,
         virtual_clock: options.virtual_clock,
-        barred_grades: options.barred_grades,
+        credit: options.credit,
     });
     use crate::proto::admin_service_server::AdminServiceServer;
     use crate::proto::intake_service_server::IntakeServiceServer;

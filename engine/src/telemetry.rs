@@ -29,12 +29,15 @@ pub struct Metrics {
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
+    // Fails only for a non-positive start, a factor <= 1 or n = 0; every caller passes
+    // constants that are none of these (and no buckets would still count, in +Inf).
     prometheus::exponential_buckets(start, factor, n).unwrap_or_default()
 }
 
 impl Metrics {
     /// Fresh metrics in their own registry.
     pub fn new() -> Self {
+        // Fails only for an empty or invalid prefix; "shenguan" is neither.
         let registry = Registry::new_custom(Some("shenguan".into()), None).unwrap_or_default();
         let commands =
             IntCounterVec::new(Opts::new("commands_total", "Commands by kind and result"), &["kind", "result"])
@@ -103,6 +106,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        // The text encoder writes metric names, label values (our own UTF-8 strings) and numbers.
         String::from_utf8(out).unwrap_or_default()
     }
 }

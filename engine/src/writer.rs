@@ -22,7 +22,7 @@ use crate::calendar::Calendars;
 use crate::clock::{Clock, Millis};
 use crate::definition::{Definition, Registry};
 use crate::machine::{decide, Command, CommandKind, Instance, Rejection, Transition};
-use crate::store::{fnv1a, shard_of, Batch, IdempotencyRow, InstanceRow, OutboxRow, Store, TimerFrom};
+use crate::store::{shard_of, Batch, IdempotencyRow, InstanceRow, OutboxRow, Store, TimerFrom};
 use crate::telemetry::Metrics;
 use crate::timer::{lock, Horizon, TimerIndex, TimerKey};
 
@@ -49,9 +49,17 @@ pub enum WriteError {
         /// The request id.
         key: String,
     },
-    /// Storage failed; nothing was written. Safe to retry with the same request id.
+    /// Storage failed for a reason that passes; nothing was written. Safe to retry with the
+    /// same request id.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Storage refused the batch (a constraint, a statement): a defect, nothing was written,
+    /// and a retry will fail the same way.
+    #[error("storage refused the write: {0}")]
+    Internal(String),
+    /// Stored data the batch needed does not decode.
+    #[error("stored data is damaged: {0}")]
+    DataLoss(String),
     /// A stored instance cannot be read back.
     #[error("instance {instance} cannot be loaded: {message}")]
     Corrupt {
@@ -64,6 +72,22 @@ pub enum WriteError {
     #[error("the engine is shutting down")]
     ShuttingDown,
 }
+
+impl From<crate::store::Error> for WriteError {
+    fn from(e: crate::store::Error) -> Self {
+        use crate::store::Error as E;
+        match e {
+            E::Unavailable(m) => WriteError::Unavailable(m),
+            E::Corrupt(m) => WriteError::DataLoss(m),
+            E::Internal(m) => WriteError::Internal(m),
+            E::Open { .. } => WriteError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Commands a group derives inside the writer from the instance its first command produced:
+/// a fan-out decided where the state is authoritative, never from a read that may be stale.
+pub type Derive = Arc<dyn Fn(&Instance) -> Result<Vec<GroupItem>, WriteError> + Send + Sync>;
 
 type Reply = oneshot::Sender<Result<Applied, WriteError>>;
 type GroupReply = oneshot::Sender<Result<Vec<Option<Applied>>, GroupError>>;
@@ -78,26 +102,40 @@ pub struct GroupItem {
     pub required: bool,
 }
 
-/// Why a group was not applied: the index of the command that failed, and why.
+/// Why a group was not applied: the command that failed, and why.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("command {index} of the group: {error}")]
+#[error("command {index} of the group ({instance}): {error}")]
 pub struct GroupError {
-    /// Position in the group.
+    /// Position in the group (derived commands follow the given ones).
     pub index: usize,
+    /// The instance that command was for.
+    pub instance: String,
     /// The failure.
     pub error: WriteError,
 }
 
 /// What the writer task is asked to do.
-#[derive(Debug)]
 pub enum Request {
     /// Apply a command.
     Command(Command, Reply),
-    /// Apply several commands all-or-nothing, in one transaction.
-    Group(Vec<GroupItem>, GroupReply),
+    /// Apply several commands all-or-nothing, in one transaction; the optional [`Derive`]
+    /// adds commands computed from the first command's result.
+    Group(Vec<GroupItem>, Option<Derive>, GroupReply),
     /// Load the next page of timers due before the instant into the wheel; answers the number
     /// of timers loaded.
     Extend(Millis, oneshot::Sender<Result<usize, WriteError>>),
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Command(c, _) => f.debug_tuple("Command").field(c).finish(),
+            Request::Group(items, derive, _) => {
+                f.debug_struct("Group").field("items", items).field("derives", &derive.is_some()).finish()
+            }
+            Request::Extend(until, _) => f.debug_tuple("Extend").field(until).finish(),
+        }
+    }
 }
 
 /// A cheap, cloneable way to submit commands.
@@ -126,9 +164,21 @@ impl Handle {
     /// request id is honoured, for the whole group. Answers one entry per item: `None` for a
     /// non-required item that was skipped.
     pub async fn submit_group(&self, items: Vec<GroupItem>) -> Result<Vec<Option<Applied>>, GroupError> {
+        self.submit_derived(items, None).await
+    }
+
+    /// Like [`submit_group`](Self::submit_group), and once the first item is decided, `derive`
+    /// adds the commands that follow from its result (applied after the given ones, in the
+    /// same transaction). A duplicate of the first item's request derives nothing.
+    pub async fn submit_derived(
+        &self,
+        items: Vec<GroupItem>,
+        derive: Option<Derive>,
+    ) -> Result<Vec<Option<Applied>>, GroupError> {
         let (reply, rx) = oneshot::channel();
-        let gone = GroupError { index: 0, error: WriteError::ShuttingDown };
-        self.tx.send(Request::Group(items, reply)).await.map_err(|_| gone.clone())?;
+        let instance = items.first().map(|i| i.command.instance.clone()).unwrap_or_default();
+        let gone = GroupError { index: 0, instance, error: WriteError::ShuttingDown };
+        self.tx.send(Request::Group(items, derive, reply)).await.map_err(|_| gone.clone())?;
         rx.await.map_err(|_| gone)?
     }
 
@@ -151,6 +201,8 @@ pub struct Settings {
     pub page: u32,
     /// Most instances kept in the writer's cache of committed instances (0: no cache).
     pub cache: usize,
+    /// How long a request id is remembered (ms); older ones are forgotten and pruned.
+    pub idempotency_retention: Millis,
 }
 
 /// The writer task's state.
@@ -169,7 +221,16 @@ pub struct Writer<S: Store> {
     /// changed it. Bounded by `settings.cache`: when full, it is emptied (memory stays bounded
     /// and the database stays the truth).
     cache: HashMap<String, Instance>,
+    /// When expired idempotency keys were last pruned (engine time).
+    pruned_at: Millis,
 }
+
+/// Rounds of same-batch fires of timers armed already due (see `fire_due_now`).
+const IMMEDIATE_ROUNDS: usize = 8;
+
+/// Expired idempotency keys are pruned at most this often, a bounded number at a time.
+const PRUNE_EVERY: Millis = 60 * 60 * 1000;
+const PRUNE_LIMIT: u32 = 10_000;
 
 /// Creates a writer and its handle. Run the writer with [`Writer::run`].
 #[allow(clippy::too_many_arguments)]
@@ -185,7 +246,19 @@ pub fn channel<S: Store>(
 ) -> (Writer<S>, Handle) {
     let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
     (
-        Writer { store, rx, registry, calendars, clock, timers, wake, settings, metrics, cache: HashMap::new() },
+        Writer {
+            store,
+            rx,
+            registry,
+            calendars,
+            clock,
+            timers,
+            wake,
+            settings,
+            metrics,
+            cache: HashMap::new(),
+            pruned_at: Millis::MIN,
+        },
         Handle { tx },
     )
 }
@@ -193,7 +266,7 @@ pub fn channel<S: Store>(
 /// A queued request with its reply.
 enum Item {
     One(Command, Reply),
-    Group(Vec<GroupItem>, GroupReply),
+    Group(Vec<GroupItem>, Option<Derive>, GroupReply),
 }
 
 /// The reply owed to a request once the batch's fate is known.
@@ -225,6 +298,8 @@ struct Acc {
     wheel_ops: Vec<WheelOp>,
     /// Timers fired in this batch: (due, workflow, responsible department if a deadline).
     fired: Vec<(Millis, String, Option<String>)>,
+    /// Timers armed in this batch whose due time has already come: (due, instance, name).
+    due_now: Vec<(Millis, String, String)>,
     /// Commands by (kind, result), counted once the batch's fate is known.
     counts: Vec<(&'static str, &'static str)>,
 }
@@ -245,11 +320,6 @@ enum Seen {
     Reused(WriteError),
 }
 
-fn fingerprint(command: &Command) -> String {
-    let text = serde_json::to_string(&command.kind).unwrap_or_default();
-    format!("{:016x}", fnv1a(format!("{}\u{0}{text}", command.instance).as_bytes()))
-}
-
 impl<S: Store> Writer<S> {
     /// Serves requests until every [`Handle`] is dropped.
     pub async fn run(mut self) {
@@ -266,7 +336,7 @@ impl<S: Store> Writer<S> {
             for request in requests.drain(..) {
                 match request {
                     Request::Command(c, reply) => items.push(Item::One(c, reply)),
-                    Request::Group(g, reply) => items.push(Item::Group(g, reply)),
+                    Request::Group(g, derive, reply) => items.push(Item::Group(g, derive, reply)),
                     Request::Extend(until, reply) => {
                         // Commands queued before the extension are committed first, so the
                         // page read sees them.
@@ -293,11 +363,7 @@ impl<S: Store> Writer<S> {
             Some((instance, name)) => TimerFrom::After(horizon.due, instance.clone(), name.clone()),
             None => TimerFrom::Due(horizon.due),
         };
-        let rows = self
-            .store
-            .timers_page(&from, until, self.settings.page)
-            .await
-            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        let rows = self.store.timers_page(&from, until, self.settings.page).await.map_err(WriteError::from)?;
         let full = rows.len() >= self.settings.page as usize;
         let mut index = lock(&self.timers);
         index.horizon = match rows.last() {
@@ -342,20 +408,35 @@ impl<S: Store> Writer<S> {
         row.decode(def).map_err(|e| corrupt(e.to_string()))
     }
 
-    fn seen(acc: &Acc, command: &Command) -> Seen {
-        let Some(key) = &command.request_id else { return Seen::New };
-        let (row, in_batch) = match acc.new_keys.get(key) {
+    fn seen(&self, acc: &Acc, command: &Command, now: Millis) -> Seen {
+        let Some(idem) = &command.idempotency else { return Seen::New };
+        let (row, in_batch) = match acc.new_keys.get(&idem.key) {
             Some(row) => (row, true),
-            None => match acc.known_keys.get(key) {
+            None => match acc.known_keys.get(&idem.key) {
+                // A key past its retention is forgotten, whether or not it was pruned yet.
+                Some(row) if row.created_at < now.saturating_sub(self.settings.idempotency_retention) => {
+                    return Seen::New
+                }
                 Some(row) => (row, false),
                 None => return Seen::New,
             },
         };
+        let reused = || {
+            let key = command.request_id.clone().unwrap_or_else(|| idem.key.clone());
+            Seen::Reused(WriteError::KeyReused { key })
+        };
+        if row.fingerprint != idem.fingerprint || row.instance != command.instance {
+            return reused();
+        }
         match acc.live.get(&command.instance) {
-            Some(Ok(instance)) if row.fingerprint == fingerprint(command) && row.instance == command.instance => {
+            Some(Ok(instance)) => {
                 Seen::Duplicate(Applied { instance: instance.clone(), seq: row.seq, duplicate: true }, in_batch)
             }
-            _ => Seen::Reused(WriteError::KeyReused { key: key.clone() }),
+            Some(Err(e)) => Seen::Reused(e.clone()),
+            None => Seen::Reused(WriteError::DataLoss(format!(
+                "request {} was applied to {}, which no longer exists",
+                idem.key, command.instance
+            ))),
         }
     }
 
@@ -423,6 +504,9 @@ impl<S: Store> Writer<S> {
                 }));
             }
             acc.wheel_ops.push(WheelOp::Insert(TimerKey { instance: id.clone(), name: name.clone(), due: timer.due }));
+            if timer.due <= now {
+                acc.due_now.push((timer.due, id.clone(), name.clone()));
+            }
             set_timer(&mut acc.batch, &mut acc.timer_rows, (id.clone(), name.clone()), Some((timer.clone(), shard)));
         }
         for (i, message) in t.outbox.iter().enumerate() {
@@ -434,10 +518,15 @@ impl<S: Store> Writer<S> {
                 created_at: now,
             });
         }
-        if let Some(key) = &command.request_id {
-            let row = IdempotencyRow { instance: id.clone(), seq: t.history.seq, fingerprint: fingerprint(command) };
-            acc.batch.idempotency.push((key.clone(), row.clone(), now));
-            acc.new_keys.insert(key.clone(), row);
+        if let Some(idem) = &command.idempotency {
+            let row = IdempotencyRow {
+                instance: id.clone(),
+                seq: t.history.seq,
+                fingerprint: idem.fingerprint.clone(),
+                created_at: now,
+            };
+            acc.batch.idempotency.push((idem.key.clone(), row.clone()));
+            acc.new_keys.insert(idem.key.clone(), row);
         }
         let row = InstanceRow::of(&t.instance, shard);
         match acc.changed.get(&id) {
@@ -455,7 +544,7 @@ impl<S: Store> Writer<S> {
     }
 
     fn one(&self, acc: &mut Acc, command: &Command, now: Millis) -> (Result<Applied, WriteError>, bool) {
-        match Self::seen(acc, command) {
+        match self.seen(acc, command, now) {
             Seen::Duplicate(applied, in_batch) => return (Ok(applied), in_batch),
             Seen::Reused(e) => return (Err(e), false),
             Seen::New => {}
@@ -472,27 +561,50 @@ impl<S: Store> Writer<S> {
         }
     }
 
-    fn group(
-        &self,
+    /// Brings instances the batch did not load up front (those a [`Derive`] names) into it,
+    /// from the cache or the store.
+    async fn load_more(&mut self, acc: &mut Acc, ids: &[&str]) -> Result<(), WriteError> {
+        let mut missing = Vec::new();
+        for id in ids {
+            if acc.live.contains_key(*id) || missing.contains(id) {
+                continue;
+            }
+            match self.cache.remove(*id) {
+                Some(instance) => {
+                    acc.live.insert(instance.id.clone(), Ok(instance));
+                }
+                None => missing.push(*id),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for (id, row) in self.store.load_instances(&missing).await? {
+            let decoded = self.decode(row);
+            acc.live.insert(id, decoded);
+        }
+        Ok(())
+    }
+
+    async fn group(
+        &mut self,
         acc: &mut Acc,
         items: &[GroupItem],
+        derive: Option<&Derive>,
         now: Millis,
     ) -> (Result<Vec<Option<Applied>>, GroupError>, bool) {
+        let fail = |index: usize, instance: &str, error: WriteError| {
+            (Err(GroupError { index, instance: instance.to_owned(), error }), false)
+        };
         if let Some(first) = items.first() {
-            match Self::seen(acc, &first.command) {
+            match self.seen(acc, &first.command, now) {
                 Seen::New => {}
-                Seen::Reused(error) => return (Err(GroupError { index: 0, error }), false),
-                Seen::Duplicate(_, in_batch) => {
-                    // The whole group was applied before: answer with the instances as they are.
-                    let answers = items
-                        .iter()
-                        .map(|item| match acc.live.get(&item.command.instance) {
-                            Some(Ok(instance)) => {
-                                Some(Applied { instance: instance.clone(), seq: instance.seq, duplicate: true })
-                            }
-                            _ => None,
-                        })
-                        .collect();
+                Seen::Reused(error) => return fail(0, &first.command.instance, error),
+                Seen::Duplicate(applied, in_batch) => {
+                    // The whole group was applied before. The first member answers as it did
+                    // then (its history entry); the others are not decided again.
+                    let mut answers = vec![Some(applied)];
+                    answers.resize(items.len(), None);
                     return (Ok(answers), in_batch);
                 }
             }
@@ -500,20 +612,38 @@ impl<S: Store> Writer<S> {
         // Decide every member on an overlay first; only if all required ones are accepted are
         // the transitions recorded into the batch (as decided: nothing is decided twice).
         let mut overlay: HashMap<String, Instance> = HashMap::new();
-        let mut decided = Vec::with_capacity(items.len());
-        for (index, item) in items.iter().enumerate() {
+        let mut queue: Vec<GroupItem> = items.to_vec();
+        let mut decided = Vec::with_capacity(queue.len());
+        let mut index = 0;
+        while index < queue.len() {
+            let item = &queue[index];
             let mut command = item.command.clone();
             if index > 0 {
                 command.request_id = None;
+                command.idempotency = None;
             }
             match self.try_decide(acc, &overlay, &command, now) {
                 Ok(t) => {
+                    if index == 0 {
+                        if let Some(derive) = derive {
+                            let more = match derive(&t.instance) {
+                                Ok(more) => more,
+                                Err(error) => return fail(0, &command.instance, error),
+                            };
+                            let ids: Vec<&str> = more.iter().map(|i| i.command.instance.as_str()).collect();
+                            if let Err(error) = self.load_more(acc, &ids).await {
+                                return fail(0, &command.instance, error);
+                            }
+                            queue.extend(more);
+                        }
+                    }
                     overlay.insert(command.instance.clone(), t.instance.clone());
                     decided.push(Some((command, t)));
                 }
-                Err(_) if !item.required => decided.push(None),
-                Err(error) => return (Err(GroupError { index, error }), false),
+                Err(_) if !queue[index].required => decided.push(None),
+                Err(error) => return fail(index, &command.instance, error),
             }
+            index += 1;
         }
         let answers = decided
             .into_iter()
@@ -535,11 +665,11 @@ impl<S: Store> Writer<S> {
             match item {
                 Item::One(c, _) => {
                     ids.push(&c.instance);
-                    keys.extend(c.request_id.as_deref());
+                    keys.extend(c.idempotency.as_ref().map(|i| i.key.as_str()));
                 }
-                Item::Group(g, _) => {
+                Item::Group(g, _, _) => {
                     ids.extend(g.iter().map(|i| i.command.instance.as_str()));
-                    keys.extend(g.first().and_then(|i| i.command.request_id.as_deref()));
+                    keys.extend(g.first().and_then(|i| i.command.idempotency.as_ref()).map(|i| i.key.as_str()));
                 }
             }
         }
@@ -558,14 +688,14 @@ impl<S: Store> Writer<S> {
         let loaded = if ids.is_empty() { Ok(HashMap::new()) } else { self.store.load_instances(&ids).await };
         let loaded = match loaded {
             Ok(rows) => rows,
-            Err(e) => return fail_all(items, &e.to_string()),
+            Err(e) => return fail_all(items, e.into()),
         };
         let known_keys = if keys.is_empty() {
             HashMap::new()
         } else {
             match self.store.load_idempotency(&keys).await {
                 Ok(rows) => rows,
-                Err(e) => return fail_all(items, &e.to_string()),
+                Err(e) => return fail_all(items, e.into()),
             }
         };
         let mut acc = Acc { known_keys, ..Acc::default() };
@@ -584,12 +714,14 @@ impl<S: Store> Writer<S> {
                     let (result, needs_commit) = self.one(&mut acc, &command, now);
                     pending.push(Pending { owed: Owed::One(reply, result), needs_commit });
                 }
-                Item::Group(group, reply) => {
-                    let (result, needs_commit) = self.group(&mut acc, &group, now);
+                Item::Group(group, derive, reply) => {
+                    let (result, needs_commit) = self.group(&mut acc, &group, derive.as_ref(), now).await;
                     pending.push(Pending { owed: Owed::Group(reply, result), needs_commit });
                 }
             }
         }
+
+        self.fire_due_now(&mut acc, now);
 
         let commit_started = std::time::Instant::now();
         let committed = if acc.batch.is_empty() { Ok(()) } else { self.store.commit(&acc.batch).await };
@@ -628,23 +760,76 @@ impl<S: Store> Writer<S> {
                         Owed::Group(reply, result) => drop(reply.send(result)),
                     }
                 }
+                self.prune(now).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = pending.len(), "group commit failed; nothing of the batch was written");
                 for (kind, _) in &acc.counts {
                     self.metrics.commands.with_label_values(&[*kind, "failed"]).inc();
                 }
-                let unavailable = WriteError::Unavailable(e.to_string());
+                let failed = WriteError::from(e);
                 for p in pending {
                     match (p.owed, p.needs_commit) {
-                        (Owed::One(reply, _), true) => drop(reply.send(Err(unavailable.clone()))),
-                        (Owed::Group(reply, _), true) => {
-                            drop(reply.send(Err(GroupError { index: 0, error: unavailable.clone() })))
-                        }
+                        (Owed::One(reply, _), true) => drop(reply.send(Err(failed.clone()))),
+                        (Owed::Group(reply, _), true) => drop(reply.send(Err(GroupError {
+                            index: 0,
+                            instance: String::new(),
+                            error: failed.clone(),
+                        }))),
                         (Owed::One(reply, result), false) => drop(reply.send(result)),
                         (Owed::Group(reply, result), false) => drop(reply.send(result)),
                     }
                 }
+            }
+        }
+    }
+
+    /// Fires, in this batch's transaction and in due order, the timers it armed with a due time
+    /// already come (a reminder for tomorrow's deadline armed after its 09:00): "at once", so
+    /// the caller's answer shows the fired state and nothing waits for the timer service. A
+    /// chain of such fires is followed a bounded number of rounds; anything left is in the
+    /// wheel, which fires it next.
+    fn fire_due_now(&self, acc: &mut Acc, now: Millis) {
+        for _ in 0..IMMEDIATE_ROUNDS {
+            if acc.due_now.is_empty() {
+                return;
+            }
+            let mut due = std::mem::take(&mut acc.due_now);
+            due.sort();
+            for (at, instance, name) in due {
+                let command = Command {
+                    instance,
+                    kind: CommandKind::Timer { name, due: at },
+                    actor: "timer".to_owned(),
+                    request_id: None,
+                    idempotency: None,
+                };
+                // A refusal (the timer was cancelled again in this batch) leaves nothing to do.
+                let _ = self.one(acc, &command, now);
+            }
+        }
+    }
+
+    /// Forgets request ids older than the retention, a bounded number at a time, at most once
+    /// per [`PRUNE_EVERY`]. Runs after the batch's callers have been answered.
+    async fn prune(&mut self, now: Millis) {
+        if now.saturating_sub(self.pruned_at) < PRUNE_EVERY {
+            return;
+        }
+        let before = now.saturating_sub(self.settings.idempotency_retention);
+        match self.store.prune_idempotency(before, PRUNE_LIMIT).await {
+            Ok(n) => {
+                // A full page means more may be waiting: come back after the next batch.
+                if n < u64::from(PRUNE_LIMIT) {
+                    self.pruned_at = now;
+                }
+                if n > 0 {
+                    tracing::debug!(pruned = n, "forgot expired request ids");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prune expired request ids; will try again");
+                self.pruned_at = now;
             }
         }
     }
@@ -691,13 +876,15 @@ fn set_timer(
     }
 }
 
-fn fail_all(items: Vec<Item>, message: &str) {
-    tracing::error!(error = message, "cannot read the batch's instances");
-    let error = WriteError::Unavailable(message.to_owned());
+fn fail_all(items: Vec<Item>, error: WriteError) {
+    tracing::error!(%error, "cannot read the batch's instances");
     for item in items {
         match item {
             Item::One(_, reply) => drop(reply.send(Err(error.clone()))),
-            Item::Group(_, reply) => drop(reply.send(Err(GroupError { index: 0, error: error.clone() }))),
+            Item::Group(g, _, reply) => {
+                let instance = g.first().map(|i| i.command.instance.clone()).unwrap_or_default();
+                drop(reply.send(Err(GroupError { index: 0, instance, error: error.clone() })))
+            }
         }
     }
 }

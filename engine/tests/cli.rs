@@ -121,6 +121,7 @@ async fn admin_verify_is_clean_on_an_engine_database_and_catches_tampering() {
             kind: shenguan::machine::CommandKind::Start { workflow: "commitment_case".into(), version: None, vars },
             actor: "test".into(),
             request_id: None,
+            idempotency: None,
         };
         engine.submit(command).await.expect("accepted");
     }
@@ -147,6 +148,22 @@ async fn admin_verify_is_clean_on_an_engine_database_and_catches_tampering() {
         stdout(&o).contains(
             "DIVERGENT c7: stored instance differs from replay: state: stored licensed, replay gives overdue"
         ),
+        "{}",
+        stdout(&o)
+    );
+
+    // Someone deletes an instance row (and its timers) but leaves its history: verify notices.
+    {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).connect().await.expect("open");
+        for sql in ["DELETE FROM instances WHERE id = 'c3'", "DELETE FROM timers WHERE instance_id = 'c3'"] {
+            sqlx::query(sql).execute(&mut conn).await.expect("delete");
+        }
+    }
+    let o = shenguan(&["admin", "verify", "--db", db.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("DIVERGENT c3: history rows name this instance, which has no instance row"),
         "{}",
         stdout(&o)
     );

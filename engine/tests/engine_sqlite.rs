@@ -45,7 +45,9 @@ fn case(id: &str, deadline: &str, request: Option<&str>) -> Command {
         kind: CommandKind::Start { workflow: "commitment_case".into(), version: None, vars },
         actor: "test".into(),
         request_id: request.map(str::to_owned),
+        idempotency: None,
     }
+    .keyed("test")
 }
 
 fn materials(id: &str) -> Command {
@@ -54,6 +56,7 @@ fn materials(id: &str) -> Command {
         kind: CommandKind::Event { name: "materials_submitted".into(), fields: serde_json::Map::new() },
         actor: "test".into(),
         request_id: None,
+        idempotency: None,
     }
 }
 

@@ -134,19 +134,33 @@ pub struct TestServer {
     pub db: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), shenguan::server::Error>>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
     /// Starts a server whose virtual clock reads `start` (RFC 3339).
     pub async fn start(start: &str) -> Result<TestServer> {
-        let start = chrono::DateTime::parse_from_rfc3339(start)?.timestamp_millis();
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("server.db");
+        let mut server = Self::start_on(start, &db, |_| {}).await?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
+    /// Starts a server on the database file `db` (kept when the server stops, so that a test
+    /// can start another on it), with `configure` applied to the engine's defaults.
+    pub async fn start_on(
+        start: &str,
+        db: &Path,
+        configure: impl FnOnce(&mut shenguan::engine::Config),
+    ) -> Result<TestServer> {
+        let start = chrono::DateTime::parse_from_rfc3339(start)?.timestamp_millis();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let mut config = shenguan::engine::Config::new(db);
+        configure(&mut config);
         let options = shenguan::server::Options::new(
-            shenguan::engine::Config::new(&db),
+            config,
             std::sync::Arc::new(shenguan::definition::Registry::embedded()?),
             std::sync::Arc::new(shenguan::calendar::Calendars::embedded()?),
             Some(shenguan::clock::VirtualClock::new(start)),
@@ -157,7 +171,7 @@ impl TestServer {
         }));
         // The listener is already bound, so this connects without racing the server task.
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
-        Ok(TestServer { addr, channel, db, stop: Some(stop), task: Some(task), _dir: dir })
+        Ok(TestServer { addr, channel, db: db.to_owned(), stop: Some(stop), task: Some(task), _dir: None })
     }
 
     /// A client of the intake service.
@@ -192,5 +206,89 @@ impl TestServer {
             task.await??;
         }
         Ok(())
+    }
+}
+
+/// A small tmpfs file system mounted on a fresh directory: a real disk that fills up.
+/// Unmounted when dropped.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `kib` KiB. Needs the right to mount (root, as in CI); the error says
+    /// why when it cannot.
+    pub fn mount(kib: u64) -> Result<Tmpfs> {
+        let dir = tempfile::tempdir()?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .context("run mount(8)")?;
+        if !out.status.success() {
+            bail!("cannot mount a tmpfs: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Requests the suites share.
+pub mod fixtures {
+    use shenguan::proto::{applicant, AcceptCaseRequest, Applicant, Route, Scenario, Supervisor};
+
+    /// A valid Unified Social Credit Code.
+    pub const USCC: &str = "91110000600037341L";
+
+    /// A case on `route`/`scenario` in region 320700 with one supervisor.
+    pub fn accept(case_no: &str, route: Route, scenario: Scenario) -> AcceptCaseRequest {
+        AcceptCaseRequest {
+            case_no: case_no.into(),
+            region_code: "320700".into(),
+            approval_department: "市行政審批局".into(),
+            approval_item_code: "ITEM-001".into(),
+            handling_item_code: "HANDLE-001".into(),
+            applicant: Some(Applicant {
+                name: "連云港某某食品有限公司".into(),
+                id: Some(applicant::Id::CreditCode(USCC.into())),
+                mobile: "13800138000".into(),
+            }),
+            route: route as i32,
+            scenario: scenario as i32,
+            credit_grade: "A".into(),
+            commitment_deadline: String::new(),
+            commitment_period_working_days: 0,
+            deferred_materials: vec![],
+            supervisors: vec![Supervisor {
+                department: "市市場監督管理局".into(),
+                office: "食品生產監管處".into(),
+                office_admin_mobile: "13900139000".into(),
+            }],
+        }
+    }
+
+    /// A citizen ID from its first 17 characters, with the right check character.
+    pub fn with_check(first: &str) -> String {
+        const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+        let sum: u32 = first.bytes().zip(WEIGHTS).map(|(b, w)| u32::from(b - b'0') * w).sum();
+        format!("{first}{}", b"10X98765432"[(sum % 11) as usize] as char)
+    }
+
+    /// A material-deferral case with deadline `deadline` and two deferred materials.
+    pub fn deferral(case_no: &str, deadline: &str) -> AcceptCaseRequest {
+        let mut r = accept(case_no, Route::Commitment, Scenario::MaterialDeferral);
+        r.commitment_deadline = deadline.into();
+        r.deferred_materials = vec!["食品安全管理制度".into(), "設備布局圖".into()];
+        r
     }
 }

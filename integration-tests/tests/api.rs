@@ -5,47 +5,14 @@
 use anyhow::Result;
 use integration_tests::TestServer;
 use shenguan::proto::{
-    applicant, AcceptCaseRequest, AcknowledgeTaskRequest, Applicant, Case, CompleteApprovalRequest, DeadlineStatus,
+    applicant, AcceptCaseRequest, AcknowledgeTaskRequest, Case, CompleteApprovalRequest, DeadlineStatus,
     GetCaseRequest, GetStatisticsRequest, GetTimelineRequest, ListTasksRequest, Outcome, QueryCasesRequest,
     ReportInspectionRequest, ReportRectificationRequest, ReportResultRequest, RevokeApprovalRequest, Route, Scenario,
     SubmitMaterialsRequest, Supervisor, Task, TimelineEntry,
 };
 use tonic::Code;
 
-const USCC: &str = "91110000600037341L";
-
-fn accept(case_no: &str, route: Route, scenario: Scenario) -> AcceptCaseRequest {
-    AcceptCaseRequest {
-        case_no: case_no.into(),
-        region_code: "320700".into(),
-        approval_department: "市行政審批局".into(),
-        approval_item_code: "ITEM-001".into(),
-        handling_item_code: "HANDLE-001".into(),
-        applicant: Some(Applicant {
-            name: "連云港某某食品有限公司".into(),
-            id: Some(applicant::Id::CreditCode(USCC.into())),
-            mobile: "13800138000".into(),
-        }),
-        route: route as i32,
-        scenario: scenario as i32,
-        credit_grade: "A".into(),
-        commitment_deadline: String::new(),
-        commitment_period_working_days: 0,
-        deferred_materials: vec![],
-        supervisors: vec![Supervisor {
-            department: "市市場監督管理局".into(),
-            office: "食品生產監管處".into(),
-            office_admin_mobile: "13900139000".into(),
-        }],
-    }
-}
-
-fn deferral(case_no: &str, deadline: &str) -> AcceptCaseRequest {
-    let mut r = accept(case_no, Route::Commitment, Scenario::MaterialDeferral);
-    r.commitment_deadline = deadline.into();
-    r.deferred_materials = vec!["食品安全管理制度".into(), "設備布局圖".into()];
-    r
-}
+use integration_tests::fixtures::{accept, deferral, with_check};
 
 async fn get_case(server: &TestServer, id: &str) -> Result<Case> {
     Ok(server.intake().get_case(GetCaseRequest { case_id: id.into() }).await?.into_inner().case.expect("case"))
@@ -435,6 +402,23 @@ async fn malformed_input_is_invalid_argument_naming_the_field_and_writes_nothing
         ("supervisors[0].office_admin_mobile", |r| r.supervisors[0].office_admin_mobile = "x".into()),
         ("supervisors", |r| r.supervisors = vec![r.supervisors[0].clone(); 21]),
         ("credit_grade", |r| r.credit_grade = String::new()),
+        // Hostile or impossible values that are well-formed at first sight.
+        ("credit_grade", |r| r.credit_grade = "AAA".into()),
+        ("applicant.citizen_id", |r| {
+            r.applicant.as_mut().expect("a").id = Some(applicant::Id::CitizenId(with_check("11010520990101002")))
+        }),
+        ("applicant.citizen_id", |r| {
+            r.applicant.as_mut().expect("a").id = Some(applicant::Id::CitizenId(with_check("00000019491231002")))
+        }),
+        ("region_code", |r| r.region_code = "999999".into()),
+        ("region_code", |r| r.region_code = "000000".into()),
+        ("case_no", |r| r.case_no = ".".into()),
+        ("case_no", |r| r.case_no = "..".into()),
+        ("case_no", |r| r.case_no = "-".into()),
+        ("applicant.name", |r| r.applicant.as_mut().expect("a").name = "\u{200B}\u{200B}\u{200B}".into()),
+        ("applicant.name", |r| r.applicant.as_mut().expect("a").name = "公司\u{202E}司公".into()),
+        ("applicant.name", |r| r.applicant.as_mut().expect("a").name = "公司\u{2028}名".into()),
+        ("supervisors[0].department", |r| r.supervisors[0].department = "\u{2066}局\u{2069}".into()),
     ];
     for (field, edit) in cases {
         let mut r = deferral("BAD-1", "2026-10-09");

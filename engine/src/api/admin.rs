@@ -66,12 +66,12 @@ impl AdminService for Admin {
             .instance(&case_id)
             .await
             .map_err(|e| status::read_error(&e))?
-            .filter(|r| r.workflow == "approval_case")
+            .filter(|r| r.workflow == domain::CASE_WORKFLOW)
         else {
             return Err(Status::not_found(format!("case {case_id} does not exist")));
         };
         let mut rows = vec![case];
-        rows.extend(reader.with_prefix(&format!("{case_id}/T")).await.map_err(|e| status::read_error(&e))?);
+        rows.extend(super::intake::tasks_of(reader, &case_id).await?);
         let mut entries = Vec::new();
         for (order, row) in rows.iter().enumerate() {
             let history = reader.history(&row.id).await.map_err(|e| status::read_error(&e))?;
@@ -112,7 +112,9 @@ impl AdminService for Admin {
             filter.state = Some(r.state.clone());
         }
         if r.overdue_only {
-            filter.any_true = vec!["deadline_breached".into()];
+            // The definition of view::case_overdue, in SQL.
+            filter.any_true = vec![domain::CASE_BREACH.into()];
+            filter.any_task_true = domain::TASK_BREACHES.iter().map(|s| (*s).to_owned()).collect();
         }
         if !r.accepted_from.is_empty() {
             filter.created_from = Some(self.start_of(&region, "accepted_from", &r.accepted_from)?);
@@ -125,8 +127,7 @@ impl AdminService for Admin {
         let next_page_token = super::next_token(rows.last().map(|r| r.id.as_str()), full);
         let mut cases = Vec::with_capacity(rows.len());
         for row in &rows {
-            let tasks =
-                self.shared.reader.with_prefix(&format!("{}/T", row.id)).await.map_err(|e| status::read_error(&e))?;
+            let tasks = super::intake::tasks_of(&self.shared.reader, &row.id).await?;
             cases.push(view::case(&self.shared.registry, row, &tasks));
         }
         Ok(Response::new(QueryCasesReply { cases, next_page_token }))
@@ -137,36 +138,48 @@ impl AdminService for Admin {
         request: Request<GetStatisticsRequest>,
     ) -> Result<Response<GetStatisticsReply>, Status> {
         let r = request.into_inner();
-        check("region_code", domain::check_region(&r.region_code))?;
-        let from = self.start_of(&r.region_code, "from", &r.from)?;
-        let to = self.end_of(&r.region_code, "to", &r.to)?;
+        let region = if r.region_code.is_empty() {
+            "national".to_owned()
+        } else {
+            check("region_code", domain::check_region(&r.region_code))?;
+            r.region_code.clone()
+        };
+        // An empty period is this year, on the server's clock (the sandbox clock in sandbox mode).
+        let year = {
+            use chrono::Datelike;
+            self.shared.today(self.shared.calendars.region(&region)).year()
+        };
+        let from_text = if r.from.is_empty() { format!("{year}-01-01") } else { r.from.clone() };
+        let to_text = if r.to.is_empty() { format!("{year}-12-31") } else { r.to.clone() };
+        let from = self.start_of(&region, "from", &from_text)?;
+        let to = self.end_of(&region, "to", &to_text)?;
         if to <= from {
             return Err(invalid("to", "is before from"));
         }
         let base = |workflow: &str| Filter {
             workflow: workflow.into(),
-            vars: vec![("region".into(), r.region_code.clone())],
+            vars: if r.region_code.is_empty() { vec![] } else { vec![("region".into(), r.region_code.clone())] },
             created_from: Some(from),
             created_before: Some(to),
             ..Filter::default()
         };
         let reader = &self.shared.reader;
-        let tasks = reader.list(&base("supervision_task")).await.map_err(|e| status::read_error(&e))?;
-        let cases = reader.list(&base("approval_case")).await.map_err(|e| status::read_error(&e))?;
+        let tasks = reader.list(&base(domain::TASK_WORKFLOW)).await.map_err(|e| status::read_error(&e))?;
+        let cases = reader.list(&base(domain::CASE_WORKFLOW)).await.map_err(|e| status::read_error(&e))?;
 
-        let mut by_office: BTreeMap<(String, String), Vec<&InstanceRow>> = BTreeMap::new();
+        let mut by_office: BTreeMap<(String, String, String), Vec<&InstanceRow>> = BTreeMap::new();
         for t in &tasks {
             let (department, office) = (view::var(t, "department"), view::var(t, "office"));
             if (!r.department.is_empty() && r.department != department) || (!r.office.is_empty() && r.office != office)
             {
                 continue;
             }
-            by_office.entry((department, office)).or_default().push(t);
+            by_office.entry((view::var(t, "region"), department, office)).or_default().push(t);
         }
         let supervision = by_office
             .into_iter()
-            .map(|((department, office), rows)| SupervisionFigures {
-                region_code: r.region_code.clone(),
+            .map(|((region_code, department, office), rows)| SupervisionFigures {
+                region_code,
                 department,
                 office,
                 tasks: figure(ids_where(&rows, |_| true)),
@@ -185,19 +198,19 @@ impl AdminService for Admin {
             })
             .collect();
 
-        let mut by_department: BTreeMap<String, Vec<&InstanceRow>> = BTreeMap::new();
+        let mut by_department: BTreeMap<(String, String), Vec<&InstanceRow>> = BTreeMap::new();
         for c in &cases {
             let department = view::var(c, "approval_department");
             if !r.department.is_empty() && r.department != department {
                 continue;
             }
-            by_department.entry(department).or_default().push(c);
+            by_department.entry((view::var(c, "region"), department)).or_default().push(c);
         }
         let commitment = |c: &InstanceRow| view::var(c, "route") == "commitment";
         let approval = by_department
             .into_iter()
-            .map(|(department, rows)| ApprovalFigures {
-                region_code: r.region_code.clone(),
+            .map(|((region_code, department), rows)| ApprovalFigures {
+                region_code,
                 department,
                 cases: figure(ids_where(&rows, |_| true)),
                 commitments: figure(ids_where(&rows, commitment)),

@@ -1,12 +1,18 @@
 //! `EngineService`: the generic surface — start any loaded workflow, send it events. Answers
 //! from the committed transition itself, with no read-back.
+//!
+//! The domain workflows (approval cases, supervision tasks) are not reachable here: their
+//! rules (validation, credit bar, task fan-out) live in `IntakeService` and
+//! `SupervisionService`, and a generic start or signal would skip them. Ids shaped like a case
+//! or task id are refused too, so that no generic instance can pose as a case's task.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, Shared};
+use super::{actor, Key, Shared};
+use crate::domain;
 use crate::machine::{Command, CommandKind};
 use crate::proto::engine_service_server::EngineService;
 use crate::proto::{InstanceReply, SignalRequest, StartRequest};
@@ -39,6 +45,12 @@ fn check_id(field: &str, id: &str) -> Result<(), Status> {
     if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':')) {
         return Err(invalid(field, "may hold only letters, digits and - _ . / :"));
     }
+    if domain::parse_case_id(id).is_ok() || domain::parse_task_id(id).is_ok() {
+        return Err(invalid(
+            field,
+            format!("{id:?} is shaped like a case or task id; approval cases and supervision tasks are reached through IntakeService and SupervisionService"),
+        ));
+    }
     Ok(())
 }
 
@@ -56,12 +68,20 @@ fn object(field: &str, text: &str) -> Result<serde_json::Map<String, serde_json:
     }
 }
 
-fn request_id(text: &str) -> Result<Option<String>, Status> {
-    if text.is_empty() {
+/// The request's key: its `request_id` field, scoped to the method and caller.
+fn request_key(method: &str, caller: &str, id: &str, message: &impl prost::Message) -> Result<Option<Key>, Status> {
+    if id.is_empty() {
         return Ok(None);
     }
-    crate::domain::check_text(text, 128).map_err(|e| invalid("request_id", e))?;
-    Ok(Some(text.to_owned()))
+    crate::domain::check_text(id, 128).map_err(|e| invalid("request_id", e))?;
+    Ok(Some(Key::new(method, caller, id, message)))
+}
+
+fn keyed(command: Command, key: Option<Key>) -> Command {
+    match key {
+        Some(k) => Command { request_id: Some(k.request_id), idempotency: Some(k.idempotency), ..command },
+        None => command,
+    }
 }
 
 fn reply(a: Applied) -> Response<InstanceReply> {
@@ -81,17 +101,28 @@ impl EngineService for Engine {
         let actor = actor(&request, "engine-client")?;
         let r = request.into_inner();
         check_id("instance_id", &r.instance_id)?;
+        if domain::DOMAIN_WORKFLOWS.contains(&r.workflow.as_str()) {
+            return Err(invalid(
+                "workflow",
+                format!(
+                    "{} is started only through IntakeService.AcceptCase (cases) and CompleteApproval (tasks)",
+                    r.workflow
+                ),
+            ));
+        }
         if self.shared.registry.latest(&r.workflow).is_none() {
             return Err(invalid("workflow", format!("no workflow named {:?} is loaded", r.workflow)));
         }
         let vars = object("vars_json", &r.vars_json)?;
+        let key = request_key("EngineService.Start", &actor, &r.request_id, &r)?;
         let command = Command {
             instance: r.instance_id.clone(),
             kind: CommandKind::Start { workflow: r.workflow, version: None, vars },
             actor,
-            request_id: request_id(&r.request_id)?,
+            request_id: None,
+            idempotency: None,
         };
-        self.submit(command).await
+        self.submit(keyed(command, key)).await
     }
 
     async fn signal(&self, request: Request<SignalRequest>) -> Result<Response<InstanceReply>, Status> {
@@ -100,12 +131,14 @@ impl EngineService for Engine {
         check_id("instance_id", &r.instance_id)?;
         crate::domain::check_text(&r.event, 64).map_err(|e| invalid("event", e))?;
         let fields = object("fields_json", &r.fields_json)?;
+        let key = request_key("EngineService.Signal", &actor, &r.request_id, &r)?;
         let command = Command {
             instance: r.instance_id.clone(),
             kind: CommandKind::Event { name: r.event, fields },
             actor,
-            request_id: request_id(&r.request_id)?,
+            request_id: None,
+            idempotency: None,
         };
-        self.submit(command).await
+        self.submit(keyed(command, key)).await
     }
 }

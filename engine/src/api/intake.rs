@@ -7,15 +7,15 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, check, date, event, object, request_id, view, Shared};
-use crate::domain;
-use crate::machine::{Command, CommandKind};
+use super::{actor, check, date, event, object, request_key, view, Shared};
+use crate::domain::{self, fanout, CASE_WORKFLOW, TASK_WORKFLOW};
+use crate::machine::{Command, CommandKind, Idempotency};
 use crate::proto::intake_service_server::IntakeService;
 use crate::proto::{
     AcceptCaseRequest, CaseReply, CompleteApprovalRequest, GetCaseRequest, RevokeApprovalRequest, Route, Scenario,
     SubmitMaterialsRequest,
 };
-use crate::writer::GroupItem;
+use crate::writer::{Derive, GroupItem};
 
 /// The service.
 pub struct Intake {
@@ -35,10 +35,6 @@ fn required(command: Command) -> GroupItem {
     GroupItem { command, required: true }
 }
 
-fn optional(command: Command) -> GroupItem {
-    GroupItem { command, required: false }
-}
-
 /// Reads a case id field, checked.
 pub(crate) fn case_id_field(field: &str, id: &str) -> Result<String, Status> {
     domain::parse_case_id(id).map_err(|e| invalid(field, e))?;
@@ -49,11 +45,10 @@ impl Intake {
     async fn reply(&self, case_id: &str, duplicate: bool) -> Result<Response<CaseReply>, Status> {
         let reader = &self.shared.reader;
         let row = reader.instance(case_id).await.map_err(|e| status::read_error(&e))?;
-        let Some(row) = row else { return Err(Status::not_found(format!("case {case_id} does not exist"))) };
-        if row.workflow != "approval_case" {
+        let Some(row) = row.filter(|r| r.workflow == CASE_WORKFLOW) else {
             return Err(Status::not_found(format!("case {case_id} does not exist")));
-        }
-        let tasks = reader.with_prefix(&format!("{case_id}/T")).await.map_err(|e| status::read_error(&e))?;
+        };
+        let tasks = tasks_of(reader, case_id).await?;
         Ok(Response::new(CaseReply { case: Some(view::case(&self.shared.registry, &row, &tasks)), duplicate }))
     }
 
@@ -66,13 +61,15 @@ impl Intake {
         check("handling_item_code", domain::check_text(&r.handling_item_code, 64))?;
         let applicant = r.applicant.as_ref().ok_or_else(|| invalid("applicant", "is required"))?;
         check("applicant.name", domain::check_text(&applicant.name, 200))?;
+        let calendar = self.shared.calendars.region(&r.region_code);
+        let today = self.shared.today(calendar);
         let code = match &applicant.id {
             Some(crate::proto::applicant::Id::CreditCode(c)) => {
                 check("applicant.credit_code", domain::check_uscc(c))?;
                 c.clone()
             }
             Some(crate::proto::applicant::Id::CitizenId(c)) => {
-                check("applicant.citizen_id", domain::check_citizen_id(c))?;
+                check("applicant.citizen_id", domain::check_citizen_id(c, today))?;
                 c.to_ascii_uppercase()
             }
             None => {
@@ -83,7 +80,7 @@ impl Intake {
             }
         };
         check("applicant.mobile", domain::check_mobile(&applicant.mobile))?;
-        check("credit_grade", domain::check_text(&r.credit_grade, 64))?;
+        let grade = self.shared.credit.parse(&r.credit_grade).map_err(|e| invalid("credit_grade", e))?;
 
         let route = match Route::try_from(r.route) {
             Ok(Route::Normal) => "normal",
@@ -99,8 +96,6 @@ impl Intake {
             _ => return Err(invalid("scenario", "the commitment route needs a scenario: material deferral, material verification or post-approval verification")),
         };
 
-        let calendar = self.shared.calendars.region(&r.region_code);
-        let today = self.shared.today(calendar);
         let deadline = if scenario == Some("material_deferral") {
             let deadline = match (r.commitment_deadline.is_empty(), r.commitment_period_working_days) {
                 (false, 0) => {
@@ -162,14 +157,15 @@ impl Intake {
             if !s.office_admin_mobile.is_empty() {
                 check(&format!("supervisors[{i}].office_admin_mobile"), domain::check_mobile(&s.office_admin_mobile))?;
             }
-            supervisors.push(
-                json!({"department": s.department, "office": s.office, "office_admin_mobile": s.office_admin_mobile}),
-            );
+            supervisors.push(fanout::Supervisor {
+                department: s.department.clone(),
+                office: s.office.clone(),
+                office_admin_mobile: s.office_admin_mobile.clone(),
+            });
         }
-        if route == "commitment" && self.shared.barred_grades.iter().any(|g| g == &r.credit_grade) {
+        if route == "commitment" && self.shared.credit.is_barred(grade) {
             return Err(Status::failed_precondition(format!(
-                "credit_grade: an applicant graded {:?} may not take the commitment route (§7, §12); accept the case on the normal route",
-                r.credit_grade
+                "credit_grade: an applicant graded {grade:?} may not take the commitment route (§7, §12); accept the case on the normal route"
             )));
         }
         let display: Vec<String> = r.supervisors.iter().map(|s| format!("{}/{}", s.department, s.office)).collect();
@@ -183,9 +179,10 @@ impl Intake {
             "applicant_code": code,
             "applicant_mobile": applicant.mobile,
             "route": route,
-            "credit_grade": r.credit_grade,
+            "credit_grade": grade,
             "supervisors": display.join("; "),
-            "supervisors_json": serde_json::Value::Array(supervisors).to_string(),
+            "supervisors_json": serde_json::to_string(&supervisors)
+                .map_err(|e| Status::internal(format!("cannot record the supervisors: {e}")))?,
             "task_count": r.supervisors.len(),
         });
         if let Some(s) = scenario {
@@ -199,35 +196,61 @@ impl Intake {
     }
 }
 
+/// The supervision tasks of a case, read for an answer (never to decide anything).
+pub(crate) async fn tasks_of(
+    reader: &crate::store::read::Reader,
+    case_id: &str,
+) -> Result<Vec<crate::store::InstanceRow>, Status> {
+    let rows = reader.with_prefix(&format!("{case_id}/T")).await.map_err(|e| status::read_error(&e))?;
+    Ok(rows.into_iter().filter(|r| r.workflow == TASK_WORKFLOW).collect())
+}
+
+/// A derived fan-out that first makes sure the instance is a case: a command sent under a case
+/// id never fans out from anything else.
+fn on_case(
+    f: impl Fn(&crate::machine::Instance) -> Result<Vec<GroupItem>, crate::writer::WriteError> + Send + Sync + 'static,
+) -> Derive {
+    std::sync::Arc::new(move |case| {
+        if case.workflow != CASE_WORKFLOW {
+            return Err(crate::machine::Rejection::NotFound { instance: case.id.clone() }.into());
+        }
+        f(case)
+    })
+}
+
 #[tonic::async_trait]
 impl IntakeService for Intake {
     async fn accept_case(&self, request: Request<AcceptCaseRequest>) -> Result<Response<CaseReply>, Status> {
         let actor = actor(&request, ACTOR)?;
+        let header = request_key(&request, "IntakeService.AcceptCase", &actor)?;
         let r = request.into_inner();
         let (case_id, vars) = self.accept_vars(&r)?;
+        // The case number is the natural idempotency key: one case per number and region, for
+        // every caller. The fingerprint is of the request as received, so a retry on a later
+        // day (when "10 working days from today" would give another deadline) is the same.
+        let idempotency = Idempotency::new("IntakeService.AcceptCase", &case_id, &prost::Message::encode_to_vec(&r));
         let start = Command {
             instance: case_id.clone(),
-            kind: CommandKind::Start { workflow: "approval_case".into(), version: None, vars: object(vars) },
+            kind: CommandKind::Start { workflow: CASE_WORKFLOW.into(), version: None, vars: object(vars) },
             actor: actor.clone(),
-            // The case number is the natural idempotency key: one case per number and region.
-            request_id: Some(format!("accept:{case_id}")),
+            request_id: header.map(|k| k.request_id),
+            idempotency: Some(idempotency),
         };
         let items = vec![required(start), required(event(&case_id, "route", json!({}), &actor, None))];
-        let answers = self.shared.engine.handle().submit_group(items).await;
-        match answers {
+        match self.shared.engine.handle().submit_group(items).await {
             Ok(answers) => {
                 let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
                 self.reply(&case_id, duplicate).await
             }
-            Err(e) => Err(status::group_error(&[("case", &case_id), ("case", &case_id)], &e)),
+            Err(e) => Err(status::group_error(&e)),
         }
     }
 
     async fn submit_materials(&self, request: Request<SubmitMaterialsRequest>) -> Result<Response<CaseReply>, Status> {
         let actor = actor(&request, ACTOR)?;
-        let key = request_id(&request)?;
+        let key = request_key(&request, "IntakeService.SubmitMaterials", &actor)?;
         let case_id = case_id_field("case_id", &request.get_ref().case_id)?;
-        let command = event(&case_id, "submit_materials", json!({}), &actor, key);
+        let command = event(&case_id, "submit_materials", json!({}), &actor, key.as_ref());
         match self.shared.engine.submit(command).await {
             Ok(applied) => self.reply(&case_id, applied.duplicate).await,
             Err(e) => Err(status::write_error("case", &case_id, &e)),
@@ -239,7 +262,7 @@ impl IntakeService for Intake {
         request: Request<CompleteApprovalRequest>,
     ) -> Result<Response<CaseReply>, Status> {
         let actor = actor(&request, ACTOR)?;
-        let key = request_id(&request)?;
+        let key = request_key(&request, "IntakeService.CompleteApproval", &actor)?;
         let r = request.into_inner();
         let case_id = case_id_field("case_id", &r.case_id)?;
         check("license_no", domain::check_text(&r.license_no, 64))?;
@@ -250,88 +273,44 @@ impl IntakeService for Intake {
         for (i, d) in r.document_refs.iter().enumerate() {
             check(&format!("document_refs[{i}]"), domain::check_text(d, 256))?;
         }
-        let row = self.shared.reader.instance(&case_id).await.map_err(|e| status::read_error(&e))?;
-        let Some(row) = row.filter(|r| r.workflow == "approval_case") else {
-            return Err(Status::not_found(format!("case {case_id} does not exist")));
-        };
-        let supervisors: Vec<serde_json::Value> =
-            serde_json::from_str(&view::var(&row, "supervisors_json")).unwrap_or_default();
-        let mut items = vec![required(event(
+        let licence = event(
             &case_id,
             "complete_approval",
             json!({"license_no": r.license_no, "approval_opinion": r.approval_opinion, "documents": r.document_refs.join(", ")}),
             &actor,
-            key,
-        ))];
-        let mut ids = vec![("case", case_id.clone())];
-        for (i, s) in supervisors.iter().enumerate() {
-            let task_id = domain::task_id(&case_id, i + 1);
-            let mut vars = json!({
-                "region": view::var(&row, "region"),
-                "case_id": case_id,
-                "case_no": view::var(&row, "case_no"),
-                "task_no": i + 1,
-                "department": s["department"],
-                "office": s["office"],
-                "approval_department": view::var(&row, "approval_department"),
-                "applicant_name": view::var(&row, "applicant_name"),
-                "applicant_code": view::var(&row, "applicant_code"),
-                "route": view::var(&row, "route"),
-                "credit_grade": view::var(&row, "credit_grade"),
-                "license_no": r.license_no,
-            });
-            if let Some(m) = s["office_admin_mobile"].as_str().filter(|m| !m.is_empty()) {
-                vars["office_admin_mobile"] = json!(m);
-            }
-            let scenario = view::var(&row, "scenario");
-            if !scenario.is_empty() {
-                vars["scenario"] = json!(scenario);
-            }
-            items.push(required(Command {
-                instance: task_id.clone(),
-                kind: CommandKind::Start { workflow: "supervision_task".into(), version: None, vars: object(vars) },
-                actor: actor.clone(),
-                request_id: None,
-            }));
-            ids.push(("task", task_id));
-        }
-        let ids: Vec<(&str, &str)> = ids.iter().map(|(w, i)| (*w, i.as_str())).collect();
-        match self.shared.engine.handle().submit_group(items).await {
+            key.as_ref(),
+        );
+        // The tasks come from the licensed case as the writer holds it, in the same transaction.
+        let task_actor = actor.clone();
+        let derive = on_case(move |case| fanout::supervision_tasks(case, &task_actor));
+        match self.shared.engine.handle().submit_derived(vec![required(licence)], Some(derive)).await {
             Ok(answers) => {
                 let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
                 self.reply(&case_id, duplicate).await
             }
-            Err(e) => Err(status::group_error(&ids, &e)),
+            Err(e) => Err(status::group_error(&e)),
         }
     }
 
     async fn revoke_approval(&self, request: Request<RevokeApprovalRequest>) -> Result<Response<CaseReply>, Status> {
         let actor = actor(&request, ACTOR)?;
-        let key = request_id(&request)?;
+        let key = request_key(&request, "IntakeService.RevokeApproval", &actor)?;
         let r = request.into_inner();
         let case_id = case_id_field("case_id", &r.case_id)?;
         check("reason", domain::check_text(&r.reason, 2000))?;
         check("basis", domain::check_text(&r.basis, 2000))?;
-        let tasks =
-            self.shared.reader.with_prefix(&format!("{case_id}/T")).await.map_err(|e| status::read_error(&e))?;
-        let mut items = vec![required(event(
-            &case_id,
-            "revoke_approval",
-            json!({"reason": r.reason, "basis": r.basis}),
-            &actor,
-            key,
-        ))];
-        // Tell every task; those that already ended refuse, and are skipped.
-        for task in &tasks {
-            items.push(optional(event(&task.id, "approval_revoked", json!({}), &actor, None)));
-            items.push(optional(event(&task.id, "case_revoked", json!({}), &actor, None)));
-        }
-        match self.shared.engine.handle().submit_group(items).await {
+        let revoke =
+            event(&case_id, "revoke_approval", json!({"reason": r.reason, "basis": r.basis}), &actor, key.as_ref());
+        // Every task of the case as the writer holds it is told, in the same transaction: a
+        // licence queued just before this revocation cannot leave a task open.
+        let task_actor = actor.clone();
+        let derive = on_case(move |case| fanout::revocation_notices(case, &task_actor));
+        match self.shared.engine.handle().submit_derived(vec![required(revoke)], Some(derive)).await {
             Ok(answers) => {
                 let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
                 self.reply(&case_id, duplicate).await
             }
-            Err(e) => Err(status::group_error(&[("case", &case_id)], &e)),
+            Err(e) => Err(status::group_error(&e)),
         }
     }
 

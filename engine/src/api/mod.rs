@@ -27,8 +27,9 @@ use tonic::{Request, Status};
 use crate::calendar::{Calendar, Calendars};
 use crate::clock::{Clock, VirtualClock};
 use crate::definition::Registry;
+use crate::domain::credit::CreditGrades;
 use crate::engine::Engine;
-use crate::machine::{Command, CommandKind};
+use crate::machine::{Command, CommandKind, Idempotency};
 use crate::store::read::Reader;
 
 /// Largest page a listing returns.
@@ -50,8 +51,8 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// Present in sandbox mode (`--virtual-clock`): the clock `AdvanceClock` moves.
     pub virtual_clock: Option<VirtualClock>,
-    /// Credit grades that may not take the commitment route.
-    pub barred_grades: Vec<String>,
+    /// The credit grades, and which may not take the commitment route.
+    pub credit: CreditGrades,
 }
 
 impl Shared {
@@ -73,14 +74,32 @@ pub fn actor<T>(request: &Request<T>, default: &str) -> Result<String, Status> {
     }
 }
 
-/// The caller's idempotency key, from `x-request-id` metadata.
-pub fn request_id<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+/// A caller's request id and the key under which the writer remembers it.
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// The id as the caller sent it (recorded in history).
+    pub request_id: String,
+    /// Scoped to the method and the caller, fingerprinted by the message as received.
+    pub idempotency: Idempotency,
+}
+
+impl Key {
+    /// The key `id` of `caller` for `method`, for the received `message`.
+    pub fn new(method: &str, caller: &str, id: &str, message: &impl prost::Message) -> Self {
+        let scope = format!("{method}\u{1f}{caller}");
+        Key { request_id: id.to_owned(), idempotency: Idempotency::new(&scope, id, &message.encode_to_vec()) }
+    }
+}
+
+/// The caller's idempotency key for a call of `method`, from `x-request-id` metadata: one
+/// namespace per method and caller, so that one client's ids never answer another's calls.
+pub fn request_key<T: prost::Message>(request: &Request<T>, method: &str, caller: &str) -> Result<Option<Key>, Status> {
     match request.metadata().get("x-request-id") {
         None => Ok(None),
         Some(v) => {
             let s = v.to_str().map_err(|_| status::invalid("x-request-id", "must be ASCII"))?;
             crate::domain::check_text(s, 128).map_err(|e| status::invalid("x-request-id", e))?;
-            Ok(Some(s.to_owned()))
+            Ok(Some(Key::new(method, caller, s, request.get_ref())))
         }
     }
 }
@@ -93,26 +112,30 @@ pub fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value
     }
 }
 
-/// A command delivering event `name` with `fields` to `instance`.
-pub fn event(
-    instance: &str,
-    name: &str,
-    fields: serde_json::Value,
-    actor: &str,
-    request_id: Option<String>,
-) -> Command {
+/// A command delivering event `name` with `fields` to `instance`, under the caller's key.
+pub fn event(instance: &str, name: &str, fields: serde_json::Value, actor: &str, key: Option<&Key>) -> Command {
     Command {
         instance: instance.to_owned(),
         kind: CommandKind::Event { name: name.to_owned(), fields: object(fields) },
         actor: actor.to_owned(),
-        request_id,
+        request_id: key.map(|k| k.request_id.clone()),
+        idempotency: key.map(|k| k.idempotency.clone()),
     }
 }
 
-/// A date field: `YYYY-MM-DD`.
+/// The years a date field may name: wide enough for any birth date or deadline, narrow enough
+/// that a day more or less never leaves the calendar type's range.
+const YEARS: std::ops::RangeInclusive<i32> = 1900..=2199;
+
+/// A date field: `YYYY-MM-DD`, in the years 1900–2199.
 pub fn date(field: &str, text: &str) -> Result<NaiveDate, Status> {
-    crate::calendar::parse_date(text)
-        .ok_or_else(|| status::invalid(field, format!("{text:?} is not a date YYYY-MM-DD")))
+    use chrono::Datelike;
+    let d = crate::calendar::parse_date(text)
+        .ok_or_else(|| status::invalid(field, format!("{text:?} is not a date YYYY-MM-DD")))?;
+    if !YEARS.contains(&d.year()) {
+        return Err(status::invalid(field, format!("{text} is out of range: years 1900 to 2199")));
+    }
+    Ok(d)
 }
 
 /// Checks a field with a `domain` check, naming the field on failure.
@@ -131,12 +154,14 @@ pub fn page(page: Option<&crate::proto::PageRequest>) -> Result<(u32, Option<Str
         return Ok((size, None));
     }
     let bad = || status::invalid("page.page_token", "is not a token this server issued");
-    if p.page_token.len() > 512 || p.page_token.len() % 2 != 0 {
+    let token = p.page_token.as_bytes();
+    // Checked as bytes: a token is hex digits only, so nothing is ever sliced mid-character.
+    if token.len() > 512 || token.len() % 2 != 0 || !token.iter().all(u8::is_ascii_hexdigit) {
         return Err(bad());
     }
-    let bytes: Result<Vec<u8>, _> =
-        (0..p.page_token.len()).step_by(2).map(|i| u8::from_str_radix(&p.page_token[i..i + 2], 16)).collect();
-    let after = String::from_utf8(bytes.map_err(|_| bad())?).map_err(|_| bad())?;
+    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    let bytes: Option<Vec<u8>> = token.chunks(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect();
+    let after = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
     Ok((size, Some(after)))
 }
 
@@ -145,5 +170,33 @@ pub fn next_token(last: Option<&str>, full: bool) -> String {
     match last {
         Some(id) if full => id.bytes().map(|b| format!("{b:02x}")).collect(),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::PageRequest;
+
+    fn token(t: &str) -> Result<(u32, Option<String>), Status> {
+        page(Some(&PageRequest { page_size: 10, page_token: t.to_owned() }))
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_hostile_ones_are_invalid_not_a_panic() {
+        let t = next_token(Some("320700/A-1"), true);
+        assert_eq!(token(&t).expect("ours").1.as_deref(), Some("320700/A-1"));
+        for hostile in ["中a", "a中", "zz", "0", "éé", "\u{0}\u{0}", "+1", "0x", &"00".repeat(300)] {
+            let e = token(hostile).expect_err(hostile);
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{hostile:?}");
+        }
+    }
+
+    #[test]
+    fn dates_outside_the_supported_years_are_invalid() {
+        assert!(date("to", "2026-10-01").is_ok());
+        for d in ["9999-12-31", "1899-12-31", "2200-01-01", "+10000-01-01"] {
+            assert_eq!(date("to", d).expect_err(d).code(), tonic::Code::InvalidArgument, "{d}");
+        }
     }
 }

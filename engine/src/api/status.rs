@@ -22,9 +22,15 @@ pub fn write_error(what: &str, id: &str, error: &WriteError) -> Status {
             tracing::warn!(%error, "write failed");
             Status::unavailable("storage is unavailable; nothing was written; retry later")
         }
-        WriteError::Corrupt { .. } => {
-            tracing::error!(%error, "stored instance cannot be read");
+        WriteError::Corrupt { .. } | WriteError::DataLoss(_) => {
+            tracing::error!(%error, "stored data cannot be read");
             Status::data_loss(format!("{what} {id} cannot be read back; an operator must look at it"))
+        }
+        WriteError::Internal(_) => {
+            tracing::error!(%error, "storage refused a write");
+            Status::internal(
+                "the engine could not store this request; nothing was written; an operator must look at the log",
+            )
         }
     }
 }
@@ -52,13 +58,26 @@ pub fn rejection(what: &str, id: &str, r: &Rejection) -> Status {
 }
 
 /// The status for a failed group: the failing command's instance is named.
-pub fn group_error(ids: &[(&str, &str)], error: &GroupError) -> Status {
-    let (what, id) = ids.get(error.index).copied().unwrap_or(("case", "?"));
-    write_error(what, id, &error.error)
+pub fn group_error(error: &GroupError) -> Status {
+    let what = if crate::domain::parse_task_id(&error.instance).is_ok() { "task" } else { "case" };
+    write_error(what, &error.instance, &error.error)
 }
 
 /// The status for a read that failed.
 pub fn read_error(error: &crate::store::Error) -> Status {
-    tracing::warn!(%error, "read failed");
-    Status::unavailable("storage is unavailable; retry later")
+    use crate::store::Error as E;
+    match error {
+        E::Unavailable(_) | E::Open { .. } => {
+            tracing::warn!(%error, "read failed");
+            Status::unavailable("storage is unavailable; retry later")
+        }
+        E::Corrupt(_) => {
+            tracing::error!(%error, "stored data cannot be read");
+            Status::data_loss("stored data cannot be read back; an operator must look at it")
+        }
+        E::Internal(_) => {
+            tracing::error!(%error, "read refused");
+            Status::internal("the engine could not answer this query; an operator must look at the log")
+        }
+    }
 }

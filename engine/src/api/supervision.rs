@@ -8,7 +8,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, check, date, event, page, request_id, view, Shared};
+use super::{actor, check, date, event, page, request_key, view, Shared};
 use crate::domain;
 use crate::machine::Command;
 use crate::proto::supervision_service_server::SupervisionService;
@@ -33,15 +33,17 @@ impl Supervision {
 
 const ACTOR: &str = "supervision-platform";
 
-fn task_id_field(id: &str) -> Result<(String, String), Status> {
+/// The task id, its case id and the case's region.
+fn task_id_field(id: &str) -> Result<(String, String, String), Status> {
     let (case, _) = domain::parse_task_id(id).map_err(|e| invalid("task_id", e))?;
-    Ok((id.to_owned(), case.to_owned()))
+    let (region, _) = domain::parse_case_id(case).map_err(|e| invalid("task_id", e))?;
+    Ok((id.to_owned(), case.to_owned(), region.to_owned()))
 }
 
 impl Supervision {
     async fn reply(&self, task_id: &str, duplicate: bool) -> Result<Response<TaskReply>, Status> {
         let row = self.shared.reader.instance(task_id).await.map_err(|e| status::read_error(&e))?;
-        match row.filter(|r| r.workflow == "supervision_task") {
+        match row.filter(|r| r.workflow == domain::TASK_WORKFLOW) {
             Some(row) => {
                 Ok(Response::new(TaskReply { task: Some(view::task(&self.shared.registry, &row)), duplicate }))
             }
@@ -53,7 +55,6 @@ impl Supervision {
     async fn apply(
         &self,
         task_id: &str,
-        case_id: &str,
         task_event: Command,
         case_event: Option<Command>,
     ) -> Result<Response<TaskReply>, Status> {
@@ -65,12 +66,17 @@ impl Supervision {
                 let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
                 self.reply(task_id, duplicate).await
             }
-            Err(e) => Err(status::group_error(&[("task", task_id), ("case", case_id)], &e)),
+            Err(e) => Err(status::group_error(&e)),
         }
     }
 
-    fn department_of_task(row: &crate::store::InstanceRow) -> String {
-        view::var(row, "department")
+    /// The supervising department of an existing task (for the revocation decision it sends).
+    async fn department_of_task(&self, task_id: &str) -> Result<String, Status> {
+        let row = self.shared.reader.instance(task_id).await.map_err(|e| status::read_error(&e))?;
+        match row.filter(|r| r.workflow == domain::TASK_WORKFLOW) {
+            Some(row) => Ok(view::var(&row, "department")),
+            None => Err(Status::not_found(format!("task {task_id} does not exist"))),
+        }
     }
 }
 
@@ -103,7 +109,7 @@ impl SupervisionService for Supervision {
             filter.state = Some(r.state.clone());
         }
         if r.overdue_only {
-            filter.any_true = view::TASK_BREACHES.iter().map(|s| (*s).to_owned()).collect();
+            filter.any_true = domain::TASK_BREACHES.iter().map(|s| (*s).to_owned()).collect();
         }
         let rows = self.shared.reader.list(&filter).await.map_err(|e| status::read_error(&e))?;
         let full = rows.len() as u32 == size;
@@ -114,9 +120,9 @@ impl SupervisionService for Supervision {
 
     async fn acknowledge_task(&self, request: Request<AcknowledgeTaskRequest>) -> Result<Response<TaskReply>, Status> {
         let actor = actor(&request, ACTOR)?;
-        let key = request_id(&request)?;
-        let (task_id, case_id) = task_id_field(&request.get_ref().task_id)?;
-        self.apply(&task_id, &case_id, event(&task_id, "acknowledge", json!({}), &actor, key), None).await
+        let key = request_key(&request, "SupervisionService.AcknowledgeTask", &actor)?;
+        let (task_id, _, _) = task_id_field(&request.get_ref().task_id)?;
+        self.apply(&task_id, event(&task_id, "acknowledge", json!({}), &actor, key.as_ref()), None).await
     }
 
     async fn report_inspection(
@@ -124,27 +130,27 @@ impl SupervisionService for Supervision {
         request: Request<ReportInspectionRequest>,
     ) -> Result<Response<TaskReply>, Status> {
         let actor = actor(&request, ACTOR)?;
-        let key = request_id(&request)?;
+        let key = request_key(&request, "SupervisionService.ReportInspection", &actor)?;
         let r = request.into_inner();
-        let (task_id, case_id) = task_id_field(&r.task_id)?;
+        let (task_id, _, region) = task_id_field(&r.task_id)?;
         let finished = date("finished_on", &r.finished_on)?;
-        let region = domain::parse_case_id(&case_id).map(|(region, _)| region).unwrap_or_default();
-        let calendar = self.shared.calendars.region(region);
+        let calendar = self.shared.calendars.region(&region);
         let today = self.shared.today(calendar);
         if finished > today {
             return Err(invalid("finished_on", format!("{finished} is in the future (today is {today})")));
         }
         // The result deadline is 5 working days on: its year must be in the calendar.
         calendar.add_working_days(finished, 5).map_err(|e| invalid("finished_on", e))?;
-        let command = event(&task_id, "report_inspection", json!({"finished_on": finished.to_string()}), &actor, key);
-        self.apply(&task_id, &case_id, command, None).await
+        let command =
+            event(&task_id, "report_inspection", json!({"finished_on": finished.to_string()}), &actor, key.as_ref());
+        self.apply(&task_id, command, None).await
     }
 
     async fn report_result(&self, request: Request<ReportResultRequest>) -> Result<Response<TaskReply>, Status> {
         let actor = actor(&request, ACTOR)?;
-        let key = request_id(&request)?;
+        let key = request_key(&request, "SupervisionService.ReportResult", &actor)?;
         let r = request.into_inner();
-        let (task_id, case_id) = task_id_field(&r.task_id)?;
+        let (task_id, case_id, region) = task_id_field(&r.task_id)?;
         if !r.notes.is_empty() {
             check("notes", domain::check_text(&r.notes, 2000))?;
         }
@@ -169,8 +175,7 @@ impl SupervisionService for Supervision {
                 return Err(invalid("rectification_deadline", "is required for OUTCOME_NON_COMPLIANT"));
             }
             let d = date("rectification_deadline", &r.rectification_deadline)?;
-            let region = domain::parse_case_id(&case_id).map(|(region, _)| region).unwrap_or_default();
-            let calendar = self.shared.calendars.region(region);
+            let calendar = self.shared.calendars.region(&region);
             let today = self.shared.today(calendar);
             if d < today {
                 return Err(invalid("rectification_deadline", format!("{d} is in the past (today is {today})")));
@@ -180,8 +185,6 @@ impl SupervisionService for Supervision {
         } else if !r.rectification_deadline.is_empty() {
             return Err(invalid("rectification_deadline", "applies only to OUTCOME_NON_COMPLIANT"));
         }
-        let task = self.shared.reader.instance(&task_id).await.map_err(|e| status::read_error(&e))?;
-        let department = task.as_ref().map(Self::department_of_task).unwrap_or_default();
         let case_event = match outcome {
             "compliant" => {
                 Some(event(&case_id, "task_closed", json!({"task": task_id, "outcome": outcome}), &actor, None))
@@ -189,13 +192,13 @@ impl SupervisionService for Supervision {
             "revocation" => Some(event(
                 &case_id,
                 "revocation_decided",
-                json!({"task": task_id, "department": department, "reason": if r.notes.is_empty() { "supervision found the licence must be revoked" } else { r.notes.as_str() }}),
+                json!({"task": task_id, "department": self.department_of_task(&task_id).await?, "reason": if r.notes.is_empty() { "supervision found the licence must be revoked" } else { r.notes.as_str() }}),
                 &actor,
                 None,
             )),
             _ => None,
         };
-        self.apply(&task_id, &case_id, event(&task_id, "report_result", fields, &actor, key), case_event).await
+        self.apply(&task_id, event(&task_id, "report_result", fields, &actor, key.as_ref()), case_event).await
     }
 
     async fn report_rectification(
@@ -203,28 +206,26 @@ impl SupervisionService for Supervision {
         request: Request<ReportRectificationRequest>,
     ) -> Result<Response<TaskReply>, Status> {
         let actor = actor(&request, ACTOR)?;
-        let key = request_id(&request)?;
+        let key = request_key(&request, "SupervisionService.ReportRectification", &actor)?;
         let r = request.into_inner();
-        let (task_id, case_id) = task_id_field(&r.task_id)?;
+        let (task_id, case_id, _) = task_id_field(&r.task_id)?;
         let mut fields = json!({"rectified": r.rectified});
         if !r.notes.is_empty() {
             check("notes", domain::check_text(&r.notes, 2000))?;
             fields["notes"] = json!(r.notes);
         }
-        let task = self.shared.reader.instance(&task_id).await.map_err(|e| status::read_error(&e))?;
-        let department = task.as_ref().map(Self::department_of_task).unwrap_or_default();
         let case_event = if r.rectified {
             event(&case_id, "task_closed", json!({"task": task_id, "outcome": "rectified"}), &actor, None)
         } else {
             event(
                 &case_id,
                 "revocation_decided",
-                json!({"task": task_id, "department": department, "reason": "the applicant did not comply after rectification"}),
+                json!({"task": task_id, "department": self.department_of_task(&task_id).await?, "reason": "the applicant did not comply after rectification"}),
                 &actor,
                 None,
             )
         };
-        self.apply(&task_id, &case_id, event(&task_id, "report_rectification", fields, &actor, key), Some(case_event))
+        self.apply(&task_id, event(&task_id, "report_rectification", fields, &actor, key.as_ref()), Some(case_event))
             .await
     }
 }

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use crate::clock::{self, Millis};
-use crate::definition::Registry;
+use crate::definition::{Registry, Type, Value};
+use crate::domain::{CASE_BREACH, TASK_BREACHES};
 use crate::machine::{CommandKind, HistoryEntry};
 use crate::proto;
 use crate::store::InstanceRow;
@@ -27,8 +28,36 @@ pub fn flag(row: &InstanceRow, name: &str) -> bool {
     matches!(row.vars.get(name), Some(serde_json::Value::Bool(true)))
 }
 
-fn variables(row: &InstanceRow) -> HashMap<String, String> {
-    row.vars.keys().map(|k| (k.clone(), var(row, k))).collect()
+/// Every variable as text; instants in Asia/Shanghai, as every instant the API shows.
+fn variables(registry: &Registry, row: &InstanceRow) -> HashMap<String, String> {
+    let def = registry.get(&row.workflow, row.version);
+    row.vars
+        .iter()
+        .map(|(k, v)| {
+            // Stored as the definition's JSON form; decoded by the same function the engine
+            // uses, so a stored value that does not decode shows as stored, not as a default.
+            let text = match def.and_then(|d| d.vars.get(k)) {
+                Some(spec) if spec.ty == Type::Instant => match Value::from_json(Type::Instant, v) {
+                    Ok(Value::Instant(ms)) => clock::display(ms),
+                    _ => var(row, k),
+                },
+                _ => var(row, k),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}
+
+/// Whether a task is overdue: one of its deadlines was missed.
+pub fn task_overdue(row: &InstanceRow) -> bool {
+    TASK_BREACHES.iter().any(|f| flag(row, f))
+}
+
+/// Whether a case is overdue: its commitment deadline, or a deadline of one of its tasks, was
+/// missed. The one definition, also used by `QueryCases` with `overdue_only` (in SQL, built
+/// from the same flags in `store::read`).
+pub fn case_overdue(row: &InstanceRow, tasks: &[InstanceRow]) -> bool {
+    flag(row, CASE_BREACH) || tasks.iter().any(task_overdue)
 }
 
 fn is_deadline(registry: &Registry, row: &InstanceRow, timer: &str) -> bool {
@@ -49,9 +78,6 @@ fn deadlines(registry: &Registry, row: &InstanceRow) -> Vec<proto::Deadline> {
     out
 }
 
-/// The breach flags of a supervision task.
-pub const TASK_BREACHES: [&str; 3] = ["ack_breached", "result_breached", "rectification_breached"];
-
 /// A task as callers see it.
 pub fn task(registry: &Registry, row: &InstanceRow) -> proto::Task {
     proto::Task {
@@ -61,17 +87,17 @@ pub fn task(registry: &Registry, row: &InstanceRow) -> proto::Task {
         office: var(row, "office"),
         state: row.state.clone(),
         deadlines: deadlines(registry, row),
-        overdue: TASK_BREACHES.iter().any(|f| flag(row, f)),
+        overdue: task_overdue(row),
         created_at: Some(instant(row.created_at)),
         updated_at: Some(instant(row.updated_at)),
         version: row.seq,
-        variables: variables(row),
+        variables: variables(registry, row),
     }
 }
 
 /// A case as callers see it, with its tasks.
-pub fn case(registry: &Registry, row: &InstanceRow, tasks: &[InstanceRow]) -> proto::Case {
-    let tasks: Vec<proto::Task> = tasks.iter().map(|t| task(registry, t)).collect();
+pub fn case(registry: &Registry, row: &InstanceRow, task_rows: &[InstanceRow]) -> proto::Case {
+    let tasks: Vec<proto::Task> = task_rows.iter().map(|t| task(registry, t)).collect();
     proto::Case {
         case_id: row.id.clone(),
         case_no: var(row, "case_no"),
@@ -86,12 +112,12 @@ pub fn case(registry: &Registry, row: &InstanceRow, tasks: &[InstanceRow]) -> pr
         commitment_deadline: var(row, "commitment_deadline"),
         license_no: var(row, "license_no"),
         deadlines: deadlines(registry, row),
-        overdue: flag(row, "deadline_breached") || tasks.iter().any(|t| t.overdue),
+        overdue: case_overdue(row, task_rows),
         accepted_at: Some(instant(row.created_at)),
         updated_at: Some(instant(row.updated_at)),
         version: row.seq,
         tasks,
-        variables: variables(row),
+        variables: variables(registry, row),
     }
 }
 

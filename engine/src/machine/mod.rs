@@ -88,8 +88,56 @@ pub struct Command {
     pub kind: CommandKind,
     /// Who asks (a platform, an office, `timer`).
     pub actor: String,
-    /// The caller's idempotency key, if any.
+    /// The caller's request id, recorded in history as given.
     pub request_id: Option<String>,
+    /// How the writer recognises this request when it comes again; `None`: it does not.
+    pub idempotency: Option<Idempotency>,
+}
+
+impl Command {
+    /// Makes the command idempotent under its own request id in `scope`, fingerprinted by its
+    /// content (for commands built in-process; the API fingerprints what it received).
+    #[must_use]
+    pub fn keyed(mut self, scope: &str) -> Self {
+        self.idempotency =
+            self.request_id.as_deref().map(|id| Idempotency::of_command(scope, id, &self.instance, &self.kind));
+        self
+    }
+}
+
+/// The key under which a request is remembered, and what it said.
+///
+/// Keys live in one namespace per scope (the API method and, where the key is the caller's own,
+/// the caller), so one client's ids can never answer another's requests, and a key of the
+/// generic service can never block a domain call. They are kept for a retention period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// `scope` + the caller's key, as stored.
+    pub key: String,
+    /// SHA-256 (hex) of the request as received: the same key with other content is refused.
+    pub fingerprint: String,
+}
+
+impl Idempotency {
+    /// The key `id` in `scope`, for a request whose received bytes are `request`.
+    pub fn new(scope: &str, id: &str, request: &[u8]) -> Self {
+        // The unit separator cannot occur in a scope: scopes and ids are checked text.
+        Idempotency { key: format!("{scope}\u{1f}{id}"), fingerprint: sha256_hex(request) }
+    }
+
+    /// The key `id` in `scope` for a command built in-process (tests, tools) rather than
+    /// received: fingerprinted by its instance and content. The API fingerprints the bytes it
+    /// received instead, so that what it derives (a deadline from today) cannot change a retry.
+    pub fn of_command(scope: &str, id: &str, instance: &str, kind: &CommandKind) -> Self {
+        // `Debug` of plain data cannot fail, unlike serialising; the maps in `kind` are ordered.
+        Self::new(scope, id, format!("{instance}\u{0}{kind:?}").as_bytes())
+    }
+}
+
+/// SHA-256 of `bytes`, as 64 lowercase hex digits.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 /// A message to another system, written to the outbox with the transition.

@@ -81,6 +81,7 @@ pub fn verify(
             kind: entry.command.clone(),
             actor: entry.actor.clone(),
             request_id: entry.request_id.clone(),
+            idempotency: None,
         };
         let t = decide(def, current.as_ref(), &command, entry.at, calendars)
             .map_err(|r| Divergence::Rejected { seq: entry.seq, message: r.to_string() })?;

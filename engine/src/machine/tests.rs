@@ -94,7 +94,7 @@ fn t(s: &str) -> Millis {
 }
 
 fn cmd(kind: CommandKind) -> Command {
-    Command { instance: "c1".into(), kind, actor: "test".into(), request_id: None }
+    Command { instance: "c1".into(), kind, actor: "test".into(), request_id: None, idempotency: None }
 }
 
 fn event(name: &str, fields: serde_json::Value) -> Command {

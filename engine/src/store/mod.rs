@@ -24,8 +24,8 @@ use crate::clock::Millis;
 use crate::definition::Definition;
 use crate::machine::{decode_vars, encode_vars, ArmedTimer, HistoryEntry, Instance, Message, Rejection};
 
-/// Storage errors. Callers see [`Error::Unavailable`] as a retryable condition; database detail
-/// stays in the logs.
+/// Storage errors, by what a caller can do about them: only [`Error::Unavailable`] is worth
+/// retrying. Database detail stays in the logs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database cannot be opened or prepared at start.
@@ -36,17 +36,46 @@ pub enum Error {
         /// Why, in words.
         message: String,
     },
-    /// A read or write failed (I/O error, disk full, lock timeout): retry later.
+    /// A read or write failed for a reason that passes (I/O error, disk full, busy or locked
+    /// database, lost connection): retry later.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
-    /// Stored data does not decode.
+    /// Stored data does not decode, or the database file is damaged: retrying will not help.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The database refused a statement (a constraint, a malformed statement): a defect of the
+    /// engine, not of the caller's request, and retrying will not help.
+    #[error("storage refused the operation: {0}")]
+    Internal(String),
 }
+
+/// SQLite primary result codes that pass: BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL.
+const SQLITE_TRANSIENT: [i64; 7] = [5, 6, 7, 10, 13, 14, 15];
+/// SQLite primary result codes for a damaged file: CORRUPT, NOTADB.
+const SQLITE_DAMAGED: [i64; 2] = [11, 26];
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::Unavailable(e.to_string())
+        use sqlx::Error as E;
+        let text = e.to_string();
+        match &e {
+            E::Database(db) => {
+                // SQLite reports extended codes; the primary code is the low byte.
+                let primary = db.code().and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff);
+                match primary {
+                    Some(c) if SQLITE_TRANSIENT.contains(&c) => Error::Unavailable(text),
+                    Some(c) if SQLITE_DAMAGED.contains(&c) => Error::Corrupt(text),
+                    _ => Error::Internal(text),
+                }
+            }
+            E::Io(_) | E::Tls(_) | E::Protocol(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+                Error::Unavailable(text)
+            }
+            E::ColumnDecode { .. } | E::Decode(_) | E::TypeNotFound { .. } | E::ColumnNotFound(_) => {
+                Error::Corrupt(text)
+            }
+            _ => Error::Internal(text),
+        }
     }
 }
 
@@ -141,6 +170,8 @@ pub struct IdempotencyRow {
     pub seq: u64,
     /// Fingerprint of the first request.
     pub fingerprint: String,
+    /// When the first request was applied (engine time): the key expires from then.
+    pub created_at: Millis,
 }
 
 /// An outbox message to insert.
@@ -169,8 +200,8 @@ pub struct Batch {
     pub timers: Vec<(TimerId, Option<(ArmedTimer, u32)>)>,
     /// Outbox messages.
     pub outbox: Vec<OutboxRow>,
-    /// Idempotency keys to record: key → row.
-    pub idempotency: Vec<(String, IdempotencyRow, Millis)>,
+    /// Idempotency keys to record (replacing an expired row under the same key).
+    pub idempotency: Vec<(String, IdempotencyRow)>,
 }
 
 impl Batch {
@@ -194,6 +225,8 @@ pub trait Store: Send + 'static {
     ) -> impl Future<Output = Result<HashMap<String, IdempotencyRow>, Error>> + Send;
     /// Writes a batch in one durable transaction.
     fn commit(&mut self, batch: &Batch) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Deletes up to `limit` idempotency keys created before `before`; answers how many.
+    fn prune_idempotency(&mut self, before: Millis, limit: u32) -> impl Future<Output = Result<u64, Error>> + Send;
     /// Up to `limit` timers from `from` with `due_at < before`, in key order.
     fn timers_page(
         &mut self,
@@ -209,7 +242,8 @@ pub fn shard_of(id: &str, shards: u32) -> u32 {
 }
 
 /// FNV-1a 64: stable across builds and platforms, which `std`'s hasher does not promise;
-/// used for shards and request fingerprints that are stored.
+/// used for shards (not for fingerprints, where a collision would answer one request with
+/// another's result: those are SHA-256).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -217,4 +251,61 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use sqlx::{ConnectOptions, Connection, Row};
+
+    async fn memory() -> sqlx::SqliteConnection {
+        sqlx::sqlite::SqliteConnectOptions::new().in_memory(true).connect().await.expect("in-memory SQLite")
+    }
+
+    #[tokio::test]
+    async fn a_constraint_is_internal_not_retryable() {
+        let mut conn = memory().await;
+        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY)").execute(&mut conn).await.expect("create");
+        sqlx::query("INSERT INTO t VALUES ('a')").execute(&mut conn).await.expect("insert");
+        let e = sqlx::query("INSERT INTO t VALUES ('a')").execute(&mut conn).await.expect_err("duplicate");
+        assert!(matches!(Error::from(e), Error::Internal(_)));
+        let e = sqlx::query("SELECT * FROM no_such_table").execute(&mut conn).await.expect_err("no table");
+        assert!(matches!(Error::from(e), Error::Internal(_)));
+    }
+
+    #[tokio::test]
+    async fn a_value_that_does_not_decode_is_corrupt() {
+        let mut conn = memory().await;
+        let row = sqlx::query("SELECT 'not a number' AS n").fetch_one(&mut conn).await.expect("select");
+        let e = row.try_get::<i64, _>("n").expect_err("text is no integer");
+        assert!(matches!(Error::from(e), Error::Corrupt(_)));
+    }
+
+    #[tokio::test]
+    async fn a_foreign_file_is_corrupt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("junk.db");
+        std::fs::write(&path, vec![b'x'; 8192]).expect("write");
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.expect("lazy open");
+        let e = sqlx::query("SELECT count(*) FROM sqlite_master").execute(&mut conn).await.expect_err("not a db");
+        assert!(matches!(Error::from(e), Error::Corrupt(_)), "not a database");
+    }
+
+    #[tokio::test]
+    async fn a_locked_database_is_unavailable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("busy.db");
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut a = opts.connect().await.expect("a");
+        let mut b = opts.connect().await.expect("b");
+        sqlx::query("CREATE TABLE t (k INTEGER)").execute(&mut a).await.expect("create");
+        let mut tx = a.begin().await.expect("begin");
+        sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *tx).await.expect("write lock held");
+        let e = sqlx::query("INSERT INTO t VALUES (2)").execute(&mut b).await.expect_err("busy");
+        assert!(matches!(Error::from(e), Error::Unavailable(_)));
+        tx.rollback().await.expect("rollback");
+    }
 }

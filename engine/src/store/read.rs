@@ -12,6 +12,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use super::sqlite::{HISTORY_COLUMNS, INSTANCE_COLUMNS as COLUMNS};
 use super::{Error, InstanceRow};
 use crate::clock::Millis;
+use crate::domain::TASK_WORKFLOW;
 use crate::machine::{CommandKind, HistoryEntry};
 
 /// A filter on an instance listing.
@@ -23,8 +24,11 @@ pub struct Filter {
     pub state: Option<String>,
     /// Variable equals text: (variable, value).
     pub vars: Vec<(String, String)>,
-    /// Any of these boolean variables is true.
+    /// Any of these boolean variables is true…
     pub any_true: Vec<String>,
+    /// …or (for a case) any of these boolean variables of one of its tasks (`<id>/T…` of
+    /// workflow [`TASK_WORKFLOW`]) is true.
+    pub any_task_true: Vec<String>,
     /// Created at or after.
     pub created_from: Option<Millis>,
     /// Created before.
@@ -111,10 +115,20 @@ impl Reader {
         for (var, value) in &filter.vars {
             q.push(" AND json_extract(vars, ").push_bind(format!("$.{var}")).push(") = ").push_bind(value);
         }
-        if !filter.any_true.is_empty() {
+        if !filter.any_true.is_empty() || !filter.any_task_true.is_empty() {
             q.push(" AND (0");
             for var in &filter.any_true {
                 q.push(" OR json_extract(vars, ").push_bind(format!("$.{var}")).push(") = 1");
+            }
+            if !filter.any_task_true.is_empty() {
+                // Task ids are the case id, "/T" and a number: a range scan of the primary key.
+                q.push(" OR EXISTS (SELECT 1 FROM instances t WHERE t.id > instances.id || '/T' AND t.id < instances.id || '/U' AND t.workflow = ")
+                    .push_bind(TASK_WORKFLOW)
+                    .push(" AND (0");
+                for var in &filter.any_task_true {
+                    q.push(" OR json_extract(t.vars, ").push_bind(format!("$.{var}")).push(") = 1");
+                }
+                q.push("))");
             }
             q.push(")");
         }

@@ -53,10 +53,26 @@ pub struct Options {
 }
 
 /// The writer's connection to a SQLite database.
+///
+/// After any failed write the connection is closed and a new one opened for the next
+/// operation. SQLite rolls a transaction back by itself on some errors (a full disk while
+/// committing, an I/O error), and sqlx's count of open transactions then disagrees with the
+/// connection's: the next `BEGIN` becomes a savepoint inside a transaction that is never
+/// committed, and every later "commit" only releases that savepoint. A new connection has no
+/// such history, so its state is known.
 #[derive(Debug)]
 pub struct SqliteStore {
-    conn: SqliteConnection,
+    conn: Option<SqliteConnection>,
+    opts: SqliteConnectOptions,
+    max_pages: Option<u32>,
     path: PathBuf,
+}
+
+async fn set_max_pages(conn: &mut SqliteConnection, pages: Option<u32>) -> Result<(), sqlx::Error> {
+    if let Some(pages) = pages {
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}")).execute(conn).await?;
+    }
+    Ok(())
 }
 
 fn open_error(path: &Path, message: impl Into<String>) -> Error {
@@ -115,13 +131,41 @@ impl SqliteStore {
             };
             open_error(path, format!("migration failed: {msg}"))
         })?;
-        if let Some(pages) = options.max_pages {
-            sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
-                .execute(&mut conn)
-                .await
-                .map_err(|e| open_error(path, describe(&e)))?;
+        set_max_pages(&mut conn, options.max_pages).await.map_err(|e| open_error(path, describe(&e)))?;
+        Ok(SqliteStore { conn: Some(conn), opts, max_pages: options.max_pages, path: path.to_owned() })
+    }
+
+    /// The open connection, or a new one when the last was closed after a failure.
+    async fn conn(&mut self) -> Result<&mut SqliteConnection, Error> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                let mut conn = self.opts.connect().await?;
+                set_max_pages(&mut conn, self.max_pages).await?;
+                tracing::info!(db = %self.path.display(), "reopened the database connection after a failure");
+                conn
+            }
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Closes the connection after a failure whose effect on its state is not known.
+    async fn discard(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Closing may itself fail on a broken connection; it is gone either way.
+            let _ = conn.close().await;
         }
-        Ok(SqliteStore { conn, path: path.to_owned() })
+    }
+
+    /// Passes `result` through; on a failure that may have left the connection in an unknown
+    /// state (anything but stored data that does not decode), closes the connection first.
+    async fn after<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &result {
+            if !matches!(e, Error::Corrupt(_)) {
+                self.discard().await;
+            }
+        }
+        result
     }
 
     /// Opens an existing database for reading only (verify, inspection). Never creates a file.
@@ -136,6 +180,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .disable_statement_logging();
         let mut conn = opts.connect().await.map_err(|e| open_error(path, describe(&e)))?;
+        let reopen = opts.clone();
         let has_schema: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = 'instances'")
             .fetch_one(&mut conn)
             .await
@@ -143,7 +188,7 @@ impl SqliteStore {
         if has_schema == 0 {
             return Err(open_error(path, "not a shenguan database (no instances table)"));
         }
-        Ok(SqliteStore { conn, path: path.to_owned() })
+        Ok(SqliteStore { conn: Some(conn), opts: reopen, max_pages: None, path: path.to_owned() })
     }
 
     /// The database file.
@@ -153,28 +198,51 @@ impl SqliteStore {
 
     /// Instance ids in order, strictly after `after`, at most `limit`.
     pub async fn instance_ids(&mut self, after: Option<&str>, limit: u32) -> Result<Vec<String>, Error> {
+        let conn = self.conn().await?;
         let rows = sqlx::query_scalar("SELECT id FROM instances WHERE id > ? ORDER BY id LIMIT ?")
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(&mut self.conn)
-            .await?;
-        Ok(rows)
+            .fetch_all(conn)
+            .await
+            .map_err(Error::from);
+        self.after(rows).await
     }
 
     /// One instance's history, ascending.
     pub async fn history(&mut self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
+        let conn = self.conn().await?;
         let rows = sqlx::query(&format!("SELECT {HISTORY_COLUMNS} FROM history WHERE instance_id = ? ORDER BY seq"))
             .bind(id)
-            .fetch_all(&mut self.conn)
-            .await?;
+            .fetch_all(conn)
+            .await;
+        let rows = self.after(rows.map_err(Error::from)).await?;
         rows.iter().map(history_from_row).collect()
     }
 
     /// Counts rows of a table (tests and reports).
     pub async fn count(&mut self, table: Table) -> Result<u64, Error> {
-        let n: i64 =
-            sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name())).fetch_one(&mut self.conn).await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let conn = self.conn().await?;
+        let n = sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {}", table.name())).fetch_one(conn).await;
+        let n = self.after(n.map_err(Error::from)).await?;
+        u64::try_from(n).map_err(|e| corrupt("count(*)", e))
+    }
+
+    /// Instance ids that rows of `history`, `outbox` or `idempotency` name but that have no
+    /// instance row: (table, instance id), at most `limit`.
+    pub async fn orphans(&mut self, limit: u32) -> Result<Vec<(String, String)>, Error> {
+        let conn = self.conn().await?;
+        let rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT t, id FROM ( \
+               SELECT DISTINCT 'history' AS t, instance_id AS id FROM history \
+               UNION SELECT DISTINCT 'outbox', instance_id FROM outbox \
+               UNION SELECT DISTINCT 'idempotency', instance_id FROM idempotency \
+             ) WHERE id NOT IN (SELECT id FROM instances) ORDER BY id, t LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(conn)
+        .await
+        .map_err(Error::from);
+        self.after(rows).await
     }
 
     /// Every stored timer in key order (tests and reports; unbounded).
@@ -247,17 +315,22 @@ pub(crate) fn instance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Instanc
     })
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
-    // Serialising our own plain data types cannot fail (no maps with non-string keys).
-    serde_json::to_string(value).unwrap_or_default()
+fn json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(format!("cannot serialise a row: {e}")))
 }
 
 fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-impl Store for SqliteStore {
-    async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
+/// The command path's statements, on one connection.
+mod ops {
+    use super::*;
+
+    pub(super) async fn load_instances(
+        conn: &mut SqliteConnection,
+        ids: &[&str],
+    ) -> Result<HashMap<String, InstanceRow>, Error> {
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(rows_for(1)) {
             let mut q: QueryBuilder<Sqlite> =
@@ -267,7 +340,7 @@ impl Store for SqliteStore {
                 sep.push_bind(*id);
             }
             q.push(")");
-            for row in q.build().fetch_all(&mut self.conn).await? {
+            for row in q.build().fetch_all(&mut *conn).await? {
                 let row = instance_from_row(&row)?;
                 out.insert(row.id.clone(), row);
             }
@@ -275,23 +348,28 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn load_idempotency(&mut self, keys: &[&str]) -> Result<HashMap<String, IdempotencyRow>, Error> {
+    pub(super) async fn load_idempotency(
+        conn: &mut SqliteConnection,
+        keys: &[&str],
+    ) -> Result<HashMap<String, IdempotencyRow>, Error> {
         let mut out = HashMap::new();
         for chunk in keys.chunks(rows_for(1)) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("SELECT key, instance_id, seq, fingerprint FROM idempotency WHERE key IN (");
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT key, instance_id, seq, fingerprint, created_at FROM idempotency WHERE key IN (",
+            );
             let mut sep = q.separated(", ");
             for key in chunk {
                 sep.push_bind(*key);
             }
             q.push(")");
-            for row in q.build().fetch_all(&mut self.conn).await? {
+            for row in q.build().fetch_all(&mut *conn).await? {
                 out.insert(
                     row.try_get("key")?,
                     IdempotencyRow {
                         instance: row.try_get("instance_id")?,
                         seq: u64::try_from(row.try_get::<i64, _>("seq")?).map_err(|e| corrupt("idempotency.seq", e))?,
                         fingerprint: row.try_get("fingerprint")?,
+                        created_at: row.try_get("created_at")?,
                     },
                 );
             }
@@ -299,18 +377,31 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
-        let mut tx = self.conn.begin().await?;
-        for chunk in batch.instances.chunks(rows_for(10)) {
+    pub(super) async fn commit(conn: &mut SqliteConnection, batch: &Batch) -> Result<(), Error> {
+        // Every JSON column is serialised before the transaction starts: a value that does not
+        // serialise fails the batch instead of storing an empty string.
+        let instance_json = batch
+            .instances
+            .iter()
+            .map(|r| Ok((json(&r.vars)?, json(&r.timers)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let history_json = batch
+            .history
+            .iter()
+            .map(|(_, h)| Ok((json(&h.command)?, json(&h.armed)?, json(&h.cancelled)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut tx = conn.begin().await?;
+        let n = rows_for(10);
+        for (chunk, encoded) in batch.instances.chunks(n).zip(instance_json.chunks(n)) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) ");
-            q.push_values(chunk, |mut b, r| {
+            q.push_values(chunk.iter().zip(encoded), |mut b, (r, (vars, timers))| {
                 b.push_bind(&r.id)
                     .push_bind(&r.workflow)
                     .push_bind(i64::from(r.version))
                     .push_bind(&r.state)
-                    .push_bind(json(&r.vars))
-                    .push_bind(json(&r.timers))
+                    .push_bind(vars)
+                    .push_bind(timers)
                     .push_bind(seq_i64(r.seq))
                     .push_bind(i64::from(r.shard))
                     .push_bind(r.created_at)
@@ -322,21 +413,22 @@ impl Store for SqliteStore {
             );
             q.build().execute(&mut *tx).await?;
         }
-        for chunk in batch.history.chunks(rows_for(12)) {
+        let n = rows_for(12);
+        for (chunk, encoded) in batch.history.chunks(n).zip(history_json.chunks(n)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled) ",
             );
-            q.push_values(chunk, |mut b, (id, h)| {
+            q.push_values(chunk.iter().zip(encoded), |mut b, ((id, h), (command, armed, cancelled))| {
                 b.push_bind(id)
                     .push_bind(seq_i64(h.seq))
                     .push_bind(h.at)
                     .push_bind(&h.actor)
                     .push_bind(&h.request_id)
-                    .push_bind(json(&h.command))
+                    .push_bind(command)
                     .push_bind(&h.from)
                     .push_bind(&h.to)
-                    .push_bind(json(&h.armed))
-                    .push_bind(json(&h.cancelled))
+                    .push_bind(armed)
+                    .push_bind(cancelled)
                     .push_bind(i64::from(h.messages))
                     .push_bind(h.handled);
             });
@@ -390,20 +482,30 @@ impl Store for SqliteStore {
         for chunk in batch.idempotency.chunks(rows_for(5)) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) ");
-            q.push_values(chunk, |mut b, (key, row, at)| {
+            q.push_values(chunk, |mut b, (key, row)| {
                 b.push_bind(key)
                     .push_bind(&row.instance)
                     .push_bind(seq_i64(row.seq))
                     .push_bind(&row.fingerprint)
-                    .push_bind(*at);
+                    .push_bind(row.created_at);
             });
+            // The writer reuses a key only once it has expired.
+            q.push(
+                " ON CONFLICT(key) DO UPDATE SET instance_id = excluded.instance_id, seq = excluded.seq, \
+                 fingerprint = excluded.fingerprint, created_at = excluded.created_at",
+            );
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn timers_page(&mut self, from: &TimerFrom, before: Millis, limit: u32) -> Result<Vec<TimerRow>, Error> {
+    pub(super) async fn timers_page(
+        conn: &mut SqliteConnection,
+        from: &TimerFrom,
+        before: Millis,
+        limit: u32,
+    ) -> Result<Vec<TimerRow>, Error> {
         let rows = match from {
             TimerFrom::Due(from) => {
                 sqlx::query(
@@ -413,7 +515,7 @@ impl Store for SqliteStore {
                 .bind(from)
                 .bind(before)
                 .bind(i64::from(limit))
-                .fetch_all(&mut self.conn)
+                .fetch_all(&mut *conn)
                 .await?
             }
             TimerFrom::After(due, id, name) => {
@@ -427,7 +529,7 @@ impl Store for SqliteStore {
                 .bind(name)
                 .bind(before)
                 .bind(i64::from(limit))
-                .fetch_all(&mut self.conn)
+                .fetch_all(&mut *conn)
                 .await?
             }
         };
@@ -440,6 +542,49 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+impl Store for SqliteStore {
+    async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
+        let result = ops::load_instances(self.conn().await?, ids).await;
+        self.after(result).await
+    }
+
+    async fn load_idempotency(&mut self, keys: &[&str]) -> Result<HashMap<String, IdempotencyRow>, Error> {
+        let result = ops::load_idempotency(self.conn().await?, keys).await;
+        self.after(result).await
+    }
+
+    async fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
+        let result = ops::commit(self.conn().await?, batch).await;
+        // Whatever failed — a statement or the COMMIT — the connection's transaction state is
+        // not to be trusted: close it, also for errors `after` would keep it for.
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "commit failed; the connection is closed and reopened for the next batch");
+            self.discard().await;
+        }
+        result
+    }
+
+    async fn prune_idempotency(&mut self, before: Millis, limit: u32) -> Result<u64, Error> {
+        let conn = self.conn().await?;
+        let result = sqlx::query(
+            "DELETE FROM idempotency WHERE key IN \
+             (SELECT key FROM idempotency WHERE created_at < ? LIMIT ?)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(Error::from);
+        self.after(result).await
+    }
+
+    async fn timers_page(&mut self, from: &TimerFrom, before: Millis, limit: u32) -> Result<Vec<TimerRow>, Error> {
+        let result = ops::timers_page(self.conn().await?, from, before, limit).await;
+        self.after(result).await
     }
 }
 

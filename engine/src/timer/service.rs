@@ -120,6 +120,7 @@ impl Service {
                 kind: CommandKind::Timer { name: key.name.clone(), due: key.due },
                 actor: "timer".to_owned(),
                 request_id: None,
+                idempotency: None,
             };
             match self.writer.send(command).await {
                 Ok(rx) => waiting.push((key.clone(), rx)),

@@ -71,7 +71,9 @@ async fn main() -> Result<()> {
                     },
                     actor: "crash-test".into(),
                     request_id: Some((*req).to_owned()),
-                },
+                    idempotency: None,
+                }
+                .keyed("crash-test"),
                 (*req).to_owned(),
             )),
             ["materials", id, req] => Some((
@@ -80,7 +82,9 @@ async fn main() -> Result<()> {
                     kind: CommandKind::Event { name: "materials_submitted".into(), fields: serde_json::Map::new() },
                     actor: "crash-test".into(),
                     request_id: Some((*req).to_owned()),
-                },
+                    idempotency: None,
+                }
+                .keyed("crash-test"),
                 (*req).to_owned(),
             )),
             ["advance", ms] => {

@@ -12,7 +12,7 @@ use shenguan::definition::Registry;
 use shenguan::engine::{Config, Engine};
 use shenguan::machine::{Command, CommandKind, Rejection};
 use shenguan::store::sqlite::{SqliteStore, Table};
-use shenguan::writer::WriteError;
+use shenguan::writer::{GroupItem, WriteError};
 
 fn t(s: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(s).expect("rfc3339").timestamp_millis()
@@ -295,4 +295,26 @@ async fn the_horizon_pages_timers_in_and_they_fire_in_due_order_across_pages() {
     assert!(dues.windows(2).all(|w| w[0] <= w[1]), "fired out of due order: {dues:?}");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM timers").fetch_one(&mut conn).await.expect("count");
     assert_eq!(left, 0);
+}
+
+/// A group sent again under its request id answers as it did the first time — its history
+/// entry, not whatever the instance has reached since — and writes nothing.
+#[tokio::test]
+async fn a_retried_group_answers_its_first_seq_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("g.db");
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let engine = start(&db, &clock, |_| {}).await.expect("starts");
+    let group = || vec![GroupItem { command: case("g1", "2026-10-09", Some("req-g1")), required: true }];
+    let first = engine.handle().submit_group(group()).await.expect("applied");
+    let first = first[0].clone().expect("answer");
+    assert_eq!((first.seq, first.duplicate), (1, false));
+    engine.submit(materials("g1")).await.expect("materials");
+    let again = engine.handle().submit_group(group()).await.expect("duplicate");
+    let again = again[0].clone().expect("answer");
+    assert_eq!((again.seq, again.duplicate), (1, true), "the first answer's entry, not the instance's latest");
+    assert_eq!(again.instance.state, "licensed", "the instance as it is now");
+    engine.shutdown().await;
+    let mut store = SqliteStore::open_read_only(&db).await.expect("read");
+    assert_eq!(store.history("g1").await.expect("history").len(), 2, "the retry wrote nothing");
 }

@@ -382,3 +382,19 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
     }
 }
+
+/// Statistics with nothing given answer for every region, this year (by the server's clock).
+#[tokio::test]
+async fn statistics_with_no_filters_cover_every_region_this_year() -> Result<()> {
+    let server = TestServer::start(START).await?;
+    server.intake().accept_case(accept("ST-1", Route::Normal, Scenario::Unspecified)).await?;
+    let mut other = accept("ST-2", Route::Normal, Scenario::Unspecified);
+    other.region_code = "320100".into();
+    server.intake().accept_case(other).await?;
+    let reply = server.admin().get_statistics(GetStatisticsRequest::default()).await?.into_inner();
+    let mut regions: Vec<(String, u64)> =
+        reply.approval.iter().map(|a| (a.region_code.clone(), a.cases.as_ref().map_or(0, |f| f.count))).collect();
+    regions.sort();
+    ensure!(regions == [("320100".to_owned(), 1), ("320700".to_owned(), 1)], "{regions:?}");
+    server.stop().await
+}

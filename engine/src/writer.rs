@@ -57,17 +57,10 @@ pub enum WriteError {
     /// and a retry will fail the same way.
     #[error("storage refused the write: {0}")]
     Internal(String),
-    /// Stored data the batch needed does not decode.
+    /// Stored data the batch needed does not decode or does not make sense (an instance row,
+    /// a case's recorded supervisors).
     #[error("stored data is damaged: {0}")]
     DataLoss(String),
-    /// A stored instance cannot be read back.
-    #[error("instance {instance} cannot be loaded: {message}")]
-    Corrupt {
-        /// The instance.
-        instance: String,
-        /// Why.
-        message: String,
-    },
     /// The engine is stopping.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -112,6 +105,18 @@ pub struct GroupError {
     pub instance: String,
     /// The failure.
     pub error: WriteError,
+}
+
+/// The instance that names a group: its first command's ("" for an empty group).
+fn first_instance(items: &[GroupItem]) -> String {
+    items.first().map(|i| i.command.instance.clone()).unwrap_or_default()
+}
+
+impl GroupError {
+    /// `error` for the group `items` as a whole.
+    fn whole(items: &[GroupItem], error: WriteError) -> Self {
+        GroupError { index: 0, instance: first_instance(items), error }
+    }
 }
 
 /// What the writer task is asked to do.
@@ -176,8 +181,7 @@ impl Handle {
         derive: Option<Derive>,
     ) -> Result<Vec<Option<Applied>>, GroupError> {
         let (reply, rx) = oneshot::channel();
-        let instance = items.first().map(|i| i.command.instance.clone()).unwrap_or_default();
-        let gone = GroupError { index: 0, instance, error: WriteError::ShuttingDown };
+        let gone = GroupError::whole(&items, WriteError::ShuttingDown);
         self.tx.send(Request::Group(items, derive, reply)).await.map_err(|_| gone.clone())?;
         rx.await.map_err(|_| gone)?
     }
@@ -272,7 +276,8 @@ enum Item {
 /// The reply owed to a request once the batch's fate is known.
 enum Owed {
     One(Reply, Result<Applied, WriteError>),
-    Group(GroupReply, Result<Vec<Option<Applied>>, GroupError>),
+    /// The reply, the answer, and the instance that names the group if its commit fails.
+    Group(GroupReply, Result<Vec<Option<Applied>>, GroupError>, String),
 }
 
 struct Pending {
@@ -317,7 +322,9 @@ enum Seen {
     New,
     /// Same request again: the first answer; `true` when the first one is in this batch.
     Duplicate(Applied, bool),
-    Reused(WriteError),
+    /// Refused before deciding: the key was used for another request, or what it names is gone
+    /// or damaged.
+    Refused(WriteError),
 }
 
 impl<S: Store> Writer<S> {
@@ -400,7 +407,7 @@ impl<S: Store> Writer<S> {
 
     fn decode(&self, row: InstanceRow) -> Result<Instance, WriteError> {
         let id = row.id.clone();
-        let corrupt = |message: String| WriteError::Corrupt { instance: id.clone(), message };
+        let corrupt = |message: String| WriteError::DataLoss(format!("instance {id} cannot be loaded: {message}"));
         let def = self
             .registry
             .get(&row.workflow, row.version)
@@ -423,7 +430,7 @@ impl<S: Store> Writer<S> {
         };
         let reused = || {
             let key = command.request_id.clone().unwrap_or_else(|| idem.key.clone());
-            Seen::Reused(WriteError::KeyReused { key })
+            Seen::Refused(WriteError::KeyReused { key })
         };
         if row.fingerprint != idem.fingerprint || row.instance != command.instance {
             return reused();
@@ -432,8 +439,8 @@ impl<S: Store> Writer<S> {
             Some(Ok(instance)) => {
                 Seen::Duplicate(Applied { instance: instance.clone(), seq: row.seq, duplicate: true }, in_batch)
             }
-            Some(Err(e)) => Seen::Reused(e.clone()),
-            None => Seen::Reused(WriteError::DataLoss(format!(
+            Some(Err(e)) => Seen::Refused(e.clone()),
+            None => Seen::Refused(WriteError::DataLoss(format!(
                 "request {} was applied to {}, which no longer exists",
                 idem.key, command.instance
             ))),
@@ -546,7 +553,7 @@ impl<S: Store> Writer<S> {
     fn one(&self, acc: &mut Acc, command: &Command, now: Millis) -> (Result<Applied, WriteError>, bool) {
         match self.seen(acc, command, now) {
             Seen::Duplicate(applied, in_batch) => return (Ok(applied), in_batch),
-            Seen::Reused(e) => return (Err(e), false),
+            Seen::Refused(e) => return (Err(e), false),
             Seen::New => {}
         }
         match self.try_decide(acc, &HashMap::new(), command, now) {
@@ -561,21 +568,21 @@ impl<S: Store> Writer<S> {
         }
     }
 
-    /// Brings instances the batch did not load up front (those a [`Derive`] names) into it,
-    /// from the cache or the store.
-    async fn load_more(&mut self, acc: &mut Acc, ids: &[&str]) -> Result<(), WriteError> {
-        let mut missing = Vec::new();
-        for id in ids {
-            if acc.live.contains_key(*id) || missing.contains(id) {
-                continue;
+    /// Brings the instances `ids` names into the batch: from the cache where it holds them
+    /// (taken out, not copied: after a successful commit every instance of the batch goes back
+    /// in; if the batch fails they are simply read again next time), the rest with one read.
+    /// Used for the batch's own commands and for those a [`Derive`] adds.
+    async fn load(&mut self, acc: &mut Acc, ids: &[&str]) -> Result<(), WriteError> {
+        let mut missing: Vec<&str> = ids.iter().copied().filter(|id| !acc.live.contains_key(*id)).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing.retain(|id| match self.cache.remove(*id) {
+            Some(instance) => {
+                acc.live.insert(instance.id.clone(), Ok(instance));
+                false
             }
-            match self.cache.remove(*id) {
-                Some(instance) => {
-                    acc.live.insert(instance.id.clone(), Ok(instance));
-                }
-                None => missing.push(*id),
-            }
-        }
+            None => true,
+        });
         if missing.is_empty() {
             return Ok(());
         }
@@ -599,7 +606,7 @@ impl<S: Store> Writer<S> {
         if let Some(first) = items.first() {
             match self.seen(acc, &first.command, now) {
                 Seen::New => {}
-                Seen::Reused(error) => return fail(0, &first.command.instance, error),
+                Seen::Refused(error) => return fail(0, &first.command.instance, error),
                 Seen::Duplicate(applied, in_batch) => {
                     // The whole group was applied before. The first member answers as it did
                     // then (its history entry); the others are not decided again.
@@ -612,11 +619,12 @@ impl<S: Store> Writer<S> {
         // Decide every member on an overlay first; only if all required ones are accepted are
         // the transitions recorded into the batch (as decided: nothing is decided twice).
         let mut overlay: HashMap<String, Instance> = HashMap::new();
-        let mut queue: Vec<GroupItem> = items.to_vec();
-        let mut decided = Vec::with_capacity(queue.len());
-        let mut index = 0;
-        while index < queue.len() {
-            let item = &queue[index];
+        let mut derived: Vec<GroupItem> = Vec::new();
+        let mut decided = Vec::with_capacity(items.len());
+        for index in 0.. {
+            // The given items, then the derived ones.
+            let Some(item) = items.get(index).or_else(|| derived.get(index - items.len())) else { break };
+            let required = item.required;
             let mut command = item.command.clone();
             if index > 0 {
                 command.request_id = None;
@@ -631,19 +639,18 @@ impl<S: Store> Writer<S> {
                                 Err(error) => return fail(0, &command.instance, error),
                             };
                             let ids: Vec<&str> = more.iter().map(|i| i.command.instance.as_str()).collect();
-                            if let Err(error) = self.load_more(acc, &ids).await {
+                            if let Err(error) = self.load(acc, &ids).await {
                                 return fail(0, &command.instance, error);
                             }
-                            queue.extend(more);
+                            derived = more;
                         }
                     }
                     overlay.insert(command.instance.clone(), t.instance.clone());
                     decided.push(Some((command, t)));
                 }
-                Err(_) if !queue[index].required => decided.push(None),
+                Err(_) if !required => decided.push(None),
                 Err(error) => return fail(index, &command.instance, error),
             }
-            index += 1;
         }
         let answers = decided
             .into_iter()
@@ -673,23 +680,6 @@ impl<S: Store> Writer<S> {
                 }
             }
         }
-        ids.sort_unstable();
-        ids.dedup();
-        // Cached instances are taken out, not copied: after a successful commit every instance
-        // of the batch goes back in; if the batch fails they are simply read again next time.
-        let mut cached = Vec::new();
-        ids.retain(|id| match self.cache.remove(*id) {
-            Some(instance) => {
-                cached.push(instance);
-                false
-            }
-            None => true,
-        });
-        let loaded = if ids.is_empty() { Ok(HashMap::new()) } else { self.store.load_instances(&ids).await };
-        let loaded = match loaded {
-            Ok(rows) => rows,
-            Err(e) => return fail_all(items, e.into()),
-        };
         let known_keys = if keys.is_empty() {
             HashMap::new()
         } else {
@@ -699,12 +689,8 @@ impl<S: Store> Writer<S> {
             }
         };
         let mut acc = Acc { known_keys, ..Acc::default() };
-        for (id, row) in loaded {
-            let decoded = self.decode(row);
-            acc.live.insert(id, decoded);
-        }
-        for instance in cached {
-            acc.live.insert(instance.id.clone(), Ok(instance));
+        if let Err(e) = self.load(&mut acc, &ids).await {
+            return fail_all(items, e);
         }
 
         let mut pending = Vec::with_capacity(items.len());
@@ -716,7 +702,8 @@ impl<S: Store> Writer<S> {
                 }
                 Item::Group(group, derive, reply) => {
                     let (result, needs_commit) = self.group(&mut acc, &group, derive.as_ref(), now).await;
-                    pending.push(Pending { owed: Owed::Group(reply, result), needs_commit });
+                    let first = first_instance(&group);
+                    pending.push(Pending { owed: Owed::Group(reply, result, first), needs_commit });
                 }
             }
         }
@@ -757,7 +744,7 @@ impl<S: Store> Writer<S> {
                 for p in pending {
                     match p.owed {
                         Owed::One(reply, result) => drop(reply.send(result)),
-                        Owed::Group(reply, result) => drop(reply.send(result)),
+                        Owed::Group(reply, result, _) => drop(reply.send(result)),
                     }
                 }
                 self.prune(now).await;
@@ -771,13 +758,11 @@ impl<S: Store> Writer<S> {
                 for p in pending {
                     match (p.owed, p.needs_commit) {
                         (Owed::One(reply, _), true) => drop(reply.send(Err(failed.clone()))),
-                        (Owed::Group(reply, _), true) => drop(reply.send(Err(GroupError {
-                            index: 0,
-                            instance: String::new(),
-                            error: failed.clone(),
-                        }))),
+                        (Owed::Group(reply, _, instance), true) => {
+                            drop(reply.send(Err(GroupError { index: 0, instance, error: failed.clone() })))
+                        }
                         (Owed::One(reply, result), false) => drop(reply.send(result)),
-                        (Owed::Group(reply, result), false) => drop(reply.send(result)),
+                        (Owed::Group(reply, result, _), false) => drop(reply.send(result)),
                     }
                 }
             }
@@ -881,10 +866,7 @@ fn fail_all(items: Vec<Item>, error: WriteError) {
     for item in items {
         match item {
             Item::One(_, reply) => drop(reply.send(Err(error.clone()))),
-            Item::Group(g, _, reply) => {
-                let instance = g.first().map(|i| i.command.instance.clone()).unwrap_or_default();
-                drop(reply.send(Err(GroupError { index: 0, instance, error: error.clone() })))
-            }
+            Item::Group(g, _, reply) => drop(reply.send(Err(GroupError::whole(&g, error.clone())))),
         }
     }
 }

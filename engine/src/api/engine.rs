@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, Key, Shared};
+use super::{actor, keyed, Key, Shared};
 use crate::domain;
 use crate::machine::{Command, CommandKind};
 use crate::proto::engine_service_server::EngineService;
@@ -68,22 +68,6 @@ fn object(field: &str, text: &str) -> Result<serde_json::Map<String, serde_json:
     }
 }
 
-/// The request's key: its `request_id` field, scoped to the method and caller.
-fn request_key(method: &str, caller: &str, id: &str, message: &impl prost::Message) -> Result<Option<Key>, Status> {
-    if id.is_empty() {
-        return Ok(None);
-    }
-    crate::domain::check_text(id, 128).map_err(|e| invalid("request_id", e))?;
-    Ok(Some(Key::new(method, caller, id, message)))
-}
-
-fn keyed(command: Command, key: Option<Key>) -> Command {
-    match key {
-        Some(k) => Command { request_id: Some(k.request_id), idempotency: Some(k.idempotency), ..command },
-        None => command,
-    }
-}
-
 fn reply(a: Applied) -> Response<InstanceReply> {
     Response::new(InstanceReply {
         instance_id: a.instance.id,
@@ -114,7 +98,7 @@ impl EngineService for Engine {
             return Err(invalid("workflow", format!("no workflow named {:?} is loaded", r.workflow)));
         }
         let vars = object("vars_json", &r.vars_json)?;
-        let key = request_key("EngineService.Start", &actor, &r.request_id, &r)?;
+        let key = Key::parse("request_id", &r.request_id, "EngineService.Start", &actor, &r)?;
         let command = Command {
             instance: r.instance_id.clone(),
             kind: CommandKind::Start { workflow: r.workflow, version: None, vars },
@@ -131,7 +115,7 @@ impl EngineService for Engine {
         check_id("instance_id", &r.instance_id)?;
         crate::domain::check_text(&r.event, 64).map_err(|e| invalid("event", e))?;
         let fields = object("fields_json", &r.fields_json)?;
-        let key = request_key("EngineService.Signal", &actor, &r.request_id, &r)?;
+        let key = Key::parse("request_id", &r.request_id, "EngineService.Signal", &actor, &r)?;
         let command = Command {
             instance: r.instance_id.clone(),
             kind: CommandKind::Event { name: r.event, fields },

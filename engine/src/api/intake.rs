@@ -7,7 +7,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, check, date, event, object, request_key, view, Shared};
+use super::{actor, check, date, event, object, request_id, request_key, view, Shared};
 use crate::domain::{self, fanout, CASE_WORKFLOW, TASK_WORKFLOW};
 use crate::machine::{Command, CommandKind, Idempotency};
 use crate::proto::intake_service_server::IntakeService;
@@ -50,6 +50,22 @@ impl Intake {
         };
         let tasks = tasks_of(reader, case_id).await?;
         Ok(Response::new(CaseReply { case: Some(view::case(&self.shared.registry, &row, &tasks)), duplicate }))
+    }
+
+    /// The answer to a group that changed the case: the case as committed, or the status of the
+    /// command that failed.
+    async fn answer(
+        &self,
+        case_id: &str,
+        result: Result<Vec<Option<crate::writer::Applied>>, crate::writer::GroupError>,
+    ) -> Result<Response<CaseReply>, Status> {
+        match result {
+            Ok(answers) => {
+                let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
+                self.reply(case_id, duplicate).await
+            }
+            Err(e) => Err(status::group_error(&e)),
+        }
     }
 
     /// Validates an `AcceptCase` and builds the case's initial variables.
@@ -222,7 +238,8 @@ fn on_case(
 impl IntakeService for Intake {
     async fn accept_case(&self, request: Request<AcceptCaseRequest>) -> Result<Response<CaseReply>, Status> {
         let actor = actor(&request, ACTOR)?;
-        let header = request_key(&request, "IntakeService.AcceptCase", &actor)?;
+        // Recorded as sent; the call is keyed on its case number instead (below).
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
         let (case_id, vars) = self.accept_vars(&r)?;
         // The case number is the natural idempotency key: one case per number and region, for
@@ -233,24 +250,18 @@ impl IntakeService for Intake {
             instance: case_id.clone(),
             kind: CommandKind::Start { workflow: CASE_WORKFLOW.into(), version: None, vars: object(vars) },
             actor: actor.clone(),
-            request_id: header.map(|k| k.request_id),
+            request_id,
             idempotency: Some(idempotency),
         };
         let items = vec![required(start), required(event(&case_id, "route", json!({}), &actor, None))];
-        match self.shared.engine.handle().submit_group(items).await {
-            Ok(answers) => {
-                let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
-                self.reply(&case_id, duplicate).await
-            }
-            Err(e) => Err(status::group_error(&e)),
-        }
+        self.answer(&case_id, self.shared.engine.handle().submit_group(items).await).await
     }
 
     async fn submit_materials(&self, request: Request<SubmitMaterialsRequest>) -> Result<Response<CaseReply>, Status> {
         let actor = actor(&request, ACTOR)?;
         let key = request_key(&request, "IntakeService.SubmitMaterials", &actor)?;
         let case_id = case_id_field("case_id", &request.get_ref().case_id)?;
-        let command = event(&case_id, "submit_materials", json!({}), &actor, key.as_ref());
+        let command = event(&case_id, "submit_materials", json!({}), &actor, key);
         match self.shared.engine.submit(command).await {
             Ok(applied) => self.reply(&case_id, applied.duplicate).await,
             Err(e) => Err(status::write_error("case", &case_id, &e)),
@@ -278,18 +289,13 @@ impl IntakeService for Intake {
             "complete_approval",
             json!({"license_no": r.license_no, "approval_opinion": r.approval_opinion, "documents": r.document_refs.join(", ")}),
             &actor,
-            key.as_ref(),
+            key,
         );
         // The tasks come from the licensed case as the writer holds it, in the same transaction.
         let task_actor = actor.clone();
         let derive = on_case(move |case| fanout::supervision_tasks(case, &task_actor));
-        match self.shared.engine.handle().submit_derived(vec![required(licence)], Some(derive)).await {
-            Ok(answers) => {
-                let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
-                self.reply(&case_id, duplicate).await
-            }
-            Err(e) => Err(status::group_error(&e)),
-        }
+        self.answer(&case_id, self.shared.engine.handle().submit_derived(vec![required(licence)], Some(derive)).await)
+            .await
     }
 
     async fn revoke_approval(&self, request: Request<RevokeApprovalRequest>) -> Result<Response<CaseReply>, Status> {
@@ -299,19 +305,13 @@ impl IntakeService for Intake {
         let case_id = case_id_field("case_id", &r.case_id)?;
         check("reason", domain::check_text(&r.reason, 2000))?;
         check("basis", domain::check_text(&r.basis, 2000))?;
-        let revoke =
-            event(&case_id, "revoke_approval", json!({"reason": r.reason, "basis": r.basis}), &actor, key.as_ref());
+        let revoke = event(&case_id, "revoke_approval", json!({"reason": r.reason, "basis": r.basis}), &actor, key);
         // Every task of the case as the writer holds it is told, in the same transaction: a
         // licence queued just before this revocation cannot leave a task open.
         let task_actor = actor.clone();
         let derive = on_case(move |case| fanout::revocation_notices(case, &task_actor));
-        match self.shared.engine.handle().submit_derived(vec![required(revoke)], Some(derive)).await {
-            Ok(answers) => {
-                let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
-                self.reply(&case_id, duplicate).await
-            }
-            Err(e) => Err(status::group_error(&e)),
-        }
+        self.answer(&case_id, self.shared.engine.handle().submit_derived(vec![required(revoke)], Some(derive)).await)
+            .await
     }
 
     async fn get_case(&self, request: Request<GetCaseRequest>) -> Result<Response<CaseReply>, Status> {

@@ -84,24 +84,56 @@ pub struct Key {
 }
 
 impl Key {
-    /// The key `id` of `caller` for `method`, for the received `message`.
-    pub fn new(method: &str, caller: &str, id: &str, message: &impl prost::Message) -> Self {
+    /// The key `id` of `caller` for `method`, for the received `message`; `None` when `id` is
+    /// empty. `field` names where the id came from, for the error.
+    pub fn parse(
+        field: &str,
+        id: &str,
+        method: &str,
+        caller: &str,
+        message: &impl prost::Message,
+    ) -> Result<Option<Self>, Status> {
+        let Some(id) = checked_id(field, id)? else { return Ok(None) };
         let scope = format!("{method}\u{1f}{caller}");
-        Key { request_id: id.to_owned(), idempotency: Idempotency::new(&scope, id, &message.encode_to_vec()) }
+        Ok(Some(Key { request_id: id.to_owned(), idempotency: Idempotency::new(&scope, id, &message.encode_to_vec()) }))
     }
+}
+
+/// `command`, made idempotent under `key` when there is one.
+pub fn keyed(command: Command, key: Option<Key>) -> Command {
+    match key {
+        Some(k) => Command { request_id: Some(k.request_id), idempotency: Some(k.idempotency), ..command },
+        None => command,
+    }
+}
+
+/// The `x-request-id` metadata as sent, checked (empty when absent).
+fn header_id<T>(request: &Request<T>) -> Result<&str, Status> {
+    match request.metadata().get("x-request-id") {
+        None => Ok(""),
+        Some(v) => v.to_str().map_err(|_| status::invalid("x-request-id", "must be ASCII")),
+    }
+}
+
+/// The `x-request-id` as sent, for history only (a call keyed otherwise, as AcceptCase is on
+/// its case number).
+pub fn request_id<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+    Ok(checked_id("x-request-id", header_id(request)?)?.map(str::to_owned))
+}
+
+/// A request id as sent: `None` when empty, else checked text of at most 128 characters.
+fn checked_id<'a>(field: &str, id: &'a str) -> Result<Option<&'a str>, Status> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    crate::domain::check_text(id, 128).map_err(|e| status::invalid(field, e))?;
+    Ok(Some(id))
 }
 
 /// The caller's idempotency key for a call of `method`, from `x-request-id` metadata: one
 /// namespace per method and caller, so that one client's ids never answer another's calls.
 pub fn request_key<T: prost::Message>(request: &Request<T>, method: &str, caller: &str) -> Result<Option<Key>, Status> {
-    match request.metadata().get("x-request-id") {
-        None => Ok(None),
-        Some(v) => {
-            let s = v.to_str().map_err(|_| status::invalid("x-request-id", "must be ASCII"))?;
-            crate::domain::check_text(s, 128).map_err(|e| status::invalid("x-request-id", e))?;
-            Ok(Some(Key::new(method, caller, s, request.get_ref())))
-        }
-    }
+    Key::parse("x-request-id", header_id(request)?, method, caller, request.get_ref())
 }
 
 /// A JSON object from a `json!` literal built by a handler (anything else is no fields).
@@ -113,14 +145,15 @@ pub fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value
 }
 
 /// A command delivering event `name` with `fields` to `instance`, under the caller's key.
-pub fn event(instance: &str, name: &str, fields: serde_json::Value, actor: &str, key: Option<&Key>) -> Command {
-    Command {
+pub fn event(instance: &str, name: &str, fields: serde_json::Value, actor: &str, key: Option<Key>) -> Command {
+    let command = Command {
         instance: instance.to_owned(),
         kind: CommandKind::Event { name: name.to_owned(), fields: object(fields) },
         actor: actor.to_owned(),
-        request_id: key.map(|k| k.request_id.clone()),
-        idempotency: key.map(|k| k.idempotency.clone()),
-    }
+        request_id: None,
+        idempotency: None,
+    };
+    keyed(command, key)
 }
 
 /// The years a date field may name: wide enough for any birth date or deadline, narrow enough

@@ -22,7 +22,7 @@ pub fn write_error(what: &str, id: &str, error: &WriteError) -> Status {
             tracing::warn!(%error, "write failed");
             Status::unavailable("storage is unavailable; nothing was written; retry later")
         }
-        WriteError::Corrupt { .. } | WriteError::DataLoss(_) => {
+        WriteError::DataLoss(_) => {
             tracing::error!(%error, "stored data cannot be read");
             Status::data_loss(format!("{what} {id} cannot be read back; an operator must look at it"))
         }

@@ -122,7 +122,7 @@ impl SupervisionService for Supervision {
         let actor = actor(&request, ACTOR)?;
         let key = request_key(&request, "SupervisionService.AcknowledgeTask", &actor)?;
         let (task_id, _, _) = task_id_field(&request.get_ref().task_id)?;
-        self.apply(&task_id, event(&task_id, "acknowledge", json!({}), &actor, key.as_ref()), None).await
+        self.apply(&task_id, event(&task_id, "acknowledge", json!({}), &actor, key), None).await
     }
 
     async fn report_inspection(
@@ -141,8 +141,7 @@ impl SupervisionService for Supervision {
         }
         // The result deadline is 5 working days on: its year must be in the calendar.
         calendar.add_working_days(finished, 5).map_err(|e| invalid("finished_on", e))?;
-        let command =
-            event(&task_id, "report_inspection", json!({"finished_on": finished.to_string()}), &actor, key.as_ref());
+        let command = event(&task_id, "report_inspection", json!({"finished_on": finished.to_string()}), &actor, key);
         self.apply(&task_id, command, None).await
     }
 
@@ -198,7 +197,7 @@ impl SupervisionService for Supervision {
             )),
             _ => None,
         };
-        self.apply(&task_id, event(&task_id, "report_result", fields, &actor, key.as_ref()), case_event).await
+        self.apply(&task_id, event(&task_id, "report_result", fields, &actor, key), case_event).await
     }
 
     async fn report_rectification(
@@ -225,7 +224,6 @@ impl SupervisionService for Supervision {
                 None,
             )
         };
-        self.apply(&task_id, event(&task_id, "report_rectification", fields, &actor, key.as_ref()), Some(case_event))
-            .await
+        self.apply(&task_id, event(&task_id, "report_rectification", fields, &actor, key), Some(case_event)).await
     }
 }

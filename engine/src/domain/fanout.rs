@@ -74,11 +74,18 @@ pub fn supervision_tasks(case: &Instance, actor: &str) -> Result<Vec<GroupItem>,
     for (i, s) in supervisors(case)?.into_iter().enumerate() {
         let mut vars = serde_json::Map::new();
         let mut put = |name: &str, value: serde_json::Value| vars.insert(name.to_owned(), value);
-        for name in ["region", "case_no", "approval_department", "applicant_name", "applicant_code", "route"] {
+        for name in [
+            "region",
+            "case_no",
+            "approval_department",
+            "applicant_name",
+            "applicant_code",
+            "route",
+            "credit_grade",
+            "license_no",
+        ] {
             put(name, json!(text(case, name)?));
         }
-        put("credit_grade", json!(text(case, "credit_grade")?));
-        put("license_no", json!(text(case, "license_no")?));
         put("case_id", json!(case.id));
         put("task_no", json!(i + 1));
         put("department", json!(s.department));

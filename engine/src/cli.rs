@@ -135,13 +135,13 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
-    /// The credit grades AcceptCase accepts (repeatable; default: A B C D dishonest). Matched
-    /// ignoring case, surrounding space and full-width forms; any other grade is refused.
-    #[arg(long, value_name = "GRADE")]
+    /// The credit grades AcceptCase accepts (repeatable). Matched ignoring case, surrounding
+    /// space and full-width forms; any other grade is refused.
+    #[arg(long, value_name = "GRADE", default_values = crate::domain::credit::DEFAULT_GRADES)]
     pub credit_grade: Vec<String>,
-    /// A credit grade that may not take the commitment route (repeatable; default: D and
-    /// dishonest). Must be one of the credit grades.
-    #[arg(long, value_name = "GRADE")]
+    /// A credit grade that may not take the commitment route (repeatable). Must be one of the
+    /// credit grades.
+    #[arg(long, value_name = "GRADE", default_values = crate::domain::credit::DEFAULT_BARRED)]
     pub barred_credit_grade: Vec<String>,
     /// How long a request id is remembered, so that a retry gets the first answer
     /// (e.g. `7d`, `36h`).
@@ -362,20 +362,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         Arc::new(args.data.calendars()?),
         virtual_clock,
     );
-    if !args.credit_grade.is_empty() || !args.barred_credit_grade.is_empty() {
-        let grades = if args.credit_grade.is_empty() {
-            crate::domain::credit::DEFAULT_GRADES.iter().map(|g| (*g).to_owned()).collect()
-        } else {
-            args.credit_grade.clone()
-        };
-        let barred = if args.barred_credit_grade.is_empty() {
-            crate::domain::credit::DEFAULT_BARRED.iter().map(|g| (*g).to_owned()).collect()
-        } else {
-            args.barred_credit_grade.clone()
-        };
-        options.credit = crate::domain::credit::CreditGrades::new(&grades, &barred)
-            .map_err(|e| anyhow!("credit grades: {e} (see --credit-grade and --barred-credit-grade)"))?;
-    }
+    options.credit = crate::domain::credit::CreditGrades::new(&args.credit_grade, &args.barred_credit_grade)
+        .map_err(|e| anyhow!("credit grades: {e} (see --credit-grade and --barred-credit-grade)"))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

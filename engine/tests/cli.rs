@@ -174,6 +174,17 @@ async fn admin_verify_is_clean_on_an_engine_database_and_catches_tampering() {
 }
 
 #[test]
+fn serve_refuses_a_barred_credit_grade_that_is_not_a_grade() {
+    let o = shenguan(&["serve", "--credit-grade", "A", "--credit-grade", "B", "--listen", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let last = stderr(&o).lines().last().unwrap_or("").to_owned();
+    assert!(
+        last.starts_with("error: credit grades: barred credit grade \"D\" is not one of the grades (A, B)"),
+        "{last}"
+    );
+}
+
+#[test]
 fn serve_refuses_a_bad_database_path_with_one_line() {
     let o = shenguan(&["serve", "--db", "/no/such/dir/x.db", "--listen", "127.0.0.1:0"]);
     assert_eq!(o.status.code(), Some(1));

@@ -318,3 +318,37 @@ async fn a_retried_group_answers_its_first_seq_and_writes_nothing() {
     let mut store = SqliteStore::open_read_only(&db).await.expect("read");
     assert_eq!(store.history("g1").await.expect("history").len(), 2, "the retry wrote nothing");
 }
+
+/// Request ids past their retention are deleted by the writer, through the `created_at` index
+/// (a prune that scanned the table would stall every commit behind it).
+#[tokio::test]
+async fn expired_request_ids_are_pruned_through_an_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("p.db");
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let day = 24 * 3_600_000;
+    let engine = start(&db, &clock, |c| c.idempotency_retention = day).await.expect("starts");
+    for id in ["p1", "p2", "p3"] {
+        engine.submit(case(id, "2026-10-30", Some(&format!("req-{id}")))).await.expect("applied");
+    }
+    let mut store = SqliteStore::open_read_only(&db).await.expect("read");
+    assert_eq!(store.count(Table::Idempotency).await.expect("count"), 3);
+    clock.advance(2 * day);
+    engine.submit(case("p4", "2026-10-30", Some("req-p4"))).await.expect("applied");
+    // The prune runs after a batch's callers are answered; the writer is one task, so once a
+    // later command is answered, that prune is done.
+    engine.submit(materials("p4")).await.expect("applied");
+    assert_eq!(store.count(Table::Idempotency).await.expect("count"), 1, "only the key still in its retention");
+    engine.shutdown().await;
+
+    use sqlx::ConnectOptions;
+    let mut conn =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(&db).read_only(true).connect().await.expect("open");
+    let rows = sqlx::query("EXPLAIN QUERY PLAN SELECT key FROM idempotency WHERE created_at < 0 LIMIT 10")
+        .fetch_all(&mut conn)
+        .await
+        .expect("plan");
+    let plan: Vec<String> =
+        rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, "detail").expect("detail")).collect();
+    assert!(plan.iter().any(|d| d.contains("idempotency_created")), "{plan:?}");
+}

@@ -262,6 +262,8 @@ pub enum Table {
     Timers,
     /// `outbox`
     Outbox,
+    /// `idempotency`
+    Idempotency,
 }
 
 impl Table {
@@ -271,6 +273,7 @@ impl Table {
             Table::History => "history",
             Table::Timers => "timers",
             Table::Outbox => "outbox",
+            Table::Idempotency => "idempotency",
         }
     }
 }

@@ -352,3 +352,32 @@ async fn expired_request_ids_are_pruned_through_an_index() {
         rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, "detail").expect("detail")).collect();
     assert!(plan.iter().any(|d| d.contains("idempotency_created")), "{plan:?}");
 }
+
+/// After a failed write the store reopens its database — and only reopens it: if the file has
+/// gone (removed under a running server), the next operation is UNAVAILABLE and no empty,
+/// unmigrated database appears in its place.
+#[tokio::test]
+async fn a_reopen_after_a_failure_never_creates_a_database() {
+    use shenguan::machine::Message;
+    use shenguan::store::{Batch, OutboxRow, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gone.db");
+    let mut store = SqliteStore::open(&db, &Default::default()).await.expect("open");
+    let row = |body: &str| OutboxRow {
+        key: "same-key".into(),
+        instance: "x".into(),
+        seq: 1,
+        message: Message { channel: "sms".into(), recipient: None, body: body.into() },
+        created_at: 0,
+    };
+    // Two messages under one deduplication key: the database refuses the batch.
+    let batch = Batch { outbox: vec![row("a"), row("b")], ..Batch::default() };
+    let e = store.commit(&batch).await.expect_err("unique key");
+    assert!(matches!(e, shenguan::store::Error::Internal(_)), "{e:?}");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let e = store.load_instances(&["x"]).await.expect_err("no database");
+    assert!(matches!(e, shenguan::store::Error::Unavailable(_)), "{e:?}");
+    assert!(!db.exists(), "the reopen created an empty database");
+}

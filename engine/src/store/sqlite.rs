@@ -132,6 +132,9 @@ impl SqliteStore {
             open_error(path, format!("migration failed: {msg}"))
         })?;
         set_max_pages(&mut conn, options.max_pages).await.map_err(|e| open_error(path, describe(&e)))?;
+        // A reopen after a failure must find the database it lost, never create an empty one
+        // (a file removed under a running server).
+        let opts = opts.create_if_missing(false);
         Ok(SqliteStore { conn: Some(conn), opts, max_pages: options.max_pages, path: path.to_owned() })
     }
 

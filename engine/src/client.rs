@@ -583,6 +583,7 @@ pub fn stats_text(reply: &proto::GetStatisticsReply) -> String {
         .iter()
         .map(|s| {
             vec![
+                s.region_code.clone(),
                 format!("{}/{}", s.department, s.office),
                 count(&s.tasks),
                 count(&s.viewed_in_time),
@@ -602,6 +603,7 @@ pub fn stats_text(reply: &proto::GetStatisticsReply) -> String {
         .iter()
         .map(|a| {
             vec![
+                a.region_code.clone(),
                 a.department.clone(),
                 count(&a.cases),
                 count(&a.commitments),
@@ -615,6 +617,7 @@ pub fn stats_text(reply: &proto::GetStatisticsReply) -> String {
     let mut out = String::from("Supervision (tasks created in the period)\n");
     out.push_str(&table(
         &[
+            "REGION",
             "DEPARTMENT/OFFICE",
             "TASKS",
             "VIEWED≤3WD",
@@ -631,7 +634,7 @@ pub fn stats_text(reply: &proto::GetStatisticsReply) -> String {
     ));
     out.push_str("\nApproval (cases accepted in the period)\n");
     out.push_str(&table(
-        &["DEPARTMENT", "CASES", "COMMITMENT", "FULFILLED", "OVERDUE", "REVOKED(C)", "REVOKED"],
+        &["REGION", "DEPARTMENT", "CASES", "COMMITMENT", "FULFILLED", "OVERDUE", "REVOKED(C)", "REVOKED"],
         &appr,
     ));
     out
@@ -745,6 +748,24 @@ mod tests {
             })
             .collect();
         assert!(starts.windows(2).all(|w| w[0] == w[1]), "{t}\n{starts:?}");
+    }
+
+    /// Statistics may span regions (no `--region`): each row names its region.
+    #[test]
+    fn statistics_rows_name_their_region() {
+        let figure = |n: u64| Some(proto::Figure { count: n, ids: vec![] });
+        let row = |region: &str, n: u64| proto::ApprovalFigures {
+            region_code: region.into(),
+            department: "市行政審批局".into(),
+            cases: figure(n),
+            ..Default::default()
+        };
+        let text = stats_text(&proto::GetStatisticsReply {
+            supervision: vec![],
+            approval: vec![row("320100", 1), row("320700", 2)],
+        });
+        assert!(text.lines().any(|l| l.starts_with("320100") && l.contains("市行政審批局")), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("320700") && l.contains("市行政審批局")), "{text}");
     }
 
     #[test]

@@ -6,13 +6,11 @@
 //! idempotency row names an instance that has no row (a deleted instance).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use crate::calendar::Calendars;
 use crate::definition::Registry;
 use crate::machine::replay;
-use crate::store::sqlite::SqliteStore;
-use crate::store::Error;
+use crate::store::{Error, ReadStore};
 
 /// What verify found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,9 +23,13 @@ pub struct Report {
     pub divergent: Vec<(String, String)>,
 }
 
-/// Replays every instance in the database at `path`.
-pub async fn verify(path: &Path, registry: &Registry, calendars: &Calendars) -> Result<Report, Error> {
-    let mut store = SqliteStore::open_read_only(path).await?;
+/// Verifies the SQLite database at `path`, read-only (never creates or changes it).
+pub async fn verify_file(path: &std::path::Path, registry: &Registry, calendars: &Calendars) -> Result<Report, Error> {
+    verify(&crate::store::read::Reader::open_existing(path).await?, registry, calendars).await
+}
+
+/// Replays every instance `store` holds.
+pub async fn verify(store: &dyn ReadStore, registry: &Registry, calendars: &Calendars) -> Result<Report, Error> {
     let mut report = Report::default();
     let mut timer_rows: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for row in store.all_timers().await? {

@@ -253,7 +253,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Clock(ClockCommand::Advance { conn, args }) => crate::client::advance(&conn, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Admin(AdminCommand::Verify { db, data }) => {
-            let report = crate::admin::verify(&db, &data.registry()?, &data.calendars()?).await?;
+            let report = crate::admin::verify_file(&db, &data.registry()?, &data.calendars()?).await?;
             for (id, problem) in &report.divergent {
                 out(format!("DIVERGENT {id}: {problem}"))?;
             }

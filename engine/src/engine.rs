@@ -19,7 +19,28 @@ use crate::timer::service::{Control, Service};
 use crate::timer::{self, TimerIndex};
 use crate::writer::{self, Applied, Handle, WriteError};
 
-/// Engine settings; see `ops/config/shenguan.example.toml` for what each is for.
+/// The handles every part of a running engine shares — the writer, the timer service, the
+/// gRPC services: one struct, cloned cheaply (every field is an `Arc`).
+#[derive(Clone)]
+pub struct Context {
+    /// The loaded definitions.
+    pub registry: Arc<Registry>,
+    /// The working-day calendars.
+    pub calendars: Arc<Calendars>,
+    /// The engine's clock (virtual in sandbox mode and in tests).
+    pub clock: Arc<dyn Clock>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
+impl Context {
+    /// The handles, with fresh metrics.
+    pub fn new(registry: Arc<Registry>, calendars: Arc<Calendars>, clock: Arc<dyn Clock>) -> Self {
+        Context { registry, calendars, clock, metrics: Arc::new(crate::telemetry::Metrics::new()) }
+    }
+}
+
+/// Engine settings; each is also a `shenguan serve` option (see `shenguan serve --help`).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The SQLite database file.
@@ -78,32 +99,22 @@ pub enum Error {
 pub struct Engine {
     writer: Handle,
     control: mpsc::Sender<Control>,
-    registry: Arc<Registry>,
-    calendars: Arc<Calendars>,
-    clock: Arc<dyn Clock>,
+    context: Context,
     timers: Arc<Mutex<TimerIndex>>,
-    metrics: Arc<crate::telemetry::Metrics>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Engine {
     /// Opens the database and starts the writer and the timer service.
-    pub async fn start(
-        config: Config,
-        registry: Arc<Registry>,
-        calendars: Arc<Calendars>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Engine, Error> {
+    pub async fn start(config: Config, context: Context) -> Result<Engine, Error> {
         let options = Options { max_pages: config.max_db_pages };
         let store = SqliteStore::open(&config.db, &options).await?;
+        let clock = context.clock.clone();
         let timers = Arc::new(Mutex::new(TimerIndex::new(clock.now())));
         let wake = Arc::new(Notify::new());
-        let metrics = Arc::new(crate::telemetry::Metrics::new());
         let (writer, handle) = writer::channel(
             store,
-            registry.clone(),
-            calendars.clone(),
-            clock.clone(),
+            &context,
             timers.clone(),
             wake.clone(),
             writer::Settings {
@@ -113,7 +124,6 @@ impl Engine {
                 cache: config.cache_instances,
                 idempotency_retention: config.idempotency_retention,
             },
-            metrics.clone(),
         );
         let writer_task = tokio::spawn(writer.run());
         handle.extend(clock.now().saturating_add(config.horizon)).await.map_err(Error::Timers)?;
@@ -126,16 +136,7 @@ impl Engine {
         );
         let service_task = tokio::spawn(service.run());
         tracing::info!(db = %config.db.display(), "engine started");
-        Ok(Engine {
-            writer: handle,
-            control,
-            registry,
-            calendars,
-            clock,
-            timers,
-            metrics,
-            tasks: vec![writer_task, service_task],
-        })
+        Ok(Engine { writer: handle, control, context, timers, tasks: vec![writer_task, service_task] })
     }
 
     /// Applies a command; answers once it is durable.
@@ -157,24 +158,29 @@ impl Engine {
         }
     }
 
+    /// The shared handles: definitions, calendars, clock, metrics.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
     /// The loaded definitions.
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+        &self.context.registry
     }
 
     /// The calendars.
     pub fn calendars(&self) -> &Arc<Calendars> {
-        &self.calendars
+        &self.context.calendars
     }
 
     /// The engine's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
+        &self.context.clock
     }
 
     /// The engine's metrics.
     pub fn metrics(&self) -> &Arc<crate::telemetry::Metrics> {
-        &self.metrics
+        &self.context.metrics
     }
 
     /// Timers currently held in memory.

@@ -16,7 +16,7 @@ use crate::api::{self, Shared};
 use crate::calendar::Calendars;
 use crate::clock::{Clock, VirtualClock};
 use crate::definition::Registry;
-use crate::engine::{self, Engine};
+use crate::engine::{self, Context, Engine};
 
 /// Server errors.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +39,8 @@ pub enum Error {
 pub struct Options {
     /// Engine settings.
     pub engine: engine::Config,
-    /// Definitions.
-    pub registry: Arc<Registry>,
-    /// Calendars.
-    pub calendars: Arc<Calendars>,
-    /// The clock (virtual in sandbox mode).
-    pub clock: Arc<dyn Clock>,
+    /// Definitions, calendars, the clock (virtual in sandbox mode) and metrics.
+    pub context: Context,
     /// In sandbox mode, the same clock as `clock`, which `AdvanceClock` moves.
     pub virtual_clock: Option<VirtualClock>,
     /// The credit grades, and which of them may not take the commitment route.
@@ -65,7 +61,7 @@ impl Options {
             Some(v) => Arc::new(v.clone()),
             None => Arc::new(crate::clock::SystemClock),
         };
-        Options { engine, registry, calendars, clock, virtual_clock, credit: Default::default() }
+        Options { engine, context: Context::new(registry, calendars, clock), virtual_clock, credit: Default::default() }
     }
 }
 
@@ -73,7 +69,7 @@ impl Options {
 const MAX_MESSAGE: usize = 1024 * 1024;
 
 async fn metrics_text(shared: &Shared) -> String {
-    let metrics = shared.engine.metrics();
+    let metrics = &shared.context.metrics;
     metrics.timers_in_memory.set(i64::try_from(shared.engine.timers_in_memory()).unwrap_or(i64::MAX));
     if let Ok(backlog) = shared.reader.outbox_backlog().await {
         metrics.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
@@ -92,17 +88,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let db = options.engine.db.clone();
-    let engine = Arc::new(
-        Engine::start(options.engine, options.registry.clone(), options.calendars.clone(), options.clock.clone())
-            .await?,
-    );
+    let engine = Arc::new(Engine::start(options.engine, options.context.clone()).await?);
     let reader = crate::store::read::Reader::open(&db, 4).await?;
     let shared = Arc::new(Shared {
         engine: engine.clone(),
-        reader,
-        registry: options.registry,
-        calendars: options.calendars,
-        clock: options.clock,
+        reader: Arc::new(reader),
+        context: options.context,
         virtual_clock: options.virtual_clock,
         credit: options.credit,
     });

@@ -104,9 +104,11 @@ async fn admin_verify_is_clean_on_an_engine_database_and_catches_tampering() {
     );
     let engine = shenguan::engine::Engine::start(
         shenguan::engine::Config::new(&db),
-        Arc::new(shenguan::definition::Registry::embedded().expect("w")),
-        Arc::new(shenguan::calendar::Calendars::embedded().expect("c")),
-        Arc::new(clock.clone()),
+        shenguan::engine::Context::new(
+            Arc::new(shenguan::definition::Registry::embedded().expect("w")),
+            Arc::new(shenguan::calendar::Calendars::embedded().expect("c")),
+            Arc::new(clock.clone()),
+        ),
     )
     .await
     .expect("start");

@@ -27,9 +27,11 @@ async fn start(
     config(&mut c);
     Engine::start(
         c,
-        Arc::new(Registry::embedded().expect("workflows")),
-        Arc::new(Calendars::embedded().expect("calendars")),
-        Arc::new(clock.clone()),
+        shenguan::engine::Context::new(
+            Arc::new(Registry::embedded().expect("workflows")),
+            Arc::new(Calendars::embedded().expect("calendars")),
+            Arc::new(clock.clone()),
+        ),
     )
     .await
 }
@@ -113,9 +115,10 @@ async fn reminders_and_deadlines_fire_on_the_virtual_clock_and_overdue_ones_fire
     assert_eq!(dues, sorted, "overdue timers fire in due order: {after_restart:?}");
     assert_eq!(store.count(Table::Timers).await.expect("count"), 0);
     assert!(store.count(Table::Outbox).await.expect("count") >= 7, "reminders, overdue notices, licence");
-    let report = shenguan::admin::verify(&db, &Registry::embedded().expect("w"), &Calendars::embedded().expect("c"))
-        .await
-        .expect("verify");
+    let report =
+        shenguan::admin::verify_file(&db, &Registry::embedded().expect("w"), &Calendars::embedded().expect("c"))
+            .await
+            .expect("verify");
     assert_eq!(report.instances, 4);
     assert!(report.divergent.is_empty(), "{:?}", report.divergent);
     engine.shutdown().await;
@@ -210,9 +213,10 @@ async fn a_full_disk_is_unavailable_at_run_time_and_leaves_nothing_half_written(
     assert_eq!(store.count(Table::History).await.expect("count"), accepted, "no history without its instance");
     assert_eq!(store.count(Table::Timers).await.expect("count"), accepted * 2, "no timer without its instance");
     assert!(store.instance(&format!("case-{failed_at:04}")).await.expect("read").is_none());
-    let report = shenguan::admin::verify(&db, &Registry::embedded().expect("w"), &Calendars::embedded().expect("c"))
-        .await
-        .expect("verify");
+    let report =
+        shenguan::admin::verify_file(&db, &Registry::embedded().expect("w"), &Calendars::embedded().expect("c"))
+            .await
+            .expect("verify");
     assert!(report.divergent.is_empty(), "{:?}", report.divergent);
 }
 
@@ -229,24 +233,31 @@ async fn a_running_instance_stays_on_its_version_and_new_ones_take_the_newest() 
         + "\n[[states]]\nname = \"checking\"\n\n[[transitions]]\nfrom = \"checking\"\nevent = \"materials_submitted\"\nto = \"licensed\"\n";
     let calendars = Arc::new(Calendars::embedded().expect("calendars"));
     let only_v1 = Arc::new(Registry::from_sources(&[("v1.toml", &v1)]).expect("v1 loads"));
-    let engine =
-        Engine::start(Config::new(&db), only_v1, calendars.clone(), Arc::new(clock.clone())).await.expect("start");
+    let engine = Engine::start(
+        Config::new(&db),
+        shenguan::engine::Context::new(only_v1, calendars.clone(), Arc::new(clock.clone())),
+    )
+    .await
+    .expect("start");
     assert_eq!(engine.submit(case("old", "2026-10-09", None)).await.expect("old").instance.version, 1);
     engine.shutdown().await;
 
     let both = Arc::new(Registry::from_sources(&[("v1.toml", &v1), ("v2.toml", &v2)]).expect("both load"));
-    let engine = Engine::start(Config::new(&db), both.clone(), calendars.clone(), Arc::new(clock.clone()))
-        .await
-        .expect("restart");
+    let engine = Engine::start(
+        Config::new(&db),
+        shenguan::engine::Context::new(both.clone(), calendars.clone(), Arc::new(clock.clone())),
+    )
+    .await
+    .expect("restart");
     let new = engine.submit(case("new", "2026-10-09", None)).await.expect("new");
     assert_eq!(new.instance.version, 2);
     assert_eq!(engine.submit(materials("old")).await.expect("old").instance.state, "licensed", "v1 rules");
     assert_eq!(engine.submit(materials("new")).await.expect("new").instance.state, "checking", "v2 rules");
     engine.shutdown().await;
-    let report = shenguan::admin::verify(&db, &both, &calendars).await.expect("verify");
+    let report = shenguan::admin::verify_file(&db, &both, &calendars).await.expect("verify");
     assert!(report.divergent.is_empty(), "{:?}", report.divergent);
     let only_v2 = Registry::from_sources(&[("v2.toml", &v2)]).expect("v2 loads");
-    let report = shenguan::admin::verify(&db, &only_v2, &calendars).await.expect("verify");
+    let report = shenguan::admin::verify_file(&db, &only_v2, &calendars).await.expect("verify");
     assert_eq!(
         report.divergent,
         vec![("old".to_owned(), "workflow commitment_case version 1 is not loaded".to_owned())]

@@ -81,7 +81,7 @@ async fn check(db: &Path, clock: i64, acked: &Acked) -> Result<()> {
             other => bail!("{id}: deadline {deadline} has passed but the case is {other:?}"),
         }
     }
-    let report = shenguan::admin::verify(db, &Registry::embedded()?, &Calendars::embedded()?).await?;
+    let report = shenguan::admin::verify_file(db, &Registry::embedded()?, &Calendars::embedded()?).await?;
     ensure!(report.divergent.is_empty(), "admin verify found divergence: {:?}", report.divergent);
     ensure!(report.instances as usize == states.len(), "verify saw {} of {} instances", report.instances, states.len());
     Ok(())

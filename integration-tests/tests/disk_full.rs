@@ -135,7 +135,7 @@ async fn check_after_restart(db: &Path, acked: &BTreeSet<String>) -> Result<()> 
         }
     }
     server.stop().await?;
-    let report = shenguan::admin::verify(
+    let report = shenguan::admin::verify_file(
         db,
         &shenguan::definition::Registry::embedded()?,
         &shenguan::calendar::Calendars::embedded()?,

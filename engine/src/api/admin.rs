@@ -15,7 +15,7 @@ use crate::proto::{
     AdvanceClockReply, AdvanceClockRequest, ApprovalFigures, Figure, GetStatisticsReply, GetStatisticsRequest,
     GetTimelineReply, GetTimelineRequest, QueryCasesReply, QueryCasesRequest, SupervisionFigures,
 };
-use crate::store::read::Filter;
+use crate::store::Filter;
 use crate::store::InstanceRow;
 
 /// The service.
@@ -32,7 +32,7 @@ impl Admin {
     /// The instant a local date starts in the region (for date-range filters).
     fn start_of(&self, region: &str, field: &str, text: &str) -> Result<Millis, Status> {
         let d = date(field, text)?;
-        let calendar = self.shared.calendars.region(region);
+        let calendar = self.shared.calendars().region(region);
         calendar.at_time(d, chrono::NaiveTime::MIN).map(clock::from_datetime).map_err(|e| invalid(field, e))
     }
 
@@ -71,11 +71,11 @@ impl AdminService for Admin {
             return Err(Status::not_found(format!("case {case_id} does not exist")));
         };
         let mut rows = vec![case];
-        rows.extend(super::intake::tasks_of(reader, &case_id).await?);
+        rows.extend(super::intake::tasks_of(reader.as_ref(), &case_id).await?);
         let mut entries = Vec::new();
         for (order, row) in rows.iter().enumerate() {
             let history = reader.history(&row.id).await.map_err(|e| status::read_error(&e))?;
-            entries.extend(view::timeline(&self.shared.registry, row, &history).into_iter().map(|e| (order, e)));
+            entries.extend(view::timeline(self.shared.registry(), row, &history).into_iter().map(|e| (order, e)));
         }
         // Oldest first; within one instant the case before its tasks, each in history order.
         entries.sort_by_key(|(order, e)| (e.at.as_ref().map_or(0, |a| a.unix_millis), *order, e.seq));
@@ -102,7 +102,7 @@ impl AdminService for Admin {
         if !r.state.is_empty() {
             let def = self
                 .shared
-                .registry
+                .registry()
                 .latest("approval_case")
                 .ok_or_else(|| Status::internal("no approval_case workflow"))?;
             if def.state(&r.state).is_none() {
@@ -115,6 +115,7 @@ impl AdminService for Admin {
             // The definition of view::case_overdue, in SQL.
             filter.any_true = vec![domain::CASE_BREACH.into()];
             filter.any_task_true = domain::TASK_BREACHES.iter().map(|s| (*s).to_owned()).collect();
+            filter.task_workflow = domain::TASK_WORKFLOW.to_owned();
         }
         if !r.accepted_from.is_empty() {
             filter.created_from = Some(self.start_of(&region, "accepted_from", &r.accepted_from)?);
@@ -127,8 +128,8 @@ impl AdminService for Admin {
         let next_page_token = super::next_token(rows.last().map(|r| r.id.as_str()), full);
         let mut cases = Vec::with_capacity(rows.len());
         for row in &rows {
-            let tasks = super::intake::tasks_of(&self.shared.reader, &row.id).await?;
-            cases.push(view::case(&self.shared.registry, row, &tasks));
+            let tasks = super::intake::tasks_of(self.shared.reader.as_ref(), &row.id).await?;
+            cases.push(view::case(self.shared.registry(), row, &tasks));
         }
         Ok(Response::new(QueryCasesReply { cases, next_page_token }))
     }
@@ -147,7 +148,7 @@ impl AdminService for Admin {
         // An empty period is this year, on the server's clock (the sandbox clock in sandbox mode).
         let year = {
             use chrono::Datelike;
-            self.shared.today(self.shared.calendars.region(&region)).year()
+            self.shared.today(self.shared.calendars().region(&region)).year()
         };
         let from_text = if r.from.is_empty() { format!("{year}-01-01") } else { r.from.clone() };
         let to_text = if r.to.is_empty() { format!("{year}-12-31") } else { r.to.clone() };

@@ -94,7 +94,7 @@ impl EngineService for Engine {
                 ),
             ));
         }
-        if self.shared.registry.latest(&r.workflow).is_none() {
+        if self.shared.registry().latest(&r.workflow).is_none() {
             return Err(invalid("workflow", format!("no workflow named {:?} is loaded", r.workflow)));
         }
         let vars = object("vars_json", &r.vars_json)?;

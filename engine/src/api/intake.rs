@@ -48,8 +48,8 @@ impl Intake {
         let Some(row) = row.filter(|r| r.workflow == CASE_WORKFLOW) else {
             return Err(Status::not_found(format!("case {case_id} does not exist")));
         };
-        let tasks = tasks_of(reader, case_id).await?;
-        Ok(Response::new(CaseReply { case: Some(view::case(&self.shared.registry, &row, &tasks)), duplicate }))
+        let tasks = tasks_of(reader.as_ref(), case_id).await?;
+        Ok(Response::new(CaseReply { case: Some(view::case(self.shared.registry(), &row, &tasks)), duplicate }))
     }
 
     /// The answer to a group that changed the case: the case as committed, or the status of the
@@ -77,7 +77,7 @@ impl Intake {
         check("handling_item_code", domain::check_text(&r.handling_item_code, 64))?;
         let applicant = r.applicant.as_ref().ok_or_else(|| invalid("applicant", "is required"))?;
         check("applicant.name", domain::check_text(&applicant.name, 200))?;
-        let calendar = self.shared.calendars.region(&r.region_code);
+        let calendar = self.shared.calendars().region(&r.region_code);
         let today = self.shared.today(calendar);
         let code = match &applicant.id {
             Some(crate::proto::applicant::Id::CreditCode(c)) => {
@@ -214,7 +214,7 @@ impl Intake {
 
 /// The supervision tasks of a case, read for an answer (never to decide anything).
 pub(crate) async fn tasks_of(
-    reader: &crate::store::read::Reader,
+    reader: &dyn crate::store::ReadStore,
     case_id: &str,
 ) -> Result<Vec<crate::store::InstanceRow>, Status> {
     let rows = reader.with_prefix(&format!("{case_id}/T")).await.map_err(|e| status::read_error(&e))?;

@@ -25,12 +25,11 @@ use chrono::NaiveDate;
 use tonic::{Request, Status};
 
 use crate::calendar::{Calendar, Calendars};
-use crate::clock::{Clock, VirtualClock};
-use crate::definition::Registry;
+use crate::clock::VirtualClock;
 use crate::domain::credit::CreditGrades;
-use crate::engine::Engine;
+use crate::engine::{Context, Engine};
 use crate::machine::{Command, CommandKind, Idempotency};
-use crate::store::read::Reader;
+use crate::store::ReadStore;
 
 /// Largest page a listing returns.
 pub const MAX_PAGE: u32 = 500;
@@ -41,14 +40,10 @@ pub const DEFAULT_PAGE: u32 = 50;
 pub struct Shared {
     /// The engine (writer and timers).
     pub engine: Arc<Engine>,
-    /// Read-only queries.
-    pub reader: Reader,
-    /// Definitions.
-    pub registry: Arc<Registry>,
-    /// Calendars.
-    pub calendars: Arc<Calendars>,
-    /// The clock.
-    pub clock: Arc<dyn Clock>,
+    /// Read-only queries, through the storage boundary.
+    pub reader: Arc<dyn ReadStore>,
+    /// Definitions, calendars, the clock, metrics: the engine's own handles.
+    pub context: Context,
     /// Present in sandbox mode (`--virtual-clock`): the clock `AdvanceClock` moves.
     pub virtual_clock: Option<VirtualClock>,
     /// The credit grades, and which may not take the commitment route.
@@ -58,7 +53,17 @@ pub struct Shared {
 impl Shared {
     /// Today in the region's time zone.
     pub fn today(&self, calendar: &Calendar) -> NaiveDate {
-        calendar.local_date(crate::clock::to_datetime(self.clock.now()))
+        calendar.local_date(crate::clock::to_datetime(self.context.clock.now()))
+    }
+
+    /// The loaded definitions.
+    pub fn registry(&self) -> &crate::definition::Registry {
+        &self.context.registry
+    }
+
+    /// The working-day calendars.
+    pub fn calendars(&self) -> &Calendars {
+        &self.context.calendars
     }
 }
 

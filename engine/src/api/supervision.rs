@@ -16,7 +16,7 @@ use crate::proto::{
     AcknowledgeTaskRequest, ListTasksReply, ListTasksRequest, Outcome, ReportInspectionRequest,
     ReportRectificationRequest, ReportResultRequest, TaskReply,
 };
-use crate::store::read::Filter;
+use crate::store::Filter;
 use crate::writer::GroupItem;
 
 /// The service.
@@ -45,7 +45,7 @@ impl Supervision {
         let row = self.shared.reader.instance(task_id).await.map_err(|e| status::read_error(&e))?;
         match row.filter(|r| r.workflow == domain::TASK_WORKFLOW) {
             Some(row) => {
-                Ok(Response::new(TaskReply { task: Some(view::task(&self.shared.registry, &row)), duplicate }))
+                Ok(Response::new(TaskReply { task: Some(view::task(self.shared.registry(), &row)), duplicate }))
             }
             None => Err(Status::not_found(format!("task {task_id} does not exist"))),
         }
@@ -99,7 +99,7 @@ impl SupervisionService for Supervision {
         if !r.state.is_empty() {
             let def = self
                 .shared
-                .registry
+                .registry()
                 .latest("supervision_task")
                 .ok_or_else(|| Status::internal("no supervision_task workflow"))?;
             if def.state(&r.state).is_none() {
@@ -114,7 +114,7 @@ impl SupervisionService for Supervision {
         let rows = self.shared.reader.list(&filter).await.map_err(|e| status::read_error(&e))?;
         let full = rows.len() as u32 == size;
         let next_page_token = super::next_token(rows.last().map(|r| r.id.as_str()), full);
-        let tasks = rows.iter().map(|row| view::task(&self.shared.registry, row)).collect();
+        let tasks = rows.iter().map(|row| view::task(self.shared.registry(), row)).collect();
         Ok(Response::new(ListTasksReply { tasks, next_page_token }))
     }
 
@@ -134,7 +134,7 @@ impl SupervisionService for Supervision {
         let r = request.into_inner();
         let (task_id, _, region) = task_id_field(&r.task_id)?;
         let finished = date("finished_on", &r.finished_on)?;
-        let calendar = self.shared.calendars.region(&region);
+        let calendar = self.shared.calendars().region(&region);
         let today = self.shared.today(calendar);
         if finished > today {
             return Err(invalid("finished_on", format!("{finished} is in the future (today is {today})")));
@@ -174,7 +174,7 @@ impl SupervisionService for Supervision {
                 return Err(invalid("rectification_deadline", "is required for OUTCOME_NON_COMPLIANT"));
             }
             let d = date("rectification_deadline", &r.rectification_deadline)?;
-            let calendar = self.shared.calendars.region(&region);
+            let calendar = self.shared.calendars().region(&region);
             let today = self.shared.today(calendar);
             if d < today {
                 return Err(invalid("rectification_deadline", format!("{d} is in the past (today is {today})")));

@@ -218,6 +218,9 @@ pub struct TimerSpec {
     pub event: String,
     /// Whether it is a deadline: its firing is a breach (timelines and statistics say so).
     pub deadline: bool,
+    /// For a deadline: the text variable naming who is responsible for meeting it (a
+    /// department); breaches are counted against its value.
+    pub responsible: Option<String>,
 }
 
 /// An outbox message template.
@@ -399,6 +402,8 @@ struct RawTimer {
     event: String,
     #[serde(default)]
     deadline: bool,
+    #[serde(default)]
+    responsible: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -558,7 +563,25 @@ fn build_timer(raw: &RawTimer, env: &Env<'_>) -> Result<TimerSpec, String> {
         return Err(format!("timer name {:?} must be an identifier", raw.name));
     }
     let at = expr::parse_time(&raw.at, env).map_err(|e| format!("timer `{}`: at = {:?}: {e}", raw.name, raw.at))?;
-    Ok(TimerSpec { name: raw.name.clone(), at, event: raw.event.clone(), deadline: raw.deadline })
+    if let Some(var) = &raw.responsible {
+        if !raw.deadline {
+            return Err(format!("timer `{}`: `responsible` applies only to a deadline (deadline = true)", raw.name));
+        }
+        match env.vars.get(var) {
+            Some(Type::Str) => {}
+            Some(other) => {
+                return Err(format!("timer `{}`: responsible = {var:?} is a {other}, not a string variable", raw.name))
+            }
+            None => return Err(format!("timer `{}`: responsible = {var:?} is not a declared variable", raw.name)),
+        }
+    }
+    Ok(TimerSpec {
+        name: raw.name.clone(),
+        at,
+        event: raw.event.clone(),
+        deadline: raw.deadline,
+        responsible: raw.responsible.clone(),
+    })
 }
 
 #[allow(clippy::too_many_lines)]

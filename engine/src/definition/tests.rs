@@ -152,3 +152,19 @@ fn mermaid_draws_every_transition_and_timer() {
     assert!(text.contains("    overdue --> revoked: revoke\n"), "{text}");
     assert!(text.contains("    licensed --> [*]\n"), "{text}");
 }
+
+#[test]
+fn a_deadline_names_a_declared_string_variable_as_responsible() {
+    let timer = r#"timers = [{ name = "t1", at = "due at 09:00", event = "tick" }]"#;
+    let with = |attrs: &str| {
+        BASE.replace(timer, &format!(r#"timers = [{{ name = "t1", at = "due at 09:00", event = "tick"{attrs} }}]"#))
+    };
+    let def = parse("t.toml", &with(r#", deadline = true, responsible = "note""#)).expect("valid");
+    assert_eq!(def.timer("t1").and_then(|t| t.responsible.as_deref()), Some("note"));
+    assert_error(
+        &with(r#", deadline = true, responsible = "nobody""#),
+        "responsible = \"nobody\" is not a declared variable",
+    );
+    assert_error(&with(r#", deadline = true, responsible = "due""#), "is a date, not a string variable");
+    assert_error(&with(r#", responsible = "note""#), "`responsible` applies only to a deadline");
+}

@@ -236,6 +236,58 @@ pub trait Store: Send + 'static {
     ) -> impl Future<Output = Result<Vec<TimerRow>, Error>> + Send;
 }
 
+/// A filter on an instance listing.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Workflow name.
+    pub workflow: String,
+    /// Exact state.
+    pub state: Option<String>,
+    /// Variable equals text: (variable, value).
+    pub vars: Vec<(String, String)>,
+    /// Any of these boolean variables is true…
+    pub any_true: Vec<String>,
+    /// …or any of these boolean variables of one of its children (`<id>/T…` of workflow
+    /// `task_workflow`) is true.
+    pub any_task_true: Vec<String>,
+    /// The children's workflow, for `any_task_true`.
+    pub task_workflow: String,
+    /// Created at or after.
+    pub created_from: Option<Millis>,
+    /// Created before.
+    pub created_before: Option<Millis>,
+    /// Ids strictly after this one (paging).
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: Option<u32>,
+}
+
+/// The read side of storage: what the API's queries and `admin verify` need, and all they may
+/// use. It sees committed state only. A second backend implements this and [`Store`]; nothing
+/// above the store names a backend.
+#[async_trait::async_trait]
+pub trait ReadStore: Send + Sync {
+    /// One instance.
+    async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, Error>;
+    /// Instances whose id starts with `prefix`, in id order.
+    async fn with_prefix(&self, prefix: &str) -> Result<Vec<InstanceRow>, Error>;
+    /// One instance's history, ascending.
+    async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, Error>;
+    /// Instances matching `filter`, in id order.
+    async fn list(&self, filter: &Filter) -> Result<Vec<InstanceRow>, Error>;
+    /// Outbox messages not yet delivered.
+    async fn outbox_backlog(&self) -> Result<u64, Error>;
+    /// Timers armed in the database.
+    async fn timers_pending(&self) -> Result<u64, Error>;
+    /// Instance ids in order, strictly after `after`, at most `limit`.
+    async fn instance_ids(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>, Error>;
+    /// Every stored timer in key order (verify; unbounded).
+    async fn all_timers(&self) -> Result<Vec<TimerRow>, Error>;
+    /// (table, instance id) for rows of history, outbox or idempotency that name an instance
+    /// with no instance row, at most `limit`.
+    async fn orphans(&self, limit: u32) -> Result<Vec<(String, String)>, Error>;
+}
+
 /// The shard of an instance: a stable hash (FNV-1a) of its id modulo `shards`.
 pub fn shard_of(id: &str, shards: u32) -> u32 {
     (fnv1a(id.as_bytes()) % u64::from(shards.max(1))) as u32

@@ -1,6 +1,7 @@
-//! The read side: queries for the API (cases, tasks, timelines, statistics) on a pool of
-//! read-only SQLite connections, beside the writer's own connection. WAL lets these read while
-//! the writer commits; they see only committed state.
+//! The SQLite read side: [`Reader`] implements [`ReadStore`] — the queries of the API (cases,
+//! tasks, timelines, statistics) and of `admin verify` — on a pool of read-only connections,
+//! beside the writer's own connection. WAL lets these read while the writer commits; they see
+//! only committed state.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -10,34 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRo
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::sqlite::{HISTORY_COLUMNS, INSTANCE_COLUMNS as COLUMNS};
-use super::{Error, InstanceRow};
-use crate::clock::Millis;
-use crate::domain::TASK_WORKFLOW;
+use super::{Error, Filter, InstanceRow, ReadStore, TimerRow};
 use crate::machine::{CommandKind, HistoryEntry};
-
-/// A filter on an instance listing.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Workflow name.
-    pub workflow: String,
-    /// Exact state.
-    pub state: Option<String>,
-    /// Variable equals text: (variable, value).
-    pub vars: Vec<(String, String)>,
-    /// Any of these boolean variables is true…
-    pub any_true: Vec<String>,
-    /// …or (for a case) any of these boolean variables of one of its tasks (`<id>/T…` of
-    /// workflow [`TASK_WORKFLOW`]) is true.
-    pub any_task_true: Vec<String>,
-    /// Created at or after.
-    pub created_from: Option<Millis>,
-    /// Created before.
-    pub created_before: Option<Millis>,
-    /// Ids strictly after this one (paging).
-    pub after: Option<String>,
-    /// At most this many.
-    pub limit: Option<u32>,
-}
 
 /// Read-only access for queries.
 #[derive(Debug, Clone)]
@@ -61,8 +36,28 @@ impl Reader {
         Ok(Reader { pool })
     }
 
-    /// One instance.
-    pub async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
+    /// Opens an existing shenguan database for reading only (`admin verify`): never creates a
+    /// file, and refuses a file that is not a shenguan database.
+    pub async fn open_existing(path: &Path) -> Result<Self, Error> {
+        let open = |message: String| Error::Open { path: path.display().to_string(), message };
+        if !path.is_file() {
+            return Err(open("no such database file".into()));
+        }
+        let reader = Reader::open(path, 1).await?;
+        let has_schema: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = 'instances'")
+            .fetch_one(&reader.pool)
+            .await
+            .map_err(|e| open(e.to_string()))?;
+        if has_schema == 0 {
+            return Err(open("not a shenguan database (no instances table)".into()));
+        }
+        Ok(reader)
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadStore for Reader {
+    async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM instances WHERE id = ?"))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -70,8 +65,7 @@ impl Reader {
         row.as_ref().map(super::sqlite::instance_from_row).transpose()
     }
 
-    /// Instances whose id starts with `prefix`, in id order.
-    pub async fn with_prefix(&self, prefix: &str) -> Result<Vec<InstanceRow>, Error> {
+    async fn with_prefix(&self, prefix: &str) -> Result<Vec<InstanceRow>, Error> {
         // Ids are ASCII here; the range [prefix, prefix + U+10FFFF) holds exactly the prefixed ones.
         let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM instances WHERE id >= ? AND id < ? ORDER BY id"))
             .bind(prefix)
@@ -81,8 +75,7 @@ impl Reader {
         rows.iter().map(super::sqlite::instance_from_row).collect()
     }
 
-    /// One instance's history, ascending.
-    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
+    async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
         let rows = sqlx::query(&format!("SELECT {HISTORY_COLUMNS} FROM history WHERE instance_id = ? ORDER BY seq"))
             .bind(id)
             .fetch_all(&self.pool)
@@ -90,22 +83,20 @@ impl Reader {
         rows.iter().map(super::sqlite::history_from_row).collect()
     }
 
-    /// Outbox messages not yet delivered.
-    pub async fn outbox_backlog(&self) -> Result<u64, Error> {
+    async fn outbox_backlog(&self) -> Result<u64, Error> {
         let n: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'pending'").fetch_one(&self.pool).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Timers armed in the database. Counts the `timers_due` index: cost grows with the number
-    /// of pending timers (tens of milliseconds per million), paid per scrape, not per command.
-    pub async fn timers_pending(&self) -> Result<u64, Error> {
+    // Counts the `timers_due` index: cost grows with the number of pending timers (tens of
+    // milliseconds per million), paid per scrape, not per command.
+    async fn timers_pending(&self) -> Result<u64, Error> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM timers").fetch_one(&self.pool).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Instances matching `filter`, in id order.
-    pub async fn list(&self, filter: &Filter) -> Result<Vec<InstanceRow>, Error> {
+    async fn list(&self, filter: &Filter) -> Result<Vec<InstanceRow>, Error> {
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("SELECT {COLUMNS} FROM instances WHERE workflow = "));
         q.push_bind(&filter.workflow);
@@ -123,7 +114,7 @@ impl Reader {
             if !filter.any_task_true.is_empty() {
                 // Task ids are the case id, "/T" and a number: a range scan of the primary key.
                 q.push(" OR EXISTS (SELECT 1 FROM instances t WHERE t.id > instances.id || '/T' AND t.id < instances.id || '/U' AND t.workflow = ")
-                    .push_bind(TASK_WORKFLOW)
+                    .push_bind(&filter.task_workflow)
                     .push(" AND (0");
                 for var in &filter.any_task_true {
                     q.push(" OR json_extract(t.vars, ").push_bind(format!("$.{var}")).push(") = 1");
@@ -147,6 +138,28 @@ impl Reader {
         }
         let rows: Vec<SqliteRow> = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(super::sqlite::instance_from_row).collect()
+    }
+
+    async fn instance_ids(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar("SELECT id FROM instances WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn all_timers(&self) -> Result<Vec<TimerRow>, Error> {
+        let rows = sqlx::query("SELECT instance_id, name, due_at FROM timers ORDER BY due_at, instance_id, name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(super::sqlite::timer_from_row).collect()
+    }
+
+    async fn orphans(&self, limit: u32) -> Result<Vec<(String, String)>, Error> {
+        Ok(sqlx::query_as::<_, (String, String)>(super::sqlite::ORPHANS)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
     }
 }
 

@@ -234,17 +234,11 @@ impl SqliteStore {
     /// instance row: (table, instance id), at most `limit`.
     pub async fn orphans(&mut self, limit: u32) -> Result<Vec<(String, String)>, Error> {
         let conn = self.conn().await?;
-        let rows = sqlx::query_as::<_, (String, String)>(
-            "SELECT t, id FROM ( \
-               SELECT DISTINCT 'history' AS t, instance_id AS id FROM history \
-               UNION SELECT DISTINCT 'outbox', instance_id FROM outbox \
-               UNION SELECT DISTINCT 'idempotency', instance_id FROM idempotency \
-             ) WHERE id NOT IN (SELECT id FROM instances) ORDER BY id, t LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(conn)
-        .await
-        .map_err(Error::from);
+        let rows = sqlx::query_as::<_, (String, String)>(ORPHANS)
+            .bind(i64::from(limit))
+            .fetch_all(conn)
+            .await
+            .map_err(Error::from);
         self.after(rows).await
     }
 
@@ -539,17 +533,22 @@ mod ops {
                 .await?
             }
         };
-        rows.iter()
-            .map(|r| {
-                Ok(TimerRow {
-                    due: r.try_get("due_at")?,
-                    instance: r.try_get("instance_id")?,
-                    name: r.try_get("name")?,
-                })
-            })
-            .collect()
+        rows.iter().map(super::timer_from_row).collect()
     }
 }
+
+/// A `timers` row as read.
+pub(crate) fn timer_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TimerRow, Error> {
+    Ok(TimerRow { due: r.try_get("due_at")?, instance: r.try_get("instance_id")?, name: r.try_get("name")? })
+}
+
+/// Instance ids that rows of `history`, `outbox` or `idempotency` name but that have no
+/// instance row: (table, instance id), at most `?` of them.
+pub(crate) const ORPHANS: &str = "SELECT t, id FROM ( \
+       SELECT DISTINCT 'history' AS t, instance_id AS id FROM history \
+       UNION SELECT DISTINCT 'outbox', instance_id FROM outbox \
+       UNION SELECT DISTINCT 'idempotency', instance_id FROM idempotency \
+     ) WHERE id NOT IN (SELECT id FROM instances) ORDER BY id, t LIMIT ?";
 
 impl Store for SqliteStore {
     async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {

@@ -18,7 +18,10 @@
 pub mod service;
 pub mod wheel;
 
+use std::sync::Mutex;
+
 use crate::clock::Millis;
+use crate::store::{Store, TimerFrom};
 
 /// The wheel's key for a timer: the due time is part of it, so a re-armed timer is a new key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,6 +71,72 @@ impl TimerIndex {
     pub fn new(now: Millis) -> Self {
         TimerIndex { wheel: wheel::Wheel::new(now), horizon: Horizon::start() }
     }
+}
+
+/// A change to the wheel that a committed batch made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WheelOp {
+    /// A timer armed: into the wheel if it falls inside the loaded horizon.
+    Insert(TimerKey),
+    /// A timer cancelled, fired or replaced.
+    Cancel(TimerKey),
+}
+
+impl TimerIndex {
+    /// Applies a committed batch's changes; true when a timer went into the wheel (the service
+    /// should look again). Keeps the contract: an armed timer outside the horizon stays out,
+    /// and the page that reaches it brings it in.
+    pub fn apply(&mut self, ops: Vec<WheelOp>) -> bool {
+        let mut inserted = false;
+        for op in ops {
+            match op {
+                WheelOp::Cancel(key) => {
+                    self.wheel.cancel(&key);
+                }
+                WheelOp::Insert(key) => {
+                    if self.horizon.contains(key.due, &key.instance, &key.name) {
+                        let due = key.due;
+                        self.wheel.insert(key, due);
+                        inserted = true;
+                    }
+                }
+            }
+        }
+        inserted
+    }
+}
+
+/// Moves the horizon towards `until` by one page of at most `page` stored timers, read from
+/// `store` and put into the wheel; answers how many. The read and the move happen with no
+/// commit in between because only the writer task calls this, between batches (see the
+/// contract above). A full page stops at its last key; the caller asks again.
+pub async fn page_in<S: Store>(
+    store: &mut S,
+    timers: &Mutex<TimerIndex>,
+    until: Millis,
+    page: u32,
+) -> Result<usize, crate::store::Error> {
+    let horizon = lock(timers).horizon.clone();
+    if horizon.after.is_none() && horizon.due >= until {
+        return Ok(0);
+    }
+    let from = match &horizon.after {
+        Some((instance, name)) => TimerFrom::After(horizon.due, instance.clone(), name.clone()),
+        None => TimerFrom::Due(horizon.due),
+    };
+    let rows = store.timers_page(&from, until, page).await?;
+    let full = rows.len() >= page as usize;
+    let mut index = lock(timers);
+    index.horizon = match rows.last() {
+        Some(last) if full => Horizon { due: last.due, after: Some((last.instance.clone(), last.name.clone())) },
+        _ => Horizon { due: until, after: None },
+    };
+    let n = rows.len();
+    for row in rows {
+        let key = TimerKey { instance: row.instance, name: row.name, due: row.due };
+        index.wheel.insert(key, row.due);
+    }
+    Ok(n)
 }
 
 /// Locks the shared index. A panic while it was held cannot leave the wheel in a state that

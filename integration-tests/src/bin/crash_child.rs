@@ -47,9 +47,11 @@ async fn main() -> Result<()> {
     let engine = Arc::new(
         Engine::start(
             config,
-            Arc::new(Registry::embedded()?),
-            Arc::new(Calendars::embedded()?),
-            Arc::new(clock.clone()),
+            shenguan::engine::Context::new(
+                Arc::new(Registry::embedded()?),
+                Arc::new(Calendars::embedded()?),
+                Arc::new(clock.clone()),
+            ),
         )
         .await?,
     );

@@ -1,0 +1,434 @@
+//! The pure half of group commit: turning one batch of commands into the rows of one
+//! transaction, with no I/O.
+//!
+//! A [`Builder`] holds the batch's instances (an overlay over what is committed), the request
+//! ids it has seen, and the rows it will write. For each command it checks the request id,
+//! runs [`decide`] against the overlay (so two commands to one instance in one batch see each
+//! other), and records the transition as history, instance, timer, outbox and idempotency rows
+//! plus the timer-wheel operations to apply once the batch has committed. A group is decided
+//! member by member on a second overlay and recorded only when every required member was
+//! accepted: all or nothing.
+//!
+//! The [`writer`](super) task does the I/O around it: it loads what the builder says it lacks
+//! ([`Builder::unseen`], [`GroupStep::Load`]), commits [`Built::batch`], answers the callers and
+//! applies [`Built::wheel_ops`]. Everything here is unit-tested without a database.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{Applied, Derive, GroupError, GroupItem, WriteError};
+use crate::calendar::Calendars;
+use crate::clock::Millis;
+use crate::definition::{Definition, Registry, Value};
+use crate::machine::{decide, ArmedTimer, Command, CommandKind, Instance, Rejection, Transition};
+use crate::store::{shard_of, Batch, IdempotencyRow, InstanceRow, OutboxRow};
+use crate::timer::{TimerKey, WheelOp};
+
+/// Rounds of same-batch fires of timers armed already due (see [`Builder::fire_due_now`]).
+const IMMEDIATE_ROUNDS: usize = 8;
+
+/// A timer fired by the batch, for metrics once it has committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// When it was due.
+    pub due: Millis,
+    /// Its instance's workflow.
+    pub workflow: String,
+    /// For a deadline (a breach): the responsible party, from the variable its definition
+    /// names (`responsible = "…"`), or `unspecified`.
+    pub breach_of: Option<String>,
+}
+
+/// What a command's request id says before deciding anything.
+enum Seen {
+    New,
+    /// Same request again: the first answer; `true` when the first one is in this batch.
+    Duplicate(Applied, bool),
+    /// Refused before deciding: the key was used for another request, or what it names is gone
+    /// or damaged.
+    Refused(WriteError),
+}
+
+/// The outcome of [`Builder::group`].
+#[derive(Debug)]
+pub enum GroupStep {
+    /// Decided: the answer, and whether it is true only once the batch commits.
+    Done(Result<Vec<Option<Applied>>, GroupError>, bool),
+    /// The group's derived commands name instances the builder has not seen: load them
+    /// ([`Builder::insert_loaded`]) and call [`Builder::group`] again. Nothing was recorded.
+    Load(Vec<String>),
+}
+
+/// One batch being built.
+pub struct Builder<'a> {
+    registry: &'a Registry,
+    calendars: &'a Calendars,
+    shards: u32,
+    retention: Millis,
+    now: Millis,
+    /// Instances as the batch so far leaves them (or why one cannot be loaded).
+    live: HashMap<String, Result<Instance, WriteError>>,
+    /// Ids loaded (present or not): nothing more to read for them.
+    looked_up: HashSet<String>,
+    known_keys: HashMap<String, IdempotencyRow>,
+    new_keys: HashMap<String, IdempotencyRow>,
+    batch: Batch,
+    timer_rows: HashMap<(String, String), usize>,
+    changed: HashMap<String, usize>,
+    wheel_ops: Vec<WheelOp>,
+    fired: Vec<Fired>,
+    /// Timers armed in this batch whose due time has already come: (due, instance, name).
+    due_now: Vec<(Millis, String, String)>,
+    counts: Vec<(&'static str, &'static str)>,
+}
+
+/// A finished batch.
+#[derive(Debug, Default)]
+pub struct Built {
+    /// The rows to commit in one transaction.
+    pub batch: Batch,
+    /// Timer-wheel changes to apply after the commit.
+    pub wheel_ops: Vec<WheelOp>,
+    /// Timers fired.
+    pub fired: Vec<Fired>,
+    /// Commands by (kind, result), counted once the batch's fate is known.
+    pub counts: Vec<(&'static str, &'static str)>,
+    /// Every instance the batch read or changed, as the batch leaves them (for the cache).
+    pub live: HashMap<String, Result<Instance, WriteError>>,
+}
+
+fn kind_of(command: &Command) -> &'static str {
+    match command.kind {
+        CommandKind::Start { .. } => "start",
+        CommandKind::Event { .. } => "event",
+        CommandKind::Timer { .. } => "timer",
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// An empty batch at engine time `now`, knowing the stored request ids `known_keys`
+    /// (those of the batch's commands; ids older than `retention` are forgotten).
+    pub fn new(
+        registry: &'a Registry,
+        calendars: &'a Calendars,
+        shards: u32,
+        retention: Millis,
+        now: Millis,
+        known_keys: HashMap<String, IdempotencyRow>,
+    ) -> Self {
+        Builder {
+            registry,
+            calendars,
+            shards,
+            retention,
+            now,
+            live: HashMap::new(),
+            looked_up: HashSet::new(),
+            known_keys,
+            new_keys: HashMap::new(),
+            batch: Batch::default(),
+            timer_rows: HashMap::new(),
+            changed: HashMap::new(),
+            wheel_ops: Vec::new(),
+            fired: Vec::new(),
+            due_now: Vec::new(),
+            counts: Vec::new(),
+        }
+    }
+
+    /// The ids among `ids` not loaded yet, each once.
+    pub fn unseen<'i>(&self, ids: impl IntoIterator<Item = &'i str>) -> Vec<&'i str> {
+        let mut out: Vec<&str> = ids.into_iter().filter(|id| !self.looked_up.contains(*id)).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Records that `ids` were loaded: `instances` holds those that exist (from a cache),
+    /// `rows` those read from the store (decoded here); the rest do not exist.
+    pub fn insert_loaded(&mut self, ids: &[&str], instances: Vec<Instance>, rows: HashMap<String, InstanceRow>) {
+        for instance in instances {
+            self.live.insert(instance.id.clone(), Ok(instance));
+        }
+        for (id, row) in rows {
+            let decoded = self.decode(row);
+            self.live.insert(id, decoded);
+        }
+        self.looked_up.extend(ids.iter().map(|id| (*id).to_owned()));
+    }
+
+    fn decode(&self, row: InstanceRow) -> Result<Instance, WriteError> {
+        let id = row.id.clone();
+        let corrupt = |message: String| WriteError::DataLoss(format!("instance {id} cannot be loaded: {message}"));
+        let def = self
+            .registry
+            .get(&row.workflow, row.version)
+            .ok_or_else(|| corrupt(format!("workflow {} version {} is not loaded", row.workflow, row.version)))?;
+        row.decode(def).map_err(|e| corrupt(e.to_string()))
+    }
+
+    fn definition_for(&self, command: &Command, current: Option<&Instance>) -> Result<Arc<Definition>, Rejection> {
+        match (current, &command.kind) {
+            (Some(instance), _) => self.registry.get(&instance.workflow, instance.version).cloned().ok_or_else(|| {
+                Rejection::UnknownWorkflow { workflow: format!("{} version {}", instance.workflow, instance.version) }
+            }),
+            (None, CommandKind::Start { workflow, version, .. }) => {
+                let def = match version {
+                    Some(v) => self.registry.get(workflow, *v),
+                    None => self.registry.latest(workflow),
+                };
+                def.cloned().ok_or_else(|| Rejection::UnknownWorkflow { workflow: workflow.clone() })
+            }
+            (None, _) => Err(Rejection::NotFound { instance: command.instance.clone() }),
+        }
+    }
+
+    fn seen(&self, command: &Command) -> Seen {
+        let Some(idem) = &command.idempotency else { return Seen::New };
+        let (row, in_batch) = match self.new_keys.get(&idem.key) {
+            Some(row) => (row, true),
+            None => match self.known_keys.get(&idem.key) {
+                // A key past its retention is forgotten, whether or not it was pruned yet.
+                Some(row) if row.created_at < self.now.saturating_sub(self.retention) => return Seen::New,
+                Some(row) => (row, false),
+                None => return Seen::New,
+            },
+        };
+        if row.fingerprint != idem.fingerprint || row.instance != command.instance {
+            let key = command.request_id.clone().unwrap_or_else(|| idem.key.clone());
+            return Seen::Refused(WriteError::KeyReused { key });
+        }
+        match self.live.get(&command.instance) {
+            Some(Ok(instance)) => {
+                Seen::Duplicate(Applied { instance: instance.clone(), seq: row.seq, duplicate: true }, in_batch)
+            }
+            Some(Err(e)) => Seen::Refused(e.clone()),
+            None => Seen::Refused(WriteError::DataLoss(format!(
+                "request {} was applied to {}, which no longer exists",
+                idem.key, command.instance
+            ))),
+        }
+    }
+
+    /// Runs `decide` for one command against the batch so far (and `overlay`, a group's
+    /// members decided before it), without recording anything.
+    fn try_decide(&self, overlay: &HashMap<String, Instance>, command: &Command) -> Result<Transition, WriteError> {
+        let current = match overlay.get(&command.instance) {
+            Some(instance) => Some(instance),
+            None => match self.live.get(&command.instance) {
+                Some(Ok(instance)) => Some(instance),
+                Some(Err(e)) => return Err(e.clone()),
+                None => None,
+            },
+        };
+        let def = self.definition_for(command, current)?;
+        Ok(decide(&def, current, command, self.now, self.calendars)?)
+    }
+
+    /// The responsible party of a fired timer if it is a deadline, from its definition.
+    fn breach_of(&self, instance: &Instance, timer: &str) -> Option<String> {
+        let def = self.registry.get(&instance.workflow, instance.version)?;
+        let spec = def.timer(timer).filter(|spec| spec.deadline)?;
+        let named = spec.responsible.as_deref().and_then(|var| match instance.vars.get(var) {
+            Some(Value::Str(s)) => Some(s.clone()),
+            _ => None,
+        });
+        Some(named.unwrap_or_else(|| "unspecified".to_owned()))
+    }
+
+    /// Records a decided transition into the batch.
+    fn record(&mut self, command: &Command, t: Transition) -> Applied {
+        let now = self.now;
+        if let CommandKind::Timer { name, due } = &command.kind {
+            let breach_of = self.breach_of(&t.instance, name);
+            self.fired.push(Fired { due: *due, workflow: t.instance.workflow.clone(), breach_of });
+        }
+        let previous = match self.live.get(&command.instance) {
+            Some(Ok(instance)) => Some(instance.timers.clone()),
+            _ => None,
+        };
+        let shard = shard_of(&command.instance, self.shards);
+        let id = command.instance.clone();
+        let cancel_old = |ops: &mut Vec<WheelOp>, name: &str| {
+            if let Some(old) = previous.as_ref().and_then(|timers| timers.get(name)) {
+                ops.push(WheelOp::Cancel(TimerKey { instance: id.clone(), name: name.to_owned(), due: old.due }));
+            }
+        };
+        for name in &t.remove {
+            cancel_old(&mut self.wheel_ops, name);
+            self.set_timer((id.clone(), name.clone()), None);
+        }
+        for (name, timer) in &t.arm {
+            cancel_old(&mut self.wheel_ops, name);
+            self.wheel_ops.push(WheelOp::Insert(TimerKey { instance: id.clone(), name: name.clone(), due: timer.due }));
+            if timer.due <= now {
+                self.due_now.push((timer.due, id.clone(), name.clone()));
+            }
+            self.set_timer((id.clone(), name.clone()), Some((timer.clone(), shard)));
+        }
+        for (i, message) in t.outbox.iter().enumerate() {
+            self.batch.outbox.push(OutboxRow {
+                key: format!("{id}:{}:{i}", t.history.seq),
+                instance: id.clone(),
+                seq: t.history.seq,
+                message: message.clone(),
+                created_at: now,
+            });
+        }
+        if let Some(idem) = &command.idempotency {
+            let row = IdempotencyRow {
+                instance: id.clone(),
+                seq: t.history.seq,
+                fingerprint: idem.fingerprint.clone(),
+                created_at: now,
+            };
+            self.batch.idempotency.push((idem.key.clone(), row.clone()));
+            self.new_keys.insert(idem.key.clone(), row);
+        }
+        let row = InstanceRow::of(&t.instance, shard);
+        match self.changed.get(&id) {
+            Some(&i) => self.batch.instances[i] = row,
+            None => {
+                self.changed.insert(id.clone(), self.batch.instances.len());
+                self.batch.instances.push(row);
+            }
+        }
+        let seq = t.history.seq;
+        self.batch.history.push((id.clone(), t.history));
+        let applied = Applied { instance: t.instance.clone(), seq, duplicate: false };
+        self.live.insert(id, Ok(t.instance));
+        applied
+    }
+
+    fn set_timer(&mut self, key: (String, String), value: Option<(ArmedTimer, u32)>) {
+        match self.timer_rows.get(&key) {
+            Some(&i) => self.batch.timers[i].1 = value,
+            None => {
+                self.timer_rows.insert(key.clone(), self.batch.timers.len());
+                self.batch.timers.push((key, value));
+            }
+        }
+    }
+
+    /// Decides and records one command. Answers it, and whether the answer is true only once
+    /// the batch commits (false for a refusal, or a duplicate of a committed request).
+    pub fn one(&mut self, command: &Command) -> (Result<Applied, WriteError>, bool) {
+        match self.seen(command) {
+            Seen::Duplicate(applied, in_batch) => return (Ok(applied), in_batch),
+            Seen::Refused(e) => return (Err(e), false),
+            Seen::New => {}
+        }
+        match self.try_decide(&HashMap::new(), command) {
+            Ok(t) => {
+                self.counts.push((kind_of(command), "applied"));
+                (Ok(self.record(command, t)), true)
+            }
+            Err(e) => {
+                self.counts.push((kind_of(command), "rejected"));
+                (Err(e), false)
+            }
+        }
+    }
+
+    /// Decides a group all or nothing: every member on an overlay first, in order (each sees
+    /// the ones before it), then `derive`'s commands from the first member's result; only if
+    /// every required member was accepted are the transitions recorded (as decided: nothing is
+    /// decided twice). Only the first member's request id counts, for the whole group.
+    pub fn group(&mut self, items: &[GroupItem], derive: Option<&Derive>) -> GroupStep {
+        let fail = |index: usize, instance: &str, error: WriteError| {
+            GroupStep::Done(Err(GroupError { index, instance: instance.to_owned(), error }), false)
+        };
+        if let Some(first) = items.first() {
+            match self.seen(&first.command) {
+                Seen::New => {}
+                Seen::Refused(error) => return fail(0, &first.command.instance, error),
+                Seen::Duplicate(applied, in_batch) => {
+                    // The whole group was applied before. The first member answers as it did
+                    // then (its history entry); the others are not decided again.
+                    let mut answers = vec![Some(applied)];
+                    answers.resize(items.len(), None);
+                    return GroupStep::Done(Ok(answers), in_batch);
+                }
+            }
+        }
+        let mut overlay: HashMap<String, Instance> = HashMap::new();
+        let mut derived: Vec<GroupItem> = Vec::new();
+        let mut decided = Vec::with_capacity(items.len());
+        for index in 0.. {
+            // The given items, then the derived ones.
+            let Some(item) = items.get(index).or_else(|| derived.get(index - items.len())) else { break };
+            let mut command = item.command.clone();
+            if index > 0 {
+                command.request_id = None;
+                command.idempotency = None;
+            }
+            match self.try_decide(&overlay, &command) {
+                Ok(t) => {
+                    if let (0, Some(derive)) = (index, derive) {
+                        derived = match derive(&t.instance) {
+                            Ok(more) => more,
+                            Err(error) => return fail(0, &command.instance, error),
+                        };
+                        let missing = self.unseen(derived.iter().map(|i| i.command.instance.as_str()));
+                        if !missing.is_empty() {
+                            return GroupStep::Load(missing.into_iter().map(str::to_owned).collect());
+                        }
+                    }
+                    overlay.insert(command.instance.clone(), t.instance.clone());
+                    decided.push(Some((command, t)));
+                }
+                Err(_) if !item.required => decided.push(None),
+                Err(error) => return fail(index, &command.instance, error),
+            }
+        }
+        let answers = decided
+            .into_iter()
+            .map(|d| {
+                d.map(|(command, t)| {
+                    self.counts.push((kind_of(&command), "applied"));
+                    self.record(&command, t)
+                })
+            })
+            .collect();
+        GroupStep::Done(Ok(answers), true)
+    }
+
+    /// Fires, in this batch and in due order, the timers it armed with a due time already come
+    /// (a reminder for tomorrow's deadline armed after its 09:00): "at once", so the caller's
+    /// answer shows the fired state and nothing waits for the timer service. A chain of such
+    /// fires is followed a bounded number of rounds; anything left is in the wheel, which
+    /// fires it next.
+    pub fn fire_due_now(&mut self) {
+        for _ in 0..IMMEDIATE_ROUNDS {
+            if self.due_now.is_empty() {
+                return;
+            }
+            let mut due = std::mem::take(&mut self.due_now);
+            due.sort();
+            for (at, instance, name) in due {
+                let command = Command {
+                    instance,
+                    kind: CommandKind::Timer { name, due: at },
+                    actor: "timer".to_owned(),
+                    request_id: None,
+                    idempotency: None,
+                };
+                // A refusal (the timer was cancelled again in this batch) leaves nothing to do.
+                let _ = self.one(&command);
+            }
+        }
+    }
+
+    /// Whether nothing has been recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// The batch as built.
+    pub fn finish(self) -> Built {
+        Built { batch: self.batch, wheel_ops: self.wheel_ops, fired: self.fired, counts: self.counts, live: self.live }
+    }
+}
+
+#[cfg(test)]
+mod tests;

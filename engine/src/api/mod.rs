@@ -28,7 +28,7 @@ use crate::calendar::{Calendar, Calendars};
 use crate::clock::VirtualClock;
 use crate::domain::credit::CreditGrades;
 use crate::engine::{Context, Engine};
-use crate::machine::{Command, CommandKind, Idempotency};
+use crate::machine::{Command, Idempotency};
 use crate::store::ReadStore;
 
 /// Largest page a listing returns.
@@ -141,39 +141,9 @@ pub fn request_key<T: prost::Message>(request: &Request<T>, method: &str, caller
     Key::parse("x-request-id", header_id(request)?, method, caller, request.get_ref())
 }
 
-/// A JSON object from a `json!` literal built by a handler (anything else is no fields).
-pub fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
-}
-
-/// A command delivering event `name` with `fields` to `instance`, under the caller's key.
-pub fn event(instance: &str, name: &str, fields: serde_json::Value, actor: &str, key: Option<Key>) -> Command {
-    let command = Command {
-        instance: instance.to_owned(),
-        kind: CommandKind::Event { name: name.to_owned(), fields: object(fields) },
-        actor: actor.to_owned(),
-        request_id: None,
-        idempotency: None,
-    };
-    keyed(command, key)
-}
-
-/// The years a date field may name: wide enough for any birth date or deadline, narrow enough
-/// that a day more or less never leaves the calendar type's range.
-const YEARS: std::ops::RangeInclusive<i32> = 1900..=2199;
-
-/// A date field: `YYYY-MM-DD`, in the years 1900–2199.
+/// A date field: `YYYY-MM-DD`, in the years the domain allows.
 pub fn date(field: &str, text: &str) -> Result<NaiveDate, Status> {
-    use chrono::Datelike;
-    let d = crate::calendar::parse_date(text)
-        .ok_or_else(|| status::invalid(field, format!("{text:?} is not a date YYYY-MM-DD")))?;
-    if !YEARS.contains(&d.year()) {
-        return Err(status::invalid(field, format!("{text} is out of range: years 1900 to 2199")));
-    }
-    Ok(d)
+    crate::domain::date(text).map_err(|e| status::invalid(field, e))
 }
 
 /// Checks a field with a `domain` check, naming the field on failure.

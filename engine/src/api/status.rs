@@ -11,6 +11,19 @@ pub fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))
 }
 
+/// The status for a request the domain refused.
+pub fn refusal(r: &crate::domain::Refusal) -> Status {
+    use crate::domain::Refusal;
+    match r {
+        Refusal::Invalid { field, message } => invalid(field, message),
+        Refusal::Precondition(message) => Status::failed_precondition(message.clone()),
+        Refusal::Internal(message) => {
+            tracing::error!(%message, "domain defect");
+            Status::internal("the engine could not prepare this request; nothing was written")
+        }
+    }
+}
+
 /// The status for a write that failed, for an instance of kind `what` ("case", "task").
 pub fn write_error(what: &str, id: &str, error: &WriteError) -> Status {
     match error {

@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, check, date, event, page, request_key, view, Shared};
-use crate::domain;
+use super::{actor, check, keyed, page, request_key, view, Shared};
+use crate::domain::{self, task};
 use crate::machine::Command;
 use crate::proto::supervision_service_server::SupervisionService;
 use crate::proto::{
@@ -17,7 +16,7 @@ use crate::proto::{
     ReportRectificationRequest, ReportResultRequest, TaskReply,
 };
 use crate::store::Filter;
-use crate::writer::GroupItem;
+use crate::writer::{Derive, GroupItem};
 
 /// The service.
 pub struct Supervision {
@@ -33,11 +32,11 @@ impl Supervision {
 
 const ACTOR: &str = "supervision-platform";
 
-/// The task id, its case id and the case's region.
-fn task_id_field(id: &str) -> Result<(String, String, String), Status> {
+/// The task id and its case's region.
+fn task_id_field(id: &str) -> Result<(String, String), Status> {
     let (case, _) = domain::parse_task_id(id).map_err(|e| invalid("task_id", e))?;
     let (region, _) = domain::parse_case_id(case).map_err(|e| invalid("task_id", e))?;
-    Ok((id.to_owned(), case.to_owned(), region.to_owned()))
+    Ok((id.to_owned(), region.to_owned()))
 }
 
 impl Supervision {
@@ -51,31 +50,20 @@ impl Supervision {
         }
     }
 
-    /// Applies the task's event and, when given, the case's, in one transaction.
+    /// Applies the task's event and, when given, what it tells the case, in one transaction.
     async fn apply(
         &self,
         task_id: &str,
-        task_event: Command,
-        case_event: Option<Command>,
+        command: Command,
+        tell_case: Option<Derive>,
     ) -> Result<Response<TaskReply>, Status> {
-        let mut items = vec![GroupItem { command: task_event, required: true }];
-        // The case may have ended already (revoked): then it has nothing more to learn.
-        items.extend(case_event.map(|command| GroupItem { command, required: false }));
-        match self.shared.engine.handle().submit_group(items).await {
+        let items = vec![GroupItem { command, required: true }];
+        match self.shared.engine.handle().submit_derived(items, tell_case).await {
             Ok(answers) => {
                 let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
                 self.reply(task_id, duplicate).await
             }
             Err(e) => Err(status::group_error(&e)),
-        }
-    }
-
-    /// The supervising department of an existing task (for the revocation decision it sends).
-    async fn department_of_task(&self, task_id: &str) -> Result<String, Status> {
-        let row = self.shared.reader.instance(task_id).await.map_err(|e| status::read_error(&e))?;
-        match row.filter(|r| r.workflow == domain::TASK_WORKFLOW) {
-            Some(row) => Ok(view::var(&row, "department")),
-            None => Err(Status::not_found(format!("task {task_id} does not exist"))),
         }
     }
 }
@@ -121,8 +109,8 @@ impl SupervisionService for Supervision {
     async fn acknowledge_task(&self, request: Request<AcknowledgeTaskRequest>) -> Result<Response<TaskReply>, Status> {
         let actor = actor(&request, ACTOR)?;
         let key = request_key(&request, "SupervisionService.AcknowledgeTask", &actor)?;
-        let (task_id, _, _) = task_id_field(&request.get_ref().task_id)?;
-        self.apply(&task_id, event(&task_id, "acknowledge", json!({}), &actor, key), None).await
+        let (task_id, _) = task_id_field(&request.get_ref().task_id)?;
+        self.apply(&task_id, keyed(task::acknowledge(&task_id, &actor), key), None).await
     }
 
     async fn report_inspection(
@@ -132,72 +120,31 @@ impl SupervisionService for Supervision {
         let actor = actor(&request, ACTOR)?;
         let key = request_key(&request, "SupervisionService.ReportInspection", &actor)?;
         let r = request.into_inner();
-        let (task_id, _, region) = task_id_field(&r.task_id)?;
-        let finished = date("finished_on", &r.finished_on)?;
+        let (task_id, region) = task_id_field(&r.task_id)?;
         let calendar = self.shared.calendars().region(&region);
         let today = self.shared.today(calendar);
-        if finished > today {
-            return Err(invalid("finished_on", format!("{finished} is in the future (today is {today})")));
-        }
-        // The result deadline is 5 working days on: its year must be in the calendar.
-        calendar.add_working_days(finished, 5).map_err(|e| invalid("finished_on", e))?;
-        let command = event(&task_id, "report_inspection", json!({"finished_on": finished.to_string()}), &actor, key);
-        self.apply(&task_id, command, None).await
+        let command = task::report_inspection(&task_id, &r.finished_on, calendar, today, &actor)
+            .map_err(|e| status::refusal(&e))?;
+        self.apply(&task_id, keyed(command, key), None).await
     }
 
     async fn report_result(&self, request: Request<ReportResultRequest>) -> Result<Response<TaskReply>, Status> {
         let actor = actor(&request, ACTOR)?;
         let key = request_key(&request, "SupervisionService.ReportResult", &actor)?;
         let r = request.into_inner();
-        let (task_id, case_id, region) = task_id_field(&r.task_id)?;
-        if !r.notes.is_empty() {
-            check("notes", domain::check_text(&r.notes, 2000))?;
-        }
-        let mut fields = json!({});
-        if !r.notes.is_empty() {
-            fields["notes"] = json!(r.notes);
-        }
+        let (task_id, region) = task_id_field(&r.task_id)?;
         let outcome = match Outcome::try_from(r.outcome) {
-            Ok(Outcome::Compliant) => "compliant",
-            Ok(Outcome::NonCompliant) => "non_compliant",
-            Ok(Outcome::Revocation) => "revocation",
-            _ => {
-                return Err(invalid(
-                    "outcome",
-                    "must be OUTCOME_COMPLIANT, OUTCOME_NON_COMPLIANT or OUTCOME_REVOCATION",
-                ))
-            }
-        };
-        fields["outcome"] = json!(outcome);
-        if outcome == "non_compliant" {
-            if r.rectification_deadline.is_empty() {
-                return Err(invalid("rectification_deadline", "is required for OUTCOME_NON_COMPLIANT"));
-            }
-            let d = date("rectification_deadline", &r.rectification_deadline)?;
-            let calendar = self.shared.calendars().region(&region);
-            let today = self.shared.today(calendar);
-            if d < today {
-                return Err(invalid("rectification_deadline", format!("{d} is in the past (today is {today})")));
-            }
-            calendar.is_working_day(d).map_err(|e| invalid("rectification_deadline", e))?;
-            fields["rectification_deadline"] = json!(d.to_string());
-        } else if !r.rectification_deadline.is_empty() {
-            return Err(invalid("rectification_deadline", "applies only to OUTCOME_NON_COMPLIANT"));
-        }
-        let case_event = match outcome {
-            "compliant" => {
-                Some(event(&case_id, "task_closed", json!({"task": task_id, "outcome": outcome}), &actor, None))
-            }
-            "revocation" => Some(event(
-                &case_id,
-                "revocation_decided",
-                json!({"task": task_id, "department": self.department_of_task(&task_id).await?, "reason": if r.notes.is_empty() { "supervision found the licence must be revoked" } else { r.notes.as_str() }}),
-                &actor,
-                None,
-            )),
+            Ok(Outcome::Compliant) => Some(task::Outcome::Compliant),
+            Ok(Outcome::NonCompliant) => Some(task::Outcome::NonCompliant),
+            Ok(Outcome::Revocation) => Some(task::Outcome::Revocation),
             _ => None,
         };
-        self.apply(&task_id, event(&task_id, "report_result", fields, &actor, key), case_event).await
+        let report = task::ResultReport { outcome, notes: r.notes, rectification_deadline: r.rectification_deadline };
+        let calendar = self.shared.calendars().region(&region);
+        let today = self.shared.today(calendar);
+        let (command, tell_case) =
+            task::report_result(&task_id, &report, calendar, today, &actor).map_err(|e| status::refusal(&e))?;
+        self.apply(&task_id, keyed(command, key), tell_case).await
     }
 
     async fn report_rectification(
@@ -207,23 +154,9 @@ impl SupervisionService for Supervision {
         let actor = actor(&request, ACTOR)?;
         let key = request_key(&request, "SupervisionService.ReportRectification", &actor)?;
         let r = request.into_inner();
-        let (task_id, case_id, _) = task_id_field(&r.task_id)?;
-        let mut fields = json!({"rectified": r.rectified});
-        if !r.notes.is_empty() {
-            check("notes", domain::check_text(&r.notes, 2000))?;
-            fields["notes"] = json!(r.notes);
-        }
-        let case_event = if r.rectified {
-            event(&case_id, "task_closed", json!({"task": task_id, "outcome": "rectified"}), &actor, None)
-        } else {
-            event(
-                &case_id,
-                "revocation_decided",
-                json!({"task": task_id, "department": self.department_of_task(&task_id).await?, "reason": "the applicant did not comply after rectification"}),
-                &actor,
-                None,
-            )
-        };
-        self.apply(&task_id, event(&task_id, "report_rectification", fields, &actor, key), Some(case_event)).await
+        let (task_id, _) = task_id_field(&r.task_id)?;
+        let (command, tell_case) =
+            task::report_rectification(&task_id, r.rectified, &r.notes, &actor).map_err(|e| status::refusal(&e))?;
+        self.apply(&task_id, keyed(command, key), Some(tell_case)).await
     }
 }

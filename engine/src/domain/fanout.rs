@@ -48,6 +48,17 @@ fn optional_text<'a>(case: &'a Instance, name: &str) -> Option<&'a str> {
     }
 }
 
+/// Records a new case's supervisors in its variables: `supervisors_json` (the list the
+/// fan-out reads), `supervisors` (for people) and `task_count`.
+pub fn record_supervisors(vars: &mut serde_json::Value, list: &[Supervisor]) -> Result<(), super::Refusal> {
+    let display: Vec<String> = list.iter().map(|s| format!("{}/{}", s.department, s.office)).collect();
+    vars["supervisors"] = json!(display.join("; "));
+    vars["supervisors_json"] = json!(serde_json::to_string(list)
+        .map_err(|e| super::Refusal::Internal(format!("cannot record the supervisors: {e}")))?);
+    vars["task_count"] = json!(list.len());
+    Ok(())
+}
+
 /// The number of supervision tasks the case has (or will have when licensed).
 pub fn task_count(case: &Instance) -> Result<usize, WriteError> {
     match case.vars.get("task_count") {

@@ -1,13 +1,83 @@
-//! What approval and supervision mean, apart from any transport: identifiers and text checked
-//! at the edge ([`ids`]), the closed set of credit grades and which of them bar the commitment
-//! route ([`credit`]), and the case ↔ task fan-out that the writer decides from a case's own
-//! variables ([`fanout`]).
+//! What approval and supervision mean, apart from any transport. The gRPC handlers translate
+//! proto ↔ these types and [`Refusal`] → status, and nothing else.
+//!
+//! - [`case`]: accepting a case (the credit bar, the route and scenario, the commitment
+//!   deadline on the working-day calendar, the supervising departments), completing and
+//!   revoking an approval.
+//! - [`task`]: the supervision platforms' reports, and what each tells the case.
+//! - [`fanout`]: the case ↔ task fan-out that the writer derives from a case's own variables.
+//! - [`credit`]: the closed set of credit grades and which of them bar the commitment route.
+//! - [`ids`]: identifiers (USCC, citizen ID, region, case and task ids) and text checks.
 
+pub mod case;
 pub mod credit;
 pub mod fanout;
 pub mod ids;
+pub mod task;
 
 pub use ids::*;
+
+use crate::machine::{Command, CommandKind};
+
+/// Why the domain refuses a request, before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A field is malformed or breaks a rule about its own value.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field, as the caller named it (`applicant.citizen_id`, `supervisors[2].office`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The request is well formed but the rules do not allow it (a barred credit grade on the
+    /// commitment route).
+    #[error("{0}")]
+    Precondition(String),
+    /// A defect of ours.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    /// `field` is invalid: `message`.
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
+        Refusal::Invalid { field: field.to_owned(), message: message.to_string() }
+    }
+}
+
+/// A command delivering event `name` with `fields` to `instance`.
+pub fn event(instance: &str, name: &str, fields: serde_json::Map<String, serde_json::Value>, actor: &str) -> Command {
+    Command {
+        instance: instance.to_owned(),
+        kind: CommandKind::Event { name: name.to_owned(), fields },
+        actor: actor.to_owned(),
+        request_id: None,
+        idempotency: None,
+    }
+}
+
+/// The fields of a `json!` object literal (anything else is no fields).
+pub fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// The years a date may name: wide enough for any birth date or deadline, narrow enough that a
+/// day more or less never leaves the calendar type's range.
+pub const YEARS: std::ops::RangeInclusive<i32> = 1900..=2199;
+
+/// A date as sent: `YYYY-MM-DD`, in the years [`YEARS`].
+pub fn date(text: &str) -> Result<chrono::NaiveDate, String> {
+    use chrono::Datelike;
+    let d = crate::calendar::parse_date(text).ok_or_else(|| format!("{text:?} is not a date YYYY-MM-DD"))?;
+    if !YEARS.contains(&d.year()) {
+        return Err(format!("{text} is out of range: years {} to {}", YEARS.start(), YEARS.end()));
+    }
+    Ok(d)
+}
 
 /// The workflow of an approval case.
 pub const CASE_WORKFLOW: &str = "approval_case";

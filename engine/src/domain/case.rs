@@ -1,0 +1,579 @@
+//! Approval cases (§5–§8, §12): what accepting, completing and revoking a case mean, apart from
+//! any transport.
+//!
+//! [`accept`] checks a [`NewCase`] against the rules — identifiers, the credit bar, the
+//! commitment route's scenario and deadline on the working-day calendar, the supervising
+//! departments — and gives the command that starts the case. [`complete_approval`] and
+//! [`revoke_approval`] give the command and the fan-out ([`super::fanout`]) that the writer
+//! derives in the same transaction. The gRPC handlers only translate to and from these.
+
+use chrono::NaiveDate;
+use serde_json::json;
+
+use super::credit::CreditGrades;
+use super::fanout::{self, Supervisor};
+use super::{Refusal, CASE_WORKFLOW};
+use crate::calendar::Calendar;
+use crate::machine::{Command, CommandKind, Instance};
+use crate::writer::{Derive, GroupItem, WriteError};
+
+/// How an applicant is identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplicantId {
+    /// A Unified Social Credit Code (an organisation).
+    CreditCode(String),
+    /// A resident identity card number (a person).
+    CitizenId(String),
+}
+
+/// The applicant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applicant {
+    /// Name.
+    pub name: String,
+    /// Identifier, if given.
+    pub id: Option<ApplicantId>,
+    /// Mobile number for SMS.
+    pub mobile: String,
+}
+
+/// The three commitment scenarios (§5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Materials handed in later, by a deadline.
+    MaterialDeferral,
+    /// Materials verified after the licence.
+    MaterialVerification,
+    /// Conditions verified after the licence.
+    PostApprovalVerification,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::MaterialDeferral => "material_deferral",
+            Scenario::MaterialVerification => "material_verification",
+            Scenario::PostApprovalVerification => "post_approval_verification",
+        }
+    }
+}
+
+/// The route a case takes. `None` in a field means the caller sent a value that is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Ordinary approval.
+    Normal,
+    /// Approval on the applicant's commitment (告知承諾).
+    Commitment,
+}
+
+/// A case as the integrated platform hands it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCase {
+    /// Administrative division code (GB/T 2260).
+    pub region: String,
+    /// The platform's case number.
+    pub case_no: String,
+    /// The approval department.
+    pub approval_department: String,
+    /// The approval item code.
+    pub approval_item: String,
+    /// The handling item code.
+    pub handling_item: String,
+    /// The applicant, if given.
+    pub applicant: Option<Applicant>,
+    /// The applicant's credit grade as sent.
+    pub credit_grade: String,
+    /// The route; `None` when what was sent is not a route.
+    pub route: Option<Route>,
+    /// The scenario; `None` when none (or an unknown one) was sent.
+    pub scenario: Option<Scenario>,
+    /// Whether the caller sent a scenario value we do not know (as opposed to none).
+    pub unknown_scenario: bool,
+    /// A commitment deadline as sent (`YYYY-MM-DD`), or empty.
+    pub commitment_deadline: String,
+    /// Or a commitment period in working days from today, or 0.
+    pub commitment_period_working_days: u32,
+    /// The materials deferred.
+    pub deferred_materials: Vec<String>,
+    /// The supervising departments, in order: task `T1` is the first.
+    pub supervisors: Vec<Supervisor>,
+}
+
+/// What a case is checked against.
+pub struct Policy<'a> {
+    /// The configured credit grades.
+    pub credit: &'a CreditGrades,
+    /// The region's working-day calendar.
+    pub calendar: &'a Calendar,
+    /// Today in the region.
+    pub today: NaiveDate,
+}
+
+fn check(field: &str, result: Result<(), String>) -> Result<(), Refusal> {
+    result.map_err(|message| Refusal::invalid(field, message))
+}
+
+/// Most deferred materials and supervising departments a case may list.
+const MAX_MATERIALS: usize = 50;
+const MAX_SUPERVISORS: usize = 20;
+/// Longest commitment period, in working days.
+const MAX_PERIOD: u32 = 365;
+
+/// The commitment deadline of a material-deferral case: a given working day not in the past,
+/// or a period of working days from today.
+fn commitment_deadline(case: &NewCase, policy: &Policy<'_>) -> Result<NaiveDate, Refusal> {
+    let (calendar, today) = (policy.calendar, policy.today);
+    match (case.commitment_deadline.is_empty(), case.commitment_period_working_days) {
+        (false, 0) => {
+            let d = super::date(&case.commitment_deadline).map_err(|e| Refusal::invalid("commitment_deadline", e))?;
+            if d < today {
+                return Err(Refusal::invalid("commitment_deadline", format!("{d} is in the past (today is {today})")));
+            }
+            calendar.is_working_day(d).map_err(|e| Refusal::invalid("commitment_deadline", e))?;
+            Ok(d)
+        }
+        (true, n) if n > 0 => {
+            if n > MAX_PERIOD {
+                return Err(Refusal::invalid(
+                    "commitment_period_working_days",
+                    format!("{n} is more than {MAX_PERIOD}"),
+                ));
+            }
+            calendar.add_working_days(today, n).map_err(|e| Refusal::invalid("commitment_period_working_days", e))
+        }
+        (false, _) => {
+            Err(Refusal::invalid("commitment_deadline", "give a deadline or a period in working days, not both"))
+        }
+        (true, _) => Err(Refusal::invalid(
+            "commitment_deadline",
+            "material deferral needs a deadline or a period in working days",
+        )),
+    }
+}
+
+/// Checks a new case and gives its id and the command that starts it. Every field is checked
+/// before anything is decided; the first problem is the answer, naming its field.
+pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(String, Command), Refusal> {
+    check("region_code", super::check_region(&case.region))?;
+    check("case_no", super::check_case_no(&case.case_no))?;
+    check("approval_department", super::check_text(&case.approval_department, 128))?;
+    check("approval_item_code", super::check_text(&case.approval_item, 64))?;
+    check("handling_item_code", super::check_text(&case.handling_item, 64))?;
+    let applicant = case.applicant.as_ref().ok_or_else(|| Refusal::invalid("applicant", "is required"))?;
+    check("applicant.name", super::check_text(&applicant.name, 200))?;
+    let code = match &applicant.id {
+        Some(ApplicantId::CreditCode(c)) => {
+            check("applicant.credit_code", super::check_uscc(c))?;
+            c.clone()
+        }
+        Some(ApplicantId::CitizenId(c)) => {
+            check("applicant.citizen_id", super::check_citizen_id(c, policy.today))?;
+            c.to_ascii_uppercase()
+        }
+        None => {
+            return Err(Refusal::invalid(
+                "applicant.credit_code",
+                "a Unified Social Credit Code or a citizen ID number is required",
+            ))
+        }
+    };
+    check("applicant.mobile", super::check_mobile(&applicant.mobile))?;
+    let grade = policy.credit.parse(&case.credit_grade).map_err(|e| Refusal::invalid("credit_grade", e))?;
+
+    let route = case.route.ok_or_else(|| Refusal::invalid("route", "must be ROUTE_NORMAL or ROUTE_COMMITMENT"))?;
+    let scenario = match (route, case.scenario, case.unknown_scenario) {
+        (Route::Normal, None, false) => None,
+        (Route::Normal, _, _) => return Err(Refusal::invalid("scenario", "applies only to the commitment route")),
+        (Route::Commitment, Some(s), _) => Some(s),
+        (Route::Commitment, None, _) => return Err(Refusal::invalid("scenario", "the commitment route needs a scenario: material deferral, material verification or post-approval verification")),
+    };
+
+    let deadline = if scenario == Some(Scenario::MaterialDeferral) {
+        let deadline = commitment_deadline(case, policy)?;
+        if case.deferred_materials.is_empty() {
+            return Err(Refusal::invalid(
+                "deferred_materials",
+                "material deferral needs the list of deferred materials",
+            ));
+        }
+        Some(deadline)
+    } else {
+        if !case.commitment_deadline.is_empty() || case.commitment_period_working_days != 0 {
+            return Err(Refusal::invalid("commitment_deadline", "applies only to the material-deferral scenario"));
+        }
+        if !case.deferred_materials.is_empty() {
+            return Err(Refusal::invalid("deferred_materials", "applies only to the material-deferral scenario"));
+        }
+        None
+    };
+    if case.deferred_materials.len() > MAX_MATERIALS {
+        return Err(Refusal::invalid(
+            "deferred_materials",
+            format!("{} items; at most {MAX_MATERIALS}", case.deferred_materials.len()),
+        ));
+    }
+    for (i, m) in case.deferred_materials.iter().enumerate() {
+        check(&format!("deferred_materials[{i}]"), super::check_text(m, 200))?;
+    }
+    if case.supervisors.is_empty() {
+        return Err(Refusal::invalid(
+            "supervisors",
+            "at least one supervising department is required (no case may fall through)",
+        ));
+    }
+    if case.supervisors.len() > MAX_SUPERVISORS {
+        return Err(Refusal::invalid(
+            "supervisors",
+            format!("{} departments; at most {MAX_SUPERVISORS}", case.supervisors.len()),
+        ));
+    }
+    for (i, s) in case.supervisors.iter().enumerate() {
+        check(&format!("supervisors[{i}].department"), super::check_text(&s.department, 128))?;
+        check(&format!("supervisors[{i}].office"), super::check_text(&s.office, 128))?;
+        if !s.office_admin_mobile.is_empty() {
+            check(&format!("supervisors[{i}].office_admin_mobile"), super::check_mobile(&s.office_admin_mobile))?;
+        }
+    }
+    if route == Route::Commitment && policy.credit.is_barred(grade) {
+        return Err(Refusal::Precondition(format!(
+            "credit_grade: an applicant graded {grade:?} may not take the commitment route (§7, §12); accept the case on the normal route"
+        )));
+    }
+    let mut vars = json!({
+        "region": case.region,
+        "case_no": case.case_no,
+        "approval_department": case.approval_department,
+        "approval_item": case.approval_item,
+        "handling_item": case.handling_item,
+        "applicant_name": applicant.name,
+        "applicant_code": code,
+        "applicant_mobile": applicant.mobile,
+        "route": if route == Route::Normal { "normal" } else { "commitment" },
+        "credit_grade": grade,
+    });
+    fanout::record_supervisors(&mut vars, &case.supervisors)?;
+    if let Some(s) = scenario {
+        vars["scenario"] = json!(s.name());
+    }
+    if let Some(d) = deadline {
+        vars["commitment_deadline"] = json!(d.to_string());
+        vars["deferred_materials"] = json!(case.deferred_materials.join(", "));
+    }
+    let id = super::case_id(&case.region, &case.case_no);
+    let serde_json::Value::Object(vars) = vars else {
+        return Err(Refusal::Internal("case variables are not an object".into()));
+    };
+    let start = Command {
+        instance: id.clone(),
+        kind: CommandKind::Start { workflow: CASE_WORKFLOW.into(), version: None, vars },
+        actor: actor.to_owned(),
+        request_id: None,
+        idempotency: None,
+    };
+    Ok((id, start))
+}
+
+/// The commands of an acceptance: the start, then routing it (normal or commitment), in one
+/// group.
+pub fn acceptance(start: Command) -> Vec<GroupItem> {
+    let route = super::event(&start.instance, "route", serde_json::Map::new(), &start.actor);
+    vec![GroupItem { command: start, required: true }, GroupItem { command: route, required: true }]
+}
+
+/// A licence: its number, the opinion and the documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Licence {
+    /// Licence number.
+    pub license_no: String,
+    /// The approval opinion.
+    pub approval_opinion: String,
+    /// References to the approval documents.
+    pub document_refs: Vec<String>,
+}
+
+/// Completing an approval: the licence event, and the fan-out that starts one supervision task
+/// per supervising department from the case as the writer holds it (§9).
+pub fn complete_approval(case_id: &str, licence: &Licence, actor: &str) -> Result<(Command, Derive), Refusal> {
+    check("license_no", super::check_text(&licence.license_no, 64))?;
+    check("approval_opinion", super::check_text(&licence.approval_opinion, 2000))?;
+    if licence.document_refs.len() > MAX_MATERIALS {
+        return Err(Refusal::invalid(
+            "document_refs",
+            format!("{} references; at most {MAX_MATERIALS}", licence.document_refs.len()),
+        ));
+    }
+    for (i, d) in licence.document_refs.iter().enumerate() {
+        check(&format!("document_refs[{i}]"), super::check_text(d, 256))?;
+    }
+    let fields = json!({
+        "license_no": licence.license_no,
+        "approval_opinion": licence.approval_opinion,
+        "documents": licence.document_refs.join(", "),
+    });
+    let command = super::event(case_id, "complete_approval", super::object(fields), actor);
+    let actor = actor.to_owned();
+    Ok((command, on_case(move |case| fanout::supervision_tasks(case, &actor))))
+}
+
+/// Revoking an approval: the revocation event, and the fan-out that tells every task of the
+/// case as the writer holds it (§11), so a licence queued just before cannot leave a task open.
+pub fn revoke_approval(case_id: &str, reason: &str, basis: &str, actor: &str) -> Result<(Command, Derive), Refusal> {
+    check("reason", super::check_text(reason, 2000))?;
+    check("basis", super::check_text(basis, 2000))?;
+    let command =
+        super::event(case_id, "revoke_approval", super::object(json!({"reason": reason, "basis": basis})), actor);
+    let actor = actor.to_owned();
+    Ok((command, on_case(move |case| fanout::revocation_notices(case, &actor))))
+}
+
+/// A derived fan-out that first makes sure the instance is a case: a command sent under a case
+/// id never fans out from anything else.
+fn on_case(f: impl Fn(&Instance) -> Result<Vec<GroupItem>, WriteError> + Send + Sync + 'static) -> Derive {
+    std::sync::Arc::new(move |case| {
+        if case.workflow != CASE_WORKFLOW {
+            return Err(crate::machine::Rejection::NotFound { instance: case.id.clone() }.into());
+        }
+        f(case)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calendar::Calendars;
+    use crate::definition::Value;
+
+    fn case(route: Route, scenario: Option<Scenario>) -> NewCase {
+        NewCase {
+            region: "320700".into(),
+            case_no: "A-1".into(),
+            approval_department: "Market Regulation".into(),
+            approval_item: "item".into(),
+            handling_item: "handling".into(),
+            applicant: Some(Applicant {
+                name: "Lianyungang Harbour Foods Co.".into(),
+                id: Some(ApplicantId::CreditCode("91110000600037341L".into())),
+                mobile: "13800138000".into(),
+            }),
+            credit_grade: "A".into(),
+            route: Some(route),
+            scenario,
+            unknown_scenario: false,
+            commitment_deadline: String::new(),
+            commitment_period_working_days: 0,
+            deferred_materials: Vec::new(),
+            supervisors: vec![
+                Supervisor {
+                    department: "Fire".into(),
+                    office: "Inspections".into(),
+                    office_admin_mobile: String::new(),
+                },
+                Supervisor {
+                    department: "Health".into(),
+                    office: "Food".into(),
+                    office_admin_mobile: "13900139000".into(),
+                },
+            ],
+        }
+    }
+
+    fn accept_on(c: &NewCase, today: &str) -> Result<(String, Command), Refusal> {
+        let calendars = Calendars::embedded().expect("calendars");
+        let credit = CreditGrades::default();
+        let policy = Policy {
+            credit: &credit,
+            calendar: calendars.region("320700"),
+            today: crate::calendar::parse_date(today).expect("date"),
+        };
+        accept(c, &policy, "test")
+    }
+
+    fn vars(command: &Command) -> &serde_json::Map<String, serde_json::Value> {
+        match &command.kind {
+            CommandKind::Start { vars, workflow, .. } if workflow == CASE_WORKFLOW => vars,
+            other => panic!("not a case start: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_normal_case_records_its_supervisors_as_the_fan_out_reads_them() {
+        let (id, start) = accept_on(&case(Route::Normal, None), "2026-09-28").expect("valid");
+        assert_eq!(id, "320700/A-1");
+        let v = vars(&start);
+        assert_eq!(v["route"], "normal");
+        assert_eq!(v["task_count"], 2);
+        assert!(!v.contains_key("scenario"));
+        // The fan-out reads back exactly the list given.
+        let instance = Instance {
+            id: id.clone(),
+            workflow: CASE_WORKFLOW.into(),
+            version: 1,
+            state: "licensed".into(),
+            vars: v
+                .iter()
+                .map(|(k, x)| {
+                    let value = match x {
+                        serde_json::Value::Number(n) => Value::Int(n.as_i64().expect("int")),
+                        other => Value::Str(other.as_str().expect("text").to_owned()),
+                    };
+                    (k.clone(), value)
+                })
+                .collect(),
+            timers: Default::default(),
+            seq: 2,
+            created_at: 0,
+            updated_at: 0,
+        };
+        assert_eq!(fanout::supervisors(&instance).expect("list"), case(Route::Normal, None).supervisors);
+        let group = acceptance(start);
+        assert_eq!(group.len(), 2, "the start and its routing, together");
+        assert!(group.iter().all(|i| i.required));
+    }
+
+    #[test]
+    fn a_barred_grade_may_not_take_the_commitment_route_but_may_take_the_normal_one() {
+        let mut c = case(Route::Commitment, Some(Scenario::MaterialVerification));
+        c.credit_grade = " ＤＩＳＨＯＮＥＳＴ ".into();
+        assert!(matches!(accept_on(&c, "2026-09-28"), Err(Refusal::Precondition(m)) if m.contains("dishonest")));
+        c.route = Some(Route::Normal);
+        c.scenario = None;
+        let (_, start) = accept_on(&c, "2026-09-28").expect("normal route is open to every grade");
+        assert_eq!(vars(&start)["credit_grade"], "dishonest", "stored in the configured spelling");
+    }
+
+    #[test]
+    fn a_commitment_period_is_counted_in_working_days_across_national_day() {
+        let mut c = case(Route::Commitment, Some(Scenario::MaterialDeferral));
+        c.commitment_period_working_days = 3;
+        c.deferred_materials = vec!["fire safety certificate".into()];
+        let (_, start) = accept_on(&c, "2026-09-30").expect("valid");
+        assert_eq!(
+            vars(&start)["commitment_deadline"],
+            "2026-10-10",
+            "1–7 October are holidays; 10 October is a make-up day"
+        );
+    }
+
+    #[test]
+    fn each_broken_rule_names_its_field() {
+        let deferral = || {
+            let mut c = case(Route::Commitment, Some(Scenario::MaterialDeferral));
+            c.deferred_materials = vec!["m".into()];
+            c
+        };
+        let cases: Vec<(NewCase, &str)> = vec![
+            (
+                {
+                    let mut c = deferral();
+                    c.commitment_deadline = "2026-09-01".into();
+                    c
+                },
+                "commitment_deadline",
+            ),
+            (
+                {
+                    let mut c = deferral();
+                    c.commitment_deadline = "2026-10-01".into();
+                    c.commitment_period_working_days = 2;
+                    c
+                },
+                "commitment_deadline",
+            ),
+            (
+                {
+                    let mut c = deferral();
+                    c.commitment_period_working_days = 366;
+                    c
+                },
+                "commitment_period_working_days",
+            ),
+            (
+                {
+                    let mut c = deferral();
+                    c.commitment_period_working_days = 2;
+                    c.deferred_materials.clear();
+                    c
+                },
+                "deferred_materials",
+            ),
+            (case(Route::Commitment, None), "scenario"),
+            (case(Route::Normal, Some(Scenario::MaterialDeferral)), "scenario"),
+            (
+                {
+                    let mut c = case(Route::Normal, None);
+                    c.unknown_scenario = true;
+                    c
+                },
+                "scenario",
+            ),
+            (
+                {
+                    let mut c = case(Route::Normal, None);
+                    c.route = None;
+                    c
+                },
+                "route",
+            ),
+            (
+                {
+                    let mut c = case(Route::Normal, None);
+                    c.supervisors.clear();
+                    c
+                },
+                "supervisors",
+            ),
+            (
+                {
+                    let mut c = case(Route::Normal, None);
+                    c.supervisors[1].office = "\u{202e}".into();
+                    c
+                },
+                "supervisors[1].office",
+            ),
+            (
+                {
+                    let mut c = case(Route::Normal, None);
+                    c.credit_grade = "AAA".into();
+                    c
+                },
+                "credit_grade",
+            ),
+            (
+                {
+                    let mut c = case(Route::Normal, None);
+                    c.applicant = None;
+                    c
+                },
+                "applicant",
+            ),
+            (
+                {
+                    let mut c = case(Route::Normal, None);
+                    c.region = "999999".into();
+                    c
+                },
+                "region_code",
+            ),
+        ];
+        for (c, field) in cases {
+            match accept_on(&c, "2026-09-28") {
+                Err(Refusal::Invalid { field: f, .. }) => assert_eq!(f, field, "{c:?}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn completing_and_revoking_check_their_fields() {
+        let licence = Licence { license_no: "L-1".into(), approval_opinion: "ok".into(), document_refs: vec![] };
+        assert!(complete_approval("320700/A-1", &licence, "t").is_ok());
+        let long = Licence { document_refs: vec!["d".into(); 51], ..licence.clone() };
+        assert!(
+            matches!(complete_approval("320700/A-1", &long, "t"), Err(Refusal::Invalid { field, .. }) if field == "document_refs")
+        );
+        assert!(
+            matches!(revoke_approval("320700/A-1", "", "b", "t"), Err(Refusal::Invalid { field, .. }) if field == "reason")
+        );
+    }
+}

@@ -10,26 +10,25 @@
 //! - [`writer`]: group commit — the one path every change takes.
 //! - [`timer`]: the timing wheel, the horizon loader contract, the timer service.
 //! - [`engine`]: store + writer + timers, started as one.
-//! - [`admin`]: offline operations on a database (`admin verify`).
+//! - [`admin`]: offline operations on a database (`admin verify`), through the read side.
 //! - [`server`]: the gRPC server: the services, health and reflection.
 //! - [`api`]: the gRPC services (intake, supervision, admin).
 //! - [`domain`]: what approval and supervision mean: identifiers and text checks, credit
 //!   grades, the case ↔ task fan-out the writer decides.
-//! - [`cli`]: the `shenguan` command line; [`client`]: its gRPC-client commands; [`demo`]: the tour.
 //! - [`telemetry`]: Prometheus metrics.
 //! - [`proto`]: generated gRPC types; [`codec`]: their codec (bad bodies are INVALID_ARGUMENT).
+//!
+//! The command line (`shenguan serve`, the client commands, the demo) is the `shenguan-cli`
+//! crate in `cli/`; this library has no UI.
 //!
 //! Where to start reading: `docs/ARCHITECTURE.md`, then [`writer`] and [`machine`].
 
 pub mod admin;
 pub mod api;
 pub mod calendar;
-pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod codec;
 pub mod definition;
-pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod machine;

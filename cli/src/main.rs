@@ -1,4 +1,11 @@
 //! The `shenguan` binary: parse the command line, run it, print any error as one line.
+//!
+//! The user interface lives here, not in the library: [`cli`] (the commands and `serve`),
+//! [`client`] (the gRPC-client commands and their tables) and [`demo`] (the guided tour).
+
+mod cli;
+mod client;
+mod demo;
 
 use std::process::ExitCode;
 
@@ -11,8 +18,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = shenguan::cli::Cli::parse();
-    match shenguan::cli::run(cli).await {
+    let cli = crate::cli::Cli::parse();
+    match crate::cli::run(cli).await {
         Ok(code) => code,
         // A closed pipe (`shenguan … | head`) is the reader's choice, not an error.
         Err(e)
@@ -33,12 +40,12 @@ async fn main() -> ExitCode {
                     continue;
                 }
                 chain.push(text);
-                if cause.downcast_ref::<shenguan::client::CallError>().is_some() {
+                if cause.downcast_ref::<crate::client::CallError>().is_some() {
                     break;
                 }
             }
             eprintln!("error: {}", chain.join(": "));
-            ExitCode::from(shenguan::client::exit_code(&e))
+            ExitCode::from(crate::client::exit_code(&e))
         }
     }
 }

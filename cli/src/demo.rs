@@ -17,27 +17,27 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
-use crate::calendar::Calendars;
 use crate::client::{stats_text, table, timeline_text};
-use crate::clock::VirtualClock;
-use crate::definition::Registry;
-use crate::proto::admin_service_client::AdminServiceClient;
-use crate::proto::intake_service_client::IntakeServiceClient;
-use crate::proto::supervision_service_client::SupervisionServiceClient;
-use crate::proto::{self, Route, Scenario};
+use shenguan::calendar::Calendars;
+use shenguan::clock::VirtualClock;
+use shenguan::definition::Registry;
+use shenguan::proto::admin_service_client::AdminServiceClient;
+use shenguan::proto::intake_service_client::IntakeServiceClient;
+use shenguan::proto::supervision_service_client::SupervisionServiceClient;
+use shenguan::proto::{self, Route, Scenario};
 
 /// `shenguan demo`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How many cases to accept.
     #[arg(long, default_value_t = 300)]
-    pub cases: u32,
+    pub(crate) cases: u32,
     /// Seed of the simulation.
     #[arg(long, default_value_t = 2026)]
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Keep the database here instead of a temporary file (inspect it with `admin verify`).
     #[arg(long, value_name = "FILE")]
-    pub db: Option<PathBuf>,
+    pub(crate) db: Option<PathBuf>,
 }
 
 const REGION: &str = "320700";
@@ -82,7 +82,7 @@ fn at(date: NaiveDate, hour: u32) -> String {
 }
 
 /// Runs the demo.
-pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let dir = tempfile::tempdir().context("temporary directory")?;
     let db = args.db.clone().unwrap_or_else(|| dir.path().join("demo.db"));
@@ -94,8 +94,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let clock = VirtualClock::new(chrono::DateTime::parse_from_rfc3339(&at(first, 8))?.timestamp_millis());
     let calendars = Arc::new(Calendars::embedded()?);
     let calendar = calendars.region(REGION).clone();
-    let options = crate::server::Options::new(
-        crate::engine::Config::new(&db),
+    let options = shenguan::server::Options::new(
+        shenguan::engine::Config::new(&db),
         Arc::new(Registry::embedded()?),
         calendars,
         Some(clock),
@@ -103,7 +103,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::run(options, listener, async {
+    let server = tokio::spawn(shenguan::server::run(options, listener, async {
         let _ = stopped.await;
     }));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
@@ -255,7 +255,7 @@ async fn accept(
     rng: &mut StdRng,
     n: u32,
     today: NaiveDate,
-    calendar: &crate::calendar::Calendar,
+    calendar: &shenguan::calendar::Calendar,
 ) -> Result<(SimCase, bool)> {
     let roll = rng.random_range(0..100);
     let (route, scenario) = match roll {
@@ -424,7 +424,7 @@ async fn step_task(
     rng: &mut StdRng,
     task: &mut SimTask,
     today: NaiveDate,
-    calendar: &crate::calendar::Calendar,
+    calendar: &shenguan::calendar::Calendar,
 ) -> Result<()> {
     let sup = &mut c.supervision;
     let reply = match task.state.as_str() {

@@ -12,23 +12,23 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 
-use crate::calendar::Calendars;
-use crate::clock::{self, Clock, SystemClock, VirtualClock};
-use crate::definition::{render, Registry};
-use crate::engine;
+use shenguan::calendar::Calendars;
+use shenguan::clock::{self, Clock, SystemClock, VirtualClock};
+use shenguan::definition::{render, Registry};
+use shenguan::engine;
 
 /// shenguan: durable workflows for approval–supervision linkage.
 #[derive(Debug, Parser)]
 #[command(name = "shenguan", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the server (gRPC) on a SQLite database.
     Serve(ServeArgs),
     /// Working-day calendar questions.
@@ -77,7 +77,7 @@ pub enum Command {
 
 /// `shenguan clock …`.
 #[derive(Debug, Subcommand)]
-pub enum ClockCommand {
+pub(crate) enum ClockCommand {
     /// Move the virtual clock forward; answers once everything due has fired.
     Advance {
         /// Server and output.
@@ -91,13 +91,13 @@ pub enum ClockCommand {
 
 /// Where definitions and calendars come from.
 #[derive(Debug, clap::Args)]
-pub struct DataArgs {
+pub(crate) struct DataArgs {
     /// Load workflow definitions from this folder instead of the ones built in.
     #[arg(long, value_name = "DIR")]
-    pub workflows: Option<PathBuf>,
+    pub(crate) workflows: Option<PathBuf>,
     /// Load calendars from this folder (`<year>.toml`, `regions/`) instead of the ones built in.
     #[arg(long, value_name = "DIR")]
-    pub calendars: Option<PathBuf>,
+    pub(crate) calendars: Option<PathBuf>,
 }
 
 impl DataArgs {
@@ -118,43 +118,43 @@ impl DataArgs {
 
 /// `shenguan serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// SQLite database file (created if missing).
     #[arg(long, default_value = "shenguan.db")]
-    pub db: PathBuf,
+    pub(crate) db: PathBuf,
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Sandbox mode: time moves only when an admin advances it. Optionally the start
     /// instant (RFC 3339); default: now.
     #[arg(long, value_name = "START", num_args = 0..=1, default_missing_value = "now")]
-    pub virtual_clock: Option<String>,
+    pub(crate) virtual_clock: Option<String>,
     /// Cap the database at this many pages (writes beyond fail as unavailable).
     #[arg(long, hide = true)]
-    pub max_db_pages: Option<u32>,
+    pub(crate) max_db_pages: Option<u32>,
     /// Log as JSON lines.
     #[arg(long)]
-    pub log_json: bool,
+    pub(crate) log_json: bool,
     /// The credit grades AcceptCase accepts (repeatable). Matched ignoring case, surrounding
     /// space and full-width forms; any other grade is refused.
-    #[arg(long, value_name = "GRADE", default_values = crate::domain::credit::DEFAULT_GRADES)]
-    pub credit_grade: Vec<String>,
+    #[arg(long, value_name = "GRADE", default_values = shenguan::domain::credit::DEFAULT_GRADES)]
+    pub(crate) credit_grade: Vec<String>,
     /// A credit grade that may not take the commitment route (repeatable). Must be one of the
     /// credit grades.
-    #[arg(long, value_name = "GRADE", default_values = crate::domain::credit::DEFAULT_BARRED)]
-    pub barred_credit_grade: Vec<String>,
+    #[arg(long, value_name = "GRADE", default_values = shenguan::domain::credit::DEFAULT_BARRED)]
+    pub(crate) barred_credit_grade: Vec<String>,
     /// How long a request id is remembered, so that a retry gets the first answer
     /// (e.g. `7d`, `36h`).
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
-    pub idempotency_retention: std::time::Duration,
+    pub(crate) idempotency_retention: std::time::Duration,
     /// Definitions and calendars.
     #[command(flatten)]
-    pub data: DataArgs,
+    pub(crate) data: DataArgs,
 }
 
 /// `shenguan calendar …`.
 #[derive(Debug, Subcommand)]
-pub enum CalendarCommand {
+pub(crate) enum CalendarCommand {
     /// Print the n-th working day strictly after DATE.
     AddWorkingDays {
         /// The start date, YYYY-MM-DD.
@@ -194,7 +194,7 @@ pub enum CalendarCommand {
 
 /// `shenguan workflow …`.
 #[derive(Debug, Subcommand)]
-pub enum WorkflowCommand {
+pub(crate) enum WorkflowCommand {
     /// Check definition files; prints every problem as FILE:LINE: message and exits 1.
     Validate {
         /// Definition files.
@@ -216,7 +216,7 @@ pub enum WorkflowCommand {
 
 /// `shenguan admin …`.
 #[derive(Debug, Subcommand)]
-pub enum AdminCommand {
+pub(crate) enum AdminCommand {
     /// Replay every instance's history and report any that differs from its stored row.
     Verify {
         /// SQLite database file.
@@ -229,7 +229,7 @@ pub enum AdminCommand {
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate> {
-    crate::calendar::parse_date(s).ok_or_else(|| anyhow!("{s:?} is not a date; expected YYYY-MM-DD"))
+    shenguan::calendar::parse_date(s).ok_or_else(|| anyhow!("{s:?} is not a date; expected YYYY-MM-DD"))
 }
 
 fn calendars_from(dir: &Option<PathBuf>) -> Result<Calendars> {
@@ -242,7 +242,7 @@ fn out(text: impl std::fmt::Display) -> Result<()> {
 }
 
 /// Runs a parsed command line.
-pub async fn run(cli: Cli) -> Result<ExitCode> {
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Calendar(cmd) => calendar(cmd),
@@ -253,7 +253,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Clock(ClockCommand::Advance { conn, args }) => crate::client::advance(&conn, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Admin(AdminCommand::Verify { db, data }) => {
-            let report = crate::admin::verify_file(&db, &data.registry()?, &data.calendars()?).await?;
+            let report = shenguan::admin::verify_file(&db, &data.registry()?, &data.calendars()?).await?;
             for (id, problem) in &report.divergent {
                 out(format!("DIVERGENT {id}: {problem}"))?;
             }
@@ -310,7 +310,7 @@ fn workflow(cmd: WorkflowCommand) -> Result<ExitCode> {
                     }
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(crate::definition::Error::Invalid(diags)) => {
+                Err(shenguan::definition::Error::Invalid(diags)) => {
                     let mut stderr = std::io::stderr().lock();
                     for d in &diags {
                         writeln!(stderr, "{d}")?;
@@ -356,13 +356,13 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.max_db_pages = args.max_db_pages;
     config.idempotency_retention = i64::try_from(args.idempotency_retention.as_millis())
         .map_err(|_| anyhow!("--idempotency-retention is too long"))?;
-    let mut options = crate::server::Options::new(
+    let mut options = shenguan::server::Options::new(
         config,
         Arc::new(args.data.registry()?),
         Arc::new(args.data.calendars()?),
         virtual_clock,
     );
-    options.credit = crate::domain::credit::CreditGrades::new(&args.credit_grade, &args.barred_credit_grade)
+    options.credit = shenguan::domain::credit::CreditGrades::new(&args.credit_grade, &args.barred_credit_grade)
         .map_err(|e| anyhow!("credit grades: {e} (see --credit-grade and --barred-credit-grade)"))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -371,13 +371,13 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
-    crate::server::run(options, listener, shutdown).await?;
+    shenguan::server::run(options, listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Installs the tracing subscriber: human-readable by default, JSON lines on request;
 /// `RUST_LOG` filters (default `info`).
-pub fn init_tracing(json: bool) {
+pub(crate) fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

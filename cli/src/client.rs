@@ -10,25 +10,25 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use tonic::transport::Channel;
 
-use crate::proto::admin_service_client::AdminServiceClient;
-use crate::proto::intake_service_client::IntakeServiceClient;
-use crate::proto::supervision_service_client::SupervisionServiceClient;
-use crate::proto::{self, Case, Task};
+use shenguan::proto::admin_service_client::AdminServiceClient;
+use shenguan::proto::intake_service_client::IntakeServiceClient;
+use shenguan::proto::supervision_service_client::SupervisionServiceClient;
+use shenguan::proto::{self, Case, Task};
 
 /// Where the server is.
 #[derive(Debug, Args, Clone)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// The server's gRPC address.
     #[arg(long, global = true, default_value = "http://127.0.0.1:50051", env = "SHENGUAN_SERVER")]
-    pub server: String,
+    pub(crate) server: String,
     /// Print the response as JSON instead of a table.
     #[arg(long, global = true)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// `shenguan case …`.
 #[derive(Debug, Subcommand)]
-pub enum CaseCommand {
+pub(crate) enum CaseCommand {
     /// Accept a case described by a JSON file (see README: API).
     Accept {
         /// The JSON file; `-` reads standard input.
@@ -97,7 +97,7 @@ pub enum CaseCommand {
 
 /// `shenguan task …`.
 #[derive(Debug, Subcommand)]
-pub enum TaskCommand {
+pub(crate) enum TaskCommand {
     /// List supervision tasks.
     List {
         /// Region code.
@@ -131,7 +131,7 @@ pub enum TaskCommand {
 
 /// `shenguan task report …`.
 #[derive(Debug, Subcommand)]
-pub enum ReportCommand {
+pub(crate) enum ReportCommand {
     /// Supervision work finished on a date.
     Inspection {
         /// Task id.
@@ -257,7 +257,7 @@ fn accept_request(text: &str) -> Result<proto::AcceptCaseRequest> {
 /// The exit code for a failed call: 3 invalid argument, 4 not found, 5 already exists,
 /// 6 failed precondition (wrong state), 7 unavailable (server down or storage trouble),
 /// 8 permission denied, 1 anything else. Clap's usage errors exit 2.
-pub fn exit_code(error: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code(error: &anyhow::Error) -> u8 {
     let status = error.chain().find_map(|c| c.downcast_ref::<tonic::Status>());
     let transport = error.chain().any(|c| c.downcast_ref::<tonic::transport::Error>().is_some());
     match status.map(tonic::Status::code) {
@@ -275,7 +275,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 /// A gRPC status as one line: `NOT_FOUND: case 320700/X does not exist`.
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {message}")]
-pub struct CallError {
+pub(crate) struct CallError {
     code: String,
     message: String,
     #[source]
@@ -308,7 +308,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 
 /// Rows as aligned columns. Widths are display widths (a Chinese character takes two
 /// columns), as comfy-table measures them; `--json` is for machines.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING)
         .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
@@ -356,7 +356,7 @@ fn task_rows(tasks: &[Task]) -> Vec<Vec<String>> {
 }
 
 /// A case as text.
-pub fn case_text(c: &Case) -> String {
+pub(crate) fn case_text(c: &Case) -> String {
     let mut out = String::new();
     let fields = [
         ("case", c.case_id.clone()),
@@ -394,7 +394,7 @@ fn status_name(s: i32) -> &'static str {
 }
 
 /// A timeline as text.
-pub fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
+pub(crate) fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
@@ -418,14 +418,14 @@ pub fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
 }
 
 /// Parses a duration such as `3d`, `12h`, `90m`, `2d 12h`, `30s` into milliseconds.
-pub fn parse_duration(text: &str) -> Result<i64> {
+pub(crate) fn parse_duration(text: &str) -> Result<i64> {
     let d = humantime::parse_duration(text)
         .map_err(|e| anyhow!("{text:?} is not a duration such as 3d, 12h, 2d 12h ({e})"))?;
     i64::try_from(d.as_millis()).map_err(|_| anyhow!("{text:?} is too long"))
 }
 
 /// Runs `case …`.
-pub async fn case(conn: &Conn, cmd: CaseCommand) -> Result<ExitCode> {
+pub(crate) async fn case(conn: &Conn, cmd: CaseCommand) -> Result<ExitCode> {
     let ch = channel(conn).await?;
     let mut intake = IntakeServiceClient::new(ch.clone());
     let reply = match cmd {
@@ -513,7 +513,7 @@ pub async fn case(conn: &Conn, cmd: CaseCommand) -> Result<ExitCode> {
 }
 
 /// Runs `task …`.
-pub async fn task(conn: &Conn, cmd: TaskCommand) -> Result<ExitCode> {
+pub(crate) async fn task(conn: &Conn, cmd: TaskCommand) -> Result<ExitCode> {
     let mut sup = SupervisionServiceClient::new(channel(conn).await?);
     let reply = match cmd {
         TaskCommand::List { region, department, office, state, overdue, limit } => {
@@ -577,7 +577,7 @@ fn count(f: &Option<proto::Figure>) -> String {
 }
 
 /// Statistics as text.
-pub fn stats_text(reply: &proto::GetStatisticsReply) -> String {
+pub(crate) fn stats_text(reply: &proto::GetStatisticsReply) -> String {
     let sup: Vec<Vec<String>> = reply
         .supervision
         .iter()
@@ -641,7 +641,7 @@ pub fn stats_text(reply: &proto::GetStatisticsReply) -> String {
 }
 
 /// Runs `stats`.
-pub async fn stats(conn: &Conn, args: StatsArgs) -> Result<ExitCode> {
+pub(crate) async fn stats(conn: &Conn, args: StatsArgs) -> Result<ExitCode> {
     let reply = AdminServiceClient::new(channel(conn).await?)
         .get_statistics(proto::GetStatisticsRequest {
             region_code: args.region.unwrap_or_default(),
@@ -663,37 +663,37 @@ pub async fn stats(conn: &Conn, args: StatsArgs) -> Result<ExitCode> {
 
 /// `shenguan stats`: with no flags, every region, this year.
 #[derive(Debug, Args)]
-pub struct StatsArgs {
+pub(crate) struct StatsArgs {
     /// Region code (default: every region).
     #[arg(long)]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// First day of the period, YYYY-MM-DD (default: 1 January of the server's year).
     #[arg(long)]
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// Last day of the period, YYYY-MM-DD (default: 31 December of the server's year).
     #[arg(long)]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
     /// One department.
     #[arg(long)]
-    pub department: Option<String>,
+    pub(crate) department: Option<String>,
     /// One office.
     #[arg(long)]
-    pub office: Option<String>,
+    pub(crate) office: Option<String>,
 }
 
 /// `shenguan clock advance`.
 #[derive(Debug, Args)]
-pub struct AdvanceArgs {
+pub(crate) struct AdvanceArgs {
     /// By a duration: 3d, 12h, 2d12h, 90m.
     #[arg(long, conflicts_with = "to")]
-    pub by: Option<String>,
+    pub(crate) by: Option<String>,
     /// To an instant (RFC 3339).
     #[arg(long)]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
 }
 
 /// Runs `clock advance`.
-pub async fn advance(conn: &Conn, args: AdvanceArgs) -> Result<ExitCode> {
+pub(crate) async fn advance(conn: &Conn, args: AdvanceArgs) -> Result<ExitCode> {
     let request = match (args.by, args.to) {
         (Some(by), None) => proto::AdvanceClockRequest { by_millis: parse_duration(&by)?, to: String::new() },
         (None, Some(to)) => proto::AdvanceClockRequest { by_millis: 0, to },

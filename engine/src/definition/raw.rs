@@ -1,0 +1,98 @@
+//! The raw TOML shape of a definition file, as serde reads it: names and expressions still
+//! text, with spans for `file:line` diagnostics. [`super::validate`] turns it into a
+//! [`super::Definition`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDef {
+    pub(super) name: Spanned<String>,
+    pub(super) version: Spanned<i64>,
+    #[serde(default)]
+    pub(super) description: String,
+    pub(super) initial: Spanned<String>,
+    #[serde(default)]
+    pub(super) terminal: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) vars: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub(super) events: BTreeMap<String, Spanned<RawEvent>>,
+    #[serde(default)]
+    pub(super) states: Vec<Spanned<RawState>>,
+    #[serde(default)]
+    pub(super) transitions: Vec<Spanned<RawTransition>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEvent {
+    #[serde(default)]
+    pub(super) fields: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) internal: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(super) description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) description: String,
+    #[serde(default)]
+    pub(super) timers: Vec<Spanned<RawTimer>>,
+    #[serde(default)]
+    pub(super) emit: Vec<RawEmit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimer {
+    pub(super) name: String,
+    pub(super) at: String,
+    pub(super) event: String,
+    #[serde(default)]
+    pub(super) deadline: bool,
+    #[serde(default)]
+    pub(super) responsible: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEmit {
+    pub(super) channel: String,
+    #[serde(default)]
+    pub(super) to: Option<String>,
+    pub(super) template: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTransition {
+    pub(super) from: OneOrMany,
+    pub(super) event: Spanned<String>,
+    pub(super) to: Spanned<String>,
+    #[serde(default)]
+    pub(super) guard: Option<String>,
+    #[serde(default)]
+    pub(super) set: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub(super) emit: Vec<RawEmit>,
+    #[serde(default)]
+    pub(super) arm: Vec<RawTimer>,
+    #[serde(default)]
+    pub(super) cancel: Vec<String>,
+}

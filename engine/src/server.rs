@@ -143,6 +143,18 @@ pub async fn run(
     );
     let served = tonic::transport::Server::builder()
         .accept_http1(true)
+        // One span per call, so that a slow or failed call can be followed in the logs: the
+        // handlers record the instance, the writer's batch and command events nest inside.
+        .trace_fn(|request| {
+            let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!(
+                "grpc",
+                method = request.uri().path(),
+                request_id = header("x-request-id"),
+                actor = header("x-shenguan-actor"),
+                instance = tracing::field::Empty,
+            )
+        })
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

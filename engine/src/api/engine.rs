@@ -85,6 +85,7 @@ impl EngineService for Engine {
         let actor = actor(&request, "engine-client")?;
         let r = request.into_inner();
         check_id("instance_id", &r.instance_id)?;
+        tracing::Span::current().record("instance", r.instance_id.as_str());
         if domain::DOMAIN_WORKFLOWS.contains(&r.workflow.as_str()) {
             return Err(invalid(
                 "workflow",
@@ -113,6 +114,7 @@ impl EngineService for Engine {
         let actor = actor(&request, "engine-client")?;
         let r = request.into_inner();
         check_id("instance_id", &r.instance_id)?;
+        tracing::Span::current().record("instance", r.instance_id.as_str());
         crate::domain::check_text(&r.event, 64).map_err(|e| invalid("event", e))?;
         let fields = object("fields_json", &r.fields_json)?;
         let key = Key::parse("request_id", &r.request_id, "EngineService.Signal", &actor, &r)?;

@@ -34,6 +34,7 @@ const ACTOR: &str = "intake-platform";
 /// Reads a case id field, checked.
 pub(crate) fn case_id_field(field: &str, id: &str) -> Result<String, Status> {
     domain::parse_case_id(id).map_err(|e| invalid(field, e))?;
+    tracing::Span::current().record("instance", id);
     Ok(id.to_owned())
 }
 
@@ -138,6 +139,7 @@ impl IntakeService for Intake {
         let calendar = self.shared.calendars().region(&r.region_code);
         let policy = case::Policy { credit: &self.shared.credit, calendar, today: self.shared.today(calendar) };
         let (case_id, start) = case::accept(&new_case(&r), &policy, &actor).map_err(|e| status::refusal(&e))?;
+        tracing::Span::current().record("instance", case_id.as_str());
         // The case number is the natural idempotency key: one case per number and region, for
         // every caller. The fingerprint is of the request as received, so a retry on a later
         // day (when "10 working days from today" would give another deadline) is the same.

@@ -36,6 +36,7 @@ const ACTOR: &str = "supervision-platform";
 fn task_id_field(id: &str) -> Result<(String, String), Status> {
     let (case, _) = domain::parse_task_id(id).map_err(|e| invalid("task_id", e))?;
     let (region, _) = domain::parse_case_id(case).map_err(|e| invalid("task_id", e))?;
+    tracing::Span::current().record("instance", id);
     Ok((id.to_owned(), region.to_owned()))
 }
 

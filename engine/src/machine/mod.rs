@@ -192,6 +192,9 @@ pub struct Transition {
     pub remove: Vec<String>,
     /// Messages for the outbox.
     pub outbox: Vec<Message>,
+    /// The definition's transition that was taken, by its line in the file (`None` for a start,
+    /// or a timer with nowhere to go). Not stored: for coverage and diagnostics.
+    pub rule: Option<usize>,
 }
 
 /// Why a command was refused. Nothing is written for a rejected command.
@@ -448,7 +451,7 @@ fn start(
         messages: u32::try_from(outbox.len()).unwrap_or(u32::MAX),
         handled: true,
     };
-    Ok(Transition { instance, history, arm: arm_rows, remove: Vec::new(), outbox })
+    Ok(Transition { instance, history, arm: arm_rows, remove: Vec::new(), outbox, rule: None })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -514,7 +517,7 @@ fn apply(
             messages: 0,
             handled: false,
         };
-        return Ok(Transition { instance: next, history, arm: Vec::new(), remove, outbox: Vec::new() });
+        return Ok(Transition { instance: next, history, arm: Vec::new(), remove, outbox: Vec::new(), rule: None });
     };
 
     // Variables are all computed from the values before the transition.
@@ -592,7 +595,7 @@ fn apply(
         messages: u32::try_from(outbox.len()).unwrap_or(u32::MAX),
         handled: true,
     };
-    Ok(Transition { instance: next, history, arm: arm_rows, remove, outbox })
+    Ok(Transition { instance: next, history, arm: arm_rows, remove, outbox, rule: Some(t.line) })
 }
 
 #[cfg(test)]

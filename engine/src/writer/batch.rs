@@ -80,6 +80,7 @@ pub struct Builder<'a> {
     /// Timers armed in this batch whose due time has already come: (due, instance, name).
     due_now: Vec<(Millis, String, String)>,
     counts: Vec<(&'static str, &'static str)>,
+    rules: Vec<Option<usize>>,
 }
 
 /// A finished batch.
@@ -95,6 +96,8 @@ pub struct Built {
     pub counts: Vec<(&'static str, &'static str)>,
     /// Every instance the batch read or changed, as the batch leaves them (for the cache).
     pub live: HashMap<String, Result<Instance, WriteError>>,
+    /// For each entry of `batch.history`: the line of the definition's transition it took.
+    pub rules: Vec<Option<usize>>,
 }
 
 fn kind_of(command: &Command) -> &'static str {
@@ -133,6 +136,7 @@ impl<'a> Builder<'a> {
             fired: Vec::new(),
             due_now: Vec::new(),
             counts: Vec::new(),
+            rules: Vec::new(),
         }
     }
 
@@ -294,6 +298,7 @@ impl<'a> Builder<'a> {
             }
         }
         let seq = t.history.seq;
+        self.rules.push(t.rule);
         self.batch.history.push((id.clone(), t.history));
         let applied = Applied { instance: t.instance.clone(), seq, duplicate: false };
         self.live.insert(id, Ok(t.instance));
@@ -426,7 +431,14 @@ impl<'a> Builder<'a> {
 
     /// The batch as built.
     pub fn finish(self) -> Built {
-        Built { batch: self.batch, wheel_ops: self.wheel_ops, fired: self.fired, counts: self.counts, live: self.live }
+        Built {
+            batch: self.batch,
+            wheel_ops: self.wheel_ops,
+            fired: self.fired,
+            counts: self.counts,
+            live: self.live,
+            rules: self.rules,
+        }
     }
 }
 

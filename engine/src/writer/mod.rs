@@ -422,7 +422,7 @@ impl<S: Store> Writer<S> {
 
     /// Commits a built batch, then answers its callers, updates the wheel and the cache.
     async fn commit(&mut self, built: Built, pending: Vec<Pending>, now: Millis) {
-        let Built { batch, wheel_ops, fired, counts, live } = built;
+        let Built { batch, wheel_ops, fired, counts, live, .. } = built;
         let commit_started = std::time::Instant::now();
         let committed = if batch.is_empty() { Ok(()) } else { self.store.commit(&batch).await };
         match committed {

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub timers_fired: IntCounter,
     /// Seconds between a timer's due instant and the commit of its transition.
     pub fire_lateness_seconds: Histogram,
+    /// When the last batch that fired timers committed (engine time, Unix ms): with a set of
+    /// timers due at one instant, this minus the instant is the exact lateness of the last.
+    pub last_fire_commit_ms: IntGauge,
     /// Deadlines breached, by workflow and responsible department.
     pub breaches: IntCounterVec,
     /// Outbox messages written.
@@ -55,7 +58,14 @@ impl Metrics {
             .unwrap_or_else(|_| unreachable_metric());
         let fire_lateness_seconds = Histogram::with_opts(
             HistogramOpts::new("timer_fire_lateness_seconds", "Commit instant minus due instant of fired timers")
-                .buckets(buckets(0.001, 2.0, 20)),
+                // Quarter-octave buckets from 1 ms to ~15 min: percentiles read from them are
+                // within 19% (the benchmark quotes the bucket's upper bound, never less).
+                .buckets(buckets(0.001, 2f64.powf(0.25), 80)),
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let last_fire_commit_ms = IntGauge::new(
+            "timer_last_fire_commit_unix_ms",
+            "When the last batch that fired timers committed (Unix milliseconds)",
         )
         .unwrap_or_else(|_| unreachable_metric());
         let breaches = IntCounterVec::new(
@@ -78,6 +88,7 @@ impl Metrics {
             commit_seconds,
             timers_fired,
             fire_lateness_seconds,
+            last_fire_commit_ms,
             breaches,
             outbox_written,
             timers_in_memory,
@@ -90,6 +101,7 @@ impl Metrics {
             Box::new(m.commit_seconds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.fire_lateness_seconds.clone()),
+            Box::new(m.last_fire_commit_ms.clone()),
             Box::new(m.breaches.clone()),
             Box::new(m.outbox_written.clone()),
             Box::new(m.timers_in_memory.clone()),

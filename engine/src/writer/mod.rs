@@ -436,6 +436,9 @@ impl<S: Store> Writer<S> {
                     self.metrics.commands.with_label_values(&[*kind, *result]).inc();
                 }
                 let committed_at = self.clock.now();
+                if !fired.is_empty() {
+                    self.metrics.last_fire_commit_ms.set(committed_at);
+                }
                 for f in &fired {
                     self.metrics.timers_fired.inc();
                     self.metrics.fire_lateness_seconds.observe((committed_at - f.due).max(0) as f64 / 1000.0);

@@ -328,17 +328,23 @@ async fn open_durable(path: &Path) -> Result<sqlx::SqliteConnection> {
     Ok(conn)
 }
 
-/// Fills a fresh database with `n` pending cases whose timers fall due over the next 30 days,
-/// the way the engine would have written them: the scale run starts the server on this.
-async fn prefill(db: &Path, n: usize) -> Result<()> {
+/// Fills a fresh database with `n` pending cases the way the engine would have written them:
+/// the first `overdue` already due (their reminder and deadline fire as soon as the server
+/// starts), the rest falling due over the next 30 days. The scale run starts the server on this.
+async fn prefill(db: &Path, n: usize, overdue: usize) -> Result<()> {
     let started = Instant::now();
     let mut conn = open_durable(db).await?;
-    let base = now_ms() + 86_400_000;
+    let now = now_ms();
     let mut done = 0;
     while done < n {
         let ids: Vec<String> = (done..(done + 2_000).min(n)).map(|i| format!("pre-{i:08}")).collect();
-        // Spread over 30 days so that the horizon holds only a sliver of them.
-        let due = base + i64::try_from(done % 2_592_000)? * 1_000;
+        let due = if done < overdue {
+            // Due over the last hour: the server must catch up on them at start.
+            now - 3_600_000 + i64::try_from(done)? * 3_600_000 / i64::try_from(overdue.max(1))?
+        } else {
+            // Spread over the next 30 days, so that the horizon holds only a sliver of them.
+            now + 3_600_000 + i64::try_from(done)? * 2_592_000_000 / i64::try_from(n)?
+        };
         insert_cases(&mut conn, &ids, due).await?;
         done += ids.len();
         if done % 1_000_000 == 0 {
@@ -348,7 +354,7 @@ async fn prefill(db: &Path, n: usize) -> Result<()> {
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
     let size = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
     println!(
-        "prefilled {n} pending cases ({} timers) in {:.0} s; database {:.2} GiB",
+        "prefilled {n} pending cases ({} timers, {overdue} cases already due) in {:.0} s; database {:.2} GiB",
         2 * n,
         started.elapsed().as_secs_f64(),
         size as f64 / (1u64 << 30) as f64
@@ -373,16 +379,49 @@ async fn storage_floor(dir: &Path, n: usize, batch: usize) -> Result<Phase> {
     Ok(Phase { name: if batch >= 500 { "floor: storage, 500/tx" } else { "floor: storage" }, ops: n, wall, latencies })
 }
 
-/// (average commands per commit, average commit ms) so far, from the server's /metrics.
-async fn commit_stats(addr: &str) -> Result<(f64, f64)> {
+/// The server's /metrics text.
+async fn metrics(addr: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await?;
     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n").await?;
     let mut text = String::new();
     conn.read_to_string(&mut text).await?;
-    let value = |name: &str| -> f64 {
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
-    };
+    Ok(text)
+}
+
+/// A metric's value from /metrics text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// The server's fire-lateness histogram: (upper bound in seconds, cumulative count), as the
+/// writer records it after each commit.
+fn lateness_buckets(text: &str) -> Vec<(f64, f64)> {
+    let prefix = "shenguan_timer_fire_lateness_seconds_bucket{le=\"";
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Percentile `p` (0–1) of the fires recorded between two histogram snapshots, as the upper
+/// bound (ms) of the bucket that holds it: never less than the true value.
+fn lateness_pct(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> f64 {
+    let diff: Vec<(f64, f64)> =
+        after.iter().map(|(le, n)| (*le, n - before.iter().find(|(b, _)| b == le).map_or(0.0, |(_, m)| *m))).collect();
+    let total = diff.last().map_or(0.0, |(_, n)| *n);
+    diff.iter().find(|(_, n)| *n >= (total * p).ceil().max(1.0)).map_or(f64::NAN, |(le, _)| le * 1000.0)
+}
+
+/// (average commands per commit, average commit ms) so far, from the server's /metrics.
+async fn commit_stats(addr: &str) -> Result<(f64, f64)> {
+    let text = metrics(addr).await?;
+    let value = |name: &str| metric(&text, name.trim_end());
     let commits = value("shenguan_commit_seconds_count ").max(1.0);
     Ok((value("shenguan_commit_batch_size_sum ") / commits, value("shenguan_commit_seconds_sum ") * 1000.0 / commits))
 }
@@ -416,11 +455,30 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let dir = tempfile::tempdir()?;
     let db = args.keep.clone().unwrap_or_else(|| dir.path().join("load.db"));
+    let overdue = args.prefill / 1000;
     if args.prefill > 0 {
-        prefill(&db, args.prefill).await?;
+        prefill(&db, args.prefill, overdue).await?;
     }
+    let spawned_at = now_ms();
     let (mut server, boot) = spawn_server(&db).await?;
     let (boot_rss_kib, _) = resources(server.pid);
+    // At scale: the cases already due fire at start (a reminder and a deadline each). Measured
+    // at commit: from the server's spawn to the commit of the last of them.
+    let catch_up = if overdue > 0 {
+        let until = Instant::now() + Duration::from_secs(300);
+        loop {
+            let text = metrics(&server.addr).await?;
+            let fired = metric(&text, "shenguan_timers_fired_total");
+            if fired >= (2 * overdue) as f64 || Instant::now() > until {
+                let last = metric(&text, "shenguan_timer_last_fire_commit_unix_ms") as i64;
+                break Some((fired, last - spawned_at));
+            }
+            // A load generator may poll: it measures, it does not synchronise anything.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    } else {
+        None
+    };
     let channels: Vec<Channel> = {
         let mut v = Vec::new();
         for _ in 0..4 {
@@ -478,8 +536,18 @@ async fn main() -> Result<()> {
         due,
     )
     .await?;
+    // The server's lateness histogram just before the deadlines (the W3 reminders, due half
+    // the lead earlier, have fired by then) and after: the difference is the W3 deadlines.
+    let snapshot_at = Instant::now() + Duration::from_millis(u64::try_from((due - now_ms() - 1_000).max(0))?);
+    tokio::time::sleep_until(snapshot_at.into()).await;
+    let hist_before = lateness_buckets(&metrics(&server.addr).await?);
     let until = Instant::now() + args.lead + Duration::from_secs(30);
     let (mut late, total, distinct) = wait_for_fires(&db, "w3", args.timers, until).await?;
+    let after_w3 = metrics(&server.addr).await?;
+    let hist_after = lateness_buckets(&after_w3);
+    let last_commit = metric(&after_w3, "shenguan_timer_last_fire_commit_unix_ms") as i64;
+    let committed = |p: f64| lateness_pct(&hist_before, &hist_after, p);
+    let committed_max = last_commit - due;
     late.sort_unstable();
     let (rss_kib, cpu) = resources(server.pid);
     ensure!(
@@ -489,14 +557,17 @@ async fn main() -> Result<()> {
     );
     ensure!(late.first().is_none_or(|l| *l >= 0), "W3: a deadline fired early: {:?}", late.first());
     let pick = |p: f64| late.get(((late.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
-    let w3_drain = {
+    // Fires/s over the whole drain: from the start of the first batch that fired a deadline
+    // to the commit of the last one (the old figure stopped at the start of the last batch).
+    let (w3_drain, w3_drain_to_last_start) = {
         let mut conn = SqliteConnectOptions::new().filename(&db).read_only(true).connect().await?;
         let (first, last): (i64, i64) = sqlx::query_as(
             "SELECT min(at), max(at) FROM history WHERE instance_id >= 'w3-' AND instance_id < 'w3.~' AND json_extract(command, '$.name') = 'deadline'",
         )
         .fetch_one(&mut conn)
         .await?;
-        args.timers as f64 / ((last - first).max(1) as f64 / 1000.0)
+        let secs = |ms: i64| ms.max(1) as f64 / 1000.0;
+        (args.timers as f64 / secs(last_commit - first), args.timers as f64 / secs(last - first))
     };
 
     // W5: pending timers, SIGKILL, restart, every deadline exactly once.
@@ -516,13 +587,61 @@ async fn main() -> Result<()> {
         .await?;
     ensure!(present as usize == w5_n, "W5: {present} of {w5_n} acknowledged cases present after the kill");
     ensure!(w5_total == w5_n && w5_distinct == w5_n, "W5: {w5_total} deadline fires for {w5_distinct} of {w5_n} cases");
+
+    // W6: the same number of cases through the domain API a platform calls: AcceptCase with
+    // two supervisors (the case and its routing, one group, read back), then CompleteApproval
+    // (the licence and one task per supervisor, one group, read back with its tasks).
+    let domain = connect(&restarted.addr).await?;
+    let intake = shenguan::proto::intake_service_client::IntakeServiceClient::new(domain);
+    let n = args.cases;
+    let accept_client = intake.clone();
+    let w6_accept = drive("W6 AcceptCase (2 supervisors)", n, c, move |i| {
+        let mut client = accept_client.clone();
+        let mut request = integration_tests::fixtures::accept(
+            &format!("W6-{i:07}"),
+            shenguan::proto::Route::Normal,
+            shenguan::proto::Scenario::Unspecified,
+        );
+        request.supervisors.push(shenguan::proto::Supervisor {
+            department: "市應急管理局".into(),
+            office: "安全生產監管處".into(),
+            office_admin_mobile: "13900139001".into(),
+        });
+        async move {
+            let reply = client.accept_case(request).await?.into_inner();
+            ensure!(reply.case.is_some_and(|c| c.state == "awaiting_approval"), "W6-{i:07} not awaiting approval");
+            Ok(())
+        }
+    })
+    .await?;
+    let complete_client = intake.clone();
+    let w6_complete = drive("W6 CompleteApproval", n, c, move |i| {
+        let mut client = complete_client.clone();
+        let request = shenguan::proto::CompleteApprovalRequest {
+            case_id: format!("320700/W6-{i:07}"),
+            license_no: format!("L-{i:07}"),
+            approval_opinion: "approved".into(),
+            document_refs: vec![],
+        };
+        async move {
+            let case = client.complete_approval(request).await?.into_inner().case.context("no case")?;
+            ensure!(
+                case.state == "licensed" && case.tasks.len() == 2,
+                "W6-{i:07}: {} with {} tasks",
+                case.state,
+                case.tasks.len()
+            );
+            Ok(())
+        }
+    })
+    .await?;
     drop(restarted);
 
     // Floor (b): the same rows straight into SQLite, in batches of the callers' concurrency.
     let storage = storage_floor(dir.path(), args.cases, c).await?;
     let storage500 = storage_floor(dir.path(), args.cases.max(500), 500).await?;
 
-    phases.extend([transport, w1, w2, w3_start, w5_start, storage, storage500]);
+    phases.extend([transport, w1, w2, w3_start, w5_start, storage, storage500, w6_accept, w6_complete]);
     println!(
         "\nshenguan load ({}): {} cases, {} timers, {} callers, deadline lead {:?}",
         if args.smoke { "smoke" } else { "full" },
@@ -553,7 +672,30 @@ async fn main() -> Result<()> {
         "W1–W2 group commit: {:.1} commands per transaction, {:.2} ms per commit on average",
         after_w2.0, after_w2.1
     );
-    println!("W3 lateness (commit batch start − due): p50 {} ms, p99 {} ms, max {} ms; drained at {w3_drain:.0} fires/s; none early", pick(0.5), pick(0.99), pick(1.0));
+    println!(
+        "W3 lateness at commit (server histogram, bucket upper bounds): p50 ≤ {:.0} ms, p99 ≤ {:.0} ms, max {committed_max} ms (exact); drained at {w3_drain:.0} fires/s (first batch start to last commit); none early",
+        committed(0.5),
+        committed(0.99)
+    );
+    println!(
+        "W3 lateness at decision (batch start − due, the old measure): p50 {} ms, p99 {} ms, max {} ms; {w3_drain_to_last_start:.0} fires/s to the last batch's start",
+        pick(0.5),
+        pick(0.99),
+        pick(1.0)
+    );
+    println!(
+        "W6 domain intake: AcceptCase {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), CompleteApproval {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); W1 generic start for comparison {:.0}/s",
+        phases[7].rate(),
+        phases[7].pct(0.5),
+        phases[7].pct(0.99),
+        phases[8].rate(),
+        phases[8].pct(0.5),
+        phases[8].pct(0.99),
+        phases[1].rate()
+    );
+    if let Some((fired, ms)) = catch_up {
+        println!("scale catch-up: {fired:.0} timers already due at start, all committed {ms} ms after the server was spawned");
+    }
     if args.prefill > 0 {
         println!(
             "scale: {} pending cases prefilled; server ready in {:.0} ms with RSS {:.1} MiB after boot",
@@ -574,7 +716,8 @@ async fn main() -> Result<()> {
         "cases": args.cases, "timers": args.timers, "concurrency": c,
         "phases": phases.iter().map(|p| serde_json::json!({"name": p.name, "ops": p.ops, "per_second": p.rate(), "p50_ms": p.pct(0.5), "p99_ms": p.pct(0.99), "max_ms": p.pct(1.0)})).collect::<Vec<_>>(),
         "group_commit_w1_w2": {"commands_per_commit": after_w2.0, "commit_ms": after_w2.1},
-        "w3": {"lateness_ms": {"p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)}, "fires_per_second": w3_drain},
+        "w3": {"lateness_at_commit_ms": {"p50_at_most": committed(0.5), "p99_at_most": committed(0.99), "max": committed_max}, "lateness_at_decision_ms": {"p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)}, "fires_per_second": w3_drain, "fires_per_second_to_last_batch_start": w3_drain_to_last_start},
+        "scale_catch_up": catch_up.map(|(fired, ms)| serde_json::json!({"fired": fired, "ms_after_spawn": ms})),
         "w4": {"peak_rss_mib": rss_kib as f64 / 1024.0, "cpu_seconds": cpu},
         "scale": {"prefilled": args.prefill, "ready_ms": boot.as_secs_f64() * 1000.0, "rss_after_boot_mib": boot_rss_kib as f64 / 1024.0},
         "w5": {"pending": w5_n, "ready_ms": ready.as_secs_f64() * 1000.0, "fired_once": true},

@@ -68,7 +68,7 @@ impl AdminService for Admin {
             .map_err(|e| status::read_error(&e))?
             .filter(|r| r.workflow == domain::CASE_WORKFLOW)
         else {
-            return Err(Status::not_found(format!("case {case_id} does not exist")));
+            return Err(status::not_found("case", &case_id));
         };
         let mut rows = vec![case];
         rows.extend(super::intake::tasks_of(reader.as_ref(), &case_id).await?);
@@ -85,7 +85,8 @@ impl AdminService for Admin {
     async fn query_cases(&self, request: Request<QueryCasesRequest>) -> Result<Response<QueryCasesReply>, Status> {
         let r = request.into_inner();
         let (size, after) = page(r.page.as_ref())?;
-        let mut filter = Filter { workflow: "approval_case".into(), after, limit: Some(size), ..Filter::default() };
+        let mut filter =
+            Filter { workflow: domain::CASE_WORKFLOW.into(), after, limit: Some(size), ..Filter::default() };
         let region = if r.region_code.is_empty() { "national".to_owned() } else { r.region_code.clone() };
         if !r.region_code.is_empty() {
             check("region_code", domain::check_region(&r.region_code))?;
@@ -103,8 +104,8 @@ impl AdminService for Admin {
             let def = self
                 .shared
                 .registry()
-                .latest("approval_case")
-                .ok_or_else(|| Status::internal("no approval_case workflow"))?;
+                .latest(domain::CASE_WORKFLOW)
+                .ok_or_else(|| status::missing_workflow(domain::CASE_WORKFLOW))?;
             if def.state(&r.state).is_none() {
                 let states: Vec<&str> = def.states.iter().map(|s| s.name.as_str()).collect();
                 return Err(invalid("state", format!("unknown state {:?}; one of {}", r.state, states.join(", "))));
@@ -229,9 +230,7 @@ impl AdminService for Admin {
         request: Request<AdvanceClockRequest>,
     ) -> Result<Response<AdvanceClockReply>, Status> {
         let Some(clock) = &self.shared.virtual_clock else {
-            return Err(Status::failed_precondition(
-                "this server runs on the system clock; only a server started with --virtual-clock can be advanced",
-            ));
+            return Err(status::not_a_sandbox());
         };
         let r = request.into_inner();
         let now = match (r.by_millis, r.to.is_empty()) {

@@ -11,6 +11,24 @@ pub fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))
 }
 
+/// `NotFound` for an instance of kind `what` ("case", "task").
+pub fn not_found(what: &str, id: &str) -> Status {
+    Status::not_found(format!("{what} {id} does not exist"))
+}
+
+/// `Internal`: a workflow the services need is not loaded (a deployment defect).
+pub fn missing_workflow(name: &str) -> Status {
+    tracing::error!(workflow = name, "a workflow the services need is not loaded");
+    Status::internal(format!("no {name} workflow is loaded"))
+}
+
+/// `FailedPrecondition`: the call needs a server started with `--virtual-clock`.
+pub fn not_a_sandbox() -> Status {
+    Status::failed_precondition(
+        "this server runs on the system clock; only a server started with --virtual-clock can be advanced",
+    )
+}
+
 /// The status for a request the domain refused.
 pub fn refusal(r: &crate::domain::Refusal) -> Status {
     use crate::domain::Refusal;

@@ -47,7 +47,7 @@ impl Supervision {
             Some(row) => {
                 Ok(Response::new(TaskReply { task: Some(view::task(self.shared.registry(), &row)), duplicate }))
             }
-            None => Err(Status::not_found(format!("task {task_id} does not exist"))),
+            None => Err(status::not_found("task", task_id)),
         }
     }
 
@@ -74,7 +74,8 @@ impl SupervisionService for Supervision {
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksReply>, Status> {
         let r = request.into_inner();
         let (size, after) = page(r.page.as_ref())?;
-        let mut filter = Filter { workflow: "supervision_task".into(), after, limit: Some(size), ..Filter::default() };
+        let mut filter =
+            Filter { workflow: domain::TASK_WORKFLOW.into(), after, limit: Some(size), ..Filter::default() };
         if !r.region_code.is_empty() {
             check("region_code", domain::check_region(&r.region_code))?;
             filter.vars.push(("region".into(), r.region_code.clone()));
@@ -89,8 +90,8 @@ impl SupervisionService for Supervision {
             let def = self
                 .shared
                 .registry()
-                .latest("supervision_task")
-                .ok_or_else(|| Status::internal("no supervision_task workflow"))?;
+                .latest(domain::TASK_WORKFLOW)
+                .ok_or_else(|| status::missing_workflow(domain::TASK_WORKFLOW))?;
             if def.state(&r.state).is_none() {
                 let states: Vec<&str> = def.states.iter().map(|s| s.name.as_str()).collect();
                 return Err(invalid("state", format!("unknown state {:?}; one of {}", r.state, states.join(", "))));

@@ -381,6 +381,12 @@ pub(crate) fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // A span's close is logged with its busy and idle time: at debug level, one line per gRPC
+    // call and per writer batch says how long it took.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -147,7 +147,7 @@ pub async fn run(
         // handlers record the instance, the writer's batch and command events nest inside.
         .trace_fn(|request| {
             let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!(
+            tracing::debug_span!(
                 "grpc",
                 method = request.uri().path(),
                 request_id = header("x-request-id"),

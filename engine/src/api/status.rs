@@ -4,15 +4,22 @@
 use tonic::{Code, Status};
 
 use crate::machine::Rejection;
+
+/// Every status a call is answered with passes here: at debug level the call's span (method,
+/// request id, instance) then shows why it failed.
+fn told(status: Status) -> Status {
+    tracing::debug!(code = ?status.code(), message = status.message(), "answered with an error");
+    status
+}
 use crate::writer::{GroupError, WriteError};
 
 /// `InvalidArgument` naming the field.
-pub fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+fn invalid_status(field: &str, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))
 }
 
 /// `NotFound` for an instance of kind `what` ("case", "task").
-pub fn not_found(what: &str, id: &str) -> Status {
+fn not_found_status(what: &str, id: &str) -> Status {
     Status::not_found(format!("{what} {id} does not exist"))
 }
 
@@ -30,10 +37,10 @@ pub fn not_a_sandbox() -> Status {
 }
 
 /// The status for a request the domain refused.
-pub fn refusal(r: &crate::domain::Refusal) -> Status {
+fn refusal_status(r: &crate::domain::Refusal) -> Status {
     use crate::domain::Refusal;
     match r {
-        Refusal::Invalid { field, message } => invalid(field, message),
+        Refusal::Invalid { field, message } => invalid_status(field, message),
         Refusal::Precondition(message) => Status::failed_precondition(message.clone()),
         Refusal::Internal(message) => {
             tracing::error!(%message, "domain defect");
@@ -43,7 +50,7 @@ pub fn refusal(r: &crate::domain::Refusal) -> Status {
 }
 
 /// The status for a write that failed, for an instance of kind `what` ("case", "task").
-pub fn write_error(what: &str, id: &str, error: &WriteError) -> Status {
+fn write_error_status(what: &str, id: &str, error: &WriteError) -> Status {
     match error {
         WriteError::Rejected(r) => rejection(what, id, r),
         WriteError::KeyReused { .. } => {
@@ -77,7 +84,7 @@ pub fn rejection(what: &str, id: &str, r: &Rejection) -> Status {
         Rejection::GuardRejected { state, event } => Status::failed_precondition(format!(
             "{what} {id} is in state {state}; {event} does not apply to it as given"
         )),
-        Rejection::InvalidInput { field, message } => invalid(field, message),
+        Rejection::InvalidInput { field, message } => invalid_status(field, message),
         Rejection::UnknownEvent { event, .. } => Status::invalid_argument(format!("unknown event {event}")),
         Rejection::InternalEvent { event } => {
             Status::permission_denied(format!("{event} is raised by the engine's timers only"))
@@ -95,7 +102,7 @@ pub fn group_error(error: &GroupError) -> Status {
 }
 
 /// The status for a read that failed.
-pub fn read_error(error: &crate::store::Error) -> Status {
+fn read_error_status(error: &crate::store::Error) -> Status {
     use crate::store::Error as E;
     match error {
         E::Unavailable(_) | E::Open { .. } => {
@@ -111,4 +118,29 @@ pub fn read_error(error: &crate::store::Error) -> Status {
             Status::internal("the engine could not answer this query; an operator must look at the log")
         }
     }
+}
+
+/// See `invalid_status`; the refusal is logged at debug level inside the call's span.
+pub fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    told(invalid_status(field, message))
+}
+
+/// See `not_found_status`; the refusal is logged at debug level inside the call's span.
+pub fn not_found(what: &str, id: &str) -> Status {
+    told(not_found_status(what, id))
+}
+
+/// See `refusal_status`; the refusal is logged at debug level inside the call's span.
+pub fn refusal(r: &crate::domain::Refusal) -> Status {
+    told(refusal_status(r))
+}
+
+/// See `write_error_status`; the refusal is logged at debug level inside the call's span.
+pub fn write_error(what: &str, id: &str, error: &WriteError) -> Status {
+    told(write_error_status(what, id, error))
+}
+
+/// See `read_error_status`; the refusal is logged at debug level inside the call's span.
+pub fn read_error(error: &crate::store::Error) -> Status {
+    told(read_error_status(error))
 }

@@ -343,9 +343,14 @@ impl<S: Store> Writer<S> {
     }
 
     async fn process(&mut self, items: Vec<Item>) {
+        use tracing::Instrument;
         self.batches += 1;
+        // Instrumented, not entered: a guard held across an await would tag other tasks' events.
         let span = tracing::debug_span!("batch", id = self.batches, requests = items.len());
-        let _entered = span.enter();
+        self.process_in_span(items).instrument(span).await;
+    }
+
+    async fn process_in_span(&mut self, items: Vec<Item>) {
         let now = self.clock.now();
         let mut ids: Vec<&str> = Vec::new();
         let mut keys: Vec<&str> = Vec::new();

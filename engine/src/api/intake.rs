@@ -43,7 +43,7 @@ impl Intake {
         let reader = &self.shared.reader;
         let row = reader.instance(case_id).await.map_err(|e| status::read_error(&e))?;
         let Some(row) = row.filter(|r| r.workflow == CASE_WORKFLOW) else {
-            return Err(status::not_found("case", &case_id));
+            return Err(status::not_found("case", case_id));
         };
         let tasks = tasks_of(reader.as_ref(), case_id).await?;
         Ok(Response::new(CaseReply { case: Some(view::case(self.shared.registry(), &row, &tasks)), duplicate }))

@@ -6,15 +6,19 @@
 //! - [`clock`]: the `Clock` trait, the system clock and the virtual clock.
 //! - [`definition`]: the workflow language — TOML in, validated `Definition` out; Mermaid output.
 //! - [`machine`]: the pure core, `decide`, and replay. No I/O.
-//! - [`store`]: durable state (SQLite today) behind the `Store` trait.
-//! - [`writer`]: group commit — the one path every change takes.
-//! - [`timer`]: the timing wheel, the horizon loader contract, the timer service.
-//! - [`engine`]: store + writer + timers, started as one.
+//! - [`store`]: durable state (SQLite today) behind the `Store` (write) and `ReadStore` (read)
+//!   traits.
+//! - [`writer`]: group commit — the one path every change takes: a pure batch builder
+//!   ([`writer::batch`]) and the task that loads, commits and answers.
+//! - [`timer`]: the timing wheel, the horizon contract and its paging, the timer service.
+//! - [`engine`]: store + writer + timers, started as one; [`engine::Context`], the handles
+//!   every part shares.
 //! - [`admin`]: offline operations on a database (`admin verify`), through the read side.
 //! - [`server`]: the gRPC server: the services, health and reflection.
-//! - [`api`]: the gRPC services (intake, supervision, admin).
-//! - [`domain`]: what approval and supervision mean: identifiers and text checks, credit
-//!   grades, the case ↔ task fan-out the writer decides.
+//! - [`api`]: the gRPC services (intake, supervision, admin, engine): proto ↔ domain, errors →
+//!   status.
+//! - [`domain`]: what approval and supervision mean: cases, supervision tasks, the case ↔ task
+//!   fan-out the writer derives, credit grades, identifiers and text checks.
 //! - [`telemetry`]: Prometheus metrics.
 //! - [`proto`]: generated gRPC types; [`codec`]: their codec (bad bodies are INVALID_ARGUMENT).
 //!

@@ -760,3 +760,30 @@ async fn the_generic_engine_service_starts_and_signals_any_workflow_and_refuses_
     assert!(e.is_ok(), "none of the refused starts wrote b-3: {e:?}");
     server.stop().await
 }
+
+#[tokio::test]
+async fn accept_and_licence_answer_exactly_what_a_read_back_shows() -> Result<()> {
+    // Both are answered from the instances their group committed, not read back: the answer
+    // must be the same as GetCase right after, tasks in the same order (T10 before T2).
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    let mut r = accept("ANSWER-1", Route::Commitment, Scenario::PostApprovalVerification);
+    r.supervisors = (1..=11)
+        .map(|n| Supervisor {
+            department: format!("部門{n}"),
+            office: format!("處室{n}"),
+            office_admin_mobile: if n % 2 == 0 { "13900139000".into() } else { String::new() },
+        })
+        .collect();
+    let accepted = server.intake().accept_case(r.clone()).await?.into_inner();
+    assert!(!accepted.duplicate);
+    assert_eq!(accepted.case.as_ref(), Some(&get_case(&server, "320700/ANSWER-1").await?));
+    let licensed = complete(&server, "320700/ANSWER-1").await?;
+    assert_eq!(licensed.tasks.len(), 11);
+    assert_eq!(licensed.tasks[1].task_id, "320700/ANSWER-1/T10");
+    assert_eq!(licensed, get_case(&server, "320700/ANSWER-1").await?);
+    // A retry is read back, and says so.
+    let again = server.intake().accept_case(r).await?.into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.case, Some(get_case(&server, "320700/ANSWER-1").await?));
+    server.stop().await
+}

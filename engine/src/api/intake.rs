@@ -15,7 +15,8 @@ use crate::proto::{
     AcceptCaseRequest, CaseReply, CompleteApprovalRequest, GetCaseRequest, RevokeApprovalRequest, Route, Scenario,
     SubmitMaterialsRequest,
 };
-use crate::writer::{Derive, GroupItem};
+use crate::store::InstanceRow;
+use crate::writer::{Applied, Derive, GroupItem};
 
 /// The service.
 pub struct Intake {
@@ -50,25 +51,60 @@ impl Intake {
     }
 
     /// The answer to a group that changed the case: the case as committed, or the status of the
-    /// command that failed.
+    /// command that failed. With `whole`, a first application is answered from the instances
+    /// the group committed — they are the case and every task it has (a new case has none; a
+    /// licence creates them all) — without reading them back; a duplicate is read back.
     async fn answer(
         &self,
         case_id: &str,
-        result: Result<Vec<Option<crate::writer::Applied>>, crate::writer::GroupError>,
+        result: Result<Vec<Option<Applied>>, crate::writer::GroupError>,
+        whole: bool,
     ) -> Result<Response<CaseReply>, Status> {
         match result {
             Ok(answers) => {
                 let duplicate = answers.first().and_then(|a| a.as_ref()).is_some_and(|a| a.duplicate);
+                if whole && !duplicate {
+                    if let Some(reply) = self.committed(case_id, &answers) {
+                        return Ok(Response::new(reply));
+                    }
+                }
                 self.reply(case_id, duplicate).await
             }
             Err(e) => Err(status::group_error(&e)),
         }
     }
 
+    /// The case and its tasks as the group's answers hold them, in the order a read gives.
+    /// `None` when a timer of theirs was already due: the writer fired it in the same batch,
+    /// after the group's answers were taken, so only a read shows the result.
+    fn committed(&self, case_id: &str, answers: &[Option<Applied>]) -> Option<CaseReply> {
+        let applied: Vec<&Applied> = answers.iter().flatten().collect();
+        let now = self.shared.context.clock.now();
+        if applied.iter().any(|a| a.instance.timers.values().any(|t| t.due <= now)) {
+            return None;
+        }
+        let case = applied.iter().rev().find(|a| a.instance.id == case_id && a.instance.workflow == CASE_WORKFLOW)?;
+        let mut tasks: Vec<InstanceRow> = applied
+            .iter()
+            .filter(|a| a.instance.workflow == TASK_WORKFLOW)
+            .map(|a| InstanceRow::of(&a.instance, 0))
+            .collect();
+        tasks.sort_by(|a, b| a.id.cmp(&b.id));
+        tasks.dedup_by(|a, b| a.id == b.id);
+        let view = view::case(self.shared.registry(), &InstanceRow::of(&case.instance, 0), &tasks);
+        Some(CaseReply { case: Some(view), duplicate: false })
+    }
+
     /// Answers a derived group: the case as committed.
-    async fn derived(&self, case_id: &str, command: Command, derive: Derive) -> Result<Response<CaseReply>, Status> {
+    async fn derived(
+        &self,
+        case_id: &str,
+        command: Command,
+        derive: Derive,
+        whole: bool,
+    ) -> Result<Response<CaseReply>, Status> {
         let items = vec![GroupItem { command, required: true }];
-        self.answer(case_id, self.shared.engine.handle().submit_derived(items, Some(derive)).await).await
+        self.answer(case_id, self.shared.engine.handle().submit_derived(items, Some(derive)).await, whole).await
     }
 }
 
@@ -145,7 +181,7 @@ impl IntakeService for Intake {
         // day (when "10 working days from today" would give another deadline) is the same.
         let idempotency = Idempotency::new("IntakeService.AcceptCase", &case_id, &prost::Message::encode_to_vec(&r));
         let start = Command { request_id, idempotency: Some(idempotency), ..start };
-        self.answer(&case_id, self.shared.engine.handle().submit_group(case::acceptance(start)).await).await
+        self.answer(&case_id, self.shared.engine.handle().submit_group(case::acceptance(start)).await, true).await
     }
 
     async fn submit_materials(&self, request: Request<SubmitMaterialsRequest>) -> Result<Response<CaseReply>, Status> {
@@ -174,7 +210,7 @@ impl IntakeService for Intake {
         };
         // The tasks come from the licensed case as the writer holds it, in the same transaction.
         let (command, derive) = case::complete_approval(&case_id, &licence, &actor).map_err(|e| status::refusal(&e))?;
-        self.derived(&case_id, keyed(command, key), derive).await
+        self.derived(&case_id, keyed(command, key), derive, true).await
     }
 
     async fn revoke_approval(&self, request: Request<RevokeApprovalRequest>) -> Result<Response<CaseReply>, Status> {
@@ -184,7 +220,8 @@ impl IntakeService for Intake {
         let case_id = case_id_field("case_id", &r.case_id)?;
         let (command, derive) =
             case::revoke_approval(&case_id, &r.reason, &r.basis, &actor).map_err(|e| status::refusal(&e))?;
-        self.derived(&case_id, keyed(command, key), derive).await
+        // Tasks that had already ended are not in the group: read the case back.
+        self.derived(&case_id, keyed(command, key), derive, false).await
     }
 
     async fn get_case(&self, request: Request<GetCaseRequest>) -> Result<Response<CaseReply>, Status> {

@@ -253,6 +253,8 @@ async fn wait_for_fires(db: &Path, prefix: &str, want: usize, until: Instant) ->
 /// The rows of pending `bench_case` instances whose deadline is `due`, in one transaction, the
 /// way the engine writes a start: instance, history, two timers, idempotency key.
 async fn insert_cases(conn: &mut sqlx::SqliteConnection, chunk: &[String], due: i64) -> Result<()> {
+    // Created now, as the engine would have: request ids within their retention.
+    let created = now_ms();
     let vars = format!(r#"{{"deadline_at":"{}","reminder_at":"{}"}}"#, instant_json(due), instant_json(due - 30_000));
     let timers = format!(
         r#"{{"deadline":{{"due":{due},"event":"deadline_passed"}},"reminder":{{"due":{},"event":"remind"}}}}"#,
@@ -273,15 +275,15 @@ async fn insert_cases(conn: &mut sqlx::SqliteConnection, chunk: &[String], due: 
             .push_bind(&timers)
             .push_bind(1)
             .push_bind(7)
-            .push_bind(0)
-            .push_bind(0);
+            .push_bind(created)
+            .push_bind(created);
     });
     q.build().execute(&mut *tx).await?;
     let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled) ");
     q.push_values(chunk, |mut b, id| {
         b.push_bind(id)
             .push_bind(1)
-            .push_bind(0)
+            .push_bind(created)
             .push_bind("engine-client")
             .push_bind(id)
             .push_bind(&command)
@@ -307,7 +309,7 @@ async fn insert_cases(conn: &mut sqlx::SqliteConnection, chunk: &[String], due: 
     let mut q: QueryBuilder<Sqlite> =
         QueryBuilder::new("INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) ");
     q.push_values(chunk, |mut b, id| {
-        b.push_bind(id).push_bind(id).push_bind(1).push_bind("0123456789abcdef").push_bind(0);
+        b.push_bind(id).push_bind(id).push_bind(1).push_bind("0123456789abcdef").push_bind(created);
     });
     q.build().execute(&mut *tx).await?;
     tx.commit().await?;
@@ -588,10 +590,18 @@ async fn main() -> Result<()> {
     ensure!(present as usize == w5_n, "W5: {present} of {w5_n} acknowledged cases present after the kill");
     ensure!(w5_total == w5_n && w5_distinct == w5_n, "W5: {w5_total} deadline fires for {w5_distinct} of {w5_n} cases");
 
+    drop(restarted);
+
+    // Floor (b): the same rows straight into SQLite, in batches of the callers' concurrency.
+    let storage = storage_floor(dir.path(), args.cases, c).await?;
+    let storage500 = storage_floor(dir.path(), args.cases.max(500), 500).await?;
+
+    // W6 runs last, after the floors (which are measured as before), on the same database.
+    let (domain_server, _) = spawn_server(&db).await?;
     // W6: the same number of cases through the domain API a platform calls: AcceptCase with
     // two supervisors (the case and its routing, one group, read back), then CompleteApproval
     // (the licence and one task per supervisor, one group, read back with its tasks).
-    let domain = connect(&restarted.addr).await?;
+    let domain = connect(&domain_server.addr).await?;
     let intake = shenguan::proto::intake_service_client::IntakeServiceClient::new(domain);
     let n = args.cases;
     let accept_client = intake.clone();
@@ -635,11 +645,7 @@ async fn main() -> Result<()> {
         }
     })
     .await?;
-    drop(restarted);
-
-    // Floor (b): the same rows straight into SQLite, in batches of the callers' concurrency.
-    let storage = storage_floor(dir.path(), args.cases, c).await?;
-    let storage500 = storage_floor(dir.path(), args.cases.max(500), 500).await?;
+    drop(domain_server);
 
     phases.extend([transport, w1, w2, w3_start, w5_start, storage, storage500, w6_accept, w6_complete]);
     println!(

@@ -538,9 +538,12 @@ async fn main() -> Result<()> {
         due,
     )
     .await?;
-    // The server's lateness histogram just before the deadlines (the W3 reminders, due half
-    // the lead earlier, have fired by then) and after: the difference is the W3 deadlines.
-    let snapshot_at = Instant::now() + Duration::from_millis(u64::try_from((due - now_ms() - 1_000).max(0))?);
+    // The server's lateness histogram before the deadlines (a quarter of the lead before: the
+    // W3 reminders, due half the lead before, have fired; a scrape counts every pending timer,
+    // seconds at 10M, so it must be rendered before the deadlines) and after: the difference is
+    // the W3 deadlines.
+    let lead_ms = i64::try_from(args.lead.as_millis())?;
+    let snapshot_at = Instant::now() + Duration::from_millis(u64::try_from((due - now_ms() - lead_ms / 4).max(0))?);
     tokio::time::sleep_until(snapshot_at.into()).await;
     let hist_before = lateness_buckets(&metrics(&server.addr).await?);
     let until = Instant::now() + args.lead + Duration::from_secs(30);
@@ -548,6 +551,13 @@ async fn main() -> Result<()> {
     let after_w3 = metrics(&server.addr).await?;
     let hist_after = lateness_buckets(&after_w3);
     let last_commit = metric(&after_w3, "shenguan_timer_last_fire_commit_unix_ms") as i64;
+    let count = |h: &[(f64, f64)]| h.last().map_or(0.0, |(_, n)| *n);
+    let recorded = count(&hist_after) - count(&hist_before);
+    ensure!(
+        recorded as usize == args.timers,
+        "W3: the server recorded {recorded} fires between the snapshots, not the {} deadlines",
+        args.timers
+    );
     let committed = |p: f64| lateness_pct(&hist_before, &hist_after, p);
     let committed_max = last_commit - due;
     late.sort_unstable();

@@ -1,3 +1,5 @@
+//! Table and property tests of the working-day calendar: holidays, make-up days, year boundaries.
+
 use super::*;
 use proptest::prelude::*;
 

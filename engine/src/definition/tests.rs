@@ -1,3 +1,5 @@
+//! Unit tests of the definition language: what loads, and every kind of error with its file and line.
+
 use super::*;
 
 const BASE: &str = r#"

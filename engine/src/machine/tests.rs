@@ -1,3 +1,5 @@
+//! Unit tests of `decide`: every transition kind, guards, timers armed and cancelled, rejections.
+
 use super::*;
 use crate::definition::{parse, Definition};
 use serde_json::json;

@@ -335,6 +335,17 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The instances a group's derived commands would name if it were decided now and that are
+    /// not loaded yet. A hint, so that the task reads them for the whole batch at once rather
+    /// than group by group; [`Builder::group`] still asks for anything the hint missed (an
+    /// earlier command of the batch may change what a group derives). Nothing is recorded.
+    pub fn derived_ids(&self, items: &[GroupItem], derive: Option<&Derive>) -> Vec<String> {
+        let (Some(first), Some(derive)) = (items.first(), derive) else { return Vec::new() };
+        let Ok(t) = self.try_decide(&HashMap::new(), &first.command) else { return Vec::new() };
+        let Ok(more) = derive(&t.instance) else { return Vec::new() };
+        self.unseen(more.iter().map(|i| i.command.instance.as_str())).into_iter().map(str::to_owned).collect()
+    }
+
     /// Decides a group all or nothing: every member on an overlay first, in order (each sees
     /// the ones before it), then `derive`'s commands from the first member's result; only if
     /// every required member was accepted are the transitions recorded (as decided: nothing is

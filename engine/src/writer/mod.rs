@@ -391,6 +391,22 @@ impl<S: Store> Writer<S> {
         if let Err(e) = self.load(&mut builder, &ids).await {
             return fail_all(items, e);
         }
+        // The instances groups will derive commands for (a licence's new tasks), read for the
+        // whole batch in one query instead of one per group. A failure here is not the
+        // batch's: each group then asks for its own and meets the error itself.
+        let hinted: Vec<String> = items
+            .iter()
+            .flat_map(|item| match item {
+                Item::Group(group, Some(derive), _) => builder.derived_ids(group, Some(derive)),
+                _ => Vec::new(),
+            })
+            .collect();
+        if !hinted.is_empty() {
+            let hinted: Vec<&str> = hinted.iter().map(String::as_str).collect();
+            if let Err(e) = self.load(&mut builder, &hinted).await {
+                tracing::debug!(error = %e, "cannot read derived instances ahead; each group reads its own");
+            }
+        }
 
         let mut pending = Vec::with_capacity(items.len());
         for item in items {

@@ -240,6 +240,24 @@ fn a_derived_fan_out_asks_for_what_it_lacks_then_applies_in_the_same_group() {
 }
 
 #[test]
+fn the_ids_a_group_will_derive_are_known_ahead_and_nothing_is_recorded() {
+    let f = fixture();
+    let mut b = Builder::new(&f.registry, &f.calendars, 8, 7 * 86_400_000, NOW, HashMap::new());
+    b.insert_loaded(&["a", "a/1"], Vec::new(), HashMap::new());
+    let derive: Derive = Arc::new(|parent: &Instance| {
+        Ok((1..=3)
+            .map(|n| GroupItem { command: event(&format!("{}/{n}", parent.id), "parent_done"), required: false })
+            .collect())
+    });
+    let items = vec![required(start("a", LATER))];
+    assert_eq!(b.derived_ids(&items, Some(&derive)), vec!["a/2".to_owned(), "a/3".to_owned()], "a/1 is loaded");
+    assert!(b.derived_ids(&items, None).is_empty());
+    assert!(b.is_empty(), "a hint records nothing");
+    b.insert_loaded(&["a/2", "a/3"], Vec::new(), HashMap::new());
+    assert!(matches!(b.group(&items, Some(&derive)), GroupStep::Done(Ok(_), true)), "no further load needed");
+}
+
+#[test]
 fn a_derive_that_fails_refuses_the_group() {
     let f = fixture();
     let mut b = f.builder(HashMap::new());

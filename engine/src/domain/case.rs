@@ -110,10 +110,6 @@ pub struct Policy<'a> {
     pub today: NaiveDate,
 }
 
-fn check(field: &str, result: Result<(), String>) -> Result<(), Refusal> {
-    result.map_err(|message| Refusal::invalid(field, message))
-}
-
 /// Most deferred materials and supervising departments a case may list.
 const MAX_MATERIALS: usize = 50;
 const MAX_SUPERVISORS: usize = 20;
@@ -155,20 +151,20 @@ fn commitment_deadline(case: &NewCase, policy: &Policy<'_>) -> Result<NaiveDate,
 /// Checks a new case and gives its id and the command that starts it. Every field is checked
 /// before anything is decided; the first problem is the answer, naming its field.
 pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(String, Command), Refusal> {
-    check("region_code", super::check_region(&case.region))?;
-    check("case_no", super::check_case_no(&case.case_no))?;
-    check("approval_department", super::check_text(&case.approval_department, 128))?;
-    check("approval_item_code", super::check_text(&case.approval_item, 64))?;
-    check("handling_item_code", super::check_text(&case.handling_item, 64))?;
+    super::check("region_code", super::check_region(&case.region))?;
+    super::check("case_no", super::check_case_no(&case.case_no))?;
+    super::check("approval_department", super::check_text(&case.approval_department, 128))?;
+    super::check("approval_item_code", super::check_text(&case.approval_item, 64))?;
+    super::check("handling_item_code", super::check_text(&case.handling_item, 64))?;
     let applicant = case.applicant.as_ref().ok_or_else(|| Refusal::invalid("applicant", "is required"))?;
-    check("applicant.name", super::check_text(&applicant.name, 200))?;
+    super::check("applicant.name", super::check_text(&applicant.name, 200))?;
     let code = match &applicant.id {
         Some(ApplicantId::CreditCode(c)) => {
-            check("applicant.credit_code", super::check_uscc(c))?;
+            super::check("applicant.credit_code", super::check_uscc(c))?;
             c.clone()
         }
         Some(ApplicantId::CitizenId(c)) => {
-            check("applicant.citizen_id", super::check_citizen_id(c, policy.today))?;
+            super::check("applicant.citizen_id", super::check_citizen_id(c, policy.today))?;
             c.to_ascii_uppercase()
         }
         None => {
@@ -178,7 +174,7 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
             ))
         }
     };
-    check("applicant.mobile", super::check_mobile(&applicant.mobile))?;
+    super::check("applicant.mobile", super::check_mobile(&applicant.mobile))?;
     let grade = policy.credit.parse(&case.credit_grade).map_err(|e| Refusal::invalid("credit_grade", e))?;
 
     let route = case.route.ok_or_else(|| Refusal::invalid("route", "must be ROUTE_NORMAL or ROUTE_COMMITMENT"))?;
@@ -214,7 +210,7 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
         ));
     }
     for (i, m) in case.deferred_materials.iter().enumerate() {
-        check(&format!("deferred_materials[{i}]"), super::check_text(m, 200))?;
+        super::check(&format!("deferred_materials[{i}]"), super::check_text(m, 200))?;
     }
     if case.supervisors.is_empty() {
         return Err(Refusal::invalid(
@@ -229,10 +225,13 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
         ));
     }
     for (i, s) in case.supervisors.iter().enumerate() {
-        check(&format!("supervisors[{i}].department"), super::check_text(&s.department, 128))?;
-        check(&format!("supervisors[{i}].office"), super::check_text(&s.office, 128))?;
+        super::check(&format!("supervisors[{i}].department"), super::check_text(&s.department, 128))?;
+        super::check(&format!("supervisors[{i}].office"), super::check_text(&s.office, 128))?;
         if !s.office_admin_mobile.is_empty() {
-            check(&format!("supervisors[{i}].office_admin_mobile"), super::check_mobile(&s.office_admin_mobile))?;
+            super::check(
+                &format!("supervisors[{i}].office_admin_mobile"),
+                super::check_mobile(&s.office_admin_mobile),
+            )?;
         }
     }
     if route == Route::Commitment && policy.credit.is_barred(grade) {
@@ -295,8 +294,8 @@ pub struct Licence {
 /// Completing an approval: the licence event, and the fan-out that starts one supervision task
 /// per supervising department from the case as the writer holds it (§9).
 pub fn complete_approval(case_id: &str, licence: &Licence, actor: &str) -> Result<(Command, Derive), Refusal> {
-    check("license_no", super::check_text(&licence.license_no, 64))?;
-    check("approval_opinion", super::check_text(&licence.approval_opinion, 2000))?;
+    super::check("license_no", super::check_text(&licence.license_no, 64))?;
+    super::check("approval_opinion", super::check_text(&licence.approval_opinion, 2000))?;
     if licence.document_refs.len() > MAX_MATERIALS {
         return Err(Refusal::invalid(
             "document_refs",
@@ -304,7 +303,7 @@ pub fn complete_approval(case_id: &str, licence: &Licence, actor: &str) -> Resul
         ));
     }
     for (i, d) in licence.document_refs.iter().enumerate() {
-        check(&format!("document_refs[{i}]"), super::check_text(d, 256))?;
+        super::check(&format!("document_refs[{i}]"), super::check_text(d, 256))?;
     }
     let fields = json!({
         "license_no": licence.license_no,
@@ -319,8 +318,8 @@ pub fn complete_approval(case_id: &str, licence: &Licence, actor: &str) -> Resul
 /// Revoking an approval: the revocation event, and the fan-out that tells every task of the
 /// case as the writer holds it (§11), so a licence queued just before cannot leave a task open.
 pub fn revoke_approval(case_id: &str, reason: &str, basis: &str, actor: &str) -> Result<(Command, Derive), Refusal> {
-    check("reason", super::check_text(reason, 2000))?;
-    check("basis", super::check_text(basis, 2000))?;
+    super::check("reason", super::check_text(reason, 2000))?;
+    super::check("basis", super::check_text(basis, 2000))?;
     let command =
         super::event(case_id, "revoke_approval", super::object(json!({"reason": reason, "basis": basis})), actor);
     let actor = actor.to_owned();

@@ -129,16 +129,7 @@ pub fn revocation_notices(case: &Instance, actor: &str) -> Result<Vec<GroupItem>
     for n in 1..=task_count(case)? {
         let task = task_id(&case.id, n);
         for event in ["approval_revoked", "case_revoked"] {
-            out.push(GroupItem {
-                command: Command {
-                    instance: task.clone(),
-                    kind: CommandKind::Event { name: event.into(), fields: serde_json::Map::new() },
-                    actor: actor.to_owned(),
-                    request_id: None,
-                    idempotency: None,
-                },
-                required: false,
-            });
+            out.push(GroupItem { command: super::event(&task, event, serde_json::Map::new(), actor), required: false });
         }
     }
     Ok(out)

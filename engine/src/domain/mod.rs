@@ -46,6 +46,11 @@ impl Refusal {
     }
 }
 
+/// A field check from [`ids`], naming the field when it fails.
+pub fn check(field: &str, result: Result<(), String>) -> Result<(), Refusal> {
+    result.map_err(|message| Refusal::invalid(field, message))
+}
+
 /// A command delivering event `name` with `fields` to `instance`.
 pub fn event(instance: &str, name: &str, fields: serde_json::Map<String, serde_json::Value>, actor: &str) -> Command {
     Command {

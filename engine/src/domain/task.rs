@@ -52,10 +52,6 @@ pub struct ResultReport {
     pub rectification_deadline: String,
 }
 
-fn check(field: &str, result: Result<(), String>) -> Result<(), Refusal> {
-    result.map_err(|message| Refusal::invalid(field, message))
-}
-
 /// The office looked at the approval record.
 pub fn acknowledge(task_id: &str, actor: &str) -> Command {
     super::event(task_id, "acknowledge", serde_json::Map::new(), actor)
@@ -88,7 +84,7 @@ pub fn report_result(
     actor: &str,
 ) -> Result<(Command, Option<Derive>), Refusal> {
     if !report.notes.is_empty() {
-        check("notes", super::check_text(&report.notes, 2000))?;
+        super::check("notes", super::check_text(&report.notes, 2000))?;
     }
     let outcome = report.outcome.ok_or_else(|| {
         Refusal::invalid("outcome", "must be OUTCOME_COMPLIANT, OUTCOME_NON_COMPLIANT or OUTCOME_REVOCATION")
@@ -138,7 +134,7 @@ pub fn report_rectification(
 ) -> Result<(Command, Derive), Refusal> {
     let mut fields = json!({"rectified": rectified});
     if !notes.is_empty() {
-        check("notes", super::check_text(notes, 2000))?;
+        super::check("notes", super::check_text(notes, 2000))?;
         fields["notes"] = json!(notes);
     }
     let command = super::event(task_id, "report_rectification", super::object(fields), actor);

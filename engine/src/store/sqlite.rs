@@ -199,18 +199,6 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Instance ids in order, strictly after `after`, at most `limit`.
-    pub async fn instance_ids(&mut self, after: Option<&str>, limit: u32) -> Result<Vec<String>, Error> {
-        let conn = self.conn().await?;
-        let rows = sqlx::query_scalar("SELECT id FROM instances WHERE id > ? ORDER BY id LIMIT ?")
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(conn)
-            .await
-            .map_err(Error::from);
-        self.after(rows).await
-    }
-
     /// One instance's history, ascending.
     pub async fn history(&mut self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
         let conn = self.conn().await?;
@@ -228,23 +216,6 @@ impl SqliteStore {
         let n = sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {}", table.name())).fetch_one(conn).await;
         let n = self.after(n.map_err(Error::from)).await?;
         u64::try_from(n).map_err(|e| corrupt("count(*)", e))
-    }
-
-    /// Instance ids that rows of `history`, `outbox` or `idempotency` name but that have no
-    /// instance row: (table, instance id), at most `limit`.
-    pub async fn orphans(&mut self, limit: u32) -> Result<Vec<(String, String)>, Error> {
-        let conn = self.conn().await?;
-        let rows = sqlx::query_as::<_, (String, String)>(ORPHANS)
-            .bind(i64::from(limit))
-            .fetch_all(conn)
-            .await
-            .map_err(Error::from);
-        self.after(rows).await
-    }
-
-    /// Every stored timer in key order (tests and reports; unbounded).
-    pub async fn all_timers(&mut self) -> Result<Vec<TimerRow>, Error> {
-        self.timers_page(&TimerFrom::Due(Millis::MIN), Millis::MAX, u32::MAX).await
     }
 }
 

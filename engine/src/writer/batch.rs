@@ -100,7 +100,8 @@ pub struct Built {
     pub rules: Vec<Option<usize>>,
 }
 
-fn kind_of(command: &Command) -> &'static str {
+/// The command's kind as metrics and logs name it.
+pub(crate) fn kind_of(command: &Command) -> &'static str {
     match command.kind {
         CommandKind::Start { .. } => "start",
         CommandKind::Event { .. } => "event",

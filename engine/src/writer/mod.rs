@@ -20,12 +20,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 pub mod batch;
 
-use batch::{Builder, Built, GroupStep};
+use batch::{kind_of, Builder, Built, GroupStep};
 
 use crate::calendar::Calendars;
 use crate::clock::{Clock, Millis};
 use crate::definition::Registry;
-use crate::machine::{Command, CommandKind, Instance, Rejection};
+use crate::machine::{Command, Instance, Rejection};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::timer::{lock, TimerIndex};
@@ -434,7 +434,7 @@ impl<S: Store> Writer<S> {
                             Err(e) if e.index == i => "refused",
                             Err(_) => "not applied",
                         };
-                        tracing::debug!(instance = %item.command.instance, kind = kind_name(&item.command), outcome, "group command");
+                        tracing::debug!(instance = %item.command.instance, kind = kind_of(&item.command), outcome, "group command");
                     }
                     let first = first_instance(&group);
                     pending.push(Pending { owed: Owed::Group(reply, result, first), needs_commit });
@@ -541,22 +541,14 @@ impl<S: Store> Writer<S> {
     }
 }
 
-fn kind_name(command: &Command) -> &'static str {
-    match command.kind {
-        CommandKind::Start { .. } => "start",
-        CommandKind::Event { .. } => "event",
-        CommandKind::Timer { .. } => "timer",
-    }
-}
-
 /// One debug line per command, inside the batch's span: instance, kind, outcome.
 fn trace_command(command: &Command, result: &Result<Applied, WriteError>) {
     match result {
         Ok(a) => {
-            tracing::debug!(instance = %command.instance, kind = kind_name(command), seq = a.seq, duplicate = a.duplicate, "command applied")
+            tracing::debug!(instance = %command.instance, kind = kind_of(command), seq = a.seq, duplicate = a.duplicate, "command applied")
         }
         Err(e) => {
-            tracing::debug!(instance = %command.instance, kind = kind_name(command), error = %e, "command refused")
+            tracing::debug!(instance = %command.instance, kind = kind_of(command), error = %e, "command refused")
         }
     }
 }

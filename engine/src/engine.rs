@@ -163,26 +163,6 @@ impl Engine {
         &self.context
     }
 
-    /// The loaded definitions.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.context.registry
-    }
-
-    /// The calendars.
-    pub fn calendars(&self) -> &Arc<Calendars> {
-        &self.context.calendars
-    }
-
-    /// The engine's clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.context.clock
-    }
-
-    /// The engine's metrics.
-    pub fn metrics(&self) -> &Arc<crate::telemetry::Metrics> {
-        &self.context.metrics
-    }
-
     /// Timers currently held in memory.
     pub fn timers_in_memory(&self) -> usize {
         self.timers.lock().map_or(0, |t| t.wheel.len())

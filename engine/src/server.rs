@@ -69,7 +69,7 @@ impl Options {
 const MAX_MESSAGE: usize = 1024 * 1024;
 
 async fn metrics_text(shared: &Shared) -> String {
-    let metrics = &shared.context.metrics;
+    let metrics = &shared.context().metrics;
     metrics.timers_in_memory.set(i64::try_from(shared.engine.timers_in_memory()).unwrap_or(i64::MAX));
     if let Ok(backlog) = shared.reader.outbox_backlog().await {
         metrics.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
@@ -88,12 +88,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let db = options.engine.db.clone();
-    let engine = Arc::new(Engine::start(options.engine, options.context.clone()).await?);
+    let engine = Arc::new(Engine::start(options.engine, options.context).await?);
     let reader = crate::store::read::Reader::open(&db, 4).await?;
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         reader: Arc::new(reader),
-        context: options.context,
         virtual_clock: options.virtual_clock,
         credit: options.credit,
     });

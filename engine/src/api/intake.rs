@@ -79,7 +79,7 @@ impl Intake {
     /// after the group's answers were taken, so only a read shows the result.
     fn committed(&self, case_id: &str, answers: &[Option<Applied>]) -> Option<CaseReply> {
         let applied: Vec<&Applied> = answers.iter().flatten().collect();
-        let now = self.shared.context.clock.now();
+        let now = self.shared.context().clock.now();
         if applied.iter().any(|a| a.instance.timers.values().any(|t| t.due <= now)) {
             return None;
         }

@@ -42,8 +42,6 @@ pub struct Shared {
     pub engine: Arc<Engine>,
     /// Read-only queries, through the storage boundary.
     pub reader: Arc<dyn ReadStore>,
-    /// Definitions, calendars, the clock, metrics: the engine's own handles.
-    pub context: Context,
     /// Present in sandbox mode (`--virtual-clock`): the clock `AdvanceClock` moves.
     pub virtual_clock: Option<VirtualClock>,
     /// The credit grades, and which may not take the commitment route.
@@ -53,17 +51,22 @@ pub struct Shared {
 impl Shared {
     /// Today in the region's time zone.
     pub fn today(&self, calendar: &Calendar) -> NaiveDate {
-        calendar.local_date(crate::clock::to_datetime(self.context.clock.now()))
+        calendar.local_date(crate::clock::to_datetime(self.context().clock.now()))
+    }
+
+    /// Definitions, calendars, the clock, metrics: the engine's own handles.
+    pub fn context(&self) -> &Context {
+        self.engine.context()
     }
 
     /// The loaded definitions.
     pub fn registry(&self) -> &crate::definition::Registry {
-        &self.context.registry
+        &self.context().registry
     }
 
     /// The working-day calendars.
     pub fn calendars(&self) -> &Calendars {
-        &self.context.calendars
+        &self.context().calendars
     }
 }
 

@@ -147,9 +147,25 @@ pub(crate) struct ServeArgs {
     /// (e.g. `7d`, `36h`).
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub(crate) idempotency_retention: std::time::Duration,
-    /// Definitions and calendars.
+    /// Deadlines in a year whose State Council notice is not loaded: `provisional` computes
+    /// them on the statutory days off and marks them provisional (they are re-planned when the
+    /// notice is loaded); `refuse` refuses them.
+    #[arg(long, value_name = "POLICY", default_value = "provisional")]
+    pub(crate) calendar_policy: shenguan::calendar::Policy,
+    /// From this date each year (MM-DD), warn while next year has no official calendar.
+    #[arg(long, value_name = "MM-DD", default_value = "11-01", value_parser = parse_month_day)]
+    pub(crate) calendar_warn_from: (u32, u32),
+    /// Definitions and calendars. The calendars seed a new database only; an existing one keeps
+    /// what it holds (load new files with `shenguan calendar load`).
     #[command(flatten)]
     pub(crate) data: DataArgs,
+}
+
+fn parse_month_day(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not a month and day such as 11-01");
+    let (m, d) = s.split_once('-').ok_or_else(bad)?;
+    let (m, d) = (m.parse::<u32>().map_err(|_| bad())?, d.parse::<u32>().map_err(|_| bad())?);
+    NaiveDate::from_ymd_opt(2000, m, d).map(|_| (m, d)).ok_or_else(bad)
 }
 
 /// `shenguan calendar …`.
@@ -178,6 +194,27 @@ pub(crate) enum CalendarCommand {
         /// Calendar folder.
         #[arg(long, value_name = "DIR")]
         calendars: Option<PathBuf>,
+    },
+    /// Load a year or region file into a running server (re-plans the deadlines it moves).
+    Load {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// The TOML file (the format of ops/calendars).
+        file: PathBuf,
+        /// Change nothing; say how many deadlines would move, per region and department.
+        #[arg(long)]
+        dry_run: bool,
+        /// Answer once every deadline it moves has been re-planned.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A running server's calendars: each region's years, official or provisional; re-plans;
+    /// what to load.
+    Status {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
     },
     /// Print a year's holidays and make-up working days.
     Show {
@@ -245,6 +282,12 @@ fn out(text: impl std::fmt::Display) -> Result<()> {
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Calendar(CalendarCommand::Load { conn, file, dry_run, wait }) => {
+            crate::client::calendar(&conn, crate::client::ServerCalendarCommand::Load { file, dry_run, wait }).await
+        }
+        Command::Calendar(CalendarCommand::Status { conn }) => {
+            crate::client::calendar(&conn, crate::client::ServerCalendarCommand::Status).await
+        }
         Command::Calendar(cmd) => calendar(cmd),
         Command::Workflow(cmd) => workflow(cmd),
         Command::Case { conn, command } => crate::client::case(&conn, command).await,
@@ -273,19 +316,37 @@ fn calendar(cmd: CalendarCommand) -> Result<ExitCode> {
         CalendarCommand::AddWorkingDays { date, n, region, calendars } => {
             let cals = calendars_from(&calendars)?;
             let cal = region.as_deref().map_or(cals.national(), |r| cals.region(r));
-            out(cal.add_working_days(parse_date(&date)?, n)?)?;
+            let from = parse_date(&date)?;
+            let to = cal.add_working_days(from, n)?;
+            out(to)?;
+            if cal.provisional_between(from, to) {
+                provisional_note()?;
+            }
         }
         CalendarCommand::IsWorkingDay { date, region, calendars } => {
             let cals = calendars_from(&calendars)?;
             let cal = region.as_deref().map_or(cals.national(), |r| cals.region(r));
-            out(cal.is_working_day(parse_date(&date)?)?)?;
+            let day = parse_date(&date)?;
+            out(cal.is_working_day(day)?)?;
+            if cal.provisional_between(day, day) {
+                provisional_note()?;
+            }
+        }
+        CalendarCommand::Load { .. } | CalendarCommand::Status { .. } => {
+            bail!("calendar load and calendar status are served by the running server")
         }
         CalendarCommand::Show { year, region, calendars } => {
             let cals = calendars_from(&calendars)?;
             let cal = region.as_deref().map_or(cals.national(), |r| cals.region(r));
             let holidays = cal.holidays_in(year)?;
             out(format!("{year} ({})", cal.region()))?;
-            out(format!("source: {}", cal.source(year).unwrap_or("-")))?;
+            match cal.source(year) {
+                Some(source) => out(format!("source: {source}"))?,
+                None => out(format!(
+                    "PROVISIONAL: no notice loaded for {year}; statutory days off only \
+                     (《全國年節及紀念日放假辦法》), no make-up working days"
+                ))?,
+            }
             out("holidays:")?;
             for day in holidays {
                 out(format!("  {} {:<3} {}", day.date, day.date.format("%a"), day.name))?;
@@ -297,6 +358,15 @@ fn calendar(cmd: CalendarCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// On stderr, so that scripts reading the answer on stdout are not disturbed.
+fn provisional_note() -> Result<()> {
+    writeln!(
+        std::io::stderr().lock(),
+        "note: PROVISIONAL — counted over a year with no State Council notice loaded (statutory days off only)"
+    )
+    .context("writing to stderr")
 }
 
 fn workflow(cmd: WorkflowCommand) -> Result<ExitCode> {
@@ -356,12 +426,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.max_db_pages = args.max_db_pages;
     config.idempotency_retention = i64::try_from(args.idempotency_retention.as_millis())
         .map_err(|_| anyhow!("--idempotency-retention is too long"))?;
-    let mut options = shenguan::server::Options::new(
-        config,
-        Arc::new(args.data.registry()?),
-        Arc::new(args.data.calendars()?),
-        virtual_clock,
-    );
+    config.calendar_policy = args.calendar_policy;
+    let mut options =
+        shenguan::server::Options::new(config, Arc::new(args.data.registry()?), args.data.calendars()?, virtual_clock);
+    options.calendar_warn_from = args.calendar_warn_from;
     options.credit = shenguan::domain::credit::CreditGrades::new(&args.credit_grade, &args.barred_credit_grade)
         .map_err(|e| anyhow!("credit grades: {e} (see --credit-grade and --barred-credit-grade)"))?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -89,13 +89,33 @@ pub(crate) enum CaseCommand {
         /// Only cases whose commitment deadline passed.
         #[arg(long)]
         overdue: bool,
+        /// Only cases with a deadline counted on a provisional calendar.
+        #[arg(long)]
+        provisional: bool,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
 }
 
-/// `shenguan task …`.
+/// `shenguan calendar load|status` (on a running server).
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServerCalendarCommand {
+    /// Load a year file or a region file into the server's database; every deadline it moves is
+    /// re-planned. With --dry-run, only say what would move.
+    Load {
+        /// The TOML file (the format of ops/calendars).
+        file: PathBuf,
+        /// Change nothing; answer what the load would do.
+        #[arg(long)]
+        dry_run: bool,
+        /// Answer once every deadline it moves has been re-planned.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Each region's years (official or provisional), re-plans, and what to load.
+    Status,
+}
 #[derive(Debug, Subcommand)]
 pub(crate) enum TaskCommand {
     /// List supervision tasks.
@@ -335,7 +355,15 @@ fn at(i: &Option<proto::Instant>) -> String {
 fn deadline_rows(deadlines: &[proto::Deadline]) -> String {
     deadlines
         .iter()
-        .map(|d| format!("{}{} {}", d.name, if d.is_deadline { "" } else { " (reminder)" }, at(&d.due)))
+        .map(|d| {
+            format!(
+                "{}{} {}{}",
+                d.name,
+                if d.is_deadline { "" } else { " (reminder)" },
+                at(&d.due),
+                if d.provisional { " (PROVISIONAL)" } else { "" }
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -365,7 +393,11 @@ pub(crate) fn case_text(c: &Case) -> String {
         ("applicant", format!("{} ({})", c.applicant_name, c.applicant_code)),
         ("approval", c.approval_department.clone()),
         ("credit grade", c.credit_grade.clone()),
-        ("commitment deadline", c.commitment_deadline.clone()),
+        (
+            "commitment deadline",
+            c.commitment_deadline.clone()
+                + if c.commitment_deadline_provisional { "  (counted on a PROVISIONAL calendar)" } else { "" },
+        ),
         ("licence", c.license_no.clone()),
         ("accepted", at(&c.accepted_at)),
         ("deadlines", deadline_rows(&c.deadlines)),
@@ -398,8 +430,18 @@ pub(crate) fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            let deadlines: Vec<String> =
-                e.deadlines.iter().map(|d| format!("{} {} {}", d.name, status_name(d.status), at(&d.due))).collect();
+            let mut deadlines: Vec<String> = e
+                .deadlines
+                .iter()
+                .map(|d| {
+                    let mark = if d.provisional { " (PROVISIONAL)" } else { "" };
+                    format!("{} {} {}{mark}", d.name, status_name(d.status), at(&d.due))
+                })
+                .collect();
+            if !e.note.is_empty() {
+                // A re-plan's own words say what moved; its armed/cancelled pairs would repeat it.
+                deadlines = vec![e.note.clone()];
+            }
             vec![
                 at(&e.at),
                 e.instance_id.clone(),
@@ -465,13 +507,14 @@ pub(crate) async fn case(conn: &Conn, cmd: CaseCommand) -> Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        CaseCommand::List { region, department, state, overdue, limit } => {
+        CaseCommand::List { region, department, state, overdue, provisional, limit } => {
             let reply = AdminServiceClient::new(ch)
                 .query_cases(proto::QueryCasesRequest {
                     region_code: region.unwrap_or_default(),
                     approval_department: department.unwrap_or_default(),
                     state: state.unwrap_or_default(),
                     overdue_only: overdue,
+                    provisional_only: provisional,
                     page: Some(proto::PageRequest { page_size: limit, page_token: String::new() }),
                     ..Default::default()
                 })
@@ -690,6 +733,108 @@ pub(crate) struct AdvanceArgs {
     /// To an instant (RFC 3339).
     #[arg(long)]
     pub(crate) to: Option<String>,
+}
+
+/// Runs `calendar load` and `calendar status`.
+pub(crate) async fn calendar(conn: &Conn, cmd: ServerCalendarCommand) -> Result<ExitCode> {
+    let mut admin = AdminServiceClient::new(channel(conn).await?);
+    match cmd {
+        ServerCalendarCommand::Load { file, dry_run, wait } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let reply = admin
+                .load_calendar(proto::LoadCalendarRequest { name, text, dry_run, wait })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if conn.json {
+                return print_json(&reply).map(|()| ExitCode::SUCCESS);
+            }
+            let verb = if reply.dry_run { "would load" } else { "loaded" };
+            println!("{verb} {} v{} (generation {}): {}", reply.key, reply.version, reply.generation, reply.source);
+            if reply.changed_from.is_empty() {
+                println!("no working day changes: nothing to re-plan");
+            } else if reply.dry_run {
+                println!(
+                    "working days change between {} and {}: {} armed timers there, {} would move",
+                    reply.changed_from, reply.changed_to, reply.timers_examined, reply.timers_moved
+                );
+                let rows: Vec<Vec<String>> = reply
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.region_code.clone(),
+                            g.department.clone(),
+                            g.earlier.to_string(),
+                            g.later.to_string(),
+                            g.confirmed.to_string(),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["REGION", "DEPARTMENT", "EARLIER", "LATER", "CONFIRMED"], &rows));
+                let moves: Vec<Vec<String>> = reply
+                    .first_moves
+                    .iter()
+                    .map(|m| vec![m.instance_id.clone(), m.timer.clone(), at(&m.old_due), at(&m.new_due)])
+                    .collect();
+                if !moves.is_empty() {
+                    print!("{}", table(&["INSTANCE", "TIMER", "OLD DUE", "NEW DUE"], &moves));
+                }
+            } else if wait {
+                println!(
+                    "working days change between {} and {}: every deadline there is re-planned",
+                    reply.changed_from, reply.changed_to
+                );
+            } else {
+                println!(
+                    "working days change between {} and {}: the deadlines there are being re-planned \
+                     (shenguan calendar status shows progress)",
+                    reply.changed_from, reply.changed_to
+                );
+            }
+        }
+        ServerCalendarCommand::Status => {
+            let reply = admin.calendar_status(proto::CalendarStatusRequest {}).await.map_err(call_error)?.into_inner();
+            if conn.json {
+                return print_json(&reply).map(|()| ExitCode::SUCCESS);
+            }
+            println!("policy for years without a notice: {}", reply.policy);
+            for region in &reply.regions {
+                println!("\n{} — {} days of official calendar left", region.name, region.official_days_left);
+                let rows: Vec<Vec<String>> = region
+                    .years
+                    .iter()
+                    .map(|y| {
+                        vec![
+                            y.year.to_string(),
+                            y.status.clone(),
+                            if y.version == 0 { String::new() } else { format!("v{}", y.version) },
+                            y.loaded_by.clone(),
+                            y.loaded_at.as_ref().map(|_| at(&y.loaded_at)).unwrap_or_default(),
+                            y.source.clone(),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["YEAR", "STATUS", "VERSION", "LOADED BY", "LOADED AT", "SOURCE"], &rows));
+            }
+            for r in &reply.replans {
+                println!(
+                    "re-plan {} ({}..{}): {} instances re-planned, {}",
+                    r.calendar,
+                    r.changed_from,
+                    r.changed_to,
+                    r.instances_replanned,
+                    if r.done { "done" } else { "RUNNING" }
+                );
+            }
+            println!("armed timers on a provisional calendar: {}", reply.provisional_timers);
+            for w in &reply.warnings {
+                println!("WARNING: {w}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `clock advance`.

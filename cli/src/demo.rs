@@ -92,7 +92,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let first = NaiveDate::from_ymd_opt(2026, 9, 1).context("date")?;
     let last = NaiveDate::from_ymd_opt(2026, 10, 31).context("date")?;
     let clock = VirtualClock::new(chrono::DateTime::parse_from_rfc3339(&at(first, 8))?.timestamp_millis());
-    let calendars = Arc::new(Calendars::embedded()?);
+    let calendars = Calendars::embedded()?;
     let calendar = calendars.region(REGION).clone();
     let options = shenguan::server::Options::new(
         shenguan::engine::Config::new(&db),

@@ -1,11 +1,12 @@
 //! Offline operations on a database file: `shenguan admin verify`.
 //!
-//! Verify replays every instance's history through `decide` (with the definitions and
-//! calendars loaded now) and checks that it rebuilds the stored row, that the `timers` table
+//! Verify replays every instance's history through `decide` (with the definitions loaded now
+//! and, for each entry, the calendar set the database held when it was computed) and checks that it rebuilds the stored row, that the `timers` table
 //! holds exactly the timers each instance row says are armed, and that no history, outbox or
 //! idempotency row names an instance that has no row (a deleted instance).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::calendar::Calendars;
 use crate::definition::Registry;
@@ -28,8 +29,38 @@ pub async fn verify_file(path: &std::path::Path, registry: &Registry, calendars:
     verify(&crate::store::read::Reader::open_existing(path).await?, registry, calendars).await
 }
 
+/// Every calendar set the database has held, by generation: replay computes each history
+/// entry with the set it was computed with. Generation 0 (entries written before calendars
+/// were stored) is the seed. A database with no stored calendars uses `fallback` throughout.
+fn archive(
+    files: &[crate::store::StoredCalendarFile],
+    fallback: &Calendars,
+) -> Result<HashMap<u64, Arc<Calendars>>, Error> {
+    let mut out = HashMap::new();
+    // Replay is permissive: a deadline decided under `refuse` is one `provisional` decides alike.
+    let policy = crate::calendar::Policy::Provisional;
+    if files.is_empty() {
+        out.insert(0, Arc::new(fallback.clone().with_policy(policy)));
+        return Ok(out);
+    }
+    let all: Vec<crate::calendar::CalendarFile> = files.iter().map(|f| f.file.clone()).collect();
+    let seed = files.iter().take_while(|f| f.loaded_by == crate::store::SEED).count();
+    for (i, f) in files.iter().enumerate() {
+        let calendars = Calendars::from_files(&all[..=i], f.generation)
+            .map_err(|e| Error::Corrupt(format!("stored calendars up to generation {}: {e}", f.generation)))?
+            .with_policy(policy);
+        if i + 1 == seed.max(1) {
+            out.insert(0, Arc::new(calendars.clone().with_generation(0)));
+        }
+        out.insert(f.generation, Arc::new(calendars));
+    }
+    Ok(out)
+}
+
 /// Replays every instance `store` holds.
 pub async fn verify(store: &dyn ReadStore, registry: &Registry, calendars: &Calendars) -> Result<Report, Error> {
+    let archive = archive(&store.calendar_files().await?, calendars)?;
+    let calendars = |generation: u64| archive.get(&generation).cloned();
     let mut report = Report::default();
     let mut timer_rows: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for row in store.all_timers().await? {
@@ -64,7 +95,7 @@ pub async fn verify(store: &dyn ReadStore, registry: &Registry, calendars: &Cale
                     continue;
                 }
             };
-            if let Err(d) = replay::verify(def, &instance, &history, calendars) {
+            if let Err(d) = replay::verify(def, &instance, &history, &calendars) {
                 report.divergent.push((id, d.to_string()));
             }
         }

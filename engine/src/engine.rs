@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::calendar::Calendars;
+use crate::calendar::{Calendars, Live};
 use crate::clock::{Clock, Millis};
 use crate::definition::Registry;
 use crate::machine::Command;
@@ -26,7 +26,7 @@ pub struct Context {
     /// The loaded definitions.
     pub registry: Arc<Registry>,
     /// The working-day calendars.
-    pub calendars: Arc<Calendars>,
+    pub calendars: Arc<Live>,
     /// The engine's clock (virtual in sandbox mode and in tests).
     pub clock: Arc<dyn Clock>,
     /// Prometheus metrics.
@@ -35,7 +35,8 @@ pub struct Context {
 
 impl Context {
     /// The handles, with fresh metrics.
-    pub fn new(registry: Arc<Registry>, calendars: Arc<Calendars>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(registry: Arc<Registry>, calendars: Calendars, clock: Arc<dyn Clock>) -> Self {
+        let calendars = Arc::new(Live::new(calendars));
         Context { registry, calendars, clock, metrics: Arc::new(crate::telemetry::Metrics::new()) }
     }
 }
@@ -61,6 +62,10 @@ pub struct Config {
     pub cache_instances: usize,
     /// How long a request id is remembered, so that a retry gets the first answer (ms).
     pub idempotency_retention: Millis,
+    /// Deadlines in a year with no notice loaded: computed provisionally (default) or refused.
+    pub calendar_policy: crate::calendar::Policy,
+    /// Most working-day timers re-planned per batch after a calendar load.
+    pub replan_page: u32,
 }
 
 /// Request ids are remembered for a week by default: longer than any client's retry loop,
@@ -80,6 +85,8 @@ impl Config {
             max_db_pages: None,
             cache_instances: 50_000,
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
+            calendar_policy: crate::calendar::Policy::Provisional,
+            replan_page: 2_000,
         }
     }
 }
@@ -107,12 +114,19 @@ pub struct Engine {
 impl Engine {
     /// Opens the database and starts the writer and the timer service.
     pub async fn start(config: Config, context: Context) -> Result<Engine, Error> {
-        let options = Options { max_pages: config.max_db_pages };
+        // A new database starts with the calendars the engine was given; an existing one keeps
+        // what it holds.
+        let options = Options {
+            max_pages: config.max_db_pages,
+            calendar_seed: context.calendars.current().files().to_vec(),
+            seeded_at: context.clock.now(),
+        };
         let store = SqliteStore::open(&config.db, &options).await?;
         let clock = context.clock.clone();
         let timers = Arc::new(Mutex::new(TimerIndex::new(clock.now())));
         let wake = Arc::new(Notify::new());
-        let (writer, handle) = writer::channel(
+        context.calendars.set_policy(config.calendar_policy);
+        let (mut writer, handle) = writer::channel(
             store,
             &context,
             timers.clone(),
@@ -123,8 +137,10 @@ impl Engine {
                 page: config.page,
                 cache: config.cache_instances,
                 idempotency_retention: config.idempotency_retention,
+                replan_page: config.replan_page,
             },
         );
+        writer.prepare().await?;
         let writer_task = tokio::spawn(writer.run());
         handle.extend(clock.now().saturating_add(config.horizon)).await.map_err(Error::Timers)?;
         let (service, control) = Service::new(

@@ -45,6 +45,9 @@ pub struct Options {
     pub virtual_clock: Option<VirtualClock>,
     /// The credit grades, and which of them may not take the commitment route.
     pub credit: crate::domain::credit::CreditGrades,
+    /// From this month and day, a missing notice for next year is warned about (log, metric,
+    /// `calendar status`).
+    pub calendar_warn_from: (u32, u32),
 }
 
 impl Options {
@@ -54,14 +57,20 @@ impl Options {
     pub fn new(
         engine: engine::Config,
         registry: Arc<Registry>,
-        calendars: Arc<Calendars>,
+        calendars: Calendars,
         virtual_clock: Option<VirtualClock>,
     ) -> Self {
         let clock: Arc<dyn Clock> = match &virtual_clock {
             Some(v) => Arc::new(v.clone()),
             None => Arc::new(crate::clock::SystemClock),
         };
-        Options { engine, context: Context::new(registry, calendars, clock), virtual_clock, credit: Default::default() }
+        Options {
+            engine,
+            context: Context::new(registry, calendars, clock),
+            virtual_clock,
+            credit: Default::default(),
+            calendar_warn_from: crate::calendar::WARN_FROM,
+        }
     }
 }
 
@@ -77,7 +86,35 @@ async fn metrics_text(shared: &Shared) -> String {
     if let Ok(pending) = shared.reader.timers_pending().await {
         metrics.timers_pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
+    if let Ok(provisional) = shared.reader.provisional_timers().await {
+        metrics.timers_provisional.set(i64::try_from(provisional).unwrap_or(i64::MAX));
+    }
+    if let Ok(replans) = shared.reader.replans().await {
+        metrics.replans_running.set(replans.iter().filter(|j| !j.done).count() as i64);
+    }
+    let calendars = shared.calendars();
+    let today = shared.today(calendars.national());
+    let mut codes = vec![""];
+    codes.extend(calendars.region_codes());
+    for code in codes {
+        let label = if code.is_empty() { "national" } else { code };
+        let left = crate::calendar::official_days_left(calendars.region(code), today);
+        metrics.official_calendar_days_left.with_label_values(&[label]).set(left);
+    }
     metrics.render()
+}
+
+/// Logs what the calendars need from an operator at start and then once a day (real time).
+async fn warn_daily(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+    loop {
+        every.tick().await;
+        let calendars = shared.calendars();
+        let today = shared.today(calendars.national());
+        for warning in crate::calendar::warnings(&calendars, today, shared.calendar_warn_from) {
+            tracing::warn!(%warning, "working-day calendar");
+        }
+    }
 }
 
 /// Starts the engine and serves gRPC on `listener` until `shutdown` completes; then stops the
@@ -95,7 +132,9 @@ pub async fn run(
         reader: Arc::new(reader),
         virtual_clock: options.virtual_clock,
         credit: options.credit,
+        calendar_warn_from: options.calendar_warn_from,
     });
+    let warner = tokio::spawn(warn_daily(shared.clone()));
     use crate::proto::admin_service_server::AdminServiceServer;
     use crate::proto::intake_service_server::IntakeServiceServer;
     use crate::proto::supervision_service_server::SupervisionServiceServer;
@@ -157,6 +196,8 @@ pub async fn run(
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    warner.abort();
+    let _ = warner.await;
     drop(shared);
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.shutdown().await;

@@ -1,7 +1,9 @@
 //! Prometheus metrics: every name in one place, one registry per engine (so several engines in
 //! one test process do not share counters), rendered in the text format for `GET /metrics`.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// The engine's metrics.
 pub struct Metrics {
@@ -29,6 +31,15 @@ pub struct Metrics {
     pub outbox_backlog: IntGauge,
     /// Timers armed in the database (set at scrape).
     pub timers_pending: IntGauge,
+    /// Instances whose working-day timers a new calendar moved or confirmed.
+    pub replanned: IntCounter,
+    /// Re-plans not finished (set at scrape).
+    pub replans_running: IntGauge,
+    /// Armed timers computed on a provisional calendar (set at scrape).
+    pub timers_provisional: IntGauge,
+    /// Days from today to the last day with an official calendar, by region (set at scrape;
+    /// negative once past it).
+    pub official_calendar_days_left: IntGaugeVec,
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -81,6 +92,24 @@ impl Metrics {
             .unwrap_or_else(|_| unreachable_metric());
         let timers_pending =
             IntGauge::new("timers_pending", "Timers armed in the database").unwrap_or_else(|_| unreachable_metric());
+        let replanned = IntCounter::new(
+            "replanned_instances_total",
+            "Instances whose working-day timers a new calendar moved or confirmed",
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let replans_running = IntGauge::new("calendar_replans_running", "Calendar re-plans not finished")
+            .unwrap_or_else(|_| unreachable_metric());
+        let timers_provisional =
+            IntGauge::new("timers_provisional", "Armed timers computed on a provisional calendar (no notice loaded)")
+                .unwrap_or_else(|_| unreachable_metric());
+        let official_calendar_days_left = IntGaugeVec::new(
+            Opts::new(
+                "calendar_official_days_left",
+                "Days from today to the last day of the last year with an official calendar, by region",
+            ),
+            &["region"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
         let m = Metrics {
             registry,
             commands,
@@ -94,6 +123,10 @@ impl Metrics {
             timers_in_memory,
             outbox_backlog,
             timers_pending,
+            replanned,
+            replans_running,
+            timers_provisional,
+            official_calendar_days_left,
         };
         for c in [
             Box::new(m.commands.clone()) as Box<dyn prometheus::core::Collector>,
@@ -107,6 +140,10 @@ impl Metrics {
             Box::new(m.timers_in_memory.clone()),
             Box::new(m.outbox_backlog.clone()),
             Box::new(m.timers_pending.clone()),
+            Box::new(m.replanned.clone()),
+            Box::new(m.replans_running.clone()),
+            Box::new(m.timers_provisional.clone()),
+            Box::new(m.official_calendar_days_left.clone()),
         ] {
             // Names are distinct constants, so registration cannot collide.
             let _ = m.registry.register(c);

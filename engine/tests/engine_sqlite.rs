@@ -29,7 +29,7 @@ async fn start(
         c,
         shenguan::engine::Context::new(
             Arc::new(Registry::embedded().expect("workflows")),
-            Arc::new(Calendars::embedded().expect("calendars")),
+            Calendars::embedded().expect("calendars"),
             Arc::new(clock.clone()),
         ),
     )
@@ -231,7 +231,7 @@ async fn a_running_instance_stays_on_its_version_and_new_ones_take_the_newest() 
     // v2 sends submitted materials to a new `checking` state instead of licensing at once.
     let v2 = v1.replace("version = 1", "version = 2").replacen("from = [\"pending\", \"reminded\"]\nevent = \"materials_submitted\"\nto = \"licensed\"", "from = [\"pending\", \"reminded\"]\nevent = \"materials_submitted\"\nto = \"checking\"", 1)
         + "\n[[states]]\nname = \"checking\"\n\n[[transitions]]\nfrom = \"checking\"\nevent = \"materials_submitted\"\nto = \"licensed\"\n";
-    let calendars = Arc::new(Calendars::embedded().expect("calendars"));
+    let calendars = Calendars::embedded().expect("calendars");
     let only_v1 = Arc::new(Registry::from_sources(&[("v1.toml", &v1)]).expect("v1 loads"));
     let engine = Engine::start(
         Config::new(&db),

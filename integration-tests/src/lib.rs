@@ -162,7 +162,7 @@ impl TestServer {
         let options = shenguan::server::Options::new(
             config,
             std::sync::Arc::new(shenguan::definition::Registry::embedded()?),
-            std::sync::Arc::new(shenguan::calendar::Calendars::embedded()?),
+            shenguan::calendar::Calendars::embedded()?,
             Some(shenguan::clock::VirtualClock::new(start)),
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -388,12 +388,12 @@ async fn malformed_input_is_invalid_argument_naming_the_field_and_writes_nothing
         ("region_code", |r| r.region_code = "32070".into()),
         ("approval_department", |r| r.approval_department = "  ".into()),
         ("commitment_deadline", |r| r.commitment_deadline = "2026-09-27".into()),
-        ("commitment_deadline", |r| r.commitment_deadline = "2027-01-15".into()),
+        ("commitment_deadline", |r| r.commitment_deadline = "2150-01-15".into()),
         ("commitment_deadline", |r| r.commitment_deadline = "09/10/2026".into()),
         ("commitment_deadline", |r| r.commitment_period_working_days = 5),
         ("commitment_period_working_days", |r| {
             r.commitment_deadline = String::new();
-            r.commitment_period_working_days = 90;
+            r.commitment_period_working_days = 400;
         }),
         ("deferred_materials", |r| r.deferred_materials.clear()),
         ("deferred_materials[0]", |r| r.deferred_materials[0] = "m".repeat(201)),

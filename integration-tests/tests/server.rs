@@ -25,7 +25,7 @@ async fn serves_health_and_reflection_then_stops_on_signal() -> Result<()> {
     let options = shenguan::server::Options::new(
         shenguan::engine::Config::new(dir.path().join("s.db")),
         Arc::new(Registry::embedded()?),
-        Arc::new(Calendars::embedded()?),
+        Calendars::embedded()?,
         Some(VirtualClock::new(0)),
     );
     let server = tokio::spawn(shenguan::server::run(options, listener, async {

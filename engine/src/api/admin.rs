@@ -12,8 +12,9 @@ use crate::clock::{self, Millis};
 use crate::domain;
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::{
-    AdvanceClockReply, AdvanceClockRequest, ApprovalFigures, Figure, GetStatisticsReply, GetStatisticsRequest,
-    GetTimelineReply, GetTimelineRequest, QueryCasesReply, QueryCasesRequest, SupervisionFigures,
+    AdvanceClockReply, AdvanceClockRequest, ApprovalFigures, CalendarStatusReply, CalendarStatusRequest, Figure,
+    GetStatisticsReply, GetStatisticsRequest, GetTimelineReply, GetTimelineRequest, LoadCalendarReply,
+    LoadCalendarRequest, QueryCasesReply, QueryCasesRequest, SupervisionFigures,
 };
 use crate::store::Filter;
 use crate::store::InstanceRow;
@@ -32,7 +33,8 @@ impl Admin {
     /// The instant a local date starts in the region (for date-range filters).
     fn start_of(&self, region: &str, field: &str, text: &str) -> Result<Millis, Status> {
         let d = date(field, text)?;
-        let calendar = self.shared.calendars().region(region);
+        let calendars = self.shared.calendars();
+        let calendar = calendars.region(region);
         calendar.at_time(d, chrono::NaiveTime::MIN).map(clock::from_datetime).map_err(|e| invalid(field, e))
     }
 
@@ -59,6 +61,21 @@ fn has(row: &InstanceRow, var: &str) -> bool {
 
 #[tonic::async_trait]
 impl AdminService for Admin {
+    async fn load_calendar(
+        &self,
+        request: Request<LoadCalendarRequest>,
+    ) -> Result<Response<LoadCalendarReply>, Status> {
+        let actor = super::actor(&request, "admin")?;
+        super::calendar::load(&self.shared, request.into_inner(), actor).await.map(Response::new)
+    }
+
+    async fn calendar_status(
+        &self,
+        _request: Request<CalendarStatusRequest>,
+    ) -> Result<Response<CalendarStatusReply>, Status> {
+        super::calendar::status(&self.shared, self.shared.calendar_warn_from).await.map(Response::new)
+    }
+
     async fn get_timeline(&self, request: Request<GetTimelineRequest>) -> Result<Response<GetTimelineReply>, Status> {
         let case_id = super::intake::case_id_field("case_id", &request.get_ref().case_id)?;
         let reader = &self.shared.reader;
@@ -111,6 +128,10 @@ impl AdminService for Admin {
                 return Err(invalid("state", format!("unknown state {:?}; one of {}", r.state, states.join(", "))));
             }
             filter.state = Some(r.state.clone());
+        }
+        if r.provisional_only {
+            filter.provisional = true;
+            filter.provisional_var = Some(domain::COMMITMENT_PROVISIONAL.to_owned());
         }
         if r.overdue_only {
             // The definition of view::case_overdue, in SQL.

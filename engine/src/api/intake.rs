@@ -172,7 +172,8 @@ impl IntakeService for Intake {
         // Recorded as sent; the call is keyed on its case number instead (below).
         let request_id = request_id(&request)?;
         let r = request.into_inner();
-        let calendar = self.shared.calendars().region(&r.region_code);
+        let calendars = self.shared.calendars();
+        let calendar = calendars.region(&r.region_code);
         let policy = case::Policy { credit: &self.shared.credit, calendar, today: self.shared.today(calendar) };
         let (case_id, start) = case::accept(&new_case(&r), &policy, &actor).map_err(|e| status::refusal(&e))?;
         tracing::Span::current().record("instance", case_id.as_str());

@@ -8,11 +8,13 @@
 //! # Layout
 //! - [`intake`]: `IntakeService` (the integrated government service platform).
 //! - [`supervision`]: `SupervisionService` (supervision platforms).
-//! - [`admin`]: `AdminService` (timelines, queries, statistics, the sandbox clock).
+//! - [`admin`]: `AdminService` (timelines, queries, statistics, the sandbox clock);
+//!   [`calendar`]: its calendar calls (load, status).
 //! - [`engine`]: `EngineService` (any workflow: start, signal).
 //! - [`view`]: domain → proto. [`status`]: errors → `tonic::Status`.
 
 pub mod admin;
+pub mod calendar;
 pub mod engine;
 pub mod intake;
 pub mod status;
@@ -46,6 +48,8 @@ pub struct Shared {
     pub virtual_clock: Option<VirtualClock>,
     /// The credit grades, and which may not take the commitment route.
     pub credit: CreditGrades,
+    /// From this month and day, a missing notice for next year is warned about.
+    pub calendar_warn_from: (u32, u32),
 }
 
 impl Shared {
@@ -65,8 +69,8 @@ impl Shared {
     }
 
     /// The working-day calendars.
-    pub fn calendars(&self) -> &Calendars {
-        &self.context().calendars
+    pub fn calendars(&self) -> std::sync::Arc<Calendars> {
+        self.context().calendars.current()
     }
 }
 

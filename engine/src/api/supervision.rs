@@ -123,7 +123,8 @@ impl SupervisionService for Supervision {
         let key = request_key(&request, "SupervisionService.ReportInspection", &actor)?;
         let r = request.into_inner();
         let (task_id, region) = task_id_field(&r.task_id)?;
-        let calendar = self.shared.calendars().region(&region);
+        let calendars = self.shared.calendars();
+        let calendar = calendars.region(&region);
         let today = self.shared.today(calendar);
         let command = task::report_inspection(&task_id, &r.finished_on, calendar, today, &actor)
             .map_err(|e| status::refusal(&e))?;
@@ -142,7 +143,8 @@ impl SupervisionService for Supervision {
             _ => None,
         };
         let report = task::ResultReport { outcome, notes: r.notes, rectification_deadline: r.rectification_deadline };
-        let calendar = self.shared.calendars().region(&region);
+        let calendars = self.shared.calendars();
+        let calendar = calendars.region(&region);
         let today = self.shared.today(calendar);
         let (command, tell_case) =
             task::report_result(&task_id, &report, calendar, today, &actor).map_err(|e| status::refusal(&e))?;

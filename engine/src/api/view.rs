@@ -72,6 +72,7 @@ fn deadlines(registry: &Registry, row: &InstanceRow) -> Vec<proto::Deadline> {
             name: name.clone(),
             due: Some(instant(t.due)),
             is_deadline: is_deadline(registry, row, name),
+            provisional: t.plan.as_ref().is_some_and(|p| p.provisional),
         })
         .collect();
     out.sort_by_key(|d| d.due.as_ref().map_or(0, |i| i.unix_millis));
@@ -110,6 +111,7 @@ pub fn case(registry: &Registry, row: &InstanceRow, task_rows: &[InstanceRow]) -
         applicant_code: var(row, "applicant_code"),
         credit_grade: var(row, "credit_grade"),
         commitment_deadline: var(row, "commitment_deadline"),
+        commitment_deadline_provisional: flag(row, crate::domain::COMMITMENT_PROVISIONAL),
         license_no: var(row, "license_no"),
         deadlines: deadlines(registry, row),
         overdue: case_overdue(row, task_rows),
@@ -135,9 +137,11 @@ pub fn timeline(registry: &Registry, row: &InstanceRow, history: &[HistoryEntry]
                     name: name.clone(),
                     due: Some(instant(*due)),
                     status: status as i32,
+                    provisional: false,
                 });
             }
-            for (name, due) in &h.cancelled {
+            let replanned = matches!(h.command, CommandKind::Replan { .. });
+            for (name, due) in h.cancelled.iter().filter(|_| !replanned) {
                 // Cancelled by a caller's action before it fell due: the deadline was met.
                 let met = matches!(h.command, CommandKind::Event { .. }) && h.at <= *due;
                 let status = if met && is_deadline(registry, row, name) {
@@ -149,13 +153,16 @@ pub fn timeline(registry: &Registry, row: &InstanceRow, history: &[HistoryEntry]
                     name: name.clone(),
                     due: Some(instant(*due)),
                     status: status as i32,
+                    provisional: false,
                 });
             }
             for (name, due) in &h.armed {
+                let still = row.timers.get(name).filter(|t| t.due == *due);
                 changes.push(proto::DeadlineChange {
                     name: name.clone(),
                     due: Some(instant(*due)),
                     status: DeadlineStatus::Armed as i32,
+                    provisional: still.and_then(|t| t.plan.as_ref()).is_some_and(|p| p.provisional),
                 });
             }
             proto::TimelineEntry {
@@ -169,7 +176,26 @@ pub fn timeline(registry: &Registry, row: &InstanceRow, history: &[HistoryEntry]
                 deadlines: changes,
                 request_id: h.request_id.clone().unwrap_or_default(),
                 messages: h.messages,
+                note: note(h),
             }
         })
         .collect()
+}
+
+/// Words for an entry that is not a plain event: a re-plan says what moved, from and to.
+pub fn note(h: &HistoryEntry) -> String {
+    let CommandKind::Replan { calendar } = &h.command else { return String::new() };
+    let parts: Vec<String> = h
+        .armed
+        .iter()
+        .map(|(name, new)| match h.cancelled.get(name) {
+            Some(old) if old != new => format!(
+                "deadline re-planned: {name} {} → {} (calendar {calendar})",
+                clock::display(*old),
+                clock::display(*new)
+            ),
+            _ => format!("deadline confirmed: {name} {} (calendar {calendar})", clock::display(*new)),
+        })
+        .collect();
+    parts.join("; ")
 }

@@ -7,8 +7,11 @@ fn d(s: &str) -> NaiveDate {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("test date")
 }
 
+/// Built once: the property tests ask for it per case, and a build indexes every provisional
+/// year too.
 fn cal() -> Calendars {
-    Calendars::embedded().expect("embedded calendars load")
+    static CALS: std::sync::OnceLock<Calendars> = std::sync::OnceLock::new();
+    CALS.get_or_init(|| Calendars::embedded().expect("embedded calendars load")).clone()
 }
 
 #[test]
@@ -63,12 +66,22 @@ fn additions_across_holidays() {
         assert_eq!(c.add_working_days(d(from), n).expect("loaded"), d(want), "{from} + {n}");
         assert_eq!(c.working_days_between(d(from), d(want)).expect("loaded"), i64::from(n), "{from}..{want}");
     }
+    // 2027 has no notice: counted on its statutory days (元旦 on Friday 1 January), and refused
+    // under the `refuse` policy; past the provisional range it is refused whatever the policy.
+    assert_eq!(c.add_working_days(d("2026-12-30"), 5).expect("provisional"), d("2027-01-07"));
+    assert!(c.provisional_between(d("2026-12-31"), d("2027-01-07")));
+    assert!(!c.provisional_between(d("2026-01-01"), d("2026-12-31")));
+    let refuse = cal().with_policy(super::Policy::Refuse);
     assert_eq!(
-        c.add_working_days(d("2026-12-30"), 5),
+        refuse.national().add_working_days(d("2026-12-30"), 5),
         Err(Error::YearNotLoaded { year: 2027, region: "national".into() })
     );
+    assert_eq!(
+        c.add_working_days(d("2100-12-30"), 5),
+        Err(Error::YearNotLoaded { year: 2101, region: "national".into() })
+    );
     assert_eq!(c.working_days_between(d("2026-10-10"), d("2026-09-30")).expect("loaded"), -3);
-    assert!(c.add_working_days(d("2027-01-04"), 1).is_err());
+    assert!(c.add_working_days(d("2101-01-04"), 1).is_err());
 }
 
 #[test]
@@ -101,7 +114,7 @@ fn every_year_2019_to_2026_is_loaded_with_its_notice() {
 fn bad_files_are_refused_with_the_reason() {
     let not_weekend = "year = 2026\nsource = \"x\"\nworkdays = [{ date = 2026-10-12, for = \"x\" }]\n";
     let err = Calendars::from_sources(&[("bad.toml", not_weekend)], &[]).expect_err("refused");
-    assert!(err.to_string().contains("bad.toml: make-up working day 2026-10-12 is a Mon"), "{err}");
+    assert!(err.to_string().contains("bad.toml:3: make-up working day 2026-10-12 is a Mon"), "{err}");
 
     let both = "year = 2026\nsource = \"x\"\nholidays = [{ date = 2026-10-10, name = \"x\" }]\nworkdays = [{ date = 2026-10-10 }]\n";
     let err = Calendars::from_sources(&[("both.toml", both)], &[]).expect_err("refused");
@@ -109,7 +122,7 @@ fn bad_files_are_refused_with_the_reason() {
 
     let dup = "year = 2026\nsource = \"x\"\n";
     let err = Calendars::from_sources(&[("a.toml", dup), ("b.toml", dup)], &[]).expect_err("refused");
-    assert!(err.to_string().contains("b.toml: year 2026 is loaded twice"), "{err}");
+    assert!(err.to_string().contains("b.toml:1: year 2026 is loaded twice"), "{err}");
 
     let time = "year = 2026\nsource = \"x\"\nholidays = [{ date = 2026-10-10T09:00:00, name = \"x\" }]\n";
     assert!(Calendars::from_sources(&[("t.toml", time)], &[]).is_err());
@@ -176,4 +189,116 @@ proptest! {
         let mb = c.working_days_between(m, b).expect("loaded");
         prop_assert_eq!(ab, am + mb);
     }
+}
+
+/// The provisional table against the `tyme4rs` crate (壽星天文曆), every year it covers: the
+/// first day of the first lunar month, the Qingming solar term, 五月初五 and 八月十五.
+#[test]
+fn the_provisional_feast_table_matches_the_lunar_crate_every_year() {
+    use tyme4rs::tyme::lunar::LunarDay;
+    use tyme4rs::tyme::solar::SolarTerm;
+    for (year, [spring, qingming, duanwu, midautumn]) in super::provisional::FEASTS {
+        let y = year as isize;
+        let md = |s: tyme4rs::tyme::solar::SolarDay| (s.get_month() as u32, s.get_day() as u32);
+        assert_eq!(md(LunarDay::from_ymd(y, 1, 1).get_solar_day()), spring, "{year} 正月初一");
+        // Index 7 counted from 冬至 is 清明.
+        assert_eq!(md(SolarTerm::from_index(y, 7).get_julian_day().get_solar_day()), qingming, "{year} 清明");
+        assert_eq!(md(LunarDay::from_ymd(y, 5, 5).get_solar_day()), duanwu, "{year} 端午");
+        assert_eq!(md(LunarDay::from_ymd(y, 8, 15).get_solar_day()), midautumn, "{year} 中秋");
+    }
+}
+
+#[test]
+fn provisional_days_off_2027_to_2030_are_the_statutory_ones() {
+    let days = |y: i32| -> Vec<String> {
+        super::provisional::statutory_days(y).iter().map(|(d, n)| format!("{d} {n}")).collect()
+    };
+    assert_eq!(
+        days(2027),
+        [
+            "2027-01-01 元旦",
+            "2027-02-05 春節",
+            "2027-02-06 春節",
+            "2027-02-07 春節",
+            "2027-02-08 春節",
+            "2027-04-05 清明節",
+            "2027-05-01 勞動節",
+            "2027-05-02 勞動節",
+            "2027-06-09 端午節",
+            "2027-09-15 中秋節",
+            "2027-10-01 國慶節",
+            "2027-10-02 國慶節",
+            "2027-10-03 國慶節",
+        ]
+    );
+    assert_eq!(days(2028)[1..5], ["2028-01-25 春節", "2028-01-26 春節", "2028-01-27 春節", "2028-01-28 春節"]);
+    assert!(
+        days(2028).contains(&"2028-10-03 中秋節".to_owned()) || days(2028).contains(&"2028-10-03 國慶節".to_owned())
+    );
+    // 2028: 中秋 on 3 October falls inside 國慶: 12 distinct days, not 13.
+    assert_eq!(days(2028).len(), 12);
+    assert!(days(2029).contains(&"2029-02-12 春節".to_owned()) && days(2029).contains(&"2029-09-22 中秋節".to_owned()));
+    assert!(
+        days(2030).contains(&"2030-04-05 清明節".to_owned()) && days(2030).contains(&"2030-06-05 端午節".to_owned())
+    );
+    assert!(days(2024).is_empty() && days(2101).is_empty(), "outside the provisional range");
+
+    // The calendar: 2027 is provisional, its statutory days are off and weekends too.
+    let cals = cal();
+    let c = cals.national();
+    assert!(c.is_provisional(2027) && !c.is_provisional(2026) && !c.has_year(2027));
+    assert_eq!(c.is_working_day(d("2027-02-05")), Ok(false), "除夕");
+    assert_eq!(c.is_working_day(d("2027-02-09")), Ok(true), "初四: not statutory");
+    assert_eq!(c.is_working_day(d("2027-01-02")), Ok(false), "a Saturday");
+}
+
+/// An independent check of the table: every statutory day of 2025 and 2026 is a day off in
+/// the State Council's own notice for that year.
+#[test]
+fn statutory_days_of_2025_and_2026_are_days_off_in_their_notices() {
+    let cals = cal();
+    for year in [2025, 2026] {
+        for (date, name) in super::provisional::statutory_days(year) {
+            assert_eq!(cals.national().is_working_day(date), Ok(false), "{date} {name}");
+        }
+    }
+}
+
+#[test]
+fn a_loaded_notice_changes_exactly_the_days_it_moves() {
+    let mut files: Vec<(&str, &str)> = super::embedded::YEARS.to_vec();
+    let before = Calendars::from_sources(&files, super::embedded::REGIONS).expect("embedded");
+    // The same files again: nothing changes.
+    let same = Calendars::from_sources(&files, super::embedded::REGIONS).expect("embedded");
+    assert_eq!(super::changed_range(&before, &same), None);
+    // A notice for 2027: the whole year turns official, so the range is the year.
+    let notice = "year = 2027\nsource = \"test\"\nholidays = [{ date = 2027-01-01, name = \"元旦\" }]\n";
+    files.push(("2027.toml", notice));
+    let after = Calendars::from_sources(&files, super::embedded::REGIONS).expect("with 2027");
+    assert_eq!(super::changed_range(&before, &after), Some((d("2027-01-01"), d("2027-12-31"))));
+    // An amendment of an official year: only the days it moves.
+    let amended = super::embedded::YEARS
+        .iter()
+        .find(|(name, _)| name.ends_with("2026.toml"))
+        .map(|(_, text)| text.replace("{ date = 2026-10-10, for = \"國慶節\" },\n", ""))
+        .expect("2026");
+    let mut files: Vec<(&str, &str)> =
+        super::embedded::YEARS.iter().filter(|(n, _)| !n.ends_with("2026.toml")).copied().collect();
+    files.push(("2026.toml", &amended));
+    let amended = Calendars::from_sources(&files, super::embedded::REGIONS).expect("amended");
+    assert_eq!(super::changed_range(&before, &amended), Some((d("2026-10-10"), d("2026-10-10"))));
+}
+
+#[test]
+fn a_file_to_load_is_refused_with_its_line() {
+    let text = "year = 2027\nsource = \"x\"\n\nworkdays = [\n  { date = 2027-01-04, for = \"元旦\" },\n]\n";
+    let err = super::CalendarFile::parse("2027.toml", text).expect_err("a Monday make-up day");
+    assert_eq!(err.to_string(), "2027.toml:5: make-up working day 2027-01-04 is a Mon, not a weekend day");
+    let err = super::CalendarFile::parse("x.toml", "name = \"x\"\n").expect_err("neither");
+    assert!(err.to_string().starts_with("x.toml:1: neither a year file"), "{err}");
+    let err =
+        super::CalendarFile::parse("y.toml", "year = 2027\nsource = \"x\"\nholidays = [oops]\n").expect_err("toml");
+    assert!(err.to_string().starts_with("y.toml:3: "), "{err}");
+    let ok = super::CalendarFile::parse("r.toml", "code = \"320700\"\nname = \"n\"\n").expect("a region file");
+    assert_eq!(ok.key, super::FileKey::Region("320700".into()));
 }

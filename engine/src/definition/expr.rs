@@ -169,9 +169,38 @@ fn operand_text(operand: &Operand) -> String {
     }
 }
 
+/// An instant computed from an expression, and what on the calendar it depended on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// The instant.
+    pub due: Millis,
+    /// The dates whose working-day status the computation read (`None`: it counted no
+    /// working days). A new calendar that changes none of them leaves the instant as it is.
+    pub days: Option<(NaiveDate, NaiveDate)>,
+    /// Whether one of those dates is in a provisional year.
+    pub provisional: bool,
+}
+
 impl TimeExpr {
     /// Computes the instant the expression names.
     pub fn eval(&self, scope: &Scope<'_>) -> Result<Millis, EvalError> {
+        self.plan(scope).map(|p| p.due)
+    }
+
+    /// Computes the instant the expression names, with the dates it depended on.
+    pub fn plan(&self, scope: &Scope<'_>) -> Result<Planned, EvalError> {
+        let mut days: Option<(NaiveDate, NaiveDate)> = None;
+        let mut working = |from: NaiveDate, n: i64| -> Result<NaiveDate, EvalError> {
+            let to = add_working(scope.calendar, from, n)?;
+            // The n-th working day after `from` depends on the days in (from, to] only.
+            if let Some(first) = from.succ_opt().filter(|_| to > from) {
+                days = Some(match days {
+                    None => (first, to),
+                    Some((a, b)) => (a.min(first), b.max(to)),
+                });
+            }
+            Ok(to)
+        };
         enum T {
             Instant(Millis),
             Date(NaiveDate),
@@ -193,9 +222,9 @@ impl TimeExpr {
                 }
                 (T::Instant(i), Unit::WorkingDays) => {
                     let date = scope.calendar.local_date(clock::to_datetime(i));
-                    T::Date(add_working(scope.calendar, date, *n)?)
+                    T::Date(working(date, *n)?)
                 }
-                (T::Date(d), Unit::WorkingDays) => T::Date(add_working(scope.calendar, d, *n)?),
+                (T::Date(d), Unit::WorkingDays) => T::Date(working(d, *n)?),
                 // Hours on a date are refused at load.
                 (T::Date(d), _) => T::Date(d),
             };
@@ -210,7 +239,8 @@ impl TimeExpr {
             // Refused at load: a date needs `at`.
             (T::Date(d), None) => at_on(scope.calendar, d, At::EndOfDay)?,
         };
-        Ok(instant)
+        let provisional = days.is_some_and(|(a, b)| scope.calendar.provisional_between(a, b));
+        Ok(Planned { due: instant, days, provisional })
     }
 }
 

@@ -7,7 +7,7 @@
 //! [`revoke_approval`] give the command and the fan-out ([`super::fanout`]) that the writer
 //! derives in the same transaction. The gRPC handlers only translate to and from these.
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde_json::json;
 
 use super::credit::CreditGrades;
@@ -117,8 +117,9 @@ const MAX_SUPERVISORS: usize = 20;
 const MAX_PERIOD: u32 = 365;
 
 /// The commitment deadline of a material-deferral case: a given working day not in the past,
-/// or a period of working days from today.
-fn commitment_deadline(case: &NewCase, policy: &Policy<'_>) -> Result<NaiveDate, Refusal> {
+/// or a period of working days from today. The flag says whether it was counted on a
+/// provisional calendar.
+fn commitment_deadline(case: &NewCase, policy: &Policy<'_>) -> Result<(NaiveDate, bool), Refusal> {
     let (calendar, today) = (policy.calendar, policy.today);
     match (case.commitment_deadline.is_empty(), case.commitment_period_working_days) {
         (false, 0) => {
@@ -127,7 +128,7 @@ fn commitment_deadline(case: &NewCase, policy: &Policy<'_>) -> Result<NaiveDate,
                 return Err(Refusal::invalid("commitment_deadline", format!("{d} is in the past (today is {today})")));
             }
             calendar.is_working_day(d).map_err(|e| Refusal::invalid("commitment_deadline", e))?;
-            Ok(d)
+            Ok((d, calendar.is_provisional(d.year())))
         }
         (true, n) if n > 0 => {
             if n > MAX_PERIOD {
@@ -136,7 +137,10 @@ fn commitment_deadline(case: &NewCase, policy: &Policy<'_>) -> Result<NaiveDate,
                     format!("{n} is more than {MAX_PERIOD}"),
                 ));
             }
-            calendar.add_working_days(today, n).map_err(|e| Refusal::invalid("commitment_period_working_days", e))
+            let d = calendar
+                .add_working_days(today, n)
+                .map_err(|e| Refusal::invalid("commitment_period_working_days", e))?;
+            Ok((d, calendar.provisional_between(today, d)))
         }
         (false, _) => {
             Err(Refusal::invalid("commitment_deadline", "give a deadline or a period in working days, not both"))
@@ -255,8 +259,11 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
     if let Some(s) = scenario {
         vars["scenario"] = json!(s.name());
     }
-    if let Some(d) = deadline {
+    if let Some((d, provisional)) = deadline {
         vars["commitment_deadline"] = json!(d.to_string());
+        if provisional {
+            vars[super::COMMITMENT_PROVISIONAL] = json!(true);
+        }
         vars["deferred_materials"] = json!(case.deferred_materials.join(", "));
     }
     let id = super::case_id(&case.region, &case.case_no);

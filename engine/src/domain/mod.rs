@@ -96,3 +96,5 @@ pub const DOMAIN_WORKFLOWS: [&str; 2] = [CASE_WORKFLOW, TASK_WORKFLOW];
 pub const TASK_BREACHES: [&str; 3] = ["ack_breached", "result_breached", "rectification_breached"];
 /// The breach flag of a case (its commitment deadline).
 pub const CASE_BREACH: &str = "deadline_breached";
+/// Set on a case whose commitment deadline was counted on a provisional calendar.
+pub const COMMITMENT_PROVISIONAL: &str = "commitment_deadline_provisional";

@@ -25,6 +25,24 @@ pub struct ArmedTimer {
     pub due: Millis,
     /// The event it raises.
     pub event: String,
+    /// For a timer counted in working days: what it was counted from and over, so that a new
+    /// calendar can re-plan it. `None` for a timer that counted no working days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+}
+
+/// How a working-day timer was computed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The instant it was armed (its expression's `now` and `entry`).
+    pub armed_at: Millis,
+    /// The first date whose working-day status the due time depends on.
+    pub first: chrono::NaiveDate,
+    /// The last such date.
+    pub last: chrono::NaiveDate,
+    /// Whether one of those dates is in a provisional year.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
 }
 
 /// The durable state of one workflow instance: exactly one row in `instances`.
@@ -76,6 +94,12 @@ pub enum CommandKind {
         name: String,
         /// The due instant it was armed with (a re-armed timer has another).
         due: Millis,
+    },
+    /// A new calendar was loaded: recompute every working-day timer from its definition's
+    /// expression and the instance's variables, as of the instant it was armed.
+    Replan {
+        /// The calendar that caused it, as people should read it: `national 2027 v2 (notice)`.
+        calendar: String,
     },
 }
 
@@ -177,6 +201,9 @@ pub struct HistoryEntry {
     /// Whether a transition was taken (a timer armed by a transition may fire in a state that
     /// does not handle it; it is recorded and consumed, and the state stays).
     pub handled: bool,
+    /// The calendar set it was computed with ([`Calendars::generation`]); replay uses the same.
+    #[serde(default)]
+    pub calendar: u64,
 }
 
 /// The result of a successful [`decide`].
@@ -262,6 +289,12 @@ pub enum Rejection {
         /// Timer name.
         name: String,
     },
+    /// A re-plan found nothing to change.
+    #[error("no working-day timer of {instance} changes")]
+    NothingToReplan {
+        /// The instance.
+        instance: String,
+    },
     /// A deadline could not be computed.
     #[error("cannot compute timer {timer}: {source}")]
     Deadline {
@@ -342,8 +375,10 @@ fn render(emit: &EmitSpec, scope: &Scope<'_>, instance: &str, state: &str) -> Me
 }
 
 fn arm(timer: &TimerSpec, scope: &Scope<'_>) -> Result<ArmedTimer, Rejection> {
-    let due = timer.at.eval(scope).map_err(|source| Rejection::Deadline { timer: timer.name.clone(), source })?;
-    Ok(ArmedTimer { due, event: timer.event.clone() })
+    let planned = timer.at.plan(scope).map_err(|source| Rejection::Deadline { timer: timer.name.clone(), source })?;
+    let plan =
+        planned.days.map(|(first, last)| Plan { armed_at: scope.entry, first, last, provisional: planned.provisional });
+    Ok(ArmedTimer { due: planned.due, event: timer.event.clone(), plan })
 }
 
 /// Applies `command` to `instance` (None when it does not exist yet).
@@ -374,6 +409,7 @@ pub fn decide(
             }
             apply(def, instance, command, name, &fields, None, now, calendars)
         }
+        (CommandKind::Replan { .. }, Some(instance)) => replan(def, instance, command, now, calendars),
         (CommandKind::Timer { name, due }, Some(instance)) => {
             let armed = instance
                 .timers
@@ -384,6 +420,61 @@ pub fn decide(
             apply(def, instance, command, &event, &BTreeMap::new(), Some(name), now, calendars)
         }
     }
+}
+
+/// The spec a timer of `state` named `name` was armed from: the state's own, or a
+/// transition's `arm`.
+fn timer_spec<'a>(def: &'a Definition, state: &str, name: &str) -> Option<&'a TimerSpec> {
+    def.state(state)
+        .and_then(|s| s.timers.iter().find(|t| t.name == name))
+        .or_else(|| def.transitions.iter().flat_map(|t| t.arm.iter()).find(|t| t.name == name))
+}
+
+fn replan(
+    def: &Definition,
+    instance: &Instance,
+    command: &Command,
+    now: Millis,
+    calendars: &Calendars,
+) -> Result<Transition, Rejection> {
+    let calendar = calendar_of(def, &instance.vars, calendars);
+    let empty = BTreeMap::new();
+    let mut next = instance.clone();
+    let (mut armed, mut cancelled, mut arm_rows) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
+    for (name, timer) in &instance.timers {
+        let Some(plan) = &timer.plan else { continue };
+        let Some(spec) = timer_spec(def, &instance.state, name) else { continue };
+        let scope = Scope { vars: &instance.vars, event: &empty, now: plan.armed_at, entry: plan.armed_at, calendar };
+        // A timer whose expression cannot be evaluated again (it read an event's field, or the
+        // policy now refuses its year) keeps the due it has.
+        let Ok(new) = arm(spec, &scope) else { continue };
+        if new != *timer {
+            cancelled.insert(name.clone(), timer.due);
+            armed.insert(name.clone(), new.due);
+            next.timers.insert(name.clone(), new.clone());
+            arm_rows.push((name.clone(), new));
+        }
+    }
+    if arm_rows.is_empty() {
+        return Err(Rejection::NothingToReplan { instance: instance.id.clone() });
+    }
+    next.seq += 1;
+    next.updated_at = now;
+    let history = HistoryEntry {
+        seq: next.seq,
+        at: now,
+        actor: command.actor.clone(),
+        request_id: command.request_id.clone(),
+        command: command.kind.clone(),
+        from: Some(instance.state.clone()),
+        to: instance.state.clone(),
+        armed,
+        cancelled,
+        messages: 0,
+        handled: true,
+        calendar: calendars.generation(),
+    };
+    Ok(Transition { instance: next, history, arm: arm_rows, remove: Vec::new(), outbox: Vec::new(), rule: None })
 }
 
 fn calendar_of<'a>(
@@ -450,6 +541,7 @@ fn start(
         cancelled: BTreeMap::new(),
         messages: u32::try_from(outbox.len()).unwrap_or(u32::MAX),
         handled: true,
+        calendar: calendars.generation(),
     };
     Ok(Transition { instance, history, arm: arm_rows, remove: Vec::new(), outbox, rule: None })
 }
@@ -516,6 +608,7 @@ fn apply(
             cancelled,
             messages: 0,
             handled: false,
+            calendar: calendars.generation(),
         };
         return Ok(Transition { instance: next, history, arm: Vec::new(), remove, outbox: Vec::new(), rule: None });
     };
@@ -594,6 +687,7 @@ fn apply(
         cancelled,
         messages: u32::try_from(outbox.len()).unwrap_or(u32::MAX),
         handled: true,
+        calendar: calendars.generation(),
     };
     Ok(Transition { instance: next, history, arm: arm_rows, remove, outbox, rule: Some(t.line) })
 }

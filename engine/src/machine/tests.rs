@@ -122,7 +122,7 @@ fn run(steps: &[(Command, Millis)]) -> (Instance, Vec<HistoryEntry>, Vec<Transit
         transitions.push(tr);
     }
     let instance = instance.expect("started");
-    replay::verify(&def, &instance, &history, &cals).expect("replay reproduces the row");
+    replay::verify(&def, &instance, &history, &any(&cals)).expect("replay reproduces the row");
     (instance, history, transitions)
 }
 
@@ -265,13 +265,13 @@ fn refusals_name_the_state_the_event_or_the_field() {
     for (instance, command, want) in cases {
         assert_eq!(decide(&def, instance, &command, t0, &cals), Err(want.clone()), "{command:?}");
     }
-    // A deadline in a year with no calendar is refused, naming the year.
+    // A deadline in a year with no notice is refused under the `refuse` policy, naming the year.
     let r = decide(
         &def,
         Some(&open),
         &event("review", json!({"grade": "B", "score": 1})),
         t("2026-12-30T10:00:00+08:00"),
-        &cals,
+        &cals.clone().with_policy(crate::calendar::Policy::Refuse),
     );
     assert!(matches!(&r, Err(Rejection::Deadline { timer, .. }) if timer == "answer"), "{r:?}");
     assert!(r.expect_err("refused").to_string().contains("year 2027 is not loaded"));
@@ -292,7 +292,7 @@ fn a_transition_armed_timer_firing_where_nothing_handles_it_is_consumed_and_reco
     assert_eq!(fired.remove, vec!["chaser".to_owned()]);
     assert!(!fired.instance.timers.contains_key("chaser"));
     let history = [s.history, touched.history, fired.history];
-    replay::verify(&def, &fired.instance, &history, &cals).expect("replays");
+    replay::verify(&def, &fired.instance, &history, &any(&cals)).expect("replays");
 }
 
 #[test]
@@ -303,15 +303,29 @@ fn replay_catches_a_tampered_row_or_history() {
     let (def, cals) = (def(), cals());
     let mut bad = instance.clone();
     bad.state = "closed".into();
-    assert!(matches!(replay::verify(&def, &bad, &history, &cals), Err(replay::Divergence::Row { field: "state", .. })));
+    assert!(matches!(
+        replay::verify(&def, &bad, &history, &any(&cals)),
+        Err(replay::Divergence::Row { field: "state", .. })
+    ));
     let mut bad = instance.clone();
     bad.timers.clear();
     assert!(matches!(
-        replay::verify(&def, &bad, &history, &cals),
+        replay::verify(&def, &bad, &history, &any(&cals)),
         Err(replay::Divergence::Row { field: "timers", .. })
     ));
     let mut tampered = history.clone();
     tampered[1].to = "review".into();
-    assert!(matches!(replay::verify(&def, &instance, &tampered, &cals), Err(replay::Divergence::Entry { seq: 2, .. })));
-    assert!(matches!(replay::verify(&def, &instance, &history[1..], &cals), Err(replay::Divergence::Malformed { .. })));
+    assert!(matches!(
+        replay::verify(&def, &instance, &tampered, &any(&cals)),
+        Err(replay::Divergence::Entry { seq: 2, .. })
+    ));
+    assert!(matches!(
+        replay::verify(&def, &instance, &history[1..], &any(&cals)),
+        Err(replay::Divergence::Malformed { .. })
+    ));
+}
+
+/// Every generation answered by `cals` (these tests compute with one calendar set).
+fn any(cals: &Calendars) -> impl Fn(u64) -> Option<std::sync::Arc<Calendars>> + '_ {
+    move |_| Some(std::sync::Arc::new(cals.clone()))
 }

@@ -20,6 +20,7 @@ pub mod sqlite;
 use std::collections::HashMap;
 use std::future::Future;
 
+use crate::calendar::CalendarFile;
 use crate::clock::Millis;
 use crate::definition::Definition;
 use crate::machine::{decode_vars, encode_vars, ArmedTimer, HistoryEntry, Instance, Message, Rejection};
@@ -202,13 +203,58 @@ pub struct Batch {
     pub outbox: Vec<OutboxRow>,
     /// Idempotency keys to record (replacing an expired row under the same key).
     pub idempotency: Vec<(String, IdempotencyRow)>,
+    /// A calendar file loaded in this batch.
+    pub calendar_file: Option<StoredCalendarFile>,
+    /// A re-plan's progress to record (inserted or replaced).
+    pub replan: Option<ReplanJob>,
 }
 
 impl Batch {
     /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.instances.is_empty() && self.history.is_empty() && self.timers.is_empty()
+        self.instances.is_empty()
+            && self.history.is_empty()
+            && self.timers.is_empty()
+            && self.calendar_file.is_none()
+            && self.replan.is_none()
     }
+}
+
+/// A calendar file as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCalendarFile {
+    /// Its place in load order; the calendar set of generation g is every file up to g.
+    pub generation: u64,
+    /// 1, 2, … among the files with the same key.
+    pub version: u32,
+    /// The file.
+    pub file: CalendarFile,
+    /// Who loaded it (`seed` for the files a new database starts with).
+    pub loaded_by: String,
+    /// When (engine time).
+    pub loaded_at: Millis,
+}
+
+/// Who the seed files are recorded as loaded by.
+pub const SEED: &str = "seed";
+
+/// A re-plan of the working-day timers that depend on a day in `first..=last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplanJob {
+    /// The calendar generation whose load started it.
+    pub generation: u64,
+    /// First date of the range.
+    pub first: chrono::NaiveDate,
+    /// Last date.
+    pub last: chrono::NaiveDate,
+    /// The calendar, as history entries name it.
+    pub label: String,
+    /// The last timer (instance, name) re-planned; `None` before the first batch.
+    pub after: Option<TimerId>,
+    /// Instances whose timers moved or were confirmed so far.
+    pub moved: u64,
+    /// Whether every timer has been seen.
+    pub done: bool,
 }
 
 /// The storage operations the engine needs.
@@ -234,6 +280,19 @@ pub trait Store: Send + 'static {
         before: Millis,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<TimerRow>, Error>> + Send;
+    /// Every calendar file, in generation order.
+    fn calendar_files(&mut self) -> impl Future<Output = Result<Vec<StoredCalendarFile>, Error>> + Send;
+    /// Re-plans not yet done, oldest first.
+    fn replans(&mut self) -> impl Future<Output = Result<Vec<ReplanJob>, Error>> + Send;
+    /// Up to `limit` working-day timers depending on a day in `first..=last`, strictly after
+    /// `after` in (instance, name) order.
+    fn planned_timers(
+        &mut self,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+        after: Option<&TimerId>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TimerId>, Error>> + Send;
 }
 
 /// A filter on an instance listing.
@@ -256,6 +315,11 @@ pub struct Filter {
     pub created_from: Option<Millis>,
     /// Created before.
     pub created_before: Option<Millis>,
+    /// Only instances with a provisional deadline: a timer of its own or of a child computed on
+    /// a provisional calendar, or a variable `provisional_var` that is true.
+    pub provisional: bool,
+    /// The variable that marks a deadline computed outside the timers as provisional.
+    pub provisional_var: Option<String>,
     /// Ids strictly after this one (paging).
     pub after: Option<String>,
     /// At most this many.
@@ -286,6 +350,20 @@ pub trait ReadStore: Send + Sync {
     /// (table, instance id) for rows of history, outbox or idempotency that name an instance
     /// with no instance row, at most `limit`.
     async fn orphans(&self, limit: u32) -> Result<Vec<(String, String)>, Error>;
+    /// Every calendar file, in generation order.
+    async fn calendar_files(&self) -> Result<Vec<StoredCalendarFile>, Error>;
+    /// Every re-plan, oldest first.
+    async fn replans(&self) -> Result<Vec<ReplanJob>, Error>;
+    /// Like [`Store::planned_timers`].
+    async fn planned_timers(
+        &self,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+        after: Option<&TimerId>,
+        limit: u32,
+    ) -> Result<Vec<TimerId>, Error>;
+    /// Armed timers computed on a provisional calendar.
+    async fn provisional_timers(&self) -> Result<u64, Error>;
 }
 
 /// The shard of an instance: a stable hash (FNV-1a) of its id modulo `shards`.

@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRo
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::sqlite::{HISTORY_COLUMNS, INSTANCE_COLUMNS as COLUMNS};
-use super::{Error, Filter, InstanceRow, ReadStore, TimerRow};
+use super::{Error, Filter, InstanceRow, ReadStore, ReplanJob, StoredCalendarFile, TimerId, TimerRow};
 use crate::machine::{CommandKind, HistoryEntry};
 
 /// Read-only access for queries.
@@ -123,6 +123,18 @@ impl ReadStore for Reader {
             }
             q.push(")");
         }
+        if filter.provisional {
+            // The case's own timers, its tasks' ("<id>/T…"), or the variable set when a deadline
+            // outside the timers (a commitment date) was computed on a provisional calendar.
+            q.push(
+                " AND (EXISTS (SELECT 1 FROM timers p WHERE p.provisional = 1 AND (p.instance_id = instances.id \
+                 OR (p.instance_id > instances.id || '/T' AND p.instance_id < instances.id || '/U')))",
+            );
+            if let Some(var) = &filter.provisional_var {
+                q.push(" OR json_extract(vars, ").push_bind(format!("$.{var}")).push(") = 1");
+            }
+            q.push(")");
+        }
         if let Some(from) = filter.created_from {
             q.push(" AND created_at >= ").push_bind(from);
         }
@@ -161,6 +173,30 @@ impl ReadStore for Reader {
             .fetch_all(&self.pool)
             .await?)
     }
+
+    async fn calendar_files(&self) -> Result<Vec<StoredCalendarFile>, Error> {
+        super::sqlite::calendars::files(&self.pool).await
+    }
+
+    async fn replans(&self) -> Result<Vec<ReplanJob>, Error> {
+        super::sqlite::calendars::replans(&self.pool).await
+    }
+
+    async fn planned_timers(
+        &self,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+        after: Option<&TimerId>,
+        limit: u32,
+    ) -> Result<Vec<TimerId>, Error> {
+        super::sqlite::calendars::planned(&self.pool, first, last, after, limit).await
+    }
+
+    async fn provisional_timers(&self) -> Result<u64, Error> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM timers WHERE provisional = 1").fetch_one(&self.pool).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
 }
 
 /// A short name for what a history entry did, for timelines.
@@ -169,5 +205,6 @@ pub fn event_name(entry: &HistoryEntry) -> String {
         CommandKind::Start { .. } => "accepted".to_owned(),
         CommandKind::Event { name, .. } => name.clone(),
         CommandKind::Timer { name, .. } => format!("timer:{name}"),
+        CommandKind::Replan { .. } => "deadline_replanned".to_owned(),
     }
 }

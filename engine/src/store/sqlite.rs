@@ -13,7 +13,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{Batch, Error, IdempotencyRow, InstanceRow, Store, TimerFrom, TimerRow};
+use super::{
+    Batch, Error, IdempotencyRow, InstanceRow, ReplanJob, Store, StoredCalendarFile, TimerFrom, TimerId, TimerRow,
+};
+use crate::calendar::{CalendarFile, FileKey};
 use crate::clock::Millis;
 use crate::machine::{CommandKind, HistoryEntry};
 
@@ -23,7 +26,7 @@ pub(crate) const INSTANCE_COLUMNS: &str =
 
 /// The columns `history_from_row` reads.
 pub(crate) const HISTORY_COLUMNS: &str =
-    "seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled";
+    "seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled, calendar";
 
 /// Migrations of the SQLite schema, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -50,6 +53,11 @@ pub struct Options {
     /// Upper bound on the database size in pages (`PRAGMA max_page_count`); writes beyond it
     /// fail with "database or disk is full" and are answered as unavailable. `None`: no bound.
     pub max_pages: Option<u32>,
+    /// The calendar files a database with none is seeded with (as generations 1, 2, …), and
+    /// when (engine time).
+    pub calendar_seed: Vec<CalendarFile>,
+    /// The instant recorded as the seed's load time.
+    pub seeded_at: Millis,
 }
 
 /// The writer's connection to a SQLite database.
@@ -131,6 +139,9 @@ impl SqliteStore {
             };
             open_error(path, format!("migration failed: {msg}"))
         })?;
+        seed(&mut conn, &options.calendar_seed, options.seeded_at)
+            .await
+            .map_err(|e| open_error(path, e.to_string()))?;
         set_max_pages(&mut conn, options.max_pages).await.map_err(|e| open_error(path, describe(&e)))?;
         // A reopen after a failure must find the database it lost, never create an empty one
         // (a file removed under a running server).
@@ -266,6 +277,7 @@ pub(crate) fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HistoryE
         cancelled: serde_json::from_str(&cancelled).map_err(|e| corrupt("history.cancelled", e))?,
         messages: u32::try_from(row.try_get::<i64, _>("messages")?).map_err(|e| corrupt("history.messages", e))?,
         handled: row.try_get::<i64, _>("handled")? != 0,
+        calendar: u64::try_from(row.try_get::<i64, _>("calendar")?).map_err(|e| corrupt("history.calendar", e))?,
     })
 }
 
@@ -384,10 +396,10 @@ mod ops {
             );
             q.build().execute(&mut *tx).await?;
         }
-        let n = rows_for(12);
+        let n = rows_for(13);
         for (chunk, encoded) in batch.history.chunks(n).zip(history_json.chunks(n)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled) ",
+                "INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled, calendar) ",
             );
             q.push_values(chunk.iter().zip(encoded), |mut b, ((id, h), (command, armed, cancelled))| {
                 b.push_bind(id)
@@ -401,7 +413,8 @@ mod ops {
                     .push_bind(armed)
                     .push_bind(cancelled)
                     .push_bind(i64::from(h.messages))
-                    .push_bind(h.handled);
+                    .push_bind(h.handled)
+                    .push_bind(i64::try_from(h.calendar).unwrap_or(i64::MAX));
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -422,15 +435,20 @@ mod ops {
             q.build().execute(&mut *tx).await?;
         }
         let upserts: Vec<_> = batch.timers.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))).collect();
-        for chunk in upserts.chunks(rows_for(5)) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT OR REPLACE INTO timers (instance_id, name, due_at, event, shard) ");
+        for chunk in upserts.chunks(rows_for(8)) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR REPLACE INTO timers (instance_id, name, due_at, event, shard, plan_first, plan_last, provisional) ",
+            );
             q.push_values(chunk, |mut b, ((id, name), (timer, shard))| {
+                let plan = timer.plan.as_ref();
                 b.push_bind(id)
                     .push_bind(name)
                     .push_bind(timer.due)
                     .push_bind(&timer.event)
-                    .push_bind(i64::from(*shard));
+                    .push_bind(i64::from(*shard))
+                    .push_bind(plan.map(|p| p.first.to_string()))
+                    .push_bind(plan.map(|p| p.last.to_string()))
+                    .push_bind(plan.is_some_and(|p| p.provisional));
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -466,6 +484,12 @@ mod ops {
                  fingerprint = excluded.fingerprint, created_at = excluded.created_at",
             );
             q.build().execute(&mut *tx).await?;
+        }
+        if let Some(f) = &batch.calendar_file {
+            calendars::insert_file(&mut *tx, f).await?;
+        }
+        if let Some(job) = &batch.replan {
+            calendars::put_replan(&mut *tx, job).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -521,6 +545,151 @@ pub(crate) const ORPHANS: &str = "SELECT t, id FROM ( \
        UNION SELECT DISTINCT 'idempotency', instance_id FROM idempotency \
      ) WHERE id NOT IN (SELECT id FROM instances) ORDER BY id, t LIMIT ?";
 
+/// Seeds a database that holds no calendar file with `files`, in one transaction.
+async fn seed(conn: &mut SqliteConnection, files: &[CalendarFile], at: Millis) -> Result<(), Error> {
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM calendar_files").fetch_one(&mut *conn).await?;
+    if stored > 0 || files.is_empty() {
+        return Ok(());
+    }
+    let mut tx = conn.begin().await?;
+    let mut versions: HashMap<&FileKey, u32> = HashMap::new();
+    for (i, file) in files.iter().enumerate() {
+        let version = versions.entry(&file.key).or_insert(0);
+        *version += 1;
+        let stored = StoredCalendarFile {
+            generation: i as u64 + 1,
+            version: *version,
+            file: file.clone(),
+            loaded_by: super::SEED.to_owned(),
+            loaded_at: at,
+        };
+        calendars::insert_file(&mut *tx, &stored).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Calendar files and re-plans: statements shared by the writer's connection and the readers.
+pub(crate) mod calendars {
+    use super::*;
+
+    fn key_text(key: &FileKey) -> String {
+        match key {
+            FileKey::Year(y) => format!("year:{y}"),
+            FileKey::Region(code) => format!("region:{code}"),
+        }
+    }
+
+    fn date(text: &str, what: &str) -> Result<chrono::NaiveDate, Error> {
+        crate::calendar::parse_date(text).ok_or_else(|| corrupt(what, text))
+    }
+
+    pub(crate) async fn insert_file<'e, E: sqlx::SqliteExecutor<'e>>(
+        e: E,
+        f: &StoredCalendarFile,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO calendar_files (generation, key, version, name, text, source, loaded_by, loaded_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(i64::try_from(f.generation).unwrap_or(i64::MAX))
+        .bind(key_text(&f.file.key))
+        .bind(i64::from(f.version))
+        .bind(&f.file.name)
+        .bind(&f.file.text)
+        .bind(&f.file.source)
+        .bind(&f.loaded_by)
+        .bind(f.loaded_at)
+        .execute(e)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn put_replan<'e, E: sqlx::SqliteExecutor<'e>>(e: E, job: &ReplanJob) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO replans (generation, first, last, label, after_instance, after_name, moved, done) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(i64::try_from(job.generation).unwrap_or(i64::MAX))
+        .bind(job.first.to_string())
+        .bind(job.last.to_string())
+        .bind(&job.label)
+        .bind(job.after.as_ref().map(|a| a.0.as_str()))
+        .bind(job.after.as_ref().map(|a| a.1.as_str()))
+        .bind(i64::try_from(job.moved).unwrap_or(i64::MAX))
+        .bind(job.done)
+        .execute(e)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn files<'e, E: sqlx::SqliteExecutor<'e>>(e: E) -> Result<Vec<StoredCalendarFile>, Error> {
+        let rows = sqlx::query(
+            "SELECT generation, version, name, text, loaded_by, loaded_at FROM calendar_files ORDER BY generation",
+        )
+        .fetch_all(e)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.try_get("name")?;
+                let text: String = r.try_get("text")?;
+                // Stored files were checked when loaded; one that no longer parses is damage.
+                let file = CalendarFile::parse(&name, &text).map_err(|e| corrupt("calendar_files.text", e))?;
+                Ok(StoredCalendarFile {
+                    generation: u64::try_from(r.try_get::<i64, _>("generation")?)
+                        .map_err(|e| corrupt("calendar_files.generation", e))?,
+                    version: u32::try_from(r.try_get::<i64, _>("version")?)
+                        .map_err(|e| corrupt("calendar_files.version", e))?,
+                    file,
+                    loaded_by: r.try_get("loaded_by")?,
+                    loaded_at: r.try_get("loaded_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn replans<'e, E: sqlx::SqliteExecutor<'e>>(e: E) -> Result<Vec<ReplanJob>, Error> {
+        let rows = sqlx::query(
+            "SELECT generation, first, last, label, after_instance, after_name, moved, done FROM replans ORDER BY generation",
+        )
+        .fetch_all(e)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let after_instance: Option<String> = r.try_get("after_instance")?;
+                let after_name: Option<String> = r.try_get("after_name")?;
+                Ok(ReplanJob {
+                    generation: u64::try_from(r.try_get::<i64, _>("generation")?)
+                        .map_err(|e| corrupt("replans.generation", e))?,
+                    first: date(&r.try_get::<String, _>("first")?, "replans.first")?,
+                    last: date(&r.try_get::<String, _>("last")?, "replans.last")?,
+                    label: r.try_get("label")?,
+                    after: after_instance.zip(after_name),
+                    moved: u64::try_from(r.try_get::<i64, _>("moved")?).map_err(|e| corrupt("replans.moved", e))?,
+                    done: r.try_get::<i64, _>("done")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn planned<'e, E: sqlx::SqliteExecutor<'e>>(
+        e: E,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+        after: Option<&TimerId>,
+        limit: u32,
+    ) -> Result<Vec<TimerId>, Error> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT instance_id, name FROM timers WHERE plan_first IS NOT NULL AND plan_first <= ");
+        q.push_bind(last.to_string()).push(" AND plan_last >= ").push_bind(first.to_string());
+        if let Some((instance, name)) = after {
+            q.push(" AND (instance_id, name) > (").push_bind(instance).push(", ").push_bind(name).push(")");
+        }
+        q.push(" ORDER BY instance_id, name LIMIT ").push_bind(i64::from(limit));
+        Ok(q.build_query_as::<(String, String)>().fetch_all(e).await?)
+    }
+}
+
 impl Store for SqliteStore {
     async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
         let result = ops::load_instances(self.conn().await?, ids).await;
@@ -560,6 +729,27 @@ impl Store for SqliteStore {
 
     async fn timers_page(&mut self, from: &TimerFrom, before: Millis, limit: u32) -> Result<Vec<TimerRow>, Error> {
         let result = ops::timers_page(self.conn().await?, from, before, limit).await;
+        self.after(result).await
+    }
+
+    async fn calendar_files(&mut self) -> Result<Vec<StoredCalendarFile>, Error> {
+        let result = calendars::files(self.conn().await?).await;
+        self.after(result).await
+    }
+
+    async fn replans(&mut self) -> Result<Vec<ReplanJob>, Error> {
+        let result = calendars::replans(self.conn().await?).await;
+        self.after(result).await
+    }
+
+    async fn planned_timers(
+        &mut self,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+        after: Option<&TimerId>,
+        limit: u32,
+    ) -> Result<Vec<TimerId>, Error> {
+        let result = calendars::planned(self.conn().await?, first, last, after, limit).await;
         self.after(result).await
     }
 }

@@ -106,6 +106,7 @@ pub(crate) fn kind_of(command: &Command) -> &'static str {
         CommandKind::Start { .. } => "start",
         CommandKind::Event { .. } => "event",
         CommandKind::Timer { .. } => "timer",
+        CommandKind::Replan { .. } => "replan",
     }
 }
 
@@ -410,11 +411,16 @@ impl<'a> Builder<'a> {
         GroupStep::Done(Ok(answers), true)
     }
 
+    /// Records a re-plan's progress in the batch: it advances only if the batch commits.
+    pub fn record_replan(&mut self, job: crate::store::ReplanJob) {
+        self.batch.replan = Some(job);
+    }
+
     /// Fires, in this batch and in due order, the timers it armed with a due time already come
-    /// (a reminder for tomorrow's deadline armed after its 09:00): "at once", so the caller's
-    /// answer shows the fired state and nothing waits for the timer service. A chain of such
-    /// fires is followed a bounded number of rounds; anything left is in the wheel, which
-    /// fires it next.
+    /// (a reminder for tomorrow's deadline armed after its 09:00, or a deadline a new calendar
+    /// moved into the past): "at once", so the caller's answer shows the fired state and
+    /// nothing waits for the timer service. A chain of such fires is followed a bounded number
+    /// of rounds; anything left is in the wheel, which fires it next.
     pub fn fire_due_now(&mut self) {
         for _ in 0..IMMEDIATE_ROUNDS {
             if self.due_now.is_empty() {

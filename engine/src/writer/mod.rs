@@ -13,7 +13,7 @@
 //! - The writer task is the only writer of the database and the only task that moves the timer
 //!   horizon ([`Request::Extend`]); see [`crate::timer`] for why that matters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -22,11 +22,11 @@ pub mod batch;
 
 use batch::{kind_of, Builder, Built, GroupStep};
 
-use crate::calendar::Calendars;
+use crate::calendar::{CalendarFile, Calendars, Live};
 use crate::clock::{Clock, Millis};
 use crate::definition::Registry;
-use crate::machine::{Command, Instance, Rejection};
-use crate::store::Store;
+use crate::machine::{Command, CommandKind, Instance, Rejection};
+use crate::store::{Batch, ReplanJob, Store, StoredCalendarFile};
 use crate::telemetry::Metrics;
 use crate::timer::{lock, TimerIndex};
 
@@ -133,6 +133,56 @@ pub enum Request {
     /// Load the next page of timers due before the instant into the wheel; answers the number
     /// of timers loaded.
     Extend(Millis, oneshot::Sender<Result<usize, WriteError>>),
+    /// Store a calendar file, put the new calendar set in force and start re-planning the
+    /// timers it moves.
+    LoadCalendar(CalendarLoad, oneshot::Sender<Result<Loaded, LoadError>>),
+}
+
+/// A calendar file to load.
+#[derive(Debug, Clone)]
+pub struct CalendarLoad {
+    /// The file, checked alone ([`CalendarFile::parse`]).
+    pub file: CalendarFile,
+    /// Who loads it.
+    pub loaded_by: String,
+}
+
+/// What a load did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The stored file.
+    pub stored: StoredCalendarFile,
+    /// The re-plan it started (`None`: no working day changed, nothing to re-plan).
+    pub replan: Option<ReplanJob>,
+}
+
+/// Why a load was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LoadError {
+    /// The file does not fit the calendars in force (a year twice, a day both off and on…).
+    #[error(transparent)]
+    Invalid(#[from] crate::calendar::Error),
+    /// It could not be stored; nothing changed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// The label history entries give a calendar file: `national 2027 v2, <source>`.
+pub fn calendar_label(stored: &StoredCalendarFile) -> String {
+    format!("{} v{}, {}", stored.file.key, stored.version, stored.file.source)
+}
+
+/// The calendar set that loading `file` on top of `files` gives, as of the next generation.
+pub fn calendars_with(
+    files: &[StoredCalendarFile],
+    file: &CalendarFile,
+    policy: crate::calendar::Policy,
+) -> Result<(Calendars, u64, u32), crate::calendar::Error> {
+    let generation = files.last().map_or(0, |f| f.generation) + 1;
+    let version = u32::try_from(files.iter().filter(|f| f.file.key == file.key).count()).unwrap_or(u32::MAX - 1) + 1;
+    let mut all: Vec<CalendarFile> = files.iter().map(|f| f.file.clone()).collect();
+    all.push(file.clone());
+    Ok((Calendars::from_files(&all, generation)?.with_policy(policy), generation, version))
 }
 
 impl std::fmt::Debug for Request {
@@ -143,6 +193,7 @@ impl std::fmt::Debug for Request {
                 f.debug_struct("Group").field("items", items).field("derives", &derive.is_some()).finish()
             }
             Request::Extend(until, _) => f.debug_tuple("Extend").field(until).finish(),
+            Request::LoadCalendar(load, _) => f.debug_tuple("LoadCalendar").field(&load.file.key).finish(),
         }
     }
 }
@@ -151,6 +202,8 @@ impl std::fmt::Debug for Request {
 #[derive(Debug, Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Request>,
+    /// The newest calendar generation whose re-plan (if any) has finished.
+    replanned: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Handle {
@@ -190,6 +243,20 @@ impl Handle {
         rx.await.map_err(|_| gone)?
     }
 
+    /// Stores a calendar file and puts it in force; the re-plan it starts runs in the writer's
+    /// following batches.
+    pub async fn load_calendar(&self, load: CalendarLoad) -> Result<Loaded, LoadError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::LoadCalendar(load, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Waits until every re-plan up to calendar generation `generation` has finished.
+    pub async fn replanned(&self, generation: u64) -> Result<(), WriteError> {
+        let mut rx = self.replanned.clone();
+        rx.wait_for(|done| *done >= generation).await.map(|_| ()).map_err(|_| WriteError::ShuttingDown)
+    }
+
     /// Asks the writer to page in timers due before `until`; returns how many were loaded.
     pub async fn extend(&self, until: Millis) -> Result<usize, WriteError> {
         let (reply, rx) = oneshot::channel();
@@ -211,6 +278,8 @@ pub struct Settings {
     pub cache: usize,
     /// How long a request id is remembered (ms); older ones are forgotten and pruned.
     pub idempotency_retention: Millis,
+    /// Most working-day timers re-planned per batch while a re-plan runs.
+    pub replan_page: u32,
 }
 
 /// The writer task's state.
@@ -218,7 +287,15 @@ pub struct Writer<S: Store> {
     store: S,
     rx: mpsc::Receiver<Request>,
     registry: Arc<Registry>,
-    calendars: Arc<Calendars>,
+    calendars: Arc<Live>,
+    /// Every calendar file the database holds, in generation order.
+    files: Vec<StoredCalendarFile>,
+    /// Re-plans to run, oldest first; the front one advances a page per batch.
+    replans: VecDeque<ReplanJob>,
+    /// After a failed re-plan page, the next waits until then.
+    replan_paused_until: Option<tokio::time::Instant>,
+    /// Tells [`Handle::replanned`] how far re-planning got.
+    replanned: tokio::sync::watch::Sender<u64>,
     clock: Arc<dyn Clock>,
     timers: Arc<Mutex<TimerIndex>>,
     wake: Arc<Notify>,
@@ -234,6 +311,9 @@ pub struct Writer<S: Store> {
     /// Batches committed or attempted, for the logs.
     batches: u64,
 }
+
+/// After a failed re-plan page, the next is tried this much later (commands go on meanwhile).
+const REPLAN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Expired idempotency keys are pruned at most this often, a bounded number at a time.
 const PRUNE_EVERY: Millis = 60 * 60 * 1000;
@@ -253,12 +333,17 @@ pub fn channel<S: Store>(
     settings: Settings,
 ) -> (Writer<S>, Handle) {
     let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
+    let (replanned, replanned_rx) = tokio::sync::watch::channel(0);
     (
         Writer {
             store,
             rx,
             registry: context.registry.clone(),
             calendars: context.calendars.clone(),
+            files: Vec::new(),
+            replans: VecDeque::new(),
+            replan_paused_until: None,
+            replanned,
             clock: context.clock.clone(),
             timers,
             wake,
@@ -268,7 +353,7 @@ pub fn channel<S: Store>(
             pruned_at: Millis::MIN,
             batches: 0,
         },
-        Handle { tx },
+        Handle { tx, replanned: replanned_rx },
     )
 }
 
@@ -292,10 +377,64 @@ struct Pending {
 }
 
 impl<S: Store> Writer<S> {
+    /// Reads the calendars the database holds, puts them in force, and picks up unfinished
+    /// re-plans. Call before [`run`](Self::run).
+    pub async fn prepare(&mut self) -> Result<(), crate::store::Error> {
+        let files = self.store.calendar_files().await?;
+        // A database opened without a seed holds no calendar: the calendars given stay in force.
+        if !files.is_empty() {
+            let generation = files.last().map_or(0, |f| f.generation);
+            let all: Vec<CalendarFile> = files.iter().map(|f| f.file.clone()).collect();
+            let calendars = Calendars::from_files(&all, generation)
+                .map_err(|e| crate::store::Error::Corrupt(format!("stored calendars: {e}")))?;
+            self.calendars.replace(calendars);
+        }
+        self.files = files;
+        self.replans = self.store.replans().await?.into_iter().filter(|j| !j.done).collect();
+        if let Some(job) = self.replans.front() {
+            tracing::info!(calendar = %job.label, after = ?job.after, "resuming an unfinished re-plan");
+        }
+        self.publish_replanned();
+        Ok(())
+    }
+
+    /// Publishes the newest generation with nothing left to re-plan up to it.
+    fn publish_replanned(&self) {
+        let newest = self.files.last().map_or(0, |f| f.generation);
+        let done = self.replans.front().map_or(newest, |j| j.generation.saturating_sub(1));
+        self.replanned.send_replace(done);
+    }
+
     /// Serves requests until every [`Handle`] is dropped.
     pub async fn run(mut self) {
         let mut requests = Vec::with_capacity(self.settings.max_batch);
-        while let Some(first) = self.rx.recv().await {
+        loop {
+            let first = if self.replans.is_empty() {
+                match self.rx.recv().await {
+                    Some(r) => r,
+                    None => break,
+                }
+            } else if let Some(until) = self.replan_paused_until {
+                // A re-plan page failed: requests are served meanwhile, the page waits.
+                match tokio::time::timeout_at(until, self.rx.recv()).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.replan_paused_until = None;
+                        continue;
+                    }
+                }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(r) => r,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        // Nothing queued: a batch of re-planning alone.
+                        self.process(Vec::new()).await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            };
             requests.push(first);
             while requests.len() < self.settings.max_batch {
                 match self.rx.try_recv() {
@@ -322,12 +461,96 @@ impl<S: Store> Writer<S> {
                         }
                         let _ = reply.send(loaded);
                     }
+                    Request::LoadCalendar(load, reply) => {
+                        // Commands queued before the load are decided on the calendar they
+                        // were sent under.
+                        if !items.is_empty() {
+                            self.process(std::mem::take(&mut items)).await;
+                        }
+                        let _ = reply.send(self.load_calendar(load).await);
+                    }
                 }
             }
             if !items.is_empty() {
                 self.process(items).await;
             }
         }
+    }
+
+    /// Stores a calendar file in a transaction of its own with the re-plan it starts, then puts
+    /// the new set in force: every later batch computes with it.
+    async fn load_calendar(&mut self, load: CalendarLoad) -> Result<Loaded, LoadError> {
+        let current = self.calendars.current();
+        let (calendars, generation, version) = calendars_with(&self.files, &load.file, current.policy())?;
+        let stored = StoredCalendarFile {
+            generation,
+            version,
+            file: load.file,
+            loaded_by: load.loaded_by,
+            loaded_at: self.clock.now(),
+        };
+        let label = calendar_label(&stored);
+        let replan = crate::calendar::changed_range(&current, &calendars).map(|(first, last)| ReplanJob {
+            generation,
+            first,
+            last,
+            label: label.clone(),
+            after: None,
+            moved: 0,
+            done: false,
+        });
+        let batch = Batch { calendar_file: Some(stored.clone()), replan: replan.clone(), ..Batch::default() };
+        self.store.commit(&batch).await.map_err(WriteError::from)?;
+        tracing::info!(calendar = %label, generation, replan = ?replan.as_ref().map(|j| (j.first, j.last)), "calendar loaded");
+        self.calendars.replace(calendars);
+        self.files.push(stored.clone());
+        self.replans.extend(replan.clone());
+        self.publish_replanned();
+        Ok(Loaded { stored, replan })
+    }
+
+    /// Adds the next page of the running re-plan to the batch: one `Replan` command per
+    /// instance with a working-day timer in the range. Answers the job as it stands once the
+    /// batch commits, or `None` when no re-plan runs or the page could not be read.
+    async fn replan_page(&mut self, builder: &mut Builder<'_>) -> Option<ReplanJob> {
+        let job = self.replans.front()?.clone();
+        let page = self.settings.replan_page.max(1);
+        let ids = match self.store.planned_timers(job.first, job.last, job.after.as_ref(), page).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, calendar = %job.label, "cannot read the next timers to re-plan; will try again");
+                self.replan_paused_until = Some(tokio::time::Instant::now() + REPLAN_RETRY);
+                return None;
+            }
+        };
+        let mut instances: Vec<&str> = ids.iter().map(|(i, _)| i.as_str()).collect();
+        instances.dedup();
+        if let Err(e) = self.load(builder, &instances).await {
+            tracing::warn!(error = %e, calendar = %job.label, "cannot read the instances to re-plan; will try again");
+            self.replan_paused_until = Some(tokio::time::Instant::now() + REPLAN_RETRY);
+            return None;
+        }
+        let mut moved = 0;
+        for instance in instances {
+            let command = Command {
+                instance: instance.to_owned(),
+                kind: CommandKind::Replan { calendar: job.label.clone() },
+                actor: "calendar".to_owned(),
+                request_id: None,
+                idempotency: None,
+            };
+            if builder.one(&command).0.is_ok() {
+                moved += 1;
+            }
+        }
+        let next = ReplanJob {
+            after: ids.last().cloned().or(job.after),
+            moved: job.moved + moved,
+            done: ids.len() < page as usize,
+            ..job
+        };
+        builder.record_replan(next.clone());
+        Some(next)
     }
 
     /// Brings the instances `ids` names into the batch: from the cache where it holds them
@@ -379,7 +602,7 @@ impl<S: Store> Writer<S> {
                 Err(e) => return fail_all(items, e.into()),
             }
         };
-        let (registry, calendars) = (self.registry.clone(), self.calendars.clone());
+        let (registry, calendars) = (self.registry.clone(), self.calendars.current());
         let mut builder = Builder::new(
             &registry,
             &calendars,
@@ -441,13 +664,26 @@ impl<S: Store> Writer<S> {
                 }
             }
         }
+        let replanned = self.replan_page(&mut builder).await;
         builder.fire_due_now();
         let built = builder.finish();
-        self.commit(built, pending, now).await;
+        if self.commit(built, pending, now).await {
+            if let Some(job) = replanned {
+                self.metrics.replanned.inc_by(job.moved - self.replans.front().map_or(0, |j| j.moved));
+                if job.done {
+                    tracing::info!(calendar = %job.label, instances = job.moved, "re-plan finished");
+                    self.replans.pop_front();
+                    self.publish_replanned();
+                } else if let Some(front) = self.replans.front_mut() {
+                    *front = job;
+                }
+            }
+        }
     }
 
     /// Commits a built batch, then answers its callers, updates the wheel and the cache.
-    async fn commit(&mut self, built: Built, pending: Vec<Pending>, now: Millis) {
+    /// Answers whether the batch committed.
+    async fn commit(&mut self, built: Built, pending: Vec<Pending>, now: Millis) -> bool {
         let Built { batch, wheel_ops, fired, counts, live, .. } = built;
         let commit_started = std::time::Instant::now();
         let committed = if batch.is_empty() { Ok(()) } else { self.store.commit(&batch).await };
@@ -493,6 +729,7 @@ impl<S: Store> Writer<S> {
                     }
                 }
                 self.prune(now).await;
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = pending.len(), "group commit failed; nothing of the batch was written");
@@ -510,6 +747,7 @@ impl<S: Store> Writer<S> {
                         (Owed::Group(reply, result, _), false) => drop(reply.send(result)),
                     }
                 }
+                false
             }
         }
     }

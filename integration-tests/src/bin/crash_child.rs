@@ -49,7 +49,7 @@ async fn main() -> Result<()> {
             config,
             shenguan::engine::Context::new(
                 Arc::new(Registry::embedded()?),
-                Arc::new(Calendars::embedded()?),
+                Calendars::embedded()?,
                 Arc::new(clock.clone()),
             ),
         )

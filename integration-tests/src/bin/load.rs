@@ -434,7 +434,7 @@ async fn serve(db: &Path) -> Result<()> {
     let options = shenguan::server::Options::new(
         shenguan::engine::Config::new(db),
         Arc::new(shenguan::definition::Registry::embedded()?),
-        Arc::new(shenguan::calendar::Calendars::embedded()?),
+        shenguan::calendar::Calendars::embedded()?,
         None,
     );
     shenguan::server::run(options, listener, async {

@@ -30,13 +30,15 @@ const FIRST_MOVES: usize = 10;
 const PAGE: u32 = 5_000;
 
 fn file_name(name: &str) -> Result<&str, Status> {
+    // Only ever shown in messages and stored; a plain file name, never a path.
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(name)
     } else {
-        Err(invalid("name", "give the file's name (letters, digits, . _ - /), at most 128 characters"))
+        Err(invalid("name", "give the file's name, such as 2027.toml (letters, digits, . _ -), at most 128 characters"))
     }
 }
 

@@ -29,9 +29,15 @@ pub struct Child {
 impl Child {
     /// Starts the child on `db` with its virtual clock at `clock` (UTC ms) and waits for `ready`.
     pub async fn start(exe: &Path, db: &Path, clock: i64) -> Result<Child> {
+        Self::start_with(exe, db, clock, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with settings for the child's engine (`replan_page=N`).
+    pub async fn start_with(exe: &Path, db: &Path, clock: i64, settings: &[&str]) -> Result<Child> {
         let mut child = Command::new(exe)
             .arg(db)
             .arg(clock.to_string())
+            .args(settings)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -115,6 +121,21 @@ impl Db {
     pub async fn timers(&mut self) -> Result<Vec<(String, String, i64)>> {
         let rows = sqlx::query("SELECT instance_id, name, due_at FROM timers").fetch_all(&mut self.conn).await?;
         rows.iter().map(|r| Ok((r.try_get("instance_id")?, r.try_get("name")?, r.try_get("due_at")?))).collect()
+    }
+
+    /// `(instance, seq)` of every re-plan recorded in history.
+    pub async fn replan_entries(&mut self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT instance_id, seq FROM history WHERE json_extract(command, '$.kind') = 'replan' ORDER BY instance_id, seq",
+        )
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("instance_id")?, r.try_get("seq")?))).collect()
+    }
+
+    /// `done` of every re-plan job, oldest first.
+    pub async fn replans_done(&mut self) -> Result<Vec<bool>> {
+        Ok(sqlx::query_scalar("SELECT done FROM replans ORDER BY generation").fetch_all(&mut self.conn).await?)
     }
 
     /// Rows in the outbox.

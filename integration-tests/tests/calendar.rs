@@ -89,7 +89,7 @@ async fn a_notice_loaded_at_run_time_re_plans_exactly_the_provisional_deadlines_
     let first = &dry.first_moves[0];
     assert_eq!((first.instance_id.as_str(), first.timer.as_str()), ("320700/CAL-B/T1", "view_deadline"));
     assert_eq!(first.new_due.as_ref().expect("new").shanghai, "2027-01-02 23:59:59 +08:00");
-    assert_eq!(view_deadline(&get_case(&server, "320700/CAL-B").await?).1, true, "a dry run changes nothing");
+    assert!(view_deadline(&get_case(&server, "320700/CAL-B").await?).1, "a dry run changes nothing");
 
     // The load: the make-up Saturday 2 January is now the third working day.
     let loaded = server.admin().load_calendar(load(NOTICE, false)).await?.into_inner();

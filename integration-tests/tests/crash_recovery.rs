@@ -194,3 +194,90 @@ async fn sigkill_at_random_points_loses_nothing_and_fires_nothing_twice() -> Res
     child.kill().await?;
     Ok(())
 }
+
+/// SIGKILL while a loaded calendar re-plans many deadlines: after the kill every instance is
+/// either re-planned (one history entry, the new due) or not (the old due); after a restart
+/// the re-plan resumes and finishes, every timer is at its new due, none twice re-planned,
+/// and `admin verify` is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_re_plan_leaves_each_instance_whole_and_the_re_plan_resumes() -> Result<()> {
+    const TASKS: usize = 400;
+    let exe = Path::new(env!("CARGO_BIN_EXE_crash_child"));
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("replan.db");
+    let notice = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/2027-made-up.toml");
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis());
+    let clock = at("2026-12-29T10:00:00+08:00")?;
+    // Armed on Tuesday 29 December: the provisional third working day is Monday 4 January; the
+    // made-up notice's make-up Saturday makes it Saturday 2 January.
+    let (old_due, new_due) = (at("2027-01-04T23:59:59.999+08:00")?, at("2027-01-02T23:59:59.999+08:00")?);
+
+    // One re-plan batch per two instances: hundreds of commits, so the kill lands inside.
+    let mut child = Child::start_with(exe, &db, clock, &["replan_page=2"]).await?;
+    for i in 0..TASKS {
+        child.send(&format!("task T{i:04} r{i}")).await?;
+    }
+    let mut acks = 0;
+    while acks < TASKS {
+        let line = child.next_line().await?;
+        ensure!(line.starts_with("ack "), "task refused: {line}");
+        acks += 1;
+    }
+    child.send(&format!("load {}", notice.display())).await?;
+    let loaded = child.next_line().await?;
+    let generation = loaded.strip_prefix("loaded ").context("loaded")?.to_owned();
+    // The kill point: after the K-th of a stream of new tasks, one at a time, each acknowledged
+    // once its batch — which carries a page of the re-plan — committed. No sleeps: the count of
+    // acknowledged batches is the clock.
+    let seed: u64 = std::env::var("SHENGUAN_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let kill_after = StdRng::seed_from_u64(seed).random_range(5..40);
+    println!("seed {seed}: kill after {kill_after} acknowledged commands during the re-plan");
+    for j in 0..kill_after {
+        child.send(&format!("task U{j:04} u{j}")).await?;
+        let line = child.next_line().await?;
+        ensure!(line.starts_with("ack "), "task refused: {line}");
+    }
+    child.kill().await?;
+
+    let mut conn = Db::open(&db).await?;
+    ensure!(conn.replans_done().await? == [false], "the kill was meant to land inside the re-plan");
+    // Tasks started after the load were armed on the new calendar: the re-plan leaves them be.
+    let timers: HashMap<String, i64> = conn
+        .timers()
+        .await?
+        .into_iter()
+        .filter(|(id, _, _)| id.starts_with('T'))
+        .map(|(id, _, due)| (id, due))
+        .collect();
+    let replanned: Vec<String> = conn.replan_entries().await?.into_iter().map(|(id, _)| id).collect();
+    ensure!(timers.len() == TASKS, "{} timers", timers.len());
+    for (id, due) in &timers {
+        let entries = replanned.iter().filter(|r| *r == id).count();
+        match (*due == new_due, *due == old_due, entries) {
+            (true, false, 1) | (false, true, 0) => {}
+            other => bail!("{id}: due {due}, {entries} re-plan entries: half re-planned ({other:?})"),
+        }
+    }
+    let done_before = replanned.len();
+    ensure!(done_before > 0 && done_before < TASKS, "{done_before} of {TASKS} were re-planned before the kill");
+    drop(conn);
+
+    let mut child = Child::start_with(exe, &db, clock, &["replan_page=50"]).await?;
+    child.send(&format!("replanned {generation}")).await?;
+    ensure!(child.next_line().await? == "replanned");
+    child.kill().await?;
+
+    let mut conn = Db::open(&db).await?;
+    ensure!(conn.replans_done().await? == [true]);
+    let timers: Vec<(String, String, i64)> =
+        conn.timers().await?.into_iter().filter(|(id, _, _)| id.starts_with('T')).collect();
+    ensure!(timers.len() == TASKS && timers.iter().all(|(_, _, due)| *due == new_due), "not all at the new due");
+    let mut replanned: Vec<String> = conn.replan_entries().await?.into_iter().map(|(id, _)| id).collect();
+    let total = replanned.len();
+    replanned.dedup();
+    ensure!(total == TASKS && replanned.len() == TASKS, "{total} re-plan entries for {} instances", replanned.len());
+    println!("killed after {done_before} of {TASKS} instances were re-planned; the restart finished the rest");
+    let report = shenguan::admin::verify_file(&db, &Registry::embedded()?, &Calendars::embedded()?).await?;
+    ensure!(report.divergent.is_empty(), "verify: {:?}", report.divergent);
+    Ok(())
+}

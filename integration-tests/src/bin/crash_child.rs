@@ -1,10 +1,15 @@
-//! The engine in a child process, for the crash test. Usage: `crash_child DB CLOCK_MS`.
+//! The engine in a child process, for the crash tests. Usage:
+//! `crash_child DB CLOCK_MS [replan_page=N]`.
 //!
 //! Prints `ready` once the engine has started (overdue timers are firing by then). Then reads
 //! commands, one per line, and answers each on stdout once it is durable — in completion
 //! order, since commands run concurrently and are group-committed together:
 //! - `start ID DEADLINE REQ` — a `commitment_case` in region 320700 → `ack REQ` or `rej REQ why`
 //! - `materials ID REQ` — materials submitted → `ack REQ` or `rej REQ why`
+//! - `task ID REQ` — a `supervision_task` in region 320700 (its view deadline counts 3 working
+//!   days) → `ack REQ` or `rej REQ why`
+//! - `load PATH` — load a calendar file → `loaded GENERATION` (its re-plan runs on)
+//! - `replanned GENERATION` — wait until that generation's re-plan finished → `replanned`
 //! - `advance MS` — move the virtual clock (timers then fire in the background) → no answer
 //! - `settle` — wait until nothing is due and every fire committed → `settled`
 //!
@@ -38,9 +43,18 @@ fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, db, clock] = args.as_slice() else { bail!("usage: crash_child DB CLOCK_MS") };
+    let (db, clock, settings) = match args.as_slice() {
+        [_, db, clock, settings @ ..] => (db, clock, settings),
+        _ => bail!("usage: crash_child DB CLOCK_MS [replan_page=N]"),
+    };
     let clock = VirtualClock::new(clock.parse().context("CLOCK_MS")?);
     let mut config = Config::new(db);
+    for setting in settings {
+        match setting.split_once('=') {
+            Some(("replan_page", n)) => config.replan_page = n.parse().context("replan_page")?,
+            _ => bail!("unknown setting {setting:?}"),
+        }
+    }
     // A short horizon and small pages exercise the loader on every advance.
     config.horizon = 6 * 3_600_000;
     config.page = 50;
@@ -89,6 +103,40 @@ async fn main() -> Result<()> {
                 .keyed("crash-test"),
                 (*req).to_owned(),
             )),
+            ["task", id, req] => Some((
+                Command {
+                    instance: (*id).to_owned(),
+                    kind: CommandKind::Start {
+                        workflow: "supervision_task".into(),
+                        version: None,
+                        vars: object(json!({
+                            "region": "320700", "case_id": "320700/X", "case_no": "X", "task_no": 1,
+                            "department": "市市場監督管理局", "office": "食品生產監管處",
+                            "approval_department": "市行政審批局", "applicant_name": "某公司",
+                            "applicant_code": "91110000600037341L", "route": "normal", "credit_grade": "A",
+                            "license_no": "JY1",
+                        })),
+                    },
+                    actor: "crash-test".into(),
+                    request_id: Some((*req).to_owned()),
+                    idempotency: None,
+                }
+                .keyed("crash-test"),
+                (*req).to_owned(),
+            )),
+            ["load", path] => {
+                let text = std::fs::read_to_string(path).context("calendar file")?;
+                let file = shenguan::calendar::CalendarFile::parse(path, &text)?;
+                let load = shenguan::writer::CalendarLoad { file, loaded_by: "crash-test".into() };
+                let loaded = engine.handle().load_calendar(load).await?;
+                say(&format!("loaded {}", loaded.stored.generation));
+                None
+            }
+            ["replanned", generation] => {
+                engine.handle().replanned(generation.parse().context("GENERATION")?).await?;
+                say("replanned");
+                None
+            }
             ["advance", ms] => {
                 clock.advance(ms.parse().context("advance MS")?);
                 None

@@ -86,7 +86,7 @@ impl Config {
             cache_instances: 50_000,
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
             calendar_policy: crate::calendar::Policy::Provisional,
-            replan_page: 2_000,
+            replan_page: 1_000,
         }
     }
 }

@@ -312,6 +312,12 @@ pub struct Writer<S: Store> {
     batches: u64,
 }
 
+/// How long the writer must have had nothing to do before it runs a batch of re-planning alone.
+const REPLAN_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Fewest re-plans in a batch that also carries callers' commands.
+const REPLAN_BESIDE_COMMANDS: u32 = 50;
+
 /// After a failed re-plan page, the next is tried this much later (commands go on meanwhile).
 const REPLAN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -425,14 +431,15 @@ impl<S: Store> Writer<S> {
                     }
                 }
             } else {
-                match self.rx.try_recv() {
-                    Ok(r) => r,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        // Nothing queued: a batch of re-planning alone.
+                // A batch of re-planning alone only after a quiet moment: callers between two
+                // requests must not find a full page in front of them.
+                match tokio::time::timeout(REPLAN_QUIET, self.rx.recv()).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(_) => {
                         self.process(Vec::new()).await;
                         continue;
                     }
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
             };
             requests.push(first);
@@ -512,9 +519,15 @@ impl<S: Store> Writer<S> {
     /// Adds the next page of the running re-plan to the batch: one `Replan` command per
     /// instance with a working-day timer in the range. Answers the job as it stands once the
     /// batch commits, or `None` when no re-plan runs or the page could not be read.
-    async fn replan_page(&mut self, builder: &mut Builder<'_>) -> Option<ReplanJob> {
+    async fn replan_page(&mut self, builder: &mut Builder<'_>, commands: usize) -> Option<ReplanJob> {
         let job = self.replans.front()?.clone();
-        let page = self.settings.replan_page.max(1);
+        // Alone, a full page; beside callers' commands, about as many re-plans as commands, so
+        // that a re-plan at most doubles a caller's wait: intake keeps half its rate or more.
+        let page = match commands {
+            0 => self.settings.replan_page,
+            n => u32::try_from(n).unwrap_or(u32::MAX).clamp(REPLAN_BESIDE_COMMANDS, self.settings.replan_page),
+        }
+        .max(1);
         let ids = match self.store.planned_timers(job.first, job.last, job.after.as_ref(), page).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -664,7 +677,7 @@ impl<S: Store> Writer<S> {
                 }
             }
         }
-        let replanned = self.replan_page(&mut builder).await;
+        let replanned = self.replan_page(&mut builder, pending.len()).await;
         builder.fire_due_now();
         let built = builder.finish();
         if self.commit(built, pending, now).await {

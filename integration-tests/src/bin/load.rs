@@ -6,7 +6,13 @@
 //! ```text
 //! cargo run --release -p integration-tests --bin load               # the full workload
 //! cargo run --release -p integration-tests --bin load -- --smoke    # a few hundred cases, seconds
+//! cargo run --release -p integration-tests --bin load -- --replan 1000000   # calendar re-plan
 //! ```
+//!
+//! `--replan N` measures something else: N supervision tasks whose result deadline counts
+//! working days across New Year on the provisional 2027 are written into a fresh database,
+//! intake is measured alone, then a 2027 notice is loaded and intake is measured again while
+//! the N deadlines are re-planned; it reports how long the re-plan took and the intake ratio.
 //!
 //! The server is this same binary in `serve` mode, in its own process, on a fresh SQLite file,
 //! so its RSS and CPU are its own. Every loop is bounded in count and time.
@@ -36,6 +42,8 @@ struct Args {
     json: PathBuf,
     keep: Option<PathBuf>,
     prefill: usize,
+    replan: usize,
+    prefill_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -48,6 +56,8 @@ fn parse_args() -> Result<Args> {
         json: PathBuf::from("target/load-results.json"),
         keep: None,
         prefill: 0,
+        replan: 0,
+        prefill_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -66,6 +76,9 @@ fn parse_args() -> Result<Args> {
             "--json" => a.json = value("--json")?.into(),
             "--db" => a.keep = Some(value("--db")?.into()),
             "--prefill" => a.prefill = value("--prefill")?.parse()?,
+            "--replan" => a.replan = value("--replan")?.parse()?,
+            // With --replan and --db: write the database and stop (for profiling a server on it).
+            "--prefill-only" => a.prefill_only = true,
             other => bail!("unknown argument {other:?}; see the module doc of integration-tests/src/bin/load.rs"),
         }
     }
@@ -444,6 +457,197 @@ async fn serve(db: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A made-up 2027 notice (a make-up Saturday on 2 January): moves every deadline counted across it.
+const NOTICE_2027: &str = include_str!("../../tests/data/2027-made-up.toml");
+
+/// Writes `n` supervision tasks the way the engine would have: inspected on 28 December 2026, so
+/// that their result deadline (5 working days) is counted over the provisional 2027 — Tuesday
+/// 5 January — and moves to Monday 4 January under the made-up notice.
+async fn prefill_tasks(db: &Path, n: usize) -> Result<()> {
+    let started = Instant::now();
+    let mut conn = open_durable(db).await?;
+    let now = now_ms();
+    // 2027-01-05T23:59:59.999+08:00
+    let due = chrono::DateTime::parse_from_rfc3339("2027-01-05T23:59:59.999+08:00")?.timestamp_millis();
+    let vars = r#"{"region":"320700","case_id":"320700/X","case_no":"X","task_no":1,"department":"市市場監督管理局","office":"食品生產監管處","approval_department":"市行政審批局","applicant_name":"某公司","applicant_code":"91110000600037341L","route":"normal","credit_grade":"A","license_no":"JY1","inspection_finished":"2026-12-28"}"#;
+    let timers = format!(
+        r#"{{"result_deadline":{{"due":{due},"event":"result_overdue","plan":{{"armed_at":{now},"first":"2026-12-29","last":"2027-01-05","provisional":true}}}}}}"#
+    );
+    let command = format!(r#"{{"kind":"start","workflow":"supervision_task","version":1,"vars":{vars}}}"#);
+    let mut done = 0;
+    while done < n {
+        let chunk: Vec<String> = (done..(done + 2_000).min(n)).map(|i| format!("320700/R{i:08}/T1")).collect();
+        let mut tx = conn.begin().await?;
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) ",
+        );
+        q.push_values(&chunk, |mut b, id| {
+            b.push_bind(id)
+                .push_bind("supervision_task")
+                .push_bind(1)
+                .push_bind("inspected")
+                .push_bind(vars)
+                .push_bind(&timers)
+                .push_bind(1)
+                .push_bind(7)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.build().execute(&mut *tx).await?;
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled) ");
+        q.push_values(&chunk, |mut b, id| {
+            b.push_bind(id)
+                .push_bind(1)
+                .push_bind(now)
+                .push_bind("load")
+                .push_bind(None::<String>)
+                .push_bind(&command)
+                .push_bind(None::<String>)
+                .push_bind("inspected")
+                .push_bind(format!(r#"{{"result_deadline":{due}}}"#))
+                .push_bind("{}")
+                .push_bind(0)
+                .push_bind(1);
+        });
+        q.build().execute(&mut *tx).await?;
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO timers (instance_id, name, due_at, event, shard, plan_first, plan_last, provisional) ",
+        );
+        q.push_values(&chunk, |mut b, id| {
+            b.push_bind(id)
+                .push_bind("result_deadline")
+                .push_bind(due)
+                .push_bind("result_overdue")
+                .push_bind(7)
+                .push_bind("2026-12-29")
+                .push_bind("2027-01-05")
+                .push_bind(1);
+        });
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        done += chunk.len();
+    }
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
+    println!(
+        "prefilled {n} supervision tasks with a provisional working-day deadline in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Starts in chunks until `stop` is set; the phase covers whole chunks.
+async fn intake_until(
+    clients: &[EngineServiceClient<Channel>],
+    prefix: &'static str,
+    concurrency: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Phase> {
+    let started = Instant::now();
+    let (mut ops, mut latencies) = (0, Vec::new());
+    let far = now_ms() + 3_600_000;
+    let mut round = 0;
+    while !stop.load(Ordering::Relaxed) || round == 0 {
+        let phase =
+            starts("intake", clients, &format!("{prefix}-{round}"), 2_000, concurrency, far - 60_000, far).await?;
+        ops += phase.ops;
+        latencies.extend(phase.latencies);
+        round += 1;
+    }
+    latencies.sort_unstable();
+    Ok(Phase { name: prefix, ops, wall: started.elapsed(), latencies })
+}
+
+/// `--replan N`: the re-plan rate with N pending working-day timers, and intake meanwhile.
+async fn replan(args: &Args) -> Result<()> {
+    use shenguan::proto::admin_service_client::AdminServiceClient;
+    let dir = tempfile::tempdir()?;
+    let db = args.keep.clone().unwrap_or_else(|| dir.path().join("replan.db"));
+    prefill_tasks(&db, args.replan).await?;
+    if args.prefill_only {
+        return Ok(());
+    }
+    let (mut server, _) = spawn_server(&db).await?;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(EngineServiceClient::new(connect(&server.addr).await?));
+    }
+    let mut admin = AdminServiceClient::new(connect(&server.addr).await?);
+    let c = args.concurrency;
+    // Intake alone, for as long as a chunk-bounded run of the same size takes.
+    let alone_for = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = alone_for.clone();
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        flag.store(true, Ordering::Relaxed);
+    });
+    let alone = intake_until(&clients, "base", c, alone_for).await?;
+    stopper.await?;
+
+    // The load, then intake until the re-plan is done.
+    let loaded_at = Instant::now();
+    let reply = admin
+        .load_calendar(shenguan::proto::LoadCalendarRequest {
+            name: "2027.toml".into(),
+            text: NOTICE_2027.into(),
+            dry_run: false,
+            wait: false,
+        })
+        .await?
+        .into_inner();
+    let stored = loaded_at.elapsed();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, addr) = (done.clone(), server.addr.clone());
+    let watcher = tokio::spawn(async move {
+        loop {
+            // A load generator may poll: it measures, it does not synchronise anything.
+            let text = metrics(&addr).await?;
+            if metric(&text, "shenguan_calendar_replans_running") == 0.0 {
+                flag.store(true, Ordering::Relaxed);
+                return Ok::<_, anyhow::Error>((
+                    loaded_at.elapsed(),
+                    metric(&text, "shenguan_replanned_instances_total"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let during = intake_until(&clients, "during", c, done).await?;
+    let (took, replanned) = watcher.await??;
+    let mut conn = open_durable(&db).await?;
+    let moved: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM timers WHERE name = 'result_deadline' AND due_at = ? AND provisional = 0",
+    )
+    .bind(chrono::DateTime::parse_from_rfc3339("2027-01-04T23:59:59.999+08:00")?.timestamp_millis())
+    .fetch_one(&mut conn)
+    .await?;
+    server.child.kill().await?;
+    println!(
+        "load answered in {:.0} ms (generation {}, changed {}..{})",
+        stored.as_secs_f64() * 1000.0,
+        reply.generation,
+        reply.changed_from,
+        reply.changed_to
+    );
+    println!(
+        "re-plan: {replanned} instances in {:.1} s ({:.0}/s); {moved} of {} deadlines at their new due",
+        took.as_secs_f64(),
+        replanned / took.as_secs_f64(),
+        args.replan
+    );
+    println!(
+        "intake alone {:.0}/s (p50 {:.1} ms, p99 {:.1} ms); during the re-plan {:.0}/s (p50 {:.1} ms, p99 {:.1} ms): ratio {:.2}",
+        alone.rate(),
+        alone.pct(0.5),
+        alone.pct(0.99),
+        during.rate(),
+        during.pct(0.5),
+        during.pct(0.99),
+        during.rate() / alone.rate()
+    );
+    ensure!(moved as usize == args.replan, "{moved} of {} deadlines moved", args.replan);
+    Ok(())
+}
+
 /// The same allocator as the `shenguan` binary, so the server measured is the server shipped.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -455,6 +659,9 @@ async fn main() -> Result<()> {
         return serve(Path::new(raw.get(2).context("serve DB")?)).await;
     }
     let args = parse_args()?;
+    if args.replan > 0 {
+        return replan(&args).await;
+    }
     let dir = tempfile::tempdir()?;
     let db = args.keep.clone().unwrap_or_else(|| dir.path().join("load.db"));
     let overdue = args.prefill / 1000;

@@ -20,8 +20,13 @@ impl Drop for Server {
 
 /// Starts `shenguan serve` on a port the OS picks and reads the address from its log.
 fn serve(db: &Path) -> Server {
+    serve_at(db, "2026-09-28T10:00:00+08:00")
+}
+
+/// Like [`serve`], with the virtual clock at `start`.
+fn serve_at(db: &Path, start: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--virtual-clock", "2026-09-28T10:00:00+08:00", "--db"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--virtual-clock", start, "--db"])
         .arg(db)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -176,4 +181,69 @@ fn the_demo_runs_every_branch_and_prints_a_summary_and_a_timeline() {
     assert!(out.contains("Statistics for 320700, 2026-09-01 to 2026-10-31"), "{out}");
     assert!(out.contains("Timeline of 320700/LYG-2026-"), "{out}");
     assert!(out.contains("BREACHED"), "{out}");
+}
+
+/// The year-end procedure of ops/calendars/README.md, as an operator types it: status, a dry
+/// run, the load, verify.
+#[test]
+fn the_year_end_procedure_through_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("year-end.db");
+    let server = serve_at(&db, "2026-12-29T10:00:00+08:00");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/case-material-deferral.json");
+    let notice = Path::new(env!("CARGO_MANIFEST_DIR")).join("../integration-tests/tests/data/2027-made-up.toml");
+    let notice = notice.to_str().expect("path");
+    // A licensed case: its task's view deadline counts into the provisional 2027.
+    let mut case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example).expect("example")).expect("json");
+    case["route"] = "normal".into();
+    for field in ["scenario", "commitment_deadline", "deferred_materials"] {
+        case.as_object_mut().expect("object").remove(field);
+    }
+    let file = dir.path().join("normal.json");
+    std::fs::write(&file, case.to_string()).expect("write");
+    let o = cli(&server, &["case", "accept", "-f", file.to_str().expect("path")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cli(&server, &["case", "complete", "320700/SP-2026-0001", "--license-no", "JY1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2027-01-04 23:59:59 +08:00 (PROVISIONAL)"), "{}", text(&o));
+
+    let o = cli(&server, &["calendar", "status"]);
+    let status = text(&o);
+    assert!(o.status.success(), "{status}");
+    assert!(status.contains("2027  provisional"), "{status}");
+    assert!(status.contains("WARNING: 2027 has no official calendar"), "{status}");
+
+    let o = cli(&server, &["calendar", "load", notice, "--dry-run"]);
+    let dry = text(&o);
+    assert!(o.status.success(), "{dry}");
+    assert!(dry.contains("would load national 2027 v1"), "{dry}");
+    assert!(dry.contains("1 armed timers there, 1 would move"), "{dry}");
+
+    let o = cli(&server, &["calendar", "load", notice, "--wait"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("every deadline there is re-planned"), "{}", text(&o));
+    let o = cli(&server, &["case", "timeline", "320700/SP-2026-0001"]);
+    assert!(
+        text(&o).contains("deadline re-planned: view_deadline 2027-01-04 23:59:59 +08:00 → 2027-01-02 23:59:59 +08:00"),
+        "{}",
+        text(&o)
+    );
+    let o = cli(&server, &["calendar", "status"]);
+    assert!(text(&o).contains("2027  official"), "{}", text(&o));
+
+    // A file that does not fit: one line naming the file and line, exit code of INVALID_ARGUMENT.
+    let bad = dir.path().join("2028.toml");
+    std::fs::write(&bad, "year = 2028\nsource = \"x\"\nworkdays = [{ date = 2028-01-03 }]\n").expect("write");
+    let o = cli(&server, &["calendar", "load", bad.to_str().expect("path")]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("2028.toml:3: make-up working day 2028-01-03 is a Mon"), "{}", text(&o));
+
+    let o = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(["admin", "verify", "--db"])
+        .arg(&db)
+        .output()
+        .expect("verify");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(": 0 divergent"), "{}", text(&o));
 }

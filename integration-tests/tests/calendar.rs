@@ -226,3 +226,34 @@ async fn a_deadline_moved_into_the_past_fires_at_once_and_only_once() -> Result<
     server.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_load_that_cannot_be_stored_is_unavailable_and_changes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("full.db");
+    let server = TestServer::start_on("2026-12-29T10:00:00+08:00", &db, |_| {}).await?;
+    let b = licensed(&server, "FULL-B").await?;
+    server.stop().await?;
+    // The database may not grow by a page, and the file (a long comment in it) needs new
+    // pages: the load's commit fails like a full disk.
+    let padded = format!("{NOTICE}\n# {}\n", "注".repeat(20_000));
+    let server = TestServer::start_on("2026-12-29T10:00:00+08:00", &db, |c| c.max_db_pages = Some(1)).await?;
+    let e = server.admin().load_calendar(load(&padded, false)).await.expect_err("no space");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let status = server.admin().calendar_status(shenguan::proto::CalendarStatusRequest {}).await?.into_inner();
+    assert_eq!(status.regions[0].years.iter().find(|y| y.year == 2027).expect("2027").status, "provisional");
+    assert!(status.replans.is_empty());
+    // The calendar in force did not change either: a new licence (small rows still fit in the
+    // file's free pages) still counts on the provisional 2027.
+    let c = licensed(&server, "FULL-C").await?;
+    assert_eq!(view_deadline(&c), ("2027-01-04 23:59:59 +08:00".into(), true));
+    assert_eq!(view_deadline(&get_case(&server, "320700/FULL-B").await?), view_deadline(&b));
+    server.stop().await?;
+    // With space again the same load goes through as version 1.
+    let server = TestServer::start_on("2026-12-29T10:00:00+08:00", &db, |_| {}).await?;
+    let loaded = server.admin().load_calendar(load(&padded, false)).await?.into_inner();
+    assert_eq!(loaded.version, 1);
+    assert_eq!(view_deadline(&get_case(&server, "320700/FULL-B").await?), ("2027-01-02 23:59:59 +08:00".into(), false));
+    server.stop().await?;
+    Ok(())
+}

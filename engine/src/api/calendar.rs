@@ -215,9 +215,14 @@ pub async fn status(shared: &Shared, warn_from: (u32, u32)) -> Result<CalendarSt
             .into_iter()
             .map(|(year, official)| {
                 let f = latest(&FileKey::Year(year)).filter(|_| official);
+                let status = match (official, calendars.policy()) {
+                    (true, _) => "official",
+                    (false, calendar::Policy::Provisional) => "provisional",
+                    (false, calendar::Policy::Refuse) => "missing (refused)",
+                };
                 CalendarYear {
                     year,
-                    status: if official { "official" } else { "provisional" }.to_owned(),
+                    status: status.to_owned(),
                     source: f.map(|f| f.file.source.clone()).unwrap_or_default(),
                     version: f.map_or(0, |f| f.version),
                     loaded_by: f.map(|f| f.loaded_by.clone()).unwrap_or_default(),

@@ -316,7 +316,7 @@ pub struct Writer<S: Store> {
 const REPLAN_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Fewest re-plans in a batch that also carries callers' commands.
-const REPLAN_BESIDE_COMMANDS: u32 = 50;
+const REPLAN_BESIDE_COMMANDS: u32 = 25;
 
 /// After a failed re-plan page, the next is tried this much later (commands go on meanwhile).
 const REPLAN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -521,11 +521,12 @@ impl<S: Store> Writer<S> {
     /// batch commits, or `None` when no re-plan runs or the page could not be read.
     async fn replan_page(&mut self, builder: &mut Builder<'_>, commands: usize) -> Option<ReplanJob> {
         let job = self.replans.front()?.clone();
-        // Alone, a full page; beside callers' commands, about as many re-plans as commands, so
-        // that a re-plan at most doubles a caller's wait: intake keeps half its rate or more.
+        // Alone, a full page; beside callers' commands, one re-plan per two commands: a
+        // re-plan costs about one and a half commands (BENCHMARKS.md), so callers keep more than
+        // half their rate.
         let page = match commands {
             0 => self.settings.replan_page,
-            n => u32::try_from(n).unwrap_or(u32::MAX).clamp(REPLAN_BESIDE_COMMANDS, self.settings.replan_page),
+            n => u32::try_from(n / 2).unwrap_or(u32::MAX).max(REPLAN_BESIDE_COMMANDS).min(self.settings.replan_page),
         }
         .max(1);
         let ids = match self.store.planned_timers(job.first, job.last, job.after.as_ref(), page).await {
@@ -680,7 +681,12 @@ impl<S: Store> Writer<S> {
         let replanned = self.replan_page(&mut builder, pending.len()).await;
         builder.fire_due_now();
         let built = builder.finish();
-        if self.commit(built, pending, now).await {
+        let committed = self.commit(built, pending, now).await;
+        if !committed && replanned.is_some() {
+            // The batch failed (a full disk): the re-plan waits instead of retrying at once.
+            self.replan_paused_until = Some(tokio::time::Instant::now() + REPLAN_RETRY);
+        }
+        if committed {
             if let Some(job) = replanned {
                 self.metrics.replanned.inc_by(job.moved - self.replans.front().map_or(0, |j| j.moved));
                 if job.done {

@@ -573,65 +573,41 @@ async fn replan(args: &Args) -> Result<()> {
     }
     let mut admin = AdminServiceClient::new(connect(&server.addr).await?);
     let c = args.concurrency;
-    // Intake alone, for as long as a chunk-bounded run of the same size takes.
-    let alone_for = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = alone_for.clone();
+    let due = |s: &str| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis());
+
+    // 1. The notice, with nothing else to do: the re-plan alone.
+    let (stored, alone_took, alone_replanned) = load_and_time(&mut admin, &server.addr, NOTICE_2027, None).await?;
+    let moved_alone = count_at(&db, due("2027-01-04T23:59:59.999+08:00")?).await?;
+
+    // 2. Intake alone, as the base.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
     let stopper = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(15)).await;
         flag.store(true, Ordering::Relaxed);
     });
-    let alone = intake_until(&clients, "base", c, alone_for).await?;
+    let alone = intake_until(&clients, "base", c, stop).await?;
     stopper.await?;
 
-    // The load, then intake until the re-plan is done.
-    let loaded_at = Instant::now();
-    let reply = admin
-        .load_calendar(shenguan::proto::LoadCalendarRequest {
-            name: "2027.toml".into(),
-            text: NOTICE_2027.into(),
-            dry_run: false,
-            wait: false,
-        })
-        .await?
-        .into_inner();
-    let stored = loaded_at.elapsed();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (flag, addr) = (done.clone(), server.addr.clone());
-    let watcher = tokio::spawn(async move {
-        loop {
-            // A load generator may poll: it measures, it does not synchronise anything.
-            let text = metrics(&addr).await?;
-            if metric(&text, "shenguan_calendar_replans_running") == 0.0 {
-                flag.store(true, Ordering::Relaxed);
-                return Ok::<_, anyhow::Error>((
-                    loaded_at.elapsed(),
-                    metric(&text, "shenguan_replanned_instances_total"),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    let during = intake_until(&clients, "during", c, done).await?;
-    let (took, replanned) = watcher.await??;
-    let mut conn = open_durable(&db).await?;
-    let moved: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM timers WHERE name = 'result_deadline' AND due_at = ? AND provisional = 0",
-    )
-    .bind(chrono::DateTime::parse_from_rfc3339("2027-01-04T23:59:59.999+08:00")?.timestamp_millis())
-    .fetch_one(&mut conn)
-    .await?;
+    // 3. An amended notice (no make-up Saturday) moves every deadline back, under full intake.
+    let amended = NOTICE_2027.replace("{ date = 2027-01-02, for = \"元旦\" },\n", "");
+    ensure!(amended != NOTICE_2027, "the amendment changes the notice");
+    let (_, busy_took, busy_replanned, during) =
+        load_and_time_during(&mut admin, &server.addr, &amended, &clients, c).await?;
+    let moved_back = count_at(&db, due("2027-01-05T23:59:59.999+08:00")?).await?;
     server.child.kill().await?;
+
+    println!("load answered in {:.0} ms", stored.as_secs_f64() * 1000.0);
     println!(
-        "load answered in {:.0} ms (generation {}, changed {}..{})",
-        stored.as_secs_f64() * 1000.0,
-        reply.generation,
-        reply.changed_from,
-        reply.changed_to
+        "re-plan alone: {alone_replanned} instances in {:.1} s ({:.0}/s); {moved_alone} of {} deadlines at their new due",
+        alone_took.as_secs_f64(),
+        alone_replanned / alone_took.as_secs_f64(),
+        args.replan
     );
     println!(
-        "re-plan: {replanned} instances in {:.1} s ({:.0}/s); {moved} of {} deadlines at their new due",
-        took.as_secs_f64(),
-        replanned / took.as_secs_f64(),
+        "re-plan under full intake: {busy_replanned} instances in {:.1} s ({:.0}/s); {moved_back} of {} deadlines moved back",
+        busy_took.as_secs_f64(),
+        busy_replanned / busy_took.as_secs_f64(),
         args.replan
     );
     println!(
@@ -644,8 +620,69 @@ async fn replan(args: &Args) -> Result<()> {
         during.pct(0.99),
         during.rate() / alone.rate()
     );
-    ensure!(moved as usize == args.replan, "{moved} of {} deadlines moved", args.replan);
+    ensure!(moved_alone as usize == args.replan, "{moved_alone} of {} deadlines moved", args.replan);
+    ensure!(moved_back as usize == args.replan, "{moved_back} of {} deadlines moved back", args.replan);
     Ok(())
+}
+
+/// Official (not provisional) result deadlines of the prefilled tasks due at `due`.
+async fn count_at(db: &Path, due: i64) -> Result<i64> {
+    let mut conn = open_durable(db).await?;
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM timers WHERE name = 'result_deadline' AND due_at = ? AND provisional = 0",
+    )
+    .bind(due)
+    .fetch_one(&mut conn)
+    .await?)
+}
+
+/// Loads `text` and waits (polling the server's gauge) until its re-plan is done; answers how
+/// long the load call took, how long until done, and the instances re-planned meanwhile.
+async fn load_and_time(
+    admin: &mut shenguan::proto::admin_service_client::AdminServiceClient<Channel>,
+    addr: &str,
+    text: &str,
+    done: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> Result<(Duration, Duration, f64)> {
+    let before = metric(&metrics(addr).await?, "shenguan_replanned_instances_total");
+    let loaded_at = Instant::now();
+    admin
+        .load_calendar(shenguan::proto::LoadCalendarRequest {
+            name: "2027.toml".into(),
+            text: text.into(),
+            dry_run: false,
+            wait: false,
+        })
+        .await?;
+    let answered = loaded_at.elapsed();
+    loop {
+        // A load generator may poll: it measures, it does not synchronise anything.
+        let text = metrics(addr).await?;
+        if metric(&text, "shenguan_calendar_replans_running") == 0.0 {
+            if let Some(done) = done {
+                done.store(true, Ordering::Relaxed);
+            }
+            let replanned = metric(&text, "shenguan_replanned_instances_total") - before;
+            return Ok((answered, loaded_at.elapsed(), replanned));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Like [`load_and_time`], with intake running until the re-plan is done.
+async fn load_and_time_during(
+    admin: &mut shenguan::proto::admin_service_client::AdminServiceClient<Channel>,
+    addr: &str,
+    text: &str,
+    clients: &[EngineServiceClient<Channel>],
+    concurrency: usize,
+) -> Result<(Duration, Duration, f64, Phase)> {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let intake = intake_until(clients, "during", concurrency, done.clone());
+    let replan = load_and_time(admin, addr, text, Some(done));
+    let (intake, replan) = tokio::join!(intake, replan);
+    let (answered, took, replanned) = replan?;
+    Ok((answered, took, replanned, intake?))
 }
 
 /// The same allocator as the `shenguan` binary, so the server measured is the server shipped.

@@ -257,3 +257,39 @@ async fn a_load_that_cannot_be_stored_is_unavailable_and_changes_nothing() -> Re
     server.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_region_file_loaded_at_run_time_moves_only_that_regions_deadlines() -> Result<()> {
+    let server = TestServer::start("2026-12-29T10:00:00+08:00").await?;
+    let here = licensed(&server, "REG-1").await?;
+    assert_eq!(view_deadline(&here), ("2027-01-04 23:59:59 +08:00".into(), true));
+    // The same licence in Nanjing (320100), which has no region file.
+    let mut r = accept("REG-2", Route::Normal, Scenario::Unspecified);
+    r.region_code = "320100".into();
+    server.intake().accept_case(r).await?;
+    let complete = CompleteApprovalRequest {
+        case_id: "320100/REG-2".into(),
+        license_no: "JY2".into(),
+        approval_opinion: "同意".into(),
+        document_refs: vec![],
+    };
+    let there = server.intake().complete_approval(complete).await?.into_inner().case.expect("case");
+    assert_eq!(view_deadline(&there), ("2027-01-04 23:59:59 +08:00".into(), true));
+
+    // 連云港 declares Wednesday 30 December a local holiday: its deadline moves a day later.
+    let region = "code = \"320700\"\nname = \"連云港市\"\ninherits = \"national\"\ntimezone = \"Asia/Shanghai\"\n\
+                  holidays = [{ date = 2026-12-30, name = \"local\" }]\nworkdays = []\n";
+    let request = LoadCalendarRequest { name: "320700.toml".into(), text: region.into(), dry_run: true, wait: true };
+    let dry = server.admin().load_calendar(request.clone()).await?.into_inner();
+    assert_eq!((dry.key.as_str(), dry.version, dry.timers_moved), ("region 320700", 2, 1));
+    assert_eq!((dry.groups[0].earlier, dry.groups[0].later), (0, 1));
+    let loaded = server.admin().load_calendar(LoadCalendarRequest { dry_run: false, ..request }).await?.into_inner();
+    assert_eq!((loaded.changed_from.as_str(), loaded.changed_to.as_str()), ("2026-12-30", "2026-12-30"));
+    assert_eq!(view_deadline(&get_case(&server, "320700/REG-1").await?), ("2027-01-05 23:59:59 +08:00".into(), true));
+    assert_eq!(view_deadline(&get_case(&server, "320100/REG-2").await?), ("2027-01-04 23:59:59 +08:00".into(), true));
+    let status = server.admin().calendar_status(shenguan::proto::CalendarStatusRequest {}).await?.into_inner();
+    let lyg = status.regions.iter().find(|r| r.region == "320700").expect("320700 listed");
+    assert!(lyg.name.contains("region file v2"), "{}", lyg.name);
+    server.stop().await?;
+    Ok(())
+}

@@ -8,7 +8,8 @@ use prometheus::{
 /// The engine's metrics.
 pub struct Metrics {
     registry: Registry,
-    /// Commands by kind (start, event, timer) and result (applied, duplicate, rejected, failed).
+    /// Commands by kind (start, event, timer, replan) and result (applied, duplicate, rejected,
+    /// failed; `unchanged` for a re-plan that found nothing to move).
     pub commands: IntCounterVec,
     /// Commands per group commit.
     pub batch_size: Histogram,

@@ -331,7 +331,12 @@ impl<'a> Builder<'a> {
                 (Ok(self.record(command, t)), true)
             }
             Err(e) => {
-                self.counts.push((kind_of(command), "rejected"));
+                // A re-plan that finds nothing to move is not a refusal of anything asked.
+                let result = match e {
+                    WriteError::Rejected(Rejection::NothingToReplan { .. }) => "unchanged",
+                    _ => "rejected",
+                };
+                self.counts.push((kind_of(command), result));
                 (Err(e), false)
             }
         }

@@ -422,6 +422,25 @@ pub fn decide(
     }
 }
 
+/// The history entry of `command` applied at `now` to the existing `instance`, leaving it in
+/// `to`: handled, with no timers armed or cancelled and no messages until the caller says so.
+fn entry(command: &Command, instance: &Instance, to: &str, now: Millis, calendars: &Calendars) -> HistoryEntry {
+    HistoryEntry {
+        seq: instance.seq + 1,
+        at: now,
+        actor: command.actor.clone(),
+        request_id: command.request_id.clone(),
+        command: command.kind.clone(),
+        from: Some(instance.state.clone()),
+        to: to.to_owned(),
+        armed: BTreeMap::new(),
+        cancelled: BTreeMap::new(),
+        messages: 0,
+        handled: true,
+        calendar: calendars.generation(),
+    }
+}
+
 /// The spec a timer of `state` named `name` was armed from: the state's own, or a
 /// transition's `arm`.
 fn timer_spec<'a>(def: &'a Definition, state: &str, name: &str) -> Option<&'a TimerSpec> {
@@ -460,20 +479,7 @@ fn replan(
     }
     next.seq += 1;
     next.updated_at = now;
-    let history = HistoryEntry {
-        seq: next.seq,
-        at: now,
-        actor: command.actor.clone(),
-        request_id: command.request_id.clone(),
-        command: command.kind.clone(),
-        from: Some(instance.state.clone()),
-        to: instance.state.clone(),
-        armed,
-        cancelled,
-        messages: 0,
-        handled: true,
-        calendar: calendars.generation(),
-    };
+    let history = HistoryEntry { armed, cancelled, ..entry(command, instance, &instance.state, now, calendars) };
     Ok(Transition { instance: next, history, arm: arm_rows, remove: Vec::new(), outbox: Vec::new(), rule: None })
 }
 
@@ -596,20 +602,8 @@ fn apply(
             });
         }
         // A timer with nowhere to go is consumed and recorded; the state stays.
-        let history = HistoryEntry {
-            seq: next.seq,
-            at: now,
-            actor: command.actor.clone(),
-            request_id: command.request_id.clone(),
-            command: command.kind.clone(),
-            from: Some(instance.state.clone()),
-            to: instance.state.clone(),
-            armed: BTreeMap::new(),
-            cancelled,
-            messages: 0,
-            handled: false,
-            calendar: calendars.generation(),
-        };
+        let history =
+            HistoryEntry { cancelled, handled: false, ..entry(command, instance, &instance.state, now, calendars) };
         return Ok(Transition { instance: next, history, arm: Vec::new(), remove, outbox: Vec::new(), rule: None });
     };
 
@@ -676,18 +670,10 @@ fn apply(
     }
     next.timers = timers;
     let history = HistoryEntry {
-        seq: next.seq,
-        at: now,
-        actor: command.actor.clone(),
-        request_id: command.request_id.clone(),
-        command: command.kind.clone(),
-        from: Some(instance.state.clone()),
-        to: t.to.clone(),
         armed,
         cancelled,
         messages: u32::try_from(outbox.len()).unwrap_or(u32::MAX),
-        handled: true,
-        calendar: calendars.generation(),
+        ..entry(command, instance, &t.to, now, calendars)
     };
     Ok(Transition { instance: next, history, arm: arm_rows, remove, outbox, rule: Some(t.line) })
 }

@@ -308,7 +308,8 @@ impl Calendar {
         Ok(())
     }
 
-    fn load_year_file(&mut self, src: Source<'_>) -> Result<i32, Error> {
+    /// Adds a year file's days; answers the file as loaded.
+    fn load_year_file(&mut self, src: Source<'_>) -> Result<CalendarFile, Error> {
         let parsed: YearFile = src.parse()?;
         let year = *parsed.year.get_ref();
         let year_at = parsed.year.span().start;
@@ -328,8 +329,13 @@ impl Calendar {
             }
         }
         self.add_days(src, &parsed.holidays, &parsed.workdays)?;
-        self.sources.insert(year, parsed.source);
-        Ok(year)
+        self.sources.insert(year, parsed.source.clone());
+        Ok(CalendarFile {
+            key: FileKey::Year(year),
+            name: src.name.to_owned(),
+            text: src.text.to_owned(),
+            source: parsed.source,
+        })
     }
 
     /// Rebuilds the prefix counts of every official and provisional year from the day maps.
@@ -641,29 +647,17 @@ impl CalendarFile {
     /// Reads what kind of file `text` is (a year file has `year`, a region file `code`) and
     /// checks it alone; the whole set is checked by [`Calendars::from_files`].
     pub fn parse(name: &str, text: &str) -> Result<Self, Error> {
-        let file = Self::describe(name, text)?;
-        match file.key {
-            FileKey::Year(_) => Calendars::from_sources(&[(name, text)], &[])?,
-            FileKey::Region(_) => Calendars::from_sources(&[], &[(name, text)])?,
-        };
-        Ok(file)
-    }
-
-    /// What kind of file `text` is, without checking its days.
-    fn describe(name: &str, text: &str) -> Result<Self, Error> {
         let src = Source { name, text };
         let table: toml::Table = src.parse()?;
-        let (key, source) = if table.contains_key("year") {
-            let parsed: YearFile = src.parse()?;
-            (FileKey::Year(*parsed.year.get_ref()), parsed.source)
+        let calendars = if table.contains_key("year") {
+            Calendars::from_sources(&[(name, text)], &[])?
         } else if table.contains_key("code") {
-            let parsed: RegionFile = src.parse()?;
-            let label = if parsed.name.is_empty() { parsed.code.get_ref().clone() } else { parsed.name.clone() };
-            (FileKey::Region(parsed.code.get_ref().clone()), label)
+            Calendars::from_sources(&[], &[(name, text)])?
         } else {
             return Err(src.at(0, "neither a year file (`year = …`) nor a region file (`code = …`)".to_owned()));
         };
-        Ok(CalendarFile { key, name: name.to_owned(), text: text.to_owned(), source })
+        // One file in, so exactly one described.
+        calendars.files.into_iter().next().ok_or_else(|| src.at(0, "no calendar in the file".to_owned()))
     }
 }
 
@@ -679,8 +673,7 @@ impl Calendars {
         let mut national = Calendar::empty("national", DEFAULT_TZ);
         let mut files = Vec::with_capacity(years.len() + regions.len());
         for (name, text) in years {
-            national.load_year_file(Source { name, text })?;
-            files.push(CalendarFile::describe(name, text)?);
+            files.push(national.load_year_file(Source { name, text })?);
         }
         national.index();
         let mut by_code = HashMap::new();
@@ -713,7 +706,13 @@ impl Calendars {
             if by_code.insert(code.clone(), Arc::new(calendar)).is_some() {
                 return Err(src.at(parsed.code.span().start, format!("region {code} is defined twice")));
             }
-            files.push(CalendarFile::describe(name, text)?);
+            let source = if parsed.name.is_empty() { code.clone() } else { parsed.name.clone() };
+            files.push(CalendarFile {
+                key: FileKey::Region(code.clone()),
+                name: (*name).to_owned(),
+                text: (*text).to_owned(),
+                source,
+            });
         }
         Ok(Calendars {
             national: Arc::new(national),

@@ -283,10 +283,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Calendar(CalendarCommand::Load { conn, file, dry_run, wait }) => {
-            crate::client::calendar(&conn, crate::client::ServerCalendarCommand::Load { file, dry_run, wait }).await
+            crate::client::calendar(&conn, crate::client::CalendarCall::Load { file, dry_run, wait }).await
         }
         Command::Calendar(CalendarCommand::Status { conn }) => {
-            crate::client::calendar(&conn, crate::client::ServerCalendarCommand::Status).await
+            crate::client::calendar(&conn, crate::client::CalendarCall::Status).await
         }
         Command::Calendar(cmd) => calendar(cmd),
         Command::Workflow(cmd) => workflow(cmd),

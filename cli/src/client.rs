@@ -98,24 +98,7 @@ pub(crate) enum CaseCommand {
     },
 }
 
-/// `shenguan calendar load|status` (on a running server).
-#[derive(Debug, Subcommand)]
-pub(crate) enum ServerCalendarCommand {
-    /// Load a year file or a region file into the server's database; every deadline it moves is
-    /// re-planned. With --dry-run, only say what would move.
-    Load {
-        /// The TOML file (the format of ops/calendars).
-        file: PathBuf,
-        /// Change nothing; answer what the load would do.
-        #[arg(long)]
-        dry_run: bool,
-        /// Answer once every deadline it moves has been re-planned.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Each region's years (official or provisional), re-plans, and what to load.
-    Status,
-}
+/// `shenguan task …`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum TaskCommand {
     /// List supervision tasks.
@@ -735,11 +718,26 @@ pub(crate) struct AdvanceArgs {
     pub(crate) to: Option<String>,
 }
 
+/// What `calendar load|status` asks of a running server.
+pub(crate) enum CalendarCall {
+    /// Load a file (`calendar load` says what the flags mean).
+    Load {
+        /// The file.
+        file: PathBuf,
+        /// Only say what would move.
+        dry_run: bool,
+        /// Answer once the re-plan is done.
+        wait: bool,
+    },
+    /// Each region's years, re-plans, warnings.
+    Status,
+}
+
 /// Runs `calendar load` and `calendar status`.
-pub(crate) async fn calendar(conn: &Conn, cmd: ServerCalendarCommand) -> Result<ExitCode> {
+pub(crate) async fn calendar(conn: &Conn, call: CalendarCall) -> Result<ExitCode> {
     let mut admin = AdminServiceClient::new(channel(conn).await?);
-    match cmd {
-        ServerCalendarCommand::Load { file, dry_run, wait } => {
+    match call {
+        CalendarCall::Load { file, dry_run, wait } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let reply = admin
@@ -794,7 +792,7 @@ pub(crate) async fn calendar(conn: &Conn, cmd: ServerCalendarCommand) -> Result<
                 );
             }
         }
-        ServerCalendarCommand::Status => {
+        CalendarCall::Status => {
             let reply = admin.calendar_status(proto::CalendarStatusRequest {}).await.map_err(call_error)?.into_inner();
             if conn.json {
                 return print_json(&reply).map(|()| ExitCode::SUCCESS);

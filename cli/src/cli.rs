@@ -70,6 +70,9 @@ pub(crate) enum Command {
     /// The sandbox clock of a server started with --virtual-clock.
     #[command(subcommand)]
     Clock(ClockCommand),
+    /// Dev-mode tokens, for trying roles against a server started without keys.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// A tour: a real server on a temporary database with a virtual clock, a few hundred cases
     /// over two months that include National Day, then a summary and one full timeline.
     Demo(crate::demo::DemoArgs),
@@ -87,6 +90,95 @@ pub(crate) enum ClockCommand {
         #[command(flatten)]
         args: crate::client::AdvanceArgs,
     },
+}
+
+/// `shenguan token …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Mint a token signed with the dev-mode key of a local server (`<db>.dev-key`). A server
+    /// started with keys (`--jwt-keys`, `--jwks`) does not accept these.
+    Issue(TokenArgs),
+}
+
+/// What a dev token says.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TokenArgs {
+    /// A role (repeatable): engine_admin, region_admin, auditor, department_admin,
+    /// office_admin, platform, supervisor.
+    #[arg(long = "role", required = true, value_name = "ROLE")]
+    pub(crate) roles: Vec<String>,
+    /// Region code (six digits; `000000`: the whole country).
+    #[arg(long, default_value = "")]
+    pub(crate) region: String,
+    /// Department.
+    #[arg(long, default_value = "")]
+    pub(crate) department: String,
+    /// Office.
+    #[arg(long, default_value = "")]
+    pub(crate) office: String,
+    /// The subject (default: made from the role and scope).
+    #[arg(long)]
+    pub(crate) subject: Option<String>,
+    /// May act on behalf of a named person (`x-shenguan-on-behalf-of`).
+    #[arg(long)]
+    pub(crate) on_behalf: bool,
+    /// How long the token is valid.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    pub(crate) ttl: std::time::Duration,
+    /// The server's database: its dev key is `<db>.dev-key`.
+    #[arg(long, default_value = "shenguan.db")]
+    pub(crate) db: PathBuf,
+}
+
+/// Who may call `serve`, over what.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SecurityArgs {
+    /// Refuse to start without token keys, with the dev key, or with an unset issuer.
+    #[arg(long, env = "SHENGUAN_PRODUCTION")]
+    pub(crate) production: bool,
+    /// Public keys that sign tokens (RS256 or ES256, PEM): a file, or a directory of `*.pem`
+    /// whose file names (without `.pem`) are the key ids. Re-read when they change.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) jwt_keys: Option<PathBuf>,
+    /// A JWKS file of token keys. Re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) jwks: Option<PathBuf>,
+    /// The issuer (`iss`) tokens must name.
+    #[arg(long, value_name = "ISS")]
+    pub(crate) issuer: Option<String>,
+    /// The audience (`aud`) tokens must name.
+    #[arg(long, value_name = "AUD", default_value = shenguan::auth::verify::AUDIENCE)]
+    pub(crate) audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) token_leeway: std::time::Duration,
+    /// TLS: the server's certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// TLS: the server's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// mTLS: the CA (PEM) that signs client certificates; clients may then present one.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) client_ca: Option<PathBuf>,
+    /// mTLS: refuse clients without a certificate.
+    #[arg(long, requires = "client_ca")]
+    pub(crate) require_client_cert: bool,
+    /// Service accounts proved by client certificates (TOML, see README: Security).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) service_accounts: Option<PathBuf>,
+    /// Calls per second per principal (bursts of twice that); 0: no limit.
+    #[arg(long, value_name = "N", default_value = "20000")]
+    pub(crate) rate_limit: u32,
+    /// Connections open at once; keep below the file-descriptor limit (LimitNOFILE).
+    #[arg(long, value_name = "N", default_value = "10000")]
+    pub(crate) max_connections: usize,
+    /// Connections from one IP address.
+    #[arg(long, value_name = "N", default_value = "512")]
+    pub(crate) max_connections_per_peer: usize,
+    /// A connection with no call running is closed after this long without a byte from it.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub(crate) idle_timeout: std::time::Duration,
 }
 
 /// Where definitions and calendars come from.
@@ -159,6 +251,9 @@ pub(crate) struct ServeArgs {
     /// what it holds (load new files with `shenguan calendar load`).
     #[command(flatten)]
     pub(crate) data: DataArgs,
+    /// Identity, TLS and limits.
+    #[command(flatten)]
+    pub(crate) security: SecurityArgs,
 }
 
 fn parse_month_day(s: &str) -> Result<(u32, u32), String> {
@@ -295,6 +390,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats { conn, args } => crate::client::stats(&conn, args).await,
         Command::Clock(ClockCommand::Advance { conn, args }) => crate::client::advance(&conn, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Token(TokenCommand::Issue(args)) => {
+            out(crate::security::issue(&args)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Admin(AdminCommand::Verify { db, data }) => {
             let report = shenguan::admin::verify_file(&db, &data.registry()?, &data.calendars()?).await?;
             for (id, problem) in &report.divergent {
@@ -432,6 +531,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     options.calendar_warn_from = args.calendar_warn_from;
     options.credit = shenguan::domain::credit::CreditGrades::new(&args.credit_grade, &args.barred_credit_grade)
         .map_err(|e| anyhow!("credit grades: {e} (see --credit-grade and --barred-credit-grade)"))?;
+    options.security = crate::security::server(&args.security, &args.db, args.listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -24,6 +24,61 @@ pub(crate) struct Conn {
     /// Print the response as JSON instead of a table.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// The bearer token (a JWT). Default: $SHENGUAN_TOKEN, else --token-file, else the dev
+    /// server's `shenguan.db.dev-token` in this folder.
+    #[arg(long, global = true, env = "SHENGUAN_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, global = true, value_name = "FILE", env = "SHENGUAN_TOKEN_FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// TLS (an https:// server): the CA certificate (PEM) that signed the server's.
+    #[arg(long, global = true, value_name = "FILE", env = "SHENGUAN_CA_CERT")]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// mTLS: this client's certificate (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "client_key")]
+    pub(crate) client_cert: Option<PathBuf>,
+    /// mTLS: this client's private key (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "client_cert")]
+    pub(crate) client_key: Option<PathBuf>,
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub(crate) struct Bearer(pub(crate) Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that authenticates every call.
+pub(crate) type Ch = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+impl Conn {
+    /// The token: --token / $SHENGUAN_TOKEN, --token-file, the dev token beside shenguan.db.
+    fn token(&self) -> Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_owned()));
+        }
+        if let Some(f) = &self.token_file {
+            let t = std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?;
+            return Ok(Some(t.trim().to_owned()));
+        }
+        let dev = crate::security::beside(std::path::Path::new("shenguan.db"), "dev-token");
+        Ok(std::fs::read_to_string(dev).ok().map(|t| t.trim().to_owned()))
+    }
+
+    fn bearer(&self) -> Result<Bearer> {
+        let Some(token) = self.token()? else { return Ok(Bearer(None)) };
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow!("the token is not printable ASCII (is it a JWT?)"))?;
+        Ok(Bearer(Some(value)))
+    }
 }
 
 /// `shenguan case …`.
@@ -298,10 +353,24 @@ fn call_error(status: tonic::Status) -> anyhow::Error {
     anyhow::Error::new(CallError { code: upper, message: status.message().to_owned(), status })
 }
 
-async fn channel(conn: &Conn) -> Result<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(conn.server.clone())
+async fn channel(conn: &Conn) -> Result<Ch> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(conn.server.clone())
         .map_err(|_| anyhow!("--server {:?} is not a URL such as http://127.0.0.1:50051", conn.server))?;
-    endpoint.connect().await.with_context(|| format!("cannot reach the server at {}", conn.server))
+    if conn.server.starts_with("https://") || conn.ca_cert.is_some() {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &conn.ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&conn.client_cert, &conn.client_key) {
+            let cert = std::fs::read(cert).with_context(|| format!("--client-cert {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("--client-key {}", key.display()))?;
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the server at {}", conn.server))?;
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, conn.bearer()?))
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
@@ -428,7 +497,11 @@ pub(crate) fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
             vec![
                 at(&e.at),
                 e.instance_id.clone(),
-                e.actor.clone(),
+                match &e.principal {
+                    Some(p) if !p.on_behalf_of.is_empty() => format!("{} ({}) for {}", p.subject, p.role, p.on_behalf_of),
+                    Some(p) => format!("{} ({})", p.subject, p.role),
+                    None => e.actor.clone(),
+                },
                 e.event.clone(),
                 if e.from_state.is_empty() {
                     e.to_state.clone()

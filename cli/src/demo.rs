@@ -15,7 +15,10 @@ use anyhow::{Context, Result};
 use chrono::{Duration, NaiveDate};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use shenguan::auth::verify::DevKey;
 use tonic::transport::Channel;
+
+use crate::client::{Bearer, Ch};
 
 use crate::client::{stats_text, table, timeline_text};
 use shenguan::calendar::Calendars;
@@ -66,15 +69,35 @@ struct SimCase {
 
 struct SimTask {
     id: String,
+    department: String,
     state: String,
     next: NaiveDate,
     inspected_on: Option<NaiveDate>,
 }
 
+/// One client per party, each with its own real token: the platform's service account (intake
+/// in the region), each supervising department (its tasks only), an engine administrator
+/// (statistics, timelines, the sandbox clock).
 struct Clients {
-    intake: IntakeServiceClient<Channel>,
-    supervision: SupervisionServiceClient<Channel>,
-    admin: AdminServiceClient<Channel>,
+    intake: IntakeServiceClient<Ch>,
+    supervision: std::collections::HashMap<String, SupervisionServiceClient<Ch>>,
+    admin: AdminServiceClient<Ch>,
+}
+
+fn authed(channel: &Channel, key: &DevKey, roles: &[&str], region: &str, department: &str) -> Result<Ch> {
+    let args = crate::cli::TokenArgs {
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        region: region.into(),
+        department: department.into(),
+        office: String::new(),
+        subject: None,
+        on_behalf: false,
+        ttl: std::time::Duration::from_secs(3600),
+        db: PathBuf::new(),
+    };
+    let token = key.mint(&crate::security::dev_claims(&args)?);
+    let value = format!("Bearer {token}").parse().context("token")?;
+    Ok(tonic::service::interceptor::InterceptedService::new(channel.clone(), Bearer(Some(value))))
 }
 
 fn at(date: NaiveDate, hour: u32) -> String {
@@ -94,12 +117,23 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let clock = VirtualClock::new(chrono::DateTime::parse_from_rfc3339(&at(first, 8))?.timestamp_millis());
     let calendars = Calendars::embedded()?;
     let calendar = calendars.region(REGION).clone();
-    let options = shenguan::server::Options::new(
+    let mut options = shenguan::server::Options::new(
         shenguan::engine::Config::new(&db),
         Arc::new(Registry::embedded()?),
         calendars,
         Some(clock),
     );
+    // Dev mode, as `serve` without keys: a local HS256 key, and every party with a real token.
+    let key = DevKey::load_or_create(&crate::security::beside(&db, "dev-key")).context("dev key")?;
+    let verifier = shenguan::auth::verify::Verifier::new(shenguan::auth::verify::Config {
+        pem: None,
+        jwks: None,
+        issuer: shenguan::auth::verify::DEV_ISSUER.into(),
+        audience: shenguan::auth::verify::AUDIENCE.into(),
+        leeway: 60,
+        dev: Some(key.clone()),
+    })?;
+    options.security = shenguan::server::Security::with(shenguan::auth::layer::Mode::Verify(Arc::new(verifier)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -107,10 +141,15 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         let _ = stopped.await;
     }));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let mut supervision = std::collections::HashMap::new();
+    for (department, _) in SUPERVISORS {
+        let ch = authed(&channel, &key, &["supervisor"], REGION, department)?;
+        supervision.insert(department.to_owned(), SupervisionServiceClient::new(ch));
+    }
     let mut c = Clients {
-        intake: IntakeServiceClient::new(channel.clone()),
-        supervision: SupervisionServiceClient::new(channel.clone()),
-        admin: AdminServiceClient::new(channel),
+        intake: IntakeServiceClient::new(authed(&channel, &key, &["platform"], REGION, "")?),
+        supervision,
+        admin: AdminServiceClient::new(authed(&channel, &key, &["engine_admin"], "", "")?),
     };
     println!(
         "shenguan demo: server on {addr}, database {}, virtual clock from {first} 08:00 Asia/Shanghai",
@@ -407,6 +446,7 @@ async fn step_case(
             for t in &after.tasks {
                 tasks.push(SimTask {
                     id: t.task_id.clone(),
+                    department: t.department.clone(),
                     state: t.state.clone(),
                     next: later(rng, 0, 5),
                     inspected_on: None,
@@ -426,7 +466,7 @@ async fn step_task(
     today: NaiveDate,
     calendar: &shenguan::calendar::Calendar,
 ) -> Result<()> {
-    let sup = &mut c.supervision;
+    let sup = c.supervision.get_mut(&task.department).context("a client for the task's department")?;
     let reply = match task.state.as_str() {
         "pushed" => sup.acknowledge_task(proto::AcknowledgeTaskRequest { task_id: task.id.clone() }).await,
         "viewed" => {

@@ -1,11 +1,13 @@
 //! The `shenguan` binary: parse the command line, run it, print any error as one line.
 //!
 //! The user interface lives here, not in the library: [`cli`] (the commands and `serve`),
-//! [`client`] (the gRPC-client commands and their tables) and [`demo`] (the guided tour).
+//! [`client`] (the gRPC-client commands and their tables), [`security`] (keys, TLS, dev mode,
+//! tokens) and [`demo`] (the guided tour).
 
 mod cli;
 mod client;
 mod demo;
+mod security;
 
 use std::process::ExitCode;
 

@@ -19,6 +19,8 @@
 //!   status.
 //! - [`domain`]: what approval and supervision mean: cases, supervision tasks, the case ↔ task
 //!   fan-out the writer derives, credit grades, identifiers and text checks.
+//! - [`auth`]: identity (bearer JWTs, client certificates), roles, rights and scopes, the
+//!   attribution history records.
 //! - [`telemetry`]: Prometheus metrics.
 //! - [`proto`]: generated gRPC types; [`codec`]: their codec (bad bodies are INVALID_ARGUMENT).
 //!
@@ -29,6 +31,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod calendar;
 pub mod clock;
 pub mod codec;

@@ -5,12 +5,25 @@
 //! generic `EngineService`, the
 //! gRPC health service (`grpc.health.v1.Health`, SERVING once the engine has started) and
 //! server reflection for every shenguan.v1 file.
+//!
+//! Every domain call passes, in order: the accept loop and connection limits ([`net`]), TLS
+//! (rustls, optional client certificates), HTTP/2 limits (streams per connection, header
+//! size), the body gate ([`body`]: the whole message within a time and memory budget), the
+//! authenticator ([`crate::auth::layer`]) and the handler's authorisation. Health, reflection
+//! and `GET /metrics` are not authenticated: probes and scrapers carry no tokens.
+//!
+//! # Layout
+//! - this file: [`Options`], [`Security`], [`run`].
+//! - [`net`]: the accept loop, connection limits, idle and handshake timeouts.
+//! - [`body`]: the request-body gate.
+
+pub mod body;
+pub mod net;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, Shared};
 use crate::calendar::Calendars;
@@ -33,6 +46,9 @@ pub enum Error {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS configuration is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Everything the server needs.
@@ -48,6 +64,64 @@ pub struct Options {
     /// From this month and day, a missing notice for next year is warned about (log, metric,
     /// `calendar status`).
     pub calendar_warn_from: (u32, u32),
+    /// Authentication, TLS and limits.
+    pub security: Security,
+}
+
+/// TLS on the gRPC port.
+#[derive(Clone)]
+pub struct Tls {
+    /// The server's certificate chain (PEM).
+    pub cert: Vec<u8>,
+    /// Its private key (PEM).
+    pub key: Vec<u8>,
+    /// With this CA (PEM), clients may present certificates (mTLS); a certificate is then
+    /// verified against it and mapped to a service account ([`crate::auth::layer::Accounts`]).
+    pub client_ca: Option<Vec<u8>>,
+    /// Refuse clients without a certificate (otherwise a bearer token is enough).
+    pub client_required: bool,
+}
+
+/// Who may call, over what, within which limits.
+pub struct Security {
+    /// How callers are proved.
+    pub auth: crate::auth::layer::Mode,
+    /// Service accounts proved by client certificates.
+    pub accounts: crate::auth::layer::Accounts,
+    /// TLS, or plain HTTP/2.
+    pub tls: Option<Tls>,
+    /// Calls per second per principal (bursts of twice that); 0: no limit.
+    pub rate: u32,
+    /// Connection limits.
+    pub connections: net::Limits,
+    /// Request-body limits.
+    pub bodies: body::BodyLimits,
+    /// Concurrent streams (calls) per HTTP/2 connection.
+    pub streams_per_connection: u32,
+    /// How often the key files are checked for changes.
+    pub key_reload: std::time::Duration,
+}
+
+impl Security {
+    /// No authentication, no TLS, default limits: every caller is an engine administrator.
+    /// For benchmarks and tests that are not about identity; `shenguan serve` never uses it.
+    pub fn open() -> Security {
+        Security::with(crate::auth::layer::Mode::Open)
+    }
+
+    /// Callers proved by `auth`, default limits, no TLS.
+    pub fn with(auth: crate::auth::layer::Mode) -> Security {
+        Security {
+            auth,
+            accounts: Default::default(),
+            tls: None,
+            rate: 20_000,
+            connections: net::Limits::default(),
+            bodies: body::BodyLimits::default(),
+            streams_per_connection: 256,
+            key_reload: std::time::Duration::from_secs(2),
+        }
+    }
 }
 
 impl Options {
@@ -70,12 +144,28 @@ impl Options {
             virtual_clock,
             credit: Default::default(),
             calendar_warn_from: crate::calendar::WARN_FROM,
+            security: Security::open(),
         }
     }
 }
 
 /// Largest request a client may send. Every field has its own, smaller, limit.
 const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// Checks the key files for changes every `every`; a broken file leaves the old keys in use.
+async fn reload_keys(verifier: Arc<crate::auth::verify::Verifier>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let v = verifier.clone();
+        match tokio::task::spawn_blocking(move || v.reload_if_changed()).await {
+            Ok(Ok(true)) => tracing::info!("token keys reloaded"),
+            Ok(Ok(false)) | Err(_) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "token keys changed but cannot be loaded; the old keys stay in use"),
+        }
+    }
+}
 
 async fn metrics_text(shared: &Shared) -> String {
     let metrics = &shared.context().metrics;
@@ -135,17 +225,35 @@ pub async fn run(
         calendar_warn_from: options.calendar_warn_from,
     });
     let warner = tokio::spawn(warn_daily(shared.clone()));
+    let security = options.security;
+    let reloader = match &security.auth {
+        crate::auth::layer::Mode::Verify(v) => Some(tokio::spawn(reload_keys(v.clone(), security.key_reload))),
+        crate::auth::layer::Mode::Open => None,
+    };
+    let metrics = shared.context().metrics.clone();
+    let auth = crate::auth::layer::Authenticator::new(security.auth, security.accounts, security.rate, metrics.clone());
     use crate::proto::admin_service_server::AdminServiceServer;
     use crate::proto::intake_service_server::IntakeServiceServer;
     use crate::proto::supervision_service_server::SupervisionServiceServer;
-    let intake =
-        IntakeServiceServer::new(api::intake::Intake::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE);
-    let supervision = SupervisionServiceServer::new(api::supervision::Supervision::new(shared.clone()))
-        .max_decoding_message_size(MAX_MESSAGE);
-    let admin = AdminServiceServer::new(api::admin::Admin::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE);
-    let generic =
+    use tonic::service::interceptor::InterceptedService;
+    let intake = InterceptedService::new(
+        IntakeServiceServer::new(api::intake::Intake::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE),
+        auth.clone(),
+    );
+    let supervision = InterceptedService::new(
+        SupervisionServiceServer::new(api::supervision::Supervision::new(shared.clone()))
+            .max_decoding_message_size(MAX_MESSAGE),
+        auth.clone(),
+    );
+    let admin = InterceptedService::new(
+        AdminServiceServer::new(api::admin::Admin::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE),
+        auth.clone(),
+    );
+    let generic = InterceptedService::new(
         crate::proto::engine_service_server::EngineServiceServer::new(api::engine::Engine::new(shared.clone()))
-            .max_decoding_message_size(MAX_MESSAGE);
+            .max_decoding_message_size(MAX_MESSAGE),
+        auth,
+    );
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -154,16 +262,12 @@ pub async fn run(
         .build_v1()
         .map_err(|e| Error::Reflection(e.to_string()))?;
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving gRPC");
+        tracing::info!(%addr, tls = security.tls.is_some(), "serving gRPC");
     }
-    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to every small
-    // request/response pair on loopback.
-    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-        if let Ok(stream) = &conn {
-            let _ = stream.set_nodelay(true);
-        }
-        conn
-    });
+    let conns = net::Conns::new(security.connections.clone(), metrics);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio::spawn(net::accept_loop(listener, conns.clone(), tx));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
     let routes = tonic::service::Routes::new(health)
         .add_service(reflection)
         .add_service(intake)
@@ -179,8 +283,27 @@ pub async fn run(
             async move { metrics_text(&shared).await }
         }),
     );
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key))
+            .timeout(security.connections.handshake);
+        if let Some(ca) = &tls.client_ca {
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(!tls.client_required);
+        }
+        builder = builder.tls_config(config).map_err(|e| Error::Tls(e.to_string()))?;
+    }
+    let served = builder
         .accept_http1(true)
+        .max_concurrent_streams(security.streams_per_connection)
+        .http2_max_header_list_size(16 * 1024)
+        .http2_max_pending_accept_reset_streams(Some(64))
+        // Pings from the server would count as traffic and keep idle peers open; the idle
+        // timeout (net) closes dead and idle connections instead.
+        .http2_keepalive_interval(None)
+        .layer(body::Gate::new(security.bodies.clone(), conns))
         // One span per call, so that a slow or failed call can be followed in the logs: the
         // handlers record the instance, the writer's batch and command events nest inside.
         .trace_fn(|request| {
@@ -189,7 +312,6 @@ pub async fn run(
                 "grpc",
                 method = request.uri().path(),
                 request_id = header("x-request-id"),
-                actor = header("x-shenguan-actor"),
                 instance = tracing::field::Empty,
             )
         })
@@ -198,6 +320,10 @@ pub async fn run(
         .await;
     warner.abort();
     let _ = warner.await;
+    acceptor.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     drop(shared);
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.shutdown().await;

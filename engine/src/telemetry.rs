@@ -41,6 +41,17 @@ pub struct Metrics {
     /// Days from today to the last day with an official calendar, by region (set at scrape;
     /// negative once past it).
     pub official_calendar_days_left: IntGaugeVec,
+    /// Calls refused before any handler ran, by gRPC code (`unauthenticated`,
+    /// `resource_exhausted`, …) and reason (`expired`, `signature`, `rate_limit`, …).
+    pub calls_refused: IntCounterVec,
+    /// Calls denied by authorisation (PERMISSION_DENIED), by the right that was missing or the
+    /// scope that was left.
+    pub denied: IntCounterVec,
+    /// Connections closed by the server's limits, by reason (`total`, `per_peer`, `idle`,
+    /// `accept_error`).
+    pub connections_refused: IntCounterVec,
+    /// Connections open.
+    pub connections_open: IntGauge,
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -111,6 +122,21 @@ impl Metrics {
             &["region"],
         )
         .unwrap_or_else(|_| unreachable_metric());
+        let calls_refused = IntCounterVec::new(
+            Opts::new("calls_refused_total", "Calls refused before a handler ran, by code and reason"),
+            &["code", "reason"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let denied =
+            IntCounterVec::new(Opts::new("calls_denied_total", "Calls denied by authorisation, by right"), &["right"])
+                .unwrap_or_else(|_| unreachable_metric());
+        let connections_refused = IntCounterVec::new(
+            Opts::new("connections_refused_total", "Connections closed by the server's limits, by reason"),
+            &["reason"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let connections_open =
+            IntGauge::new("connections_open", "Connections open").unwrap_or_else(|_| unreachable_metric());
         let m = Metrics {
             registry,
             commands,
@@ -128,6 +154,10 @@ impl Metrics {
             replans_running,
             timers_provisional,
             official_calendar_days_left,
+            calls_refused,
+            denied,
+            connections_refused,
+            connections_open,
         };
         for c in [
             Box::new(m.commands.clone()) as Box<dyn prometheus::core::Collector>,
@@ -145,6 +175,10 @@ impl Metrics {
             Box::new(m.replans_running.clone()),
             Box::new(m.timers_provisional.clone()),
             Box::new(m.official_calendar_days_left.clone()),
+            Box::new(m.calls_refused.clone()),
+            Box::new(m.denied.clone()),
+            Box::new(m.connections_refused.clone()),
+            Box::new(m.connections_open.clone()),
         ] {
             // Names are distinct constants, so registration cannot collide.
             let _ = m.registry.register(c);

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{check, date, page, view, Shared};
+use super::{authorize, check, date, page, view, Shared};
+use crate::auth::Right;
 use crate::clock::{self, Millis};
 use crate::domain;
 use crate::proto::admin_service_server::AdminService;
@@ -65,19 +66,22 @@ impl AdminService for Admin {
         &self,
         request: Request<LoadCalendarRequest>,
     ) -> Result<Response<LoadCalendarReply>, Status> {
-        let actor = super::actor(&request, "admin")?;
+        let who = authorize(&self.shared, &request, Right::LoadCalendar)?;
+        let actor = format!("{} ({})", who.caller(), who.grant.role);
         super::calendar::load(&self.shared, request.into_inner(), actor).await.map(Response::new)
     }
 
     async fn calendar_status(
         &self,
-        _request: Request<CalendarStatusRequest>,
+        request: Request<CalendarStatusRequest>,
     ) -> Result<Response<CalendarStatusReply>, Status> {
+        authorize(&self.shared, &request, Right::CalendarStatus)?;
         super::calendar::status(&self.shared, self.shared.calendar_warn_from).await.map(Response::new)
     }
 
     async fn get_timeline(&self, request: Request<GetTimelineRequest>) -> Result<Response<GetTimelineReply>, Status> {
-        let case_id = super::intake::case_id_field("case_id", &request.get_ref().case_id)?;
+        let who = authorize(&self.shared, &request, Right::ReadCases)?;
+        let case_id = super::intake::scoped_case_id(&self.shared, &who, "case_id", &request.get_ref().case_id)?;
         let reader = &self.shared.reader;
         let Some(case) = reader
             .instance(&case_id)
@@ -87,8 +91,10 @@ impl AdminService for Admin {
         else {
             return Err(status::not_found("case", &case_id));
         };
+        let tasks = super::intake::tasks_of(reader.as_ref(), &case_id).await?;
+        super::intake::require_case(&self.shared, &who, &case, &tasks)?;
         let mut rows = vec![case];
-        rows.extend(super::intake::tasks_of(reader.as_ref(), &case_id).await?);
+        rows.extend(tasks);
         let mut entries = Vec::new();
         for (order, row) in rows.iter().enumerate() {
             let history = reader.history(&row.id).await.map_err(|e| status::read_error(&e))?;
@@ -100,10 +106,17 @@ impl AdminService for Admin {
     }
 
     async fn query_cases(&self, request: Request<QueryCasesRequest>) -> Result<Response<QueryCasesReply>, Status> {
+        let who = authorize(&self.shared, &request, Right::ReadCases)?;
         let r = request.into_inner();
         let (size, after) = page(r.page.as_ref())?;
         let mut filter =
             Filter { workflow: domain::CASE_WORKFLOW.into(), after, limit: Some(size), ..Filter::default() };
+        // Filtered to the caller's scope, never refused.
+        filter.region_prefix = who.scope().region.clone().filter(|p| !p.is_empty());
+        if let Some(d) = &who.scope().department {
+            filter.seen_by = Some((d.clone(), who.scope().office.clone()));
+            filter.task_workflow = domain::TASK_WORKFLOW.to_owned();
+        }
         let region = if r.region_code.is_empty() { "national".to_owned() } else { r.region_code.clone() };
         if !r.region_code.is_empty() {
             check("region_code", domain::check_region(&r.region_code))?;
@@ -160,6 +173,8 @@ impl AdminService for Admin {
         &self,
         request: Request<GetStatisticsRequest>,
     ) -> Result<Response<GetStatisticsReply>, Status> {
+        let who = authorize(&self.shared, &request, Right::Statistics)?;
+        let scope = who.scope().clone();
         let r = request.into_inner();
         let region = if r.region_code.is_empty() {
             "national".to_owned()
@@ -184,6 +199,7 @@ impl AdminService for Admin {
             vars: if r.region_code.is_empty() { vec![] } else { vec![("region".into(), r.region_code.clone())] },
             created_from: Some(from),
             created_before: Some(to),
+            region_prefix: scope.region.clone().filter(|p| !p.is_empty()),
             ..Filter::default()
         };
         let reader = &self.shared.reader;
@@ -195,6 +211,10 @@ impl AdminService for Admin {
             let (department, office) = (view::var(t, "department"), view::var(t, "office"));
             if (!r.department.is_empty() && r.department != department) || (!r.office.is_empty() && r.office != office)
             {
+                continue;
+            }
+            // Only the caller's scope is counted (figures are filtered, never refused).
+            if !scope.has_task(&view::var(t, "region"), &department, &office) {
                 continue;
             }
             by_office.entry((view::var(t, "region"), department, office)).or_default().push(t);
@@ -227,6 +247,11 @@ impl AdminService for Admin {
             if !r.department.is_empty() && r.department != department {
                 continue;
             }
+            // Approval figures have no office: an office's scope counts none of them.
+            let seen = scope.office.is_none() && scope.department.as_ref().is_none_or(|d| *d == department);
+            if !seen {
+                continue;
+            }
             by_department.entry((view::var(c, "region"), department)).or_default().push(c);
         }
         let commitment = |c: &InstanceRow| view::var(c, "route") == "commitment";
@@ -250,6 +275,7 @@ impl AdminService for Admin {
         &self,
         request: Request<AdvanceClockRequest>,
     ) -> Result<Response<AdvanceClockReply>, Status> {
+        authorize(&self.shared, &request, Right::AdvanceClock)?;
         let Some(clock) = &self.shared.virtual_clock else {
             return Err(status::not_a_sandbox());
         };

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, keyed, Key, Shared};
+use super::{authorize, keyed, Key, Shared};
+use crate::auth::Right;
 use crate::domain;
 use crate::machine::{Command, CommandKind};
 use crate::proto::engine_service_server::EngineService;
@@ -82,7 +83,8 @@ fn reply(a: Applied) -> Response<InstanceReply> {
 #[tonic::async_trait]
 impl EngineService for Engine {
     async fn start(&self, request: Request<StartRequest>) -> Result<Response<InstanceReply>, Status> {
-        let actor = actor(&request, "engine-client")?;
+        let who = authorize(&self.shared, &request, Right::Engine)?;
+        let actor = who.actor();
         let r = request.into_inner();
         check_id("instance_id", &r.instance_id)?;
         tracing::Span::current().record("instance", r.instance_id.as_str());
@@ -99,7 +101,7 @@ impl EngineService for Engine {
             return Err(invalid("workflow", format!("no workflow named {:?} is loaded", r.workflow)));
         }
         let vars = object("vars_json", &r.vars_json)?;
-        let key = Key::parse("request_id", &r.request_id, "EngineService.Start", &actor, &r)?;
+        let key = Key::parse("request_id", &r.request_id, "EngineService.Start", who.caller(), &r)?;
         let command = Command {
             instance: r.instance_id.clone(),
             kind: CommandKind::Start { workflow: r.workflow, version: None, vars },
@@ -111,13 +113,14 @@ impl EngineService for Engine {
     }
 
     async fn signal(&self, request: Request<SignalRequest>) -> Result<Response<InstanceReply>, Status> {
-        let actor = actor(&request, "engine-client")?;
+        let who = authorize(&self.shared, &request, Right::Engine)?;
+        let actor = who.actor();
         let r = request.into_inner();
         check_id("instance_id", &r.instance_id)?;
         tracing::Span::current().record("instance", r.instance_id.as_str());
         crate::domain::check_text(&r.event, 64).map_err(|e| invalid("event", e))?;
         let fields = object("fields_json", &r.fields_json)?;
-        let key = Key::parse("request_id", &r.request_id, "EngineService.Signal", &actor, &r)?;
+        let key = Key::parse("request_id", &r.request_id, "EngineService.Signal", who.caller(), &r)?;
         let command = Command {
             instance: r.instance_id.clone(),
             kind: CommandKind::Event { name: r.event, fields },

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, keyed, request_id, request_key, view, Shared};
+use super::{authorize, keyed, request_id, request_key, view, Authorized, Shared};
+use crate::auth::Right;
 use crate::domain::fanout::Supervisor;
 use crate::domain::{self, case, CASE_WORKFLOW, TASK_WORKFLOW};
 use crate::machine::{Command, Idempotency};
@@ -30,8 +31,6 @@ impl Intake {
     }
 }
 
-const ACTOR: &str = "intake-platform";
-
 /// Reads a case id field, checked.
 pub(crate) fn case_id_field(field: &str, id: &str) -> Result<String, Status> {
     domain::parse_case_id(id).map_err(|e| invalid(field, e))?;
@@ -39,14 +38,51 @@ pub(crate) fn case_id_field(field: &str, id: &str) -> Result<String, Status> {
     Ok(id.to_owned())
 }
 
+/// Reads a case id field and checks that its region is in the caller's scope.
+pub(crate) fn scoped_case_id(shared: &Shared, who: &Authorized, field: &str, id: &str) -> Result<String, Status> {
+    let case_id = case_id_field(field, id)?;
+    let (region, _) = domain::parse_case_id(&case_id).map_err(|e| invalid(field, e))?;
+    who.require_region(shared, region, "case", &case_id)?;
+    Ok(case_id)
+}
+
+/// Whether a case (and its tasks) is in the caller's scope: PERMISSION_DENIED if not.
+pub(crate) fn require_case(
+    shared: &Shared,
+    who: &Authorized,
+    case: &InstanceRow,
+    tasks: &[InstanceRow],
+) -> Result<(), Status> {
+    let region = view::var(case, "region");
+    let department = view::var(case, "approval_department");
+    let task_units: Vec<(String, String)> =
+        tasks.iter().map(|t| (view::var(t, "department"), view::var(t, "office"))).collect();
+    let inside =
+        who.scope().has_case(&region, &department, task_units.iter().map(|(d, o)| (d.as_str(), o.as_str())));
+    who.require(shared, inside, || format!("case {}", case.id))
+}
+
 impl Intake {
     async fn reply(&self, case_id: &str, duplicate: bool) -> Result<Response<CaseReply>, Status> {
+        self.reply_to(None, case_id, duplicate).await
+    }
+
+    /// The case as committed; with `who`, only if it is in their scope.
+    async fn reply_to(
+        &self,
+        who: Option<&Authorized>,
+        case_id: &str,
+        duplicate: bool,
+    ) -> Result<Response<CaseReply>, Status> {
         let reader = &self.shared.reader;
         let row = reader.instance(case_id).await.map_err(|e| status::read_error(&e))?;
         let Some(row) = row.filter(|r| r.workflow == CASE_WORKFLOW) else {
             return Err(status::not_found("case", case_id));
         };
         let tasks = tasks_of(reader.as_ref(), case_id).await?;
+        if let Some(who) = who {
+            require_case(&self.shared, who, &row, &tasks)?;
+        }
         Ok(Response::new(CaseReply { case: Some(view::case(self.shared.registry(), &row, &tasks)), duplicate }))
     }
 
@@ -168,10 +204,17 @@ pub(crate) async fn tasks_of(
 #[tonic::async_trait]
 impl IntakeService for Intake {
     async fn accept_case(&self, request: Request<AcceptCaseRequest>) -> Result<Response<CaseReply>, Status> {
-        let actor = actor(&request, ACTOR)?;
+        let who = authorize(&self.shared, &request, Right::Intake)?;
+        let actor = who.actor();
         // Recorded as sent; the call is keyed on its case number instead (below).
         let request_id = request_id(&request)?;
         let r = request.into_inner();
+        if !r.region_code.is_empty() {
+            // A malformed code is INVALID_ARGUMENT from the domain's check below, not a denial.
+            if crate::auth::region_prefix(&r.region_code).is_some() {
+                who.require_region(&self.shared, &r.region_code, "region", &r.region_code)?;
+            }
+        }
         let calendars = self.shared.calendars();
         let calendar = calendars.region(&r.region_code);
         let policy = case::Policy { credit: &self.shared.credit, calendar, today: self.shared.today(calendar) };
@@ -186,9 +229,10 @@ impl IntakeService for Intake {
     }
 
     async fn submit_materials(&self, request: Request<SubmitMaterialsRequest>) -> Result<Response<CaseReply>, Status> {
-        let actor = actor(&request, ACTOR)?;
-        let key = request_key(&request, "IntakeService.SubmitMaterials", &actor)?;
-        let case_id = case_id_field("case_id", &request.get_ref().case_id)?;
+        let who = authorize(&self.shared, &request, Right::Intake)?;
+        let actor = who.actor();
+        let key = request_key(&request, "IntakeService.SubmitMaterials", who.caller())?;
+        let case_id = scoped_case_id(&self.shared, &who, "case_id", &request.get_ref().case_id)?;
         let command = keyed(domain::event(&case_id, "submit_materials", serde_json::Map::new(), &actor), key);
         match self.shared.engine.submit(command).await {
             Ok(applied) => self.reply(&case_id, applied.duplicate).await,
@@ -200,10 +244,11 @@ impl IntakeService for Intake {
         &self,
         request: Request<CompleteApprovalRequest>,
     ) -> Result<Response<CaseReply>, Status> {
-        let actor = actor(&request, ACTOR)?;
-        let key = request_key(&request, "IntakeService.CompleteApproval", &actor)?;
+        let who = authorize(&self.shared, &request, Right::Intake)?;
+        let actor = who.actor();
+        let key = request_key(&request, "IntakeService.CompleteApproval", who.caller())?;
         let r = request.into_inner();
-        let case_id = case_id_field("case_id", &r.case_id)?;
+        let case_id = scoped_case_id(&self.shared, &who, "case_id", &r.case_id)?;
         let licence = case::Licence {
             license_no: r.license_no,
             approval_opinion: r.approval_opinion,
@@ -215,10 +260,11 @@ impl IntakeService for Intake {
     }
 
     async fn revoke_approval(&self, request: Request<RevokeApprovalRequest>) -> Result<Response<CaseReply>, Status> {
-        let actor = actor(&request, ACTOR)?;
-        let key = request_key(&request, "IntakeService.RevokeApproval", &actor)?;
+        let who = authorize(&self.shared, &request, Right::Intake)?;
+        let actor = who.actor();
+        let key = request_key(&request, "IntakeService.RevokeApproval", who.caller())?;
         let r = request.into_inner();
-        let case_id = case_id_field("case_id", &r.case_id)?;
+        let case_id = scoped_case_id(&self.shared, &who, "case_id", &r.case_id)?;
         let (command, derive) =
             case::revoke_approval(&case_id, &r.reason, &r.basis, &actor).map_err(|e| status::refusal(&e))?;
         // Tasks that had already ended are not in the group: read the case back.
@@ -226,7 +272,8 @@ impl IntakeService for Intake {
     }
 
     async fn get_case(&self, request: Request<GetCaseRequest>) -> Result<Response<CaseReply>, Status> {
-        let case_id = case_id_field("case_id", &request.get_ref().case_id)?;
-        self.reply(&case_id, false).await
+        let who = authorize(&self.shared, &request, Right::ReadCases)?;
+        let case_id = scoped_case_id(&self.shared, &who, "case_id", &request.get_ref().case_id)?;
+        self.reply_to(Some(&who), &case_id, false).await
     }
 }

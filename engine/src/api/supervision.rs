@@ -7,7 +7,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
-use super::{actor, check, keyed, page, request_key, view, Shared};
+use super::{authorize, check, keyed, page, request_key, view, Authorized, Shared};
+use crate::auth::Right;
 use crate::domain::{self, task};
 use crate::machine::Command;
 use crate::proto::supervision_service_server::SupervisionService;
@@ -30,8 +31,6 @@ impl Supervision {
     }
 }
 
-const ACTOR: &str = "supervision-platform";
-
 /// The task id and its case's region.
 fn task_id_field(id: &str) -> Result<(String, String), Status> {
     let (case, _) = domain::parse_task_id(id).map_err(|e| invalid("task_id", e))?;
@@ -41,6 +40,21 @@ fn task_id_field(id: &str) -> Result<(String, String), Status> {
 }
 
 impl Supervision {
+    /// Checks the task id, and that the task is the caller's: its region, department and
+    /// office in scope (NOT_FOUND if there is no such task).
+    async fn scoped_task(&self, who: &Authorized, id: &str) -> Result<(String, String), Status> {
+        let (task_id, region) = task_id_field(id)?;
+        who.require_region(&self.shared, &region, "task", &task_id)?;
+        if who.scope().department.is_some() {
+            let row = self.shared.reader.instance(&task_id).await.map_err(|e| status::read_error(&e))?;
+            let row = row.filter(|r| r.workflow == domain::TASK_WORKFLOW);
+            let Some(row) = row else { return Err(status::not_found("task", &task_id)) };
+            let inside = who.scope().has_task(&region, &view::var(&row, "department"), &view::var(&row, "office"));
+            who.require(&self.shared, inside, || format!("task {task_id}"))?;
+        }
+        Ok((task_id, region))
+    }
+
     async fn reply(&self, task_id: &str, duplicate: bool) -> Result<Response<TaskReply>, Status> {
         let row = self.shared.reader.instance(task_id).await.map_err(|e| status::read_error(&e))?;
         match row.filter(|r| r.workflow == domain::TASK_WORKFLOW) {
@@ -72,10 +86,20 @@ impl Supervision {
 #[tonic::async_trait]
 impl SupervisionService for Supervision {
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksReply>, Status> {
+        let who = authorize(&self.shared, &request, Right::ReadTasks)?;
         let r = request.into_inner();
         let (size, after) = page(r.page.as_ref())?;
         let mut filter =
             Filter { workflow: domain::TASK_WORKFLOW.into(), after, limit: Some(size), ..Filter::default() };
+        // Filtered to the caller's scope, never refused: a request outside it lists nothing.
+        let scope = who.scope();
+        filter.region_prefix = scope.region.clone().filter(|p| !p.is_empty());
+        if let Some(d) = &scope.department {
+            filter.vars.push(("department".into(), d.clone()));
+        }
+        if let Some(o) = &scope.office {
+            filter.vars.push(("office".into(), o.clone()));
+        }
         if !r.region_code.is_empty() {
             check("region_code", domain::check_region(&r.region_code))?;
             filter.vars.push(("region".into(), r.region_code.clone()));
@@ -109,9 +133,10 @@ impl SupervisionService for Supervision {
     }
 
     async fn acknowledge_task(&self, request: Request<AcknowledgeTaskRequest>) -> Result<Response<TaskReply>, Status> {
-        let actor = actor(&request, ACTOR)?;
-        let key = request_key(&request, "SupervisionService.AcknowledgeTask", &actor)?;
-        let (task_id, _) = task_id_field(&request.get_ref().task_id)?;
+        let who = authorize(&self.shared, &request, Right::Supervise)?;
+        let actor = who.actor();
+        let key = request_key(&request, "SupervisionService.AcknowledgeTask", who.caller())?;
+        let (task_id, _) = self.scoped_task(&who, &request.get_ref().task_id).await?;
         self.apply(&task_id, keyed(task::acknowledge(&task_id, &actor), key), None).await
     }
 
@@ -119,10 +144,11 @@ impl SupervisionService for Supervision {
         &self,
         request: Request<ReportInspectionRequest>,
     ) -> Result<Response<TaskReply>, Status> {
-        let actor = actor(&request, ACTOR)?;
-        let key = request_key(&request, "SupervisionService.ReportInspection", &actor)?;
+        let who = authorize(&self.shared, &request, Right::Supervise)?;
+        let actor = who.actor();
+        let key = request_key(&request, "SupervisionService.ReportInspection", who.caller())?;
         let r = request.into_inner();
-        let (task_id, region) = task_id_field(&r.task_id)?;
+        let (task_id, region) = self.scoped_task(&who, &r.task_id).await?;
         let calendars = self.shared.calendars();
         let calendar = calendars.region(&region);
         let today = self.shared.today(calendar);
@@ -132,10 +158,11 @@ impl SupervisionService for Supervision {
     }
 
     async fn report_result(&self, request: Request<ReportResultRequest>) -> Result<Response<TaskReply>, Status> {
-        let actor = actor(&request, ACTOR)?;
-        let key = request_key(&request, "SupervisionService.ReportResult", &actor)?;
+        let who = authorize(&self.shared, &request, Right::Supervise)?;
+        let actor = who.actor();
+        let key = request_key(&request, "SupervisionService.ReportResult", who.caller())?;
         let r = request.into_inner();
-        let (task_id, region) = task_id_field(&r.task_id)?;
+        let (task_id, region) = self.scoped_task(&who, &r.task_id).await?;
         let outcome = match Outcome::try_from(r.outcome) {
             Ok(Outcome::Compliant) => Some(task::Outcome::Compliant),
             Ok(Outcome::NonCompliant) => Some(task::Outcome::NonCompliant),
@@ -155,10 +182,11 @@ impl SupervisionService for Supervision {
         &self,
         request: Request<ReportRectificationRequest>,
     ) -> Result<Response<TaskReply>, Status> {
-        let actor = actor(&request, ACTOR)?;
-        let key = request_key(&request, "SupervisionService.ReportRectification", &actor)?;
+        let who = authorize(&self.shared, &request, Right::Supervise)?;
+        let actor = who.actor();
+        let key = request_key(&request, "SupervisionService.ReportRectification", who.caller())?;
         let r = request.into_inner();
-        let (task_id, _) = task_id_field(&r.task_id)?;
+        let (task_id, _) = self.scoped_task(&who, &r.task_id).await?;
         let (command, tell_case) =
             task::report_rectification(&task_id, r.rectified, &r.notes, &actor).map_err(|e| status::refusal(&e))?;
         self.apply(&task_id, keyed(command, key), Some(tell_case)).await

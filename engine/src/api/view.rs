@@ -165,18 +165,30 @@ pub fn timeline(registry: &Registry, row: &InstanceRow, history: &[HistoryEntry]
                     provisional: still.and_then(|t| t.plan.as_ref()).is_some_and(|p| p.provisional),
                 });
             }
+            let who = crate::auth::Attribution::decode(&h.actor);
+            let principal = (!who.role.is_empty()).then(|| proto::Principal {
+                subject: who.sub.clone(),
+                role: who.role.clone(),
+                region_code: who.region.clone(),
+                department: who.department.clone(),
+                office: who.office.clone(),
+                on_behalf_of: who.on_behalf_of.clone(),
+                via: who.via.clone(),
+            });
+            let request_id = h.request_id.clone().unwrap_or_else(|| who.request_id.clone());
             proto::TimelineEntry {
                 at: Some(instant(h.at)),
                 instance_id: row.id.clone(),
                 seq: h.seq,
-                actor: h.actor.clone(),
+                actor: who.sub,
                 event: crate::store::read::event_name(h),
                 from_state: h.from.clone().unwrap_or_default(),
                 to_state: h.to.clone(),
                 deadlines: changes,
-                request_id: h.request_id.clone().unwrap_or_default(),
+                request_id,
                 messages: h.messages,
                 note: note(h),
+                principal,
             }
         })
         .collect()

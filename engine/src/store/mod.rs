@@ -320,6 +320,12 @@ pub struct Filter {
     pub provisional: bool,
     /// The variable that marks a deadline computed outside the timers as provisional.
     pub provisional_var: Option<String>,
+    /// Only ids starting with this (a case or task id starts with its region code: the caller's
+    /// region scope).
+    pub region_prefix: Option<String>,
+    /// Only cases a department sees: approved by it, or with a child (`task_workflow`) of
+    /// that department — and, with an office, only through a child of that office.
+    pub seen_by: Option<(String, Option<String>)>,
     /// Ids strictly after this one (paging).
     pub after: Option<String>,
     /// At most this many.

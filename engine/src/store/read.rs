@@ -135,6 +135,24 @@ impl ReadStore for Reader {
             }
             q.push(")");
         }
+        if let Some(prefix) = filter.region_prefix.as_deref().filter(|p| !p.is_empty()) {
+            // A range of the primary key: every id that starts with the prefix.
+            q.push(" AND id >= ").push_bind(prefix.to_owned()).push(" AND id < ").push_bind(format!("{prefix}\u{10FFFF}"));
+        }
+        if let Some((department, office)) = &filter.seen_by {
+            q.push(" AND (");
+            if office.is_none() {
+                q.push("json_extract(vars, '$.approval_department') = ").push_bind(department.clone()).push(" OR ");
+            }
+            q.push("EXISTS (SELECT 1 FROM instances s WHERE s.id > instances.id || '/T' AND s.id < instances.id || '/U' AND s.workflow = ")
+                .push_bind(filter.task_workflow.clone())
+                .push(" AND json_extract(s.vars, '$.department') = ")
+                .push_bind(department.clone());
+            if let Some(office) = office {
+                q.push(" AND json_extract(s.vars, '$.office') = ").push_bind(office.clone());
+            }
+            q.push("))");
+        }
         if let Some(from) = filter.created_from {
             q.push(" AND created_at >= ").push_bind(from);
         }

@@ -1,0 +1,268 @@
+//! The interceptor in front of every domain service: it proves who is calling and puts a
+//! [`Caller`] into the request's extensions for the handlers to authorise.
+//!
+//! Order: a bearer token (`authorization: Bearer …`) if sent, else a client certificate pinned
+//! in the service-account file (mTLS), else UNAUTHENTICATED. Then `x-shenguan-on-behalf-of`
+//! (only with the on-behalf right), then the rate limit per principal. `x-shenguan-actor` is
+//! ignored: nobody names themselves.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Deserialize;
+use tonic::{Request, Status};
+
+use super::verify::Verifier;
+use super::{Principal, Role, Right, Via};
+use crate::telemetry::Metrics;
+
+/// Who is calling, as the handlers see it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The proved principal.
+    pub principal: Arc<Principal>,
+    /// The person a service account acts for, or empty.
+    pub on_behalf_of: String,
+    /// The caller's `x-request-id`, or one made here (history names every act's request).
+    pub request_id: String,
+}
+
+/// How callers are proved.
+pub enum Mode {
+    /// Nobody is asked: every caller is [`Principal::open`]. Benchmarks and embedding only.
+    Open,
+    /// Bearer JWTs (and pinned client certificates).
+    Verify(Arc<Verifier>),
+}
+
+/// A service account proved by its client certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// SHA-256 of the certificate (DER), hex, colons allowed
+    /// (`openssl x509 -noout -fingerprint -sha256`).
+    pub fingerprint: String,
+    /// The principal's subject.
+    pub subject: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// Region code.
+    #[serde(default)]
+    pub region: String,
+    /// Department.
+    #[serde(default)]
+    pub department: String,
+    /// Office.
+    #[serde(default)]
+    pub office: String,
+    /// May name another person as the one acting.
+    #[serde(default)]
+    pub on_behalf: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountsFile {
+    #[serde(default)]
+    account: Vec<Account>,
+}
+
+/// Certificate fingerprint → principal.
+#[derive(Debug, Default, Clone)]
+pub struct Accounts {
+    by_fingerprint: HashMap<String, Arc<Principal>>,
+}
+
+impl Accounts {
+    /// Reads the service-account file (TOML, `[[account]]` tables).
+    pub fn load(path: &Path) -> Result<Accounts, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: AccountsFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut by_fingerprint = HashMap::new();
+        for a in file.account {
+            let fingerprint = normal_fingerprint(&a.fingerprint)
+                .ok_or_else(|| format!("{}: {:?} is not a SHA-256 fingerprint", path.display(), a.fingerprint))?;
+            let mut roles = Vec::new();
+            for r in &a.roles {
+                roles.push(Role::parse(r).ok_or_else(|| format!("{}: unknown role {r:?}", path.display()))?);
+            }
+            let p = Principal {
+                subject: a.subject,
+                roles,
+                region: a.region,
+                department: a.department,
+                office: a.office,
+                on_behalf: a.on_behalf,
+                via: Via::Certificate,
+            };
+            by_fingerprint.insert(fingerprint, Arc::new(p));
+        }
+        Ok(Accounts { by_fingerprint })
+    }
+
+    /// How many accounts.
+    pub fn len(&self) -> usize {
+        self.by_fingerprint.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_fingerprint.is_empty()
+    }
+}
+
+fn normal_fingerprint(text: &str) -> Option<String> {
+    let hex: String = text.trim().trim_start_matches("sha256:").chars().filter(|c| *c != ':').collect();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
+}
+
+/// The SHA-256 fingerprint of a DER certificate, lower-case hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A token bucket per principal.
+struct Limiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl Limiter {
+    fn allow(&self, who: &str) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 100_000 {
+            buckets.clear();
+        }
+        let (tokens, last) = buckets.entry(who.to_owned()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The interceptor (cheap to clone: one per service).
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mode: Mode,
+    accounts: Accounts,
+    limiter: Limiter,
+    metrics: Arc<Metrics>,
+}
+
+impl Authenticator {
+    /// `rate`: calls per second per principal (bursts of twice that); 0: no limit.
+    pub fn new(mode: Mode, accounts: Accounts, rate: u32, metrics: Arc<Metrics>) -> Self {
+        let limiter =
+            Limiter { rate: f64::from(rate), burst: f64::from(rate) * 2.0, buckets: Mutex::new(HashMap::new()) };
+        Authenticator { inner: Arc::new(Inner { mode, accounts, limiter, metrics }) }
+    }
+
+    fn refuse(&self, status: Status, reason: &str) -> Status {
+        let code = match status.code() {
+            tonic::Code::Unauthenticated => "unauthenticated",
+            tonic::Code::PermissionDenied => "permission_denied",
+            tonic::Code::ResourceExhausted => "resource_exhausted",
+            _ => "invalid_argument",
+        };
+        self.inner.metrics.calls_refused.with_label_values(&[code, reason]).inc();
+        tracing::info!(code, reason, message = status.message(), "call refused");
+        status
+    }
+
+    fn principal<T>(&self, request: &Request<T>) -> Result<Arc<Principal>, Status> {
+        let verifier = match &self.inner.mode {
+            Mode::Open => return Ok(Arc::new(Principal::open())),
+            Mode::Verify(v) => v,
+        };
+        if let Some(value) = request.metadata().get("authorization") {
+            let text = value.to_str().map_err(|_| {
+                self.refuse(Status::unauthenticated("the authorization header is not ASCII"), "malformed")
+            })?;
+            let Some(token) = text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer ")) else {
+                return Err(self.refuse(
+                    Status::unauthenticated("the authorization header must be `Bearer <JWT>`"),
+                    "malformed",
+                ));
+            };
+            if token.len() > 8 * 1024 {
+                return Err(self.refuse(Status::unauthenticated("the bearer token is longer than 8 KiB"), "malformed"));
+            }
+            return verifier.verify(token.trim()).map_err(|e| {
+                let reason = format!("{e:?}").split('(').next().unwrap_or("token").to_ascii_lowercase();
+                self.refuse(Status::unauthenticated(e.to_string()), &reason)
+            });
+        }
+        if let Some(certs) = request.peer_certs() {
+            if let Some(cert) = certs.first() {
+                let fp = fingerprint(cert.as_ref());
+                return match self.inner.accounts.by_fingerprint.get(&fp) {
+                    Some(p) => Ok(p.clone()),
+                    None => Err(self.refuse(
+                        Status::unauthenticated(format!(
+                            "the client certificate (sha256 {fp}) is not a known service account"
+                        )),
+                        "certificate",
+                    )),
+                };
+            }
+        }
+        Err(self.refuse(
+            Status::unauthenticated("no credentials: send `authorization: Bearer <JWT>` (or a client certificate)"),
+            "missing",
+        ))
+    }
+}
+
+impl tonic::service::Interceptor for Authenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let principal = self.principal(&request)?;
+        let text = |name: &str| -> Result<String, Status> {
+            match request.metadata().get(name) {
+                None => Ok(String::new()),
+                Some(v) => {
+                    let s = v.to_str().map_err(|_| Status::invalid_argument(format!("{name}: must be ASCII")))?;
+                    crate::domain::check_text(s, 128).map_err(|e| Status::invalid_argument(format!("{name}: {e}")))?;
+                    Ok(s.to_owned())
+                }
+            }
+        };
+        let on_behalf_of = text("x-shenguan-on-behalf-of").map_err(|s| self.refuse(s, "header"))?;
+        if !on_behalf_of.is_empty() {
+            principal.authorize(Right::ActOnBehalf).map_err(|e| {
+                self.refuse(Status::permission_denied(format!("x-shenguan-on-behalf-of: {e}")), "on_behalf")
+            })?;
+        }
+        if !self.inner.limiter.allow(&principal.subject) {
+            return Err(self.refuse(
+                Status::resource_exhausted(format!(
+                    "{} is over its rate limit of {} calls per second; retry later",
+                    principal.subject, self.inner.limiter.rate
+                )),
+                "rate_limit",
+            ));
+        }
+        let request_id = match text("x-request-id").map_err(|s| self.refuse(s, "header"))? {
+            id if !id.is_empty() => id,
+            _ => format!("srv-{:016x}", rand::random::<u64>()),
+        };
+        request.extensions_mut().insert(Caller { principal, on_behalf_of, request_id });
+        Ok(request)
+    }
+}

@@ -1,0 +1,144 @@
+//! The request-body gate in front of the domain services: a request's message is received in
+//! full, within a time limit and a memory budget, before tonic sees a byte of it.
+//!
+//! Why: tonic reserves the buffer a gRPC frame's 5-byte header announces. A peer that sends
+//! headers announcing 1 MiB messages and nothing else made the server commit ~1.15 MiB per
+//! stream (600 streams: 716 MiB). Here memory follows the bytes that really arrived, counted
+//! against one budget for the whole server; a body that does not arrive within `body_timeout`
+//! (a trickling stream) is answered DEADLINE_EXCEEDED and its stream freed. Every domain call
+//! is unary, so nothing is lost by reading the message whole; the streaming services (health
+//! watch, reflection) are passed through.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use tonic::Status;
+
+use super::net::Conns;
+
+/// Memory and time limits on request bodies.
+#[derive(Debug, Clone)]
+pub struct BodyLimits {
+    /// Largest message (the 5-byte frame header included).
+    pub max_message: usize,
+    /// Bytes held for unfinished requests, the whole server together.
+    pub budget: usize,
+    /// A request's body must have arrived within this.
+    pub body_timeout: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits { max_message: 1024 * 1024 + 5, budget: 256 * 1024 * 1024, body_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// The layer.
+#[derive(Clone)]
+pub struct Gate {
+    limits: Arc<BodyLimits>,
+    budget: Arc<tokio::sync::Semaphore>,
+    conns: Arc<Conns>,
+}
+
+impl Gate {
+    /// Over the server's connections (to mark calls in progress).
+    pub fn new(limits: BodyLimits, conns: Arc<Conns>) -> Gate {
+        let budget = Arc::new(tokio::sync::Semaphore::new(limits.budget.min(tokio::sync::Semaphore::MAX_PERMITS)));
+        Gate { limits: Arc::new(limits), budget, conns }
+    }
+}
+
+impl<S> tower::Layer<S> for Gate {
+    type Service = GateService<S>;
+
+    fn layer(&self, inner: S) -> GateService<S> {
+        GateService { gate: self.clone(), inner }
+    }
+}
+
+/// The service the layer makes.
+#[derive(Clone)]
+pub struct GateService<S> {
+    gate: Gate,
+    inner: S,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for GateService<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The inner service was made ready for this call; keep a fresh clone for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            let addr = request.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
+            let _call = gate.conns.call_started(addr);
+            if !request.uri().path().starts_with("/shenguan.v1.") {
+                return inner.call(request).await;
+            }
+            let (parts, body) = request.into_parts();
+            let received = tokio::time::timeout(gate.limits.body_timeout, receive(body, &gate)).await;
+            let (bytes, _held) = match received {
+                Ok(Ok(v)) => v,
+                Ok(Err(status)) => return Ok(status.into_http()),
+                Err(_) => {
+                    let secs = gate.limits.body_timeout.as_secs();
+                    return Ok(Status::deadline_exceeded(format!("the request message did not arrive within {secs} s"))
+                        .into_http());
+                }
+            };
+            let body = tonic::body::Body::new(http_body_util::Full::new(bytes));
+            inner.call(http::Request::from_parts(parts, body)).await
+        })
+    }
+}
+
+/// The whole body, and the budget it holds until the call ends.
+async fn receive(
+    mut body: tonic::body::Body,
+    gate: &Gate,
+) -> Result<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), Status> {
+    let mut buf = bytes::BytesMut::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::cancelled(format!("the request body failed: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if buf.len() + data.len() > gate.limits.max_message {
+            return Err(Status::resource_exhausted(format!(
+                "the request message is larger than {} bytes",
+                gate.limits.max_message - 5
+            )));
+        }
+        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let permit = gate.budget.clone().try_acquire_many_owned(n).map_err(|_| {
+            Status::resource_exhausted("the server is holding its limit of unfinished requests; retry later")
+        })?;
+        match &mut held {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
+}

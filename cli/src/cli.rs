@@ -531,6 +531,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     options.calendar_warn_from = args.calendar_warn_from;
     options.credit = shenguan::domain::credit::CreditGrades::new(&args.credit_grade, &args.barred_credit_grade)
         .map_err(|e| anyhow!("credit grades: {e} (see --credit-grade and --barred-credit-grade)"))?;
+    // Said before the dev key is made beside it, as the database would say it.
+    if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        bail!("cannot open database {}: directory {} does not exist", args.db.display(), dir.display());
+    }
     options.security = crate::security::server(&args.security, &args.db, args.listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -9,6 +9,14 @@ use std::process::{Child, Command, Output, Stdio};
 struct Server {
     child: Child,
     url: String,
+    /// The dev-mode admin token the server wrote beside its database.
+    token: std::path::PathBuf,
+}
+
+fn dev_token(db: &Path) -> std::path::PathBuf {
+    let mut name = db.file_name().expect("file name").to_os_string();
+    name.push(".dev-token");
+    db.with_file_name(name)
 }
 
 impl Drop for Server {
@@ -42,13 +50,15 @@ fn serve_at(db: &Path, start: &str) -> Server {
     };
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
+    Server { child, url, token: dev_token(db) }
 }
 
 fn cli(server: &Server, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shenguan"))
         .args(args)
         .env("SHENGUAN_SERVER", &server.url)
+        .env("SHENGUAN_TOKEN_FILE", &server.token)
+        .env_remove("SHENGUAN_TOKEN")
         .output()
         .expect("run cli")
 }
@@ -160,7 +170,7 @@ fn advance_clock_is_refused_on_the_system_clock() {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    let server = Server { child, url };
+    let server = Server { child, url, token: dev_token(&dir.path().join("sys.db")) };
     let o = cli(&server, &["clock", "advance", "--by", "1d"]);
     assert_eq!(o.status.code(), Some(6));
     assert!(text(&o).contains("only a server started with --virtual-clock can be advanced"), "{}", text(&o));

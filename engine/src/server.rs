@@ -262,7 +262,7 @@ pub async fn run(
         .build_v1()
         .map_err(|e| Error::Reflection(e.to_string()))?;
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, tls = security.tls.is_some(), "serving gRPC");
+        tracing::info!(tls = security.tls.is_some(), %addr, "serving gRPC");
     }
     let conns = net::Conns::new(security.connections.clone(), metrics);
     let (tx, rx) = tokio::sync::mpsc::channel(64);

@@ -153,9 +153,83 @@ pub struct TestServer {
     pub channel: tonic::transport::Channel,
     /// The database file.
     pub db: std::path::PathBuf,
+    /// The dev key tokens are signed with, when the server verifies tokens.
+    pub key: Option<shenguan::auth::verify::DevKey>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), shenguan::server::Error>>>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Adds a bearer token to every call.
+#[derive(Clone)]
+pub struct Token(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry a token.
+pub type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Token>;
+
+/// Who a test token names.
+#[derive(Debug, Clone, Default)]
+pub struct Who {
+    /// `sub`.
+    pub subject: String,
+    /// Role names.
+    pub roles: Vec<String>,
+    /// Region code.
+    pub region: String,
+    /// Department.
+    pub department: String,
+    /// Office.
+    pub office: String,
+    /// The on-behalf right.
+    pub on_behalf: bool,
+}
+
+impl Who {
+    /// `subject` with one `role` in `region`, `department`, `office`.
+    pub fn new(subject: &str, role: &str, region: &str, department: &str, office: &str) -> Who {
+        Who {
+            subject: subject.into(),
+            roles: vec![role.into()],
+            region: region.into(),
+            department: department.into(),
+            office: office.into(),
+            on_behalf: false,
+        }
+    }
+
+    /// Claims valid for an hour from now (real time: tokens live in the real world).
+    pub fn claims(&self) -> shenguan::auth::verify::Claims {
+        let now = jsonwebtoken_now();
+        shenguan::auth::verify::Claims {
+            sub: self.subject.clone(),
+            roles: self.roles.clone(),
+            region: self.region.clone(),
+            department: self.department.clone(),
+            office: self.office.clone(),
+            on_behalf: self.on_behalf,
+            exp: now + 3600,
+            nbf: now - 1,
+            iat: now,
+            ..Default::default()
+        }
+    }
+}
+
+/// Unix seconds now.
+pub fn jsonwebtoken_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `Bearer <token>` as metadata.
+pub fn bearer(token: &str) -> Token {
+    Token(format!("Bearer {token}").parse().expect("a JWT is ASCII"))
 }
 
 impl TestServer {
@@ -175,24 +249,66 @@ impl TestServer {
         db: &Path,
         configure: impl FnOnce(&mut shenguan::engine::Config),
     ) -> Result<TestServer> {
+        Self::start_with(start, db, configure, shenguan::server::Security::open(), None).await
+    }
+
+    /// A server that verifies tokens signed with a dev key (kept beside `db`), with `secure`
+    /// applied to the default limits; [`TestServer::as_who`] makes clients.
+    pub async fn start_secured(
+        start: &str,
+        db: &Path,
+        configure: impl FnOnce(&mut shenguan::engine::Config),
+        secure: impl FnOnce(&mut shenguan::server::Security),
+    ) -> Result<TestServer> {
+        use shenguan::auth::verify;
+        let key = verify::DevKey::load_or_create(&db.with_extension("dev-key"))?;
+        let verifier = verify::Verifier::new(verify::Config {
+            pem: None,
+            jwks: None,
+            issuer: verify::DEV_ISSUER.into(),
+            audience: verify::AUDIENCE.into(),
+            leeway: 5,
+            dev: Some(key.clone()),
+        })?;
+        let mut security =
+            shenguan::server::Security::with(shenguan::auth::layer::Mode::Verify(std::sync::Arc::new(verifier)));
+        secure(&mut security);
+        Self::start_with(start, db, configure, security, Some(key)).await
+    }
+
+    /// A channel whose calls carry a dev token naming `who`.
+    pub fn as_who(&self, who: &Who) -> Authed {
+        let key = self.key.as_ref().expect("a server started with start_secured");
+        tonic::service::interceptor::InterceptedService::new(self.channel.clone(), bearer(&key.mint(&who.claims())))
+    }
+
+    /// The most general start: engine settings, security, and the dev key if any.
+    pub async fn start_with(
+        start: &str,
+        db: &Path,
+        configure: impl FnOnce(&mut shenguan::engine::Config),
+        security: shenguan::server::Security,
+        key: Option<shenguan::auth::verify::DevKey>,
+    ) -> Result<TestServer> {
         let start = chrono::DateTime::parse_from_rfc3339(start)?.timestamp_millis();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut config = shenguan::engine::Config::new(db);
         configure(&mut config);
-        let options = shenguan::server::Options::new(
+        let mut options = shenguan::server::Options::new(
             config,
             std::sync::Arc::new(shenguan::definition::Registry::embedded()?),
             shenguan::calendar::Calendars::embedded()?,
             Some(shenguan::clock::VirtualClock::new(start)),
         );
+        options.security = security;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(shenguan::server::run(options, listener, async {
             let _ = stopped.await;
         }));
         // The listener is already bound, so this connects without racing the server task.
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
-        Ok(TestServer { addr, channel, db: db.to_owned(), stop: Some(stop), task: Some(task), _dir: None })
+        Ok(TestServer { addr, channel, db: db.to_owned(), key, stop: Some(stop), task: Some(task), _dir: None })
     }
 
     /// A client of the intake service.

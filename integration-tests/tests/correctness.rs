@@ -6,7 +6,8 @@
 
 use anyhow::{ensure, Context, Result};
 use integration_tests::fixtures::{accept, deferral};
-use integration_tests::TestServer;
+use integration_tests::{TestServer, Who};
+use shenguan::proto::intake_service_client::IntakeServiceClient;
 use shenguan::proto::engine_service_client::EngineServiceClient;
 use shenguan::proto::{
     AcknowledgeTaskRequest, Case, CompleteApprovalRequest, GetCaseRequest, GetStatisticsRequest, PageRequest,
@@ -158,36 +159,49 @@ async fn accept_retried_days_later_is_a_duplicate_not_a_conflict() -> Result<()>
     server.stop().await
 }
 
-fn with_metadata<T>(message: T, actor: &str, request_id: &str) -> tonic::Request<T> {
+fn with_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert("x-shenguan-actor", actor.parse().expect("ascii"));
     r.metadata_mut().insert("x-request-id", request_id.parse().expect("ascii"));
     r
 }
 
-/// Request ids are one namespace per method and caller, and are forgotten after the retention.
+/// Request ids are one namespace per method and caller (the verified principal, not a header
+/// the caller sets), and are forgotten after the retention.
 #[tokio::test]
 async fn request_ids_are_scoped_per_caller_and_method_and_expire() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("keys.db");
     let day = 24 * 3_600_000;
-    let server = TestServer::start_on(START, &db, |c| c.idempotency_retention = 2 * day).await?;
+    let server = TestServer::start_secured(START, &db, |c| c.idempotency_retention = 2 * day, |_| {}).await?;
+    let platform = |name: &str| {
+        IntakeServiceClient::new(server.as_who(&Who::new(name, "platform", "320700", "", "")))
+    };
+    let (mut a, mut b) = (platform("platform-a"), platform("platform-b"));
     for n in 1..=3 {
-        server.intake().accept_case(deferral(&format!("K-{n}"), "2026-10-09")).await?;
+        a.accept_case(deferral(&format!("K-{n}"), "2026-10-09")).await?;
     }
     let submit = |n: u32| SubmitMaterialsRequest { case_id: format!("320700/K-{n}") };
     // Two platforms that happen to use the same id: two requests.
-    server.intake().submit_materials(with_metadata(submit(1), "platform-a", "req-1")).await?;
-    let b = server.intake().submit_materials(with_metadata(submit(2), "platform-b", "req-1")).await?.into_inner();
-    ensure!(!b.duplicate, "one caller's id answered another's request");
-    ensure!(get_case(&server, "320700/K-2").await?.state == "materials_received", "K-2 not applied");
+    a.submit_materials(with_id(submit(1), "req-1")).await?;
+    let mut forged = with_id(submit(2), "req-1");
+    // A header naming another caller changes nothing: the key is the token's subject.
+    forged.metadata_mut().insert("x-shenguan-actor", "platform-a".parse().expect("ascii"));
+    let reply = b.submit_materials(forged).await?.into_inner();
+    ensure!(!reply.duplicate, "one caller's id answered another's request");
+    let k2 = reply.case.context("case")?;
+    ensure!(k2.state == "materials_received", "K-2 not applied");
     // The same caller, the same id, another request: a conflict while the id is remembered…
-    let e =
-        server.intake().submit_materials(with_metadata(submit(3), "platform-a", "req-1")).await.expect_err("reused");
+    let e = a.submit_materials(with_id(submit(3), "req-1")).await.expect_err("reused");
     ensure!(e.code() == Code::AlreadyExists, "{e:?}");
     // …and a new request once it is forgotten.
-    server.advance_to("2026-10-01T10:00:00+08:00").await?;
-    let c = server.intake().submit_materials(with_metadata(submit(3), "platform-a", "req-1")).await?.into_inner();
+    let admin = shenguan::proto::admin_service_client::AdminServiceClient::new(
+        server.as_who(&Who::new("ops", "engine_admin", "", "", "")),
+    );
+    admin
+        .clone()
+        .advance_clock(shenguan::proto::AdvanceClockRequest { by_millis: 0, to: "2026-10-01T10:00:00+08:00".into() })
+        .await?;
+    let c = a.submit_materials(with_id(submit(3), "req-1")).await?.into_inner();
     ensure!(!c.duplicate && c.case.context("case")?.state == "materials_received", "expired key not reusable");
     server.stop().await
 }

@@ -176,9 +176,14 @@ pub(crate) struct SecurityArgs {
     /// Connections from one IP address.
     #[arg(long, value_name = "N", default_value = "512")]
     pub(crate) max_connections_per_peer: usize,
-    /// A connection with no call running is closed after this long without a byte from it.
+    /// A connection with no call running is closed after this long without a byte from it
+    /// (and a new connection that sends nothing, after this or 10 s, whichever is shorter).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: std::time::Duration,
+    /// A request's message must have arrived within this (a trickling stream is answered
+    /// DEADLINE_EXCEEDED).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) body_timeout: std::time::Duration,
 }
 
 /// Where definitions and calendars come from.

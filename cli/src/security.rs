@@ -128,6 +128,8 @@ pub(crate) fn server(args: &SecurityArgs, db: &Path, listen: SocketAddr) -> Resu
     security.connections.max_connections = args.max_connections;
     security.connections.per_peer = args.max_connections_per_peer;
     security.connections.idle = args.idle_timeout;
+    security.connections.handshake = security.connections.handshake.min(args.idle_timeout);
+    security.bodies.body_timeout = args.body_timeout;
     Ok(security)
 }
 

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Connections open.
     pub connections_open: IntGauge,
+    /// Bytes of request messages received and not yet handed to a handler (the body gate).
+    pub request_bytes_held: IntGauge,
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -137,6 +139,11 @@ impl Metrics {
         .unwrap_or_else(|_| unreachable_metric());
         let connections_open =
             IntGauge::new("connections_open", "Connections open").unwrap_or_else(|_| unreachable_metric());
+        let request_bytes_held = IntGauge::new(
+            "request_bytes_held",
+            "Bytes of request messages received and not yet handed to a handler",
+        )
+        .unwrap_or_else(|_| unreachable_metric());
         let m = Metrics {
             registry,
             commands,
@@ -158,6 +165,7 @@ impl Metrics {
             denied,
             connections_refused,
             connections_open,
+            request_bytes_held,
         };
         for c in [
             Box::new(m.commands.clone()) as Box<dyn prometheus::core::Collector>,
@@ -179,6 +187,7 @@ impl Metrics {
             Box::new(m.denied.clone()),
             Box::new(m.connections_refused.clone()),
             Box::new(m.connections_open.clone()),
+            Box::new(m.request_bytes_held.clone()),
         ] {
             // Names are distinct constants, so registration cannot collide.
             let _ = m.registry.register(c);

@@ -41,13 +41,38 @@ pub struct Gate {
     limits: Arc<BodyLimits>,
     budget: Arc<tokio::sync::Semaphore>,
     conns: Arc<Conns>,
+    held: prometheus::IntGauge,
 }
 
 impl Gate {
-    /// Over the server's connections (to mark calls in progress).
-    pub fn new(limits: BodyLimits, conns: Arc<Conns>) -> Gate {
+    /// Over the server's connections (to mark calls in progress); `held` shows the bytes held.
+    pub fn new(limits: BodyLimits, conns: Arc<Conns>, held: prometheus::IntGauge) -> Gate {
         let budget = Arc::new(tokio::sync::Semaphore::new(limits.budget.min(tokio::sync::Semaphore::MAX_PERMITS)));
-        Gate { limits: Arc::new(limits), budget, conns }
+        Gate { limits: Arc::new(limits), budget, conns, held }
+    }
+}
+
+/// Bytes of the budget a request holds, shown in the gauge until released.
+struct Held {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Held {
+    fn add(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.gauge.add(i64::try_from(permit.num_permits()).unwrap_or(i64::MAX));
+        match &mut self.permit {
+            Some(p) => p.merge(permit),
+            None => self.permit = Some(permit),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(p) = &self.permit {
+            self.gauge.sub(i64::try_from(p.num_permits()).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -115,12 +140,9 @@ where
 }
 
 /// The whole body, and the budget it holds until the call ends.
-async fn receive(
-    mut body: tonic::body::Body,
-    gate: &Gate,
-) -> Result<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), Status> {
+async fn receive(mut body: tonic::body::Body, gate: &Gate) -> Result<(bytes::Bytes, Held), Status> {
     let mut buf = bytes::BytesMut::new();
-    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut held = Held { permit: None, gauge: gate.held.clone() };
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Status::cancelled(format!("the request body failed: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
@@ -134,10 +156,7 @@ async fn receive(
         let permit = gate.budget.clone().try_acquire_many_owned(n).map_err(|_| {
             Status::resource_exhausted("the server is holding its limit of unfinished requests; retry later")
         })?;
-        match &mut held {
-            Some(h) => h.merge(permit),
-            None => held = Some(permit),
-        }
+        held.add(permit);
         buf.extend_from_slice(&data);
     }
     Ok((buf.freeze(), held))

@@ -145,7 +145,8 @@ impl Intake {
 }
 
 /// An `AcceptCaseRequest` as the domain's [`case::NewCase`].
-fn new_case(r: &AcceptCaseRequest) -> case::NewCase {
+/// The domain's view of an AcceptCase request (no checks yet: [`case::accept`] makes them).
+pub fn new_case(r: &AcceptCaseRequest) -> case::NewCase {
     use crate::proto::applicant::Id;
     let applicant = r.applicant.as_ref().map(|a| case::Applicant {
         name: a.name.clone(),

@@ -14,6 +14,11 @@
 //! intake is measured alone, then a 2027 notice is loaded and intake is measured again while
 //! the N deadlines are re-planned; it reports how long the re-plan took and the intake ratio.
 //!
+//! `--w12 [--secure]` runs only W1 and W2 (and the transport floor), on a fresh server, and
+//! prints one JSON line: with `--secure` every call crosses TLS (rustls) and carries an ES256
+//! bearer token the server verifies, as in production; without, plain HTTP/2 and no identity.
+//! Interleave the two to get the cost of identity as a ratio.
+//!
 //! The server is this same binary in `serve` mode, in its own process, on a fresh SQLite file,
 //! so its RSS and CPU are its own. Every loop is bounded in count and time.
 
@@ -149,11 +154,16 @@ struct ServerProcess {
 }
 
 async fn spawn_server(db: &Path) -> Result<(ServerProcess, Duration)> {
+    spawn_server_with(db, &[]).await
+}
+
+async fn spawn_server_with(db: &Path, extra: &[&std::ffi::OsStr]) -> Result<(ServerProcess, Duration)> {
     let started = Instant::now();
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
         .arg("serve")
         .arg(db)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -167,10 +177,12 @@ async fn spawn_server(db: &Path) -> Result<(ServerProcess, Duration)> {
         }
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let channel = connect(&addr).await?;
-    let status =
-        HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
-    ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "server not serving");
+    if extra.is_empty() {
+        let channel = connect(&addr).await?;
+        let status =
+            HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
+        ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "server not serving");
+    }
     Ok((ServerProcess { child, addr, pid }, started.elapsed()))
 }
 
@@ -441,15 +453,34 @@ async fn commit_stats(addr: &str) -> Result<(f64, f64)> {
     Ok((value("shenguan_commit_batch_size_sum ") / commits, value("shenguan_commit_seconds_sum ") * 1000.0 / commits))
 }
 
-async fn serve(db: &Path) -> Result<()> {
+async fn serve(db: &Path, secure: Option<&Path>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
-    let options = shenguan::server::Options::new(
+    let mut options = shenguan::server::Options::new(
         shenguan::engine::Config::new(db),
         Arc::new(shenguan::definition::Registry::embedded()?),
         shenguan::calendar::Calendars::embedded()?,
         None,
     );
+    if let Some(dir) = secure {
+        use shenguan::auth::verify;
+        let verifier = verify::Verifier::new(verify::Config {
+            pem: Some(dir.join("keys")),
+            jwks: None,
+            issuer: SECURE_ISSUER.into(),
+            audience: verify::AUDIENCE.into(),
+            leeway: 60,
+            dev: None,
+        })?;
+        let mut security = shenguan::server::Security::with(shenguan::auth::layer::Mode::Verify(Arc::new(verifier)));
+        security.tls = Some(shenguan::server::Tls {
+            cert: std::fs::read(dir.join("server.crt"))?,
+            key: std::fs::read(dir.join("server.key"))?,
+            client_ca: None,
+            client_required: false,
+        });
+        options.security = security;
+    }
     shenguan::server::run(options, listener, async {
         let _ = tokio::signal::ctrl_c().await;
     })
@@ -693,7 +724,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> Result<()> {
     let raw: Vec<String> = std::env::args().collect();
     if raw.get(1).map(String::as_str) == Some("serve") {
-        return serve(Path::new(raw.get(2).context("serve DB")?)).await;
+        let secure = raw.get(3).filter(|a| *a == "--secure").and(raw.get(4)).map(PathBuf::from);
+        return serve(Path::new(raw.get(2).context("serve DB")?), secure.as_deref()).await;
+    }
+    if raw.iter().any(|a| a == "--w12") {
+        let n = raw
+            .iter()
+            .position(|a| a == "--cases")
+            .and_then(|i| raw.get(i + 1))
+            .map_or(Ok(5_000), |v| v.parse::<usize>())?;
+        return w12(n, raw.iter().any(|a| a == "--secure")).await;
     }
     let args = parse_args()?;
     if args.replan > 0 {
@@ -987,5 +1027,149 @@ async fn main() -> Result<()> {
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&json)?)?;
     println!("\nresults written to {}", args.json.display());
+    Ok(())
+}
+
+const SECURE_ISSUER: &str = "https://idp.load.test";
+
+/// Adds a bearer token (if any) to every call.
+#[derive(Clone)]
+struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Ch = tonic::service::interceptor::InterceptedService<Channel, Auth>;
+
+/// W1 and W2 alone, plain or with TLS and a verified ES256 token on every call.
+async fn w12(n: usize, secure: bool) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("w12.db");
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    let mut client_tls = None;
+    let mut auth = Auth(None);
+    if secure {
+        // A CA and a server certificate for localhost; the identity provider's ES256 key.
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
+            .signed_by(&key, &rcgen::Issuer::from_params(&ca_params, &ca_key))?;
+        std::fs::write(dir.path().join("server.crt"), cert.pem())?;
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem())?;
+        std::fs::create_dir(dir.path().join("keys"))?;
+        let idp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        std::fs::write(dir.path().join("keys/idp.pem"), idp.public_key_pem())?;
+        let now = u64::try_from(now_ms() / 1000)?;
+        let claims = shenguan::auth::verify::Claims {
+            sub: "load-generator".into(),
+            roles: vec!["engine_admin".into()],
+            iss: SECURE_ISSUER.into(),
+            aud: shenguan::auth::verify::AUDIENCE.into(),
+            exp: now + 3600,
+            nbf: now - 1,
+            iat: now,
+            ..Default::default()
+        };
+        let token = shenguan::auth::verify::mint_with_pem(
+            jsonwebtoken::Algorithm::ES256,
+            idp.serialize_pem().as_bytes(),
+            Some("idp"),
+            &claims,
+        )
+        .context("mint")?;
+        auth = Auth(Some(format!("Bearer {token}").parse()?));
+        client_tls = Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
+                .domain_name("localhost"),
+        );
+        extra.push("--secure".into());
+        extra.push(dir.path().into());
+    }
+    let extra_refs: Vec<&std::ffi::OsStr> = extra.iter().map(|s| s.as_os_str()).collect();
+    let (server, _) = spawn_server_with(&db, &extra_refs).await?;
+    let mut channels: Vec<Ch> = Vec::new();
+    for _ in 0..4 {
+        let scheme = if secure { "https" } else { "http" };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", server.addr))?.tcp_nodelay(true);
+        if let Some(tls) = &client_tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let mut connected = None;
+        for _ in 0..200 {
+            match endpoint.connect().await {
+                Ok(c) => {
+                    connected = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        let channel = connected.context("connect")?;
+        channels.push(tonic::service::interceptor::InterceptedService::new(channel, auth.clone()));
+    }
+    let c = 64;
+    let health: Vec<HealthClient<Ch>> = channels.iter().cloned().map(HealthClient::new).collect();
+    let floor = drive("floor: transport (health)", n * 2, c, move |i| {
+        let mut h = health[i % health.len()].clone();
+        async move {
+            h.check(HealthCheckRequest { service: String::new() }).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let clients: Vec<EngineServiceClient<Ch>> = channels.iter().cloned().map(EngineServiceClient::new).collect();
+    let far = now_ms() + 3_600_000;
+    let vars = format!(r#"{{"reminder_at":"{}","deadline_at":"{}"}}"#, instant_json(far - 60_000), instant_json(far));
+    let start_clients = clients.clone();
+    let w1 = drive("W1 intake (start)", n, c, move |i| {
+        let mut client = start_clients[i % start_clients.len()].clone();
+        let request = StartRequest {
+            workflow: "bench_case".into(),
+            instance_id: format!("w1-{i:07}"),
+            vars_json: vars.clone(),
+            request_id: format!("w1-{i:07}"),
+        };
+        async move {
+            client.start(request).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let w2 = drive("W2 signals", n, c, move |i| {
+        let mut client = clients[i % clients.len()].clone();
+        let request = SignalRequest {
+            instance_id: format!("w1-{i:07}"),
+            event: "materials_submitted".into(),
+            fields_json: String::new(),
+            request_id: String::new(),
+        };
+        async move {
+            let reply = client.signal(request).await?.into_inner();
+            ensure!(reply.state == "licensed", "w1-{i:07} is {}", reply.state);
+            Ok(())
+        }
+    })
+    .await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "secure": secure, "cases": n,
+            "floor_per_s": floor.rate(), "w1_per_s": w1.rate(), "w2_per_s": w2.rate(),
+            "w1_p50_ms": w1.pct(0.5), "w1_p99_ms": w1.pct(0.99),
+            "w2_p50_ms": w2.pct(0.5), "w2_p99_ms": w2.pct(0.99),
+        })
+    );
+    drop(server);
     Ok(())
 }

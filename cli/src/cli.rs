@@ -30,7 +30,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the server (gRPC) on a SQLite database.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Working-day calendar questions.
     #[command(subcommand)]
     Calendar(CalendarCommand),
@@ -381,7 +381,7 @@ fn out(text: impl std::fmt::Display) -> Result<()> {
 /// Runs a parsed command line.
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Calendar(CalendarCommand::Load { conn, file, dry_run, wait }) => {
             crate::client::calendar(&conn, crate::client::CalendarCall::Load { file, dry_run, wait }).await
         }

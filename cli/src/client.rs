@@ -498,7 +498,9 @@ pub(crate) fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
                 at(&e.at),
                 e.instance_id.clone(),
                 match &e.principal {
-                    Some(p) if !p.on_behalf_of.is_empty() => format!("{} ({}) for {}", p.subject, p.role, p.on_behalf_of),
+                    Some(p) if !p.on_behalf_of.is_empty() => {
+                        format!("{} ({}) for {}", p.subject, p.role, p.on_behalf_of)
+                    }
                     Some(p) => format!("{} ({})", p.subject, p.role),
                     None => e.actor.clone(),
                 },

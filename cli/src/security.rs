@@ -63,7 +63,11 @@ pub(crate) fn dev_claims(args: &TokenArgs) -> Result<Claims> {
 pub(crate) fn issue(args: &TokenArgs) -> Result<String> {
     let path = beside(&args.db, "dev-key");
     let key = DevKey::load(&path).with_context(|| {
-        format!("no dev key at {} (start `shenguan serve --db {}` without keys first)", path.display(), args.db.display())
+        format!(
+            "no dev key at {} (start `shenguan serve --db {}` without keys first)",
+            path.display(),
+            args.db.display()
+        )
     })?;
     Ok(key.mint(&dev_claims(args)?))
 }
@@ -86,7 +90,9 @@ pub(crate) fn server(args: &SecurityArgs, db: &Path, listen: SocketAddr) -> Resu
             bail!("--production needs --issuer: the `iss` the identity provider's tokens carry");
         }
         if args.tls_cert.is_none() {
-            tracing::warn!("production without --tls-cert: tokens cross the network in clear unless a proxy terminates TLS");
+            tracing::warn!(
+                "production without --tls-cert: tokens cross the network in clear unless a proxy terminates TLS"
+            );
         }
     }
     let verifier = if keyed {

@@ -162,7 +162,9 @@ async fn reload_keys(verifier: Arc<crate::auth::verify::Verifier>, every: std::t
         match tokio::task::spawn_blocking(move || v.reload_if_changed()).await {
             Ok(Ok(true)) => tracing::info!("token keys reloaded"),
             Ok(Ok(false)) | Err(_) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "token keys changed but cannot be loaded; the old keys stay in use"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "token keys changed but cannot be loaded; the old keys stay in use")
+            }
         }
     }
 }

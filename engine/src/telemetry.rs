@@ -139,11 +139,9 @@ impl Metrics {
         .unwrap_or_else(|_| unreachable_metric());
         let connections_open =
             IntGauge::new("connections_open", "Connections open").unwrap_or_else(|_| unreachable_metric());
-        let request_bytes_held = IntGauge::new(
-            "request_bytes_held",
-            "Bytes of request messages received and not yet handed to a handler",
-        )
-        .unwrap_or_else(|_| unreachable_metric());
+        let request_bytes_held =
+            IntGauge::new("request_bytes_held", "Bytes of request messages received and not yet handed to a handler")
+                .unwrap_or_else(|_| unreachable_metric());
         let m = Metrics {
             registry,
             commands,

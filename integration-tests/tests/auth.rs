@@ -41,7 +41,11 @@ impl Keys {
         std::fs::copy(data("rsa-test-only.pub.pem"), dir.path().join("rsa-1.pem"))?;
         let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         std::fs::write(dir.path().join("ec-1.pem"), ec.public_key_pem())?;
-        Ok(Keys { dir, rsa_private: std::fs::read(data("rsa-test-only.key.pem"))?, ec_private: ec.serialize_pem().into_bytes() })
+        Ok(Keys {
+            dir,
+            rsa_private: std::fs::read(data("rsa-test-only.key.pem"))?,
+            ec_private: ec.serialize_pem().into_bytes(),
+        })
     }
 
     fn verifier(&self) -> Result<Verifier> {
@@ -128,13 +132,21 @@ async fn tokens_are_checked_for_signature_time_issuer_audience_and_algorithm() -
         ("expired", rs(&Claims { exp: now() - 120, nbf: now() - 600, ..admin.clone() }), "the token has expired"),
         ("not yet valid", rs(&Claims { nbf: now() + 600, ..admin.clone() }), "the token is not valid yet"),
         ("wrong issuer", rs(&Claims { iss: "https://evil.example".into(), ..admin.clone() }), "issuer is not accepted"),
-        ("wrong audience", rs(&Claims { aud: "another-system".into(), ..admin.clone() }), "audience is not this engine"),
+        (
+            "wrong audience",
+            rs(&Claims { aud: "another-system".into(), ..admin.clone() }),
+            "audience is not this engine",
+        ),
         (
             "wrong key",
             mint_with_pem(Algorithm::ES256, other_ec.as_bytes(), Some("ec-1"), &admin).expect("m"),
             "signature does not verify",
         ),
-        ("unknown kid", mint_with_pem(Algorithm::RS256, &keys.rsa_private, Some("rsa-9"), &admin).expect("m"), "no key"),
+        (
+            "unknown kid",
+            mint_with_pem(Algorithm::RS256, &keys.rsa_private, Some("rsa-9"), &admin).expect("m"),
+            "no key",
+        ),
         ("alg none", none, "not accepted"),
         ("tampered payload", tampered, "signature does not verify"),
         ("HS256 outside dev mode", hs_confused, "HS256 outside dev mode"),
@@ -270,10 +282,9 @@ async fn call(rpc: &str, ch: Authed) -> tonic::Status {
             .complete_approval(pb::CompleteApprovalRequest { case_id: case, ..Default::default() })
             .await
             .map(|_| ()),
-        "RevokeApproval" => intake
-            .revoke_approval(pb::RevokeApprovalRequest { case_id: case, ..Default::default() })
-            .await
-            .map(|_| ()),
+        "RevokeApproval" => {
+            intake.revoke_approval(pb::RevokeApprovalRequest { case_id: case, ..Default::default() }).await.map(|_| ())
+        }
         "GetCase" => intake.get_case(pb::GetCaseRequest { case_id: case }).await.map(|_| ()),
         "ListTasks" => sup.list_tasks(pb::ListTasksRequest::default()).await.map(|_| ()),
         "AcknowledgeTask" => sup.acknowledge_task(pb::AcknowledgeTaskRequest { task_id: task }).await.map(|_| ()),
@@ -640,7 +651,8 @@ async fn tls_and_client_certificates_over_real_sockets() -> Result<()> {
     let p = timeline.entries[0].principal.clone().context("principal")?;
     ensure!(p.subject == "zwfw-gateway" && p.via == "certificate" && p.role == "platform", "{p:?}");
     // …which is still only a platform: no clock.
-    let e = AdminServiceClient::new(ch).advance_clock(pb::AdvanceClockRequest { by_millis: 1, to: String::new() }).await;
+    let e =
+        AdminServiceClient::new(ch).advance_clock(pb::AdvanceClockRequest { by_millis: 1, to: String::new() }).await;
     ensure!(e.expect_err("platform").code() == Code::PermissionDenied);
 
     // A certificate from the right CA but not a known account: UNAUTHENTICATED, naming it.

@@ -108,7 +108,10 @@ async fn a_notice_loaded_at_run_time_re_plans_exactly_the_provisional_deadlines_
     assert!(timeline(&server, "320700/CAL-A").await?.iter().all(|e| e.event != "deadline_replanned"));
     let status = server.admin().calendar_status(shenguan::proto::CalendarStatusRequest {}).await?.into_inner();
     let y2027 = status.regions[0].years.iter().find(|y| y.year == 2027).expect("2027 listed");
-    assert_eq!((y2027.status.as_str(), y2027.version, y2027.loaded_by.as_str()), ("official", 1, "anonymous (engine_admin)"));
+    assert_eq!(
+        (y2027.status.as_str(), y2027.version, y2027.loaded_by.as_str()),
+        ("official", 1, "anonymous (engine_admin)")
+    );
     assert!(status.replans.iter().all(|r| r.done) && status.replans.len() == 1, "{:?}", status.replans);
     assert_eq!(status.replans[0].instances_replanned, 1);
     assert_eq!(status.provisional_timers, 0);

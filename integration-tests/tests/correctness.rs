@@ -7,8 +7,8 @@
 use anyhow::{ensure, Context, Result};
 use integration_tests::fixtures::{accept, deferral};
 use integration_tests::{TestServer, Who};
-use shenguan::proto::intake_service_client::IntakeServiceClient;
 use shenguan::proto::engine_service_client::EngineServiceClient;
+use shenguan::proto::intake_service_client::IntakeServiceClient;
 use shenguan::proto::{
     AcknowledgeTaskRequest, Case, CompleteApprovalRequest, GetCaseRequest, GetStatisticsRequest, PageRequest,
     QueryCasesRequest, RevokeApprovalRequest, Route, Scenario, SignalRequest, StartRequest, SubmitMaterialsRequest,
@@ -173,9 +173,7 @@ async fn request_ids_are_scoped_per_caller_and_method_and_expire() -> Result<()>
     let db = dir.path().join("keys.db");
     let day = 24 * 3_600_000;
     let server = TestServer::start_secured(START, &db, |c| c.idempotency_retention = 2 * day, |_| {}).await?;
-    let platform = |name: &str| {
-        IntakeServiceClient::new(server.as_who(&Who::new(name, "platform", "320700", "", "")))
-    };
+    let platform = |name: &str| IntakeServiceClient::new(server.as_who(&Who::new(name, "platform", "320700", "", "")));
     let (mut a, mut b) = (platform("platform-a"), platform("platform-b"));
     for n in 1..=3 {
         a.accept_case(deferral(&format!("K-{n}"), "2026-10-09")).await?;
@@ -194,9 +192,13 @@ async fn request_ids_are_scoped_per_caller_and_method_and_expire() -> Result<()>
     let e = a.submit_materials(with_id(submit(3), "req-1")).await.expect_err("reused");
     ensure!(e.code() == Code::AlreadyExists, "{e:?}");
     // …and a new request once it is forgotten.
-    let admin = shenguan::proto::admin_service_client::AdminServiceClient::new(
-        server.as_who(&Who::new("ops", "engine_admin", "", "", "")),
-    );
+    let admin = shenguan::proto::admin_service_client::AdminServiceClient::new(server.as_who(&Who::new(
+        "ops",
+        "engine_admin",
+        "",
+        "",
+        "",
+    )));
     admin
         .clone()
         .advance_clock(shenguan::proto::AdvanceClockRequest { by_millis: 0, to: "2026-10-01T10:00:00+08:00".into() })

@@ -57,8 +57,7 @@ pub(crate) fn require_case(
     let department = view::var(case, "approval_department");
     let task_units: Vec<(String, String)> =
         tasks.iter().map(|t| (view::var(t, "department"), view::var(t, "office"))).collect();
-    let inside =
-        who.scope().has_case(&region, &department, task_units.iter().map(|(d, o)| (d.as_str(), o.as_str())));
+    let inside = who.scope().has_case(&region, &department, task_units.iter().map(|(d, o)| (d.as_str(), o.as_str())));
     who.require(shared, inside, || format!("case {}", case.id))
 }
 

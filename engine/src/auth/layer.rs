@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tonic::{Request, Status};
 
 use super::verify::Verifier;
-use super::{Principal, Role, Right, Via};
+use super::{Principal, Right, Role, Via};
 use crate::telemetry::Metrics;
 
 /// Who is calling, as the handlers see it.
@@ -196,10 +196,8 @@ impl Authenticator {
                 self.refuse(Status::unauthenticated("the authorization header is not ASCII"), "malformed")
             })?;
             let Some(token) = text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer ")) else {
-                return Err(self.refuse(
-                    Status::unauthenticated("the authorization header must be `Bearer <JWT>`"),
-                    "malformed",
-                ));
+                return Err(self
+                    .refuse(Status::unauthenticated("the authorization header must be `Bearer <JWT>`"), "malformed"));
             };
             if token.len() > 8 * 1024 {
                 return Err(self.refuse(Status::unauthenticated("the bearer token is longer than 8 KiB"), "malformed"));

@@ -369,7 +369,9 @@ fn load(config: &Config) -> Result<Vec<Key>, KeyError> {
             let alg = match &jwk.algorithm {
                 P::RSA(_) => Algorithm::RS256,
                 P::EllipticCurve(_) => Algorithm::ES256,
-                P::OctetKey(_) => return Err(invalid("holds a symmetric (oct) key; HS256 is for dev mode only".into())),
+                P::OctetKey(_) => {
+                    return Err(invalid("holds a symmetric (oct) key; HS256 is for dev mode only".into()))
+                }
                 P::OctetKeyPair(_) => Algorithm::EdDSA,
             };
             let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("a key is unusable: {e}")))?;

@@ -95,10 +95,7 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 
 impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for GateService<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ResBody: Default + Send + 'static,
@@ -117,7 +114,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
         Box::pin(async move {
-            let addr = request.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
+            let addr =
+                request.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
             let _call = gate.conns.call_started(addr);
             if !request.uri().path().starts_with("/shenguan.v1.") {
                 return inner.call(request).await;
@@ -129,8 +127,10 @@ where
                 Ok(Err(status)) => return Ok(status.into_http()),
                 Err(_) => {
                     let secs = gate.limits.body_timeout.as_secs();
-                    return Ok(Status::deadline_exceeded(format!("the request message did not arrive within {secs} s"))
-                        .into_http());
+                    return Ok(Status::deadline_exceeded(format!(
+                        "the request message did not arrive within {secs} s"
+                    ))
+                    .into_http());
                 }
             };
             let body = tonic::body::Body::new(http_body_util::Full::new(bytes));

@@ -228,7 +228,10 @@ impl AsyncRead for Conn {
                 }
                 let reason = if this.heard { "idle" } else { "handshake" };
                 this.conns.warn(reason, &this.addr);
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("connection {reason} timeout"))));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connection {reason} timeout"),
+                )));
             },
         }
     }

@@ -137,7 +137,10 @@ impl ReadStore for Reader {
         }
         if let Some(prefix) = filter.region_prefix.as_deref().filter(|p| !p.is_empty()) {
             // A range of the primary key: every id that starts with the prefix.
-            q.push(" AND id >= ").push_bind(prefix.to_owned()).push(" AND id < ").push_bind(format!("{prefix}\u{10FFFF}"));
+            q.push(" AND id >= ")
+                .push_bind(prefix.to_owned())
+                .push(" AND id < ")
+                .push_bind(format!("{prefix}\u{10FFFF}"));
         }
         if let Some((department, office)) = &filter.seen_by {
             q.push(" AND (");

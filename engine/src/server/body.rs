@@ -114,8 +114,12 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
         Box::pin(async move {
-            let addr =
-                request.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
+            use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+            let extensions = request.extensions();
+            let info = extensions
+                .get::<TcpConnectInfo>()
+                .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(|t| t.get_ref()));
+            let addr = info.and_then(TcpConnectInfo::remote_addr);
             let _call = gate.conns.call_started(addr);
             if !request.uri().path().starts_with("/shenguan.v1.") {
                 return inner.call(request).await;

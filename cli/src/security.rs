@@ -95,22 +95,7 @@ pub(crate) fn server(args: &SecurityArgs, db: &Path, listen: SocketAddr) -> Resu
             );
         }
     }
-    let verifier = if keyed {
-        let config = verify::Config {
-            pem: args.jwt_keys.clone(),
-            jwks: args.jwks.clone(),
-            issuer: args.issuer.clone().unwrap_or_default(),
-            audience: args.audience.clone(),
-            leeway: args.token_leeway.as_secs(),
-            dev: None,
-        };
-        if config.issuer.is_empty() {
-            bail!("--issuer is required with --jwt-keys or --jwks");
-        }
-        Verifier::new(config).map_err(|e| anyhow!("token keys: {e}"))?
-    } else {
-        dev_mode(db, listen)?
-    };
+    // Every file is read and checked before dev mode makes a key or prints a token.
     let accounts = match &args.service_accounts {
         Some(path) => Accounts::load(path).map_err(|e| anyhow!("service accounts: {e}"))?,
         None => Accounts::default(),
@@ -126,6 +111,22 @@ pub(crate) fn server(args: &SecurityArgs, db: &Path, listen: SocketAddr) -> Resu
             client_required: args.require_client_cert,
         }),
         _ => None,
+    };
+    let verifier = if keyed {
+        let config = verify::Config {
+            pem: args.jwt_keys.clone(),
+            jwks: args.jwks.clone(),
+            issuer: args.issuer.clone().unwrap_or_default(),
+            audience: args.audience.clone(),
+            leeway: args.token_leeway.as_secs(),
+            dev: None,
+        };
+        if config.issuer.is_empty() {
+            bail!("--issuer is required with --jwt-keys or --jwks");
+        }
+        Verifier::new(config).map_err(|e| anyhow!("token keys: {e}"))?
+    } else {
+        dev_mode(db, listen)?
     };
     let mut security = Security::with(Mode::Verify(Arc::new(verifier)));
     security.accounts = accounts;

@@ -200,3 +200,110 @@ fn serve_refuses_a_bad_database_path_with_one_line() {
         stderr(&o)
     );
 }
+
+fn last_line(o: &Output) -> String {
+    stderr(o).lines().last().unwrap_or("").to_owned()
+}
+
+#[test]
+fn a_production_server_refuses_to_start_without_keys_or_issuer_and_says_what_to_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("p.db");
+    let db = db.to_str().expect("path");
+    let o = shenguan(&["serve", "--production", "--db", db, "--listen", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(last_line(&o).starts_with("error: --production needs token keys: give --jwt-keys"), "{}", stderr(&o));
+    assert!(!dir.path().join("p.db.dev-key").exists(), "a production start made a dev key");
+
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).expect("mkdir");
+    let keys = keys.to_str().expect("path");
+    let o = shenguan(&["serve", "--production", "--jwt-keys", keys, "--db", db, "--listen", "127.0.0.1:0"]);
+    assert!(last_line(&o).starts_with("error: --production needs --issuer"), "{}", stderr(&o));
+
+    // A private key where the public one belongs, and a file that is no key at all.
+    std::fs::write(dir.path().join("keys/idp.pem"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+        .expect("write");
+    let args =
+        ["serve", "--production", "--jwt-keys", keys, "--issuer", "https://idp", "--db", db, "--listen", "127.0.0.1:0"];
+    let o = shenguan(&args);
+    assert!(last_line(&o).contains("is a private key; give the public key"), "{}", stderr(&o));
+    std::fs::write(dir.path().join("keys/idp.pem"), "garbage").expect("write");
+    let o = shenguan(&args);
+    assert!(last_line(&o).contains("is not a PEM RSA or EC (P-256) public key"), "{}", stderr(&o));
+}
+
+#[test]
+fn hostile_security_files_are_refused_with_the_file_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("h.db");
+    let db = db.to_str().expect("path");
+    let jwks = dir.path().join("jwks.json");
+    for (text, says) in
+        [("{not json", "is not a JWKS"), (r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#, "symmetric (oct) key")]
+    {
+        std::fs::write(&jwks, text).expect("write");
+        let o = shenguan(&[
+            "serve",
+            "--jwks",
+            jwks.to_str().expect("p"),
+            "--issuer",
+            "i",
+            "--db",
+            db,
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{text}");
+        assert!(last_line(&o).contains("jwks.json") && last_line(&o).contains(says), "{text}: {}", stderr(&o));
+    }
+    let accounts = dir.path().join("accounts.toml");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not used before the accounts are read").expect("write");
+    for (text, says) in [
+        (
+            "[[account]]\nfingerprint = \"zz\"\nsubject = \"s\"\nroles = [\"platform\"]\n",
+            "is not a SHA-256 fingerprint",
+        ),
+        (
+            &format!("[[account]]\nfingerprint = \"{}\"\nsubject = \"s\"\nroles = [\"root\"]\n", "ab".repeat(32)),
+            "unknown role \"root\"",
+        ),
+        ("[[account]]\nfingerprint = 1\n", "invalid type"),
+        ("account = \"x\"\nextra = 1\n", "accounts.toml"),
+    ] {
+        std::fs::write(&accounts, text).expect("write");
+        let o = shenguan(&[
+            "serve",
+            "--service-accounts",
+            accounts.to_str().expect("p"),
+            "--db",
+            db,
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{text}");
+        assert!(last_line(&o).contains(says), "{text}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn token_issue_mints_for_a_dev_server_and_refuses_unknown_roles_and_missing_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let db_s = db.to_str().expect("path");
+    let o = shenguan(&["token", "issue", "--role", "platform", "--region", "320700", "--db", db_s]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(last_line(&o).contains("no dev key at") && last_line(&o).contains("t.db.dev-key"), "{}", stderr(&o));
+    std::fs::write(dir.path().join("t.db.dev-key"), "ab".repeat(32)).expect("write");
+    let o = shenguan(&["token", "issue", "--role", "platform", "--region", "320700", "--db", db_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o);
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
+    let o = shenguan(&["token", "issue", "--role", "root", "--db", db_s]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(last_line(&o).contains("unknown role \"root\"; one of engine_admin"), "{}", stderr(&o));
+    std::fs::write(dir.path().join("t.db.dev-key"), "short").expect("write");
+    let o = shenguan(&["token", "issue", "--role", "platform", "--db", db_s]);
+    assert!(last_line(&o).contains("is not a dev key"), "{}", stderr(&o));
+}

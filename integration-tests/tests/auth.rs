@@ -678,3 +678,58 @@ async fn tls_and_client_certificates_over_real_sockets() -> Result<()> {
     task.await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn hostile_headers_and_claims_are_refused_with_a_reason() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = TestServer::start_secured(START, &dir.path().join("h.db"), |_| {}, |_| {}).await?;
+    let key = server.key.clone().context("key")?;
+    let refused = |token: String| {
+        let channel = server.channel.clone();
+        async move {
+            let mut r = tonic::Request::new(pb::CalendarStatusRequest {});
+            r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+            AdminServiceClient::new(channel).calendar_status(r).await.expect_err("refused")
+        }
+    };
+    let e = refused("a".repeat(9000)).await;
+    ensure!(e.code() == Code::Unauthenticated && e.message().contains("longer than 8 KiB"), "{e:?}");
+    let mut who = Who::new(&"s".repeat(200), "engine_admin", "", "", "");
+    let e = refused(key.mint(&who.claims())).await;
+    ensure!(e.code() == Code::Unauthenticated && e.message().contains("sub"), "{e:?}");
+    who.subject = "evil\u{202e}gnp.exe".into();
+    let e = refused(key.mint(&who.claims())).await;
+    ensure!(e.code() == Code::Unauthenticated && e.message().contains("sub"), "{e:?}");
+    who.subject = "many".into();
+    who.roles = (0..40).map(|i| format!("r{i}")).collect();
+    let e = refused(key.mint(&who.claims())).await;
+    ensure!(e.message().contains("more than 32 roles"), "{e:?}");
+    // A token that expired in 1970.
+    let e = refused(key.mint(&Claims { sub: "x".into(), exp: 1, ..Claims::default() })).await;
+    ensure!(e.code() == Code::Unauthenticated, "{e:?}");
+
+    let admin = server.as_who(&Who { on_behalf: true, ..Who::new("gw", "engine_admin", "", "", "") });
+    for (value, says) in [("x".repeat(300), "at most"), ("a\u{7}b".to_owned(), "")] {
+        let mut r = tonic::Request::new(pb::CalendarStatusRequest {});
+        match value.parse() {
+            Ok(v) => {
+                r.metadata_mut().insert("x-shenguan-on-behalf-of", v);
+            }
+            // Not even a header value: nothing to send.
+            Err(_) => continue,
+        }
+        let e = AdminServiceClient::new(admin.clone()).calendar_status(r).await.expect_err("refused");
+        ensure!(e.code() == Code::InvalidArgument && e.message().contains(says), "{e:?}");
+    }
+    // Page sizes are capped, not refused; a hostile page token is INVALID_ARGUMENT.
+    let mut admin_client = AdminServiceClient::new(admin);
+    let r = admin_client
+        .query_cases(pb::QueryCasesRequest {
+            page: Some(pb::PageRequest { page_size: u32::MAX, page_token: "zz".into() }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad token");
+    ensure!(r.code() == Code::InvalidArgument, "{r:?}");
+    server.stop().await
+}

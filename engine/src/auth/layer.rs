@@ -79,7 +79,11 @@ impl Accounts {
     /// Reads the service-account file (TOML, `[[account]]` tables).
     pub fn load(path: &Path) -> Result<Accounts, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file: AccountsFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: AccountsFile = toml::from_str(&text).map_err(|e| {
+            // One line, FILE:LINE: message, like every other file error.
+            let line = e.span().map_or(1, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            format!("{}:{line}: {}", path.display(), e.message().trim())
+        })?;
         let mut by_fingerprint = HashMap::new();
         for a in file.account {
             let fingerprint = normal_fingerprint(&a.fingerprint)

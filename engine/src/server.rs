@@ -106,7 +106,8 @@ impl Security {
     /// No authentication, no TLS, default limits: every caller is an engine administrator.
     /// For benchmarks and tests that are not about identity; `shenguan serve` never uses it.
     pub fn open() -> Security {
-        Security::with(crate::auth::layer::Mode::Open)
+        // One anonymous principal: a rate limit per principal would throttle everyone together.
+        Security { rate: 0, ..Security::with(crate::auth::layer::Mode::Open) }
     }
 
     /// Callers proved by `auth`, default limits, no TLS.

@@ -125,14 +125,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     );
     // Dev mode, as `serve` without keys: a local HS256 key, and every party with a real token.
     let key = DevKey::load_or_create(&crate::security::beside(&db, "dev-key")).context("dev key")?;
-    let verifier = shenguan::auth::verify::Verifier::new(shenguan::auth::verify::Config {
-        pem: None,
-        jwks: None,
-        issuer: shenguan::auth::verify::DEV_ISSUER.into(),
-        audience: shenguan::auth::verify::AUDIENCE.into(),
-        leeway: 60,
-        dev: Some(key.clone()),
-    })?;
+    let verifier = shenguan::auth::verify::Verifier::new(shenguan::auth::verify::Config::dev(key.clone()))?;
     options.security = shenguan::server::Security::with(shenguan::auth::layer::Mode::Verify(Arc::new(verifier)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -157,14 +157,7 @@ fn dev_mode(db: &Path, listen: SocketAddr) -> Result<Verifier> {
     };
     let token = key.mint(&dev_claims(&args)?);
     write_private(&token_path, &token).with_context(|| format!("dev token {}", token_path.display()))?;
-    let config = verify::Config {
-        pem: None,
-        jwks: None,
-        issuer: verify::DEV_ISSUER.into(),
-        audience: verify::AUDIENCE.into(),
-        leeway: 60,
-        dev: Some(key),
-    };
+    let config = verify::Config::dev(key);
     let verifier = Verifier::new(config).map_err(|e| anyhow!("dev key: {e}"))?;
     let mut err = std::io::stderr().lock();
     let _ = writeln!(

@@ -163,5 +163,60 @@ fn deadlines(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, wheel, machine, deadlines);
+/// Bearer-token verification: the signature check a first call pays (ES256, RS256), and the
+/// cached answer every later call with the same token gets.
+fn tokens(c: &mut Criterion) {
+    use shenguan::auth::verify::{self, mint_with_pem, Claims, Verifier};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../integration-tests/tests/data/keys");
+    std::fs::copy(data.join("rsa-test-only.pub.pem"), dir.path().join("rsa.pem")).expect("copy");
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    std::fs::write(dir.path().join("ec.pem"), ec.public_key_pem()).expect("write");
+    let verifier = Verifier::new(verify::Config {
+        pem: Some(dir.path().to_owned()),
+        jwks: None,
+        issuer: "bench".into(),
+        audience: verify::AUDIENCE.into(),
+        leeway: 60,
+        dev: None,
+    })
+    .expect("verifier");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+    let claims = |i: u64| Claims {
+        sub: format!("client-{i}"),
+        roles: vec!["platform".into()],
+        region: "320700".into(),
+        iss: "bench".into(),
+        aud: verify::AUDIENCE.into(),
+        exp: now + 3600,
+        iat: now,
+        ..Claims::default()
+    };
+    let rsa_private = std::fs::read(data.join("rsa-test-only.key.pem")).expect("key");
+    let ec_private = ec.serialize_pem();
+    let mut g = c.benchmark_group("token");
+    for (name, alg, key, kid) in [
+        ("verify ES256 (first use)", jsonwebtoken::Algorithm::ES256, ec_private.as_bytes(), "ec"),
+        ("verify RS256 (first use)", jsonwebtoken::Algorithm::RS256, &rsa_private[..], "rsa"),
+    ] {
+        // More distinct tokens than the cache holds (10,000; emptied when full), cycled: every
+        // verification misses it.
+        let tokens: Vec<String> =
+            (0..10_500).map(|i| mint_with_pem(alg, key, Some(kid), &claims(i)).expect("mint")).collect();
+        let mut i = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % tokens.len();
+                verifier.verify(black_box(&tokens[i])).expect("verifies")
+            })
+        });
+    }
+    let token =
+        mint_with_pem(jsonwebtoken::Algorithm::ES256, ec_private.as_bytes(), Some("ec"), &claims(0)).expect("m");
+    verifier.verify(&token).expect("verifies");
+    g.bench_function("verify (cached)", |b| b.iter(|| verifier.verify(black_box(&token)).expect("verifies")));
+    g.finish();
+}
+
+criterion_group!(benches, wheel, machine, deadlines, tokens);
 criterion_main!(benches);

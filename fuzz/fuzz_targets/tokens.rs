@@ -11,14 +11,7 @@ fn verifier() -> &'static Verifier {
         let dir = std::env::temp_dir().join(format!("shenguan-fuzz-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let key = verify::DevKey::load_or_create(&dir.join("dev-key")).expect("a dev key");
-        Verifier::new(verify::Config {
-            pem: None,
-            jwks: None,
-            issuer: verify::DEV_ISSUER.into(),
-            audience: verify::AUDIENCE.into(),
-            leeway: 60,
-            dev: Some(key),
-        })
+        Verifier::new(verify::Config::dev(key))
         .expect("a verifier")
     })
 }

@@ -262,14 +262,7 @@ impl TestServer {
     ) -> Result<TestServer> {
         use shenguan::auth::verify;
         let key = verify::DevKey::load_or_create(&db.with_extension("dev-key"))?;
-        let verifier = verify::Verifier::new(verify::Config {
-            pem: None,
-            jwks: None,
-            issuer: verify::DEV_ISSUER.into(),
-            audience: verify::AUDIENCE.into(),
-            leeway: 5,
-            dev: Some(key.clone()),
-        })?;
+        let verifier = verify::Verifier::new(verify::Config::dev(key.clone()))?;
         let mut security =
             shenguan::server::Security::with(shenguan::auth::layer::Mode::Verify(std::sync::Arc::new(verifier)));
         secure(&mut security);

@@ -594,14 +594,7 @@ async fn tls_and_client_certificates_over_real_sockets() -> Result<()> {
         ),
     )?;
     let key = verify::DevKey::load_or_create(&dir.path().join("dev-key"))?;
-    let verifier = Verifier::new(verify::Config {
-        pem: None,
-        jwks: None,
-        issuer: verify::DEV_ISSUER.into(),
-        audience: verify::AUDIENCE.into(),
-        leeway: 5,
-        dev: Some(key.clone()),
-    })?;
+    let verifier = Verifier::new(verify::Config::dev(key.clone()))?;
     let mut security = Security::with(shenguan::auth::layer::Mode::Verify(Arc::new(verifier)));
     security.accounts = shenguan::auth::layer::Accounts::load(&accounts).map_err(anyhow::Error::msg)?;
     security.tls = Some(shenguan::server::Tls {

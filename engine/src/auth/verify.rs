@@ -161,6 +161,20 @@ pub struct Config {
     pub dev: Option<DevKey>,
 }
 
+impl Config {
+    /// Dev mode: only `key` (HS256), the dev issuer and audience, 60 s of skew.
+    pub fn dev(key: DevKey) -> Config {
+        Config {
+            pem: None,
+            jwks: None,
+            issuer: DEV_ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway: 60,
+            dev: Some(key),
+        }
+    }
+}
+
 /// Issuer and audience of dev-mode tokens.
 pub const DEV_ISSUER: &str = "shenguan-dev";
 /// The audience a token must name unless configured otherwise.

@@ -170,6 +170,10 @@ pub(crate) struct SecurityArgs {
     /// Calls per second per principal (bursts of twice that); 0: no limit.
     #[arg(long, value_name = "N", default_value = "20000")]
     pub(crate) rate_limit: u32,
+    /// Failed authentications per second from one IP address (bursts of twice that) before
+    /// the address is refused without its tokens being checked; 0: no limit.
+    #[arg(long, value_name = "N", default_value = "20")]
+    pub(crate) failed_auth_rate: u32,
     /// Connections open at once; keep below the file-descriptor limit (LimitNOFILE).
     #[arg(long, value_name = "N", default_value = "10000")]
     pub(crate) max_connections: usize,

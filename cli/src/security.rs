@@ -132,6 +132,7 @@ pub(crate) fn server(args: &SecurityArgs, db: &Path, listen: SocketAddr) -> Resu
     security.accounts = accounts;
     security.tls = tls;
     security.rate = args.rate_limit;
+    security.failed_auth_rate = args.failed_auth_rate;
     security.connections.max_connections = args.max_connections;
     security.connections.per_peer = args.max_connections_per_peer;
     security.connections.idle = args.idle_timeout;

@@ -92,6 +92,9 @@ pub struct Security {
     pub tls: Option<Tls>,
     /// Calls per second per principal (bursts of twice that); 0: no limit.
     pub rate: u32,
+    /// Failed authentications per second per IP address (bursts of twice that) before the
+    /// address is refused without checking its tokens; 0: no limit.
+    pub failed_auth_rate: u32,
     /// Connection limits.
     pub connections: net::Limits,
     /// Request-body limits.
@@ -117,6 +120,7 @@ impl Security {
             accounts: Default::default(),
             tls: None,
             rate: 20_000,
+            failed_auth_rate: 20,
             connections: net::Limits::default(),
             bodies: body::BodyLimits::default(),
             streams_per_connection: 256,
@@ -234,7 +238,13 @@ pub async fn run(
         crate::auth::layer::Mode::Open => None,
     };
     let metrics = shared.context().metrics.clone();
-    let auth = crate::auth::layer::Authenticator::new(security.auth, security.accounts, security.rate, metrics.clone());
+    let auth = crate::auth::layer::Authenticator::new(
+        security.auth,
+        security.accounts,
+        security.rate,
+        security.failed_auth_rate,
+        metrics.clone(),
+    );
     use crate::proto::admin_service_server::AdminServiceServer;
     use crate::proto::intake_service_server::IntakeServiceServer;
     use crate::proto::supervision_service_server::SupervisionServiceServer;

@@ -726,3 +726,24 @@ async fn hostile_headers_and_claims_are_refused_with_a_reason() -> Result<()> {
     ensure!(r.code() == Code::InvalidArgument, "{r:?}");
     server.stop().await
 }
+
+#[tokio::test]
+async fn an_address_that_keeps_failing_is_refused_before_its_tokens_are_checked() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = TestServer::start_secured(START, &dir.path().join("f.db"), |_| {}, |s| s.failed_auth_rate = 2).await?;
+    let key = server.key.clone().context("key")?;
+    let good = key.mint(&Who::new("root", "engine_admin", "", "", "").claims());
+    let forged = format!("{}x", &good[..good.len() - 1]);
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        codes.push(status_of(&server, &forged).await.code());
+    }
+    // A burst of four failures is checked (UNAUTHENTICATED); then the address is refused
+    // outright until its failures age out.
+    let checked = codes.iter().filter(|c| **c == Code::Unauthenticated).count();
+    ensure!((4..=8).contains(&checked), "{codes:?}");
+    ensure!(codes.last() == Some(&Code::ResourceExhausted), "{codes:?}");
+    let s = status_of(&server, &forged).await;
+    ensure!(s.message().contains("too many failed authentications"), "{s:?}");
+    server.stop().await
+}

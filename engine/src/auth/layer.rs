@@ -136,6 +136,19 @@ struct Limiter {
 }
 
 impl Limiter {
+    fn new(rate: u32) -> Limiter {
+        Limiter { rate: f64::from(rate), burst: f64::from(rate) * 2.0, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether `who` has a token left, without taking it.
+    fn has(&self, who: &str) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets.get(who).is_none_or(|(tokens, last)| *tokens + last.elapsed().as_secs_f64() * self.rate >= 1.0)
+    }
+
     fn allow(&self, who: &str) -> bool {
         if self.rate <= 0.0 {
             return true;
@@ -167,15 +180,17 @@ struct Inner {
     mode: Mode,
     accounts: Accounts,
     limiter: Limiter,
+    failures: Limiter,
     metrics: Arc<Metrics>,
 }
 
 impl Authenticator {
-    /// `rate`: calls per second per principal (bursts of twice that); 0: no limit.
-    pub fn new(mode: Mode, accounts: Accounts, rate: u32, metrics: Arc<Metrics>) -> Self {
-        let limiter =
-            Limiter { rate: f64::from(rate), burst: f64::from(rate) * 2.0, buckets: Mutex::new(HashMap::new()) };
-        Authenticator { inner: Arc::new(Inner { mode, accounts, limiter, metrics }) }
+    /// `rate`: calls per second per principal (bursts of twice that); `failures`: failed
+    /// authentications per second per IP address before the address is refused outright
+    /// (bursts of twice that); 0: no limit.
+    pub fn new(mode: Mode, accounts: Accounts, rate: u32, failures: u32, metrics: Arc<Metrics>) -> Self {
+        let (limiter, failures) = (Limiter::new(rate), Limiter::new(failures));
+        Authenticator { inner: Arc::new(Inner { mode, accounts, limiter, failures, metrics }) }
     }
 
     fn refuse(&self, status: Status, reason: &str) -> Status {
@@ -206,7 +221,17 @@ impl Authenticator {
             if token.len() > 8 * 1024 {
                 return Err(self.refuse(Status::unauthenticated("the bearer token is longer than 8 KiB"), "malformed"));
             }
+            // A signature check costs ~0.2 ms of CPU and a token that fails is not cached: an
+            // address that keeps failing is refused before its tokens are checked.
+            let peer = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+            if !self.inner.failures.has(&peer) {
+                return Err(self.refuse(
+                    Status::resource_exhausted("too many failed authentications from this address; retry later"),
+                    "failures",
+                ));
+            }
             return verifier.verify(token.trim()).map_err(|e| {
+                self.inner.failures.allow(&peer);
                 let reason = format!("{e:?}").split('(').next().unwrap_or("token").to_ascii_lowercase();
                 self.refuse(Status::unauthenticated(e.to_string()), &reason)
             });

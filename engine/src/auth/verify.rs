@@ -380,13 +380,17 @@ fn load(config: &Config) -> Result<Vec<Key>, KeyError> {
             serde_json::from_slice(&bytes).map_err(|e| invalid(format!("is not a JWKS: {e}")))?;
         for jwk in &set.keys {
             use jsonwebtoken::jwk::AlgorithmParameters as P;
-            let alg = match &jwk.algorithm {
-                P::RSA(_) => Algorithm::RS256,
-                P::EllipticCurve(_) => Algorithm::ES256,
-                P::OctetKey(_) => {
+            use jsonwebtoken::jwk::KeyAlgorithm as A;
+            let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+                (P::OctetKey(_), _) => {
                     return Err(invalid("holds a symmetric (oct) key; HS256 is for dev mode only".into()))
                 }
-                P::OctetKeyPair(_) => Algorithm::EdDSA,
+                (P::RSA(_), None | Some(A::RS256)) => Algorithm::RS256,
+                (P::EllipticCurve(_), None | Some(A::ES256)) => Algorithm::ES256,
+                (P::OctetKeyPair(_), None | Some(A::EdDSA)) => Algorithm::EdDSA,
+                (_, Some(other)) => {
+                    return Err(invalid(format!("a key is for {other}; RS256, ES256 or EdDSA are accepted")))
+                }
             };
             let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("a key is unusable: {e}")))?;
             keys.push(Key { kid: jwk.common.key_id.clone(), alg, key, dev: false });

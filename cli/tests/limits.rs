@@ -159,6 +159,7 @@ async fn headers_announcing_large_messages_commit_no_memory_and_time_out() {
     let held = server.until("shenguan_request_bytes_held", |v| v >= 3000.0).await;
     assert_eq!(held, 3000.0, "5 bytes for each of 600 streams");
     let during = server.rss_kib();
+    eprintln!("RSS before {before} KiB, with 600 announced messages held {during} KiB");
     assert!(
         during < before + 100 * 1024,
         "RSS grew from {before} KiB to {during} KiB for 600 announced messages (the defect: +690 MiB)"

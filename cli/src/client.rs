@@ -514,7 +514,31 @@ pub(crate) fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
             ]
         })
         .collect();
-    table(&["TIME (Asia/Shanghai)", "INSTANCE", "ACTOR", "EVENT", "STATE", "DEADLINES"], &rows)
+    let mut text = table(&["TIME (Asia/Shanghai)", "INSTANCE", "ACTOR", "EVENT", "STATE", "DEADLINES"], &rows);
+    // Messages to other systems, below: their texts are too long for a column.
+    let messages: Vec<Vec<String>> = entries
+        .iter()
+        .flat_map(|e| {
+            e.outbound.iter().map(move |m| {
+                let to = if m.recipient.is_empty() {
+                    m.channel.clone()
+                } else {
+                    format!("{} → {}", m.channel, m.recipient)
+                };
+                let state =
+                    if m.attempts > 0 { format!("{} ({} attempts)", m.state, m.attempts) } else { m.state.clone() };
+                vec![at(&e.at), e.instance_id.clone(), to, state, m.text.clone()]
+            })
+        })
+        .collect();
+    if !messages.is_empty() {
+        text.push('\n');
+        text.push_str(&table(
+            &["MESSAGE (Asia/Shanghai)", "INSTANCE", "CHANNEL → RECIPIENT", "DELIVERY", "TEXT"],
+            &messages,
+        ));
+    }
+    text
 }
 
 /// Parses a duration such as `3d`, `12h`, `90m`, `2d 12h`, `30s` into milliseconds.

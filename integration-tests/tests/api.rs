@@ -80,6 +80,17 @@ async fn material_deferral_reminds_at_nine_the_day_before_then_goes_overdue_and_
     let reminder = entries.iter().find(|e| e.event == "timer:material_reminder").expect("reminder in the timeline");
     assert_eq!(shanghai(reminder), "2026-10-08 09:00:00 +08:00", "exactly 09:00 Asia/Shanghai");
     assert_eq!(reminder.messages, 1, "the SMS to the applicant");
+    // The timeline shows the message itself: channel, recipient, text, delivery state, and the
+    // key a receiver deduplicates on.
+    let [sms] = reminder.outbound.as_slice() else { panic!("one message: {:?}", reminder.outbound) };
+    assert_eq!((sms.channel.as_str(), sms.recipient.as_str()), ("sms", "13800138000"));
+    assert!(sms.text.contains("MD-1") && sms.text.contains("2026-10-09"), "{}", sms.text);
+    assert_eq!((sms.state.as_str(), sms.attempts), ("pending", 0));
+    assert_eq!(sms.key, format!("320700/MD-1:{}:0", reminder.seq));
+    assert!(entries
+        .iter()
+        .filter(|e| e.seq != reminder.seq || e.instance_id != reminder.instance_id)
+        .all(|e| e.outbound.len() == e.messages as usize));
 
     server.advance_to("2026-10-10T00:00:00+08:00").await?;
     let case = get_case(&server, "320700/MD-1").await?;
@@ -103,6 +114,7 @@ async fn material_deferral_reminds_at_nine_the_day_before_then_goes_overdue_and_
         ("revoke_approval", "revoked", 1),
         "the dishonesty record"
     );
+    assert_eq!(last.outbound.first().map(|m| m.channel.as_str()), Some("credit"));
     server.stop().await
 }
 

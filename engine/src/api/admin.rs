@@ -98,7 +98,9 @@ impl AdminService for Admin {
         let mut entries = Vec::new();
         for (order, row) in rows.iter().enumerate() {
             let history = reader.history(&row.id).await.map_err(|e| status::read_error(&e))?;
-            entries.extend(view::timeline(self.shared.registry(), row, &history).into_iter().map(|e| (order, e)));
+            let outbox = reader.outbox_of(&row.id).await.map_err(|e| status::read_error(&e))?;
+            let steps = view::timeline(self.shared.registry(), row, &history, &outbox);
+            entries.extend(steps.into_iter().map(|e| (order, e)));
         }
         // Oldest first; within one instant the case before its tasks, each in history order.
         entries.sort_by_key(|(order, e)| (e.at.as_ref().map_or(0, |a| a.unix_millis), *order, e.seq));

@@ -124,7 +124,12 @@ pub fn case(registry: &Registry, row: &InstanceRow, task_rows: &[InstanceRow]) -
 }
 
 /// One instance's history as timeline entries.
-pub fn timeline(registry: &Registry, row: &InstanceRow, history: &[HistoryEntry]) -> Vec<proto::TimelineEntry> {
+pub fn timeline(
+    registry: &Registry,
+    row: &InstanceRow,
+    history: &[HistoryEntry],
+    outbox: &[crate::store::StoredMessage],
+) -> Vec<proto::TimelineEntry> {
     use proto::DeadlineStatus;
     history
         .iter()
@@ -189,6 +194,18 @@ pub fn timeline(registry: &Registry, row: &InstanceRow, history: &[HistoryEntry]
                 messages: h.messages,
                 note: note(h),
                 principal,
+                outbound: outbox
+                    .iter()
+                    .filter(|m| m.seq == h.seq)
+                    .map(|m| proto::OutboundMessage {
+                        key: m.key.clone(),
+                        channel: m.message.channel.clone(),
+                        recipient: m.message.recipient.clone().unwrap_or_default(),
+                        text: m.message.body.clone(),
+                        state: m.status.clone(),
+                        attempts: m.attempts,
+                    })
+                    .collect(),
             }
         })
         .collect()

@@ -153,6 +153,21 @@ pub struct TimerRow {
     pub name: String,
 }
 
+/// A message in the outbox as stored, with its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The key receivers deduplicate on (`instance:seq:index`).
+    pub key: String,
+    /// The history entry (of the instance) whose transition wrote it.
+    pub seq: u64,
+    /// Channel, recipient, text.
+    pub message: Message,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+}
+
 /// Where a page of timers starts, in `(due_at, instance_id, name)` order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimerFrom {
@@ -347,6 +362,8 @@ pub trait ReadStore: Send + Sync {
     async fn list(&self, filter: &Filter) -> Result<Vec<InstanceRow>, Error>;
     /// Outbox messages not yet delivered.
     async fn outbox_backlog(&self) -> Result<u64, Error>;
+    /// The messages an instance's transitions wrote, in history order.
+    async fn outbox_of(&self, instance: &str) -> Result<Vec<StoredMessage>, Error>;
     /// Timers armed in the database.
     async fn timers_pending(&self) -> Result<u64, Error>;
     /// Instance ids in order, strictly after `after`, at most `limit`.

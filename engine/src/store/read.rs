@@ -8,10 +8,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::sqlite::{HISTORY_COLUMNS, INSTANCE_COLUMNS as COLUMNS};
-use super::{Error, Filter, InstanceRow, ReadStore, ReplanJob, StoredCalendarFile, TimerId, TimerRow};
+use super::{Error, Filter, InstanceRow, ReadStore, ReplanJob, StoredCalendarFile, StoredMessage, TimerId, TimerRow};
 use crate::machine::{CommandKind, HistoryEntry};
 
 /// Read-only access for queries.
@@ -87,6 +87,31 @@ impl ReadStore for Reader {
         let n: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'pending'").fetch_one(&self.pool).await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn outbox_of(&self, instance: &str) -> Result<Vec<StoredMessage>, Error> {
+        let rows = sqlx::query(
+            "SELECT key, seq, channel, recipient, body, status, attempts FROM outbox \
+             WHERE instance_id = ? ORDER BY seq, id",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredMessage {
+                    key: r.try_get("key")?,
+                    seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
+                    message: crate::machine::Message {
+                        channel: r.try_get("channel")?,
+                        recipient: r.try_get("recipient")?,
+                        body: r.try_get("body")?,
+                    },
+                    status: r.try_get("status")?,
+                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     // Counts the `timers_due` index: cost grows with the number of pending timers (tens of

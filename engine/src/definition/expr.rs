@@ -332,6 +332,21 @@ enum Tok {
     Sym(&'static str),
 }
 
+/// Most tokens in one expression. Expressions are written by people (a deadline, a guard); a
+/// bound keeps the parser's recursion (nested `(` and `!`) and the depth of the tree it builds
+/// (which evaluation and drop walk recursively) far from the stack's limit. Found by fuzzing:
+/// 6,000 nested parentheses overflowed the stack.
+const MAX_TOKENS: usize = 256;
+
+/// The tokens of an expression, at most [`MAX_TOKENS`].
+fn tokens(src: &str) -> Result<Vec<Tok>, String> {
+    let toks = tokenize(src)?;
+    if toks.len() > MAX_TOKENS {
+        return Err(format!("the expression has {} tokens; at most {MAX_TOKENS}", toks.len()));
+    }
+    Ok(toks)
+}
+
 fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
     let chars: Vec<char> = src.chars().collect();
     let mut out = Vec::new();
@@ -692,7 +707,7 @@ fn tok_text(t: &Tok) -> String {
 
 /// Parses a timer's `at`.
 pub fn parse_time(src: &str, env: &Env<'_>) -> Result<TimeExpr, String> {
-    let mut p = Parser { toks: tokenize(src)?, pos: 0, env };
+    let mut p = Parser { toks: tokens(src)?, pos: 0, env };
     let t = p.time(src)?;
     p.done()?;
     Ok(t)
@@ -700,7 +715,7 @@ pub fn parse_time(src: &str, env: &Env<'_>) -> Result<TimeExpr, String> {
 
 /// Parses a transition's `guard`.
 pub fn parse_guard(src: &str, env: &Env<'_>) -> Result<Guard, String> {
-    let mut p = Parser { toks: tokenize(src)?, pos: 0, env };
+    let mut p = Parser { toks: tokens(src)?, pos: 0, env };
     if p.peek().is_none() {
         return Err("empty guard".into());
     }
@@ -711,7 +726,7 @@ pub fn parse_guard(src: &str, env: &Env<'_>) -> Result<Guard, String> {
 
 /// Parses the right-hand side of `set` for a variable of type `target`.
 pub fn parse_value(src: &str, target: Type, env: &Env<'_>) -> Result<ValueExpr, String> {
-    let toks = tokenize(src)?;
+    let toks = tokens(src)?;
     let mut p = Parser { toks, pos: 0, env };
     // A lone operand is a copy; anything longer is a time expression.
     if p.toks.len() == 1 || (p.toks.len() == 2 && p.toks[0] == Tok::Sym("-")) {
@@ -830,6 +845,26 @@ mod tests {
         }
         let no_entry = Env { vars: &vars, event: None, allow_entry: false };
         assert!(parse_time("entry + 1 day", &no_entry).expect_err("no entry").contains("only meaningful"));
+    }
+
+    /// Regression (fuzzing, `expressions` target): thousands of nested parentheses or `!`
+    /// overflowed the stack and killed the process; a long `&&` chain builds a tree as deep.
+    #[test]
+    fn deeply_nested_or_very_long_expressions_are_an_error_not_a_stack_overflow() {
+        let vars = env_vars();
+        let env = Env { vars: &vars, event: None, allow_entry: true };
+        let deep = format!("{}grade == 'x'{}", "(".repeat(100_000), ")".repeat(100_000));
+        let nots = format!("{}grade == 'x'", "!".repeat(100_000));
+        let chain = vec!["grade == 'x'"; 20_000].join(" && ");
+        for src in [&deep, &nots, &chain] {
+            let e = parse_guard(src, &env).expect_err("too long");
+            assert!(e.contains("at most 256"), "{e}");
+        }
+        assert!(parse_time(&"entry + 1 day ".repeat(1_000), &env).expect_err("long").contains("at most 256"));
+        assert!(parse_value(&"1 + ".repeat(1_000), Type::Int, &env).is_err());
+        // Within the bound, nesting still works.
+        let ok = format!("{}grade == 'x'{}", "(".repeat(50), ")".repeat(50));
+        assert!(parse_guard(&ok, &env).is_ok());
     }
 
     #[test]

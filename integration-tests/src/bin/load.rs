@@ -186,8 +186,43 @@ async fn spawn_server_with(db: &Path, extra: &[&std::ffi::OsStr]) -> Result<(Ser
     Ok((ServerProcess { child, addr, pid }, started.elapsed()))
 }
 
-async fn connect(addr: &str) -> Result<Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
+async fn connect(addr: &str) -> Result<Ch> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, Auth(None)))
+}
+
+/// Floor (a): a no-op unary call (the health check) over `channels` at `concurrency`.
+async fn transport_floor(channels: &[Ch], n: usize, concurrency: usize) -> Result<Phase> {
+    let health: Vec<HealthClient<Ch>> = channels.iter().cloned().map(HealthClient::new).collect();
+    drive("floor: transport (health)", n, concurrency, move |i| {
+        let mut h = health[i % health.len()].clone();
+        async move {
+            h.check(HealthCheckRequest { service: String::new() }).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// W2: "materials submitted" to the `n` cases W1 started, each then licensed.
+async fn signals(clients: &[EngineServiceClient<Ch>], n: usize, concurrency: usize) -> Result<Phase> {
+    let clients = clients.to_vec();
+    drive("W2 signals", n, concurrency, move |i| {
+        let mut client = clients[i % clients.len()].clone();
+        let request = SignalRequest {
+            instance_id: format!("w1-{i:07}"),
+            event: "materials_submitted".into(),
+            fields_json: String::new(),
+            request_id: String::new(),
+        };
+        async move {
+            let reply = client.signal(request).await?.into_inner();
+            ensure!(reply.state == "licensed", "w1-{i:07} is {}", reply.state);
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Peak RSS (KiB) and CPU seconds of a process, from /proc.
@@ -218,7 +253,7 @@ fn now_ms() -> i64 {
 
 async fn starts(
     name: &'static str,
-    clients: &[EngineServiceClient<Channel>],
+    clients: &[EngineServiceClient<Ch>],
     prefix: &str,
     n: usize,
     concurrency: usize,
@@ -568,7 +603,7 @@ async fn prefill_tasks(db: &Path, n: usize) -> Result<()> {
 
 /// Starts in chunks until `stop` is set; the phase covers whole chunks.
 async fn intake_until(
-    clients: &[EngineServiceClient<Channel>],
+    clients: &[EngineServiceClient<Ch>],
     prefix: &'static str,
     concurrency: usize,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -670,7 +705,7 @@ async fn count_at(db: &Path, due: i64) -> Result<i64> {
 /// Loads `text` and waits (polling the server's gauge) until its re-plan is done; answers how
 /// long the load call took, how long until done, and the instances re-planned meanwhile.
 async fn load_and_time(
-    admin: &mut shenguan::proto::admin_service_client::AdminServiceClient<Channel>,
+    admin: &mut shenguan::proto::admin_service_client::AdminServiceClient<Ch>,
     addr: &str,
     text: &str,
     done: Option<Arc<std::sync::atomic::AtomicBool>>,
@@ -702,10 +737,10 @@ async fn load_and_time(
 
 /// Like [`load_and_time`], with intake running until the re-plan is done.
 async fn load_and_time_during(
-    admin: &mut shenguan::proto::admin_service_client::AdminServiceClient<Channel>,
+    admin: &mut shenguan::proto::admin_service_client::AdminServiceClient<Ch>,
     addr: &str,
     text: &str,
-    clients: &[EngineServiceClient<Channel>],
+    clients: &[EngineServiceClient<Ch>],
     concurrency: usize,
 ) -> Result<(Duration, Duration, f64, Phase)> {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -765,48 +800,25 @@ async fn main() -> Result<()> {
     } else {
         None
     };
-    let channels: Vec<Channel> = {
+    let channels: Vec<Ch> = {
         let mut v = Vec::new();
         for _ in 0..4 {
             v.push(connect(&server.addr).await?);
         }
         v
     };
-    let clients: Vec<EngineServiceClient<Channel>> = channels.iter().cloned().map(EngineServiceClient::new).collect();
+    let clients: Vec<EngineServiceClient<Ch>> = channels.iter().cloned().map(EngineServiceClient::new).collect();
     let c = args.concurrency;
     let mut phases = Vec::new();
 
     // Floor (a): a no-op unary call on the same server at the same concurrency.
-    let health: Vec<HealthClient<Channel>> = channels.iter().cloned().map(HealthClient::new).collect();
-    let transport = drive("floor: transport (health)", args.cases * 2, c, move |i| {
-        let mut h = health[i % health.len()].clone();
-        async move {
-            h.check(HealthCheckRequest { service: String::new() }).await?;
-            Ok(())
-        }
-    })
-    .await?;
+    let transport = transport_floor(&channels, args.cases * 2, c).await?;
 
     // W1: starts whose timers are an hour away.
     let far = now_ms() + 3_600_000;
     let w1 = starts("W1 intake (start)", &clients, "w1", args.cases, c, far - 60_000, far).await?;
     // W2: materials submitted to the same cases.
-    let signal_clients = clients.clone();
-    let w2 = drive("W2 signals", args.cases, c, move |i| {
-        let mut client = signal_clients[i % signal_clients.len()].clone();
-        async move {
-            let request = SignalRequest {
-                instance_id: format!("w1-{i:07}"),
-                event: "materials_submitted".into(),
-                fields_json: String::new(),
-                request_id: String::new(),
-            };
-            let reply = client.signal(request).await?.into_inner();
-            ensure!(reply.state == "licensed", "w1-{i:07} is {}", reply.state);
-            Ok(())
-        }
-    })
-    .await?;
+    let w2 = signals(&clients, args.cases, c).await?;
 
     let after_w2 = commit_stats(&server.addr).await.unwrap_or_default();
 
@@ -1068,16 +1080,14 @@ async fn w12(n: usize, secure: bool) -> Result<()> {
         std::fs::create_dir(dir.path().join("keys"))?;
         let idp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         std::fs::write(dir.path().join("keys/idp.pem"), idp.public_key_pem())?;
-        let now = u64::try_from(now_ms() / 1000)?;
         let claims = shenguan::auth::verify::Claims {
-            sub: "load-generator".into(),
-            roles: vec!["engine_admin".into()],
             iss: SECURE_ISSUER.into(),
             aud: shenguan::auth::verify::AUDIENCE.into(),
-            exp: now + 3600,
-            nbf: now - 1,
-            iat: now,
-            ..Default::default()
+            ..shenguan::auth::verify::Claims::valid_for(
+                "load-generator",
+                vec!["engine_admin".into()],
+                Duration::from_secs(3600),
+            )
         };
         let token = shenguan::auth::verify::mint_with_pem(
             jsonwebtoken::Algorithm::ES256,
@@ -1119,48 +1129,11 @@ async fn w12(n: usize, secure: bool) -> Result<()> {
         channels.push(tonic::service::interceptor::InterceptedService::new(channel, auth.clone()));
     }
     let c = 64;
-    let health: Vec<HealthClient<Ch>> = channels.iter().cloned().map(HealthClient::new).collect();
-    let floor = drive("floor: transport (health)", n * 2, c, move |i| {
-        let mut h = health[i % health.len()].clone();
-        async move {
-            h.check(HealthCheckRequest { service: String::new() }).await?;
-            Ok(())
-        }
-    })
-    .await?;
+    let floor = transport_floor(&channels, n * 2, c).await?;
     let clients: Vec<EngineServiceClient<Ch>> = channels.iter().cloned().map(EngineServiceClient::new).collect();
     let far = now_ms() + 3_600_000;
-    let vars = format!(r#"{{"reminder_at":"{}","deadline_at":"{}"}}"#, instant_json(far - 60_000), instant_json(far));
-    let start_clients = clients.clone();
-    let w1 = drive("W1 intake (start)", n, c, move |i| {
-        let mut client = start_clients[i % start_clients.len()].clone();
-        let request = StartRequest {
-            workflow: "bench_case".into(),
-            instance_id: format!("w1-{i:07}"),
-            vars_json: vars.clone(),
-            request_id: format!("w1-{i:07}"),
-        };
-        async move {
-            client.start(request).await?;
-            Ok(())
-        }
-    })
-    .await?;
-    let w2 = drive("W2 signals", n, c, move |i| {
-        let mut client = clients[i % clients.len()].clone();
-        let request = SignalRequest {
-            instance_id: format!("w1-{i:07}"),
-            event: "materials_submitted".into(),
-            fields_json: String::new(),
-            request_id: String::new(),
-        };
-        async move {
-            let reply = client.signal(request).await?.into_inner();
-            ensure!(reply.state == "licensed", "w1-{i:07} is {}", reply.state);
-            Ok(())
-        }
-    })
-    .await?;
+    let w1 = starts("W1 intake (start)", &clients, "w1", n, c, far - 60_000, far).await?;
+    let w2 = signals(&clients, n, c).await?;
     println!(
         "{}",
         serde_json::json!({

@@ -325,9 +325,10 @@ impl Scope {
         }
     }
 
-    /// Whether every limit is off.
-    pub fn is_everywhere(&self) -> bool {
-        self.region.as_deref().is_none_or(str::is_empty) && self.department.is_none() && self.office.is_none()
+    /// What every case and task id in scope starts with (ids start with their region code);
+    /// `None` when every region is.
+    pub fn id_prefix(&self) -> Option<String> {
+        self.region.clone().filter(|p| !p.is_empty())
     }
 }
 

@@ -114,7 +114,7 @@ impl AdminService for Admin {
         let mut filter =
             Filter { workflow: domain::CASE_WORKFLOW.into(), after, limit: Some(size), ..Filter::default() };
         // Filtered to the caller's scope, never refused.
-        filter.region_prefix = who.scope().region.clone().filter(|p| !p.is_empty());
+        filter.region_prefix = who.scope().id_prefix();
         if let Some(d) = &who.scope().department {
             filter.seen_by = Some((d.clone(), who.scope().office.clone()));
             filter.task_workflow = domain::TASK_WORKFLOW.to_owned();
@@ -201,7 +201,7 @@ impl AdminService for Admin {
             vars: if r.region_code.is_empty() { vec![] } else { vec![("region".into(), r.region_code.clone())] },
             created_from: Some(from),
             created_before: Some(to),
-            region_prefix: scope.region.clone().filter(|p| !p.is_empty()),
+            region_prefix: scope.id_prefix(),
             ..Filter::default()
         };
         let reader = &self.shared.reader;

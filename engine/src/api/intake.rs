@@ -31,19 +31,12 @@ impl Intake {
     }
 }
 
-/// Reads a case id field, checked.
-pub(crate) fn case_id_field(field: &str, id: &str) -> Result<String, Status> {
-    domain::parse_case_id(id).map_err(|e| invalid(field, e))?;
-    tracing::Span::current().record("instance", id);
-    Ok(id.to_owned())
-}
-
-/// Reads a case id field and checks that its region is in the caller's scope.
+/// Reads a case id field, checked, and checks that its region is in the caller's scope.
 pub(crate) fn scoped_case_id(shared: &Shared, who: &Authorized, field: &str, id: &str) -> Result<String, Status> {
-    let case_id = case_id_field(field, id)?;
-    let (region, _) = domain::parse_case_id(&case_id).map_err(|e| invalid(field, e))?;
-    who.require_region(shared, region, "case", &case_id)?;
-    Ok(case_id)
+    let (region, _) = domain::parse_case_id(id).map_err(|e| invalid(field, e))?;
+    tracing::Span::current().record("instance", id);
+    who.require_region(shared, region, "case", id)?;
+    Ok(id.to_owned())
 }
 
 /// Whether a case (and its tasks) is in the caller's scope: PERMISSION_DENIED if not.
@@ -209,11 +202,10 @@ impl IntakeService for Intake {
         // Recorded as sent; the call is keyed on its case number instead (below).
         let request_id = request_id(&request)?;
         let r = request.into_inner();
-        if !r.region_code.is_empty() {
-            // A malformed code is INVALID_ARGUMENT from the domain's check below, not a denial.
-            if crate::auth::region_prefix(&r.region_code).is_some() {
-                who.require_region(&self.shared, &r.region_code, "region", &r.region_code)?;
-            }
+        // A malformed (or missing) code is INVALID_ARGUMENT from the domain's check below, not a
+        // denial.
+        if crate::auth::region_prefix(&r.region_code).is_some() {
+            who.require_region(&self.shared, &r.region_code, "region", &r.region_code)?;
         }
         let calendars = self.shared.calendars();
         let calendar = calendars.region(&r.region_code);

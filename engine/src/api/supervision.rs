@@ -93,7 +93,7 @@ impl SupervisionService for Supervision {
             Filter { workflow: domain::TASK_WORKFLOW.into(), after, limit: Some(size), ..Filter::default() };
         // Filtered to the caller's scope, never refused: a request outside it lists nothing.
         let scope = who.scope();
-        filter.region_prefix = scope.region.clone().filter(|p| !p.is_empty());
+        filter.region_prefix = scope.id_prefix();
         if let Some(d) = &scope.department {
             filter.vars.push(("department".into(), d.clone()));
         }

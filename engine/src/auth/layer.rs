@@ -106,11 +106,6 @@ impl Accounts {
         Ok(Accounts { by_fingerprint })
     }
 
-    /// How many accounts.
-    pub fn len(&self) -> usize {
-        self.by_fingerprint.len()
-    }
-
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.by_fingerprint.is_empty()

@@ -31,7 +31,12 @@ pub struct BodyLimits {
 
 impl Default for BodyLimits {
     fn default() -> Self {
-        BodyLimits { max_message: 1024 * 1024 + 5, budget: 256 * 1024 * 1024, body_timeout: Duration::from_secs(30) }
+        // The services' own decoding limit, and the 5-byte frame header before the message.
+        BodyLimits {
+            max_message: super::MAX_MESSAGE + 5,
+            budget: 256 * 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
+        }
     }
 }
 

@@ -62,7 +62,7 @@ pub struct Conns {
     limits: Limits,
     by_addr: Mutex<HashMap<SocketAddr, Arc<State>>>,
     by_ip: Mutex<HashMap<IpAddr, usize>>,
-    open: AtomicUsize,
+    /// `connections_open` is the count of open connections the limit is checked against.
     metrics: Arc<Metrics>,
     last_warning: Mutex<Option<Instant>>,
 }
@@ -85,7 +85,6 @@ impl Conns {
             limits,
             by_addr: Mutex::default(),
             by_ip: Mutex::default(),
-            open: AtomicUsize::new(0),
             metrics,
             last_warning: Mutex::new(None),
         })
@@ -102,7 +101,7 @@ impl Conns {
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        usize::try_from(self.metrics.connections_open.get()).unwrap_or(0)
     }
 
     /// Logs at most once a second, so that a flood is visible without flooding the log.
@@ -132,7 +131,6 @@ impl Conns {
         }
         let state = Arc::new(State::default());
         self.by_addr.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, state.clone());
-        self.open.fetch_add(1, Ordering::AcqRel);
         self.metrics.connections_open.inc();
         // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to every small
         // request/response pair on loopback.
@@ -150,7 +148,6 @@ impl Conns {
                 by_ip.remove(&addr.ip());
             }
         }
-        self.open.fetch_sub(1, Ordering::AcqRel);
         self.metrics.connections_open.dec();
     }
 }

@@ -22,10 +22,6 @@ pub(crate) fn beside(db: &Path, suffix: &str) -> PathBuf {
     db.with_file_name(name)
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Claims for a dev token.
 pub(crate) fn dev_claims(args: &TokenArgs) -> Result<Claims> {
     for r in &args.roles {
@@ -44,18 +40,12 @@ pub(crate) fn dev_claims(args: &TokenArgs) -> Result<Claims> {
         }
         s
     });
-    let now = now();
     Ok(Claims {
-        sub: subject,
-        roles: args.roles.clone(),
         region: args.region.clone(),
         department: args.department.clone(),
         office: args.office.clone(),
         on_behalf: args.on_behalf,
-        exp: now + args.ttl.as_secs(),
-        nbf: now.saturating_sub(1),
-        iat: now,
-        ..Claims::default()
+        ..Claims::valid_for(subject, args.roles.clone(), args.ttl)
     })
 }
 

@@ -181,16 +181,11 @@ fn tokens(c: &mut Criterion) {
         dev: None,
     })
     .expect("verifier");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
     let claims = |i: u64| Claims {
-        sub: format!("client-{i}"),
-        roles: vec!["platform".into()],
         region: "320700".into(),
         iss: "bench".into(),
         aud: verify::AUDIENCE.into(),
-        exp: now + 3600,
-        iat: now,
-        ..Claims::default()
+        ..Claims::valid_for(format!("client-{i}"), vec!["platform".into()], std::time::Duration::from_secs(3600))
     };
     let rsa_private = std::fs::read(data.join("rsa-test-only.key.pem")).expect("key");
     let ec_private = ec.serialize_pem();

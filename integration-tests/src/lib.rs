@@ -206,18 +206,16 @@ impl Who {
 
     /// Claims valid for an hour from now (real time: tokens live in the real world).
     pub fn claims(&self) -> shenguan::auth::verify::Claims {
-        let now = jsonwebtoken_now();
         shenguan::auth::verify::Claims {
-            sub: self.subject.clone(),
-            roles: self.roles.clone(),
             region: self.region.clone(),
             department: self.department.clone(),
             office: self.office.clone(),
             on_behalf: self.on_behalf,
-            exp: now + 3600,
-            nbf: now - 1,
-            iat: now,
-            ..Default::default()
+            ..shenguan::auth::verify::Claims::valid_for(
+                self.subject.clone(),
+                self.roles.clone(),
+                std::time::Duration::from_secs(3600),
+            )
         }
     }
 }

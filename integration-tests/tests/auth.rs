@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use base64::Engine as _;
@@ -66,15 +67,10 @@ fn now() -> u64 {
 
 fn claims(roles: &[&str]) -> Claims {
     Claims {
-        sub: "ops-1".into(),
-        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
         region: "320700".into(),
         iss: ISSUER.into(),
         aud: verify::AUDIENCE.into(),
-        exp: now() + 600,
-        nbf: now() - 1,
-        iat: now(),
-        ..Claims::default()
+        ..Claims::valid_for("ops-1", roles.iter().map(|r| (*r).to_owned()).collect(), Duration::from_secs(600))
     }
 }
 

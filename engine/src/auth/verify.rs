@@ -112,6 +112,20 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// `sub` with `roles`, valid from a second ago for `ttl` (real time: tokens live in the real
+    /// world, whatever the engine's clock); the other claims empty, for the caller to fill in.
+    pub fn valid_for(sub: impl Into<String>, roles: Vec<String>, ttl: std::time::Duration) -> Claims {
+        let now = jsonwebtoken::get_current_timestamp();
+        Claims {
+            sub: sub.into(),
+            roles,
+            exp: now + ttl.as_secs(),
+            nbf: now.saturating_sub(1),
+            iat: now,
+            ..Claims::default()
+        }
+    }
+
     fn principal(&self, via: Via) -> Result<Principal, TokenError> {
         let text = |name: &str, v: &str, max: usize| {
             crate::domain::check_text(v, max).map_err(|e| TokenError::Claims(format!("{name} {e}")))
@@ -207,11 +221,6 @@ impl Verifier {
         let keys = load(&config)?;
         let stamp = stamps(&config);
         Ok(Verifier { config, keys: RwLock::new(Arc::new(keys)), stamp: Mutex::new(stamp), cache: Mutex::default() })
-    }
-
-    /// Whether only the dev key is configured.
-    pub fn is_dev(&self) -> bool {
-        self.config.dev.is_some()
     }
 
     /// Re-reads the key files when any changed (modification time, appearance, removal).
@@ -418,10 +427,7 @@ impl std::fmt::Debug for DevKey {
 impl DevKey {
     /// The key in `path`, made (mode 0600) when there is none.
     pub fn load_or_create(path: &Path) -> std::io::Result<DevKey> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text).ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is not a dev key", path.display()))
-            }),
+        match Self::load(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use std::io::Write as _;
                 let secret: [u8; 32] = rand_bytes();
@@ -435,7 +441,7 @@ impl DevKey {
                 file.sync_all()?;
                 Ok(DevKey { secret: secret.to_vec() })
             }
-            Err(e) => Err(e),
+            loaded => loaded,
         }
     }
 

@@ -73,6 +73,18 @@ pub(crate) enum Command {
     /// Dev-mode tokens, for trying roles against a server started without keys.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Outbound messages on a running server: dead letters, and retrying them.
+    Outbox {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::client::OutboxCommand,
+    },
+    /// Webhook receivers' tools.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// A tour: a real server on a temporary database with a virtual clock, a few hundred cases
     /// over two months that include National Day, then a summary and one full timeline.
     Demo(crate::demo::DemoArgs),
@@ -89,6 +101,30 @@ pub(crate) enum ClockCommand {
         /// By or to.
         #[command(flatten)]
         args: crate::client::AdvanceArgs,
+    },
+}
+
+/// `shenguan webhook …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum WebhookCommand {
+    /// Check a received webhook's signature, as a receiver must: exit 0 and "valid", or exit 1
+    /// and why not. The body is read from a file (or stdin with `-`), byte for byte.
+    Verify {
+        /// The file holding the shared secret (the destination's secret_file).
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+        /// The X-Shenguan-Timestamp header.
+        #[arg(long)]
+        timestamp: String,
+        /// The X-Shenguan-Signature header.
+        #[arg(long)]
+        signature: String,
+        /// The raw body.
+        #[arg(long, value_name = "FILE")]
+        body: PathBuf,
+        /// Seconds the timestamp may be from now.
+        #[arg(long, default_value_t = shenguan::outbound::sign::DEFAULT_TOLERANCE_SECS)]
+        tolerance: i64,
     },
 }
 
@@ -263,6 +299,11 @@ pub(crate) struct ServeArgs {
     /// Identity, TLS and limits.
     #[command(flatten)]
     pub(crate) security: SecurityArgs,
+    /// Where messages are pushed: webhooks, an SMS gateway, the credit platform, with the retry
+    /// policy and the SMS templates (ops/outbound.example.toml). Without it every message is
+    /// served by EventsService.Subscribe only.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) outbound: Option<PathBuf>,
 }
 
 fn parse_month_day(s: &str) -> Result<(u32, u32), String> {
@@ -399,6 +440,29 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats { conn, args } => crate::client::stats(&conn, args).await,
         Command::Clock(ClockCommand::Advance { conn, args }) => crate::client::advance(&conn, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Outbox { conn, command } => crate::client::outbox(&conn, command).await,
+        Command::Webhook(WebhookCommand::Verify { secret_file, timestamp, signature, body, tolerance }) => {
+            let secret = std::fs::read(&secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
+            let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
+            let body = if body.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).context("reading stdin")?;
+                b
+            } else {
+                std::fs::read(&body).with_context(|| format!("reading {}", body.display()))?
+            };
+            let now = chrono::Utc::now().timestamp();
+            match shenguan::outbound::sign::verify(&secret, &timestamp, &signature, &body, now, tolerance) {
+                Ok(()) => {
+                    out("valid")?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("invalid: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Token(TokenCommand::Issue(args)) => {
             out(crate::security::issue(&args)?)?;
             Ok(ExitCode::SUCCESS)
@@ -543,6 +607,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     // Said before the dev key is made beside it, as the database would say it.
     if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
         bail!("cannot open database {}: directory {} does not exist", args.db.display(), dir.display());
+    }
+    if let Some(path) = &args.outbound {
+        options.outbound = shenguan::outbound::Config::load(path)?;
     }
     options.security = crate::security::server(&args.security, &args.db, args.listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)

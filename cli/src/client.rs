@@ -525,8 +525,7 @@ pub(crate) fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
                 } else {
                     format!("{} → {}", m.channel, m.recipient)
                 };
-                let state =
-                    if m.attempts > 0 { format!("{} ({} attempts)", m.state, m.attempts) } else { m.state.clone() };
+                let state = delivery_state(m);
                 vec![at(&e.at), e.instance_id.clone(), to, state, m.text.clone()]
             })
         })
@@ -539,6 +538,83 @@ pub(crate) fn timeline_text(entries: &[proto::TimelineEntry]) -> String {
         ));
     }
     text
+}
+
+/// A message's delivery in a few words: state, destination, attempts, last error.
+fn delivery_state(m: &proto::OutboundMessage) -> String {
+    let mut s = m.state.clone();
+    if !m.destination.is_empty() {
+        s.push_str(&format!(" → {}", m.destination));
+    }
+    if m.attempts > 0 {
+        s.push_str(&format!(" ({} attempts)", m.attempts));
+    }
+    if !m.last_error.is_empty() && m.state != "delivered" {
+        s.push_str(&format!("; last error: {}", m.last_error.chars().take(80).collect::<String>()));
+    }
+    s
+}
+
+/// `shenguan outbox …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum OutboxCommand {
+    /// Messages given up on, oldest first, with their last error.
+    Dead {
+        /// Only ids after this one.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Make a dead letter pending again; its destination delivers it with the same key.
+    Retry {
+        /// The message key (`<instance>:<seq>:<index>`, as `outbox dead` shows it).
+        key: String,
+    },
+}
+
+/// Runs `outbox …`.
+pub(crate) async fn outbox(conn: &Conn, cmd: OutboxCommand) -> Result<ExitCode> {
+    let mut admin = AdminServiceClient::new(channel(conn).await?);
+    match cmd {
+        OutboxCommand::Dead { after, limit } => {
+            let reply = admin
+                .list_dead_letters(proto::ListDeadLettersRequest { after_id: after, limit })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if conn.json {
+                print_json(&reply)?;
+            } else {
+                let rows: Vec<Vec<String>> = reply
+                    .dead_letters
+                    .iter()
+                    .map(|d| {
+                        let m = d.message.clone().unwrap_or_default();
+                        vec![
+                            d.id.to_string(),
+                            m.key,
+                            d.destination.clone(),
+                            m.attempts.to_string(),
+                            m.last_error.chars().take(100).collect(),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["ID", "KEY", "DESTINATION", "ATTEMPTS", "LAST ERROR"], &rows));
+            }
+        }
+        OutboxCommand::Retry { key } => {
+            let reply =
+                admin.retry_dead_letter(proto::RetryDeadLetterRequest { key }).await.map_err(call_error)?.into_inner();
+            if conn.json {
+                print_json(&reply)?;
+            } else {
+                println!("{} is pending again; {} delivers it next", reply.key, reply.destination);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses a duration such as `3d`, `12h`, `90m`, `2d 12h`, `30s` into milliseconds.

@@ -82,7 +82,7 @@ impl Role {
             Role::RegionAdmin | Role::Auditor | Role::DepartmentAdmin | Role::OfficeAdmin => {
                 matches!(right, ReadCases | ReadTasks | Statistics | CalendarStatus)
             }
-            Role::Platform => matches!(right, Intake | ReadCases),
+            Role::Platform => matches!(right, Intake | ReadCases | Subscribe),
             Role::Supervisor => matches!(right, Supervise | ReadTasks),
         }
     }
@@ -128,6 +128,10 @@ pub enum Right {
     Engine,
     /// Name another person as the one acting (`x-shenguan-on-behalf-of`).
     ActOnBehalf,
+    /// Take the outbox as a stream (EventsService): Subscribe and Ack.
+    Subscribe,
+    /// See and retry dead letters.
+    DeadLetters,
 }
 
 impl Right {
@@ -144,6 +148,8 @@ impl Right {
             Right::AdvanceClock => "advance_clock",
             Right::Engine => "engine",
             Right::ActOnBehalf => "act_on_behalf",
+            Right::Subscribe => "subscribe",
+            Right::DeadLetters => "dead_letters",
         }
     }
 }

@@ -31,13 +31,22 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::telemetry::Metrics>,
+    /// Bumped by the writer after each commit that wrote outbox messages (or revived a dead
+    /// letter): what dispatchers and stream subscribers wait on.
+    pub published: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Context {
     /// The handles, with fresh metrics.
     pub fn new(registry: Arc<Registry>, calendars: Calendars, clock: Arc<dyn Clock>) -> Self {
         let calendars = Arc::new(Live::new(calendars));
-        Context { registry, calendars, clock, metrics: Arc::new(crate::telemetry::Metrics::new()) }
+        Context {
+            registry,
+            calendars,
+            clock,
+            metrics: Arc::new(crate::telemetry::Metrics::new()),
+            published: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
     }
 }
 
@@ -66,6 +75,11 @@ pub struct Config {
     pub calendar_policy: crate::calendar::Policy,
     /// Most working-day timers re-planned per batch after a calendar load.
     pub replan_page: u32,
+    /// Channel → push destination (from the outbound configuration); other channels are
+    /// served by the stream only.
+    pub routes: std::collections::HashMap<String, String>,
+    /// How long delivered and stream-only outbox messages are kept (ms).
+    pub outbox_retention: Millis,
 }
 
 /// Request ids are remembered for a week by default: longer than any client's retry loop,
@@ -87,6 +101,8 @@ impl Config {
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
             calendar_policy: crate::calendar::Policy::Provisional,
             replan_page: 1_000,
+            routes: std::collections::HashMap::new(),
+            outbox_retention: DEFAULT_IDEMPOTENCY_RETENTION,
         }
     }
 }
@@ -138,6 +154,8 @@ impl Engine {
                 cache: config.cache_instances,
                 idempotency_retention: config.idempotency_retention,
                 replan_page: config.replan_page,
+                routes: Arc::new(config.routes.clone()),
+                outbox_retention: config.outbox_retention,
             },
         );
         writer.prepare().await?;

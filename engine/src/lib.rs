@@ -39,6 +39,7 @@ pub mod definition;
 pub mod domain;
 pub mod engine;
 pub mod machine;
+pub mod outbound;
 pub mod proto;
 pub mod server;
 pub mod store;

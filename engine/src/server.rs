@@ -2,7 +2,7 @@
 //! completes. `main` and the tests call the same function (tests bind port 0).
 //!
 //! It serves the domain services (`IntakeService`, `SupervisionService`, `AdminService`), the
-//! generic `EngineService`, the
+//! outbox stream (`EventsService`), the generic `EngineService`, the
 //! gRPC health service (`grpc.health.v1.Health`, SERVING once the engine has started) and
 //! server reflection for every shenguan.v1 file.
 //!
@@ -49,12 +49,17 @@ pub enum Error {
     /// The TLS configuration is unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A push destination cannot be set up.
+    #[error(transparent)]
+    Outbound(#[from] crate::outbound::send::SetupError),
 }
 
 /// Everything the server needs.
 pub struct Options {
     /// Engine settings.
     pub engine: engine::Config,
+    /// Where messages are pushed (none by default: every message is stream only).
+    pub outbound: crate::outbound::Config,
     /// Definitions, calendars, the clock (virtual in sandbox mode) and metrics.
     pub context: Context,
     /// In sandbox mode, the same clock as `clock`, which `AdvanceClock` moves.
@@ -145,6 +150,7 @@ impl Options {
         };
         Options {
             engine,
+            outbound: Default::default(),
             context: Context::new(registry, calendars, clock),
             virtual_clock,
             credit: Default::default(),
@@ -178,7 +184,15 @@ async fn metrics_text(shared: &Shared) -> String {
     let metrics = &shared.context().metrics;
     metrics.timers_in_memory.set(i64::try_from(shared.engine.timers_in_memory()).unwrap_or(i64::MAX));
     if let Ok(backlog) = shared.reader.outbox_backlog().await {
-        metrics.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        let total: u64 = backlog.iter().map(|(_, n)| n).sum();
+        metrics.outbox_backlog.set(i64::try_from(total).unwrap_or(i64::MAX));
+        metrics.outbound_backlog.reset();
+        for (destination, n) in backlog {
+            metrics
+                .outbound_backlog
+                .with_label_values(&[destination.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
     if let Ok(pending) = shared.reader.timers_pending().await {
         metrics.timers_pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
@@ -222,11 +236,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let db = options.engine.db.clone();
-    let engine = Arc::new(Engine::start(options.engine, options.context).await?);
-    let reader = crate::store::read::Reader::open(&db, 4).await?;
+    let mut engine_config = options.engine;
+    engine_config.routes = options.outbound.routes();
+    engine_config.outbox_retention =
+        i64::from(options.outbound.delivery.retention_days).saturating_mul(24 * 60 * 60 * 1000);
+    let engine = Arc::new(Engine::start(engine_config, options.context).await?);
+    let reader: Arc<dyn crate::store::ReadStore> = Arc::new(crate::store::read::Reader::open(&db, 4).await?);
+    let dispatchers = crate::outbound::start(&options.outbound, reader.clone(), engine.handle(), engine.context())?;
     let shared = Arc::new(Shared {
         engine: engine.clone(),
-        reader: Arc::new(reader),
+        reader,
+        dispatchers,
+        live: Default::default(),
         virtual_clock: options.virtual_clock,
         credit: options.credit,
         calendar_warn_from: options.calendar_warn_from,
@@ -265,6 +286,11 @@ pub async fn run(
     let generic = InterceptedService::new(
         crate::proto::engine_service_server::EngineServiceServer::new(api::engine::Engine::new(shared.clone()))
             .max_decoding_message_size(MAX_MESSAGE),
+        auth.clone(),
+    );
+    let events = InterceptedService::new(
+        crate::proto::events_service_server::EventsServiceServer::new(api::events::Events::new(shared.clone()))
+            .max_decoding_message_size(MAX_MESSAGE),
         auth,
     );
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -287,7 +313,8 @@ pub async fn run(
         .add_service(intake)
         .add_service(supervision)
         .add_service(admin)
-        .add_service(generic);
+        .add_service(generic)
+        .add_service(events);
     // Prometheus scrapes `GET /metrics` over HTTP/1.1 on the same port.
     let scrape = shared.clone();
     let router = routes.into_axum_router().route(

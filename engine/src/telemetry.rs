@@ -30,6 +30,15 @@ pub struct Metrics {
     pub timers_in_memory: IntGauge,
     /// Outbox messages not yet delivered (set at scrape).
     pub outbox_backlog: IntGauge,
+    /// Messages not yet delivered, by destination (set at scrape).
+    pub outbound_backlog: IntGaugeVec,
+    /// Delivery attempts, by destination and result (`delivered`, `retry`, `dead`).
+    pub outbound_attempts: IntCounterVec,
+    /// Seconds from a message's commit to its receiver's acceptance (real time; a virtual
+    /// engine clock makes this meaningless, so it is observed only when the two agree).
+    pub outbound_latency_seconds: Histogram,
+    /// Messages a destination's dispatcher holds in memory (in flight or waiting to retry).
+    pub outbound_window: IntGaugeVec,
     /// Timers armed in the database (set at scrape).
     pub timers_pending: IntGauge,
     /// Instances whose working-day timers a new calendar moved or confirmed.
@@ -104,6 +113,26 @@ impl Metrics {
             .unwrap_or_else(|_| unreachable_metric());
         let outbox_backlog = IntGauge::new("outbox_backlog", "Outbox messages not yet delivered")
             .unwrap_or_else(|_| unreachable_metric());
+        let outbound_backlog = IntGaugeVec::new(
+            Opts::new("outbound_backlog", "Messages not yet delivered, by destination"),
+            &["destination"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let outbound_attempts = IntCounterVec::new(
+            Opts::new("outbound_attempts_total", "Delivery attempts, by destination and result"),
+            &["destination", "result"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let outbound_latency_seconds = Histogram::with_opts(
+            HistogramOpts::new("outbound_latency_seconds", "Seconds from a message's commit to its acceptance")
+                .buckets(buckets(0.000_5, 2.0, 18)),
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let outbound_window = IntGaugeVec::new(
+            Opts::new("outbound_window", "Messages a destination's dispatcher holds in memory"),
+            &["destination"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
         let timers_pending =
             IntGauge::new("timers_pending", "Timers armed in the database").unwrap_or_else(|_| unreachable_metric());
         let replanned = IntCounter::new(
@@ -154,6 +183,10 @@ impl Metrics {
             outbox_written,
             timers_in_memory,
             outbox_backlog,
+            outbound_backlog,
+            outbound_attempts,
+            outbound_latency_seconds,
+            outbound_window,
             timers_pending,
             replanned,
             replans_running,
@@ -176,6 +209,10 @@ impl Metrics {
             Box::new(m.outbox_written.clone()),
             Box::new(m.timers_in_memory.clone()),
             Box::new(m.outbox_backlog.clone()),
+            Box::new(m.outbound_backlog.clone()),
+            Box::new(m.outbound_attempts.clone()),
+            Box::new(m.outbound_latency_seconds.clone()),
+            Box::new(m.outbound_window.clone()),
             Box::new(m.timers_pending.clone()),
             Box::new(m.replanned.clone()),
             Box::new(m.replans_running.clone()),

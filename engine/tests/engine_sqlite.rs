@@ -418,7 +418,8 @@ async fn a_reopen_after_a_failure_never_creates_a_database() {
         key: "same-key".into(),
         instance: "x".into(),
         seq: 1,
-        message: Message { channel: "sms".into(), recipient: None, body: body.into() },
+        message: Message { channel: "sms".into(), recipient: None, body: body.into(), template: None },
+        destination: None,
         created_at: 0,
     };
     // Two messages under one deduplication key: the database refuses the batch.

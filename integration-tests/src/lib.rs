@@ -138,6 +138,13 @@ impl Db {
         Ok(sqlx::query_scalar("SELECT done FROM replans ORDER BY generation").fetch_all(&mut self.conn).await?)
     }
 
+    /// Every outbox message: key → (instance, seq).
+    pub async fn outbox(&mut self) -> Result<std::collections::HashMap<String, (String, i64)>> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT key, instance_id, seq FROM outbox").fetch_all(&mut self.conn).await?;
+        Ok(rows.into_iter().map(|(k, i, s)| (k, (i, s))).collect())
+    }
+
     /// Rows in the outbox.
     pub async fn outbox_len(&mut self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut self.conn).await?)
@@ -281,6 +288,18 @@ impl TestServer {
         security: shenguan::server::Security,
         key: Option<shenguan::auth::verify::DevKey>,
     ) -> Result<TestServer> {
+        Self::start_full(start, db, configure, security, key, Default::default()).await
+    }
+
+    /// Like [`start_with`](Self::start_with), pushing messages as `outbound` says.
+    pub async fn start_full(
+        start: &str,
+        db: &Path,
+        configure: impl FnOnce(&mut shenguan::engine::Config),
+        security: shenguan::server::Security,
+        key: Option<shenguan::auth::verify::DevKey>,
+        outbound: shenguan::outbound::Config,
+    ) -> Result<TestServer> {
         let start = chrono::DateTime::parse_from_rfc3339(start)?.timestamp_millis();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -293,6 +312,7 @@ impl TestServer {
             Some(shenguan::clock::VirtualClock::new(start)),
         );
         options.security = security;
+        options.outbound = outbound;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(shenguan::server::run(options, listener, async {
             let _ = stopped.await;
@@ -370,6 +390,8 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
+
+pub mod receiver;
 
 /// Requests the suites share.
 pub mod fixtures {

@@ -694,7 +694,8 @@ async fn metrics_count_commands_commits_fired_timers_and_breaches_by_department(
     );
     assert!(text.contains("shenguan_commit_batch_size_count"), "{text}");
     assert!(text.contains("shenguan_timers_pending 0"), "the view deadline fired and nothing else is armed: {text}");
-    assert!(text.contains("shenguan_outbox_backlog 3"), "supervision push, task SMS, escalation: {text}");
+    assert!(text.contains("shenguan_outbox_messages_total 3"), "supervision push, task SMS, escalation: {text}");
+    assert!(text.contains("shenguan_outbox_backlog 0"), "no push destination: every message is stream only: {text}");
     server.stop().await
 }
 

@@ -309,4 +309,63 @@ impl AdminService for Admin {
         self.shared.engine.settle().await;
         Ok(Response::new(AdvanceClockReply { now: Some(view::instant(now)) }))
     }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<crate::proto::ListDeadLettersRequest>,
+    ) -> Result<Response<crate::proto::ListDeadLettersReply>, Status> {
+        authorize(&self.shared, &request, Right::DeadLetters)?;
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => 100,
+            n if n > 1_000 => return Err(invalid("limit", "at most 1000")),
+            n => n,
+        };
+        let rows = self.shared.reader.dead_letters(r.after_id, limit).await.map_err(|e| status::read_error(&e))?;
+        let dead_letters = rows
+            .iter()
+            .map(|m| crate::proto::DeadLetter {
+                id: m.id,
+                destination: m.destination.clone().unwrap_or_default(),
+                instance_id: m.instance.clone(),
+                message: Some(view::outbound_message(m)),
+                dead_at_ms: m.delivered_at.unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(crate::proto::ListDeadLettersReply { dead_letters }))
+    }
+
+    async fn retry_dead_letter(
+        &self,
+        request: Request<crate::proto::RetryDeadLetterRequest>,
+    ) -> Result<Response<crate::proto::RetryDeadLetterReply>, Status> {
+        authorize(&self.shared, &request, Right::DeadLetters)?;
+        let key = request.into_inner().key;
+        if key.is_empty() || key.len() > 512 {
+            return Err(invalid("key", "a message key: <instance>:<seq>:<index>"));
+        }
+        let m = self
+            .shared
+            .reader
+            .message(&key)
+            .await
+            .map_err(|e| status::read_error(&e))?
+            .ok_or_else(|| status::not_found("message", &key))?;
+        if m.status != crate::store::DeliveryState::Dead {
+            return Err(Status::failed_precondition(format!(
+                "message {key} is {}, not a dead letter",
+                m.status.as_str()
+            )));
+        }
+        self.shared
+            .engine
+            .handle()
+            .outbound(crate::writer::Outbound::Revive(key.clone()))
+            .await
+            .map_err(|e| status::write_error("message", &key, &e))?;
+        let destination = m.destination.unwrap_or_default();
+        self.shared.dispatchers.rescan(&destination);
+        tracing::info!(%key, %destination, "dead letter retried");
+        Ok(Response::new(crate::proto::RetryDeadLetterReply { key, destination }))
+    }
 }

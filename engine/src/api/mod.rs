@@ -11,11 +11,13 @@
 //! - [`admin`]: `AdminService` (timelines, queries, statistics, the sandbox clock);
 //!   [`calendar`]: its calendar calls (load, status).
 //! - [`engine`]: `EngineService` (any workflow: start, signal).
+//! - [`events`]: `EventsService` (the outbox as a stream with durable cursors).
 //! - [`view`]: domain → proto. [`status`]: errors → `tonic::Status`.
 
 pub mod admin;
 pub mod calendar;
 pub mod engine;
+pub mod events;
 pub mod intake;
 pub mod status;
 pub mod supervision;
@@ -52,6 +54,10 @@ pub struct Shared {
     pub credit: CreditGrades,
     /// From this month and day, a missing notice for next year is warned about.
     pub calendar_warn_from: (u32, u32),
+    /// The push dispatchers (one per configured destination).
+    pub dispatchers: crate::outbound::Dispatchers,
+    /// The stream consumers connected now.
+    pub live: events::Live,
 }
 
 impl Shared {

@@ -194,21 +194,26 @@ pub fn timeline(
                 messages: h.messages,
                 note: note(h),
                 principal,
-                outbound: outbox
-                    .iter()
-                    .filter(|m| m.seq == h.seq)
-                    .map(|m| proto::OutboundMessage {
-                        key: m.key.clone(),
-                        channel: m.message.channel.clone(),
-                        recipient: m.message.recipient.clone().unwrap_or_default(),
-                        text: m.message.body.clone(),
-                        state: m.status.clone(),
-                        attempts: m.attempts,
-                    })
-                    .collect(),
+                outbound: outbox.iter().filter(|m| m.seq == h.seq).map(outbound_message).collect(),
             }
         })
         .collect()
+}
+
+/// A stored message as the API shows it.
+pub fn outbound_message(m: &crate::store::StoredMessage) -> proto::OutboundMessage {
+    proto::OutboundMessage {
+        key: m.key.clone(),
+        channel: m.message.channel.clone(),
+        recipient: m.message.recipient.clone().unwrap_or_default(),
+        text: m.message.body.clone(),
+        state: m.status.as_str().to_owned(),
+        attempts: m.attempts,
+        destination: m.destination.clone().unwrap_or_default(),
+        last_error: m.last_error.clone().unwrap_or_default(),
+        receipt: m.receipt.clone().unwrap_or_default(),
+        delivered_at_ms: m.delivered_at.unwrap_or(0),
+    }
 }
 
 /// Words for an entry that is not a plain event: a re-plan says what moved, from and to.

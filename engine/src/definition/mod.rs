@@ -237,6 +237,8 @@ pub struct EmitSpec {
     pub to: Option<expr::Operand>,
     /// The body, with `{placeholders}` filled at decide time.
     pub template: Template,
+    /// The name configured templates know it by.
+    pub name: Option<String>,
 }
 
 /// A parsed message template.

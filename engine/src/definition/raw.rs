@@ -70,6 +70,10 @@ pub(super) struct RawEmit {
     #[serde(default)]
     pub(super) to: Option<String>,
     pub(super) template: String,
+    /// The name a configuration's templates know this message by (an SMS gateway's Chinese
+    /// text); the `template` here is the text used when none is configured.
+    #[serde(default)]
+    pub(super) name: Option<String>,
 }
 
 #[derive(Deserialize)]

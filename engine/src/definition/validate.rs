@@ -74,7 +74,12 @@ fn build_emit(raw: &RawEmit, env: &Env<'_>) -> Result<EmitSpec, String> {
             _ => return Err("`to` must be a variable or an event field".into()),
         },
     };
-    Ok(EmitSpec { channel: raw.channel.clone(), to, template })
+    if let Some(name) = &raw.name {
+        if !is_ident(name) {
+            return Err(format!("message name {name:?} must be a name such as `commitment_reminder`"));
+        }
+    }
+    Ok(EmitSpec { channel: raw.channel.clone(), to, template, name: raw.name.clone() })
 }
 
 fn build_timer(raw: &RawTimer, env: &Env<'_>) -> Result<TimerSpec, String> {

@@ -173,6 +173,9 @@ pub struct Message {
     pub recipient: Option<String>,
     /// Rendered text.
     pub body: String,
+    /// The name configured templates know it by (the definition's `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// One entry of an instance's append-only history.
@@ -371,7 +374,12 @@ fn render(emit: &EmitSpec, scope: &Scope<'_>, instance: &str, state: &str) -> Me
             }
         }
     }
-    Message { channel: emit.channel.clone(), recipient: emit.to.as_ref().and_then(get).map(|v| v.to_string()), body }
+    Message {
+        channel: emit.channel.clone(),
+        recipient: emit.to.as_ref().and_then(get).map(|v| v.to_string()),
+        body,
+        template: emit.name.clone(),
+    }
 }
 
 fn arm(timer: &TimerSpec, scope: &Scope<'_>) -> Result<ArmedTimer, Rejection> {

@@ -156,6 +156,7 @@ fn a_self_transition_keeps_state_timers_and_a_timer_event_emits() {
     assert_eq!(
         trs[1].outbox,
         vec![Message {
+            template: None,
             channel: "sms".into(),
             recipient: Some("13800000000".into()),
             body: "hand in by 2026-10-09".into()

@@ -156,16 +156,113 @@ pub struct TimerRow {
 /// A message in the outbox as stored, with its delivery state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
+    /// Its position in the outbox: ids grow in commit order, so a consumer's cursor is an id.
+    pub id: u64,
     /// The key receivers deduplicate on (`instance:seq:index`).
     pub key: String,
+    /// The instance whose transition wrote it.
+    pub instance: String,
     /// The history entry (of the instance) whose transition wrote it.
     pub seq: u64,
     /// Channel, recipient, text.
     pub message: Message,
-    /// `pending`, `delivered` or `dead`.
-    pub status: String,
+    /// When it was written (engine time).
+    pub created_at: Millis,
+    /// The push destination it is routed to; `None`: only the stream serves it.
+    pub destination: Option<String>,
+    /// Its delivery state.
+    pub status: DeliveryState,
     /// Delivery attempts so far.
     pub attempts: u32,
+    /// When the next attempt may be made (wall-clock ms; 0: at once).
+    pub next_attempt_at: Millis,
+    /// The last failed attempt's reason.
+    pub last_error: Option<String>,
+    /// The receiver's answer to the successful delivery.
+    pub receipt: Option<String>,
+    /// When it was delivered or became a dead letter (wall-clock ms).
+    pub delivered_at: Option<Millis>,
+    /// When its first attempt failed (wall-clock ms): its age as a dead-letter candidate is
+    /// counted from here, in real time, whatever the engine's clock.
+    pub first_failed_at: Option<Millis>,
+}
+
+/// Where a message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryState {
+    /// Routed to a destination, not delivered yet (retries included).
+    Pending,
+    /// The destination accepted it.
+    Delivered,
+    /// Given up after the attempts or the age allowed, or refused for good by the receiver;
+    /// kept until an administrator retries it.
+    Dead,
+    /// Not pushed anywhere: served to stream subscribers only.
+    Stream,
+}
+
+impl DeliveryState {
+    /// The word stored in the database and shown in timelines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+            DeliveryState::Stream => "stream",
+        }
+    }
+
+    /// The state a stored word names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => DeliveryState::Pending,
+            "delivered" => DeliveryState::Delivered,
+            "dead" => DeliveryState::Dead,
+            "stream" => DeliveryState::Stream,
+            _ => return None,
+        })
+    }
+}
+
+/// What one delivery attempt learned about a message, for the writer to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMark {
+    /// The message.
+    pub id: u64,
+    /// `Pending` (to retry), `Delivered` or `Dead`.
+    pub status: DeliveryState,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    /// When to try again (wall-clock ms), for `Pending`.
+    pub next_attempt_at: Millis,
+    /// Why the attempt failed.
+    pub last_error: Option<String>,
+    /// The receiver's answer, for `Delivered`.
+    pub receipt: Option<String>,
+    /// When (wall-clock ms).
+    pub at: Millis,
+}
+
+/// A stream consumer's acknowledged position, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerCursor {
+    /// The consumer's name.
+    pub name: String,
+    /// The subject it belongs to.
+    pub owner: String,
+    /// Every message with an id up to this one is acknowledged (never moves back).
+    pub acked: u64,
+    /// When (engine time).
+    pub at: Millis,
+}
+
+/// A stream consumer as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredConsumer {
+    /// The subject it belongs to.
+    pub owner: String,
+    /// Its acknowledged position.
+    pub acked: u64,
 }
 
 /// Where a page of timers starts, in `(due_at, instance_id, name)` order.
@@ -203,6 +300,9 @@ pub struct OutboxRow {
     pub message: Message,
     /// When.
     pub created_at: Millis,
+    /// The push destination its channel is routed to (set by the writer from its routes);
+    /// `None`: stream only.
+    pub destination: Option<String>,
 }
 
 /// Everything one group commit writes.
@@ -222,6 +322,12 @@ pub struct Batch {
     pub calendar_file: Option<StoredCalendarFile>,
     /// A re-plan's progress to record (inserted or replaced).
     pub replan: Option<ReplanJob>,
+    /// Delivery outcomes to record.
+    pub marks: Vec<OutboxMark>,
+    /// Dead letters (by key) to make pending again, attempts reset.
+    pub revive: Vec<String>,
+    /// Stream consumers' positions to record.
+    pub cursors: Vec<ConsumerCursor>,
 }
 
 impl Batch {
@@ -232,6 +338,9 @@ impl Batch {
             && self.timers.is_empty()
             && self.calendar_file.is_none()
             && self.replan.is_none()
+            && self.marks.is_empty()
+            && self.revive.is_empty()
+            && self.cursors.is_empty()
     }
 }
 
@@ -288,6 +397,9 @@ pub trait Store: Send + 'static {
     fn commit(&mut self, batch: &Batch) -> impl Future<Output = Result<(), Error>> + Send;
     /// Deletes up to `limit` idempotency keys created before `before`; answers how many.
     fn prune_idempotency(&mut self, before: Millis, limit: u32) -> impl Future<Output = Result<u64, Error>> + Send;
+    /// Deletes up to `limit` delivered or stream-only outbox messages written before `before`,
+    /// oldest first; answers how many. Pending messages and dead letters are kept.
+    fn prune_outbox(&mut self, before: Millis, limit: u32) -> impl Future<Output = Result<u64, Error>> + Send;
     /// Up to `limit` timers from `from` with `due_at < before`, in key order.
     fn timers_page(
         &mut self,
@@ -360,8 +472,21 @@ pub trait ReadStore: Send + Sync {
     async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, Error>;
     /// Instances matching `filter`, in id order.
     async fn list(&self, filter: &Filter) -> Result<Vec<InstanceRow>, Error>;
-    /// Outbox messages not yet delivered.
-    async fn outbox_backlog(&self) -> Result<u64, Error>;
+    /// Messages not yet delivered, per destination.
+    async fn outbox_backlog(&self) -> Result<Vec<(String, u64)>, Error>;
+    /// Up to `limit` pending messages routed to `destination` with an id after `after`, in id
+    /// order (the dispatcher's walk).
+    async fn outbox_pending(&self, destination: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>, Error>;
+    /// Up to `limit` messages with an id after `after`, in id order, of the given channels
+    /// (every channel when empty): the stream's walk. A caller that filters further still
+    /// moves on by the last id answered.
+    async fn outbox_after(&self, after: u64, channels: &[String], limit: u32) -> Result<Vec<StoredMessage>, Error>;
+    /// Up to `limit` dead letters with an id after `after`, in id order.
+    async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<StoredMessage>, Error>;
+    /// One message by its key.
+    async fn message(&self, key: &str) -> Result<Option<StoredMessage>, Error>;
+    /// A stream consumer.
+    async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error>;
     /// The messages an instance's transitions wrote, in history order.
     async fn outbox_of(&self, instance: &str) -> Result<Vec<StoredMessage>, Error>;
     /// Timers armed in the database.

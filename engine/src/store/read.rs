@@ -11,8 +11,49 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRo
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::sqlite::{HISTORY_COLUMNS, INSTANCE_COLUMNS as COLUMNS};
-use super::{Error, Filter, InstanceRow, ReadStore, ReplanJob, StoredCalendarFile, StoredMessage, TimerId, TimerRow};
+use super::{
+    DeliveryState, Error, Filter, InstanceRow, ReadStore, ReplanJob, StoredCalendarFile, StoredConsumer, StoredMessage,
+    TimerId, TimerRow,
+};
 use crate::machine::{CommandKind, HistoryEntry};
+
+/// The columns [`message_from_row`] reads.
+const MESSAGE_COLUMNS: &str =
+    "id, key, instance_id, seq, channel, recipient, body, template, created_at, destination, status, \
+     attempts, next_attempt_at, last_error, receipt, delivered_at, first_failed_at";
+
+fn id_i64(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+/// A stored message; a state the schema does not know is damaged data, not a default.
+fn message_from_row(r: &SqliteRow) -> Result<StoredMessage, Error> {
+    let status: String = r.try_get("status")?;
+    let status = DeliveryState::parse(&status)
+        .ok_or_else(|| Error::Corrupt(format!("outbox message with the unknown state {status:?}")))?;
+    let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(StoredMessage {
+        id: unsigned(r.try_get("id")?),
+        key: r.try_get("key")?,
+        instance: r.try_get("instance_id")?,
+        seq: unsigned(r.try_get("seq")?),
+        message: crate::machine::Message {
+            channel: r.try_get("channel")?,
+            recipient: r.try_get("recipient")?,
+            body: r.try_get("body")?,
+            template: r.try_get("template")?,
+        },
+        created_at: r.try_get("created_at")?,
+        destination: r.try_get("destination")?,
+        status,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
+        receipt: r.try_get("receipt")?,
+        delivered_at: r.try_get("delivered_at")?,
+        first_failed_at: r.try_get("first_failed_at")?,
+    })
+}
 
 /// Read-only access for queries.
 #[derive(Debug, Clone)]
@@ -83,39 +124,90 @@ impl ReadStore for Reader {
         rows.iter().map(super::sqlite::history_from_row).collect()
     }
 
-    async fn outbox_backlog(&self) -> Result<u64, Error> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'pending'").fetch_one(&self.pool).await?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    async fn outbox_of(&self, instance: &str) -> Result<Vec<StoredMessage>, Error> {
-        let rows = sqlx::query(
-            "SELECT key, seq, channel, recipient, body, status, attempts FROM outbox \
-             WHERE instance_id = ? ORDER BY seq, id",
-        )
-        .bind(instance)
-        .fetch_all(&self.pool)
-        .await?;
+    async fn outbox_backlog(&self) -> Result<Vec<(String, u64)>, Error> {
+        let rows =
+            sqlx::query("SELECT destination, count(*) AS n FROM outbox WHERE status = 'pending' GROUP BY destination")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
-                Ok(StoredMessage {
-                    key: r.try_get("key")?,
-                    seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
-                    message: crate::machine::Message {
-                        channel: r.try_get("channel")?,
-                        recipient: r.try_get("recipient")?,
-                        body: r.try_get("body")?,
-                    },
-                    status: r.try_get("status")?,
-                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                })
+                let d: Option<String> = r.try_get("destination")?;
+                Ok((d.unwrap_or_default(), u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0)))
             })
             .collect()
     }
 
-    // Counts the `timers_due` index: cost grows with the number of pending timers (tens of
-    // milliseconds per million), paid per scrape, not per command.
+    async fn outbox_pending(&self, destination: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE destination = ? AND status = 'pending' AND id > ? \
+             ORDER BY id LIMIT ?"
+        ))
+        .bind(destination)
+        .bind(id_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn outbox_after(&self, after: u64, channels: &[String], limit: u32) -> Result<Vec<StoredMessage>, Error> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM outbox WHERE id > "));
+        q.push_bind(id_i64(after));
+        if !channels.is_empty() {
+            q.push(" AND channel IN (");
+            let mut list = q.separated(", ");
+            for c in channels {
+                list.push_bind(c);
+            }
+            list.push_unseparated(")");
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<StoredMessage>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE status = 'dead' AND id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(id_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn message(&self, key: &str) -> Result<Option<StoredMessage>, Error> {
+        let row = sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM outbox WHERE key = ?"))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(message_from_row).transpose()
+    }
+
+    async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error> {
+        let row = sqlx::query("SELECT owner, acked FROM consumers WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(StoredConsumer {
+                owner: r.try_get("owner")?,
+                acked: u64::try_from(r.try_get::<i64, _>("acked")?).unwrap_or(0),
+            })
+        })
+        .transpose()
+    }
+
+    async fn outbox_of(&self, instance: &str) -> Result<Vec<StoredMessage>, Error> {
+        let rows = sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM outbox WHERE instance_id = ? ORDER BY seq, id"))
+            .bind(instance)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
     async fn timers_pending(&self) -> Result<u64, Error> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM timers").fetch_one(&self.pool).await?;
         Ok(u64::try_from(n).unwrap_or(0))

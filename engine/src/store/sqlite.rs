@@ -14,7 +14,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{
-    Batch, Error, IdempotencyRow, InstanceRow, ReplanJob, Store, StoredCalendarFile, TimerFrom, TimerId, TimerRow,
+    Batch, DeliveryState, Error, IdempotencyRow, InstanceRow, ReplanJob, Store, StoredCalendarFile, TimerFrom, TimerId,
+    TimerRow,
 };
 use crate::calendar::{CalendarFile, FileKey};
 use crate::clock::Millis;
@@ -452,11 +453,13 @@ mod ops {
             });
             q.build().execute(&mut *tx).await?;
         }
-        for chunk in batch.outbox.chunks(rows_for(8)) {
+        for chunk in batch.outbox.chunks(rows_for(11)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO outbox (key, instance_id, seq, channel, recipient, body, created_at, next_attempt_at) ",
+                "INSERT INTO outbox (key, instance_id, seq, channel, recipient, body, created_at, next_attempt_at, \
+                 destination, status, template) ",
             );
             q.push_values(chunk, |mut b, m| {
+                let status = if m.destination.is_some() { DeliveryState::Pending } else { DeliveryState::Stream };
                 b.push_bind(&m.key)
                     .push_bind(&m.instance)
                     .push_bind(seq_i64(m.seq))
@@ -464,9 +467,58 @@ mod ops {
                     .push_bind(&m.message.recipient)
                     .push_bind(&m.message.body)
                     .push_bind(m.created_at)
-                    .push_bind(m.created_at);
+                    .push_bind(0_i64)
+                    .push_bind(&m.destination)
+                    .push_bind(status.as_str())
+                    .push_bind(&m.message.template);
             });
             q.build().execute(&mut *tx).await?;
+        }
+        // Delivery outcomes: one UPDATE … FROM a VALUES list per chunk, not one statement a row.
+        for chunk in batch.marks.chunks(rows_for(7)) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "UPDATE outbox SET status = m.column2, attempts = m.column3, next_attempt_at = m.column4, \
+                 last_error = m.column5, receipt = coalesce(m.column6, outbox.receipt), \
+                 delivered_at = CASE WHEN m.column2 = 'pending' THEN NULL ELSE m.column7 END, \
+                 first_failed_at = CASE WHEN m.column5 IS NULL THEN outbox.first_failed_at \
+                     ELSE coalesce(outbox.first_failed_at, m.column7) END \
+                 FROM (",
+            );
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(seq_i64(m.id))
+                    .push_bind(m.status.as_str())
+                    .push_bind(i64::from(m.attempts))
+                    .push_bind(m.next_attempt_at)
+                    .push_bind(&m.last_error)
+                    .push_bind(&m.receipt)
+                    .push_bind(m.at);
+            });
+            // A mark never overrides an administrator's retry that raced it: only a message
+            // still pending is changed.
+            q.push(") AS m WHERE outbox.id = m.column1 AND outbox.status = 'pending'");
+            q.build().execute(&mut *tx).await?;
+        }
+        for key in &batch.revive {
+            sqlx::query(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = 0, delivered_at = NULL, \
+                 first_failed_at = NULL \
+                 WHERE key = ? AND status = 'dead'",
+            )
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for c in &batch.cursors {
+            sqlx::query(
+                "INSERT INTO consumers (name, owner, acked, updated_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET acked = max(acked, excluded.acked), updated_at = excluded.updated_at",
+            )
+            .bind(&c.name)
+            .bind(&c.owner)
+            .bind(seq_i64(c.acked))
+            .bind(c.at)
+            .execute(&mut *tx)
+            .await?;
         }
         for chunk in batch.idempotency.chunks(rows_for(5)) {
             let mut q: QueryBuilder<Sqlite> =
@@ -717,6 +769,22 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "DELETE FROM idempotency WHERE key IN \
              (SELECT key FROM idempotency WHERE created_at < ? LIMIT ?)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(Error::from);
+        self.after(result).await
+    }
+
+    async fn prune_outbox(&mut self, before: Millis, limit: u32) -> Result<u64, Error> {
+        let conn = self.conn().await?;
+        // Oldest first by id (ids grow with time): the scan stops after `limit` old rows.
+        let result = sqlx::query(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox WHERE status IN ('delivered', 'stream') AND created_at < ? ORDER BY id LIMIT ?)",
         )
         .bind(before)
         .bind(i64::from(limit))

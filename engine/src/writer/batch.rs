@@ -279,6 +279,8 @@ impl<'a> Builder<'a> {
                 seq: t.history.seq,
                 message: message.clone(),
                 created_at: now,
+                // Routed by the writer task, which knows the configuration.
+                destination: None,
             });
         }
         if let Some(idem) = &command.idempotency {

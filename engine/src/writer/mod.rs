@@ -136,6 +136,20 @@ pub enum Request {
     /// Store a calendar file, put the new calendar set in force and start re-planning the
     /// timers it moves.
     LoadCalendar(CalendarLoad, oneshot::Sender<Result<Loaded, LoadError>>),
+    /// Record what delivery learned, in the next batch's transaction.
+    Outbound(Outbound, oneshot::Sender<Result<(), WriteError>>),
+}
+
+/// A change to the outbox or the stream's cursors, from the delivery side. Delivery never
+/// writes the database itself: only the writer does, so these ride in the next batch.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// Delivery outcomes (delivered, retry later, dead).
+    Marks(Vec<crate::store::OutboxMark>),
+    /// Make a dead letter (by key) pending again, its attempts reset.
+    Revive(String),
+    /// A stream consumer's acknowledged position.
+    Cursor(crate::store::ConsumerCursor),
 }
 
 /// A calendar file to load.
@@ -194,6 +208,7 @@ impl std::fmt::Debug for Request {
             }
             Request::Extend(until, _) => f.debug_tuple("Extend").field(until).finish(),
             Request::LoadCalendar(load, _) => f.debug_tuple("LoadCalendar").field(&load.file.key).finish(),
+            Request::Outbound(o, _) => f.debug_tuple("Outbound").field(o).finish(),
         }
     }
 }
@@ -251,6 +266,13 @@ impl Handle {
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
+    /// Records a change from the delivery side; answers once it is durable.
+    pub async fn outbound(&self, change: Outbound) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Outbound(change, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
     /// Waits until every re-plan up to calendar generation `generation` has finished.
     pub async fn replanned(&self, generation: u64) -> Result<(), WriteError> {
         let mut rx = self.replanned.clone();
@@ -280,6 +302,10 @@ pub struct Settings {
     pub idempotency_retention: Millis,
     /// Most working-day timers re-planned per batch while a re-plan runs.
     pub replan_page: u32,
+    /// Channel → push destination; a message on a channel not named here is stream only.
+    pub routes: Arc<HashMap<String, String>>,
+    /// How long delivered and stream-only messages are kept (ms).
+    pub outbox_retention: Millis,
 }
 
 /// The writer task's state.
@@ -310,6 +336,8 @@ pub struct Writer<S: Store> {
     pruned_at: Millis,
     /// Batches committed or attempted, for the logs.
     batches: u64,
+    /// Bumped after every commit that wrote messages: wakes dispatchers and subscribers.
+    published: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// How long the writer must have had nothing to do before it runs a batch of re-planning alone.
@@ -358,6 +386,7 @@ pub fn channel<S: Store>(
             cache: HashMap::new(),
             pruned_at: Millis::MIN,
             batches: 0,
+            published: context.published.clone(),
         },
         Handle { tx, replanned: replanned_rx },
     )
@@ -367,6 +396,7 @@ pub fn channel<S: Store>(
 enum Item {
     One(Command, Reply),
     Group(Vec<GroupItem>, Option<Derive>, GroupReply),
+    Outbound(Outbound, oneshot::Sender<Result<(), WriteError>>),
 }
 
 /// The reply owed to a request once the batch's fate is known.
@@ -374,6 +404,8 @@ enum Owed {
     One(Reply, Result<Applied, WriteError>),
     /// The reply, the answer, and the instance that names the group if its commit fails.
     Group(GroupReply, Result<Vec<Option<Applied>>, GroupError>, String),
+    /// A change from the delivery side: answered once durable.
+    Outbound(oneshot::Sender<Result<(), WriteError>>),
 }
 
 struct Pending {
@@ -454,6 +486,7 @@ impl<S: Store> Writer<S> {
                 match request {
                     Request::Command(c, reply) => items.push(Item::One(c, reply)),
                     Request::Group(g, derive, reply) => items.push(Item::Group(g, derive, reply)),
+                    Request::Outbound(o, reply) => items.push(Item::Outbound(o, reply)),
                     Request::Extend(until, reply) => {
                         // Commands queued before the extension are committed first, so the
                         // page read sees them.
@@ -606,6 +639,7 @@ impl<S: Store> Writer<S> {
                     ids.extend(g.iter().map(|i| i.command.instance.as_str()));
                     keys.extend(g.first().and_then(|i| i.command.idempotency.as_ref()).map(|i| i.key.as_str()));
                 }
+                Item::Outbound(..) => {}
             }
         }
         let known_keys = if keys.is_empty() {
@@ -646,8 +680,13 @@ impl<S: Store> Writer<S> {
         }
 
         let mut pending = Vec::with_capacity(items.len());
+        let mut outbound = Vec::new();
         for item in items {
             match item {
+                Item::Outbound(change, reply) => {
+                    outbound.push(change);
+                    pending.push(Pending { owed: Owed::Outbound(reply), needs_commit: true });
+                }
                 Item::One(command, reply) => {
                     let (result, needs_commit) = builder.one(&command);
                     trace_command(&command, &result);
@@ -680,7 +719,17 @@ impl<S: Store> Writer<S> {
         }
         let replanned = self.replan_page(&mut builder, pending.len()).await;
         builder.fire_due_now();
-        let built = builder.finish();
+        let mut built = builder.finish();
+        for change in outbound {
+            match change {
+                Outbound::Marks(marks) => built.batch.marks.extend(marks),
+                Outbound::Revive(key) => built.batch.revive.push(key),
+                Outbound::Cursor(cursor) => built.batch.cursors.push(cursor),
+            }
+        }
+        for row in &mut built.batch.outbox {
+            row.destination = self.settings.routes.get(&row.message.channel).cloned();
+        }
         let committed = self.commit(built, pending, now).await;
         if !committed && replanned.is_some() {
             // The batch failed (a full disk): the re-plan waits instead of retrying at once.
@@ -740,11 +789,15 @@ impl<S: Store> Writer<S> {
                         }
                     }
                 }
+                if !batch.outbox.is_empty() || !batch.revive.is_empty() {
+                    self.published.send_modify(|n| *n = n.wrapping_add(1));
+                }
                 tracing::debug!(commands = batch.history.len(), fired = fired.len(), "batch committed");
                 for p in pending {
                     match p.owed {
                         Owed::One(reply, result) => drop(reply.send(result)),
                         Owed::Group(reply, result, _) => drop(reply.send(result)),
+                        Owed::Outbound(reply) => drop(reply.send(Ok(()))),
                     }
                 }
                 self.prune(now).await;
@@ -762,6 +815,7 @@ impl<S: Store> Writer<S> {
                         (Owed::Group(reply, _, instance), true) => {
                             drop(reply.send(Err(GroupError { index: 0, instance, error: failed.clone() })))
                         }
+                        (Owed::Outbound(reply), _) => drop(reply.send(Err(failed.clone()))),
                         (Owed::One(reply, result), false) => drop(reply.send(result)),
                         (Owed::Group(reply, result, _), false) => drop(reply.send(result)),
                     }
@@ -771,14 +825,24 @@ impl<S: Store> Writer<S> {
         }
     }
 
-    /// Forgets request ids older than the retention, a bounded number at a time, at most once
-    /// per [`PRUNE_EVERY`]. Runs after the batch's callers have been answered.
+    /// Forgets request ids older than the retention and delivered messages older than theirs,
+    /// a bounded number at a time, at most once per [`PRUNE_EVERY`]. Runs after the batch's callers have been answered.
     async fn prune(&mut self, now: Millis) {
         if now.saturating_sub(self.pruned_at) < PRUNE_EVERY {
             return;
         }
         let before = now.saturating_sub(self.settings.idempotency_retention);
-        match self.store.prune_idempotency(before, PRUNE_LIMIT).await {
+        let outbox_before = now.saturating_sub(self.settings.outbox_retention);
+        let pruned = match self.store.prune_idempotency(before, PRUNE_LIMIT).await {
+            Ok(keys) => self.store.prune_outbox(outbox_before, PRUNE_LIMIT).await.map(|messages| {
+                if messages > 0 {
+                    tracing::debug!(pruned = messages, "pruned delivered messages past their retention");
+                }
+                keys.max(messages)
+            }),
+            Err(e) => Err(e),
+        };
+        match pruned {
             Ok(n) => {
                 // A full page means more may be waiting: come back after a short pause.
                 self.pruned_at = if n < u64::from(PRUNE_LIMIT) {
@@ -816,6 +880,7 @@ fn fail_all(items: Vec<Item>, error: WriteError) {
         match item {
             Item::One(_, reply) => drop(reply.send(Err(error.clone()))),
             Item::Group(g, _, reply) => drop(reply.send(Err(GroupError::whole(&g, error.clone())))),
+            Item::Outbound(_, reply) => drop(reply.send(Err(error.clone()))),
         }
     }
 }

@@ -1,0 +1,303 @@
+//! `EventsService`: the outbox as a stream, for platforms that pull.
+//!
+//! A consumer is a name with a durable cursor (`consumers` table: the outbox id up to which it
+//! has acknowledged). `Subscribe` walks the outbox from just after that cursor, in id order
+//! (ids grow in commit order, because one writer commits them), filtered by channel and region,
+//! and then waits for the writer's next commit; at most `max_in_flight` messages are sent and
+//! not acknowledged. `Ack` moves the cursor through the writer (durable when answered) and
+//! lets the live stream send more. A reconnect resumes after the last acknowledgement, so it
+//! misses nothing and sees nothing it acknowledged again; what it had not acknowledged it
+//! sees again (at least once).
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status};
+
+use super::{authorize, status, Shared};
+use crate::auth::Right;
+use crate::proto;
+use crate::proto::events_service_server::EventsService;
+use crate::store::{ConsumerCursor, StoredMessage};
+use crate::writer::Outbound;
+
+/// Unacknowledged messages a stream sends when the request names no limit.
+pub const DEFAULT_IN_FLIGHT: u32 = 1_000;
+/// The most a request may ask for.
+pub const MAX_IN_FLIGHT: u32 = 10_000;
+/// Messages read per walk of the outbox.
+const PAGE: u32 = 1_000;
+
+/// The live side of the consumers: each one's acknowledged position, and the switch that ends
+/// its current stream when another takes over.
+#[derive(Debug, Default)]
+pub struct Live {
+    consumers: Mutex<HashMap<String, LiveConsumer>>,
+}
+
+#[derive(Debug)]
+struct LiveConsumer {
+    acked: Arc<watch::Sender<u64>>,
+    /// Set to true to end the current stream.
+    stop: watch::Sender<bool>,
+}
+
+impl Live {
+    /// Starts a stream for `name` at `acked`: ends the consumer's previous stream and answers
+    /// the new one's (acknowledgements, stop switch).
+    fn take_over(&self, name: &str, acked: u64) -> (watch::Receiver<u64>, watch::Receiver<bool>) {
+        let mut all = self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (stop, stopped) = watch::channel(false);
+        let entry = all.entry(name.to_owned()).or_insert_with(|| LiveConsumer {
+            acked: Arc::new(watch::Sender::new(acked)),
+            stop: watch::Sender::new(false),
+        });
+        entry.stop.send_replace(true);
+        entry.stop = stop;
+        entry.acked.send_modify(|a| *a = (*a).max(acked));
+        (entry.acked.subscribe(), stopped)
+    }
+
+    /// Tells the live stream of `name` (if any) that it acknowledged up to `acked`.
+    fn acked(&self, name: &str, acked: u64) {
+        let all = self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = all.get(name) {
+            c.acked.send_modify(|a| *a = (*a).max(acked));
+        }
+    }
+}
+
+/// The service.
+pub struct Events {
+    shared: Arc<Shared>,
+}
+
+impl Events {
+    /// The service over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Events { shared }
+    }
+}
+
+fn check_consumer(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(status::invalid("consumer", "use 1–64 letters, digits, '-', '_' or '.'"))
+    }
+}
+
+fn event(m: &StoredMessage) -> proto::Event {
+    proto::Event {
+        id: m.id,
+        key: m.key.clone(),
+        channel: m.message.channel.clone(),
+        recipient: m.message.recipient.clone().unwrap_or_default(),
+        text: m.message.body.clone(),
+        instance_id: m.instance.clone(),
+        seq: m.seq,
+        created_at_ms: m.created_at,
+        template: m.message.template.clone().unwrap_or_default(),
+    }
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EventsService for Events {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let auth = authorize(&self.shared, &request, Right::Subscribe)?;
+        let req = request.into_inner();
+        check_consumer(&req.consumer)?;
+        if req.channels.len() > 32 {
+            return Err(status::invalid("channels", "at most 32"));
+        }
+        for c in &req.channels {
+            if c.is_empty() || c.len() > 64 || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(status::invalid(
+                    "channels",
+                    format!("{:?} is not a channel name", c.chars().take(64).collect::<String>()),
+                ));
+            }
+        }
+        if req.regions.len() > 64 {
+            return Err(status::invalid("regions", "at most 64"));
+        }
+        // Only the regions asked for, each inside the caller's scope; none asked: the scope.
+        let mut prefixes = Vec::new();
+        for code in &req.regions {
+            let prefix = crate::auth::region_prefix(code).ok_or_else(|| {
+                status::invalid(
+                    "regions",
+                    format!("{:?} is not a six-digit region code", code.chars().take(16).collect::<String>()),
+                )
+            })?;
+            auth.require_region(&self.shared, code, "region", code)?;
+            prefixes.push(prefix);
+        }
+        if prefixes.is_empty() {
+            prefixes.extend(auth.scope().id_prefix());
+        }
+        let in_flight = match req.max_in_flight {
+            0 => DEFAULT_IN_FLIGHT,
+            n if n > MAX_IN_FLIGHT => return Err(status::invalid("max_in_flight", format!("at most {MAX_IN_FLIGHT}"))),
+            n => n,
+        } as usize;
+        let subject = auth.caller().to_owned();
+        let acked = match self.shared.reader.consumer(&req.consumer).await.map_err(|e| status::read_error(&e))? {
+            Some(c) if c.owner != subject => {
+                return Err(Status::permission_denied(format!(
+                    "{subject}: the consumer {} belongs to another subject",
+                    req.consumer
+                )))
+            }
+            Some(c) => c.acked,
+            None => {
+                let cursor = ConsumerCursor {
+                    name: req.consumer.clone(),
+                    owner: subject,
+                    acked: 0,
+                    at: self.shared.context().clock.now(),
+                };
+                self.shared
+                    .engine
+                    .handle()
+                    .outbound(Outbound::Cursor(cursor))
+                    .await
+                    .map_err(|e| status::write_error("consumer", &req.consumer, &e))?;
+                0
+            }
+        };
+        let (acks, stop) = self.shared.live.take_over(&req.consumer, acked);
+        let (tx, rx) = mpsc::channel(256);
+        let walk = Walk {
+            shared: self.shared.clone(),
+            consumer: req.consumer,
+            channels: req.channels,
+            prefixes,
+            in_flight,
+            acks,
+            stop,
+            tx,
+        };
+        tokio::spawn(walk.run());
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn ack(&self, request: Request<proto::AckRequest>) -> Result<Response<proto::AckReply>, Status> {
+        let auth = authorize(&self.shared, &request, Right::Subscribe)?;
+        let req = request.into_inner();
+        check_consumer(&req.consumer)?;
+        let subject = auth.caller().to_owned();
+        let stored = self
+            .shared
+            .reader
+            .consumer(&req.consumer)
+            .await
+            .map_err(|e| status::read_error(&e))?
+            .ok_or_else(|| status::not_found("consumer", &req.consumer))?;
+        if stored.owner != subject {
+            return Err(Status::permission_denied(format!(
+                "{subject}: the consumer {} belongs to another subject",
+                req.consumer
+            )));
+        }
+        let acked = stored.acked.max(req.up_to);
+        if req.up_to > stored.acked {
+            let cursor = ConsumerCursor {
+                name: req.consumer.clone(),
+                owner: subject,
+                acked: req.up_to,
+                at: self.shared.context().clock.now(),
+            };
+            self.shared
+                .engine
+                .handle()
+                .outbound(Outbound::Cursor(cursor))
+                .await
+                .map_err(|e| status::write_error("consumer", &req.consumer, &e))?;
+        }
+        self.shared.live.acked(&req.consumer, acked);
+        Ok(Response::new(proto::AckReply { acked }))
+    }
+}
+
+/// One live stream.
+struct Walk {
+    shared: Arc<Shared>,
+    consumer: String,
+    channels: Vec<String>,
+    prefixes: Vec<String>,
+    in_flight: usize,
+    acks: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    tx: mpsc::Sender<Result<proto::Event, Status>>,
+}
+
+impl Walk {
+    async fn run(mut self) {
+        let mut published = self.shared.context().published.subscribe();
+        let mut sent_upto = *self.acks.borrow();
+        let mut unacked: VecDeque<u64> = VecDeque::new();
+        loop {
+            if *self.stop.borrow() {
+                let _ = self
+                    .tx
+                    .send(Err(Status::aborted(format!(
+                        "consumer {} was taken over by another Subscribe",
+                        self.consumer
+                    ))))
+                    .await;
+                return;
+            }
+            let acked = *self.acks.borrow_and_update();
+            while unacked.front().is_some_and(|id| *id <= acked) {
+                unacked.pop_front();
+            }
+            // Anything committed after this point bumps `published` and wakes the wait below.
+            published.borrow_and_update();
+            let room = self.in_flight.saturating_sub(unacked.len());
+            let mut more = false;
+            if room > 0 {
+                let limit = u32::try_from(room).unwrap_or(PAGE).min(PAGE);
+                let rows = match self.shared.reader.outbox_after(sent_upto, &self.channels, limit).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = self.tx.send(Err(status::read_error(&e))).await;
+                        return;
+                    }
+                };
+                more = rows.len() == limit as usize;
+                for m in rows {
+                    sent_upto = m.id;
+                    if !self.prefixes.is_empty() && !self.prefixes.iter().any(|p| m.instance.starts_with(p.as_str())) {
+                        continue;
+                    }
+                    if self.tx.send(Ok(event(&m))).await.is_err() {
+                        return;
+                    }
+                    unacked.push_back(m.id);
+                }
+            }
+            if more && unacked.len() < self.in_flight {
+                continue;
+            }
+            tokio::select! {
+                r = published.changed() => if r.is_err() { return },
+                r = self.acks.changed() => if r.is_err() { return },
+                r = self.stop.changed() => if r.is_err() { return },
+                () = self.tx.closed() => return,
+            }
+        }
+    }
+}

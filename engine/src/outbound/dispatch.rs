@@ -1,0 +1,442 @@
+//! The dispatchers: one task per push destination, delivering its pending messages at least
+//! once, in order per instance, with retries, backoff and dead letters.
+//!
+//! A task keeps a bounded *window* of its destination's pending messages in memory (at most
+//! `queue`), walked from the database in id order with a cursor; the rest wait in the database,
+//! so a dead destination costs memory only up to its window and holds no other destination. In
+//! the window, each instance has a lane: only its oldest message is in flight or waiting to be
+//! retried, so one case's messages arrive in the order they were written. Up to `concurrency`
+//! lanes deliver at once.
+//!
+//! Every outcome (delivered, retry at, dead) goes to the writer ([`Outbound::Marks`]) and is
+//! durable shortly after; a message stays in the window until its outcome is, so a walk from
+//! the start (after an administrator's retry) never sends it again. A crash between a delivery
+//! and its mark sends it again after restart, with the same key: that is the at-least-once the
+//! receivers deduplicate on.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::config::{Config, Policy};
+use super::send::{Delivered, Failed, Sender, SetupError};
+use crate::clock::{Clock, Millis};
+use crate::store::{DeliveryState, OutboxMark, ReadStore, StoredMessage};
+use crate::telemetry::Metrics;
+use crate::writer::{Handle, Outbound, WriteError};
+
+/// Most messages one walk of the database reads.
+const PAGE: u32 = 1_000;
+/// With nothing to wake it, a dispatcher looks at the database this often anyway.
+const IDLE_LOOK: Duration = Duration::from_secs(1);
+/// After a failed read or write of the database, wait this long.
+const STORE_RETRY: Duration = Duration::from_millis(500);
+/// Most outcome writes in flight at once per destination.
+const MAX_FLUSHES: usize = 2;
+
+/// The running dispatchers.
+#[derive(Debug, Default)]
+pub struct Dispatchers {
+    tasks: Vec<JoinHandle<()>>,
+    rescan: HashMap<String, Arc<Notify>>,
+}
+
+impl Dispatchers {
+    /// Tells `destination`'s dispatcher to walk its messages from the start (a dead letter
+    /// was made pending again, behind its cursor).
+    pub fn rescan(&self, destination: &str) {
+        if let Some(n) = self.rescan.get(destination) {
+            n.notify_one();
+        }
+    }
+
+    /// The destinations being delivered to.
+    pub fn destinations(&self) -> impl Iterator<Item = &str> {
+        self.rescan.keys().map(String::as_str)
+    }
+}
+
+impl Drop for Dispatchers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts one dispatcher per destination of `config`.
+pub fn start(
+    config: &Config,
+    reader: Arc<dyn ReadStore>,
+    writer: Handle,
+    context: &crate::engine::Context,
+) -> Result<Dispatchers, SetupError> {
+    let templates = Arc::new(config.sms_templates.clone());
+    let mut out = Dispatchers::default();
+    for d in &config.destinations {
+        let sender = Arc::new(Sender::new(d, reader.clone(), templates.clone())?);
+        let rescan = Arc::new(Notify::new());
+        let worker = Worker {
+            name: d.name.clone(),
+            sender,
+            reader: reader.clone(),
+            writer: writer.clone(),
+            policy: config.delivery.clone(),
+            concurrency: d.concurrency,
+            queue: d.queue,
+            published: context.published.subscribe(),
+            rescan: rescan.clone(),
+            metrics: context.metrics.clone(),
+            clock: context.clock.clone(),
+            window: Window::default(),
+        };
+        tracing::info!(destination = %d.name, kind = ?d.kind, url = %d.url, channels = ?d.channels, "delivering");
+        out.tasks.push(tokio::spawn(worker.run()));
+        out.rescan.insert(d.name.clone(), rescan);
+    }
+    Ok(out)
+}
+
+/// Wall-clock milliseconds: retries and delivery times belong to the real world, whatever the
+/// engine's clock says.
+fn wall_ms() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The delay before attempt `attempts + 1`: doubling from the initial delay up to the maximum,
+/// then a random half of it taken off ("equal jitter"), so that receivers coming back are not
+/// hit by every sender at once.
+pub fn backoff(policy: &Policy, attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(30);
+    let full = policy.backoff_initial_ms.saturating_mul(1u64 << exp).min(policy.backoff_max_ms);
+    let half = full / 2;
+    Duration::from_millis(half + rand::rng().random_range(0..=half.max(1)).min(full - half))
+}
+
+/// The messages in memory.
+#[derive(Default)]
+struct Window {
+    /// Per instance, its messages in id order; the front one is the one being delivered.
+    lanes: HashMap<String, VecDeque<StoredMessage>>,
+    /// Every message id in the window or whose outcome is not yet durable.
+    held: HashSet<u64>,
+    /// Instances whose front message may be sent now.
+    ready: VecDeque<String>,
+    /// Instances whose front message waits for its retry time (wall ms).
+    sleeping: BinaryHeap<Reverse<(Millis, String)>>,
+    /// Instances with a delivery in flight.
+    busy: HashSet<String>,
+}
+
+impl Window {
+    /// Queues the front of `instance`'s lane, now or at its retry time.
+    fn schedule(&mut self, instance: &str, now: Millis) {
+        let Some(front) = self.lanes.get(instance).and_then(VecDeque::front) else {
+            self.lanes.remove(instance);
+            return;
+        };
+        if front.next_attempt_at <= now {
+            self.ready.push_back(instance.to_owned());
+        } else {
+            self.sleeping.push(Reverse((front.next_attempt_at, instance.to_owned())));
+        }
+    }
+
+    fn add(&mut self, m: StoredMessage, now: Millis) {
+        if !self.held.insert(m.id) {
+            return;
+        }
+        let instance = m.instance.clone();
+        let lane = self.lanes.entry(instance.clone()).or_default();
+        lane.push_back(m);
+        if lane.len() == 1 && !self.busy.contains(&instance) {
+            self.schedule(&instance, now);
+        }
+    }
+
+    /// Moves the sleepers whose time has come to the ready queue; answers the next wake-up.
+    fn wake(&mut self, now: Millis) -> Option<Millis> {
+        while let Some(Reverse((at, _))) = self.sleeping.peek() {
+            if *at > now {
+                return Some(*at);
+            }
+            if let Some(Reverse((_, instance))) = self.sleeping.pop() {
+                self.ready.push_back(instance);
+            }
+        }
+        None
+    }
+}
+
+struct Worker {
+    name: String,
+    sender: Arc<Sender>,
+    reader: Arc<dyn ReadStore>,
+    writer: Handle,
+    policy: Policy,
+    concurrency: usize,
+    queue: usize,
+    published: watch::Receiver<u64>,
+    rescan: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    window: Window,
+}
+
+type Attempt = (StoredMessage, Result<Delivered, Failed>);
+
+impl Worker {
+    async fn run(mut self) {
+        let mut cursor = 0u64;
+        let mut look = true;
+        let mut in_flight: JoinSet<Attempt> = JoinSet::new();
+        let mut marks: Vec<OutboxMark> = Vec::new();
+        let mut flushing: JoinSet<(Vec<OutboxMark>, Result<(), WriteError>)> = JoinSet::new();
+        let mut store_pause: Option<tokio::time::Instant> = None;
+        loop {
+            let now = wall_ms();
+            if store_pause.is_some_and(|until| until <= tokio::time::Instant::now()) {
+                store_pause = None;
+            }
+            // Fill the window from the database.
+            if look && store_pause.is_none() && self.window.held.len() < self.queue {
+                let room = u32::try_from(self.queue - self.window.held.len()).unwrap_or(PAGE).min(PAGE);
+                match self.reader.outbox_pending(&self.name, cursor, room).await {
+                    Ok(rows) => {
+                        look = rows.len() == room as usize;
+                        for m in rows {
+                            cursor = cursor.max(m.id);
+                            self.window.add(m, now);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(destination = %self.name, error = %e, "cannot read pending messages; will try again");
+                        store_pause = Some(tokio::time::Instant::now() + STORE_RETRY);
+                    }
+                }
+            }
+            let next_wake = self.window.wake(now);
+            while in_flight.len() < self.concurrency {
+                let Some(instance) = self.window.ready.pop_front() else { break };
+                let Some(m) = self.window.lanes.get(&instance).and_then(VecDeque::front).cloned() else { continue };
+                self.window.busy.insert(instance);
+                let sender = self.sender.clone();
+                in_flight.spawn(async move {
+                    let result = sender.send(&m, m.attempts + 1).await;
+                    (m, result)
+                });
+            }
+            if !marks.is_empty() && flushing.len() < MAX_FLUSHES {
+                let batch = std::mem::take(&mut marks);
+                let writer = self.writer.clone();
+                flushing.spawn(async move {
+                    let result = writer.outbound(Outbound::Marks(batch.clone())).await;
+                    (batch, result)
+                });
+            }
+            self.metrics.outbound_window.with_label_values(&[self.name.as_str()]).set(self.window.held.len() as i64);
+
+            let sleep_until = next_wake
+                .map(|at| tokio::time::Instant::now() + Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
+                .into_iter()
+                .chain(store_pause)
+                .chain(std::iter::once(tokio::time::Instant::now() + IDLE_LOOK))
+                .min()
+                .unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    match done {
+                        Ok(attempt) => marks.push(self.settle(attempt)),
+                        Err(e) => tracing::error!(destination = %self.name, error = %e, "a delivery task failed"),
+                    }
+                    // Take every other finished one too, so their marks share a write.
+                    while let Some(done) = in_flight.try_join_next() {
+                        if let Ok(attempt) = done {
+                            marks.push(self.settle(attempt));
+                        }
+                    }
+                }
+                Some(flushed) = flushing.join_next(), if !flushing.is_empty() => {
+                    if let Ok((batch, result)) = flushed {
+                        match result {
+                            Ok(()) => {
+                                for m in &batch {
+                                    if m.status != DeliveryState::Pending {
+                                        self.window.held.remove(&m.id);
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(destination = %self.name, error = %e, marks = batch.len(), "cannot record delivery outcomes; will try again");
+                                marks.extend(batch);
+                                store_pause = Some(tokio::time::Instant::now() + STORE_RETRY);
+                            }
+                        }
+                    }
+                }
+                changed = self.published.changed() => {
+                    if changed.is_err() {
+                        // The engine is gone.
+                        return;
+                    }
+                    look = true;
+                }
+                () = self.rescan.notified() => {
+                    cursor = 0;
+                    look = true;
+                }
+                () = tokio::time::sleep_until(sleep_until) => {
+                    look = true;
+                }
+            }
+        }
+    }
+
+    /// Records an attempt's outcome in the window and answers the mark to write.
+    fn settle(&mut self, (m, result): Attempt) -> OutboxMark {
+        let now = wall_ms();
+        self.window.busy.remove(&m.instance);
+        let attempts = m.attempts + 1;
+        let dest = self.name.as_str();
+        let mark = match result {
+            Ok(delivered) => {
+                self.metrics.outbound_attempts.with_label_values(&[dest, "delivered"]).inc();
+                let engine_now = self.clock.now();
+                // Commit-to-receipt is real time; with a virtual engine clock it means nothing.
+                if (engine_now - now).abs() < 5_000 {
+                    self.metrics.outbound_latency_seconds.observe((now - m.created_at).max(0) as f64 / 1000.0);
+                }
+                self.pop(&m);
+                OutboxMark {
+                    id: m.id,
+                    status: DeliveryState::Delivered,
+                    attempts,
+                    next_attempt_at: 0,
+                    last_error: m.last_error.clone(),
+                    receipt: delivered.receipt,
+                    at: now,
+                }
+            }
+            Err(failed) => {
+                let since = m.first_failed_at.unwrap_or(now);
+                let age = now.saturating_sub(since);
+                let too_old = age > i64::try_from(self.policy.max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+                let dead = failed.permanent || attempts >= self.policy.max_attempts || too_old;
+                let error = if failed.permanent || !dead {
+                    failed.error
+                } else if too_old {
+                    format!("{} (gave up: older than {} s)", failed.error, self.policy.max_age_secs)
+                } else {
+                    format!("{} (gave up after {attempts} attempts)", failed.error)
+                };
+                if dead {
+                    self.metrics.outbound_attempts.with_label_values(&[dest, "dead"]).inc();
+                    tracing::warn!(destination = dest, key = %m.key, attempts, error = %error, "message is a dead letter");
+                    self.pop(&m);
+                    OutboxMark {
+                        id: m.id,
+                        status: DeliveryState::Dead,
+                        attempts,
+                        next_attempt_at: 0,
+                        last_error: Some(error),
+                        receipt: None,
+                        at: now,
+                    }
+                } else {
+                    self.metrics.outbound_attempts.with_label_values(&[dest, "retry"]).inc();
+                    let at = now
+                        .saturating_add(i64::try_from(backoff(&self.policy, attempts).as_millis()).unwrap_or(i64::MAX));
+                    tracing::debug!(destination = dest, key = %m.key, attempts, error = %error, retry_in_ms = at - now, "delivery failed; will retry");
+                    if let Some(front) = self.window.lanes.get_mut(&m.instance).and_then(VecDeque::front_mut) {
+                        front.attempts = attempts;
+                        front.next_attempt_at = at;
+                        front.last_error = Some(error.clone());
+                        front.first_failed_at = Some(since);
+                    }
+                    self.window.schedule(&m.instance, now);
+                    OutboxMark {
+                        id: m.id,
+                        status: DeliveryState::Pending,
+                        attempts,
+                        next_attempt_at: at,
+                        last_error: Some(error),
+                        receipt: None,
+                        at: now,
+                    }
+                }
+            }
+        };
+        mark
+    }
+
+    /// Takes a settled message off the front of its lane and schedules the next.
+    fn pop(&mut self, m: &StoredMessage) {
+        if let Some(lane) = self.window.lanes.get_mut(&m.instance) {
+            if lane.front().is_some_and(|f| f.id == m.id) {
+                lane.pop_front();
+            }
+        }
+        self.window.schedule(&m.instance, wall_ms());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter() {
+        let p = Policy { backoff_initial_ms: 100, backoff_max_ms: 1_000, ..Policy::default() };
+        for _ in 0..200 {
+            let first = backoff(&p, 1).as_millis();
+            assert!((50..=100).contains(&first), "{first}");
+            let third = backoff(&p, 3).as_millis();
+            assert!((200..=400).contains(&third), "{third}");
+            let late = backoff(&p, 40).as_millis();
+            assert!((500..=1_000).contains(&late), "{late}");
+        }
+    }
+
+    fn message(id: u64, instance: &str, next: Millis) -> StoredMessage {
+        StoredMessage {
+            id,
+            key: format!("{instance}:{id}:0"),
+            instance: instance.into(),
+            seq: id,
+            message: crate::machine::Message {
+                channel: "c".into(),
+                recipient: None,
+                body: String::new(),
+                template: None,
+            },
+            created_at: 0,
+            destination: Some("d".into()),
+            status: DeliveryState::Pending,
+            attempts: 0,
+            next_attempt_at: next,
+            last_error: None,
+            receipt: None,
+            delivered_at: None,
+            first_failed_at: None,
+        }
+    }
+
+    #[test]
+    fn a_lane_sends_one_message_of_an_instance_at_a_time_and_skips_what_it_holds() {
+        let mut w = Window::default();
+        w.add(message(1, "a", 0), 10);
+        w.add(message(2, "a", 0), 10);
+        w.add(message(3, "b", 50), 10);
+        w.add(message(1, "a", 0), 10);
+        assert_eq!(w.ready, VecDeque::from(vec!["a".to_owned()]), "a once; b waits for its retry time");
+        assert_eq!(w.held.len(), 3);
+        assert_eq!(w.wake(20), Some(50));
+        assert_eq!(w.wake(50), None);
+        assert_eq!(w.ready.back().map(String::as_str), Some("b"));
+    }
+}

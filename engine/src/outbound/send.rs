@@ -1,0 +1,450 @@
+//! One delivery attempt over HTTP, per kind of receiver: the JSON each receives, the headers,
+//! and what its answer means (accepted, try again, refused for good).
+//!
+//! - **webhook**: the message as JSON, signed ([`super::sign`]), `Idempotency-Key` = its key.
+//! - **sms**: `{key, mobile, text}` to the gateway, the mobile number checked first (a message to
+//!   a number that is not a mainland mobile is a dead letter at once, never sent); a configured
+//!   Chinese template ([`super::Config::sms_templates`]) by the message's template name, filled
+//!   from the case's variables; paced to the gateway's rate; the gateway's answer kept as the
+//!   receipt.
+//! - **credit**: a credit record keyed by the Unified Social Credit Code (README: "The
+//!   credit-platform push"), signed like a webhook.
+//!
+//! A 2xx answer is delivery. 408, 429, 5xx, a timeout or a dropped connection is tried again;
+//! any other 4xx means the receiver will never take this message: a dead letter at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::config::{Destination, Kind, DEFAULT_SMS_RATE};
+use super::sign;
+use crate::store::{ReadStore, StoredMessage};
+
+/// A delivery the receiver accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// What the receiver answered, when it is worth keeping (an SMS gateway's message id).
+    pub receipt: Option<String>,
+}
+
+/// An attempt that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// Why, for the dead-letter list and the timeline.
+    pub error: String,
+    /// True when trying again cannot help (a 4xx, an invalid mobile number).
+    pub permanent: bool,
+}
+
+impl Failed {
+    fn retry(error: impl Into<String>) -> Self {
+        Failed { error: error.into(), permanent: false }
+    }
+    fn permanent(error: impl Into<String>) -> Self {
+        Failed { error: error.into(), permanent: true }
+    }
+}
+
+/// Why a destination cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// Its secret or CA file cannot be read.
+    #[error("destination {name}: {path}: {message}")]
+    File {
+        /// The destination.
+        name: String,
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The HTTP client cannot be built (TLS roots).
+    #[error("destination {name}: {message}")]
+    Client {
+        /// The destination.
+        name: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The body a webhook receives.
+#[derive(Debug, Serialize)]
+struct WebhookBody<'a> {
+    key: &'a str,
+    channel: &'a str,
+    instance: &'a str,
+    seq: u64,
+    recipient: Option<&'a str>,
+    text: &'a str,
+    created_at: String,
+    attempt: u32,
+}
+
+/// The body an SMS gateway receives.
+#[derive(Debug, Serialize)]
+struct SmsBody<'a> {
+    key: &'a str,
+    mobile: String,
+    text: &'a str,
+}
+
+/// The body the credit platform receives: one credit record.
+#[derive(Debug, Serialize)]
+struct CreditRecord<'a> {
+    record_id: &'a str,
+    uscc: String,
+    record_type: &'static str,
+    case_id: &'a str,
+    case_no: Option<String>,
+    subject_name: Option<String>,
+    text: &'a str,
+    recorded_at: String,
+}
+
+/// Spaces requests to a rate: each takes the next free slot.
+#[derive(Debug)]
+struct Pace {
+    every: Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let at = (*next).max(tokio::time::Instant::now());
+            *next = at + self.every;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// A destination's sender.
+pub struct Sender {
+    kind: Kind,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    secret: Option<Vec<u8>>,
+    pace: Option<Pace>,
+    reader: Arc<dyn ReadStore>,
+    templates: Arc<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender").field("kind", &self.kind).field("url", &self.url.as_str()).finish()
+    }
+}
+
+fn read_file(name: &str, path: &std::path::Path) -> Result<Vec<u8>, SetupError> {
+    std::fs::read(path).map_err(|e| SetupError::File {
+        name: name.into(),
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl Sender {
+    /// The sender of `d`; `reader` finds what the SMS and credit bodies need from the case.
+    pub fn new(
+        d: &Destination,
+        reader: Arc<dyn ReadStore>,
+        templates: Arc<BTreeMap<String, String>>,
+    ) -> Result<Sender, SetupError> {
+        let secret = match &d.secret_file {
+            Some(path) => {
+                let raw = read_file(&d.name, path)?;
+                let trimmed = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
+                if trimmed.len() < 16 {
+                    return Err(SetupError::File {
+                        name: d.name.clone(),
+                        path: path.display().to_string(),
+                        message: "the secret must be at least 16 bytes".into(),
+                    });
+                }
+                Some(trimmed)
+            }
+            None => None,
+        };
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(d.timeout_secs))
+            .connect_timeout(Duration::from_secs(d.timeout_secs.min(10)))
+            .pool_max_idle_per_host(d.concurrency)
+            .user_agent(concat!("shenguan/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &d.ca_file {
+            let pem = read_file(&d.name, path)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SetupError::File {
+                name: d.name.clone(),
+                path: path.display().to_string(),
+                message: format!("not a PEM certificate bundle: {e}"),
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client =
+            builder.build().map_err(|e| SetupError::Client { name: d.name.clone(), message: e.to_string() })?;
+        let url = reqwest::Url::parse(&d.url)
+            .map_err(|e| SetupError::Client { name: d.name.clone(), message: format!("url: {e}") })?;
+        let rate = d.rate_per_second.or((d.kind == Kind::Sms).then_some(DEFAULT_SMS_RATE));
+        let pace = rate.map(|r| Pace {
+            every: Duration::from_secs_f64(1.0 / r),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        });
+        Ok(Sender { kind: d.kind, url, client, secret, pace, reader, templates })
+    }
+
+    /// One attempt (`attempt` counts from 1).
+    pub async fn send(&self, m: &StoredMessage, attempt: u32) -> Result<Delivered, Failed> {
+        let body = match self.kind {
+            Kind::Webhook => serde_json::to_vec(&WebhookBody {
+                key: &m.key,
+                channel: &m.message.channel,
+                instance: &m.instance,
+                seq: m.seq,
+                recipient: m.message.recipient.as_deref(),
+                text: &m.message.body,
+                created_at: rfc3339(m.created_at),
+                attempt,
+            }),
+            Kind::Sms => {
+                let mobile = m.message.recipient.as_deref().and_then(mobile).ok_or_else(|| {
+                    Failed::permanent(format!("not a mainland mobile number: {:?}", m.message.recipient))
+                })?;
+                let text = self.sms_text(m).await;
+                serde_json::to_vec(&SmsBody { key: &m.key, mobile, text: &text })
+            }
+            Kind::Credit => serde_json::to_vec(&self.credit_record(m).await?),
+        }
+        .map_err(|e| Failed::permanent(format!("cannot encode the message: {e}")))?;
+        if let Some(pace) = &self.pace {
+            pace.wait().await;
+        }
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .header(sign::KEY_HEADER, &m.key);
+        if let Some(secret) = &self.secret {
+            let now = chrono::Utc::now().timestamp();
+            request = request
+                .header(sign::TIMESTAMP_HEADER, now.to_string())
+                .header(sign::SIGNATURE_HEADER, sign::sign(secret, now, &body));
+        }
+        let response = request.body(body).send().await.map_err(|e| Failed::retry(describe(&e)))?;
+        let status = response.status();
+        // The answer is read whatever the status (bounded: a receiver may answer anything).
+        let answer = read_bounded(response, 1024).await;
+        if status.is_success() {
+            let receipt = (self.kind == Kind::Sms && !answer.is_empty()).then_some(answer);
+            return Ok(Delivered { receipt });
+        }
+        let error = format!("HTTP {status}: {}", answer.chars().take(200).collect::<String>());
+        if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+            Err(Failed::retry(error))
+        } else {
+            Err(Failed::permanent(error))
+        }
+    }
+
+    /// The SMS text: the configured template the message names, filled from its instance's
+    /// variables as they are now; the workflow's own text when no template is configured for
+    /// the name or a value is missing.
+    async fn sms_text(&self, m: &StoredMessage) -> String {
+        let Some(template) = m.message.template.as_ref().and_then(|t| self.templates.get(t)) else {
+            return m.message.body.clone();
+        };
+        let vars = match self.reader.instance(&m.instance).await {
+            Ok(Some(row)) => row.vars,
+            _ => return m.message.body.clone(),
+        };
+        let lookup = |name: &str| -> Option<String> {
+            vars.get(name)
+                .map(display_value)
+                .or_else(|| matches!(name, "instance" | "case_id").then(|| m.instance.clone()))
+        };
+        match fill(template, lookup) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(key = %m.key, error = %e, "SMS template cannot be filled; sending the workflow's text");
+                m.message.body.clone()
+            }
+        }
+    }
+
+    /// The credit record of a credit message: its kind from the transition that wrote it.
+    async fn credit_record<'a>(&self, m: &'a StoredMessage) -> Result<CreditRecord<'a>, Failed> {
+        let unavailable = |e: crate::store::Error| Failed::retry(format!("cannot read the case: {e}"));
+        let row = self
+            .reader
+            .instance(&m.instance)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| Failed::permanent(format!("the case {} does not exist", m.instance)))?;
+        let history = self.reader.history(&m.instance).await.map_err(unavailable)?;
+        let entry = history
+            .iter()
+            .find(|h| h.seq == m.seq)
+            .ok_or_else(|| Failed::permanent(format!("the case {} has no history entry {}", m.instance, m.seq)))?;
+        let text_var = |name: &str| row.vars.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let uscc = text_var("applicant_code")
+            .ok_or_else(|| Failed::permanent(format!("the case {} names no applicant code", m.instance)))?;
+        let breached = row.vars.get("deadline_breached").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        let record_type = match entry.to.as_str() {
+            "closed" => "commitment_fulfilled",
+            "revoked" if breached => "dishonesty",
+            _ => "commitment_not_fulfilled",
+        };
+        Ok(CreditRecord {
+            record_id: &m.key,
+            uscc,
+            record_type,
+            case_id: &m.instance,
+            case_no: text_var("case_no"),
+            subject_name: text_var("applicant_name"),
+            text: &m.message.body,
+            recorded_at: rfc3339(entry.at),
+        })
+    }
+}
+
+/// A mainland mobile number (`1[3-9]` and nine digits), with an optional `+86`/`86` prefix,
+/// spaces and hyphens removed; `None` if it is not one.
+pub fn mobile(raw: &str) -> Option<String> {
+    let digits: String = raw.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    let national =
+        digits.strip_prefix("+86").or_else(|| digits.strip_prefix("86").filter(|d| d.len() == 11)).unwrap_or(&digits);
+    let b = national.as_bytes();
+    (b.len() == 11 && b[0] == b'1' && (b'3'..=b'9').contains(&b[1]) && b.iter().all(u8::is_ascii_digit))
+        .then(|| national.to_owned())
+}
+
+/// The names a template's `{placeholders}` use; an error for an unclosed or stray brace.
+pub fn placeholders(template: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    fill_with(template, |name| {
+        names.push(name.to_owned());
+        Some(String::new())
+    })?;
+    Ok(names)
+}
+
+/// `template` with each `{name}` replaced by `lookup(name)`; `{{` and `}}` are braces.
+pub fn fill(template: &str, lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+    fill_with(template, lookup)
+}
+
+fn fill_with(template: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                out.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) if name.len() < 64 => name.push(c),
+                        Some(_) => return Err(format!("placeholder {{{name}… is too long")),
+                        None => return Err(format!("unclosed {{{name}")),
+                    }
+                }
+                let name = name.trim();
+                out.push_str(&lookup(name).ok_or_else(|| format!("no value for {{{name}}}"))?);
+            }
+            '}' => return Err("a lone } (write }} for a brace)".into()),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn display_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items.iter().map(display_value).collect::<Vec<_>>().join("、"),
+        other => other.to_string(),
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default()
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_request() || e.is_body() {
+        "connection dropped"
+    } else {
+        "failed"
+    };
+    // The source chain names the socket error; the URL is the configuration's, not secret.
+    let mut text = format!("{what}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text.chars().take(300).collect()
+}
+
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> String {
+    let mut bytes = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        bytes.extend_from_slice(&chunk[..chunk.len().min(limit - bytes.len())]);
+        if bytes.len() >= limit {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&bytes).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mobile_numbers_are_checked_and_normalised() {
+        assert_eq!(mobile("13800138000").as_deref(), Some("13800138000"));
+        assert_eq!(mobile("+86 138-0013-8000").as_deref(), Some("13800138000"));
+        assert_eq!(mobile("8613800138000").as_deref(), Some("13800138000"));
+        for bad in [
+            "",
+            "12800138000",
+            "1380013800",
+            "138001380000",
+            "1380013800a",
+            "+1 415 555 0100",
+            "１３８００１３８０００",
+        ] {
+            assert_eq!(mobile(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn templates_fill_and_refuse_what_they_cannot() {
+        let vars = |n: &str| (n == "name").then(|| "張三".to_owned());
+        assert_eq!(fill("【審管聯動】{name}：{{注意}}", vars).as_deref(), Ok("【審管聯動】張三：{注意}"));
+        assert!(fill("{missing}", vars).is_err());
+        assert!(fill("{name", vars).is_err());
+        assert!(fill("name}", vars).is_err());
+        assert!(fill(&format!("{{{}}}", "x".repeat(100)), vars).is_err());
+        assert_eq!(placeholders("{a} and {b}").expect("valid"), vec!["a", "b"]);
+    }
+}

@@ -88,7 +88,7 @@ fn the_readme_tour_through_the_cli() {
     assert!(timeline.contains("2026-10-08 09:00:00 +08:00"), "{timeline}");
     // The reminder's SMS, listed under the steps with its recipient and delivery state.
     let sms = timeline.lines().find(|l| l.contains("sms → ")).unwrap_or_else(|| panic!("{timeline}"));
-    assert!(sms.contains("pending") && sms.contains("SP-2026-0001"), "{sms}");
+    assert!(sms.contains("stream") && sms.contains("SP-2026-0001"), "no push destination configured: {sms}");
 
     let o = cli(&server, &["clock", "advance", "--by", "2d"]);
     assert!(o.status.success(), "{}", text(&o));

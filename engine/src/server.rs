@@ -248,6 +248,7 @@ pub async fn run(
         reader,
         dispatchers,
         live: Default::default(),
+        stopping: tokio::sync::watch::Sender::new(false),
         virtual_clock: options.virtual_clock,
         credit: options.credit,
         calendar_warn_from: options.calendar_warn_from,
@@ -357,7 +358,13 @@ pub async fn run(
             )
         })
         .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, {
+            let shared = shared.clone();
+            async move {
+                shutdown.await;
+                shared.stopping.send_replace(true);
+            }
+        })
         .await;
     warner.abort();
     let _ = warner.await;

@@ -24,6 +24,9 @@ async fn start(
     config: impl FnOnce(&mut Config),
 ) -> Result<Engine, shenguan::engine::Error> {
     let mut c = Config::new(db);
+    // These tests count every message written over months of virtual time: none is pruned
+    // unless a test asks for it.
+    c.outbox_retention = i64::MAX;
     config(&mut c);
     Engine::start(
         c,
@@ -328,6 +331,47 @@ async fn a_retried_group_answers_its_first_seq_and_writes_nothing() {
     engine.shutdown().await;
     let mut store = SqliteStore::open_read_only(&db).await.expect("read");
     assert_eq!(store.history("g1").await.expect("history").len(), 2, "the retry wrote nothing");
+}
+
+/// Messages past their retention are pruned by the writer if delivered or stream-only; one still
+/// waiting for its push destination is kept.
+#[tokio::test]
+async fn delivered_and_stream_messages_are_pruned_after_their_retention_and_pending_ones_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("o.db");
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let day = 24 * 3_600_000;
+    let engine = start(&db, &clock, |c| {
+        c.outbox_retention = day;
+        c.idempotency_retention = day;
+        c.routes = [("supervision".to_owned(), "platform".to_owned())].into();
+    })
+    .await
+    .expect("starts");
+    // o1 is reminded (an SMS: stream only), o2 licensed (the supervision record: pushed, pending).
+    engine.submit(case("o1", "2026-10-09", None)).await.expect("o1");
+    engine.submit(case("o2", "2026-10-30", None)).await.expect("o2");
+    engine.submit(materials("o2")).await.expect("licensed");
+    clock.advance_to(t("2026-10-08T09:00:00+08:00"));
+    engine.settle().await;
+    let mut store = SqliteStore::open_read_only(&db).await.expect("read");
+    assert_eq!(store.count(Table::Outbox).await.expect("count"), 2);
+    clock.advance(2 * day);
+    engine.submit(case("o3", "2026-12-30", None)).await.expect("applied");
+    // The prune runs after a batch's callers are answered: once a later command is answered,
+    // it is done.
+    engine.submit(materials("o3")).await.expect("applied");
+    use sqlx::ConnectOptions;
+    let mut conn =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(&db).read_only(true).connect().await.expect("open");
+    let left: Vec<(String, String)> =
+        sqlx::query_as("SELECT instance_id, status FROM outbox ORDER BY id").fetch_all(&mut conn).await.expect("rows");
+    assert_eq!(
+        left,
+        vec![("o2".to_owned(), "pending".to_owned()), ("o3".to_owned(), "pending".to_owned())],
+        "the old SMS is pruned; the undelivered record and the new one stay"
+    );
+    engine.shutdown().await;
 }
 
 /// Request ids past their retention are deleted by the writer, through the `created_at` index

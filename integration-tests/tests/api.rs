@@ -85,7 +85,7 @@ async fn material_deferral_reminds_at_nine_the_day_before_then_goes_overdue_and_
     let [sms] = reminder.outbound.as_slice() else { panic!("one message: {:?}", reminder.outbound) };
     assert_eq!((sms.channel.as_str(), sms.recipient.as_str()), ("sms", "13800138000"));
     assert!(sms.text.contains("MD-1") && sms.text.contains("2026-10-09"), "{}", sms.text);
-    assert_eq!((sms.state.as_str(), sms.attempts), ("pending", 0));
+    assert_eq!((sms.state.as_str(), sms.attempts), ("stream", 0), "no push destination: stream only");
     assert_eq!(sms.key, format!("320700/MD-1:{}:0", reminder.seq));
     assert!(entries
         .iter()

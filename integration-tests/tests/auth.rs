@@ -240,7 +240,7 @@ fn parties() -> Vec<(&'static str, Who)> {
 
 /// Which parties may call each RPC, written out by hand from the issue (not derived from the
 /// code under test): `A` allowed, `-` PERMISSION_DENIED, in the order of [`parties`].
-const MATRIX: [(&str, &str); 18] = [
+const MATRIX: [(&str, &str); 22] = [
     ("AcceptCase", "A----A--"),
     ("SubmitMaterials", "A----A--"),
     ("CompleteApproval", "A----A--"),
@@ -259,6 +259,10 @@ const MATRIX: [(&str, &str); 18] = [
     ("CalendarStatus", "AAAAA---"),
     ("EngineService.Start", "A-------"),
     ("EngineService.Signal", "A-------"),
+    ("ListDeadLetters", "A-------"),
+    ("RetryDeadLetter", "A-------"),
+    ("EventsService.Subscribe", "A----A--"),
+    ("EventsService.Ack", "A----A--"),
 ];
 
 /// One call of `rpc` as `ch`; requests that pass authorisation fail validation or find nothing,
@@ -267,7 +271,8 @@ async fn call(rpc: &str, ch: Authed) -> tonic::Status {
     let mut intake = IntakeServiceClient::new(ch.clone());
     let mut sup = SupervisionServiceClient::new(ch.clone());
     let mut admin = AdminServiceClient::new(ch.clone());
-    let mut engine = EngineServiceClient::new(ch);
+    let mut engine = EngineServiceClient::new(ch.clone());
+    let mut events = shenguan::proto::events_service_client::EventsServiceClient::new(ch);
     let case = "320700/M-1".to_string();
     let task = "320700/M-1/T1".to_string();
     let bad_case = pb::AcceptCaseRequest { case_no: String::new(), ..accept("", Route::Normal, Scenario::Unspecified) };
@@ -319,6 +324,17 @@ async fn call(rpc: &str, ch: Authed) -> tonic::Status {
             .signal(pb::SignalRequest { instance_id: "none".into(), event: "e".into(), ..Default::default() })
             .await
             .map(|_| ()),
+        "ListDeadLetters" => {
+            admin.list_dead_letters(pb::ListDeadLettersRequest { after_id: 0, limit: 5_000 }).await.map(|_| ())
+        }
+        "RetryDeadLetter" => {
+            admin.retry_dead_letter(pb::RetryDeadLetterRequest { key: "none:1:0".into() }).await.map(|_| ())
+        }
+        "EventsService.Subscribe" => events
+            .subscribe(pb::SubscribeRequest { consumer: "not a name".into(), ..Default::default() })
+            .await
+            .map(|_| ()),
+        "EventsService.Ack" => events.ack(pb::AckRequest { consumer: String::new(), up_to: 1 }).await.map(|_| ()),
         other => panic!("no RPC {other}"),
     };
     result.err().unwrap_or_else(|| tonic::Status::ok(""))

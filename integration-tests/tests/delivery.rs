@@ -347,3 +347,221 @@ async fn reqwest_free_scrape(server: &TestServer) -> Result<String> {
     s.read_to_string(&mut out).await?;
     Ok(out)
 }
+
+#[tokio::test]
+async fn a_stream_consumer_resumes_after_its_last_ack_missing_nothing_and_seeing_nothing_twice() -> Result<()> {
+    use integration_tests::Who;
+    use shenguan::proto::events_service_client::EventsServiceClient;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("s.db");
+    let server = TestServer::start_secured("2026-09-30T10:00:00+08:00", &db, |_| {}, |_| {}).await?;
+    let root = server.as_who(&Who::new("root", "engine_admin", "", "", ""));
+    let mut intake = shenguan::proto::intake_service_client::IntakeServiceClient::new(root);
+    for (region, n) in [("320700", 8), ("320800", 2)] {
+        for i in 0..n {
+            let mut r = accept(&format!("E-{i}"), Route::Normal, Scenario::Unspecified);
+            r.region_code = region.into();
+            intake.accept_case(r).await?;
+            intake
+                .complete_approval(CompleteApprovalRequest {
+                    case_id: format!("{region}/E-{i}"),
+                    license_no: format!("L-{i}"),
+                    approval_opinion: "准予許可".into(),
+                    document_refs: vec![],
+                })
+                .await?;
+        }
+    }
+    let mine: BTreeSet<String> =
+        outbox(&db).await?.into_iter().filter(|(_, (i, _))| i.starts_with("320700/")).map(|(k, _)| k).collect();
+    assert_eq!(mine.len(), 16, "the approval record and the task's SMS of each case in 320700");
+
+    let platform = server.as_who(&Who::new("zwfw-320700", "platform", "320700", "", ""));
+    let mut events = EventsServiceClient::new(platform.clone());
+    let subscribe = |consumer: &str, max_in_flight: u32| pb::SubscribeRequest {
+        consumer: consumer.into(),
+        channels: vec![],
+        regions: vec![],
+        max_in_flight,
+    };
+    let mut stream = events.subscribe(subscribe("sup-320700", 5)).await?.into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(stream.message().await?.expect("an event"));
+    }
+    // Five unacknowledged: nothing more comes until an acknowledgement.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.message()).await.is_err(),
+        "a sixth before any ack"
+    );
+    let acked = seen[2].id;
+    assert_eq!(
+        events.ack(pb::AckRequest { consumer: "sup-320700".into(), up_to: acked }).await?.into_inner().acked,
+        acked
+    );
+    for _ in 0..3 {
+        seen.push(stream.message().await?.expect("room for three more"));
+    }
+    // Disconnect mid-stream with five unacknowledged.
+    drop(stream);
+    let mut stream = events.subscribe(subscribe("sup-320700", 100)).await?.into_inner();
+    let mut resumed = Vec::new();
+    while resumed.len() < mine.len() - 3 {
+        resumed.push(stream.message().await?.expect("an event"));
+    }
+    assert_eq!(resumed[0].id, seen[3].id, "resumes just after the acknowledgement");
+    assert!(resumed.windows(2).all(|w| w[0].id < w[1].id), "in commit order, each once");
+    assert!(resumed.iter().all(|e| e.id > acked), "nothing acknowledged comes again");
+    let keys: BTreeSet<String> = seen[..3].iter().chain(&resumed).map(|e| e.key.clone()).collect();
+    assert_eq!(keys, mine, "nothing missed, nothing from another region");
+
+    // Consumers are independent: another one starts from the beginning.
+    let mut other = events.subscribe(subscribe("archive-320700", 100)).await?.into_inner();
+    assert_eq!(other.message().await?.expect("an event").id, seen[0].id);
+    // A second Subscribe of the same consumer takes over: the first stream ends ABORTED.
+    let mut again = events.subscribe(subscribe("sup-320700", 100)).await?.into_inner();
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => anyhow::bail!("ended without a status"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
+    assert_eq!(again.message().await?.expect("an event").id, seen[3].id);
+
+    // Another subject can neither use nor move the consumer; a region outside the scope is refused.
+    let mut stranger = EventsServiceClient::new(server.as_who(&Who::new("zwfw-other", "platform", "320700", "", "")));
+    let e = stranger.subscribe(subscribe("sup-320700", 10)).await.expect_err("not theirs");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let e =
+        stranger.ack(pb::AckRequest { consumer: "sup-320700".into(), up_to: u64::MAX }).await.expect_err("not theirs");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let e = events
+        .subscribe(pb::SubscribeRequest { regions: vec!["320800".into()], ..subscribe("sup-320800", 10) })
+        .await
+        .expect_err("another region");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    for bad in [
+        subscribe("", 10),
+        subscribe(&"x".repeat(65), 10),
+        subscribe("c", 10_001),
+        pb::SubscribeRequest { channels: vec!["a b".into()], ..subscribe("c", 1) },
+        pb::SubscribeRequest { regions: vec!["32".into()], ..subscribe("c", 1) },
+    ] {
+        let e = events.subscribe(bad.clone()).await.expect_err("invalid");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    }
+    server.stop().await
+}
+
+#[tokio::test]
+async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record_keyed_by_the_credit_code() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, SECRET)?;
+    let gateway = Receiver::start(|_, _| Answer::Ok).await?;
+    let credit = Receiver::start(|_, _| Answer::Ok).await?;
+    let mut sms = destination("sms-gateway", &gateway.url(), &["sms"], &secret);
+    sms.kind = Kind::Sms;
+    sms.secret_file = None;
+    sms.rate_per_second = Some(1_000.0);
+    let mut record = destination("credit-platform", &credit.url(), &["credit"], &secret);
+    record.kind = Kind::Credit;
+    let outbound = Config {
+        delivery: fast_policy(3),
+        destinations: vec![sms, record],
+        sms_templates: [
+            (
+                "commitment_reminder".to_owned(),
+                "【審管聯動】{applicant_name}：請于{commitment_deadline}前補交{deferred_materials}。".to_owned(),
+            ),
+            ("task_pushed".to_owned(), "【審管聯動】{office}：新的監管任務，案件{case_no}。".to_owned()),
+        ]
+        .into(),
+    };
+    let db = dir.path().join("d.db");
+    let server = TestServer::start_full(
+        "2026-09-28T10:00:00+08:00",
+        &db,
+        |_| {},
+        shenguan::server::Security::open(),
+        None,
+        outbound,
+    )
+    .await?;
+    // A commitment case: reminded the day before, overdue, revoked: a dishonesty record.
+    server.intake().accept_case(integration_tests::fixtures::deferral("C-1", "2026-10-09")).await?;
+    server.advance_to("2026-10-10T08:00:00+08:00").await?;
+    server
+        .intake()
+        .revoke_approval(pb::RevokeApprovalRequest {
+            case_id: "320700/C-1".into(),
+            reason: "逾期未補交材料".into(),
+            basis: "《行政許可法》第六十九條".into(),
+        })
+        .await?;
+    // A licensed case whose office administrator's number is not a mobile number.
+    let mut odd = accept("C-2", Route::Normal, Scenario::Unspecified);
+    odd.supervisors[0].office_admin_mobile = "12000000000".into();
+    server.intake().accept_case(odd).await?;
+    server
+        .intake()
+        .complete_approval(CompleteApprovalRequest {
+            case_id: "320700/C-2".into(),
+            license_no: "JY1".into(),
+            approval_opinion: "同意".into(),
+            document_refs: vec![],
+        })
+        .await?;
+
+    let texts = gateway.wait_accepted(1, PATIENCE).await?;
+    assert_eq!(texts[0].json["mobile"], "13800138000");
+    assert_eq!(
+        texts[0].json["text"], "【審管聯動】連云港某某食品有限公司：請于2026-10-09前補交食品安全管理制度, 設備布局圖。",
+        "the configured template, filled from the case"
+    );
+    let records = credit.wait_accepted(1, PATIENCE).await?;
+    let r = &records[0].json;
+    assert_eq!(
+        (r["uscc"].as_str(), r["record_type"].as_str()),
+        (Some(integration_tests::fixtures::USCC), Some("dishonesty")),
+        "{r}"
+    );
+    assert_eq!(r["case_id"], "320700/C-1");
+    assert_eq!(r["record_id"], records[0].key.as_str());
+    shenguan::outbound::sign::verify(
+        SECRET.as_bytes(),
+        &records[0].timestamp,
+        &records[0].signature,
+        &records[0].body,
+        chrono::Utc::now().timestamp(),
+        300,
+    )?;
+
+    // The invalid number is never sent: a dead letter at once, saying why.
+    let dead = eventually(|| async {
+        let d =
+            server.admin().list_dead_letters(pb::ListDeadLettersRequest::default()).await?.into_inner().dead_letters;
+        Ok((!d.is_empty()).then_some(d))
+    })
+    .await?;
+    let m = dead[0].message.clone().expect("message");
+    assert_eq!((m.channel.as_str(), m.attempts), ("sms", 1));
+    assert!(m.last_error.contains("not a mainland mobile number"), "{m:?}");
+    assert_eq!(gateway.received().len(), 1, "only the valid number reached the gateway");
+    // The gateway's answer is kept with the message.
+    let receipt = eventually(|| async {
+        let t =
+            server.admin().get_timeline(pb::GetTimelineRequest { case_id: "320700/C-1".into() }).await?.into_inner();
+        Ok(t.entries
+            .iter()
+            .flat_map(|e| e.outbound.clone())
+            .find(|m| m.channel == "sms" && m.state == "delivered")
+            .map(|m| m.receipt))
+    })
+    .await?;
+    assert!(receipt.contains("gw-1"), "{receipt}");
+    server.stop().await
+}

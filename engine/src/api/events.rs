@@ -247,9 +247,14 @@ struct Walk {
 impl Walk {
     async fn run(mut self) {
         let mut published = self.shared.context().published.subscribe();
+        let mut stopping = self.shared.stopping.subscribe();
         let mut sent_upto = *self.acks.borrow();
         let mut unacked: VecDeque<u64> = VecDeque::new();
         loop {
+            if *stopping.borrow() {
+                let _ = self.tx.send(Err(Status::unavailable("the server is stopping; subscribe again"))).await;
+                return;
+            }
             if *self.stop.borrow() {
                 let _ = self
                     .tx
@@ -296,6 +301,7 @@ impl Walk {
                 r = published.changed() => if r.is_err() { return },
                 r = self.acks.changed() => if r.is_err() { return },
                 r = self.stop.changed() => if r.is_err() { return },
+                r = stopping.changed() => if r.is_err() { return },
                 () = self.tx.closed() => return,
             }
         }

@@ -58,6 +58,9 @@ pub struct Shared {
     pub dispatchers: crate::outbound::Dispatchers,
     /// The stream consumers connected now.
     pub live: events::Live,
+    /// Set when the server begins to stop: long-lived streams end so the shutdown need not
+    /// wait for them.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {

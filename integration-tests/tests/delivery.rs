@@ -58,6 +58,20 @@ async fn licensed_cases(server: &TestServer, prefix: &str, n: usize) -> Result<(
     Ok(())
 }
 
+/// The shared secret, in a file as a destination's `secret_file`.
+fn secret_in(dir: &Path) -> Result<std::path::PathBuf> {
+    let secret = dir.join("hook.secret");
+    std::fs::write(&secret, SECRET)?;
+    Ok(secret)
+}
+
+/// A server on a new database in `dir` (virtual clock at `start`), pushing as `outbound` says.
+async fn serve(dir: &Path, start: &str, outbound: Config) -> Result<(TestServer, std::path::PathBuf)> {
+    let db = dir.join("d.db");
+    let server = TestServer::start_full(start, &db, |_| {}, shenguan::server::Security::open(), None, outbound).await?;
+    Ok((server, db))
+}
+
 /// Every message the outbox holds: key → (instance, seq).
 async fn outbox(db: &Path) -> Result<HashMap<String, (String, i64)>> {
     let mut db = integration_tests::Db::open(db).await?;
@@ -67,8 +81,7 @@ async fn outbox(db: &Path) -> Result<HashMap<String, (String, i64)>> {
 #[tokio::test]
 async fn webhooks_get_every_message_through_500s_timeouts_and_drops_signed_and_in_order_per_case() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let secret = dir.path().join("hook.secret");
-    std::fs::write(&secret, SECRET)?;
+    let secret = secret_in(dir.path())?;
     // Every key: a 500, then a dropped connection, then no answer (the 1 s timeout), then 200.
     let receiver = Receiver::start(|_, before| match before {
         0 => Answer::Status(500),
@@ -82,16 +95,7 @@ async fn webhooks_get_every_message_through_500s_timeouts_and_drops_signed_and_i
         destinations: vec![destination("platform", &receiver.url(), ALL, &secret)],
         ..Config::default()
     };
-    let db = dir.path().join("d.db");
-    let server = TestServer::start_full(
-        "2026-09-30T10:00:00+08:00",
-        &db,
-        |_| {},
-        shenguan::server::Security::open(),
-        None,
-        outbound,
-    )
-    .await?;
+    let (server, db) = serve(dir.path(), "2026-09-30T10:00:00+08:00", outbound).await?;
     licensed_cases(&server, "W", 6).await?;
     server.advance_to("2026-10-11T00:00:00+08:00").await?;
     let written = outbox(&db).await?;
@@ -172,8 +176,7 @@ where
 #[tokio::test]
 async fn dead_letters_after_the_limit_and_refusals_are_delivered_after_a_manual_retry() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let secret = dir.path().join("hook.secret");
-    std::fs::write(&secret, SECRET)?;
+    let secret = secret_in(dir.path())?;
     // The SMS (task) messages fail with 503 until told otherwise; the approval records are
     // refused for good (400) the first time.
     let receiver = Receiver::start(|r, before| match (r.json["channel"].as_str(), before) {
@@ -187,16 +190,7 @@ async fn dead_letters_after_the_limit_and_refusals_are_delivered_after_a_manual_
         destinations: vec![destination("platform", &receiver.url(), &["supervision", "sms"], &secret)],
         ..Config::default()
     };
-    let db = dir.path().join("d.db");
-    let server = TestServer::start_full(
-        "2026-09-30T10:00:00+08:00",
-        &db,
-        |_| {},
-        shenguan::server::Security::open(),
-        None,
-        outbound,
-    )
-    .await?;
+    let (server, _) = serve(dir.path(), "2026-09-30T10:00:00+08:00", outbound).await?;
     licensed_cases(&server, "D", 2).await?;
     let dead = eventually(|| async {
         let d =
@@ -257,8 +251,7 @@ async fn dead_letters_after_the_limit_and_refusals_are_delivered_after_a_manual_
 #[tokio::test]
 async fn a_receiver_that_is_down_gets_everything_when_it_comes_back() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let secret = dir.path().join("hook.secret");
-    std::fs::write(&secret, SECRET)?;
+    let secret = secret_in(dir.path())?;
     let receiver = Receiver::start(|_, _| Answer::Ok).await?;
     let addr = receiver.stop().await;
     let outbound = Config {
@@ -266,16 +259,7 @@ async fn a_receiver_that_is_down_gets_everything_when_it_comes_back() -> Result<
         destinations: vec![destination("platform", &format!("http://{addr}/hook"), ALL, &secret)],
         ..Config::default()
     };
-    let db = dir.path().join("d.db");
-    let server = TestServer::start_full(
-        "2026-09-30T10:00:00+08:00",
-        &db,
-        |_| {},
-        shenguan::server::Security::open(),
-        None,
-        outbound,
-    )
-    .await?;
+    let (server, db) = serve(dir.path(), "2026-09-30T10:00:00+08:00", outbound).await?;
     licensed_cases(&server, "B", 5).await?;
     // Connection refused for a while: the messages wait, retried.
     let backlog = eventually(|| async {
@@ -296,8 +280,7 @@ async fn a_receiver_that_is_down_gets_everything_when_it_comes_back() -> Result<
 #[tokio::test]
 async fn a_destination_that_never_answers_holds_neither_intake_nor_the_other_destinations() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let secret = dir.path().join("hook.secret");
-    std::fs::write(&secret, SECRET)?;
+    let secret = secret_in(dir.path())?;
     let stuck = Receiver::start(|_, _| Answer::Hang).await?;
     let fine = Receiver::start(|_, _| Answer::Ok).await?;
     let mut slow = destination("stuck", &stuck.url(), &["sms"], &secret);
@@ -309,16 +292,7 @@ async fn a_destination_that_never_answers_holds_neither_intake_nor_the_other_des
         destinations: vec![slow, destination("fine", &fine.url(), &["supervision"], &secret)],
         ..Config::default()
     };
-    let db = dir.path().join("d.db");
-    let server = TestServer::start_full(
-        "2026-09-30T10:00:00+08:00",
-        &db,
-        |_| {},
-        shenguan::server::Security::open(),
-        None,
-        outbound,
-    )
-    .await?;
+    let (server, _) = serve(dir.path(), "2026-09-30T10:00:00+08:00", outbound).await?;
     // 60 cases: 60 SMS for a destination that takes two requests and answers neither.
     licensed_cases(&server, "S", 60).await?;
     let accepted = fine.wait_accepted(60, PATIENCE).await?;
@@ -459,8 +433,7 @@ async fn a_stream_consumer_resumes_after_its_last_ack_missing_nothing_and_seeing
 async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record_keyed_by_the_credit_code() -> Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let secret = dir.path().join("hook.secret");
-    std::fs::write(&secret, SECRET)?;
+    let secret = secret_in(dir.path())?;
     let gateway = Receiver::start(|_, _| Answer::Ok).await?;
     let credit = Receiver::start(|_, _| Answer::Ok).await?;
     let mut sms = destination("sms-gateway", &gateway.url(), &["sms"], &secret);
@@ -481,16 +454,7 @@ async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record
         ]
         .into(),
     };
-    let db = dir.path().join("d.db");
-    let server = TestServer::start_full(
-        "2026-09-28T10:00:00+08:00",
-        &db,
-        |_| {},
-        shenguan::server::Security::open(),
-        None,
-        outbound,
-    )
-    .await?;
+    let (server, _) = serve(dir.path(), "2026-09-28T10:00:00+08:00", outbound).await?;
     // A commitment case: reminded the day before, overdue, revoked: a dishonesty record.
     server.intake().accept_case(integration_tests::fixtures::deferral("C-1", "2026-10-09")).await?;
     server.advance_to("2026-10-10T08:00:00+08:00").await?;

@@ -81,6 +81,19 @@ impl Events {
     }
 }
 
+impl Events {
+    /// Records (creating it if new) a consumer's position; answers once durable.
+    async fn save(&self, name: &str, owner: String, acked: u64) -> Result<(), Status> {
+        let cursor = ConsumerCursor { name: name.to_owned(), owner, acked, at: self.shared.context().clock.now() };
+        self.shared
+            .engine
+            .handle()
+            .outbound(Outbound::Cursor(cursor))
+            .await
+            .map_err(|e| status::write_error("consumer", name, &e))
+    }
+}
+
 fn check_consumer(name: &str) -> Result<(), Status> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -163,18 +176,7 @@ impl EventsService for Events {
             }
             Some(c) => c.acked,
             None => {
-                let cursor = ConsumerCursor {
-                    name: req.consumer.clone(),
-                    owner: subject,
-                    acked: 0,
-                    at: self.shared.context().clock.now(),
-                };
-                self.shared
-                    .engine
-                    .handle()
-                    .outbound(Outbound::Cursor(cursor))
-                    .await
-                    .map_err(|e| status::write_error("consumer", &req.consumer, &e))?;
+                self.save(&req.consumer, subject, 0).await?;
                 0
             }
         };
@@ -214,18 +216,7 @@ impl EventsService for Events {
         }
         let acked = stored.acked.max(req.up_to);
         if req.up_to > stored.acked {
-            let cursor = ConsumerCursor {
-                name: req.consumer.clone(),
-                owner: subject,
-                acked: req.up_to,
-                at: self.shared.context().clock.now(),
-            };
-            self.shared
-                .engine
-                .handle()
-                .outbound(Outbound::Cursor(cursor))
-                .await
-                .map_err(|e| status::write_error("consumer", &req.consumer, &e))?;
+            self.save(&req.consumer, subject, req.up_to).await?;
         }
         self.shared.live.acked(&req.consumer, acked);
         Ok(Response::new(proto::AckReply { acked }))

@@ -1,7 +1,9 @@
 //! `shenguan demo`: the quickest tour. Starts the real server in-process on a temporary SQLite
 //! file with a virtual clock, drives a few hundred realistic cases through every branch over
 //! two simulated months that include National Day — all over real gRPC on loopback — and prints
-//! a summary and one full timeline.
+//! a summary and one full timeline. Every message for another system is delivered, signed, to
+//! local stand-ins for the supervision platform, the SMS gateway and the credit platform
+//! ([`crate::inbox`]), and the tour shows what each received.
 //!
 //! The simulation is seeded (`--seed`), so a run can be repeated exactly.
 
@@ -123,6 +125,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         calendars,
         Some(clock),
     );
+    // The other systems: local receivers, one path each, every channel routed to one of them.
+    let secret = b"demo secret shared with the receivers";
+    let (inbox_addr, inbox) = crate::inbox::start(secret).await?;
+    std::fs::write(crate::security::beside(&db, "hook-secret"), secret).context("receiver secret")?;
+    options.outbound = demo_outbound(&inbox_addr, &crate::security::beside(&db, "hook-secret"))?;
     // Dev mode, as `serve` without keys: a local HS256 key, and every party with a real token.
     let key = DevKey::load_or_create(&crate::security::beside(&db, "dev-key")).context("dev key")?;
     let verifier = shenguan::auth::verify::Verifier::new(shenguan::auth::verify::Config::dev(key.clone()))?;
@@ -217,6 +224,27 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     println!("\nStatistics for {REGION}, {first} to {last}");
     print!("{}", stats_text(&stats));
 
+    // What the other systems received (delivery is real time, beside the virtual clock).
+    let received = delivered(&addr, &inbox).await?;
+    println!("\nMessages delivered to the local receivers (signed; a receiver deduplicates on the key)");
+    let rows: Vec<Vec<String>> = received
+        .iter()
+        .map(|(path, r)| {
+            vec![
+                format!("/{path}"),
+                r.messages.to_string(),
+                r.keys.len().to_string(),
+                if r.bad_signatures == 0 { "all valid".into() } else { format!("{} invalid", r.bad_signatures) },
+            ]
+        })
+        .collect();
+    print!("{}", table(&["RECEIVER", "MESSAGES", "DISTINCT KEYS", "SIGNATURES"], &rows));
+    for (path, label) in [("sms", "First SMS (the configured Chinese template)"), ("credit", "First credit record")] {
+        if let Some(body) = received.get(path).and_then(|r| r.first.as_ref()) {
+            println!("{label}: {body}");
+        }
+    }
+
     // The fullest story: the case whose timeline is longest.
     let mut best = (0usize, String::new());
     for case in all_cases.iter().filter(|x| x.scenario == "material_deferral" || x.tasks.len() > 1).take(60) {
@@ -243,6 +271,48 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         println!("The database is kept at {}: try `shenguan admin verify --db {}`.", db.display(), db.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every channel of the shipped workflows routed to a local receiver, with the Chinese SMS
+/// templates of `ops/outbound.example.toml`.
+fn demo_outbound(addr: &std::net::SocketAddr, secret: &std::path::Path) -> Result<shenguan::outbound::Config> {
+    let example = include_str!("../../ops/outbound.example.toml");
+    let templates: shenguan::outbound::Config =
+        shenguan::outbound::Config::parse(example, "ops/outbound.example.toml")?;
+    let text = format!(
+        "[delivery]\nbackoff_initial_ms = 50\nbackoff_max_ms = 1000\n\
+         # The tour shows timelines months of virtual time later: keep every message.\n\
+         retention_days = 3650\n\n\
+         [[destination]]\nname = \"supervision-platform\"\nkind = \"webhook\"\nurl = \"http://{addr}/supervision\"\n\
+         channels = [\"supervision\", \"escalation\", \"approval_department\", \"result\"]\nsecret_file = {secret:?}\n\n\
+         [[destination]]\nname = \"sms-gateway\"\nkind = \"sms\"\nurl = \"http://{addr}/sms\"\nchannels = [\"sms\"]\n\
+         rate_per_second = 1000\n\n\
+         [[destination]]\nname = \"credit-platform\"\nkind = \"credit\"\nurl = \"http://{addr}/credit\"\n\
+         channels = [\"credit\"]\nsecret_file = {secret:?}\n"
+    );
+    let mut config = shenguan::outbound::Config::parse(&text, "demo outbound")?;
+    config.sms_templates = templates.sms_templates;
+    Ok(config)
+}
+
+/// Waits (real time, at most a minute) until nothing is left to deliver; answers what each
+/// receiver got.
+async fn delivered(
+    addr: &std::net::SocketAddr,
+    inbox: &crate::inbox::Inbox,
+) -> Result<BTreeMap<String, crate::inbox::Received>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let until = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        if text.lines().any(|l| l == "shenguan_outbox_backlog 0") || Instant::now() > until {
+            return Ok(inbox.snapshot());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn advance(c: &mut Clients, to: &str) -> Result<()> {

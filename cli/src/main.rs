@@ -7,6 +7,7 @@
 mod cli;
 mod client;
 mod demo;
+mod inbox;
 mod security;
 
 use std::process::ExitCode;

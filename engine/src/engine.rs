@@ -86,6 +86,10 @@ pub struct Config {
 /// short enough that the table stays small.
 pub const DEFAULT_IDEMPOTENCY_RETENTION: Millis = 7 * 24 * 60 * 60 * 1000;
 
+/// Delivered and stream-only messages are kept for 30 days by default: timelines show them,
+/// and a stream consumer that was away for weeks can still catch up.
+pub const DEFAULT_OUTBOX_RETENTION: Millis = 30 * 24 * 60 * 60 * 1000;
+
 impl Config {
     /// Defaults for a database at `db`.
     pub fn new(db: impl Into<PathBuf>) -> Self {
@@ -102,7 +106,7 @@ impl Config {
             calendar_policy: crate::calendar::Policy::Provisional,
             replan_page: 1_000,
             routes: std::collections::HashMap::new(),
-            outbox_retention: DEFAULT_IDEMPOTENCY_RETENTION,
+            outbox_retention: DEFAULT_OUTBOX_RETENTION,
         }
     }
 }

@@ -349,14 +349,16 @@ async fn delivered_and_stream_messages_are_pruned_after_their_retention_and_pend
     .await
     .expect("starts");
     // o1 is reminded (an SMS: stream only), o2 licensed (the supervision record: pushed, pending).
-    engine.submit(case("o1", "2026-10-09", None)).await.expect("o1");
+    engine.submit(case("o1", "2026-10-20", None)).await.expect("o1");
     engine.submit(case("o2", "2026-10-30", None)).await.expect("o2");
     engine.submit(materials("o2")).await.expect("licensed");
-    clock.advance_to(t("2026-10-08T09:00:00+08:00"));
+    clock.advance_to(t("2026-10-19T09:00:00+08:00"));
     engine.settle().await;
     let mut store = SqliteStore::open_read_only(&db).await.expect("read");
     assert_eq!(store.count(Table::Outbox).await.expect("count"), 2);
-    clock.advance(2 * day);
+    // A day and an hour later: the reminder is past its retention, o1's deadline not yet due.
+    clock.advance(day + 3_600_000);
+    engine.settle().await;
     engine.submit(case("o3", "2026-12-30", None)).await.expect("applied");
     // The prune runs after a batch's callers are answered: once a later command is answered,
     // it is done.

@@ -35,12 +35,20 @@ pub struct Received {
     pub signature: String,
     /// The raw body.
     pub body: Vec<u8>,
-    /// The body as JSON (Null if it is not).
-    pub json: serde_json::Value,
     /// How it was answered.
     pub answer: Answer,
     /// When it arrived.
     pub at: Instant,
+    /// When it arrived, wall-clock Unix ms (to compare with the engine's commit times).
+    pub received_ms: i64,
+}
+
+impl Received {
+    /// The body as JSON (Null if it is not): parsed when asked, so that a receiver under load
+    /// costs its sender's machine as little as a real one elsewhere would.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// What the receiver does with a request: the request, and how many times this key was
@@ -191,8 +199,15 @@ async fn handle(
     let (key, timestamp, signature) =
         (header("idempotency-key"), header("x-shenguan-timestamp"), header("x-shenguan-signature"));
     let body = req.into_body().collect().await.map_err(|_| Dropped)?.to_bytes().to_vec();
-    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let mut r = Received { key: key.clone(), timestamp, signature, body, json, answer: Answer::Ok, at: Instant::now() };
+    let mut r = Received {
+        key: key.clone(),
+        timestamp,
+        signature,
+        body,
+        answer: Answer::Ok,
+        at: Instant::now(),
+        received_ms: chrono::Utc::now().timestamp_millis(),
+    };
     let before = {
         let mut seen = lock(&state.seen);
         let n = seen.entry(key).or_insert(0);

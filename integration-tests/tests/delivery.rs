@@ -123,7 +123,7 @@ async fn webhooks_get_every_message_through_500s_timeouts_and_drops_signed_and_i
             300,
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", r.key))?;
-        assert_eq!(r.json["key"], r.key.as_str(), "the body names its key");
+        assert_eq!(r.json()["key"], r.key.as_str(), "the body names its key");
     }
     // One instance's messages were accepted in the order they were written.
     let mut last: HashMap<String, i64> = HashMap::new();
@@ -179,7 +179,7 @@ async fn dead_letters_after_the_limit_and_refusals_are_delivered_after_a_manual_
     let secret = secret_in(dir.path())?;
     // The SMS (task) messages fail with 503 until told otherwise; the approval records are
     // refused for good (400) the first time.
-    let receiver = Receiver::start(|r, before| match (r.json["channel"].as_str(), before) {
+    let receiver = Receiver::start(|r, before| match (r.json()["channel"].as_str(), before) {
         (Some("sms"), _) => Answer::Status(503),
         (Some("supervision"), 0) => Answer::Status(400),
         _ => Answer::Ok,
@@ -481,13 +481,14 @@ async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record
         .await?;
 
     let texts = gateway.wait_accepted(1, PATIENCE).await?;
-    assert_eq!(texts[0].json["mobile"], "13800138000");
+    assert_eq!(texts[0].json()["mobile"], "13800138000");
     assert_eq!(
-        texts[0].json["text"], "【審管聯動】連云港某某食品有限公司：請于2026-10-09前補交食品安全管理制度, 設備布局圖。",
+        texts[0].json()["text"],
+        "【審管聯動】連云港某某食品有限公司：請于2026-10-09前補交食品安全管理制度, 設備布局圖。",
         "the configured template, filled from the case"
     );
     let records = credit.wait_accepted(1, PATIENCE).await?;
-    let r = &records[0].json;
+    let r = &records[0].json();
     assert_eq!(
         (r["uscc"].as_str(), r["record_type"].as_str()),
         (Some(integration_tests::fixtures::USCC), Some("dishonesty")),

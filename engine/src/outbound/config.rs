@@ -71,7 +71,7 @@ impl Default for Policy {
             max_age_secs: 24 * 3600,
             backoff_initial_ms: 500,
             backoff_max_ms: 5 * 60 * 1000,
-            retention_days: 7,
+            retention_days: 30,
         }
     }
 }

@@ -36,8 +36,14 @@ const PAGE: u32 = 1_000;
 const IDLE_LOOK: Duration = Duration::from_secs(1);
 /// After a failed read or write of the database, wait this long.
 const STORE_RETRY: Duration = Duration::from_millis(500);
-/// Most outcome writes in flight at once per destination.
-const MAX_FLUSHES: usize = 2;
+/// Outcomes are written together: after this long, or once there are [`FLUSH_MARKS`] of them,
+/// with one write in flight at a time. Each write rides in a writer batch beside callers'
+/// commands; written one by one they made extra commits (and fsyncs) that callers queued
+/// behind. Nothing waits on them: a delivery is done when the receiver answers, and a crash
+/// before its mark is durable only sends it again, with the same key.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// See [`FLUSH_AFTER`].
+const FLUSH_MARKS: usize = 1_024;
 
 /// The running dispatchers.
 #[derive(Debug, Default)]
@@ -198,6 +204,12 @@ impl Worker {
         let mut marks: Vec<OutboxMark> = Vec::new();
         let mut flushing: JoinSet<(Vec<OutboxMark>, Result<(), WriteError>)> = JoinSet::new();
         let mut store_pause: Option<tokio::time::Instant> = None;
+        // When the oldest unwritten outcome was settled.
+        let mut marks_since: Option<tokio::time::Instant> = None;
+        // One timer, moved each turn (a new one per turn was a timer-wheel insert per message).
+        let sleep = tokio::time::sleep(IDLE_LOOK);
+        let mut next_look = tokio::time::Instant::now() + IDLE_LOOK;
+        tokio::pin!(sleep);
         loop {
             let now = wall_ms();
             if store_pause.is_some_and(|until| until <= tokio::time::Instant::now()) {
@@ -205,6 +217,7 @@ impl Worker {
             }
             // Fill the window from the database.
             if look && store_pause.is_none() && self.window.held.len() < self.queue {
+                next_look = tokio::time::Instant::now() + IDLE_LOOK;
                 let room = u32::try_from(self.queue - self.window.held.len()).unwrap_or(PAGE).min(PAGE);
                 match self.reader.outbox_pending(&self.name, cursor, room).await {
                     Ok(rows) => {
@@ -231,7 +244,16 @@ impl Worker {
                     (m, result)
                 });
             }
-            if !marks.is_empty() && flushing.len() < MAX_FLUSHES {
+            if marks.is_empty() {
+                marks_since = None;
+            } else {
+                marks_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            let flush_due = marks_since.map(|since| since + FLUSH_AFTER);
+            let flush_now =
+                flush_due.is_some_and(|due| due <= tokio::time::Instant::now()) || marks.len() >= FLUSH_MARKS;
+            if flush_now && flushing.is_empty() && store_pause.is_none() {
+                marks_since = None;
                 let batch = std::mem::take(&mut marks);
                 let writer = self.writer.clone();
                 flushing.spawn(async move {
@@ -245,9 +267,15 @@ impl Worker {
                 .map(|at| tokio::time::Instant::now() + Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
                 .into_iter()
                 .chain(store_pause)
-                .chain(std::iter::once(tokio::time::Instant::now() + IDLE_LOOK))
+                .chain(flush_due.filter(|_| flushing.is_empty()))
+                .chain(std::iter::once(next_look))
                 .min()
                 .unwrap_or_else(tokio::time::Instant::now);
+            // Waking a little early is harmless (the loop looks again); late is not.
+            let current = sleep.deadline();
+            if sleep_until < current || sleep_until.duration_since(current) > Duration::from_millis(1) {
+                sleep.as_mut().reset(sleep_until);
+            }
             tokio::select! {
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     match done {
@@ -290,7 +318,7 @@ impl Worker {
                     cursor = 0;
                     look = true;
                 }
-                () = tokio::time::sleep_until(sleep_until) => {
+                () = &mut sleep => {
                     look = true;
                 }
             }

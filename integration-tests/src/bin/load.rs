@@ -19,6 +19,13 @@
 //! bearer token the server verifies, as in production; without, plain HTTP/2 and no identity.
 //! Interleave the two to get the cost of identity as a ratio.
 //!
+//! `--delivery [--cases N] [--rounds R]` measures outbound delivery (BENCHMARKS.md): to a
+//! webhook receiver on loopback (this process, `integration_tests::receiver`), the intake rate
+//! while delivering as a ratio to intake with no destination (R interleaved rounds of N
+//! starts, each writing one message), the webhook drain rate, commit-to-receipt latency
+//! without backlog, the stream (`EventsService.Subscribe`) read rate of the same N messages,
+//! and W3's burst: N deadlines due at one instant, each writing a message, all received.
+//!
 //! The server is this same binary in `serve` mode, in its own process, on a fresh SQLite file,
 //! so its RSS and CPU are its own. Every loop is bounded in count and time.
 
@@ -488,7 +495,7 @@ async fn commit_stats(addr: &str) -> Result<(f64, f64)> {
     Ok((value("shenguan_commit_batch_size_sum ") / commits, value("shenguan_commit_seconds_sum ") * 1000.0 / commits))
 }
 
-async fn serve(db: &Path, secure: Option<&Path>) -> Result<()> {
+async fn serve(db: &Path, secure: Option<&Path>, outbound: Option<PathBuf>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
     let mut options = shenguan::server::Options::new(
@@ -497,6 +504,9 @@ async fn serve(db: &Path, secure: Option<&Path>) -> Result<()> {
         shenguan::calendar::Calendars::embedded()?,
         None,
     );
+    if let Some(path) = outbound {
+        options.outbound = shenguan::outbound::Config::load(&path)?;
+    }
     if let Some(dir) = secure {
         use shenguan::auth::verify;
         let verifier = verify::Verifier::new(verify::Config {
@@ -758,9 +768,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<()> {
     let raw: Vec<String> = std::env::args().collect();
+    let after = |flag: &str| raw.iter().position(|a| a == flag).and_then(|i| raw.get(i + 1)).map(PathBuf::from);
     if raw.get(1).map(String::as_str) == Some("serve") {
-        let secure = raw.get(3).filter(|a| *a == "--secure").and(raw.get(4)).map(PathBuf::from);
-        return serve(Path::new(raw.get(2).context("serve DB")?), secure.as_deref()).await;
+        return serve(Path::new(raw.get(2).context("serve DB")?), after("--secure").as_deref(), after("--outbound"))
+            .await;
+    }
+    if raw.iter().any(|a| a == "--delivery") {
+        let n = after("--cases").map_or(Ok(10_000), |v| v.to_string_lossy().parse::<usize>())?;
+        let rounds = after("--rounds").map_or(Ok(3), |v| v.to_string_lossy().parse::<usize>())?;
+        return delivery(n, rounds).await;
     }
     if raw.iter().any(|a| a == "--w12") {
         let n = raw
@@ -1144,5 +1160,171 @@ async fn w12(n: usize, secure: bool) -> Result<()> {
         })
     );
     drop(server);
+    Ok(())
+}
+
+/// A server with `outbound` (none: every message is stream only), and clients to it.
+async fn delivery_server(
+    db: &Path,
+    outbound: Option<&Path>,
+) -> Result<(ServerProcess, Vec<EngineServiceClient<Ch>>, Vec<Ch>)> {
+    let extra: Vec<&std::ffi::OsStr> = match outbound {
+        Some(p) => vec![std::ffi::OsStr::new("--outbound"), p.as_os_str()],
+        None => Vec::new(),
+    };
+    let (server, _) = spawn_server_with(db, &extra).await?;
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        let mut connected = None;
+        for _ in 0..200 {
+            match connect(&server.addr).await {
+                Ok(c) => {
+                    connected = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        channels.push(connected.context("connect")?);
+    }
+    let clients = channels.iter().cloned().map(EngineServiceClient::new).collect();
+    Ok((server, clients, channels))
+}
+
+/// Unix ms of an RFC 3339 instant in a webhook body.
+fn body_ms(r: &integration_tests::receiver::Received) -> Option<i64> {
+    let json = r.json();
+    let text = json["created_at"].as_str()?;
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
+}
+
+fn pct_ms(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn delivery(n: usize, rounds: usize) -> Result<()> {
+    use integration_tests::receiver::{Answer, Receiver};
+    use shenguan::proto::events_service_client::EventsServiceClient;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("hook.secret"), "a shared secret for the load receiver")?;
+    let config = |url: &str| {
+        format!(
+            "[[destination]]\nname = \"receiver\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+             channels = [\"sms\", \"approval_department\"]\nsecret_file = {:?}\nconcurrency = 64\nqueue = 20000\n",
+            dir.path().join("hook.secret")
+        )
+    };
+    let c = 64;
+    let mut json_rounds = Vec::new();
+    let mut ratios = Vec::new();
+    let mut webhook_rates = Vec::new();
+    let mut stream_rates = Vec::new();
+    for round in 0..rounds {
+        // Intake with no destination: every message is stream only.
+        let db = dir.path().join(format!("plain-{round}.db"));
+        let (server, clients, _) = delivery_server(&db, None).await?;
+        let now = now_ms();
+        // The reminder is due at once: each start commits its reminder's SMS with it.
+        let plain = starts("W1 intake, no destination", &clients, "p", n, c, now, now + 3_600_000).await?;
+        drop(server);
+
+        // The same intake while a webhook receiver takes every message.
+        let receiver = Receiver::start(|_, _| Answer::Ok).await?;
+        let cfg = dir.path().join(format!("outbound-{round}.toml"));
+        std::fs::write(&cfg, config(&receiver.url()))?;
+        let db = dir.path().join(format!("push-{round}.db"));
+        let (server, clients, channels) = delivery_server(&db, Some(&cfg)).await?;
+        let now = now_ms();
+        let started = Instant::now();
+        let pushed = starts("W1 intake, delivering", &clients, "d", n, c, now, now + 3_600_000).await?;
+        let all = receiver.wait_until(Duration::from_secs(300), |all| all.len() >= n).await?;
+        let drained = started.elapsed();
+        let first = all.iter().map(|r| r.at).min().context("none")?;
+        let last = all.iter().map(|r| r.at).max().context("none")?;
+        let webhook_rate = n as f64 / last.duration_since(first).as_secs_f64().max(1e-9);
+        let ratio = pushed.rate() / plain.rate();
+
+        // The stream: one consumer reads the same n messages, acknowledging every 2,000.
+        let mut events = EventsServiceClient::new(channels[0].clone());
+        let t = Instant::now();
+        let mut stream = events
+            .subscribe(shenguan::proto::SubscribeRequest {
+                consumer: format!("load-{round}"),
+                channels: vec![],
+                regions: vec![],
+                max_in_flight: 10_000,
+            })
+            .await?
+            .into_inner();
+        let mut got = 0;
+        while got < n {
+            let e = stream.message().await?.context("stream ended")?;
+            got += 1;
+            if got % 2_000 == 0 {
+                events.ack(shenguan::proto::AckRequest { consumer: format!("load-{round}"), up_to: e.id }).await?;
+            }
+        }
+        let stream_rate = n as f64 / t.elapsed().as_secs_f64();
+        drop(stream);
+        drop(server);
+        println!(
+            "round {round}: intake {:.0}/s plain, {:.0}/s delivering (ratio {ratio:.2}); webhook {webhook_rate:.0} msg/s (all {n} received {:.2} s after the first start); stream {stream_rate:.0} msg/s",
+            plain.rate(),
+            pushed.rate(),
+            drained.as_secs_f64()
+        );
+        ratios.push(ratio);
+        webhook_rates.push(webhook_rate);
+        stream_rates.push(stream_rate);
+        json_rounds.push(serde_json::json!({
+            "intake_plain_per_s": plain.rate(), "intake_delivering_per_s": pushed.rate(), "ratio": ratio,
+            "webhook_msgs_per_s": webhook_rate, "stream_msgs_per_s": stream_rate,
+        }));
+    }
+
+    // Commit-to-receipt without backlog: one start at a time, each writing one message.
+    let receiver = Receiver::start(|_, _| Answer::Ok).await?;
+    let cfg = dir.path().join("outbound-latency.toml");
+    std::fs::write(&cfg, config(&receiver.url()))?;
+    let (server, clients, _) = delivery_server(&dir.path().join("latency.db"), Some(&cfg)).await?;
+    let paced = 2_000.min(n);
+    let now = now_ms();
+    starts("paced starts", &clients, "l", paced, 1, now, now + 3_600_000).await?;
+    let all = receiver.wait_until(Duration::from_secs(120), |all| all.len() >= paced).await?;
+    let mut latency: Vec<i64> = all.iter().filter_map(|r| body_ms(r).map(|c| r.received_ms - c)).collect();
+    latency.sort_unstable();
+    drop(server);
+
+    // W3's burst: n deadlines due at one instant, each writing a message to the receiver.
+    let receiver = Receiver::start(|_, _| Answer::Ok).await?;
+    let cfg = dir.path().join("outbound-w3.toml");
+    std::fs::write(&cfg, config(&receiver.url()))?;
+    let (server, clients, _) = delivery_server(&dir.path().join("w3.db"), Some(&cfg)).await?;
+    let lead = 20_000;
+    let due = now_ms() + lead;
+    // The reminder after the deadline never fires: the deadline ends the case.
+    starts("W3 starts", &clients, "w3", n, c, due + 3_600_000, due).await?;
+    ensure!(now_ms() < due, "the W3 starts took longer than the lead ({lead} ms)");
+    let all = receiver.wait_until(Duration::from_secs(300), |all| all.len() >= n).await?;
+    let last = all.iter().map(|r| r.received_ms).max().context("none")?;
+    let w3_all_received_ms = last - due;
+    drop(server);
+
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let summary = serde_json::json!({
+        "cases": n, "rounds": json_rounds,
+        "intake_ratio_median": median(&mut ratios),
+        "webhook_msgs_per_s_median": median(&mut webhook_rates),
+        "stream_msgs_per_s_median": median(&mut stream_rates),
+        "commit_to_receipt_ms": {"n": latency.len(), "p50": pct_ms(&latency, 0.5), "p99": pct_ms(&latency, 0.99), "max": pct_ms(&latency, 1.0)},
+        "w3_burst_all_received_after_due_ms": w3_all_received_ms,
+    });
+    println!("{summary}");
     Ok(())
 }

@@ -68,6 +68,7 @@ pub struct Receiver {
     pub addr: SocketAddr,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
+    tls: bool,
 }
 
 impl Drop for Receiver {
@@ -86,10 +87,42 @@ impl Receiver {
         Self::start_on("127.0.0.1:0".parse()?, Box::new(script)).await
     }
 
+    /// A receiver speaking HTTPS with the certificate chain and key given (PEM).
+    pub async fn start_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        script: impl FnMut(&Received, usize) -> Answer + Send + 'static,
+    ) -> Result<Receiver> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .context("certificate PEM")?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("key PEM")?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        Self::serve(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            Box::new(script),
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
     /// A receiver on `addr` (a port a stopped receiver had: the destination comes back).
     pub async fn start_on(addr: SocketAddr, script: Script) -> Result<Receiver> {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+        Self::serve(listener, script, None)
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        script: Script,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Result<Receiver> {
         let addr = listener.local_addr()?;
+        let tls_on = tls.is_some();
         let state = Arc::new(State {
             received: Mutex::new(Vec::new()),
             seen: Mutex::new(HashMap::new()),
@@ -101,21 +134,49 @@ impl Receiver {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let s = s.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(s.clone(), req));
-                    let io = hyper_util::rt::TokioIo::new(stream);
                     // An Err from the service (Answer::Drop) closes the connection unanswered.
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                            }
+                        }
+                    }
                 });
                 while connections.try_join_next().is_some() {}
             }
         });
-        Ok(Receiver { addr, state, task })
+        Ok(Receiver { addr, state, task, tls: tls_on })
     }
 
-    /// The URL to configure.
+    /// The URL to configure (`https://localhost:…` for a TLS receiver, whose certificate
+    /// names localhost).
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}://{}/hook", self.scheme(), self.host())
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn host(&self) -> String {
+        if self.tls {
+            format!("localhost:{}", self.addr.port())
+        } else {
+            self.addr.to_string()
+        }
     }
 
     /// Every request so far, in arrival order.

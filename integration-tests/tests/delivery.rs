@@ -530,3 +530,45 @@ async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record
     assert!(receipt.contains("gw-1"), "{receipt}");
     server.stop().await
 }
+
+#[tokio::test]
+async fn webhooks_over_tls_trust_the_configured_ca_and_refuse_an_unknown_one() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let secret = secret_in(dir.path())?;
+    // A private CA, and the receiver's certificate for localhost signed by it.
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
+        .signed_by(&key, &rcgen::Issuer::from_params(&ca_params, &ca_key))?;
+    let trusted = Receiver::start_tls(&cert.pem(), &key.serialize_pem(), |_, _| Answer::Ok).await?;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem())?;
+    let mut good = destination("internal", &trusted.url(), &["supervision"], &secret);
+    good.ca_file = Some(ca_file);
+    // The same receiver, without the CA: its certificate must not be accepted.
+    let bad = destination("unverified", &trusted.url(), &["sms"], &secret);
+    let outbound = Config { delivery: fast_policy(2), destinations: vec![good, bad], ..Config::default() };
+    let (server, _) = serve(dir.path(), "2026-09-30T10:00:00+08:00", outbound).await?;
+    licensed_cases(&server, "T", 2).await?;
+    let accepted = trusted.wait_accepted(2, PATIENCE).await?;
+    assert!(accepted.iter().all(|r| r.json()["channel"] == "supervision"), "only the trusting destination got through");
+    let dead = eventually(|| async {
+        let d =
+            server.admin().list_dead_letters(pb::ListDeadLettersRequest::default()).await?.into_inner().dead_letters;
+        Ok((d.len() == 2).then_some(d))
+    })
+    .await?;
+    for d in &dead {
+        let m = d.message.as_ref().expect("message");
+        assert_eq!(d.destination, "unverified");
+        assert!(m.last_error.to_lowercase().contains("certificate"), "{m:?}");
+    }
+    assert!(
+        trusted.received().iter().all(|r| r.json()["channel"] == "supervision"),
+        "no SMS crossed an unverified TLS session"
+    );
+    server.stop().await
+}

@@ -83,7 +83,7 @@ impl Role {
                 matches!(right, ReadCases | ReadTasks | Statistics | CalendarStatus)
             }
             Role::Platform => matches!(right, Intake | ReadCases | Subscribe),
-            Role::Supervisor => matches!(right, Supervise | ReadTasks),
+            Role::Supervisor => matches!(right, Supervise | ReadTasks | Subscribe),
         }
     }
 

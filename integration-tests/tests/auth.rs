@@ -261,8 +261,8 @@ const MATRIX: [(&str, &str); 22] = [
     ("EngineService.Signal", "A-------"),
     ("ListDeadLetters", "A-------"),
     ("RetryDeadLetter", "A-------"),
-    ("EventsService.Subscribe", "A----A--"),
-    ("EventsService.Ack", "A----A--"),
+    ("EventsService.Subscribe", "A----AA-"),
+    ("EventsService.Ack", "A----AA-"),
 ];
 
 /// One call of `rpc` as `ch`; requests that pass authorisation fail validation or find nothing,

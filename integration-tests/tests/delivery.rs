@@ -572,3 +572,55 @@ async fn webhooks_over_tls_trust_the_configured_ca_and_refuse_an_unknown_one() -
     );
     server.stop().await
 }
+
+#[tokio::test]
+async fn a_supervision_platform_streams_only_its_own_departments_tasks_and_cases() -> Result<()> {
+    use integration_tests::Who;
+    use shenguan::proto::events_service_client::EventsServiceClient;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("v.db");
+    let server = TestServer::start_secured("2026-09-30T10:00:00+08:00", &db, |_| {}, |_| {}).await?;
+    let root = server.as_who(&Who::new("root", "engine_admin", "", "", ""));
+    let mut intake = shenguan::proto::intake_service_client::IntakeServiceClient::new(root);
+    // Two cases supervised by market regulation, one by health, in the same region.
+    for (case_no, department) in [("V-1", "市市場監督管理局"), ("V-2", "市衛生健康委"), ("V-3", "市市場監督管理局")]
+    {
+        let mut r = accept(case_no, Route::Normal, Scenario::Unspecified);
+        r.supervisors[0].department = department.into();
+        intake.accept_case(r).await?;
+        intake
+            .complete_approval(CompleteApprovalRequest {
+                case_id: format!("320700/{case_no}"),
+                license_no: format!("L-{case_no}"),
+                approval_opinion: "准予許可".into(),
+                document_refs: vec![],
+            })
+            .await?;
+    }
+    let written = outbox(&db).await?;
+    assert_eq!(written.len(), 6, "per case: the approval record and the task's SMS");
+    let market = Who::new("sup-sjj", "supervisor", "320700", "市市場監督管理局", "");
+    let mut events = EventsServiceClient::new(server.as_who(&market));
+    let mut stream = events
+        .subscribe(pb::SubscribeRequest {
+            consumer: "sjj".into(),
+            channels: vec![],
+            regions: vec![],
+            max_in_flight: 100,
+        })
+        .await?
+        .into_inner();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.push(stream.message().await?.expect("an event"));
+    }
+    let instances: BTreeSet<&str> = got.iter().map(|e| e.instance_id.as_str()).collect();
+    assert_eq!(
+        instances,
+        ["320700/V-1", "320700/V-1/T1", "320700/V-3", "320700/V-3/T1"].into_iter().collect(),
+        "its own cases and tasks only"
+    );
+    // Nothing of the health department's case follows.
+    assert!(tokio::time::timeout(Duration::from_millis(300), stream.message()).await.is_err(), "V-2 leaked");
+    server.stop().await
+}

@@ -8,6 +8,10 @@
 //! lets the live stream send more. A reconnect resumes after the last acknowledgement, so it
 //! misses nothing and sees nothing it acknowledged again; what it had not acknowledged it
 //! sees again (at least once).
+//!
+//! A caller scoped to a department or office (a supervision platform's account) sees only the
+//! messages of its own tasks and of the cases it has tasks in (or approves), as ListTasks and
+//! GetCase would show them: decided by reading each message's instance once per stream.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -182,7 +186,10 @@ impl EventsService for Events {
         };
         let (acks, stop) = self.shared.live.take_over(&req.consumer, acked);
         let (tx, rx) = mpsc::channel(256);
+        let department_scoped = auth.scope().department.is_some();
         let walk = Walk {
+            scope: department_scoped.then(|| auth.scope().clone()),
+            seen: HashMap::new(),
             shared: self.shared.clone(),
             consumer: req.consumer,
             channels: req.channels,
@@ -223,8 +230,16 @@ impl EventsService for Events {
     }
 }
 
+/// Most instances a stream remembers the visibility of (then it forgets them all and reads
+/// again: memory stays bounded on a long stream).
+const SEEN: usize = 10_000;
+
 /// One live stream.
 struct Walk {
+    /// For a caller scoped below a region: the scope each message's instance must be in.
+    scope: Option<crate::auth::Scope>,
+    /// Instances whose visibility is known.
+    seen: HashMap<String, bool>,
     shared: Arc<Shared>,
     consumer: String,
     channels: Vec<String>,
@@ -236,6 +251,52 @@ struct Walk {
 }
 
 impl Walk {
+    /// Whether the caller may see the messages of `instance`: always for a region-scoped
+    /// caller; for a department or office, its own tasks and the cases it approves or has
+    /// tasks in.
+    async fn visible(&mut self, instance: &str) -> Result<bool, Status> {
+        let Some(scope) = &self.scope else { return Ok(true) };
+        if let Some(known) = self.seen.get(instance) {
+            return Ok(*known);
+        }
+        let reader = &self.shared.reader;
+        let read = |e: crate::store::Error| status::read_error(&e);
+        let region = instance.split('/').next().unwrap_or_default();
+        let is_task = instance.contains("/T");
+        let visible = if is_task {
+            match reader.instance(instance).await.map_err(read)? {
+                Some(row) if row.workflow == crate::domain::TASK_WORKFLOW => {
+                    scope.has_task(region, &super::view::var(&row, "department"), &super::view::var(&row, "office"))
+                }
+                _ => false,
+            }
+        } else {
+            match reader.instance(instance).await.map_err(read)? {
+                Some(row) if row.workflow == crate::domain::CASE_WORKFLOW => {
+                    let tasks = reader.with_prefix(&format!("{instance}/T")).await.map_err(read)?;
+                    let pairs: Vec<(String, String)> = tasks
+                        .iter()
+                        .map(|t| (super::view::var(t, "department"), super::view::var(t, "office")))
+                        .collect();
+                    scope.has_case(
+                        region,
+                        &super::view::var(&row, "approval_department"),
+                        pairs.iter().map(|(d, o)| (d.as_str(), o.as_str())),
+                    )
+                }
+                _ => false,
+            }
+        };
+        // A task's department never changes; a case can gain tasks, so only its "yes" is final.
+        if is_task || visible {
+            if self.seen.len() >= SEEN {
+                self.seen.clear();
+            }
+            self.seen.insert(instance.to_owned(), visible);
+        }
+        Ok(visible)
+    }
+
     async fn run(mut self) {
         let mut published = self.shared.context().published.subscribe();
         let mut stopping = self.shared.stopping.subscribe();
@@ -278,6 +339,14 @@ impl Walk {
                     sent_upto = m.id;
                     if !self.prefixes.is_empty() && !self.prefixes.iter().any(|p| m.instance.starts_with(p.as_str())) {
                         continue;
+                    }
+                    match self.visible(&m.instance).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(status) => {
+                            let _ = self.tx.send(Err(status)).await;
+                            return;
+                        }
                     }
                     if self.tx.send(Ok(event(&m))).await.is_err() {
                         return;

@@ -2,8 +2,9 @@
 //! once, in order per instance, with retries, backoff and dead letters.
 //!
 //! A task keeps a bounded *window* of its destination's pending messages in memory (at most
-//! `queue`), walked from the database in id order with a cursor; the rest wait in the database,
-//! so a dead destination costs memory only up to its window and holds no other destination. In
+//! `queue`, read only while fewer than twice `concurrency` lanes are ready to send), walked
+//! from the database in id order with a cursor; the rest wait in the database, so a dead
+//! destination costs little memory and no reads, and holds no other destination. In
 //! the window, each instance has a lane: only its oldest message is in flight or waiting to be
 //! retried, so one case's messages arrive in the order they were written. Up to `concurrency`
 //! lanes deliver at once.
@@ -215,8 +216,11 @@ impl Worker {
             if store_pause.is_some_and(|until| until <= tokio::time::Instant::now()) {
                 store_pause = None;
             }
-            // Fill the window from the database.
-            if look && store_pause.is_none() && self.window.held.len() < self.queue {
+            // Fill the window from the database — only while fewer lanes are ready than twice
+            // what may be in flight: a destination that does not answer then stops reading
+            // (its messages wait in the database), instead of paying to hold every new one.
+            let wanted = self.window.ready.len() < 2 * self.concurrency;
+            if look && wanted && store_pause.is_none() && self.window.held.len() < self.queue {
                 next_look = tokio::time::Instant::now() + IDLE_LOOK;
                 let room = u32::try_from(self.queue - self.window.held.len()).unwrap_or(PAGE).min(PAGE);
                 match self.reader.outbox_pending(&self.name, cursor, room).await {

@@ -1191,6 +1191,19 @@ async fn delivery_server(
     Ok((server, clients, channels))
 }
 
+/// `n` starts (each writing one message) on a fresh server with no destination: the rate, and
+/// the CPU seconds of the server and of this process.
+async fn plain_intake(db: &Path, n: usize, c: usize) -> Result<(Phase, (f64, f64))> {
+    let (server, clients, _) = delivery_server(db, None).await?;
+    let now = now_ms();
+    let me = resources(std::process::id()).1;
+    // The reminder is due at once: each start commits its reminder's SMS with it.
+    let plain = starts("W1 intake, no destination", &clients, "p", n, c, now, now + 3_600_000).await?;
+    let cpu = (resources(server.pid).1, resources(std::process::id()).1 - me);
+    drop(server);
+    Ok((plain, cpu))
+}
+
 /// Unix ms of an RFC 3339 instant in a webhook body.
 fn body_ms(r: &integration_tests::receiver::Received) -> Option<i64> {
     let json = r.json();
@@ -1222,16 +1235,23 @@ async fn delivery(n: usize, rounds: usize) -> Result<()> {
     let mut ratios = Vec::new();
     let mut webhook_rates = Vec::new();
     let mut stream_rates = Vec::new();
+    let mut stuck_ratios = Vec::new();
     for round in 0..rounds {
-        // Intake with no destination: every message is stream only.
-        let db = dir.path().join(format!("plain-{round}.db"));
-        let (server, clients, _) = delivery_server(&db, None).await?;
+        // Intake with no destination (every message stream only), before and after the
+        // others: this machine drifts within a run, and the mean of the two cancels it.
+        let (plain, plain_cpu) = plain_intake(&dir.path().join(format!("plain-{round}.db")), n, c).await?;
+
+        // The same intake while the destination never answers: what a dead receiver costs
+        // intake (its dispatcher holds `concurrency` requests and a window; nothing else).
+        let stuck = Receiver::start(|_, _| Answer::Hang).await?;
+        let cfg = dir.path().join(format!("outbound-stuck-{round}.toml"));
+        std::fs::write(&cfg, config(&stuck.url()).replace("concurrency = 64", "concurrency = 64\ntimeout_secs = 300"))?;
+        let (server, clients, _) = delivery_server(&dir.path().join(format!("stuck-{round}.db")), Some(&cfg)).await?;
         let now = now_ms();
-        // The reminder is due at once: each start commits its reminder's SMS with it.
-        let me = resources(std::process::id()).1;
-        let plain = starts("W1 intake, no destination", &clients, "p", n, c, now, now + 3_600_000).await?;
-        let plain_cpu = (resources(server.pid).1, resources(std::process::id()).1 - me);
+        let blocked = starts("W1 intake, destination stuck", &clients, "s", n, c, now, now + 3_600_000).await?;
+        let stuck_rate = blocked.rate();
         drop(server);
+        drop(stuck);
 
         // The same intake while a webhook receiver takes every message.
         let receiver = Receiver::start(|_, _| Answer::Ok).await?;
@@ -1249,7 +1269,7 @@ async fn delivery(n: usize, rounds: usize) -> Result<()> {
         let first = all.iter().map(|r| r.at).min().context("none")?;
         let last = all.iter().map(|r| r.at).max().context("none")?;
         let webhook_rate = n as f64 / last.duration_since(first).as_secs_f64().max(1e-9);
-        let ratio = pushed.rate() / plain.rate();
+        let pushed_rate = pushed.rate();
 
         // The stream: one consumer reads the same n messages, acknowledging every 2,000.
         let mut events = EventsServiceClient::new(channels[0].clone());
@@ -1275,20 +1295,30 @@ async fn delivery(n: usize, rounds: usize) -> Result<()> {
         drop(stream);
         drop(server);
         println!(
-            "round {round}: intake {:.0}/s plain, {:.0}/s delivering (ratio {ratio:.2}); webhook {webhook_rate:.0} msg/s (all {n} received {:.2} s after the first start); stream {stream_rate:.0} msg/s; CPU s server/load+receiver: plain {:.2}/{:.2}, delivering {:.2}/{:.2}",
-            plain.rate(),
-            pushed.rate(),
+            "round {round}: webhook {webhook_rate:.0} msg/s (all {n} received {:.2} s after the first start); stream {stream_rate:.0} msg/s; CPU s server/load+receiver: plain {:.2}/{:.2}, delivering {:.2}/{:.2}",
             drained.as_secs_f64(),
             plain_cpu.0,
             plain_cpu.1,
             pushed_cpu.0,
             pushed_cpu.1
         );
+        let (plain_after, _) = plain_intake(&dir.path().join(format!("plain-after-{round}.db")), n, c).await?;
+        let baseline = (plain.rate() + plain_after.rate()) / 2.0;
+        let (ratio, stuck_ratio) = (pushed_rate / baseline, stuck_rate / baseline);
+        println!(
+            "round {round}: intake {:.0}/s plain (mean of {:.0} before and {:.0} after), {pushed_rate:.0}/s delivering (ratio {ratio:.2}), {stuck_rate:.0}/s beside a stuck destination (ratio {stuck_ratio:.2})",
+            baseline,
+            plain.rate(),
+            plain_after.rate()
+        );
         ratios.push(ratio);
+        stuck_ratios.push(stuck_ratio);
         webhook_rates.push(webhook_rate);
         stream_rates.push(stream_rate);
         json_rounds.push(serde_json::json!({
-            "intake_plain_per_s": plain.rate(), "intake_delivering_per_s": pushed.rate(), "ratio": ratio,
+            "intake_plain_per_s": baseline, "intake_plain_before_per_s": plain.rate(), "intake_plain_after_per_s": plain_after.rate(),
+            "intake_delivering_per_s": pushed_rate, "ratio": ratio,
+            "intake_beside_stuck_destination_per_s": blocked.rate(), "stuck_ratio": stuck_ratio,
             "webhook_msgs_per_s": webhook_rate, "stream_msgs_per_s": stream_rate,
             "cpu_s_plain": {"server": plain_cpu.0, "load_and_receiver": plain_cpu.1},
             "cpu_s_delivering": {"server": pushed_cpu.0, "load_and_receiver": pushed_cpu.1},
@@ -1334,6 +1364,7 @@ async fn delivery(n: usize, rounds: usize) -> Result<()> {
     let summary = serde_json::json!({
         "cases": n, "rounds": json_rounds,
         "intake_ratio_median": median(&mut ratios),
+        "intake_ratio_beside_stuck_destination_median": median(&mut stuck_ratios),
         "webhook_msgs_per_s_median": median(&mut webhook_rates),
         "stream_msgs_per_s_median": median(&mut stream_rates),
         "commit_to_receipt_ms": {"n": latency.len(), "p50": pct_ms(&latency, 0.5), "p99": pct_ms(&latency, 0.99), "max": pct_ms(&latency, 1.0)},

@@ -307,3 +307,32 @@ fn token_issue_mints_for_a_dev_server_and_refuses_unknown_roles_and_missing_keys
     let o = shenguan(&["token", "issue", "--role", "platform", "--db", db_s]);
     assert!(last_line(&o).contains("is not a dev key"), "{}", stderr(&o));
 }
+
+#[test]
+fn serve_refuses_a_bad_outbound_configuration_before_it_opens_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("o.db");
+    let db = db.to_str().expect("path");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("path").to_owned()
+    };
+    let short = write("short.secret", "too short");
+    let hook = |secret: &str| {
+        format!("[[destination]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/h\"\nchannels = [\"sms\"]\nsecret_file = {secret:?}\n")
+    };
+    let cases = [
+        (write("syntax.toml", "[[destination]\n"), "syntax.toml: TOML parse error at line 1"),
+        (write("nosecret.toml", &hook("/no/such.secret")), "destination hook: /no/such.secret: No such file"),
+        (write("short.toml", &hook(&short)), "the secret must be at least 16 bytes"),
+        (write("twice.toml", &format!("{}{}", hook(&short), hook(&short))), "named twice"),
+        (write("huge.toml", &"#".repeat(2 << 20)), "larger than 1 MiB"),
+    ];
+    for (file, expected) in cases {
+        let o = shenguan(&["serve", "--db", db, "--listen", "127.0.0.1:0", "--outbound", &file]);
+        assert_eq!(o.status.code(), Some(1), "{file}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expected), "{file}: {}", stderr(&o));
+    }
+    assert!(!dir.path().join("o.db").exists(), "no database is created for a refused configuration");
+}

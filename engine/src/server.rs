@@ -236,6 +236,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let db = options.engine.db.clone();
+    // A destination's files are checked before the database is touched.
+    for d in &options.outbound.destinations {
+        crate::outbound::send::check(d)?;
+    }
     let mut engine_config = options.engine;
     engine_config.routes = options.outbound.routes();
     engine_config.outbox_retention =

@@ -156,39 +156,7 @@ impl Sender {
         reader: Arc<dyn ReadStore>,
         templates: Arc<BTreeMap<String, String>>,
     ) -> Result<Sender, SetupError> {
-        let secret = match &d.secret_file {
-            Some(path) => {
-                let raw = read_file(&d.name, path)?;
-                let trimmed = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
-                if trimmed.len() < 16 {
-                    return Err(SetupError::File {
-                        name: d.name.clone(),
-                        path: path.display().to_string(),
-                        message: "the secret must be at least 16 bytes".into(),
-                    });
-                }
-                Some(trimmed)
-            }
-            None => None,
-        };
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(d.timeout_secs))
-            .connect_timeout(Duration::from_secs(d.timeout_secs.min(10)))
-            .pool_max_idle_per_host(d.concurrency)
-            .user_agent(concat!("shenguan/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &d.ca_file {
-            let pem = read_file(&d.name, path)?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SetupError::File {
-                name: d.name.clone(),
-                path: path.display().to_string(),
-                message: format!("not a PEM certificate bundle: {e}"),
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client =
-            builder.build().map_err(|e| SetupError::Client { name: d.name.clone(), message: e.to_string() })?;
+        let (secret, client) = (secret_of(d)?, client_of(d)?);
         let url = reqwest::Url::parse(&d.url)
             .map_err(|e| SetupError::Client { name: d.name.clone(), message: format!("url: {e}") })?;
         let rate = d.rate_per_second.or((d.kind == Kind::Sms).then_some(DEFAULT_SMS_RATE));
@@ -311,6 +279,49 @@ impl Sender {
             recorded_at: rfc3339(entry.at),
         })
     }
+}
+
+/// Checks what a destination needs from the file system (its secret, its CA file) and that its
+/// HTTP client can be built: the server calls this before it opens the database, so a wrong
+/// path is reported before anything starts.
+pub fn check(d: &Destination) -> Result<(), SetupError> {
+    secret_of(d)?;
+    client_of(d)?;
+    Ok(())
+}
+
+fn secret_of(d: &Destination) -> Result<Option<Vec<u8>>, SetupError> {
+    let Some(path) = &d.secret_file else { return Ok(None) };
+    let raw = read_file(&d.name, path)?;
+    let trimmed = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
+    if trimmed.len() < 16 {
+        return Err(SetupError::File {
+            name: d.name.clone(),
+            path: path.display().to_string(),
+            message: "the secret must be at least 16 bytes".into(),
+        });
+    }
+    Ok(Some(trimmed))
+}
+
+fn client_of(d: &Destination) -> Result<reqwest::Client, SetupError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(d.timeout_secs))
+        .connect_timeout(Duration::from_secs(d.timeout_secs.min(10)))
+        .pool_max_idle_per_host(d.concurrency)
+        .user_agent(concat!("shenguan/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &d.ca_file {
+        let pem = read_file(&d.name, path)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SetupError::File {
+            name: d.name.clone(),
+            path: path.display().to_string(),
+            message: format!("not a PEM certificate bundle: {e}"),
+        })?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| SetupError::Client { name: d.name.clone(), message: e.to_string() })
 }
 
 /// A mainland mobile number (`1[3-9]` and nine digits), with an optional `+86`/`86` prefix,

@@ -281,6 +281,12 @@ pub enum Denied {
         /// The scope, in words.
         scope: String,
     },
+    /// The object belongs to another subject (a stream consumer).
+    #[error("{what} belongs to another subject")]
+    Owner {
+        /// The object ("consumer sup-320700").
+        what: String,
+    },
 }
 
 /// Where a grant applies. `None` in a field: no limit on it.

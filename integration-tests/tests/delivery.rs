@@ -408,6 +408,7 @@ async fn a_stream_consumer_resumes_after_its_last_ack_missing_nothing_and_seeing
     let mut stranger = EventsServiceClient::new(server.as_who(&Who::new("zwfw-other", "platform", "320700", "", "")));
     let e = stranger.subscribe(subscribe("sup-320700", 10)).await.expect_err("not theirs");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert_eq!(e.message(), "zwfw-other: consumer sup-320700 belongs to another subject");
     let e =
         stranger.ack(pb::AckRequest { consumer: "sup-320700".into(), up_to: u64::MAX }).await.expect_err("not theirs");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);

@@ -24,7 +24,7 @@ use super::{authorize, status, Shared};
 use crate::auth::Right;
 use crate::proto;
 use crate::proto::events_service_server::EventsService;
-use crate::store::{ConsumerCursor, StoredMessage};
+use crate::store::{ConsumerCursor, StoredConsumer, StoredMessage};
 use crate::writer::Outbound;
 
 /// Unacknowledged messages a stream sends when the request names no limit.
@@ -86,6 +86,16 @@ impl Events {
 }
 
 impl Events {
+    /// The stored consumer `name`, if any: PERMISSION_DENIED (logged and counted) when it
+    /// belongs to another subject.
+    async fn owned(&self, auth: &super::Authorized, name: &str) -> Result<Option<StoredConsumer>, Status> {
+        let stored = self.shared.reader.consumer(name).await.map_err(|e| status::read_error(&e))?;
+        if let Some(c) = &stored {
+            auth.require_owner(&self.shared, &c.owner, || format!("consumer {name}"))?;
+        }
+        Ok(stored)
+    }
+
     /// Records (creating it if new) a consumer's position; answers once durable.
     async fn save(&self, name: &str, owner: String, acked: u64) -> Result<(), Status> {
         let cursor = ConsumerCursor { name: name.to_owned(), owner, acked, at: self.shared.context().clock.now() };
@@ -170,17 +180,10 @@ impl EventsService for Events {
             n if n > MAX_IN_FLIGHT => return Err(status::invalid("max_in_flight", format!("at most {MAX_IN_FLIGHT}"))),
             n => n,
         } as usize;
-        let subject = auth.caller().to_owned();
-        let acked = match self.shared.reader.consumer(&req.consumer).await.map_err(|e| status::read_error(&e))? {
-            Some(c) if c.owner != subject => {
-                return Err(Status::permission_denied(format!(
-                    "{subject}: the consumer {} belongs to another subject",
-                    req.consumer
-                )))
-            }
+        let acked = match self.owned(&auth, &req.consumer).await? {
             Some(c) => c.acked,
             None => {
-                self.save(&req.consumer, subject, 0).await?;
+                self.save(&req.consumer, auth.caller().to_owned(), 0).await?;
                 0
             }
         };
@@ -207,23 +210,11 @@ impl EventsService for Events {
         let auth = authorize(&self.shared, &request, Right::Subscribe)?;
         let req = request.into_inner();
         check_consumer(&req.consumer)?;
-        let subject = auth.caller().to_owned();
-        let stored = self
-            .shared
-            .reader
-            .consumer(&req.consumer)
-            .await
-            .map_err(|e| status::read_error(&e))?
-            .ok_or_else(|| status::not_found("consumer", &req.consumer))?;
-        if stored.owner != subject {
-            return Err(Status::permission_denied(format!(
-                "{subject}: the consumer {} belongs to another subject",
-                req.consumer
-            )));
-        }
+        let stored =
+            self.owned(&auth, &req.consumer).await?.ok_or_else(|| status::not_found("consumer", &req.consumer))?;
         let acked = stored.acked.max(req.up_to);
         if req.up_to > stored.acked {
-            self.save(&req.consumer, subject, req.up_to).await?;
+            self.save(&req.consumer, auth.caller().to_owned(), req.up_to).await?;
         }
         self.shared.live.acked(&req.consumer, acked);
         Ok(Response::new(proto::AckReply { acked }))

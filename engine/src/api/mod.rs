@@ -120,6 +120,14 @@ impl Authorized {
         Err(deny(shared, &self.caller, "scope", &denied))
     }
 
+    /// PERMISSION_DENIED for `what` (logged and counted) unless it belongs to the caller.
+    pub fn require_owner(&self, shared: &Shared, owner: &str, what: impl FnOnce() -> String) -> Result<(), Status> {
+        if owner == self.caller() {
+            return Ok(());
+        }
+        Err(deny(shared, &self.caller, "owner", &Denied::Owner { what: what() }))
+    }
+
     /// The region of a case or task id must be in scope.
     pub fn require_region(&self, shared: &Shared, region: &str, what: &str, id: &str) -> Result<(), Status> {
         self.require(shared, self.grant.scope.has_region(region), || format!("{what} {id}"))

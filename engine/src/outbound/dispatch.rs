@@ -202,6 +202,8 @@ impl Worker {
         let mut cursor = 0u64;
         let mut look = true;
         let mut in_flight: JoinSet<Attempt> = JoinSet::new();
+        // Which instance each delivery task is for: a task that panics answers only its id.
+        let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut marks: Vec<OutboxMark> = Vec::new();
         let mut flushing: JoinSet<(Vec<OutboxMark>, Result<(), WriteError>)> = JoinSet::new();
         let mut store_pause: Option<tokio::time::Instant> = None;
@@ -241,12 +243,13 @@ impl Worker {
             while in_flight.len() < self.concurrency {
                 let Some(instance) = self.window.ready.pop_front() else { break };
                 let Some(m) = self.window.lanes.get(&instance).and_then(VecDeque::front).cloned() else { continue };
-                self.window.busy.insert(instance);
+                self.window.busy.insert(instance.clone());
                 let sender = self.sender.clone();
-                in_flight.spawn(async move {
+                let task = in_flight.spawn(async move {
                     let result = sender.send(&m, m.attempts + 1).await;
                     (m, result)
                 });
+                tasks.insert(task.id(), instance);
             }
             if marks.is_empty() {
                 marks_since = None;
@@ -281,16 +284,19 @@ impl Worker {
                 sleep.as_mut().reset(sleep_until);
             }
             tokio::select! {
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    match done {
-                        Ok(attempt) => marks.push(self.settle(attempt)),
-                        Err(e) => tracing::error!(destination = %self.name, error = %e, "a delivery task failed"),
-                    }
+                Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                     // Take every other finished one too, so their marks share a write.
-                    while let Some(done) = in_flight.try_join_next() {
-                        if let Ok(attempt) = done {
-                            marks.push(self.settle(attempt));
-                        }
+                    let mut next = Some(done);
+                    while let Some(done) = next {
+                        let mark = match done {
+                            Ok((id, attempt)) => {
+                                tasks.remove(&id);
+                                Some(self.settle(attempt))
+                            }
+                            Err(e) => tasks.remove(&e.id()).and_then(|instance| self.settle_lost(&instance, &e)),
+                        };
+                        marks.extend(mark);
+                        next = in_flight.try_join_next_with_id();
                     }
                 }
                 Some(flushed) = flushing.join_next(), if !flushing.is_empty() => {
@@ -335,24 +341,16 @@ impl Worker {
         self.window.busy.remove(&m.instance);
         let attempts = m.attempts + 1;
         let dest = self.name.as_str();
-        let mark = match result {
+        // (state, retry at, last error, receipt)
+        let (status, next_attempt_at, last_error, receipt) = match result {
             Ok(delivered) => {
                 self.metrics.outbound_attempts.with_label_values(&[dest, "delivered"]).inc();
-                let engine_now = self.clock.now();
                 // Commit-to-receipt is real time; with a virtual engine clock it means nothing.
-                if (engine_now - now).abs() < 5_000 {
+                if (self.clock.now() - now).abs() < 5_000 {
                     self.metrics.outbound_latency_seconds.observe((now - m.created_at).max(0) as f64 / 1000.0);
                 }
-                self.pop(&m);
-                OutboxMark {
-                    id: m.id,
-                    status: DeliveryState::Delivered,
-                    attempts,
-                    next_attempt_at: 0,
-                    last_error: m.last_error.clone(),
-                    receipt: delivered.receipt,
-                    at: now,
-                }
+                self.pop(&m, now);
+                (DeliveryState::Delivered, 0, m.last_error.clone(), delivered.receipt)
             }
             Err(failed) => {
                 let since = m.first_failed_at.unwrap_or(now);
@@ -369,16 +367,8 @@ impl Worker {
                 if dead {
                     self.metrics.outbound_attempts.with_label_values(&[dest, "dead"]).inc();
                     tracing::warn!(destination = dest, key = %m.key, attempts, error = %error, "message is a dead letter");
-                    self.pop(&m);
-                    OutboxMark {
-                        id: m.id,
-                        status: DeliveryState::Dead,
-                        attempts,
-                        next_attempt_at: 0,
-                        last_error: Some(error),
-                        receipt: None,
-                        at: now,
-                    }
+                    self.pop(&m, now);
+                    (DeliveryState::Dead, 0, Some(error), None)
                 } else {
                     self.metrics.outbound_attempts.with_label_values(&[dest, "retry"]).inc();
                     let at = now
@@ -391,29 +381,31 @@ impl Worker {
                         front.first_failed_at = Some(since);
                     }
                     self.window.schedule(&m.instance, now);
-                    OutboxMark {
-                        id: m.id,
-                        status: DeliveryState::Pending,
-                        attempts,
-                        next_attempt_at: at,
-                        last_error: Some(error),
-                        receipt: None,
-                        at: now,
-                    }
+                    (DeliveryState::Pending, at, Some(error), None)
                 }
             }
         };
-        mark
+        OutboxMark { id: m.id, status, attempts, next_attempt_at, last_error, receipt, at: now }
+    }
+
+    /// A delivery task that ended without an answer (it panicked): the attempt failed, and its
+    /// message — still the front of its lane — is retried like any other failure, so the lane
+    /// does not stall with the instance marked busy forever.
+    fn settle_lost(&mut self, instance: &str, error: &tokio::task::JoinError) -> Option<OutboxMark> {
+        tracing::error!(destination = %self.name, %instance, %error, "a delivery task failed");
+        let m = self.window.lanes.get(instance).and_then(VecDeque::front).cloned()?;
+        let failed = Failed { error: format!("the delivery task failed: {error}"), permanent: false };
+        Some(self.settle((m, Err(failed))))
     }
 
     /// Takes a settled message off the front of its lane and schedules the next.
-    fn pop(&mut self, m: &StoredMessage) {
+    fn pop(&mut self, m: &StoredMessage, now: Millis) {
         if let Some(lane) = self.window.lanes.get_mut(&m.instance) {
             if lane.front().is_some_and(|f| f.id == m.id) {
                 lane.pop_front();
             }
         }
-        self.window.schedule(&m.instance, wall_ms());
+        self.window.schedule(&m.instance, now);
     }
 }
 

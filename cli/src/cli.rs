@@ -443,7 +443,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Outbox { conn, command } => crate::client::outbox(&conn, command).await,
         Command::Webhook(WebhookCommand::Verify { secret_file, timestamp, signature, body, tolerance }) => {
             let secret = std::fs::read(&secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
-            let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
+            let secret = shenguan::outbound::sign::secret_from_file(&secret);
             let body = if body.as_os_str() == "-" {
                 let mut b = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).context("reading stdin")?;

@@ -293,7 +293,7 @@ pub fn check(d: &Destination) -> Result<(), SetupError> {
 fn secret_of(d: &Destination) -> Result<Option<Vec<u8>>, SetupError> {
     let Some(path) = &d.secret_file else { return Ok(None) };
     let raw = read_file(&d.name, path)?;
-    let trimmed = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
+    let trimmed = super::sign::secret_from_file(&raw);
     if trimmed.len() < 16 {
         return Err(SetupError::File {
             name: d.name.clone(),

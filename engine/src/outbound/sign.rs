@@ -37,6 +37,13 @@ pub enum VerifyError {
     Mismatch,
 }
 
+/// The key a secret file holds: its contents without surrounding whitespace (an editor's
+/// trailing newline must not change the key). The engine and `shenguan webhook verify` read
+/// secret files through this, so both sides agree on the key.
+pub fn secret_from_file(contents: &[u8]) -> Vec<u8> {
+    contents.trim_ascii().to_vec()
+}
+
 fn mac(secret: &[u8], timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
     // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
     let mut mac =
@@ -106,6 +113,16 @@ mod tests {
             assert!(verify(secret, "1800000000", bad, body, 1_800_000_000, 300).is_err(), "{bad:?}");
         }
         assert!(matches!(verify(secret, "soon", &sig, body, 0, 300), Err(VerifyError::Timestamp(_))));
+    }
+
+    #[test]
+    fn a_secret_file_is_its_bytes_without_surrounding_whitespace() {
+        assert_eq!(secret_from_file(b"  s3cret key\n"), b"s3cret key");
+        assert_eq!(
+            secret_from_file(b"\xff\xfe raw\r\n"),
+            b"\xff\xfe raw",
+            "bytes that are not UTF-8 are kept as they are"
+        );
     }
 
     #[test]

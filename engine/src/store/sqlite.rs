@@ -765,34 +765,24 @@ impl Store for SqliteStore {
     }
 
     async fn prune_idempotency(&mut self, before: Millis, limit: u32) -> Result<u64, Error> {
-        let conn = self.conn().await?;
-        let result = sqlx::query(
+        self.delete_page(
             "DELETE FROM idempotency WHERE key IN \
              (SELECT key FROM idempotency WHERE created_at < ? LIMIT ?)",
+            before,
+            limit,
         )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(conn)
         .await
-        .map(|r| r.rows_affected())
-        .map_err(Error::from);
-        self.after(result).await
     }
 
     async fn prune_outbox(&mut self, before: Millis, limit: u32) -> Result<u64, Error> {
-        let conn = self.conn().await?;
         // Oldest first by id (ids grow with time): the scan stops after `limit` old rows.
-        let result = sqlx::query(
+        self.delete_page(
             "DELETE FROM outbox WHERE id IN \
              (SELECT id FROM outbox WHERE status IN ('delivered', 'stream') AND created_at < ? ORDER BY id LIMIT ?)",
+            before,
+            limit,
         )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(conn)
         .await
-        .map(|r| r.rows_affected())
-        .map_err(Error::from);
-        self.after(result).await
     }
 
     async fn timers_page(&mut self, from: &TimerFrom, before: Millis, limit: u32) -> Result<Vec<TimerRow>, Error> {
@@ -823,6 +813,20 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Runs a prune: `sql` deletes up to the second parameter's rows older than the first;
+    /// answers how many it deleted.
+    async fn delete_page(&mut self, sql: &'static str, before: Millis, limit: u32) -> Result<u64, Error> {
+        let conn = self.conn().await?;
+        let result = sqlx::query(sql)
+            .bind(before)
+            .bind(i64::from(limit))
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(Error::from);
+        self.after(result).await
+    }
+
     /// One instance row, if it exists.
     pub async fn instance(&mut self, id: &str) -> Result<Option<InstanceRow>, Error> {
         Ok(self.load_instances(&[id]).await?.remove(id))

@@ -339,6 +339,11 @@ impl TestServer {
         shenguan::proto::admin_service_client::AdminServiceClient::new(self.channel.clone())
     }
 
+    /// The server's `GET /metrics` answer (status line, headers and text).
+    pub async fn metrics(&self) -> Result<String> {
+        scrape(self.addr).await
+    }
+
     /// Moves the virtual clock to `to` (RFC 3339); returns once everything due has fired.
     pub async fn advance_to(&self, to: &str) -> Result<()> {
         self.admin().advance_clock(shenguan::proto::AdvanceClockRequest { by_millis: 0, to: to.to_owned() }).await?;
@@ -392,6 +397,50 @@ impl Drop for Tmpfs {
 }
 
 pub mod receiver;
+
+/// A test CA that signs server and client certificates (rcgen).
+pub struct Pki {
+    /// The CA certificate (`ca.pem()` is what a client or server trusts).
+    pub ca: rcgen::Certificate,
+    ca_params: rcgen::CertificateParams,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> Result<Pki> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca = params.self_signed(&ca_key)?;
+        Ok(Pki { ca, ca_params: params, ca_key })
+    }
+
+    /// A certificate for `names`, for a client or a server: (certificate PEM, key PEM, DER).
+    pub fn leaf(&self, names: &[&str], client: bool) -> Result<(String, String, Vec<u8>)> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem(), cert.der().to_vec()))
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.1 on the gRPC port, the way Prometheus scrapes it.
+pub async fn scrape(addr: impl tokio::net::ToSocketAddrs) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: shenguan\r\nConnection: close\r\n\r\n").await?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await?;
+    Ok(response)
+}
 
 /// Requests the suites share.
 pub mod fixtures {

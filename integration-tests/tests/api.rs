@@ -666,23 +666,13 @@ async fn missed_result_and_rectification_deadlines_escalate_and_a_failed_rectifi
     server.stop().await
 }
 
-/// `GET /metrics` over plain HTTP/1.1 on the gRPC port, the way Prometheus scrapes it.
-async fn scrape(server: &TestServer) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(server.addr).await?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: shenguan\r\nConnection: close\r\n\r\n").await?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
 #[tokio::test]
 async fn metrics_count_commands_commits_fired_timers_and_breaches_by_department() -> Result<()> {
     let server = TestServer::start("2026-09-30T10:00:00+08:00").await?;
     server.intake().accept_case(accept("M-1", Route::Normal, Scenario::Unspecified)).await?;
     complete(&server, "320700/M-1").await?;
     server.advance_to("2026-10-11T00:00:00+08:00").await?;
-    let text = scrape(&server).await?;
+    let text = server.metrics().await?;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("shenguan_commands_total{kind=\"start\",result=\"applied\"} 2"), "{text}");
     assert!(text.contains("shenguan_timers_fired_total 1"), "{text}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use base64::Engine as _;
 use integration_tests::fixtures::{accept, deferral};
-use integration_tests::{bearer, Authed, TestServer, Who};
+use integration_tests::{bearer, Authed, Pki, TestServer, Who};
 use jsonwebtoken::Algorithm;
 use shenguan::auth::verify::{self, mint_with_pem, Claims, Verifier};
 use shenguan::proto::admin_service_client::AdminServiceClient;
@@ -390,19 +390,9 @@ async fn every_rpc_by_every_role_is_allowed_or_denied_as_the_matrix_says() -> Re
         }
     }
     ensure!(wrong.is_empty(), "{} cells differ:\n{}", wrong.len(), wrong.join("\n"));
-    let metrics = reqwest_metrics(&server).await?;
+    let metrics = server.metrics().await?;
     ensure!(metrics.contains("shenguan_calls_denied_total{right=\"intake\"}"), "denials are not counted");
     server.stop().await
-}
-
-/// `GET /metrics` over HTTP/1.1 on the gRPC port, with a plain socket.
-async fn reqwest_metrics(server: &TestServer) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
 
 #[tokio::test]
@@ -553,38 +543,6 @@ async fn the_rate_limit_per_principal_answers_resource_exhausted_and_spares_othe
     let quiet = AdminServiceClient::new(server.as_who(&Who::new("quiet", "auditor", "320700", "", "")));
     quiet.clone().calendar_status(pb::CalendarStatusRequest {}).await?;
     server.stop().await
-}
-
-/// A CA, a server certificate for 127.0.0.1/localhost, and client certificates.
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_params: rcgen::CertificateParams,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new(name: &str) -> Result<Pki> {
-        let ca_key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let ca = params.self_signed(&ca_key)?;
-        Ok(Pki { ca, ca_params: params, ca_key })
-    }
-
-    /// (certificate PEM, key PEM, DER).
-    fn leaf(&self, names: &[&str], client: bool) -> Result<(String, String, Vec<u8>)> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok((cert.pem(), key.serialize_pem(), cert.der().to_vec()))
-    }
 }
 
 #[tokio::test]

@@ -300,7 +300,7 @@ async fn a_destination_that_never_answers_holds_neither_intake_nor_the_other_des
     let stuck_requests = stuck.received().len();
     assert!(stuck_requests <= 2, "the stuck destination has only its concurrency in flight: {stuck_requests}");
     // It holds at most its queue in memory; the rest waits in the database.
-    let metrics = reqwest_free_scrape(&server).await?;
+    let metrics = server.metrics().await?;
     let window = metrics
         .lines()
         .find(|l| l.starts_with("shenguan_outbound_window{destination=\"stuck\"}"))
@@ -310,16 +310,6 @@ async fn a_destination_that_never_answers_holds_neither_intake_nor_the_other_des
     assert!((0..=10).contains(&window), "window {window}");
     assert!(metrics.contains("shenguan_outbound_backlog{destination=\"stuck\"} 60"), "{metrics}");
     server.stop().await
-}
-
-/// `GET /metrics` over a plain socket.
-async fn reqwest_free_scrape(server: &TestServer) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
 
 #[tokio::test]
@@ -537,16 +527,11 @@ async fn webhooks_over_tls_trust_the_configured_ca_and_refuse_an_unknown_one() -
     let dir = tempfile::tempdir()?;
     let secret = secret_in(dir.path())?;
     // A private CA, and the receiver's certificate for localhost signed by it.
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key)?;
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
-        .signed_by(&key, &rcgen::Issuer::from_params(&ca_params, &ca_key))?;
-    let trusted = Receiver::start_tls(&cert.pem(), &key.serialize_pem(), |_, _| Answer::Ok).await?;
+    let pki = integration_tests::Pki::new("private CA")?;
+    let (cert, key, _) = pki.leaf(&["localhost"], false)?;
+    let trusted = Receiver::start_tls(&cert, &key, |_, _| Answer::Ok).await?;
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem())?;
+    std::fs::write(&ca_file, pki.ca.pem())?;
     let mut good = destination("internal", &trusted.url(), &["supervision"], &secret);
     good.ca_file = Some(ca_file);
     // The same receiver, without the CA: its certificate must not be accepted.

@@ -448,16 +448,6 @@ async fn storage_floor(dir: &Path, n: usize, batch: usize) -> Result<Phase> {
     Ok(Phase { name: if batch >= 500 { "floor: storage, 500/tx" } else { "floor: storage" }, ops: n, wall, latencies })
 }
 
-/// The server's /metrics text.
-async fn metrics(addr: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n").await?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).await?;
-    Ok(text)
-}
-
 /// A metric's value from /metrics text (0 when absent).
 fn metric(text: &str, name: &str) -> f64 {
     let prefix = format!("{name} ");
@@ -489,7 +479,7 @@ fn lateness_pct(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> f64 {
 
 /// (average commands per commit, average commit ms) so far, from the server's /metrics.
 async fn commit_stats(addr: &str) -> Result<(f64, f64)> {
-    let text = metrics(addr).await?;
+    let text = integration_tests::scrape(addr).await?;
     let value = |name: &str| metric(&text, name.trim_end());
     let commits = value("shenguan_commit_seconds_count ").max(1.0);
     Ok((value("shenguan_commit_batch_size_sum ") / commits, value("shenguan_commit_seconds_sum ") * 1000.0 / commits))
@@ -720,7 +710,7 @@ async fn load_and_time(
     text: &str,
     done: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<(Duration, Duration, f64)> {
-    let before = metric(&metrics(addr).await?, "shenguan_replanned_instances_total");
+    let before = metric(&integration_tests::scrape(addr).await?, "shenguan_replanned_instances_total");
     let loaded_at = Instant::now();
     admin
         .load_calendar(shenguan::proto::LoadCalendarRequest {
@@ -733,7 +723,7 @@ async fn load_and_time(
     let answered = loaded_at.elapsed();
     loop {
         // A load generator may poll: it measures, it does not synchronise anything.
-        let text = metrics(addr).await?;
+        let text = integration_tests::scrape(addr).await?;
         if metric(&text, "shenguan_calendar_replans_running") == 0.0 {
             if let Some(done) = done {
                 done.store(true, Ordering::Relaxed);
@@ -804,7 +794,7 @@ async fn main() -> Result<()> {
     let catch_up = if overdue > 0 {
         let until = Instant::now() + Duration::from_secs(300);
         loop {
-            let text = metrics(&server.addr).await?;
+            let text = integration_tests::scrape(server.addr.as_str()).await?;
             let fired = metric(&text, "shenguan_timers_fired_total");
             if fired >= (2 * overdue) as f64 || Instant::now() > until {
                 let last = metric(&text, "shenguan_timer_last_fire_commit_unix_ms") as i64;
@@ -857,10 +847,10 @@ async fn main() -> Result<()> {
     let lead_ms = i64::try_from(args.lead.as_millis())?;
     let snapshot_at = Instant::now() + Duration::from_millis(u64::try_from((due - now_ms() - lead_ms / 4).max(0))?);
     tokio::time::sleep_until(snapshot_at.into()).await;
-    let hist_before = lateness_buckets(&metrics(&server.addr).await?);
+    let hist_before = lateness_buckets(&integration_tests::scrape(server.addr.as_str()).await?);
     let until = Instant::now() + args.lead + Duration::from_secs(30);
     let (mut late, total, distinct) = wait_for_fires(&db, "w3", args.timers, until).await?;
-    let after_w3 = metrics(&server.addr).await?;
+    let after_w3 = integration_tests::scrape(server.addr.as_str()).await?;
     let hist_after = lateness_buckets(&after_w3);
     let last_commit = metric(&after_w3, "shenguan_timer_last_fire_commit_unix_ms") as i64;
     let count = |h: &[(f64, f64)]| h.last().map_or(0.0, |(_, n)| *n);
@@ -1084,15 +1074,10 @@ async fn w12(n: usize, secure: bool) -> Result<()> {
     let mut auth = Auth(None);
     if secure {
         // A CA and a server certificate for localhost; the identity provider's ES256 key.
-        let ca_key = rcgen::KeyPair::generate()?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key)?;
-        let key = rcgen::KeyPair::generate()?;
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
-            .signed_by(&key, &rcgen::Issuer::from_params(&ca_params, &ca_key))?;
-        std::fs::write(dir.path().join("server.crt"), cert.pem())?;
-        std::fs::write(dir.path().join("server.key"), key.serialize_pem())?;
+        let pki = integration_tests::Pki::new("load CA")?;
+        let (cert, key, _) = pki.leaf(&["localhost"], false)?;
+        std::fs::write(dir.path().join("server.crt"), cert)?;
+        std::fs::write(dir.path().join("server.key"), key)?;
         std::fs::create_dir(dir.path().join("keys"))?;
         let idp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         std::fs::write(dir.path().join("keys/idp.pem"), idp.public_key_pem())?;
@@ -1115,7 +1100,7 @@ async fn w12(n: usize, secure: bool) -> Result<()> {
         auth = Auth(Some(format!("Bearer {token}").parse()?));
         client_tls = Some(
             tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
+                .ca_certificate(tonic::transport::Certificate::from_pem(pki.ca.pem()))
                 .domain_name("localhost"),
         );
         extra.push("--secure".into());

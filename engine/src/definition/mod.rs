@@ -15,7 +15,7 @@ pub mod expr;
 mod raw;
 pub mod registry;
 pub mod render;
-mod template;
+pub mod template;
 mod validate;
 
 pub use registry::{embedded, Registry};

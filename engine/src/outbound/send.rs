@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::config::{Destination, Kind, DEFAULT_SMS_RATE};
 use super::sign;
+use crate::definition::template::{pieces, Piece};
 use crate::store::{ReadStore, StoredMessage};
 
 /// A delivery the receiver accepted.
@@ -335,49 +336,30 @@ pub fn mobile(raw: &str) -> Option<String> {
         .then(|| national.to_owned())
 }
 
-/// The names a template's `{placeholders}` use; an error for an unclosed or stray brace.
+/// Longest placeholder name a configured template may use.
+const MAX_NAME: usize = 64;
+
+/// The names a template's `{placeholders}` use; an error for an unclosed or stray brace, or a
+/// name longer than 64 bytes.
 pub fn placeholders(template: &str) -> Result<Vec<String>, String> {
-    let mut names = Vec::new();
-    fill_with(template, |name| {
-        names.push(name.to_owned());
-        Some(String::new())
-    })?;
-    Ok(names)
+    pieces(template)?
+        .into_iter()
+        .filter_map(|p| match p {
+            Piece::Name(name) if name.len() > MAX_NAME => Some(Err(format!("placeholder {{{name}}} is too long"))),
+            Piece::Name(name) => Some(Ok(name)),
+            Piece::Text(_) => None,
+        })
+        .collect()
 }
 
 /// `template` with each `{name}` replaced by `lookup(name)`; `{{` and `}}` are braces.
-pub fn fill(template: &str, lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
-    fill_with(template, lookup)
-}
-
-fn fill_with(template: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+pub fn fill(template: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 32);
-    let mut chars = template.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-                out.push('{');
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-                out.push('}');
-            }
-            '{' => {
-                let mut name = String::new();
-                loop {
-                    match chars.next() {
-                        Some('}') => break,
-                        Some(c) if name.len() < 64 => name.push(c),
-                        Some(_) => return Err(format!("placeholder {{{name}… is too long")),
-                        None => return Err(format!("unclosed {{{name}")),
-                    }
-                }
-                let name = name.trim();
-                out.push_str(&lookup(name).ok_or_else(|| format!("no value for {{{name}}}"))?);
-            }
-            '}' => return Err("a lone } (write }} for a brace)".into()),
-            c => out.push(c),
+    for piece in pieces(template)? {
+        match piece {
+            Piece::Text(t) => out.push_str(&t),
+            Piece::Name(name) if name.len() > MAX_NAME => return Err(format!("placeholder {{{name}}} is too long")),
+            Piece::Name(name) => out.push_str(&lookup(&name).ok_or_else(|| format!("no value for {{{name}}}"))?),
         }
     }
     Ok(out)

@@ -61,11 +61,6 @@ impl Dispatchers {
             n.notify_one();
         }
     }
-
-    /// The destinations being delivered to.
-    pub fn destinations(&self) -> impl Iterator<Item = &str> {
-        self.rescan.keys().map(String::as_str)
-    }
 }
 
 impl Drop for Dispatchers {

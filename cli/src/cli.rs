@@ -29,8 +29,16 @@ pub(crate) struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run the server (gRPC) on a SQLite database.
+    /// Run the server (gRPC) on a SQLite file or, with several nodes, on PostgreSQL.
     Serve(Box<ServeArgs>),
+    /// Apply the schema migrations this release has to a database (a SQLite file or a
+    /// PostgreSQL URL), then exit. `serve` also applies them at start; run this first to
+    /// upgrade a database while its nodes are stopped or to see what an upgrade changes.
+    Migrate {
+        /// The database: a SQLite file or `postgres://user:password@host:port/db`.
+        #[arg(long, env = "SHENGUAN_DATABASE", default_value = "shenguan.db")]
+        database: String,
+    },
     /// Working-day calendar questions.
     #[command(subcommand)]
     Calendar(CalendarCommand),
@@ -256,9 +264,28 @@ impl DataArgs {
 /// `shenguan serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// SQLite database file (created if missing).
+    /// SQLite database file (created if missing). The dev key and token are kept beside it,
+    /// also when the state is on PostgreSQL.
     #[arg(long, default_value = "shenguan.db")]
     pub(crate) db: PathBuf,
+    /// The state on PostgreSQL instead: `postgres://user:password@host:port/db` (or a SQLite
+    /// path). Several nodes may serve one PostgreSQL database.
+    #[arg(long, env = "SHENGUAN_DATABASE", value_name = "URL")]
+    pub(crate) database: Option<String>,
+    /// This node's name among several on one PostgreSQL (default: host name and process id).
+    #[arg(long, env = "SHENGUAN_NODE", value_name = "NAME")]
+    pub(crate) node: Option<String>,
+    /// How long a shard lease lasts without renewal: a stopped node's deadlines move to the
+    /// others after about this long.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) lease: std::time::Duration,
+    /// How often leases are renewed and rebalanced.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub(crate) lease_tick: std::time::Duration,
+    /// Shards instances are spread over; fixed when a PostgreSQL database is first used, and
+    /// every node must use the same count.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(crate) shards: u32,
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub(crate) listen: SocketAddr,
@@ -401,9 +428,9 @@ pub(crate) enum WorkflowCommand {
 pub(crate) enum AdminCommand {
     /// Replay every instance's history and report any that differs from its stored row.
     Verify {
-        /// SQLite database file.
-        #[arg(long, default_value = "shenguan.db")]
-        db: PathBuf,
+        /// The database: a SQLite file or a PostgreSQL URL.
+        #[arg(long, visible_alias = "database", env = "SHENGUAN_DATABASE", default_value = "shenguan.db")]
+        db: String,
         /// Definitions and calendars.
         #[command(flatten)]
         data: DataArgs,
@@ -427,6 +454,7 @@ fn out(text: impl std::fmt::Display) -> Result<()> {
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
+        Command::Migrate { database } => migrate(&database).await,
         Command::Calendar(CalendarCommand::Load { conn, file, dry_run, wait }) => {
             crate::client::calendar(&conn, crate::client::CalendarCall::Load { file, dry_run, wait }).await
         }
@@ -468,7 +496,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin(AdminCommand::Verify { db, data }) => {
-            let report = shenguan::admin::verify_file(&db, &data.registry()?, &data.calendars()?).await?;
+            let database = shenguan::store::Database::parse(&db);
+            let report = shenguan::admin::verify_database(&database, &data.registry()?, &data.calendars()?).await?;
             for (id, problem) in &report.divergent {
                 out(format!("DIVERGENT {id}: {problem}"))?;
             }
@@ -594,7 +623,21 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
             Some(VirtualClock::new(clock::from_datetime(t.with_timezone(&chrono::Utc))))
         }
     };
-    let mut config = engine::Config::new(&args.db);
+    let database = match &args.database {
+        Some(text) => shenguan::store::Database::parse(text),
+        None => shenguan::store::Database::Sqlite(args.db.clone()),
+    };
+    let sqlite = matches!(database, shenguan::store::Database::Sqlite(_));
+    let mut config = engine::Config::with_database(database);
+    config.shards = args.shards;
+    if args.lease_tick >= args.lease {
+        bail!("--lease-tick ({:?}) must be shorter than --lease ({:?})", args.lease_tick, args.lease);
+    }
+    config.cluster = Some(shenguan::cluster::Settings {
+        node: args.node.clone().unwrap_or_else(engine::default_node_name),
+        lease: args.lease,
+        tick: args.lease_tick,
+    });
     config.max_db_pages = args.max_db_pages;
     config.idempotency_retention = i64::try_from(args.idempotency_retention.as_millis())
         .map_err(|_| anyhow!("--idempotency-retention is too long"))?;
@@ -605,7 +648,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     options.credit = shenguan::domain::credit::CreditGrades::new(&args.credit_grade, &args.barred_credit_grade)
         .map_err(|e| anyhow!("credit grades: {e} (see --credit-grade and --barred-credit-grade)"))?;
     // Said before the dev key is made beside it, as the database would say it.
-    if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+    if let Some(dir) = args.db.parent().filter(|d| sqlite && !d.as_os_str().is_empty() && !d.is_dir()) {
         bail!("cannot open database {}: directory {} does not exist", args.db.display(), dir.display());
     }
     if let Some(path) = &args.outbound {
@@ -620,6 +663,24 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         tracing::info!("shutting down");
     };
     shenguan::server::run(options, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shenguan migrate`.
+async fn migrate(database: &str) -> Result<ExitCode> {
+    let database = shenguan::store::Database::parse(database);
+    let done = shenguan::store::migrate(&database).await?;
+    if done.applied.is_empty() {
+        println!("{}: schema is up to date (version {})", database.describe(), done.version);
+    } else {
+        let list: Vec<String> = done.applied.iter().map(i64::to_string).collect();
+        println!(
+            "{}: applied migration(s) {}; schema is at version {}",
+            database.describe(),
+            list.join(", "),
+            done.version
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -43,6 +43,10 @@ pub(crate) struct DemoArgs {
     /// Keep the database here instead of a temporary file (inspect it with `admin verify`).
     #[arg(long, value_name = "FILE")]
     pub(crate) db: Option<PathBuf>,
+    /// Run on this PostgreSQL database instead (it must hold no cases yet):
+    /// `postgres://user:password@host:port/db`.
+    #[arg(long, value_name = "URL", conflicts_with = "db")]
+    pub(crate) database: Option<String>,
 }
 
 const REGION: &str = "320700";
@@ -119,12 +123,22 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let clock = VirtualClock::new(chrono::DateTime::parse_from_rfc3339(&at(first, 8))?.timestamp_millis());
     let calendars = Calendars::embedded()?;
     let calendar = calendars.region(REGION).clone();
-    let mut options = shenguan::server::Options::new(
-        shenguan::engine::Config::new(&db),
-        Arc::new(Registry::embedded()?),
-        calendars,
-        Some(clock),
-    );
+    let config = match &args.database {
+        Some(url) => {
+            let database = shenguan::store::Database::parse(url);
+            if let Ok(reader) = database.reader(1).await {
+                if reader.count(shenguan::store::Table::Instances).await.unwrap_or(0) > 0 {
+                    anyhow::bail!(
+                        "{} already holds cases; the demo starts from an empty database",
+                        database.describe()
+                    );
+                }
+            }
+            shenguan::engine::Config::with_database(database)
+        }
+        None => shenguan::engine::Config::new(&db),
+    };
+    let mut options = shenguan::server::Options::new(config, Arc::new(Registry::embedded()?), calendars, Some(clock));
     // The other systems: local receivers, one path each, every channel routed to one of them.
     let secret = b"demo secret shared with the receivers";
     let (inbox_addr, inbox) = crate::inbox::start(secret).await?;
@@ -269,6 +283,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     println!("\nDone in {:.1} s of wall time. Every step above was a durable gRPC call; deadlines fired on the virtual clock.", started.elapsed().as_secs_f64());
     if let Some(db) = &args.db {
         println!("The database is kept at {}: try `shenguan admin verify --db {}`.", db.display(), db.display());
+    }
+    if let Some(url) = &args.database {
+        println!(
+            "The cases are kept in {}: try `shenguan admin verify --database <that URL>`.",
+            shenguan::store::postgres::redact(url)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

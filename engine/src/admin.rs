@@ -29,6 +29,18 @@ pub async fn verify_file(path: &std::path::Path, registry: &Registry, calendars:
     verify(&crate::store::read::Reader::open_existing(path).await?, registry, calendars).await
 }
 
+/// Verifies `database`, read-only.
+pub async fn verify_database(
+    database: &crate::store::Database,
+    registry: &Registry,
+    calendars: &Calendars,
+) -> Result<Report, Error> {
+    match database {
+        crate::store::Database::Sqlite(path) => verify_file(path, registry, calendars).await,
+        crate::store::Database::Postgres(_) => verify(&*database.reader(2).await?, registry, calendars).await,
+    }
+}
+
 /// Every calendar set the database has held, by generation: replay computes each history
 /// entry with the set it was computed with. Generation 0 (entries written before calendars
 /// were stored) is the seed. A database with no stored calendars uses `fallback` throughout.

@@ -7,6 +7,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::cluster::{Keeper, Ownership};
+use crate::store::{Database, Store};
+
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
@@ -14,6 +17,7 @@ use crate::calendar::{Calendars, Live};
 use crate::clock::{Clock, Millis};
 use crate::definition::Registry;
 use crate::machine::Command;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::{Options, SqliteStore};
 use crate::timer::service::{Control, Service};
 use crate::timer::{self, TimerIndex};
@@ -53,8 +57,11 @@ impl Context {
 /// Engine settings; each is also a `shenguan serve` option (see `shenguan serve --help`).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The SQLite database file.
-    pub db: PathBuf,
+    /// Where the state lives.
+    pub database: Database,
+    /// This node among several on one PostgreSQL (name, lease timings); `None` on PostgreSQL
+    /// means defaults with a name made of the host name and process id. Unused on SQLite.
+    pub cluster: Option<crate::cluster::Settings>,
     /// Most commands committed in one transaction.
     pub max_batch: usize,
     /// Number of shards.
@@ -91,10 +98,16 @@ pub const DEFAULT_IDEMPOTENCY_RETENTION: Millis = 7 * 24 * 60 * 60 * 1000;
 pub const DEFAULT_OUTBOX_RETENTION: Millis = 30 * 24 * 60 * 60 * 1000;
 
 impl Config {
-    /// Defaults for a database at `db`.
+    /// Defaults for a SQLite database at `db`.
     pub fn new(db: impl Into<PathBuf>) -> Self {
+        Self::with_database(Database::Sqlite(db.into()))
+    }
+
+    /// Defaults for `database`.
+    pub fn with_database(database: Database) -> Self {
         Config {
-            db: db.into(),
+            database,
+            cluster: None,
             max_batch: 4096,
             shards: 64,
             horizon: 5 * 60 * 1000,
@@ -129,19 +142,89 @@ pub struct Engine {
     context: Context,
     timers: Arc<Mutex<TimerIndex>>,
     tasks: Vec<JoinHandle<()>>,
+    cluster: Option<Cluster>,
+}
+
+/// What a node among several runs besides the writer and the timer service.
+struct Cluster {
+    pool: sqlx::PgPool,
+    ownership: Arc<Ownership>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A default node name: host name and process id, unique on one machine and across machines.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 impl Engine {
-    /// Opens the database and starts the writer and the timer service.
+    /// Opens the database and starts the writer and the timer service (and, on PostgreSQL, the
+    /// lease keeper and the notification listener: the node takes its share of the shards
+    /// before it loads any timer).
     pub async fn start(config: Config, context: Context) -> Result<Engine, Error> {
         // A new database starts with the calendars the engine was given; an existing one keeps
         // what it holds.
-        let options = Options {
-            max_pages: config.max_db_pages,
-            calendar_seed: context.calendars.current().files().to_vec(),
-            seeded_at: context.clock.now(),
-        };
-        let store = SqliteStore::open(&config.db, &options).await?;
+        let seed = context.calendars.current().files().to_vec();
+        match config.database.clone() {
+            Database::Sqlite(path) => {
+                let options =
+                    Options { max_pages: config.max_db_pages, calendar_seed: seed, seeded_at: context.clock.now() };
+                let store = SqliteStore::open(&path, &options).await?;
+                Self::launch(store, config, context, None).await
+            }
+            Database::Postgres(url) => {
+                let options = crate::store::postgres::Options {
+                    calendar_seed: seed,
+                    seeded_at: context.clock.now(),
+                    ..Default::default()
+                };
+                let store = PgStore::open(&url, &options).await?;
+                crate::cluster::prepare(store.pool(), config.shards).await?;
+                let settings =
+                    config.cluster.clone().unwrap_or_else(|| crate::cluster::Settings::new(default_node_name()));
+                let ownership = Ownership::new(settings.node.clone(), config.shards);
+                let pool = store.pool().clone();
+                let mut engine = Self::launch(store, config, context, Some(ownership.clone())).await?;
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let keeper = Keeper::new(
+                    pool.clone(),
+                    ownership.clone(),
+                    engine.handle(),
+                    settings.clone(),
+                    engine.context.metrics.clone(),
+                );
+                // The first round before serving: a node that can see the database starts with
+                // its share (a failure is retried by the keeper's loop).
+                if let Err(e) = keeper.tick().await {
+                    tracing::warn!(error = %e, "cannot take shard leases yet; will try again");
+                }
+                let listener = tokio::spawn(crate::cluster::listen(
+                    pool.clone(),
+                    ownership.clone(),
+                    engine.handle(),
+                    engine.context.published.clone(),
+                    stopped.clone(),
+                ));
+                let keeper = tokio::spawn(keeper.run(stopped));
+                tracing::info!(node = %settings.node, shards = ?ownership.held(), "node joined");
+                engine.cluster = Some(Cluster { pool, ownership, stop, tasks: vec![keeper, listener] });
+                Ok(engine)
+            }
+        }
+    }
+
+    async fn launch<S: Store>(
+        store: S,
+        config: Config,
+        context: Context,
+        ownership: Option<Arc<Ownership>>,
+    ) -> Result<Engine, Error> {
         let clock = context.clock.clone();
         let timers = Arc::new(Mutex::new(TimerIndex::new(clock.now())));
         let wake = Arc::new(Notify::new());
@@ -155,11 +238,14 @@ impl Engine {
                 max_batch: config.max_batch,
                 shards: config.shards,
                 page: config.page,
-                cache: config.cache_instances,
+                // Other nodes write too: a cached instance may be stale, and a stale one costs a
+                // whole batch's conflict. Every batch reads its instances.
+                cache: if ownership.is_some() { 0 } else { config.cache_instances },
                 idempotency_retention: config.idempotency_retention,
                 replan_page: config.replan_page,
                 routes: Arc::new(config.routes.clone()),
                 outbox_retention: config.outbox_retention,
+                ownership: ownership.clone(),
             },
         );
         writer.prepare().await?;
@@ -173,8 +259,13 @@ impl Engine {
             timer::service::Settings { horizon: config.horizon, retry: config.retry },
         );
         let service_task = tokio::spawn(service.run());
-        tracing::info!(db = %config.db.display(), "engine started");
-        Ok(Engine { writer: handle, control, context, timers, tasks: vec![writer_task, service_task] })
+        tracing::info!(db = %config.database.describe(), "engine started");
+        Ok(Engine { writer: handle, control, context, timers, tasks: vec![writer_task, service_task], cluster: None })
+    }
+
+    /// The shards this node holds, when it is one of several on PostgreSQL.
+    pub fn ownership(&self) -> Option<Arc<Ownership>> {
+        self.cluster.as_ref().map(|c| c.ownership.clone())
     }
 
     /// Applies a command; answers once it is durable.
@@ -209,12 +300,24 @@ impl Engine {
     /// Stops the tasks. Commands already answered are durable; queued ones are dropped
     /// unanswered (their callers see `ShuttingDown`).
     pub async fn shutdown(self) {
-        let Engine { writer, control, tasks, .. } = self;
+        let Engine { writer, control, tasks, cluster, .. } = self;
         drop(writer);
         drop(control);
         for task in tasks {
             task.abort();
             let _ = task.await;
+        }
+        // Only now that nothing fires: the leases go back, and the other nodes take the shards
+        // at their next tick instead of after the leases expire.
+        if let Some(cluster) = cluster {
+            let _ = cluster.stop.send(true);
+            for task in cluster.tasks {
+                let _ = task.await;
+            }
+            match crate::cluster::release(&cluster.pool, cluster.ownership.node()).await {
+                Ok(n) => tracing::info!(node = %cluster.ownership.node(), shards = n, "handed shard leases back"),
+                Err(e) => tracing::warn!(error = %e, "cannot hand shard leases back; they expire by themselves"),
+            }
         }
     }
 }

@@ -6,8 +6,10 @@
 //! - [`clock`]: the `Clock` trait, the system clock and the virtual clock.
 //! - [`definition`]: the workflow language — TOML in, validated `Definition` out; Mermaid output.
 //! - [`machine`]: the pure core, `decide`, and replay. No I/O.
-//! - [`store`]: durable state (SQLite today) behind the `Store` (write) and `ReadStore` (read)
-//!   traits.
+//! - [`store`]: durable state (SQLite, the embedded default, or PostgreSQL) behind the `Store`
+//!   (write) and `ReadStore` (read) traits.
+//! - [`cluster`]: several nodes on one PostgreSQL — shard leases, fencing epochs, the
+//!   notifications between nodes.
 //! - [`writer`]: group commit — the one path every change takes: a pure batch builder
 //!   ([`writer::batch`]) and the task that loads, commits and answers.
 //! - [`timer`]: the timing wheel, the horizon contract and its paging, the timer service.
@@ -34,6 +36,7 @@ pub mod api;
 pub mod auth;
 pub mod calendar;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod definition;
 pub mod domain;

@@ -235,7 +235,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let db = options.engine.db.clone();
+    let database = options.engine.database.clone();
     // A destination's files are checked before the database is touched.
     for d in &options.outbound.destinations {
         crate::outbound::send::check(d)?;
@@ -245,7 +245,7 @@ pub async fn run(
     engine_config.outbox_retention =
         i64::from(options.outbound.delivery.retention_days).saturating_mul(24 * 60 * 60 * 1000);
     let engine = Arc::new(Engine::start(engine_config, options.context).await?);
-    let reader: Arc<dyn crate::store::ReadStore> = Arc::new(crate::store::read::Reader::open(&db, 4).await?);
+    let reader = database.reader(8).await?;
     let dispatchers = crate::outbound::start(&options.outbound, reader.clone(), engine.handle(), engine.context())?;
     let shared = Arc::new(Shared {
         engine: engine.clone(),

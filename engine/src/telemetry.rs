@@ -63,6 +63,12 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Bytes of request messages received and not yet handed to a handler (the body gate).
     pub request_bytes_held: IntGauge,
+    /// Shards this node holds (several nodes on PostgreSQL; 0 on SQLite).
+    pub shards_held: IntGauge,
+    /// Batches rolled back because another node wrote an instance first (decided again).
+    pub conflicts: IntCounter,
+    /// Batches of timer fires (or single fires) refused because this node no longer held a shard.
+    pub fenced: IntCounter,
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -171,6 +177,16 @@ impl Metrics {
         let request_bytes_held =
             IntGauge::new("request_bytes_held", "Bytes of request messages received and not yet handed to a handler")
                 .unwrap_or_else(|_| unreachable_metric());
+        let shards_held =
+            IntGauge::new("shards_held", "Shards whose lease this node holds").unwrap_or_else(|_| unreachable_metric());
+        let conflicts =
+            IntCounter::new("write_conflicts_total", "Batches rolled back by a write conflict with another node")
+                .unwrap_or_else(|_| unreachable_metric());
+        let fenced = IntCounter::new(
+            "fenced_total",
+            "Batches of timer fires (or single fires) refused because a shard's lease had moved on",
+        )
+        .unwrap_or_else(|_| unreachable_metric());
         let m = Metrics {
             registry,
             commands,
@@ -197,6 +213,9 @@ impl Metrics {
             connections_refused,
             connections_open,
             request_bytes_held,
+            shards_held,
+            conflicts,
+            fenced,
         };
         for c in [
             Box::new(m.commands.clone()) as Box<dyn prometheus::core::Collector>,
@@ -223,6 +242,9 @@ impl Metrics {
             Box::new(m.connections_refused.clone()),
             Box::new(m.connections_open.clone()),
             Box::new(m.request_bytes_held.clone()),
+            Box::new(m.shards_held.clone()),
+            Box::new(m.conflicts.clone()),
+            Box::new(m.fenced.clone()),
         ] {
             // Names are distinct constants, so registration cannot collide.
             let _ = m.registry.register(c);

@@ -1,6 +1,6 @@
-//! The engine on a real SQLite file with the virtual clock: timers firing in order across
-//! restarts, idempotent requests, and bad database paths and write failures answered with
-//! clear errors and nothing half-written.
+//! The engine on a real SQLite file: what only SQLite has — bad database paths, a capped
+//! file that fills up, its prune plans, its connection reopened after a failure. The behaviour
+//! both backends share is in `integration-tests/tests/backends.rs`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,9 +10,9 @@ use shenguan::calendar::Calendars;
 use shenguan::clock::VirtualClock;
 use shenguan::definition::Registry;
 use shenguan::engine::{Config, Engine};
-use shenguan::machine::{Command, CommandKind, Rejection};
+use shenguan::machine::{Command, CommandKind};
 use shenguan::store::sqlite::{SqliteStore, Table};
-use shenguan::writer::{GroupItem, WriteError};
+use shenguan::writer::WriteError;
 
 fn t(s: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(s).expect("rfc3339").timestamp_millis()
@@ -63,97 +63,6 @@ fn materials(id: &str) -> Command {
         request_id: None,
         idempotency: None,
     }
-}
-
-#[tokio::test]
-async fn reminders_and_deadlines_fire_on_the_virtual_clock_and_overdue_ones_fire_at_restart_in_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("e.db");
-    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
-    let engine = start(&db, &clock, |_| {}).await.expect("starts");
-    for (id, deadline) in [("a", "2026-09-30"), ("b", "2026-10-02"), ("c", "2026-10-05"), ("d", "2026-09-30")] {
-        let applied = engine.submit(case(id, deadline, None)).await.expect("accepted");
-        assert_eq!(applied.instance.state, "pending");
-    }
-    engine.submit(materials("d")).await.expect("materials");
-
-    // Just before 09:00 on the day before a's deadline: nothing fires early.
-    clock.advance_to(t("2026-09-29T08:59:59.999+08:00"));
-    engine.settle().await;
-    let mut store = SqliteStore::open_read_only(&db).await.expect("read");
-    assert_eq!(store.instance("a").await.expect("read").expect("a").state, "pending");
-    clock.advance_to(t("2026-09-29T09:00:00+08:00"));
-    engine.settle().await;
-    let a = store.instance("a").await.expect("read").expect("a");
-    assert_eq!(a.state, "reminded");
-    let history = store.history("a").await.expect("history");
-    assert_eq!(history.last().expect("entry").at, t("2026-09-29T09:00:00+08:00"), "fired exactly at its due instant");
-    assert_eq!(store.instance("d").await.expect("read").expect("d").state, "licensed");
-    engine.shutdown().await;
-
-    // Down for a week: at restart everything overdue fires at once, oldest first.
-    clock.advance_to(t("2026-10-07T12:00:00+08:00"));
-    let engine = start(&db, &clock, |c| c.page = 2).await.expect("restarts");
-    engine.settle().await;
-    let mut fired = Vec::new();
-    for id in ["a", "b", "c"] {
-        let row = store.instance(id).await.expect("read").expect("row");
-        assert_eq!(row.state, "overdue", "{id}");
-        assert!(row.timers.is_empty());
-        for h in store.history(id).await.expect("history") {
-            if let CommandKind::Timer { name, due } = h.command {
-                fired.push((h.at, due, id, name));
-            }
-        }
-    }
-    // b and c each fire a reminder then a deadline after the restart; a only its deadline.
-    let after_restart: Vec<_> = fired.iter().filter(|f| f.0 >= t("2026-10-07T12:00:00+08:00")).collect();
-    assert_eq!(after_restart.len(), 5, "{fired:?}");
-    let dues: Vec<i64> = after_restart.iter().map(|f| f.1).collect();
-    let sorted = {
-        let mut s = dues.clone();
-        s.sort_unstable();
-        s
-    };
-    assert_eq!(dues, sorted, "overdue timers fire in due order: {after_restart:?}");
-    assert_eq!(store.count(Table::Timers).await.expect("count"), 0);
-    assert!(store.count(Table::Outbox).await.expect("count") >= 7, "reminders, overdue notices, licence");
-    let report =
-        shenguan::admin::verify_file(&db, &Registry::embedded().expect("w"), &Calendars::embedded().expect("c"))
-            .await
-            .expect("verify");
-    assert_eq!(report.instances, 4);
-    assert!(report.divergent.is_empty(), "{:?}", report.divergent);
-    engine.shutdown().await;
-}
-
-#[tokio::test]
-async fn the_same_request_again_gets_the_first_answer_and_another_payload_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("i.db");
-    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
-    let engine = start(&db, &clock, |_| {}).await.expect("starts");
-    let first = engine.submit(case("x", "2026-10-09", Some("req-1"))).await.expect("accepted");
-    assert!(!first.duplicate);
-    let again = engine.submit(case("x", "2026-10-09", Some("req-1"))).await.expect("same answer");
-    assert!(again.duplicate);
-    assert_eq!(again.seq, first.seq);
-    assert_eq!(again.instance, first.instance);
-    let changed = engine.submit(case("x", "2026-10-10", Some("req-1"))).await;
-    assert_eq!(changed, Err(WriteError::KeyReused { key: "req-1".into() }));
-    // Without a request id, a second start of the same id is refused by the state machine.
-    let dup = engine.submit(case("x", "2026-10-09", None)).await;
-    assert_eq!(dup, Err(WriteError::Rejected(Rejection::AlreadyExists { instance: "x".into() })));
-    // Both in one batch: submitted concurrently, they are group-committed together.
-    let (p, q) = tokio::join!(
-        engine.submit(case("y", "2026-10-09", Some("req-2"))),
-        engine.submit(case("y", "2026-10-09", Some("req-2")))
-    );
-    let (p, q) = (p.expect("first"), q.expect("second"));
-    assert_eq!(p.duplicate as u8 + q.duplicate as u8, 1, "exactly one of the two was applied");
-    let mut store = SqliteStore::open_read_only(&db).await.expect("read");
-    assert_eq!(store.count(Table::History).await.expect("count"), 2, "x and y once each");
-    engine.shutdown().await;
 }
 
 #[tokio::test]
@@ -221,159 +130,6 @@ async fn a_full_disk_is_unavailable_at_run_time_and_leaves_nothing_half_written(
             .await
             .expect("verify");
     assert!(report.divergent.is_empty(), "{:?}", report.divergent);
-}
-
-#[tokio::test]
-async fn a_running_instance_stays_on_its_version_and_new_ones_take_the_newest() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("v.db");
-    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
-    let v1 =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/commitment_case.v1.toml"))
-            .expect("v1");
-    // v2 sends submitted materials to a new `checking` state instead of licensing at once.
-    let v2 = v1.replace("version = 1", "version = 2").replacen("from = [\"pending\", \"reminded\"]\nevent = \"materials_submitted\"\nto = \"licensed\"", "from = [\"pending\", \"reminded\"]\nevent = \"materials_submitted\"\nto = \"checking\"", 1)
-        + "\n[[states]]\nname = \"checking\"\n\n[[transitions]]\nfrom = \"checking\"\nevent = \"materials_submitted\"\nto = \"licensed\"\n";
-    let calendars = Calendars::embedded().expect("calendars");
-    let only_v1 = Arc::new(Registry::from_sources(&[("v1.toml", &v1)]).expect("v1 loads"));
-    let engine = Engine::start(
-        Config::new(&db),
-        shenguan::engine::Context::new(only_v1, calendars.clone(), Arc::new(clock.clone())),
-    )
-    .await
-    .expect("start");
-    assert_eq!(engine.submit(case("old", "2026-10-09", None)).await.expect("old").instance.version, 1);
-    engine.shutdown().await;
-
-    let both = Arc::new(Registry::from_sources(&[("v1.toml", &v1), ("v2.toml", &v2)]).expect("both load"));
-    let engine = Engine::start(
-        Config::new(&db),
-        shenguan::engine::Context::new(both.clone(), calendars.clone(), Arc::new(clock.clone())),
-    )
-    .await
-    .expect("restart");
-    let new = engine.submit(case("new", "2026-10-09", None)).await.expect("new");
-    assert_eq!(new.instance.version, 2);
-    assert_eq!(engine.submit(materials("old")).await.expect("old").instance.state, "licensed", "v1 rules");
-    assert_eq!(engine.submit(materials("new")).await.expect("new").instance.state, "checking", "v2 rules");
-    engine.shutdown().await;
-    let report = shenguan::admin::verify_file(&db, &both, &calendars).await.expect("verify");
-    assert!(report.divergent.is_empty(), "{:?}", report.divergent);
-    let only_v2 = Registry::from_sources(&[("v2.toml", &v2)]).expect("v2 loads");
-    let report = shenguan::admin::verify_file(&db, &only_v2, &calendars).await.expect("verify");
-    assert_eq!(
-        report.divergent,
-        vec![("old".to_owned(), "workflow commitment_case version 1 is not loaded".to_owned())]
-    );
-}
-
-#[tokio::test]
-async fn the_horizon_pages_timers_in_and_they_fire_in_due_order_across_pages() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("h.db");
-    let clock = VirtualClock::new(t("2026-09-01T10:00:00+08:00"));
-    // A one-hour horizon and pages of 7: 120 timers over a month never sit in memory at once.
-    let engine = start(&db, &clock, |c| {
-        c.horizon = 3_600_000;
-        c.page = 7;
-        // A tiny instance cache: it fills and is emptied again and again along the way.
-        c.cache_instances = 3;
-    })
-    .await
-    .expect("starts");
-    for i in 0..60u32 {
-        let deadline = format!("2026-09-{:02}", 3 + i % 27);
-        engine.submit(case(&format!("h{i:02}"), &deadline, None)).await.expect("accepted");
-    }
-    let mut most_in_memory = 0;
-    for _ in 0..90 {
-        clock.advance(8 * 3_600_000);
-        engine.settle().await;
-        most_in_memory = most_in_memory.max(engine.timers_in_memory());
-    }
-    assert!(most_in_memory <= 14, "the wheel held {most_in_memory} timers; the horizon should bound it");
-    engine.shutdown().await;
-
-    use sqlx::ConnectOptions;
-    let mut conn =
-        sqlx::sqlite::SqliteConnectOptions::new().filename(&db).read_only(true).connect().await.expect("open");
-    // Outbox ids are commit order; the timer behind each message must come in due order.
-    let dues: Vec<i64> = sqlx::query_scalar(
-        "SELECT json_extract(h.command, '$.due') FROM outbox o JOIN history h ON h.instance_id = o.instance_id AND h.seq = o.seq \
-         WHERE json_extract(h.command, '$.kind') = 'timer' ORDER BY o.id",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .expect("query");
-    assert_eq!(dues.len(), 120, "a reminder and an overdue notice per case");
-    assert!(dues.windows(2).all(|w| w[0] <= w[1]), "fired out of due order: {dues:?}");
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM timers").fetch_one(&mut conn).await.expect("count");
-    assert_eq!(left, 0);
-}
-
-/// A group sent again under its request id answers as it did the first time — its history
-/// entry, not whatever the instance has reached since — and writes nothing.
-#[tokio::test]
-async fn a_retried_group_answers_its_first_seq_and_writes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("g.db");
-    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
-    let engine = start(&db, &clock, |_| {}).await.expect("starts");
-    let group = || vec![GroupItem { command: case("g1", "2026-10-09", Some("req-g1")), required: true }];
-    let first = engine.handle().submit_group(group()).await.expect("applied");
-    let first = first[0].clone().expect("answer");
-    assert_eq!((first.seq, first.duplicate), (1, false));
-    engine.submit(materials("g1")).await.expect("materials");
-    let again = engine.handle().submit_group(group()).await.expect("duplicate");
-    let again = again[0].clone().expect("answer");
-    assert_eq!((again.seq, again.duplicate), (1, true), "the first answer's entry, not the instance's latest");
-    assert_eq!(again.instance.state, "licensed", "the instance as it is now");
-    engine.shutdown().await;
-    let mut store = SqliteStore::open_read_only(&db).await.expect("read");
-    assert_eq!(store.history("g1").await.expect("history").len(), 2, "the retry wrote nothing");
-}
-
-/// Messages past their retention are pruned by the writer if delivered or stream-only; one still
-/// waiting for its push destination is kept.
-#[tokio::test]
-async fn delivered_and_stream_messages_are_pruned_after_their_retention_and_pending_ones_kept() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("o.db");
-    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
-    let day = 24 * 3_600_000;
-    let engine = start(&db, &clock, |c| {
-        c.outbox_retention = day;
-        c.idempotency_retention = day;
-        c.routes = [("supervision".to_owned(), "platform".to_owned())].into();
-    })
-    .await
-    .expect("starts");
-    // o1 is reminded (an SMS: stream only), o2 licensed (the supervision record: pushed, pending).
-    engine.submit(case("o1", "2026-10-20", None)).await.expect("o1");
-    engine.submit(case("o2", "2026-10-30", None)).await.expect("o2");
-    engine.submit(materials("o2")).await.expect("licensed");
-    clock.advance_to(t("2026-10-19T09:00:00+08:00"));
-    engine.settle().await;
-    let mut store = SqliteStore::open_read_only(&db).await.expect("read");
-    assert_eq!(store.count(Table::Outbox).await.expect("count"), 2);
-    // A day and an hour later: the reminder is past its retention, o1's deadline not yet due.
-    clock.advance(day + 3_600_000);
-    engine.settle().await;
-    engine.submit(case("o3", "2026-12-30", None)).await.expect("applied");
-    // The prune runs after a batch's callers are answered: once a later command is answered,
-    // it is done.
-    engine.submit(materials("o3")).await.expect("applied");
-    use sqlx::ConnectOptions;
-    let mut conn =
-        sqlx::sqlite::SqliteConnectOptions::new().filename(&db).read_only(true).connect().await.expect("open");
-    let left: Vec<(String, String)> =
-        sqlx::query_as("SELECT instance_id, status FROM outbox ORDER BY id").fetch_all(&mut conn).await.expect("rows");
-    assert_eq!(
-        left,
-        vec![("o2".to_owned(), "pending".to_owned()), ("o3".to_owned(), "pending".to_owned())],
-        "the old SMS is pruned; the undelivered record and the new one stay"
-    );
-    engine.shutdown().await;
 }
 
 /// Request ids past their retention are deleted by the writer, through the `created_at` index

@@ -7,7 +7,11 @@
 //! - [`Child`]: spawns it and speaks its protocol.
 //! - [`Db`]: reads a database file the way an operator would, from another process.
 //! - [`TestServer`]: the real gRPC server on 127.0.0.1:0 with a virtual clock, and typed clients.
-//! - `tests/`: the suites (`crash_recovery.rs`, `server.rs`).
+//! - [`pg`]: a real PostgreSQL (a throw-away cluster, or `SHENGUAN_TEST_PG_URL`) and a fresh
+//!   database per test.
+//! - `tests/`: the suites (`backends.rs` runs the engine's behaviour on both backends).
+
+pub mod pg;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -56,9 +56,16 @@ fn write_error_status(what: &str, id: &str, error: &WriteError) -> Status {
         WriteError::KeyReused { .. } => {
             Status::already_exists(format!("{what} {id} was already submitted with different content"))
         }
-        WriteError::Unavailable(_) | WriteError::ShuttingDown => {
+        WriteError::Unavailable(_) | WriteError::ShuttingDown | WriteError::Fenced(_) => {
             tracing::warn!(%error, "write failed");
             Status::unavailable("storage is unavailable; nothing was written; retry later")
+        }
+        WriteError::Conflict(_) => {
+            // The writer retried already; what is left is contention on one instance.
+            tracing::warn!(%error, "write conflict persisted");
+            Status::aborted(format!(
+                "{what} {id} was being changed by another call at the same time; nothing was written; retry"
+            ))
         }
         WriteError::DataLoss(_) => {
             tracing::error!(%error, "stored data cannot be read");
@@ -106,7 +113,7 @@ pub fn group_error(error: &GroupError) -> Status {
 fn read_error_status(error: &crate::store::Error) -> Status {
     use crate::store::Error as E;
     match error {
-        E::Unavailable(_) | E::Open { .. } => {
+        E::Unavailable(_) | E::Open { .. } | E::Conflict(_) | E::Fenced(_) => {
             tracing::warn!(%error, "read failed");
             Status::unavailable("storage is unavailable; retry later")
         }

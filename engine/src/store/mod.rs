@@ -14,7 +14,9 @@
 //! One implementation today ([`sqlite::SqliteStore`]); the PostgreSQL one implements the same
 //! trait.
 
+pub mod postgres;
 pub mod read;
+mod row;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -48,6 +50,21 @@ pub enum Error {
     /// engine, not of the caller's request, and retrying will not help.
     #[error("storage refused the operation: {0}")]
     Internal(String),
+    /// Another node changed an instance the batch decided on (optimistic concurrency): nothing
+    /// was written; deciding again on fresh rows will do.
+    #[error("write conflict: {0}")]
+    Conflict(String),
+    /// The batch fired timers of a shard this node no longer holds (fencing): nothing was
+    /// written; the shard's new holder fires them.
+    #[error("fenced: {0}")]
+    Fenced(String),
+}
+
+/// PostgreSQL SQLSTATE classes and codes that pass: connection exceptions (08), insufficient
+/// resources (53: disk full, out of memory, too many connections), operator intervention (57P:
+/// shutdown, crash recovery), serialization failure and deadlock (40001, 40P01).
+fn pg_transient(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") || code == "40001" || code == "40P01"
 }
 
 /// SQLite primary result codes that pass: BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL.
@@ -60,6 +77,16 @@ impl From<sqlx::Error> for Error {
         use sqlx::Error as E;
         let text = e.to_string();
         match &e {
+            E::Database(db) if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() => {
+                let code = db.code().unwrap_or_default();
+                if pg_transient(&code) {
+                    Error::Unavailable(text)
+                } else if code.starts_with("XX") {
+                    Error::Corrupt(text)
+                } else {
+                    Error::Internal(text)
+                }
+            }
             E::Database(db) => {
                 // SQLite reports extended codes; the primary code is the low byte.
                 let primary = db.code().and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff);
@@ -328,6 +355,21 @@ pub struct Batch {
     pub revive: Vec<String>,
     /// Stream consumers' positions to record.
     pub cursors: Vec<ConsumerCursor>,
+    /// The leases the batch's timer fires depend on: checked in its transaction (several
+    /// nodes only).
+    pub fence: Option<Fence>,
+    /// Shards in which the batch arms timers that another node holds: told at commit, so that
+    /// the holder loads them (several nodes only).
+    pub notify_shards: Vec<u32>,
+}
+
+/// The leases a batch depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The node that holds them.
+    pub node: String,
+    /// (shard, epoch the node took it at).
+    pub shards: Vec<(u32, u64)>,
 }
 
 impl Batch {
@@ -400,12 +442,14 @@ pub trait Store: Send + 'static {
     /// Deletes up to `limit` delivered or stream-only outbox messages written before `before`,
     /// oldest first; answers how many. Pending messages and dead letters are kept.
     fn prune_outbox(&mut self, before: Millis, limit: u32) -> impl Future<Output = Result<u64, Error>> + Send;
-    /// Up to `limit` timers from `from` with `due_at < before`, in key order.
+    /// Up to `limit` timers from `from` with `due_at < before`, in key order; only those of
+    /// `shards` when given.
     fn timers_page(
         &mut self,
         from: &TimerFrom,
         before: Millis,
         limit: u32,
+        shards: Option<&[u32]>,
     ) -> impl Future<Output = Result<Vec<TimerRow>, Error>> + Send;
     /// Every calendar file, in generation order.
     fn calendar_files(&mut self) -> impl Future<Output = Result<Vec<StoredCalendarFile>, Error>> + Send;
@@ -512,6 +556,104 @@ pub trait ReadStore: Send + Sync {
     ) -> Result<Vec<TimerId>, Error>;
     /// Armed timers computed on a provisional calendar.
     async fn provisional_timers(&self) -> Result<u64, Error>;
+    /// Rows of a table (tests and reports).
+    async fn count(&self, table: Table) -> Result<u64, Error>;
+}
+
+/// Tables that [`ReadStore::count`] can count.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    /// `instances`
+    Instances,
+    /// `history`
+    History,
+    /// `timers`
+    Timers,
+    /// `outbox`
+    Outbox,
+    /// `idempotency`
+    Idempotency,
+}
+
+impl Table {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Instances => "instances",
+            Table::History => "history",
+            Table::Timers => "timers",
+            Table::Outbox => "outbox",
+            Table::Idempotency => "idempotency",
+        }
+    }
+}
+
+/// Refuses a database whose schema has migrations this build does not know: it was migrated by
+/// a newer shenguan, and this one would misread it. `applied` are the versions recorded in the
+/// database.
+pub fn newer_schema(applied: &[i64], known: &sqlx::migrate::Migrator) -> Result<(), String> {
+    let newest = known.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied.iter().copied().filter(|v| !known.iter().any(|m| m.version == *v)).max() {
+        Some(v) => Err(format!(
+            "the database schema is at version {v}, newer than this shenguan knows (up to {newest}): \
+             it was migrated by a newer release. Run that release (or newer), or restore a backup taken \
+             before the upgrade; this node will not start on it"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Applies the migrations this build has to `database` (creating a SQLite file if missing);
+/// refuses a schema newer than this build.
+pub async fn migrate(database: &Database) -> Result<postgres::Migrated, Error> {
+    match database {
+        Database::Sqlite(path) => {
+            let before = sqlite::SqliteStore::applied_versions(path).await?;
+            sqlite::SqliteStore::open(path, &sqlite::Options::default()).await?;
+            let applied = sqlite::MIGRATOR.iter().map(|m| m.version).filter(|v| !before.contains(v)).collect();
+            Ok(postgres::Migrated { applied, version: sqlite::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0) })
+        }
+        Database::Postgres(url) => {
+            let pool = postgres::pool(url, 1, std::time::Duration::from_secs(10)).await?;
+            postgres::migrate(&pool, url).await
+        }
+    }
+}
+
+/// Where the state lives: a SQLite file (the embedded default) or a PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL (`postgres://user:password@host:port/database`).
+    Postgres(String),
+}
+
+impl Database {
+    /// `postgres://…` or `postgresql://…` is a server; anything else a SQLite file path
+    /// (`sqlite:` prefix allowed).
+    pub fn parse(text: &str) -> Database {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Database::Postgres(text.to_owned())
+        } else {
+            Database::Sqlite(text.strip_prefix("sqlite:").unwrap_or(text).into())
+        }
+    }
+
+    /// For messages and logs: the path, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => postgres::redact(url),
+        }
+    }
+
+    /// A read side for queries, with up to `connections` connections.
+    pub async fn reader(&self, connections: u32) -> Result<std::sync::Arc<dyn ReadStore>, Error> {
+        Ok(match self {
+            Database::Sqlite(path) => std::sync::Arc::new(read::Reader::open_existing_with(path, connections).await?),
+            Database::Postgres(url) => std::sync::Arc::new(postgres::PgReader::open(url, connections.max(2)).await?),
+        })
+    }
 }
 
 /// The shard of an instance: a stable hash (FNV-1a) of its id modulo `shards`.

@@ -12,47 +12,18 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::sqlite::{HISTORY_COLUMNS, INSTANCE_COLUMNS as COLUMNS};
 use super::{
-    DeliveryState, Error, Filter, InstanceRow, ReadStore, ReplanJob, StoredCalendarFile, StoredConsumer, StoredMessage,
-    TimerId, TimerRow,
+    Error, Filter, InstanceRow, ReadStore, ReplanJob, StoredCalendarFile, StoredConsumer, StoredMessage, TimerId,
+    TimerRow,
 };
 use crate::machine::{CommandKind, HistoryEntry};
 
-/// The columns [`message_from_row`] reads.
+/// The columns [`crate::store::row::message`] reads.
 const MESSAGE_COLUMNS: &str =
     "id, key, instance_id, seq, channel, recipient, body, template, created_at, destination, status, \
      attempts, next_attempt_at, last_error, receipt, delivered_at, first_failed_at";
 
 fn id_i64(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
-}
-
-/// A stored message; a state the schema does not know is damaged data, not a default.
-fn message_from_row(r: &SqliteRow) -> Result<StoredMessage, Error> {
-    let status: String = r.try_get("status")?;
-    let status = DeliveryState::parse(&status)
-        .ok_or_else(|| Error::Corrupt(format!("outbox message with the unknown state {status:?}")))?;
-    let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
-    Ok(StoredMessage {
-        id: unsigned(r.try_get("id")?),
-        key: r.try_get("key")?,
-        instance: r.try_get("instance_id")?,
-        seq: unsigned(r.try_get("seq")?),
-        message: crate::machine::Message {
-            channel: r.try_get("channel")?,
-            recipient: r.try_get("recipient")?,
-            body: r.try_get("body")?,
-            template: r.try_get("template")?,
-        },
-        created_at: r.try_get("created_at")?,
-        destination: r.try_get("destination")?,
-        status,
-        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-        next_attempt_at: r.try_get("next_attempt_at")?,
-        last_error: r.try_get("last_error")?,
-        receipt: r.try_get("receipt")?,
-        delivered_at: r.try_get("delivered_at")?,
-        first_failed_at: r.try_get("first_failed_at")?,
-    })
 }
 
 /// Read-only access for queries.
@@ -80,11 +51,16 @@ impl Reader {
     /// Opens an existing shenguan database for reading only (`admin verify`): never creates a
     /// file, and refuses a file that is not a shenguan database.
     pub async fn open_existing(path: &Path) -> Result<Self, Error> {
+        Self::open_existing_with(path, 1).await
+    }
+
+    /// Like [`open_existing`](Self::open_existing), with a pool of `connections`.
+    pub async fn open_existing_with(path: &Path, connections: u32) -> Result<Self, Error> {
         let open = |message: String| Error::Open { path: path.display().to_string(), message };
         if !path.is_file() {
             return Err(open("no such database file".into()));
         }
-        let reader = Reader::open(path, 1).await?;
+        let reader = Reader::open(path, connections).await?;
         let has_schema: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = 'instances'")
             .fetch_one(&reader.pool)
             .await
@@ -103,7 +79,7 @@ impl ReadStore for Reader {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(super::sqlite::instance_from_row).transpose()
+        row.as_ref().map(crate::store::row::instance).transpose()
     }
 
     async fn with_prefix(&self, prefix: &str) -> Result<Vec<InstanceRow>, Error> {
@@ -113,7 +89,7 @@ impl ReadStore for Reader {
             .bind(format!("{prefix}\u{10FFFF}"))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(super::sqlite::instance_from_row).collect()
+        rows.iter().map(crate::store::row::instance).collect()
     }
 
     async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
@@ -121,7 +97,7 @@ impl ReadStore for Reader {
             .bind(id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(super::sqlite::history_from_row).collect()
+        rows.iter().map(crate::store::row::history).collect()
     }
 
     async fn outbox_backlog(&self) -> Result<Vec<(String, u64)>, Error> {
@@ -147,7 +123,7 @@ impl ReadStore for Reader {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(message_from_row).collect()
+        rows.iter().map(crate::store::row::message).collect()
     }
 
     async fn outbox_after(&self, after: u64, channels: &[String], limit: u32) -> Result<Vec<StoredMessage>, Error> {
@@ -164,7 +140,7 @@ impl ReadStore for Reader {
         }
         q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
         let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(message_from_row).collect()
+        rows.iter().map(crate::store::row::message).collect()
     }
 
     async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<StoredMessage>, Error> {
@@ -175,7 +151,7 @@ impl ReadStore for Reader {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(message_from_row).collect()
+        rows.iter().map(crate::store::row::message).collect()
     }
 
     async fn message(&self, key: &str) -> Result<Option<StoredMessage>, Error> {
@@ -183,7 +159,7 @@ impl ReadStore for Reader {
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(message_from_row).transpose()
+        row.as_ref().map(crate::store::row::message).transpose()
     }
 
     async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error> {
@@ -205,7 +181,7 @@ impl ReadStore for Reader {
             .bind(instance)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(message_from_row).collect()
+        rows.iter().map(crate::store::row::message).collect()
     }
 
     async fn timers_pending(&self) -> Result<u64, Error> {
@@ -287,7 +263,7 @@ impl ReadStore for Reader {
             q.push(" LIMIT ").push_bind(i64::from(limit));
         }
         let rows: Vec<SqliteRow> = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(super::sqlite::instance_from_row).collect()
+        rows.iter().map(crate::store::row::instance).collect()
     }
 
     async fn instance_ids(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>, Error> {
@@ -302,7 +278,7 @@ impl ReadStore for Reader {
         let rows = sqlx::query("SELECT instance_id, name, due_at FROM timers ORDER BY due_at, instance_id, name")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(super::sqlite::timer_from_row).collect()
+        rows.iter().map(crate::store::row::timer).collect()
     }
 
     async fn orphans(&self, limit: u32) -> Result<Vec<(String, String)>, Error> {
@@ -333,6 +309,12 @@ impl ReadStore for Reader {
     async fn provisional_timers(&self) -> Result<u64, Error> {
         let n: i64 =
             sqlx::query_scalar("SELECT count(*) FROM timers WHERE provisional = 1").fetch_one(&self.pool).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn count(&self, table: super::Table) -> Result<u64, Error> {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name())).fetch_one(&self.pool).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }

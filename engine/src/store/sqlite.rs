@@ -19,7 +19,7 @@ use super::{
 };
 use crate::calendar::{CalendarFile, FileKey};
 use crate::clock::Millis;
-use crate::machine::{CommandKind, HistoryEntry};
+use crate::machine::HistoryEntry;
 
 /// The columns `instance_from_row` reads, in the order the queries select them.
 pub(crate) const INSTANCE_COLUMNS: &str =
@@ -133,6 +133,21 @@ impl SqliteStore {
             .execute(&mut conn)
             .await
             .map_err(|e| open_error(path, describe(&e)))?;
+        let applied: Vec<i64> = {
+            let exists: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = '_sqlx_migrations'")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| open_error(path, describe(&e)))?;
+            if exists == 0 {
+                Vec::new()
+            } else {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&mut conn)
+                    .await
+                    .map_err(|e| open_error(path, describe(&e)))?
+            }
+        };
+        super::newer_schema(&applied, &MIGRATOR).map_err(|m| open_error(path, m))?;
         migrate(&mut conn).await.map_err(|e| {
             let msg = match &e {
                 sqlx::migrate::MigrateError::Execute(inner) => describe(inner),
@@ -206,6 +221,27 @@ impl SqliteStore {
         Ok(SqliteStore { conn: Some(conn), opts: reopen, max_pages: None, path: path.to_owned() })
     }
 
+    /// The migrations recorded in the file at `path` (none for a missing file).
+    pub async fn applied_versions(path: &Path) -> Result<Vec<i64>, Error> {
+        if !path.is_file() {
+            return Ok(Vec::new());
+        }
+        let reader = Self::open_read_only(path).await;
+        let mut store = match reader {
+            Ok(s) => s,
+            // An empty or foreign file: `open` says what is wrong with it.
+            Err(_) => return Ok(Vec::new()),
+        };
+        let conn = store.conn().await?;
+        let exists: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = '_sqlx_migrations'")
+            .fetch_one(&mut *conn)
+            .await?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(&mut *conn).await?)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -219,7 +255,7 @@ impl SqliteStore {
             .fetch_all(conn)
             .await;
         let rows = self.after(rows.map_err(Error::from)).await?;
-        rows.iter().map(history_from_row).collect()
+        rows.iter().map(crate::store::row::history).collect()
     }
 
     /// Counts rows of a table (tests and reports).
@@ -227,77 +263,11 @@ impl SqliteStore {
         let conn = self.conn().await?;
         let n = sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {}", table.name())).fetch_one(conn).await;
         let n = self.after(n.map_err(Error::from)).await?;
-        u64::try_from(n).map_err(|e| corrupt("count(*)", e))
+        u64::try_from(n).map_err(|e| crate::store::row::corrupt("count(*)", e))
     }
 }
 
-/// Tables that [`SqliteStore::count`] can count.
-#[derive(Debug, Clone, Copy)]
-pub enum Table {
-    /// `instances`
-    Instances,
-    /// `history`
-    History,
-    /// `timers`
-    Timers,
-    /// `outbox`
-    Outbox,
-    /// `idempotency`
-    Idempotency,
-}
-
-impl Table {
-    fn name(self) -> &'static str {
-        match self {
-            Table::Instances => "instances",
-            Table::History => "history",
-            Table::Timers => "timers",
-            Table::Outbox => "outbox",
-            Table::Idempotency => "idempotency",
-        }
-    }
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Corrupt(format!("{what}: {e}"))
-}
-
-pub(crate) fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HistoryEntry, Error> {
-    let command: String = row.try_get("command")?;
-    let armed: String = row.try_get("armed")?;
-    let cancelled: String = row.try_get("cancelled")?;
-    Ok(HistoryEntry {
-        seq: u64::try_from(row.try_get::<i64, _>("seq")?).map_err(|e| corrupt("history.seq", e))?,
-        at: row.try_get("at")?,
-        actor: row.try_get("actor")?,
-        request_id: row.try_get("request_id")?,
-        command: serde_json::from_str::<CommandKind>(&command).map_err(|e| corrupt("history.command", e))?,
-        from: row.try_get("from_state")?,
-        to: row.try_get("to_state")?,
-        armed: serde_json::from_str(&armed).map_err(|e| corrupt("history.armed", e))?,
-        cancelled: serde_json::from_str(&cancelled).map_err(|e| corrupt("history.cancelled", e))?,
-        messages: u32::try_from(row.try_get::<i64, _>("messages")?).map_err(|e| corrupt("history.messages", e))?,
-        handled: row.try_get::<i64, _>("handled")? != 0,
-        calendar: u64::try_from(row.try_get::<i64, _>("calendar")?).map_err(|e| corrupt("history.calendar", e))?,
-    })
-}
-
-pub(crate) fn instance_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow, Error> {
-    let vars: String = row.try_get("vars")?;
-    let timers: String = row.try_get("timers")?;
-    Ok(InstanceRow {
-        id: row.try_get("id")?,
-        workflow: row.try_get("workflow")?,
-        version: u32::try_from(row.try_get::<i64, _>("version")?).map_err(|e| corrupt("instances.version", e))?,
-        state: row.try_get("state")?,
-        vars: serde_json::from_str(&vars).map_err(|e| corrupt("instances.vars", e))?,
-        timers: serde_json::from_str(&timers).map_err(|e| corrupt("instances.timers", e))?,
-        seq: u64::try_from(row.try_get::<i64, _>("seq")?).map_err(|e| corrupt("instances.seq", e))?,
-        shard: u32::try_from(row.try_get::<i64, _>("shard")?).map_err(|e| corrupt("instances.shard", e))?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
+pub use super::Table;
 
 fn json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
     serde_json::to_string(value).map_err(|e| Error::Internal(format!("cannot serialise a row: {e}")))
@@ -325,7 +295,7 @@ mod ops {
             }
             q.push(")");
             for row in q.build().fetch_all(&mut *conn).await? {
-                let row = instance_from_row(&row)?;
+                let row = crate::store::row::instance(&row)?;
                 out.insert(row.id.clone(), row);
             }
         }
@@ -351,7 +321,8 @@ mod ops {
                     row.try_get("key")?,
                     IdempotencyRow {
                         instance: row.try_get("instance_id")?,
-                        seq: u64::try_from(row.try_get::<i64, _>("seq")?).map_err(|e| corrupt("idempotency.seq", e))?,
+                        seq: u64::try_from(row.try_get::<i64, _>("seq")?)
+                            .map_err(|e| crate::store::row::corrupt("idempotency.seq", e))?,
                         fingerprint: row.try_get("fingerprint")?,
                         created_at: row.try_get("created_at")?,
                     },
@@ -552,41 +523,41 @@ mod ops {
         from: &TimerFrom,
         before: Millis,
         limit: u32,
+        shards: Option<&[u32]>,
     ) -> Result<Vec<TimerRow>, Error> {
-        let rows = match from {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT due_at, instance_id, name FROM timers WHERE due_at < ");
+        q.push_bind(before);
+        match from {
             TimerFrom::Due(from) => {
-                sqlx::query(
-                    "SELECT due_at, instance_id, name FROM timers WHERE due_at >= ? AND due_at < ? \
-                     ORDER BY due_at, instance_id, name LIMIT ?",
-                )
-                .bind(from)
-                .bind(before)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *conn)
-                .await?
+                q.push(" AND due_at >= ").push_bind(*from);
             }
             TimerFrom::After(due, id, name) => {
-                sqlx::query(
-                    "SELECT due_at, instance_id, name FROM timers \
-                     WHERE (due_at, instance_id, name) > (?, ?, ?) AND due_at < ? \
-                     ORDER BY due_at, instance_id, name LIMIT ?",
-                )
-                .bind(due)
-                .bind(id)
-                .bind(name)
-                .bind(before)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *conn)
-                .await?
+                q.push(" AND (due_at, instance_id, name) > (")
+                    .push_bind(*due)
+                    .push(", ")
+                    .push_bind(id.as_str())
+                    .push(", ")
+                    .push_bind(name.as_str())
+                    .push(")");
             }
-        };
-        rows.iter().map(super::timer_from_row).collect()
+        }
+        if let Some(shards) = shards {
+            q.push(" AND shard IN (");
+            let mut list = q.separated(", ");
+            for s in shards {
+                list.push_bind(i64::from(*s));
+            }
+            // An empty list holds no shard: `IN ()` is not SQL, `IN (NULL)` matches nothing.
+            if shards.is_empty() {
+                list.push("NULL");
+            }
+            q.push(")");
+        }
+        q.push(" ORDER BY due_at, instance_id, name LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&mut *conn).await?;
+        rows.iter().map(crate::store::row::timer).collect()
     }
-}
-
-/// A `timers` row as read.
-pub(crate) fn timer_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TimerRow, Error> {
-    Ok(TimerRow { due: r.try_get("due_at")?, instance: r.try_get("instance_id")?, name: r.try_get("name")? })
 }
 
 /// Instance ids that rows of `history`, `outbox` or `idempotency` name but that have no
@@ -625,17 +596,6 @@ async fn seed(conn: &mut SqliteConnection, files: &[CalendarFile], at: Millis) -
 pub(crate) mod calendars {
     use super::*;
 
-    fn key_text(key: &FileKey) -> String {
-        match key {
-            FileKey::Year(y) => format!("year:{y}"),
-            FileKey::Region(code) => format!("region:{code}"),
-        }
-    }
-
-    fn date(text: &str, what: &str) -> Result<chrono::NaiveDate, Error> {
-        crate::calendar::parse_date(text).ok_or_else(|| corrupt(what, text))
-    }
-
     pub(crate) async fn insert_file<'e, E: sqlx::SqliteExecutor<'e>>(
         e: E,
         f: &StoredCalendarFile,
@@ -645,7 +605,7 @@ pub(crate) mod calendars {
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(i64::try_from(f.generation).unwrap_or(i64::MAX))
-        .bind(key_text(&f.file.key))
+        .bind(crate::store::row::key_text(&f.file.key))
         .bind(i64::from(f.version))
         .bind(&f.file.name)
         .bind(&f.file.text)
@@ -681,23 +641,7 @@ pub(crate) mod calendars {
         )
         .fetch_all(e)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let name: String = r.try_get("name")?;
-                let text: String = r.try_get("text")?;
-                // Stored files were checked when loaded; one that no longer parses is damage.
-                let file = CalendarFile::parse(&name, &text).map_err(|e| corrupt("calendar_files.text", e))?;
-                Ok(StoredCalendarFile {
-                    generation: u64::try_from(r.try_get::<i64, _>("generation")?)
-                        .map_err(|e| corrupt("calendar_files.generation", e))?,
-                    version: u32::try_from(r.try_get::<i64, _>("version")?)
-                        .map_err(|e| corrupt("calendar_files.version", e))?,
-                    file,
-                    loaded_by: r.try_get("loaded_by")?,
-                    loaded_at: r.try_get("loaded_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(crate::store::row::calendar_file).collect()
     }
 
     pub(crate) async fn replans<'e, E: sqlx::SqliteExecutor<'e>>(e: E) -> Result<Vec<ReplanJob>, Error> {
@@ -706,22 +650,7 @@ pub(crate) mod calendars {
         )
         .fetch_all(e)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let after_instance: Option<String> = r.try_get("after_instance")?;
-                let after_name: Option<String> = r.try_get("after_name")?;
-                Ok(ReplanJob {
-                    generation: u64::try_from(r.try_get::<i64, _>("generation")?)
-                        .map_err(|e| corrupt("replans.generation", e))?,
-                    first: date(&r.try_get::<String, _>("first")?, "replans.first")?,
-                    last: date(&r.try_get::<String, _>("last")?, "replans.last")?,
-                    label: r.try_get("label")?,
-                    after: after_instance.zip(after_name),
-                    moved: u64::try_from(r.try_get::<i64, _>("moved")?).map_err(|e| corrupt("replans.moved", e))?,
-                    done: r.try_get::<i64, _>("done")? != 0,
-                })
-            })
-            .collect()
+        rows.iter().map(crate::store::row::replan).collect()
     }
 
     pub(crate) async fn planned<'e, E: sqlx::SqliteExecutor<'e>>(
@@ -785,8 +714,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn timers_page(&mut self, from: &TimerFrom, before: Millis, limit: u32) -> Result<Vec<TimerRow>, Error> {
-        let result = ops::timers_page(self.conn().await?, from, before, limit).await;
+    async fn timers_page(
+        &mut self,
+        from: &TimerFrom,
+        before: Millis,
+        limit: u32,
+        shards: Option<&[u32]>,
+    ) -> Result<Vec<TimerRow>, Error> {
+        let result = ops::timers_page(self.conn().await?, from, before, limit, shards).await;
         self.after(result).await
     }
 

@@ -115,6 +115,7 @@ pub async fn page_in<S: Store>(
     timers: &Mutex<TimerIndex>,
     until: Millis,
     page: u32,
+    shards: Option<&[u32]>,
 ) -> Result<usize, crate::store::Error> {
     let horizon = lock(timers).horizon.clone();
     if horizon.after.is_none() && horizon.due >= until {
@@ -124,7 +125,7 @@ pub async fn page_in<S: Store>(
         Some((instance, name)) => TimerFrom::After(horizon.due, instance.clone(), name.clone()),
         None => TimerFrom::Due(horizon.due),
     };
-    let rows = store.timers_page(&from, until, page).await?;
+    let rows = store.timers_page(&from, until, page, shards).await?;
     let full = rows.len() >= page as usize;
     let mut index = lock(timers);
     index.horizon = match rows.last() {
@@ -137,6 +138,51 @@ pub async fn page_in<S: Store>(
         index.wheel.insert(key, row.due);
     }
     Ok(n)
+}
+
+/// Loads the timers of `shards` that the horizon covers (a node took those shards, or another
+/// node armed timers in them): every one at or before the horizon line goes into the wheel.
+/// Re-inserting a timer already there is harmless (the wheel replaces its key), and so is one
+/// just past the line (a timer due exactly at the line's instant): it is the same key a later
+/// page would bring.
+pub async fn rescan<S: Store>(
+    store: &mut S,
+    timers: &Mutex<TimerIndex>,
+    shards: &[u32],
+    page: u32,
+) -> Result<usize, crate::store::Error> {
+    let horizon = lock(timers).horizon.clone();
+    let before = if horizon.after.is_some() { horizon.due.saturating_add(1) } else { horizon.due };
+    let mut from = TimerFrom::Due(Millis::MIN);
+    let mut loaded = 0;
+    loop {
+        let rows = store.timers_page(&from, before, page, Some(shards)).await?;
+        let full = rows.len() >= page as usize;
+        let next = rows.last().map(|l| TimerFrom::After(l.due, l.instance.clone(), l.name.clone()));
+        loaded += rows.len();
+        let mut index = lock(timers);
+        for row in rows {
+            let due = row.due;
+            index.wheel.insert(TimerKey { instance: row.instance, name: row.name, due }, due);
+        }
+        drop(index);
+        match next {
+            Some(next) if full => from = next,
+            _ => return Ok(loaded),
+        }
+    }
+}
+
+/// Takes the timers of `shards` out of the wheel (the node no longer holds them); answers how
+/// many.
+pub fn drop_shards(timers: &Mutex<TimerIndex>, shards: &[u32], count: u32) -> usize {
+    let mut index = lock(timers);
+    let gone: Vec<TimerKey> =
+        index.wheel.keys().filter(|k| shards.contains(&crate::store::shard_of(&k.instance, count))).cloned().collect();
+    for key in &gone {
+        index.wheel.cancel(key);
+    }
+    gone.len()
 }
 
 /// Locks the shared index. A panic while it was held cannot leave the wheel in a state that

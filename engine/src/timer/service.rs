@@ -128,21 +128,32 @@ impl Service {
             }
         }
         let mut retry = Vec::new();
+        let mut again = Vec::new();
         for (key, rx) in waiting {
             match rx.await {
                 Ok(Ok(_)) | Ok(Err(WriteError::Rejected(_))) => {}
                 Ok(Err(WriteError::ShuttingDown)) | Err(_) => return Err(()),
+                // The shard's lease moved on: its new holder fires this one.
+                Ok(Err(WriteError::Fenced(e))) => {
+                    tracing::debug!(instance = %key.instance, timer = %key.name, error = %e, "timer left to the shard's holder");
+                }
+                // Another node changed the instance first: decide again at once, on fresh rows.
+                Ok(Err(WriteError::Conflict(_))) => again.push(key),
                 Ok(Err(e)) => {
                     tracing::warn!(instance = %key.instance, timer = %key.name, error = %e, "timer fire not committed; will retry");
                     retry.push(key);
                 }
             }
         }
-        if !retry.is_empty() {
-            let at = self.clock.now().saturating_add(self.settings.retry);
+        if !retry.is_empty() || !again.is_empty() {
+            let now = self.clock.now();
+            let at = now.saturating_add(self.settings.retry);
             let mut index = lock(&self.timers);
             for key in retry {
                 index.wheel.insert(key, at);
+            }
+            for key in again {
+                index.wheel.insert(key, now);
             }
         }
         Ok(due.len())

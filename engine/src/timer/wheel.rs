@@ -100,6 +100,11 @@ impl<K: Clone + Eq + Hash + Ord> Wheel<K> {
         self.index.is_empty()
     }
 
+    /// Every key in the wheel, in no order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.index.keys()
+    }
+
     /// Whether `key` is in the wheel.
     pub fn contains(&self, key: &K) -> bool {
         self.index.contains_key(key)

@@ -68,7 +68,19 @@ pub enum WriteError {
     /// The engine is stopping.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// Another node changed an instance this batch decided on; nothing was written. [`Handle`]
+    /// decides the command again (on fresh rows) before a caller sees this.
+    #[error("write conflict: {0}")]
+    Conflict(String),
+    /// The batch fired timers of a shard this node no longer holds; nothing was written. The
+    /// shard's holder fires them.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
+
+/// How often a command that met a write conflict is decided again before its caller is told.
+/// A conflict needs two nodes changing one instance in the same instant: it seldom repeats.
+const CONFLICT_RETRIES: usize = 8;
 
 impl From<crate::store::Error> for WriteError {
     fn from(e: crate::store::Error) -> Self {
@@ -78,6 +90,8 @@ impl From<crate::store::Error> for WriteError {
             E::Corrupt(m) => WriteError::DataLoss(m),
             E::Internal(m) => WriteError::Internal(m),
             E::Open { .. } => WriteError::Unavailable(e.to_string()),
+            E::Conflict(m) => WriteError::Conflict(m),
+            E::Fenced(m) => WriteError::Fenced(m),
         }
     }
 }
@@ -138,6 +152,20 @@ pub enum Request {
     LoadCalendar(CalendarLoad, oneshot::Sender<Result<Loaded, LoadError>>),
     /// Record what delivery learned, in the next batch's transaction.
     Outbound(Outbound, oneshot::Sender<Result<(), WriteError>>),
+    /// The node took shards (load their timers up to the horizon; also sent when another node
+    /// armed timers in a held shard) or lost them (drop their timers from the wheel).
+    Shards(ShardChange, oneshot::Sender<Result<(), WriteError>>),
+    /// Another node loaded a calendar: read the stored files again and put them in force.
+    ReloadCalendars(oneshot::Sender<Result<(), WriteError>>),
+}
+
+/// Shards whose timers the wheel must take in or let go of.
+#[derive(Debug, Clone, Default)]
+pub struct ShardChange {
+    /// Load these shards' timers up to the horizon.
+    pub load: Vec<u32>,
+    /// Drop these shards' timers.
+    pub drop: Vec<u32>,
 }
 
 /// A change to the outbox or the stream's cursors, from the delivery side. Delivery never
@@ -209,6 +237,8 @@ impl std::fmt::Debug for Request {
             Request::Extend(until, _) => f.debug_tuple("Extend").field(until).finish(),
             Request::LoadCalendar(load, _) => f.debug_tuple("LoadCalendar").field(&load.file.key).finish(),
             Request::Outbound(o, _) => f.debug_tuple("Outbound").field(o).finish(),
+            Request::Shards(c, _) => f.debug_tuple("Shards").field(c).finish(),
+            Request::ReloadCalendars(_) => f.write_str("ReloadCalendars"),
         }
     }
 }
@@ -222,11 +252,18 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Submits a command and waits until it is durable (or refused).
+    /// Submits a command and waits until it is durable (or refused). A write conflict (another
+    /// node changed the instance meanwhile) is decided again here, on fresh rows.
     pub async fn submit(&self, command: Command) -> Result<Applied, WriteError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Command(command, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
-        rx.await.map_err(|_| WriteError::ShuttingDown)?
+        let mut tries = 0;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.tx.send(Request::Command(command.clone(), reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+            match rx.await.map_err(|_| WriteError::ShuttingDown)? {
+                Err(WriteError::Conflict(_)) if tries < CONFLICT_RETRIES => tries += 1,
+                other => return other,
+            }
+        }
     }
 
     /// Queues a command; the answer arrives on the returned receiver.
@@ -252,10 +289,32 @@ impl Handle {
         items: Vec<GroupItem>,
         derive: Option<Derive>,
     ) -> Result<Vec<Option<Applied>>, GroupError> {
-        let (reply, rx) = oneshot::channel();
         let gone = GroupError::whole(&items, WriteError::ShuttingDown);
-        self.tx.send(Request::Group(items, derive, reply)).await.map_err(|_| gone.clone())?;
-        rx.await.map_err(|_| gone)?
+        let mut tries = 0;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            let request = Request::Group(items.clone(), derive.clone(), reply);
+            self.tx.send(request).await.map_err(|_| gone.clone())?;
+            match rx.await.map_err(|_| gone.clone())? {
+                Err(GroupError { error: WriteError::Conflict(_), .. }) if tries < CONFLICT_RETRIES => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// Tells the writer which shards' timers to load and drop; answers once the wheel has them.
+    pub async fn shards(&self, load: Vec<u32>, drop: Vec<u32>) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        let change = ShardChange { load, drop };
+        self.tx.send(Request::Shards(change, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Reads the stored calendars again and puts them in force (another node loaded one).
+    pub async fn reload_calendars(&self) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::ReloadCalendars(reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
     /// Stores a calendar file and puts it in force; the re-plan it starts runs in the writer's
@@ -306,6 +365,9 @@ pub struct Settings {
     pub routes: Arc<HashMap<String, String>>,
     /// How long delivered and stream-only messages are kept (ms).
     pub outbox_retention: Millis,
+    /// The shards this node holds when several nodes share the database; `None`: the only
+    /// node (every shard is its own, no fencing).
+    pub ownership: Option<Arc<crate::cluster::Ownership>>,
 }
 
 /// The writer task's state.
@@ -338,6 +400,10 @@ pub struct Writer<S: Store> {
     batches: u64,
     /// Bumped after every commit that wrote messages: wakes dispatchers and subscribers.
     published: Arc<tokio::sync::watch::Sender<u64>>,
+    /// A commit failed in a way that may have committed after all (a connection lost during
+    /// COMMIT): the timers it armed may be stored but not in the wheel. The held shards are
+    /// loaded again before the next batch.
+    reload_wheel: bool,
 }
 
 /// How long the writer must have had nothing to do before it runs a batch of re-planning alone.
@@ -387,6 +453,7 @@ pub fn channel<S: Store>(
             pruned_at: Millis::MIN,
             batches: 0,
             published: context.published.clone(),
+            reload_wheel: false,
         },
         Handle { tx, replanned: replanned_rx },
     )
@@ -418,7 +485,17 @@ impl<S: Store> Writer<S> {
     /// Reads the calendars the database holds, puts them in force, and picks up unfinished
     /// re-plans. Call before [`run`](Self::run).
     pub async fn prepare(&mut self) -> Result<(), crate::store::Error> {
+        self.prepare_calendars(true).await
+    }
+
+    /// Puts the stored calendars in force; with `resume`, also picks up unfinished re-plans
+    /// (at start: a re-plan is run by the node that loaded the calendar, or resumed by any
+    /// node that starts while it is unfinished).
+    async fn prepare_calendars(&mut self, resume: bool) -> Result<(), crate::store::Error> {
         let files = self.store.calendar_files().await?;
+        if !resume && files.last().map(|f| f.generation) == self.files.last().map(|f| f.generation) {
+            return Ok(());
+        }
         // A database opened without a seed holds no calendar: the calendars given stay in force.
         if !files.is_empty() {
             let generation = files.last().map_or(0, |f| f.generation);
@@ -428,6 +505,13 @@ impl<S: Store> Writer<S> {
             self.calendars.replace(calendars);
         }
         self.files = files;
+        if !resume {
+            tracing::info!(
+                generation = self.files.last().map_or(0, |f| f.generation),
+                "put a calendar another node loaded in force"
+            );
+            return Ok(());
+        }
         self.replans = self.store.replans().await?.into_iter().filter(|j| !j.done).collect();
         if let Some(job) = self.replans.front() {
             tracing::info!(calendar = %job.label, after = ?job.after, "resuming an unfinished re-plan");
@@ -493,9 +577,16 @@ impl<S: Store> Writer<S> {
                         if !items.is_empty() {
                             self.process(std::mem::take(&mut items)).await;
                         }
-                        let loaded = crate::timer::page_in(&mut self.store, &self.timers, until, self.settings.page)
-                            .await
-                            .map_err(WriteError::from);
+                        let held = self.settings.ownership.as_ref().map(|o| o.held());
+                        let loaded = crate::timer::page_in(
+                            &mut self.store,
+                            &self.timers,
+                            until,
+                            self.settings.page,
+                            held.as_deref(),
+                        )
+                        .await
+                        .map_err(WriteError::from);
                         if loaded.as_ref().is_ok_and(|n| *n > 0) {
                             self.wake.notify_one();
                         }
@@ -509,12 +600,45 @@ impl<S: Store> Writer<S> {
                         }
                         let _ = reply.send(self.load_calendar(load).await);
                     }
+                    Request::Shards(change, reply) => {
+                        if !items.is_empty() {
+                            self.process(std::mem::take(&mut items)).await;
+                        }
+                        let _ = reply.send(self.change_shards(&change).await);
+                    }
+                    Request::ReloadCalendars(reply) => {
+                        if !items.is_empty() {
+                            self.process(std::mem::take(&mut items)).await;
+                        }
+                        let _ = reply.send(self.prepare_calendars(false).await.map_err(WriteError::from));
+                    }
                 }
             }
             if !items.is_empty() {
                 self.process(items).await;
             }
         }
+    }
+
+    /// Loads and drops shards' timers (see [`Request::Shards`]).
+    async fn change_shards(&mut self, change: &ShardChange) -> Result<(), WriteError> {
+        let count = self.settings.shards;
+        if !change.drop.is_empty() {
+            let dropped = crate::timer::drop_shards(&self.timers, &change.drop, count);
+            tracing::debug!(shards = ?change.drop, timers = dropped, "dropped lost shards' timers");
+        }
+        let held: Vec<u32> = match &self.settings.ownership {
+            Some(o) => change.load.iter().copied().filter(|s| o.holds(*s)).collect(),
+            None => change.load.clone(),
+        };
+        if !held.is_empty() {
+            let loaded = crate::timer::rescan(&mut self.store, &self.timers, &held, self.settings.page).await?;
+            if loaded > 0 {
+                self.wake.notify_one();
+            }
+            tracing::debug!(shards = ?held, timers = loaded, "loaded shards' timers");
+        }
+        Ok(())
     }
 
     /// Stores a calendar file in a transaction of its own with the re-plan it starts, then puts
@@ -619,6 +743,16 @@ impl<S: Store> Writer<S> {
 
     async fn process(&mut self, items: Vec<Item>) {
         use tracing::Instrument;
+        if self.reload_wheel {
+            let held = self.settings.ownership.as_ref().map(|o| o.held()).unwrap_or_default();
+            match crate::timer::rescan(&mut self.store, &self.timers, &held, self.settings.page).await {
+                Ok(_) => {
+                    self.reload_wheel = false;
+                    self.wake.notify_one();
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot reload the wheel yet"),
+            }
+        }
         self.batches += 1;
         // Instrumented, not entered: a guard held across an await would tag other tasks' events.
         let span = tracing::debug_span!("batch", id = self.batches, requests = items.len());
@@ -681,8 +815,27 @@ impl<S: Store> Writer<S> {
 
         let mut pending = Vec::with_capacity(items.len());
         let mut outbound = Vec::new();
+        // (shard, epoch) of the wheel's fires in this batch: checked in the transaction.
+        let mut fence: Vec<(u32, u64)> = Vec::new();
         for item in items {
             match item {
+                Item::One(command, reply)
+                    if matches!(command.kind, CommandKind::Timer { .. }) && self.settings.ownership.is_some() =>
+                {
+                    let shard = crate::store::shard_of(&command.instance, self.settings.shards);
+                    match self.settings.ownership.as_ref().and_then(|o| o.epoch(shard)) {
+                        Some(epoch) => fence.push((shard, epoch)),
+                        None => {
+                            self.metrics.fenced.inc();
+                            let _ =
+                                reply.send(Err(WriteError::Fenced(format!("shard {shard} is not held by this node"))));
+                            continue;
+                        }
+                    }
+                    let (result, needs_commit) = builder.one(&command);
+                    trace_command(&command, &result);
+                    pending.push(Pending { owed: Owed::One(reply, result), needs_commit });
+                }
                 Item::Outbound(change, reply) => {
                     outbound.push(change);
                     pending.push(Pending { owed: Owed::Outbound(reply), needs_commit: true });
@@ -729,6 +882,28 @@ impl<S: Store> Writer<S> {
         }
         for row in &mut built.batch.outbox {
             row.destination = self.settings.routes.get(&row.message.channel).cloned();
+        }
+        if let Some(own) = &self.settings.ownership {
+            if !fence.is_empty() {
+                fence.sort_unstable();
+                fence.dedup();
+                built.batch.fence = Some(crate::store::Fence { node: own.node().to_owned(), shards: fence });
+            }
+            let mut others: Vec<u32> = built
+                .batch
+                .timers
+                .iter()
+                .filter_map(|(_, armed)| armed.as_ref().map(|(_, shard)| *shard))
+                .filter(|shard| !own.holds(*shard))
+                .collect();
+            others.sort_unstable();
+            others.dedup();
+            built.batch.notify_shards = others;
+            // Another node's shard: its holder loads the timer when told at commit.
+            built.wheel_ops.retain(|op| match op {
+                crate::timer::WheelOp::Insert(key) => own.holds_instance(&key.instance),
+                crate::timer::WheelOp::Cancel(_) => true,
+            });
         }
         let committed = self.commit(built, pending, now).await;
         if !committed && replanned.is_some() {
@@ -804,6 +979,14 @@ impl<S: Store> Writer<S> {
                 true
             }
             Err(e) => {
+                match &e {
+                    crate::store::Error::Conflict(_) => self.metrics.conflicts.inc(),
+                    crate::store::Error::Fenced(_) => self.metrics.fenced.inc(),
+                    // Lost during COMMIT, the transaction may have committed: its timers would
+                    // then be stored but not in the wheel.
+                    _ if self.settings.ownership.is_some() => self.reload_wheel = true,
+                    _ => {}
+                }
                 tracing::error!(error = %e, requests = pending.len(), "group commit failed; nothing of the batch was written");
                 for (kind, _) in &counts {
                     self.metrics.commands.with_label_values(&[*kind, "failed"]).inc();

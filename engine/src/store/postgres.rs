@@ -1,0 +1,983 @@
+//! PostgreSQL: the backend for a city that runs several engine nodes on one database.
+//!
+//! [`PgStore`] is the writer's side ([`Store`]), [`PgReader`] the queries' ([`ReadStore`]); both
+//! run on pools of connections opened with `synchronous_commit=on` whatever the server's
+//! default, so a commit is answered only once PostgreSQL has it on disk (and on a synchronous
+//! standby when the server is configured with one).
+//!
+//! The command path is the writer's, as on SQLite: one transaction per batch, one statement per
+//! table, rows passed as arrays and spread by `UNNEST` (a statement carries a whole batch, with
+//! no limit on bound parameters). What several nodes add, all inside that one transaction:
+//! - **Optimistic concurrency.** History rows are inserted `ON CONFLICT DO NOTHING`; fewer rows
+//!   than sent means another node wrote an entry this batch also decided to write (its decision
+//!   was made on a stale instance). The batch rolls back as [`Error::Conflict`] and its commands
+//!   are decided again on fresh rows.
+//! - **Fencing.** A batch that fires timers from the wheel names their shards and the epochs its
+//!   node holds them at ([`Batch::fence`]); the transaction reads those lease rows `FOR SHARE` and
+//!   rolls back as [`Error::Fenced`] if one has moved on. The share lock makes a take-over wait for
+//!   the transaction, so no fire commits after its shard was taken.
+//! - **Commit order of the outbox.** Outbox ids must grow in commit order (a stream consumer's
+//!   cursor is an id). A batch with messages takes a transaction-level advisory lock just before
+//!   inserting them and holds it to its commit, so ids are handed out in commit order across
+//!   nodes. Only the tail of such transactions is serialised.
+//! - **Notifications.** `pg_notify` (delivered at commit) tells the other nodes that messages were
+//!   written (their dispatchers and subscribers wake), that timers were armed in shards this node
+//!   does not hold (the holder loads them), or that a calendar was loaded.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Postgres, QueryBuilder, Row};
+
+use super::{
+    row, Batch, DeliveryState, Error, Filter, IdempotencyRow, InstanceRow, ReadStore, ReplanJob, Store,
+    StoredCalendarFile, StoredConsumer, StoredMessage, TimerFrom, TimerId, TimerRow,
+};
+use crate::calendar::CalendarFile;
+use crate::clock::Millis;
+use crate::machine::HistoryEntry;
+
+/// Migrations of the PostgreSQL schema, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The channel `pg_notify` uses; the payload says what changed (see [`Notice`]).
+pub const CHANNEL: &str = "shenguan";
+
+/// The advisory lock key that orders outbox inserts across nodes ("sgoutbox" in ASCII).
+const OUTBOX_LOCK: i64 = 0x7367_6f75_7462_6f78;
+/// The advisory lock key held while seeding calendars, so that nodes starting together seed once.
+const SEED_LOCK: i64 = 0x7367_7365_6564_0001;
+
+const INSTANCE_COLUMNS: &str =
+    "id, workflow, version, state, vars::text AS vars, timers, seq, shard, created_at, updated_at";
+const HISTORY_COLUMNS: &str =
+    "seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled, calendar";
+const MESSAGE_COLUMNS: &str =
+    "id, key, instance_id, seq, channel, recipient, body, template, created_at, destination, status, \
+     attempts, next_attempt_at, last_error, receipt, delivered_at, first_failed_at";
+
+/// What a notification on [`CHANNEL`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Messages were written or revived.
+    Outbox,
+    /// Timers were armed in these shards by a node that does not hold them.
+    Timers(Vec<u32>),
+    /// A calendar file was loaded.
+    Calendar,
+}
+
+impl Notice {
+    /// The payload sent.
+    pub fn payload(&self) -> String {
+        match self {
+            Notice::Outbox => "outbox".to_owned(),
+            Notice::Calendar => "calendar".to_owned(),
+            Notice::Timers(shards) => {
+                let list: Vec<String> = shards.iter().map(u32::to_string).collect();
+                format!("timers:{}", list.join(","))
+            }
+        }
+    }
+
+    /// The notice a payload carries; `None` for one this build does not know (a newer node's).
+    pub fn parse(payload: &str) -> Option<Notice> {
+        match payload {
+            "outbox" => Some(Notice::Outbox),
+            "calendar" => Some(Notice::Calendar),
+            other => {
+                let list = other.strip_prefix("timers:")?;
+                list.split(',').map(|s| s.parse().ok()).collect::<Option<Vec<u32>>>().map(Notice::Timers)
+            }
+        }
+    }
+}
+
+/// Options for connecting.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Connections of the writer's pool (the writer uses one at a time; a second serves the
+    /// prune and the lease keeper without waiting).
+    pub writer_connections: u32,
+    /// Connections of the queries' pool.
+    pub reader_connections: u32,
+    /// How long a caller waits for a free connection (or a new one) before the call is
+    /// answered as unavailable.
+    pub acquire_timeout: Duration,
+    /// The calendar files a database with none is seeded with, and when.
+    pub calendar_seed: Vec<CalendarFile>,
+    /// The instant recorded as the seed's load time.
+    pub seeded_at: Millis,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            writer_connections: 3,
+            reader_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+            calendar_seed: Vec::new(),
+            seeded_at: 0,
+        }
+    }
+}
+
+/// The URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match PgConnectOptions::from_str(url) {
+        Ok(o) => format!(
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or_default()
+        ),
+        Err(_) => "postgres://…".to_owned(),
+    }
+}
+
+fn open_error(url: &str, message: impl Into<String>) -> Error {
+    Error::Open { path: redact(url), message: message.into() }
+}
+
+/// Connection options: the URL's, with durability and a name the server's views show.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, Error> {
+    let opts = PgConnectOptions::from_str(url).map_err(|e| open_error(url, format!("not a PostgreSQL URL: {e}")))?;
+    Ok(opts.application_name("shenguan").options([("synchronous_commit", "on")]))
+}
+
+/// A pool of `connections` to `url`.
+pub async fn pool(url: &str, connections: u32, acquire_timeout: Duration) -> Result<PgPool, Error> {
+    PgPoolOptions::new()
+        .max_connections(connections.max(1))
+        .acquire_timeout(acquire_timeout)
+        .connect_with(connect_options(url)?)
+        .await
+        .map_err(|e| open_error(url, e.to_string()))
+}
+
+/// What `shenguan migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// Versions applied now.
+    pub applied: Vec<i64>,
+    /// The schema version after.
+    pub version: i64,
+}
+
+/// Applies the migrations this build has and the database lacks. Refuses a database whose
+/// schema is newer than this build (see [`super::newer_schema`]).
+pub async fn migrate(pool: &PgPool, url: &str) -> Result<Migrated, Error> {
+    let mut conn = pool.acquire().await.map_err(|e| open_error(url, e.to_string()))?;
+    let before = applied_versions(&mut conn).await.map_err(|e| open_error(url, e.to_string()))?;
+    super::newer_schema(&before, &MIGRATOR).map_err(|m| open_error(url, m))?;
+    // sqlx takes an advisory lock around the run: nodes started together migrate once.
+    MIGRATOR.run_direct(&mut *conn).await.map_err(|e| open_error(url, format!("migration failed: {e}")))?;
+    let applied = MIGRATOR.iter().map(|m| m.version).filter(|v| !before.contains(v)).collect::<Vec<_>>();
+    Ok(Migrated { applied, version: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0) })
+}
+
+async fn applied_versions(conn: &mut sqlx::PgConnection) -> Result<Vec<i64>, sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut *conn).await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await
+}
+
+/// The writer's side.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects, migrates, and seeds the calendars of a database that has none.
+    pub async fn open(url: &str, options: &Options) -> Result<Self, Error> {
+        let pool = pool(url, options.writer_connections, options.acquire_timeout).await?;
+        migrate(&pool, url).await?;
+        seed(&pool, &options.calendar_seed, options.seeded_at).await.map_err(|e| open_error(url, e.to_string()))?;
+        Ok(PgStore { pool })
+    }
+
+    /// The pool (the lease keeper and the listener share its server).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn seed(pool: &PgPool, files: &[CalendarFile], at: Millis) -> Result<(), Error> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SEED_LOCK).execute(&mut *tx).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM calendar_files").fetch_one(&mut *tx).await?;
+    if stored > 0 {
+        return Ok(());
+    }
+    let mut versions: HashMap<&crate::calendar::FileKey, u32> = HashMap::new();
+    for (i, file) in files.iter().enumerate() {
+        let version = versions.entry(&file.key).or_insert(0);
+        *version += 1;
+        let stored = StoredCalendarFile {
+            generation: i as u64 + 1,
+            version: *version,
+            file: file.clone(),
+            loaded_by: super::SEED.to_owned(),
+            loaded_at: at,
+        };
+        insert_file(&mut tx, &stored).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(format!("cannot serialise a row: {e}")))
+}
+
+fn i(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn insert_file(tx: &mut sqlx::PgConnection, f: &StoredCalendarFile) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO calendar_files (generation, key, version, name, text, source, loaded_by, loaded_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(i(f.generation))
+    .bind(row::key_text(&f.file.key))
+    .bind(i64::from(f.version))
+    .bind(&f.file.name)
+    .bind(&f.file.text)
+    .bind(&f.file.source)
+    .bind(&f.loaded_by)
+    .bind(f.loaded_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn put_replan(tx: &mut sqlx::PgConnection, job: &ReplanJob) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO replans (generation, first, last, label, after_instance, after_name, moved, done) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (generation) DO UPDATE SET after_instance = excluded.after_instance, \
+         after_name = excluded.after_name, moved = excluded.moved, done = excluded.done",
+    )
+    .bind(i(job.generation))
+    .bind(job.first.to_string())
+    .bind(job.last.to_string())
+    .bind(&job.label)
+    .bind(job.after.as_ref().map(|a| a.0.as_str()))
+    .bind(job.after.as_ref().map(|a| a.1.as_str()))
+    .bind(i(job.moved))
+    .bind(job.done)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    if let Some(fence) = &batch.fence {
+        let shards: Vec<i64> = fence.shards.iter().map(|(s, _)| i64::from(*s)).collect();
+        let epochs: Vec<i64> = fence.shards.iter().map(|(_, e)| i(*e)).collect();
+        let held: Vec<i64> = sqlx::query_scalar(
+            "SELECT l.shard FROM shard_leases l JOIN UNNEST($2::bigint[], $3::bigint[]) AS f(shard, epoch) \
+             ON l.shard = f.shard AND l.epoch = f.epoch WHERE l.owner = $1 FOR SHARE OF l",
+        )
+        .bind(&fence.node)
+        .bind(&shards)
+        .bind(&epochs)
+        .fetch_all(&mut *tx)
+        .await?;
+        if held.len() < shards.len() {
+            let lost: Vec<i64> = shards.iter().copied().filter(|s| !held.contains(s)).collect();
+            return Err(Error::Fenced(format!("node {} no longer holds shard(s) {lost:?}", fence.node)));
+        }
+    }
+    if !batch.history.is_empty() {
+        let h = &batch.history;
+        let mut ids = Vec::with_capacity(h.len());
+        let (mut seq, mut at, mut actor, mut request, mut command) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut from, mut to, mut armed, mut cancelled, mut messages, mut handled, mut calendar) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (id, e) in h {
+            ids.push(id.as_str());
+            seq.push(i(e.seq));
+            at.push(e.at);
+            actor.push(e.actor.as_str());
+            request.push(e.request_id.as_deref());
+            command.push(json(&e.command)?);
+            from.push(e.from.as_deref());
+            to.push(e.to.as_str());
+            armed.push(json(&e.armed)?);
+            cancelled.push(json(&e.cancelled)?);
+            messages.push(i64::from(e.messages));
+            handled.push(e.handled);
+            calendar.push(i(e.calendar));
+        }
+        let written = sqlx::query(
+            "INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, \
+             cancelled, messages, handled, calendar) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bool[], $13::bigint[]) \
+             ON CONFLICT (instance_id, seq) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&seq)
+        .bind(&at)
+        .bind(&actor)
+        .bind(&request)
+        .bind(&command)
+        .bind(&from)
+        .bind(&to)
+        .bind(&armed)
+        .bind(&cancelled)
+        .bind(&messages)
+        .bind(&handled)
+        .bind(&calendar)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if written < h.len() as u64 {
+            return Err(Error::Conflict(format!(
+                "{} of {} history entries were written by another node first",
+                h.len() as u64 - written,
+                h.len()
+            )));
+        }
+    }
+    if !batch.instances.is_empty() {
+        let r = &batch.instances;
+        let ids: Vec<&str> = r.iter().map(|r| r.id.as_str()).collect();
+        let workflows: Vec<&str> = r.iter().map(|r| r.workflow.as_str()).collect();
+        let versions: Vec<i64> = r.iter().map(|r| i64::from(r.version)).collect();
+        let states: Vec<&str> = r.iter().map(|r| r.state.as_str()).collect();
+        let vars = r.iter().map(|r| json(&r.vars)).collect::<Result<Vec<_>, _>>()?;
+        let timers = r.iter().map(|r| json(&r.timers)).collect::<Result<Vec<_>, _>>()?;
+        let seqs: Vec<i64> = r.iter().map(|r| i(r.seq)).collect();
+        let shards: Vec<i64> = r.iter().map(|r| i64::from(r.shard)).collect();
+        let created: Vec<i64> = r.iter().map(|r| r.created_at).collect();
+        let updated: Vec<i64> = r.iter().map(|r| r.updated_at).collect();
+        sqlx::query(
+            "INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) \
+             SELECT id, workflow, version, state, vars::jsonb, timers, seq, shard, created_at, updated_at \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], \
+             $8::bigint[], $9::bigint[], $10::bigint[]) \
+             AS u(id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, vars = excluded.vars, timers = excluded.timers, \
+             seq = excluded.seq, updated_at = excluded.updated_at",
+        )
+        .bind(&ids)
+        .bind(&workflows)
+        .bind(&versions)
+        .bind(&states)
+        .bind(&vars)
+        .bind(&timers)
+        .bind(&seqs)
+        .bind(&shards)
+        .bind(&created)
+        .bind(&updated)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (deleted, upserted): (Vec<_>, Vec<_>) = batch.timers.iter().partition(|(_, v)| v.is_none());
+    if !deleted.is_empty() {
+        let ids: Vec<&str> = deleted.iter().map(|((i, _), _)| i.as_str()).collect();
+        let names: Vec<&str> = deleted.iter().map(|((_, n), _)| n.as_str()).collect();
+        sqlx::query(
+            "DELETE FROM timers t USING UNNEST($1::text[], $2::text[]) AS d(instance_id, name) \
+             WHERE t.instance_id = d.instance_id AND t.name = d.name",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !upserted.is_empty() {
+        let mut ids = vec![];
+        let (mut names, mut dues, mut events, mut shards, mut firsts, mut lasts, mut provisional) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for ((id, name), value) in &upserted {
+            let Some((timer, shard)) = value else { continue };
+            let plan = timer.plan.as_ref();
+            ids.push(id.as_str());
+            names.push(name.as_str());
+            dues.push(timer.due);
+            events.push(timer.event.as_str());
+            shards.push(i64::from(*shard));
+            firsts.push(plan.map(|p| p.first.to_string()));
+            lasts.push(plan.map(|p| p.last.to_string()));
+            provisional.push(plan.is_some_and(|p| p.provisional));
+        }
+        sqlx::query(
+            "INSERT INTO timers (instance_id, name, due_at, event, shard, plan_first, plan_last, provisional) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], \
+             $7::text[], $8::bool[]) \
+             ON CONFLICT (instance_id, name) DO UPDATE SET due_at = excluded.due_at, event = excluded.event, \
+             shard = excluded.shard, plan_first = excluded.plan_first, plan_last = excluded.plan_last, \
+             provisional = excluded.provisional",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .bind(&dues)
+        .bind(&events)
+        .bind(&shards)
+        .bind(&firsts)
+        .bind(&lasts)
+        .bind(&provisional)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.marks.is_empty() {
+        let m = &batch.marks;
+        let ids: Vec<i64> = m.iter().map(|m| i(m.id)).collect();
+        let status: Vec<&str> = m.iter().map(|m| m.status.as_str()).collect();
+        let attempts: Vec<i64> = m.iter().map(|m| i64::from(m.attempts)).collect();
+        let next: Vec<i64> = m.iter().map(|m| m.next_attempt_at).collect();
+        let errors: Vec<Option<&str>> = m.iter().map(|m| m.last_error.as_deref()).collect();
+        let receipts: Vec<Option<&str>> = m.iter().map(|m| m.receipt.as_deref()).collect();
+        let at: Vec<i64> = m.iter().map(|m| m.at).collect();
+        // A mark never overrides an administrator's retry that raced it: only a message still
+        // pending is changed.
+        sqlx::query(
+            "UPDATE outbox SET status = m.status, attempts = m.attempts, next_attempt_at = m.next, \
+             last_error = m.error, receipt = coalesce(m.receipt, outbox.receipt), \
+             delivered_at = CASE WHEN m.status = 'pending' THEN NULL ELSE m.at END, \
+             first_failed_at = CASE WHEN m.error IS NULL THEN outbox.first_failed_at \
+                 ELSE coalesce(outbox.first_failed_at, m.at) END \
+             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bigint[]) \
+             AS m(id, status, attempts, next, error, receipt, at) \
+             WHERE outbox.id = m.id AND outbox.status = 'pending'",
+        )
+        .bind(&ids)
+        .bind(&status)
+        .bind(&attempts)
+        .bind(&next)
+        .bind(&errors)
+        .bind(&receipts)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.revive.is_empty() {
+        sqlx::query(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = 0, delivered_at = NULL, \
+             first_failed_at = NULL WHERE key = ANY($1::text[]) AND status = 'dead'",
+        )
+        .bind(&batch.revive)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for c in &batch.cursors {
+        sqlx::query(
+            "INSERT INTO consumers (name, owner, acked, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET acked = greatest(consumers.acked, excluded.acked), \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&c.name)
+        .bind(&c.owner)
+        .bind(i(c.acked))
+        .bind(c.at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.idempotency.is_empty() {
+        let k = &batch.idempotency;
+        let keys: Vec<&str> = k.iter().map(|(key, _)| key.as_str()).collect();
+        let ids: Vec<&str> = k.iter().map(|(_, r)| r.instance.as_str()).collect();
+        let seqs: Vec<i64> = k.iter().map(|(_, r)| i(r.seq)).collect();
+        let prints: Vec<&str> = k.iter().map(|(_, r)| r.fingerprint.as_str()).collect();
+        let created: Vec<i64> = k.iter().map(|(_, r)| r.created_at).collect();
+        // The writer reuses a key only once it has expired.
+        sqlx::query(
+            "INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) \
+             ON CONFLICT (key) DO UPDATE SET instance_id = excluded.instance_id, seq = excluded.seq, \
+             fingerprint = excluded.fingerprint, created_at = excluded.created_at",
+        )
+        .bind(&keys)
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&prints)
+        .bind(&created)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(f) = &batch.calendar_file {
+        insert_file(&mut tx, f).await?;
+        notify(&mut tx, &Notice::Calendar).await?;
+    }
+    if let Some(job) = &batch.replan {
+        put_replan(&mut tx, job).await?;
+    }
+    if !batch.notify_shards.is_empty() {
+        notify(&mut tx, &Notice::Timers(batch.notify_shards.clone())).await?;
+    }
+    if !batch.outbox.is_empty() {
+        // Last, and under the lock to the commit: ids are handed out in commit order.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut *tx).await?;
+        let o = &batch.outbox;
+        let keys: Vec<&str> = o.iter().map(|m| m.key.as_str()).collect();
+        let ids: Vec<&str> = o.iter().map(|m| m.instance.as_str()).collect();
+        let seqs: Vec<i64> = o.iter().map(|m| i(m.seq)).collect();
+        let channels: Vec<&str> = o.iter().map(|m| m.message.channel.as_str()).collect();
+        let recipients: Vec<Option<&str>> = o.iter().map(|m| m.message.recipient.as_deref()).collect();
+        let bodies: Vec<&str> = o.iter().map(|m| m.message.body.as_str()).collect();
+        let created: Vec<i64> = o.iter().map(|m| m.created_at).collect();
+        let destinations: Vec<Option<&str>> = o.iter().map(|m| m.destination.as_deref()).collect();
+        let status: Vec<&str> = o
+            .iter()
+            .map(|m| if m.destination.is_some() { DeliveryState::Pending } else { DeliveryState::Stream }.as_str())
+            .collect();
+        let templates: Vec<Option<&str>> = o.iter().map(|m| m.message.template.as_deref()).collect();
+        sqlx::query(
+            "INSERT INTO outbox (key, instance_id, seq, channel, recipient, body, created_at, next_attempt_at, \
+             destination, status, template) \
+             SELECT key, instance_id, seq, channel, recipient, body, created_at, 0, destination, status, template \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], \
+             $8::text[], $9::text[], $10::text[]) WITH ORDINALITY \
+             AS u(key, instance_id, seq, channel, recipient, body, created_at, destination, status, template, n) \
+             ORDER BY n",
+        )
+        .bind(&keys)
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&channels)
+        .bind(&recipients)
+        .bind(&bodies)
+        .bind(&created)
+        .bind(&destinations)
+        .bind(&status)
+        .bind(&templates)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.outbox.is_empty() || !batch.revive.is_empty() {
+        notify(&mut tx, &Notice::Outbox).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn notify(tx: &mut sqlx::PgConnection, notice: &Notice) -> Result<(), Error> {
+    sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(notice.payload()).execute(&mut *tx).await?;
+    Ok(())
+}
+
+impl Store for PgStore {
+    async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
+        let rows = sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ANY($1::text[])"))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| row::instance(r).map(|i| (i.id.clone(), i))).collect()
+    }
+
+    async fn load_idempotency(&mut self, keys: &[&str]) -> Result<HashMap<String, IdempotencyRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT key, instance_id, seq, fingerprint, created_at FROM idempotency WHERE key = ANY($1::text[])",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("key")?,
+                    IdempotencyRow {
+                        instance: r.try_get("instance_id")?,
+                        seq: u64::try_from(r.try_get::<i64, _>("seq")?)
+                            .map_err(|e| row::corrupt("idempotency.seq", e))?,
+                        fingerprint: r.try_get("fingerprint")?,
+                        created_at: r.try_get("created_at")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
+        commit(&self.pool, batch).await
+    }
+
+    async fn prune_idempotency(&mut self, before: Millis, limit: u32) -> Result<u64, Error> {
+        let sql = "DELETE FROM idempotency WHERE key IN \
+                   (SELECT key FROM idempotency WHERE created_at < $1 LIMIT $2)";
+        Ok(sqlx::query(sql).bind(before).bind(i64::from(limit)).execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn prune_outbox(&mut self, before: Millis, limit: u32) -> Result<u64, Error> {
+        let sql = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE status IN ('delivered', 'stream') \
+                   AND created_at < $1 ORDER BY id LIMIT $2)";
+        Ok(sqlx::query(sql).bind(before).bind(i64::from(limit)).execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn timers_page(
+        &mut self,
+        from: &TimerFrom,
+        before: Millis,
+        limit: u32,
+        shards: Option<&[u32]>,
+    ) -> Result<Vec<TimerRow>, Error> {
+        let mut q: QueryBuilder<Postgres> =
+            QueryBuilder::new("SELECT due_at, instance_id, name FROM timers WHERE due_at < ");
+        q.push_bind(before);
+        match from {
+            TimerFrom::Due(from) => {
+                q.push(" AND due_at >= ").push_bind(*from);
+            }
+            TimerFrom::After(due, id, name) => {
+                q.push(" AND (due_at, instance_id, name) > (")
+                    .push_bind(*due)
+                    .push(", ")
+                    .push_bind(id.clone())
+                    .push(", ")
+                    .push_bind(name.clone())
+                    .push(")");
+            }
+        }
+        if let Some(shards) = shards {
+            let shards: Vec<i64> = shards.iter().map(|s| i64::from(*s)).collect();
+            q.push(" AND shard = ANY(").push_bind(shards).push("::bigint[])");
+        }
+        q.push(" ORDER BY due_at, instance_id, name LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(row::timer).collect()
+    }
+
+    async fn calendar_files(&mut self) -> Result<Vec<StoredCalendarFile>, Error> {
+        files(&self.pool).await
+    }
+
+    async fn replans(&mut self) -> Result<Vec<ReplanJob>, Error> {
+        replans(&self.pool).await
+    }
+
+    async fn planned_timers(
+        &mut self,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+        after: Option<&TimerId>,
+        limit: u32,
+    ) -> Result<Vec<TimerId>, Error> {
+        planned(&self.pool, first, last, after, limit).await
+    }
+}
+
+async fn files(pool: &PgPool) -> Result<Vec<StoredCalendarFile>, Error> {
+    let rows = sqlx::query(
+        "SELECT generation, version, name, text, loaded_by, loaded_at FROM calendar_files ORDER BY generation",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(row::calendar_file).collect()
+}
+
+async fn replans(pool: &PgPool) -> Result<Vec<ReplanJob>, Error> {
+    let rows = sqlx::query(
+        "SELECT generation, first, last, label, after_instance, after_name, moved, done FROM replans ORDER BY generation",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(row::replan).collect()
+}
+
+async fn planned(
+    pool: &PgPool,
+    first: chrono::NaiveDate,
+    last: chrono::NaiveDate,
+    after: Option<&TimerId>,
+    limit: u32,
+) -> Result<Vec<TimerId>, Error> {
+    let mut q: QueryBuilder<Postgres> =
+        QueryBuilder::new("SELECT instance_id, name FROM timers WHERE plan_first IS NOT NULL AND plan_first <= ");
+    q.push_bind(last.to_string()).push(" AND plan_last >= ").push_bind(first.to_string());
+    if let Some((instance, name)) = after {
+        q.push(" AND (instance_id, name) > (").push_bind(instance.clone()).push(", ").push_bind(name.clone()).push(")");
+    }
+    q.push(" ORDER BY instance_id, name LIMIT ").push_bind(i64::from(limit));
+    Ok(q.build_query_as::<(String, String)>().fetch_all(pool).await?)
+}
+
+/// The queries' side, on its own pool.
+#[derive(Debug, Clone)]
+pub struct PgReader {
+    pool: PgPool,
+}
+
+impl PgReader {
+    /// Connects a pool of `connections` for queries. Refuses a database without the schema.
+    pub async fn open(url: &str, connections: u32) -> Result<Self, Error> {
+        let pool = pool(url, connections, Duration::from_secs(5)).await?;
+        let has: bool = sqlx::query_scalar("SELECT to_regclass('instances') IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| open_error(url, e.to_string()))?;
+        if !has {
+            return Err(open_error(url, "not a shenguan database (no instances table): run `shenguan migrate`"));
+        }
+        Ok(PgReader { pool })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadStore for PgReader {
+    async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
+        let r = sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(row::instance).transpose()
+    }
+
+    async fn with_prefix(&self, prefix: &str) -> Result<Vec<InstanceRow>, Error> {
+        let rows =
+            sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id >= $1 AND id < $2 ORDER BY id"))
+                .bind(prefix)
+                .bind(format!("{prefix}\u{10FFFF}"))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(row::instance).collect()
+    }
+
+    async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
+        let rows = sqlx::query(&format!("SELECT {HISTORY_COLUMNS} FROM history WHERE instance_id = $1 ORDER BY seq"))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row::history).collect()
+    }
+
+    async fn list(&self, filter: &Filter) -> Result<Vec<InstanceRow>, Error> {
+        let mut q: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = "));
+        q.push_bind(filter.workflow.clone());
+        if let Some(state) = &filter.state {
+            q.push(" AND state = ").push_bind(state.clone());
+        }
+        for (var, value) in &filter.vars {
+            q.push(" AND vars ->> ").push_bind(var.clone()).push(" = ").push_bind(value.clone());
+        }
+        if !filter.any_true.is_empty() || !filter.any_task_true.is_empty() {
+            q.push(" AND (false");
+            for var in &filter.any_true {
+                q.push(" OR (vars -> ").push_bind(var.clone()).push(") = 'true'::jsonb");
+            }
+            if !filter.any_task_true.is_empty() {
+                q.push(" OR EXISTS (SELECT 1 FROM instances t WHERE t.id > instances.id || '/T' AND t.id < instances.id || '/U' AND t.workflow = ")
+                    .push_bind(filter.task_workflow.clone())
+                    .push(" AND (false");
+                for var in &filter.any_task_true {
+                    q.push(" OR (t.vars -> ").push_bind(var.clone()).push(") = 'true'::jsonb");
+                }
+                q.push("))");
+            }
+            q.push(")");
+        }
+        if filter.provisional {
+            q.push(
+                " AND (EXISTS (SELECT 1 FROM timers p WHERE p.provisional AND (p.instance_id = instances.id \
+                 OR (p.instance_id > instances.id || '/T' AND p.instance_id < instances.id || '/U')))",
+            );
+            if let Some(var) = &filter.provisional_var {
+                q.push(" OR (vars -> ").push_bind(var.clone()).push(") = 'true'::jsonb");
+            }
+            q.push(")");
+        }
+        if let Some(prefix) = filter.region_prefix.as_deref().filter(|p| !p.is_empty()) {
+            q.push(" AND id >= ")
+                .push_bind(prefix.to_owned())
+                .push(" AND id < ")
+                .push_bind(format!("{prefix}\u{10FFFF}"));
+        }
+        if let Some((department, office)) = &filter.seen_by {
+            q.push(" AND (");
+            if office.is_none() {
+                q.push("vars ->> 'approval_department' = ").push_bind(department.clone()).push(" OR ");
+            }
+            q.push("EXISTS (SELECT 1 FROM instances s WHERE s.id > instances.id || '/T' AND s.id < instances.id || '/U' AND s.workflow = ")
+                .push_bind(filter.task_workflow.clone())
+                .push(" AND s.vars ->> 'department' = ")
+                .push_bind(department.clone());
+            if let Some(office) = office {
+                q.push(" AND s.vars ->> 'office' = ").push_bind(office.clone());
+            }
+            q.push("))");
+        }
+        if let Some(from) = filter.created_from {
+            q.push(" AND created_at >= ").push_bind(from);
+        }
+        if let Some(before) = filter.created_before {
+            q.push(" AND created_at < ").push_bind(before);
+        }
+        if let Some(after) = &filter.after {
+            q.push(" AND id > ").push_bind(after.clone());
+        }
+        q.push(" ORDER BY id");
+        if let Some(limit) = filter.limit {
+            q.push(" LIMIT ").push_bind(i64::from(limit));
+        }
+        let rows: Vec<PgRow> = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(row::instance).collect()
+    }
+
+    async fn outbox_backlog(&self) -> Result<Vec<(String, u64)>, Error> {
+        let rows: Vec<(Option<String>, i64)> =
+            sqlx::query_as("SELECT destination, count(*) FROM outbox WHERE status = 'pending' GROUP BY destination")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(d, n)| (d.unwrap_or_default(), u64::try_from(n).unwrap_or(0))).collect())
+    }
+
+    async fn outbox_pending(&self, destination: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE destination = $1 AND status = 'pending' AND id > $2 \
+             ORDER BY id LIMIT $3"
+        ))
+        .bind(destination)
+        .bind(i(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row::message).collect()
+    }
+
+    async fn outbox_after(&self, after: u64, channels: &[String], limit: u32) -> Result<Vec<StoredMessage>, Error> {
+        let mut q: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM outbox WHERE id > "));
+        q.push_bind(i(after));
+        if !channels.is_empty() {
+            q.push(" AND channel = ANY(").push_bind(channels.to_vec()).push("::text[])");
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(row::message).collect()
+    }
+
+    async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<StoredMessage>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE status = 'dead' AND id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(i(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row::message).collect()
+    }
+
+    async fn message(&self, key: &str) -> Result<Option<StoredMessage>, Error> {
+        let r = sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM outbox WHERE key = $1"))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(row::message).transpose()
+    }
+
+    async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error> {
+        let r: Option<(String, i64)> = sqlx::query_as("SELECT owner, acked FROM consumers WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|(owner, acked)| StoredConsumer { owner, acked: u64::try_from(acked).unwrap_or(0) }))
+    }
+
+    async fn outbox_of(&self, instance: &str) -> Result<Vec<StoredMessage>, Error> {
+        let rows =
+            sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM outbox WHERE instance_id = $1 ORDER BY seq, id"))
+                .bind(instance)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(row::message).collect()
+    }
+
+    async fn timers_pending(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM timers").fetch_one(&self.pool).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn instance_ids(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar("SELECT id FROM instances WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn all_timers(&self) -> Result<Vec<TimerRow>, Error> {
+        let rows = sqlx::query("SELECT instance_id, name, due_at FROM timers ORDER BY due_at, instance_id, name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row::timer).collect()
+    }
+
+    async fn orphans(&self, limit: u32) -> Result<Vec<(String, String)>, Error> {
+        Ok(sqlx::query_as::<_, (String, String)>(
+            "SELECT t, id FROM ( \
+               SELECT DISTINCT 'history' AS t, instance_id AS id FROM history \
+               UNION SELECT DISTINCT 'outbox', instance_id FROM outbox \
+               UNION SELECT DISTINCT 'idempotency', instance_id FROM idempotency \
+             ) o WHERE NOT EXISTS (SELECT 1 FROM instances WHERE instances.id = o.id) ORDER BY id, t LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn calendar_files(&self) -> Result<Vec<StoredCalendarFile>, Error> {
+        files(&self.pool).await
+    }
+
+    async fn replans(&self) -> Result<Vec<ReplanJob>, Error> {
+        replans(&self.pool).await
+    }
+
+    async fn planned_timers(
+        &self,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+        after: Option<&TimerId>,
+        limit: u32,
+    ) -> Result<Vec<TimerId>, Error> {
+        planned(&self.pool, first, last, after, limit).await
+    }
+
+    async fn provisional_timers(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM timers WHERE provisional").fetch_one(&self.pool).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn count(&self, table: super::Table) -> Result<u64, Error> {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name())).fetch_one(&self.pool).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Notice;
+
+    #[test]
+    fn notices_read_back_and_unknown_ones_are_ignored() {
+        for n in [Notice::Outbox, Notice::Calendar, Notice::Timers(vec![0, 7, 63])] {
+            assert_eq!(Notice::parse(&n.payload()), Some(n));
+        }
+        assert_eq!(Notice::parse("timers:1,x"), None);
+        assert_eq!(Notice::parse("something new"), None);
+    }
+}

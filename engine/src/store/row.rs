@@ -1,0 +1,163 @@
+//! Row decoding shared by both backends: a stored instance, history entry, timer, message,
+//! calendar file or re-plan means the same on SQLite and PostgreSQL, so it is decoded by one
+//! function. [`Get`] is the little each backend's row type must answer (every integer column is
+//! read as `i64`, every boolean as `bool`, on both).
+
+use sqlx::Row;
+
+use super::{DeliveryState, Error, InstanceRow, ReplanJob, StoredCalendarFile, StoredMessage, TimerRow};
+use crate::calendar::CalendarFile;
+use crate::machine::{CommandKind, HistoryEntry};
+
+/// Typed column access on a backend's row.
+pub(crate) trait Get {
+    /// A text column.
+    fn text(&self, column: &str) -> Result<String, Error>;
+    /// A nullable text column.
+    fn opt_text(&self, column: &str) -> Result<Option<String>, Error>;
+    /// An integer column.
+    fn int(&self, column: &str) -> Result<i64, Error>;
+    /// A nullable integer column.
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, Error>;
+    /// A boolean column.
+    fn flag(&self, column: &str) -> Result<bool, Error>;
+}
+
+macro_rules! get_for {
+    ($row:ty) => {
+        impl Get for $row {
+            fn text(&self, column: &str) -> Result<String, Error> {
+                Ok(self.try_get(column)?)
+            }
+            fn opt_text(&self, column: &str) -> Result<Option<String>, Error> {
+                Ok(self.try_get(column)?)
+            }
+            fn int(&self, column: &str) -> Result<i64, Error> {
+                Ok(self.try_get(column)?)
+            }
+            fn opt_int(&self, column: &str) -> Result<Option<i64>, Error> {
+                Ok(self.try_get(column)?)
+            }
+            fn flag(&self, column: &str) -> Result<bool, Error> {
+                Ok(self.try_get(column)?)
+            }
+        }
+    };
+}
+
+get_for!(sqlx::sqlite::SqliteRow);
+get_for!(sqlx::postgres::PgRow);
+
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Corrupt(format!("{what}: {e}"))
+}
+
+fn unsigned<T: TryFrom<i64>>(r: &impl Get, column: &str, what: &str) -> Result<T, Error>
+where
+    T::Error: std::fmt::Display,
+{
+    T::try_from(r.int(column)?).map_err(|e| corrupt(what, e))
+}
+
+pub(crate) fn instance(r: &impl Get) -> Result<InstanceRow, Error> {
+    Ok(InstanceRow {
+        id: r.text("id")?,
+        workflow: r.text("workflow")?,
+        version: unsigned(r, "version", "instances.version")?,
+        state: r.text("state")?,
+        vars: serde_json::from_str(&r.text("vars")?).map_err(|e| corrupt("instances.vars", e))?,
+        timers: serde_json::from_str(&r.text("timers")?).map_err(|e| corrupt("instances.timers", e))?,
+        seq: unsigned(r, "seq", "instances.seq")?,
+        shard: unsigned(r, "shard", "instances.shard")?,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
+
+pub(crate) fn history(r: &impl Get) -> Result<HistoryEntry, Error> {
+    Ok(HistoryEntry {
+        seq: unsigned(r, "seq", "history.seq")?,
+        at: r.int("at")?,
+        actor: r.text("actor")?,
+        request_id: r.opt_text("request_id")?,
+        command: serde_json::from_str::<CommandKind>(&r.text("command")?).map_err(|e| corrupt("history.command", e))?,
+        from: r.opt_text("from_state")?,
+        to: r.text("to_state")?,
+        armed: serde_json::from_str(&r.text("armed")?).map_err(|e| corrupt("history.armed", e))?,
+        cancelled: serde_json::from_str(&r.text("cancelled")?).map_err(|e| corrupt("history.cancelled", e))?,
+        messages: unsigned(r, "messages", "history.messages")?,
+        handled: r.flag("handled")?,
+        calendar: unsigned(r, "calendar", "history.calendar")?,
+    })
+}
+
+pub(crate) fn timer(r: &impl Get) -> Result<TimerRow, Error> {
+    Ok(TimerRow { due: r.int("due_at")?, instance: r.text("instance_id")?, name: r.text("name")? })
+}
+
+/// A stored message; a state the schema does not know is damaged data, not a default.
+pub(crate) fn message(r: &impl Get) -> Result<StoredMessage, Error> {
+    let status = r.text("status")?;
+    let status = DeliveryState::parse(&status)
+        .ok_or_else(|| Error::Corrupt(format!("outbox message with the unknown state {status:?}")))?;
+    let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(StoredMessage {
+        id: unsigned(r.int("id")?),
+        key: r.text("key")?,
+        instance: r.text("instance_id")?,
+        seq: unsigned(r.int("seq")?),
+        message: crate::machine::Message {
+            channel: r.text("channel")?,
+            recipient: r.opt_text("recipient")?,
+            body: r.text("body")?,
+            template: r.opt_text("template")?,
+        },
+        created_at: r.int("created_at")?,
+        destination: r.opt_text("destination")?,
+        status,
+        attempts: u32::try_from(r.int("attempts")?).unwrap_or(u32::MAX),
+        next_attempt_at: r.int("next_attempt_at")?,
+        last_error: r.opt_text("last_error")?,
+        receipt: r.opt_text("receipt")?,
+        delivered_at: r.opt_int("delivered_at")?,
+        first_failed_at: r.opt_int("first_failed_at")?,
+    })
+}
+
+pub(crate) fn calendar_file(r: &impl Get) -> Result<StoredCalendarFile, Error> {
+    let name = r.text("name")?;
+    let text = r.text("text")?;
+    // Stored files were checked when loaded; one that no longer parses is damage.
+    let file = CalendarFile::parse(&name, &text).map_err(|e| corrupt("calendar_files.text", e))?;
+    Ok(StoredCalendarFile {
+        generation: unsigned(r, "generation", "calendar_files.generation")?,
+        version: unsigned(r, "version", "calendar_files.version")?,
+        file,
+        loaded_by: r.text("loaded_by")?,
+        loaded_at: r.int("loaded_at")?,
+    })
+}
+
+fn date(text: &str, what: &str) -> Result<chrono::NaiveDate, Error> {
+    crate::calendar::parse_date(text).ok_or_else(|| corrupt(what, text))
+}
+
+pub(crate) fn replan(r: &impl Get) -> Result<ReplanJob, Error> {
+    Ok(ReplanJob {
+        generation: unsigned(r, "generation", "replans.generation")?,
+        first: date(&r.text("first")?, "replans.first")?,
+        last: date(&r.text("last")?, "replans.last")?,
+        label: r.text("label")?,
+        after: r.opt_text("after_instance")?.zip(r.opt_text("after_name")?),
+        moved: unsigned(r, "moved", "replans.moved")?,
+        done: r.flag("done")?,
+    })
+}
+
+/// The text a calendar file's key is stored as.
+pub(crate) fn key_text(key: &crate::calendar::FileKey) -> String {
+    match key {
+        crate::calendar::FileKey::Year(y) => format!("year:{y}"),
+        crate::calendar::FileKey::Region(code) => format!("region:{code}"),
+    }
+}

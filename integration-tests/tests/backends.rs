@@ -1,0 +1,511 @@
+//! The engine's behaviour on both backends: the same tests, run once on a SQLite file and once
+//! on a PostgreSQL database (a fresh database per test; see `integration_tests::pg`), so the two
+//! cannot drift. Each `both!` line makes `<test>::sqlite` and `<test>::postgres`.
+//!
+//! Then what only PostgreSQL has: two engines (nodes) on one database deciding on the same
+//! instances (optimistic concurrency), a node whose lease was taken writing nothing (fencing),
+//! and a node refused for a shard count the database was not set up with.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+use shenguan::calendar::Calendars;
+use shenguan::clock::VirtualClock;
+use shenguan::definition::Registry;
+use shenguan::engine::{Config, Engine};
+use shenguan::machine::{Command, CommandKind, Rejection};
+use shenguan::store::{Database, ReadStore, Table};
+use shenguan::writer::{GroupItem, WriteError};
+
+fn t(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s).expect("rfc3339").timestamp_millis()
+}
+
+/// Where one run of a test keeps its state.
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Backend {
+    fn sqlite() -> Self {
+        Backend::Sqlite(tempfile::tempdir().expect("tempdir"))
+    }
+
+    async fn postgres() -> Option<Self> {
+        integration_tests::pg::database().await.map(Backend::Postgres)
+    }
+
+    fn database(&self) -> Database {
+        match self {
+            Backend::Sqlite(dir) => Database::Sqlite(dir.path().join("e.db")),
+            Backend::Postgres(url) => Database::Postgres(url.clone()),
+        }
+    }
+
+    async fn reader(&self) -> Arc<dyn ReadStore> {
+        self.database().reader(2).await.expect("reader")
+    }
+
+    fn config(&self) -> Config {
+        let mut c = Config::with_database(self.database());
+        // These tests count every message written over months of virtual time: none is pruned
+        // unless a test asks for it.
+        c.outbox_retention = i64::MAX;
+        c
+    }
+
+    async fn start(&self, clock: &VirtualClock, config: impl FnOnce(&mut Config)) -> Engine {
+        let mut c = self.config();
+        config(&mut c);
+        Engine::start(c, context(Arc::new(Registry::embedded().expect("workflows")), clock)).await.expect("starts")
+    }
+}
+
+fn context(registry: Arc<Registry>, clock: &VirtualClock) -> shenguan::engine::Context {
+    shenguan::engine::Context::new(registry, Calendars::embedded().expect("calendars"), Arc::new(clock.clone()))
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::sqlite()).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(b) = super::Backend::postgres().await {
+                    super::$name(b).await;
+                }
+            }
+        }
+    };
+}
+
+fn case(id: &str, deadline: &str, request: Option<&str>) -> Command {
+    let serde_json::Value::Object(vars) =
+        json!({"region": "320700", "commitment_deadline": deadline, "applicant_mobile": "13800000000"})
+    else {
+        unreachable!()
+    };
+    Command {
+        instance: id.into(),
+        kind: CommandKind::Start { workflow: "commitment_case".into(), version: None, vars },
+        actor: "test".into(),
+        request_id: request.map(str::to_owned),
+        idempotency: None,
+    }
+    .keyed("test")
+}
+
+fn materials(id: &str) -> Command {
+    Command {
+        instance: id.into(),
+        kind: CommandKind::Event { name: "materials_submitted".into(), fields: serde_json::Map::new() },
+        actor: "test".into(),
+        request_id: None,
+        idempotency: None,
+    }
+}
+
+async fn verify(b: &Backend, registry: &Registry) -> shenguan::admin::Report {
+    shenguan::admin::verify_database(&b.database(), registry, &Calendars::embedded().expect("calendars"))
+        .await
+        .expect("verify")
+}
+
+both!(reminders_and_deadlines_fire_on_the_virtual_clock_and_overdue_ones_fire_at_restart_in_order);
+async fn reminders_and_deadlines_fire_on_the_virtual_clock_and_overdue_ones_fire_at_restart_in_order(b: Backend) {
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let engine = b.start(&clock, |_| {}).await;
+    for (id, deadline) in [("a", "2026-09-30"), ("b", "2026-10-02"), ("c", "2026-10-05"), ("d", "2026-09-30")] {
+        let applied = engine.submit(case(id, deadline, None)).await.expect("accepted");
+        assert_eq!(applied.instance.state, "pending");
+    }
+    engine.submit(materials("d")).await.expect("materials");
+
+    // Just before 09:00 on the day before a's deadline: nothing fires early.
+    clock.advance_to(t("2026-09-29T08:59:59.999+08:00"));
+    engine.settle().await;
+    let store = b.reader().await;
+    assert_eq!(store.instance("a").await.expect("read").expect("a").state, "pending");
+    clock.advance_to(t("2026-09-29T09:00:00+08:00"));
+    engine.settle().await;
+    let a = store.instance("a").await.expect("read").expect("a");
+    assert_eq!(a.state, "reminded");
+    let history = store.history("a").await.expect("history");
+    assert_eq!(history.last().expect("entry").at, t("2026-09-29T09:00:00+08:00"), "fired exactly at its due instant");
+    assert_eq!(store.instance("d").await.expect("read").expect("d").state, "licensed");
+    engine.shutdown().await;
+
+    // Down for a week: at restart everything overdue fires at once, oldest first.
+    clock.advance_to(t("2026-10-07T12:00:00+08:00"));
+    let engine = b.start(&clock, |c| c.page = 2).await;
+    engine.settle().await;
+    let mut fired = Vec::new();
+    for id in ["a", "b", "c"] {
+        let row = store.instance(id).await.expect("read").expect("row");
+        assert_eq!(row.state, "overdue", "{id}");
+        assert!(row.timers.is_empty());
+        for h in store.history(id).await.expect("history") {
+            if let CommandKind::Timer { name, due } = h.command {
+                fired.push((h.at, due, id, name));
+            }
+        }
+    }
+    // b and c each fire a reminder then a deadline after the restart; a only its deadline.
+    let after_restart: Vec<_> = fired.iter().filter(|f| f.0 >= t("2026-10-07T12:00:00+08:00")).collect();
+    assert_eq!(after_restart.len(), 5, "{fired:?}");
+    let dues: Vec<i64> = after_restart.iter().map(|f| f.1).collect();
+    let mut sorted = dues.clone();
+    sorted.sort_unstable();
+    assert_eq!(dues, sorted, "overdue timers fire in due order: {after_restart:?}");
+    assert_eq!(store.count(Table::Timers).await.expect("count"), 0);
+    assert!(store.count(Table::Outbox).await.expect("count") >= 7, "reminders, overdue notices, licence");
+    engine.shutdown().await;
+    let report = verify(&b, &Registry::embedded().expect("w")).await;
+    assert_eq!(report.instances, 4);
+    assert!(report.divergent.is_empty(), "{:?}", report.divergent);
+}
+
+both!(the_same_request_again_gets_the_first_answer_and_another_payload_is_refused);
+async fn the_same_request_again_gets_the_first_answer_and_another_payload_is_refused(b: Backend) {
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let engine = b.start(&clock, |_| {}).await;
+    let first = engine.submit(case("x", "2026-10-09", Some("req-1"))).await.expect("accepted");
+    assert!(!first.duplicate);
+    let again = engine.submit(case("x", "2026-10-09", Some("req-1"))).await.expect("same answer");
+    assert!(again.duplicate);
+    assert_eq!(again.seq, first.seq);
+    assert_eq!(again.instance, first.instance);
+    let changed = engine.submit(case("x", "2026-10-10", Some("req-1"))).await;
+    assert_eq!(changed, Err(WriteError::KeyReused { key: "req-1".into() }));
+    // Without a request id, a second start of the same id is refused by the state machine.
+    let dup = engine.submit(case("x", "2026-10-09", None)).await;
+    assert_eq!(dup, Err(WriteError::Rejected(Rejection::AlreadyExists { instance: "x".into() })));
+    // Both in one batch: submitted concurrently, they are group-committed together.
+    let (p, q) = tokio::join!(
+        engine.submit(case("y", "2026-10-09", Some("req-2"))),
+        engine.submit(case("y", "2026-10-09", Some("req-2")))
+    );
+    let (p, q) = (p.expect("first"), q.expect("second"));
+    assert_eq!(p.duplicate as u8 + q.duplicate as u8, 1, "exactly one of the two was applied");
+    assert_eq!(b.reader().await.count(Table::History).await.expect("count"), 2, "x and y once each");
+    engine.shutdown().await;
+}
+
+both!(a_running_instance_stays_on_its_version_and_new_ones_take_the_newest);
+async fn a_running_instance_stays_on_its_version_and_new_ones_take_the_newest(b: Backend) {
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let v1 =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/commitment_case.v1.toml"))
+            .expect("v1");
+    // v2 sends submitted materials to a new `checking` state instead of licensing at once.
+    let v2 = v1.replace("version = 1", "version = 2").replacen("from = [\"pending\", \"reminded\"]\nevent = \"materials_submitted\"\nto = \"licensed\"", "from = [\"pending\", \"reminded\"]\nevent = \"materials_submitted\"\nto = \"checking\"", 1)
+        + "\n[[states]]\nname = \"checking\"\n\n[[transitions]]\nfrom = \"checking\"\nevent = \"materials_submitted\"\nto = \"licensed\"\n";
+    let only_v1 = Arc::new(Registry::from_sources(&[("v1.toml", &v1)]).expect("v1 loads"));
+    let engine = Engine::start(b.config(), context(only_v1, &clock)).await.expect("start");
+    assert_eq!(engine.submit(case("old", "2026-10-09", None)).await.expect("old").instance.version, 1);
+    engine.shutdown().await;
+
+    let both = Arc::new(Registry::from_sources(&[("v1.toml", &v1), ("v2.toml", &v2)]).expect("both load"));
+    let engine = Engine::start(b.config(), context(both.clone(), &clock)).await.expect("restart");
+    let new = engine.submit(case("new", "2026-10-09", None)).await.expect("new");
+    assert_eq!(new.instance.version, 2);
+    assert_eq!(engine.submit(materials("old")).await.expect("old").instance.state, "licensed", "v1 rules");
+    assert_eq!(engine.submit(materials("new")).await.expect("new").instance.state, "checking", "v2 rules");
+    engine.shutdown().await;
+    let report = verify(&b, &both).await;
+    assert!(report.divergent.is_empty(), "{:?}", report.divergent);
+    let only_v2 = Registry::from_sources(&[("v2.toml", &v2)]).expect("v2 loads");
+    let report = verify(&b, &only_v2).await;
+    assert_eq!(
+        report.divergent,
+        vec![("old".to_owned(), "workflow commitment_case version 1 is not loaded".to_owned())]
+    );
+}
+
+both!(the_horizon_pages_timers_in_and_they_fire_in_due_order_across_pages);
+async fn the_horizon_pages_timers_in_and_they_fire_in_due_order_across_pages(b: Backend) {
+    let clock = VirtualClock::new(t("2026-09-01T10:00:00+08:00"));
+    // A one-hour horizon and pages of 7: 120 timers over a month never sit in memory at once.
+    let engine = b
+        .start(&clock, |c| {
+            c.horizon = 3_600_000;
+            c.page = 7;
+            // A tiny instance cache: it fills and is emptied again and again along the way.
+            c.cache_instances = 3;
+        })
+        .await;
+    for i in 0..60u32 {
+        let deadline = format!("2026-09-{:02}", 3 + i % 27);
+        engine.submit(case(&format!("h{i:02}"), &deadline, None)).await.expect("accepted");
+    }
+    let mut most_in_memory = 0;
+    for _ in 0..90 {
+        clock.advance(8 * 3_600_000);
+        engine.settle().await;
+        most_in_memory = most_in_memory.max(engine.timers_in_memory());
+    }
+    assert!(most_in_memory <= 14, "the wheel held {most_in_memory} timers; the horizon should bound it");
+    engine.shutdown().await;
+
+    // Outbox ids are commit order; the timer behind each message must come in due order.
+    let store = b.reader().await;
+    let messages = store.outbox_after(0, &[], 1_000).await.expect("outbox");
+    let mut dues = Vec::new();
+    for m in &messages {
+        let history = store.history(&m.instance).await.expect("history");
+        let entry = history.iter().find(|h| h.seq == m.seq).expect("the entry that wrote it");
+        if let CommandKind::Timer { due, .. } = entry.command {
+            dues.push(due);
+        }
+    }
+    assert_eq!(dues.len(), 120, "a reminder and an overdue notice per case");
+    assert!(dues.windows(2).all(|w| w[0] <= w[1]), "fired out of due order: {dues:?}");
+    assert_eq!(store.count(Table::Timers).await.expect("count"), 0);
+}
+
+both!(a_retried_group_answers_its_first_seq_and_writes_nothing);
+/// A group sent again under its request id answers as it did the first time — its history
+/// entry, not whatever the instance has reached since — and writes nothing.
+async fn a_retried_group_answers_its_first_seq_and_writes_nothing(b: Backend) {
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let engine = b.start(&clock, |_| {}).await;
+    let group = || vec![GroupItem { command: case("g1", "2026-10-09", Some("req-g1")), required: true }];
+    let first = engine.handle().submit_group(group()).await.expect("applied");
+    let first = first[0].clone().expect("answer");
+    assert_eq!((first.seq, first.duplicate), (1, false));
+    engine.submit(materials("g1")).await.expect("materials");
+    let again = engine.handle().submit_group(group()).await.expect("duplicate");
+    let again = again[0].clone().expect("answer");
+    assert_eq!((again.seq, again.duplicate), (1, true), "the first answer's entry, not the instance's latest");
+    assert_eq!(again.instance.state, "licensed", "the instance as it is now");
+    engine.shutdown().await;
+    assert_eq!(b.reader().await.history("g1").await.expect("history").len(), 2, "the retry wrote nothing");
+}
+
+both!(delivered_and_stream_messages_are_pruned_after_their_retention_and_pending_ones_kept);
+/// Messages past their retention are pruned by the writer if delivered or stream-only; one still
+/// waiting for its push destination is kept. Request ids likewise.
+async fn delivered_and_stream_messages_are_pruned_after_their_retention_and_pending_ones_kept(b: Backend) {
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let day = 24 * 3_600_000;
+    let engine = b
+        .start(&clock, |c| {
+            c.outbox_retention = day;
+            c.idempotency_retention = day;
+            c.routes = [("supervision".to_owned(), "platform".to_owned())].into();
+        })
+        .await;
+    // o1 is reminded (an SMS: stream only), o2 licensed (the supervision record: pushed, pending).
+    engine.submit(case("o1", "2026-10-20", Some("req-o1"))).await.expect("o1");
+    let store = b.reader().await;
+    assert_eq!(store.count(Table::Idempotency).await.expect("count"), 1);
+    engine.submit(case("o2", "2026-10-30", None)).await.expect("o2");
+    engine.submit(materials("o2")).await.expect("licensed");
+    clock.advance_to(t("2026-10-19T09:00:00+08:00"));
+    engine.settle().await;
+    assert_eq!(store.count(Table::Outbox).await.expect("count"), 2);
+    // A day and an hour later: the reminder is past its retention, o1's deadline not yet due.
+    clock.advance(day + 3_600_000);
+    engine.settle().await;
+    engine.submit(case("o3", "2026-12-30", None)).await.expect("applied");
+    // The prune runs after a batch's callers are answered: once a later command is answered,
+    // it is done.
+    engine.submit(materials("o3")).await.expect("applied");
+    let left: Vec<(String, &str)> = store
+        .outbox_after(0, &[], 100)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|m| (m.instance, m.status.as_str()))
+        .collect();
+    assert_eq!(
+        left,
+        vec![("o2".to_owned(), "pending"), ("o3".to_owned(), "pending")],
+        "the old SMS is pruned; the undelivered record and the new one stay"
+    );
+    assert_eq!(store.count(Table::Idempotency).await.expect("count"), 0, "the request id past its retention");
+    engine.shutdown().await;
+}
+
+both!(a_schema_newer_than_this_build_is_refused_with_what_to_do);
+/// A database migrated by a newer release is not touched: the node says so and does not start.
+async fn a_schema_newer_than_this_build_is_refused_with_what_to_do(b: Backend) {
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    b.start(&clock, |_| {}).await.shutdown().await;
+    let insert = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                  VALUES (99999, 'from the future', true, x'00', 1)";
+    match &b {
+        Backend::Sqlite(_) => {
+            use sqlx::{ConnectOptions, Connection};
+            let Database::Sqlite(path) = b.database() else { unreachable!() };
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.expect("open");
+            sqlx::query(insert).execute(&mut conn).await.expect("insert");
+            conn.close().await.expect("close");
+        }
+        Backend::Postgres(url) => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query(&insert.replace("x'00'", "'\\x00'::bytea")).execute(&mut conn).await.expect("insert");
+            conn.close().await.expect("close");
+        }
+    }
+    let refused = Engine::start(b.config(), context(Arc::new(Registry::embedded().expect("w")), &clock)).await;
+    let message = refused.err().expect("refused").to_string();
+    assert!(message.contains("schema is at version 99999, newer than this shenguan"), "{message}");
+    assert!(message.contains("restore a backup"), "{message}");
+    let migrate = shenguan::store::migrate(&b.database()).await.expect_err("migrate refuses too").to_string();
+    assert!(migrate.contains("newer than this shenguan"), "{migrate}");
+}
+
+// ---- PostgreSQL only: several nodes on one database. ----------------------------------------
+
+async fn node(url: &str, name: &str, clock: &VirtualClock, tick: std::time::Duration) -> Engine {
+    let mut c = Config::with_database(Database::Postgres(url.to_owned()));
+    c.outbox_retention = i64::MAX;
+    c.cluster = Some(shenguan::cluster::Settings { node: name.to_owned(), lease: tick.saturating_mul(10), tick });
+    Engine::start(c, context(Arc::new(Registry::embedded().expect("w")), clock)).await.expect("node starts")
+}
+
+/// Two nodes create the same cases at the same instant, each under its own request id: for
+/// every case exactly one start is applied and the other is refused as a duplicate — never a
+/// storage error, never two histories.
+#[tokio::test]
+async fn two_nodes_deciding_on_the_same_instances_never_both_win() {
+    let Some(url) = integration_tests::pg::database().await else { return };
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let tick = std::time::Duration::from_millis(200);
+    let (a, b) = (node(&url, "a", &clock, tick).await, node(&url, "b", &clock, tick).await);
+    let (ha, hb) = (a.handle(), b.handle());
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        for (h, side) in [(ha.clone(), "a"), (hb.clone(), "b")] {
+            calls.spawn(async move {
+                let id = format!("race{i:03}");
+                h.submit(case(&id, "2026-10-09", Some(&format!("{side}-{i}")))).await
+            });
+        }
+    }
+    let (mut applied, mut refused) = (0, 0);
+    while let Some(r) = calls.join_next().await {
+        match r.expect("task") {
+            Ok(_) => applied += 1,
+            Err(WriteError::Rejected(Rejection::AlreadyExists { .. })) => refused += 1,
+            Err(other) => panic!("a racing start must be applied or refused as existing, not {other:?}"),
+        }
+    }
+    assert_eq!((applied, refused), (300, 300));
+    let store = Backend::Postgres(url.clone()).reader().await;
+    assert_eq!(store.count(Table::History).await.expect("count"), 300, "one history entry per case");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A node whose shard leases were taken (it was frozen, or cut off) and that has not noticed yet
+/// fires its due timers into a fence: nothing is written. The new holder fires each once.
+#[tokio::test]
+async fn a_node_whose_lease_was_taken_writes_nothing_and_the_new_holder_fires_once() {
+    let Some(url) = integration_tests::pg::database().await else { return };
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    // A keeper that never ticks again after start: the node cannot notice the take-over itself.
+    let a = node(&url, "a", &clock, std::time::Duration::from_secs(3600)).await;
+    assert_eq!(a.ownership().expect("cluster").held().len(), 64, "alone, it holds every shard");
+    for i in 0..20 {
+        a.submit(case(&format!("f{i:02}"), "2026-09-30", None)).await.expect("accepted");
+    }
+    // Another party takes every lease (as a node would after they expired).
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("UPDATE shard_leases SET owner = 'thief', epoch = epoch + 1, expires_at = 0")
+        .execute(&mut conn)
+        .await
+        .expect("take");
+    clock.advance_to(t("2026-09-29T09:00:00+08:00"));
+    a.settle().await;
+    let store = Backend::Postgres(url.clone()).reader().await;
+    assert_eq!(store.count(Table::History).await.expect("count"), 20, "the fenced node fired nothing");
+    assert!(a.context().metrics.fenced.get() >= 1, "the fires met the fence");
+    // The thief's leases have expired (expires_at = 0): a new node takes them and fires.
+    let b = node(&url, "b", &clock, std::time::Duration::from_millis(100)).await;
+    // a still looks alive for a moment (its heartbeat is recent): b takes half at first, and
+    // the rest once a's heartbeat is older than the lease time.
+    let ob = b.ownership().expect("cluster");
+    let mut changed = ob.subscribe();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while ob.held().len() < 64 {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), changed.changed()).await;
+        }
+    })
+    .await
+    .expect("b holds every shard");
+    // The keeper loads a shard's timers just after taking it; loading them again here makes
+    // sure they are in the wheel before settling.
+    b.handle().shards(ob.held(), Vec::new()).await.expect("load");
+    b.settle().await;
+    let mut reminded = 0;
+    for i in 0..20 {
+        let id = format!("f{i:02}");
+        let fires = store
+            .history(&id)
+            .await
+            .expect("history")
+            .iter()
+            .filter(|h| matches!(h.command, CommandKind::Timer { .. }))
+            .count();
+        assert_eq!(fires, 1, "{id} fired once");
+        reminded += usize::from(store.instance(&id).await.expect("read").expect("row").state == "reminded");
+    }
+    assert_eq!(reminded, 20);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Every node must spread instances the same way: one started with another shard count than the
+/// database was set up with is refused, with the count to use.
+#[tokio::test]
+async fn a_node_with_another_shard_count_is_refused() {
+    let Some(url) = integration_tests::pg::database().await else { return };
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    node(&url, "a", &clock, std::time::Duration::from_millis(200)).await.shutdown().await;
+    let mut c = Config::with_database(Database::Postgres(url.clone()));
+    c.shards = 16;
+    let refused = Engine::start(c, context(Arc::new(Registry::embedded().expect("w")), &clock)).await;
+    let message = refused.err().expect("refused").to_string();
+    assert!(message.contains("set up with 64 shards and this node with 16"), "{message}");
+    assert!(message.contains("--shards 64"), "{message}");
+}
+
+/// Two nodes share the shards fairly, and one leaving gracefully hands its shards over at once.
+#[tokio::test]
+async fn nodes_share_the_shards_and_a_leaving_node_hands_them_over() {
+    let Some(url) = integration_tests::pg::database().await else { return };
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let tick = std::time::Duration::from_millis(100);
+    let a = node(&url, "a", &clock, tick).await;
+    let b = node(&url, "b", &clock, tick).await;
+    let (oa, ob) = (a.ownership().expect("a"), b.ownership().expect("b"));
+    let mut seen = ob.subscribe();
+    // The join settles within a few ticks: a hands back half, b takes it.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !(oa.held().len() == 32 && ob.held().len() == 32) {
+            let _ = tokio::time::timeout(tick, seen.changed()).await;
+        }
+    })
+    .await
+    .expect("a fair split within 10 s");
+    assert!(oa.held().iter().all(|s| !ob.holds(*s)), "no shard held twice");
+    a.shutdown().await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while ob.held().len() < 64 {
+            let _ = tokio::time::timeout(tick, seen.changed()).await;
+        }
+    })
+    .await
+    .expect("b takes every shard soon after a leaves (not after the lease time)");
+    b.shutdown().await;
+}

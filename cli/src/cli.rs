@@ -658,8 +658,15 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // SIGINT (a terminal) or SIGTERM (systemd, a rolling restart): stop serving, let the
+    // engine finish, hand shard leases back.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         tracing::info!("shutting down");
     };
     shenguan::server::run(options, listener, shutdown).await?;

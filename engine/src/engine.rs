@@ -300,7 +300,14 @@ impl Engine {
     /// Stops the tasks. Commands already answered are durable; queued ones are dropped
     /// unanswered (their callers see `ShuttingDown`).
     pub async fn shutdown(self) {
-        let Engine { writer, control, tasks, cluster, .. } = self;
+        let Engine { writer, control, tasks, mut cluster, .. } = self;
+        // The keeper and the listener first: they talk to the writer.
+        if let Some(c) = cluster.as_mut() {
+            let _ = c.stop.send(true);
+            for task in c.tasks.drain(..) {
+                let _ = task.await;
+            }
+        }
         drop(writer);
         drop(control);
         for task in tasks {
@@ -310,10 +317,6 @@ impl Engine {
         // Only now that nothing fires: the leases go back, and the other nodes take the shards
         // at their next tick instead of after the leases expire.
         if let Some(cluster) = cluster {
-            let _ = cluster.stop.send(true);
-            for task in cluster.tasks {
-                let _ = task.await;
-            }
             match crate::cluster::release(&cluster.pool, cluster.ownership.node()).await {
                 Ok(n) => tracing::info!(node = %cluster.ownership.node(), shards = n, "handed shard leases back"),
                 Err(e) => tracing::warn!(error = %e, "cannot hand shard leases back; they expire by themselves"),

@@ -246,7 +246,13 @@ pub async fn run(
         i64::from(options.outbound.delivery.retention_days).saturating_mul(24 * 60 * 60 * 1000);
     let engine = Arc::new(Engine::start(engine_config, options.context).await?);
     let reader = database.reader(8).await?;
-    let dispatchers = crate::outbound::start(&options.outbound, reader.clone(), engine.handle(), engine.context())?;
+    let dispatchers = crate::outbound::start(
+        &options.outbound,
+        reader.clone(),
+        engine.handle(),
+        engine.context(),
+        engine.ownership(),
+    )?;
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         reader,

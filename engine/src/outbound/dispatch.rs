@@ -72,11 +72,17 @@ impl Drop for Dispatchers {
 }
 
 /// Starts one dispatcher per destination of `config`.
+///
+/// With several nodes on one database (`ownership` given), only the node holding shard 0
+/// delivers: one dispatcher per destination in the whole city, so per-instance order holds and
+/// no message is sent twice in the normal course. The lease of shard 0 moves like any other;
+/// the node that takes it walks the pending messages from the start.
 pub fn start(
     config: &Config,
     reader: Arc<dyn ReadStore>,
     writer: Handle,
     context: &crate::engine::Context,
+    ownership: Option<Arc<crate::cluster::Ownership>>,
 ) -> Result<Dispatchers, SetupError> {
     let templates = Arc::new(config.sms_templates.clone());
     let mut out = Dispatchers::default();
@@ -96,6 +102,8 @@ pub fn start(
             metrics: context.metrics.clone(),
             clock: context.clock.clone(),
             window: Window::default(),
+            leadership: ownership.as_ref().map(|o| o.subscribe()),
+            ownership: ownership.clone(),
         };
         tracing::info!(destination = %d.name, kind = ?d.kind, url = %d.url, channels = ?d.channels, "delivering");
         out.tasks.push(tokio::spawn(worker.run()));
@@ -188,6 +196,10 @@ struct Worker {
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     window: Window,
+    /// Several nodes: deliver only while holding shard 0.
+    ownership: Option<Arc<crate::cluster::Ownership>>,
+    /// Changes when the shards held do.
+    leadership: Option<watch::Receiver<u64>>,
 }
 
 type Attempt = (StoredMessage, Result<Delivered, Failed>);
@@ -217,7 +229,8 @@ impl Worker {
             // what may be in flight: a destination that does not answer then stops reading
             // (its messages wait in the database), instead of paying to hold every new one.
             let wanted = self.window.ready.len() < 2 * self.concurrency;
-            if look && wanted && store_pause.is_none() && self.window.held.len() < self.queue {
+            let leads = self.ownership.as_ref().is_none_or(|o| o.holds(0));
+            if look && wanted && leads && store_pause.is_none() && self.window.held.len() < self.queue {
                 next_look = tokio::time::Instant::now() + IDLE_LOOK;
                 let room = u32::try_from(self.queue - self.window.held.len()).unwrap_or(PAGE).min(PAGE);
                 match self.reader.outbox_pending(&self.name, cursor, room).await {
@@ -320,6 +333,16 @@ impl Worker {
                     look = true;
                 }
                 () = self.rescan.notified() => {
+                    cursor = 0;
+                    look = true;
+                }
+                Ok(()) = async {
+                    match self.leadership.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Shard 0 may have come here: what is pending is read from the start.
                     cursor = 0;
                     look = true;
                 }

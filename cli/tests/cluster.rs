@@ -1,0 +1,503 @@
+//! Three `shenguan serve` processes on one PostgreSQL database, each with its own virtual clock
+//! (the tests move all three together), under the faults a city's deployment meets:
+//! (a) the deadlines of 10,000 cases fire exactly once across the nodes;
+//! (b) a node SIGKILLed under intake and timer load: its shards move within the lease time,
+//!     every acknowledged call is there, no deadline lost or recorded twice;
+//! (c) PostgreSQL restarted under load: calls are answered UNAVAILABLE while it is down, the
+//!     nodes recover by themselves, nothing acknowledged is lost;
+//! (d) a node frozen with SIGSTOP past its lease and resumed writes nothing with its stale
+//!     epoch;
+//! (e) a rolling restart of all three under load loses nothing.
+//!
+//! Leases are judged on the database's clock, in real time: the tests that move leases wait for
+//! them by polling the lease table, never by sleeping a fixed time.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use integration_tests::fixtures;
+use shenguan::proto::admin_service_client::AdminServiceClient;
+use shenguan::proto::intake_service_client::IntakeServiceClient;
+use shenguan::proto::AdvanceClockRequest;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+
+const START: &str = "2026-09-28T10:00:00+08:00";
+/// Lease time and tick of the test nodes: short, so that a dead node's shards move in seconds.
+const LEASE: &str = "2s";
+const TICK: &str = "200ms";
+
+type Authed = integration_tests::Authed;
+
+struct Node {
+    name: String,
+    child: Child,
+    port: u16,
+}
+
+impl Node {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {}", self.name);
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: a graceful stop (the node hands its leases back); waits for the exit.
+    fn terminate(&mut self) {
+        self.signal("TERM");
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "{} exited with {status}", self.name);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The shared folder (dev key and token) and the database of a cluster.
+struct Cluster {
+    dir: tempfile::TempDir,
+    url: String,
+    pool: PgPool,
+    nodes: Vec<Node>,
+    /// The instant every node's clock reads.
+    now: String,
+}
+
+/// Starts `serve` for node `name`; `port` 0 picks one. Answers once it serves.
+fn spawn(dir: &Path, url: &str, name: &str, clock: &str, port: u16) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--virtual-clock", clock])
+        .args(["--db", &dir.join("shenguan.db").display().to_string()])
+        .args(["--database", url, "--node", name, "--lease", LEASE, "--lease-tick", TICK])
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let port = loop {
+        let line = match lines.next() {
+            Some(Ok(line)) => line,
+            _ => panic!("{name} exited before serving"),
+        };
+        if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
+            let addr: std::net::SocketAddr = addr.trim().parse().expect("an address");
+            break addr.port();
+        }
+    };
+    let tag = name.to_owned();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("[{tag}] {line}");
+            }
+        }
+    });
+    Node { name: name.to_owned(), child, port }
+}
+
+impl Cluster {
+    async fn start(url: String, n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = PgPool::connect(&url).await.expect("connect");
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            // One at a time: the first makes the dev key the others read.
+            nodes.push(spawn(dir.path(), &url, &format!("n{i}"), START, 0));
+        }
+        Cluster { dir, url, pool, nodes, now: START.to_owned() }
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("shenguan.db.dev-token")).expect("dev token").trim().to_owned()
+    }
+
+    fn channel(&self, node: &Node) -> Authed {
+        let channel = Channel::from_shared(node.url()).expect("url").connect_lazy();
+        tonic::service::interceptor::InterceptedService::new(channel, integration_tests::bearer(&self.token()))
+    }
+
+    fn intake(&self) -> Vec<IntakeServiceClient<Authed>> {
+        self.nodes.iter().map(|n| IntakeServiceClient::new(self.channel(n))).collect()
+    }
+
+    /// Moves the clocks of the nodes at `which` to `to`, together.
+    async fn advance(&mut self, which: &[usize], to: &str) {
+        let mut calls = tokio::task::JoinSet::new();
+        for &i in which {
+            let mut admin = AdminServiceClient::new(self.channel(&self.nodes[i]));
+            let to = to.to_owned();
+            calls.spawn(async move { admin.advance_clock(AdvanceClockRequest { by_millis: 0, to }).await });
+        }
+        while let Some(r) = calls.join_next().await {
+            r.expect("task").expect("advance");
+        }
+        self.now = to.to_owned();
+    }
+
+    /// Waits (polling the lease table) until `pred` holds of shard → owner, or panics after
+    /// `limit`; answers how long it took.
+    async fn until_leases(
+        &self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&[(i64, Option<String>)]) -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        loop {
+            let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+                "SELECT shard, owner FROM shard_leases \
+                 WHERE expires_at > (extract(epoch FROM clock_timestamp()) * 1000)::bigint ORDER BY shard",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_default();
+            if pred(&rows) {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < limit, "{what}: not within {limit:?}; leases: {rows:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every node holds a share and together they hold all 64.
+    async fn balanced(&self, names: &[&str]) {
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        self.until_leases(Duration::from_secs(30), "a balanced cluster", |rows| {
+            rows.len() == 64
+                && rows.iter().all(|(_, o)| o.as_ref().is_some_and(|o| names.contains(o)))
+                && names.iter().all(|n| rows.iter().any(|(_, o)| o.as_deref() == Some(n.as_str())))
+        })
+        .await;
+    }
+
+    /// Waits until no stored timer is due before `instant` (the nodes that hold them have fired
+    /// them); answers how long it took.
+    async fn fired_before(&self, instant: &str, limit: Duration) -> Duration {
+        let at = chrono::DateTime::parse_from_rfc3339(instant).expect("instant").timestamp_millis();
+        let started = Instant::now();
+        loop {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM timers WHERE due_at <= $1")
+                .bind(at)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(i64::MAX);
+            if left == 0 {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < limit, "{left} timers due before {instant} not fired within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Timer fires recorded more than once: (instance, timer, times). Must be empty.
+    async fn doubled_fires(&self) -> Vec<(String, String, i64)> {
+        sqlx::query_as(
+            "SELECT instance_id, (command::jsonb) ->> 'name', count(*) FROM history \
+             WHERE (command::jsonb) ->> 'kind' = 'timer' \
+             GROUP BY instance_id, (command::jsonb) ->> 'name', (command::jsonb) ->> 'due' HAVING count(*) > 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("query")
+    }
+
+    async fn fires(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM history WHERE (command::jsonb) ->> 'kind' = 'timer'")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// The acknowledged cases that are not stored. Must be empty.
+    async fn missing(&self, acked: &[String]) -> Vec<String> {
+        let stored: Vec<String> = sqlx::query_scalar("SELECT id FROM instances WHERE id = ANY($1)")
+            .bind(acked)
+            .fetch_all(&self.pool)
+            .await
+            .expect("query");
+        let stored: std::collections::HashSet<String> = stored.into_iter().collect();
+        acked.iter().filter(|id| !stored.contains(*id)).cloned().collect()
+    }
+}
+
+/// Accepts cases round-robin over `clients` until `stop`, `in_flight` at a time; answers the
+/// acknowledged case ids and the failures by gRPC code.
+async fn intake(
+    clients: Arc<Mutex<Vec<IntakeServiceClient<Authed>>>>,
+    prefix: String,
+    deadline: &'static str,
+    in_flight: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (Vec<String>, HashMap<tonic::Code, usize>) {
+    let mut acked = Vec::new();
+    let mut failed: HashMap<tonic::Code, usize> = HashMap::new();
+    let mut calls = tokio::task::JoinSet::new();
+    let mut n = 0usize;
+    loop {
+        while calls.len() < in_flight && !*stop.borrow() {
+            let mut client = {
+                let clients = clients.lock().expect("clients");
+                clients[n % clients.len()].clone()
+            };
+            let request = fixtures::deferral(&format!("{prefix}-{n}"), deadline);
+            n += 1;
+            calls.spawn(async move {
+                tokio::time::timeout(Duration::from_secs(30), client.accept_case(request))
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 30 s")))
+            });
+        }
+        match calls.join_next().await {
+            Some(Ok(Ok(r))) => acked.push(r.into_inner().case.map(|c| c.case_id).unwrap_or_default()),
+            Some(Ok(Err(status))) => *failed.entry(status.code()).or_default() += 1,
+            Some(Err(e)) => panic!("intake task: {e}"),
+            None => return (acked, failed),
+        }
+    }
+}
+
+/// Accepts `n` cases with `deadline`, spread over the nodes, 48 at a time; answers their ids.
+/// A healthy cluster answers every call.
+async fn accept(cluster: &Cluster, prefix: &str, n: usize, deadline: &str) -> Vec<String> {
+    let clients = cluster.intake();
+    let mut calls = tokio::task::JoinSet::new();
+    let mut acked = Vec::with_capacity(n);
+    let mut next = 0;
+    while acked.len() < n {
+        while calls.len() < 48 && next < n {
+            let mut client = clients[next % clients.len()].clone();
+            let request = fixtures::deferral(&format!("{prefix}-{next}"), deadline);
+            next += 1;
+            calls.spawn(async move { client.accept_case(request).await });
+        }
+        match calls.join_next().await {
+            Some(r) => acked.push(
+                r.expect("task")
+                    .expect("a healthy cluster answers every call")
+                    .into_inner()
+                    .case
+                    .map(|c| c.case_id)
+                    .unwrap_or_default(),
+            ),
+            None => break,
+        }
+    }
+    acked
+}
+
+async fn database() -> Option<String> {
+    integration_tests::pg::database().await
+}
+
+/// (a) 10,000 cases accepted through three nodes, all due at the same instant: every deadline
+/// and every reminder fires exactly once, whichever node holds its shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadlines_of_ten_thousand_cases_fire_exactly_once_across_three_nodes() {
+    let Some(url) = database().await else { return };
+    let mut cluster = Cluster::start(url, 3).await;
+    cluster.balanced(&["n1", "n2", "n3"]).await;
+    let acked = accept(&cluster, "A", 10_000, "2026-10-09").await;
+    assert!(acked.len() >= 10_000);
+    cluster.advance(&[0, 1, 2], "2026-10-12T09:00:00+08:00").await;
+    cluster.fired_before("2026-10-12T09:00:00+08:00", Duration::from_secs(60)).await;
+    assert!(cluster.missing(&acked).await.is_empty());
+    assert_eq!(cluster.doubled_fires().await, vec![], "no timer fired twice");
+    assert!(cluster.fires().await >= 2 * acked.len() as i64, "a reminder and a deadline per case at least");
+}
+
+/// (b) A node is SIGKILLed while cases come in and reminders fire: the others take its shards
+/// within the lease time and fire what it left overdue; nothing acknowledged is lost, nothing
+/// fires twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_nothing_and_its_deadlines_move() {
+    let Some(url) = database().await else { return };
+    let mut cluster = Cluster::start(url, 3).await;
+    cluster.balanced(&["n1", "n2", "n3"]).await;
+    let before = accept(&cluster, "B", 2_000, "2026-10-09").await;
+
+    // Intake keeps going through the kill; n2's reminders are left overdue on its clock.
+    let clients = Arc::new(Mutex::new(cluster.intake()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(intake(clients.clone(), "B2".into(), "2026-10-16", 16, stopped));
+    cluster.advance(&[0, 2], "2026-10-08T09:00:00+08:00").await;
+    let killed = Instant::now();
+    cluster.nodes[1].kill();
+    // Calls to the dead node fail; the rest go on.
+    clients.lock().expect("clients").remove(1);
+    let moved = cluster
+        .until_leases(Duration::from_secs(20), "n2's shards taken over", |rows| {
+            rows.len() == 64 && rows.iter().all(|(_, o)| o.as_deref() != Some("n2"))
+        })
+        .await;
+    cluster.fired_before("2026-10-08T09:00:00+08:00", Duration::from_secs(20)).await;
+    let failover = killed.elapsed();
+    eprintln!("(b) shards moved {moved:?} after the kill; n2's overdue reminders fired {failover:?} after it");
+    assert!(failover < Duration::from_secs(2 + 1 + 2), "failover took {failover:?} (lease 2 s)");
+    stop.send_replace(true);
+    let (during, failed) = load.await.expect("intake");
+    assert!(!during.is_empty(), "intake went on");
+    assert!(
+        failed.keys().all(|c| matches!(
+            c,
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        )),
+        "only calls to the killed node fail, and as the transport says so: {failed:?}"
+    );
+
+    cluster.advance(&[0, 2], "2026-10-20T09:00:00+08:00").await;
+    cluster.fired_before("2026-10-20T09:00:00+08:00", Duration::from_secs(60)).await;
+    let acked: Vec<String> = before.into_iter().chain(during).collect();
+    assert_eq!(cluster.missing(&acked).await, Vec::<String>::new(), "every acknowledged case is stored");
+    assert_eq!(cluster.doubled_fires().await, vec![], "no timer fired twice");
+}
+
+/// (c) PostgreSQL stops under load and comes back: calls meanwhile are answered UNAVAILABLE (or
+/// time out), never with another error; the nodes recover without a restart; nothing
+/// acknowledged is lost and every deadline fires once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_under_load_loses_nothing_and_the_nodes_recover() {
+    // Its own server: this test stops it.
+    let Some(server) = integration_tests::pg::Server::start() else { return };
+    let url = integration_tests::pg::create_database(&server.url("postgres")).await.expect("database");
+    let mut cluster = Cluster::start(url, 3).await;
+    cluster.balanced(&["n1", "n2", "n3"]).await;
+    let before = accept(&cluster, "C", 1_000, "2026-10-09").await;
+    let clients = Arc::new(Mutex::new(cluster.intake()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(intake(clients.clone(), "C2".into(), "2026-10-16", 16, stopped));
+
+    server.stop().expect("stop PostgreSQL");
+    // While it is down, calls fail; wait for a few to have failed.
+    let mut probe = cluster.intake().remove(0);
+    let down = probe.accept_case(fixtures::deferral("C-probe-down", "2026-10-16")).await.expect_err("database down");
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+    server.restart().expect("start PostgreSQL again");
+    // The pools reconnect by themselves: a call succeeds again on every node.
+    let started = Instant::now();
+    for (i, mut client) in cluster.intake().into_iter().enumerate() {
+        loop {
+            match client.accept_case(fixtures::deferral(&format!("C-probe-{i}"), "2026-10-16")).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(started.elapsed() < Duration::from_secs(60), "node {i} did not recover: {e:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    eprintln!("(c) every node served again {:?} after PostgreSQL came back", started.elapsed());
+    stop.send_replace(true);
+    let (during, failed) = load.await.expect("intake");
+    assert!(
+        failed.keys().all(|c| matches!(c, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)),
+        "while PostgreSQL is down calls are UNAVAILABLE, nothing else: {failed:?}"
+    );
+    cluster.balanced(&["n1", "n2", "n3"]).await;
+    cluster.advance(&[0, 1, 2], "2026-10-20T09:00:00+08:00").await;
+    cluster.fired_before("2026-10-20T09:00:00+08:00", Duration::from_secs(60)).await;
+    let acked: Vec<String> = before.into_iter().chain(during).collect();
+    assert_eq!(cluster.missing(&acked).await, Vec::<String>::new(), "every acknowledged case is stored");
+    assert_eq!(cluster.doubled_fires().await, vec![], "no timer fired twice");
+    drop(cluster);
+    drop(server);
+}
+
+/// (d) A node frozen (SIGSTOP) past its lease: the others take its shards and fire its
+/// deadlines; resumed, with its wheel still full of them, it writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_resumed_after_its_lease_writes_nothing() {
+    let Some(url) = database().await else { return };
+    let mut cluster = Cluster::start(url, 3).await;
+    cluster.balanced(&["n1", "n2", "n3"]).await;
+    let acked = accept(&cluster, "D", 1_500, "2026-10-09").await;
+    let held_by_n2: Vec<i64> = sqlx::query_scalar("SELECT shard FROM shard_leases WHERE owner = 'n2'")
+        .fetch_all(&cluster.pool)
+        .await
+        .expect("q");
+    assert!(!held_by_n2.is_empty());
+    let fires_before = cluster.fires().await;
+    cluster.nodes[1].signal("STOP");
+    cluster
+        .until_leases(Duration::from_secs(20), "n2's shards taken while it is frozen", |rows| {
+            rows.len() == 64 && rows.iter().all(|(_, o)| o.as_deref() != Some("n2"))
+        })
+        .await;
+    cluster.advance(&[0, 2], "2026-10-12T09:00:00+08:00").await;
+    cluster.fired_before("2026-10-12T09:00:00+08:00", Duration::from_secs(60)).await;
+    let fired = cluster.fires().await;
+    assert!(fired - fires_before >= 2 * acked.len() as i64, "n2's reminders and deadlines fired elsewhere");
+    // Resumed, n2 still has its old shards' timers in its wheel; its clock moves past them.
+    cluster.nodes[1].signal("CONT");
+    cluster.advance(&[1], "2026-10-12T09:00:00+08:00").await;
+    // Whatever n2 tried is refused (its epoch is stale) or was dropped when its keeper noticed.
+    assert_eq!(cluster.fires().await, fired, "the resumed node wrote no fire");
+    assert_eq!(cluster.doubled_fires().await, vec![], "no timer fired twice");
+    let metrics = integration_tests::scrape(("127.0.0.1", cluster.nodes[1].port)).await.expect("scrape n2");
+    let fenced = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shenguan_fenced_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    eprintln!("(d) the resumed node's fires refused by the fence: {fenced}");
+    // It rejoins: the cluster rebalances to all three again.
+    cluster.balanced(&["n1", "n2", "n3"]).await;
+}
+
+/// (e) Every node is restarted in turn (SIGTERM, start again) while cases come in: nothing
+/// acknowledged is lost, every deadline fires once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_nothing() {
+    let Some(url) = database().await else { return };
+    let mut cluster = Cluster::start(url, 3).await;
+    cluster.balanced(&["n1", "n2", "n3"]).await;
+    let before = accept(&cluster, "E", 1_000, "2026-10-09").await;
+    let clients = Arc::new(Mutex::new(cluster.intake()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(intake(clients.clone(), "E2".into(), "2026-10-16", 16, stopped));
+    let dir: PathBuf = cluster.dir.path().to_owned();
+    for i in 0..3 {
+        let name = cluster.nodes[i].name.clone();
+        let port = cluster.nodes[i].port;
+        cluster.nodes[i].terminate();
+        // Its shards are handed back at shutdown: the other two hold all of them at once.
+        cluster
+            .until_leases(Duration::from_secs(10), "the leaving node's shards taken", |rows| {
+                rows.len() == 64 && rows.iter().all(|(_, o)| o.as_deref() != Some(name.as_str()))
+            })
+            .await;
+        let restarted = spawn(&dir, &cluster.url, &name, &cluster.now, port);
+        cluster.nodes[i] = restarted;
+        cluster.balanced(&["n1", "n2", "n3"]).await;
+    }
+    stop.send_replace(true);
+    let (during, failed) = load.await.expect("intake");
+    assert!(
+        failed.keys().all(|c| matches!(
+            c,
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        )),
+        "only calls to a stopping node fail, and as the transport says so: {failed:?}"
+    );
+    cluster.advance(&[0, 1, 2], "2026-10-20T09:00:00+08:00").await;
+    cluster.fired_before("2026-10-20T09:00:00+08:00", Duration::from_secs(60)).await;
+    let acked: Vec<String> = before.into_iter().chain(during).collect();
+    assert_eq!(cluster.missing(&acked).await, Vec::<String>::new(), "every acknowledged case is stored");
+    assert_eq!(cluster.doubled_fires().await, vec![], "no timer fired twice");
+}

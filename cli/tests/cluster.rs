@@ -306,10 +306,15 @@ async fn database() -> Option<String> {
     integration_tests::pg::database().await
 }
 
+/// One cluster at a time: three debug-built nodes each are all two cores can run without
+/// starving the lease keepers (which would move leases for no fault of the test's).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// (a) 10,000 cases accepted through three nodes, all due at the same instant: every deadline
 /// and every reminder fires exactly once, whichever node holds its shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadlines_of_ten_thousand_cases_fire_exactly_once_across_three_nodes() {
+    let _one = SERIAL.lock().await;
     let Some(url) = database().await else { return };
     let mut cluster = Cluster::start(url, 3).await;
     cluster.balanced(&["n1", "n2", "n3"]).await;
@@ -327,6 +332,7 @@ async fn the_deadlines_of_ten_thousand_cases_fire_exactly_once_across_three_node
 /// fires twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_loses_nothing_and_its_deadlines_move() {
+    let _one = SERIAL.lock().await;
     let Some(url) = database().await else { return };
     let mut cluster = Cluster::start(url, 3).await;
     cluster.balanced(&["n1", "n2", "n3"]).await;
@@ -373,6 +379,7 @@ async fn a_node_killed_under_load_loses_nothing_and_its_deadlines_move() {
 /// acknowledged is lost and every deadline fires once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_restarted_under_load_loses_nothing_and_the_nodes_recover() {
+    let _one = SERIAL.lock().await;
     // Its own server: this test stops it.
     let Some(server) = integration_tests::pg::Server::start() else { return };
     let url = integration_tests::pg::create_database(&server.url("postgres")).await.expect("database");
@@ -423,6 +430,7 @@ async fn postgresql_restarted_under_load_loses_nothing_and_the_nodes_recover() {
 /// deadlines; resumed, with its wheel still full of them, it writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_node_resumed_after_its_lease_writes_nothing() {
+    let _one = SERIAL.lock().await;
     let Some(url) = database().await else { return };
     let mut cluster = Cluster::start(url, 3).await;
     cluster.balanced(&["n1", "n2", "n3"]).await;
@@ -464,6 +472,7 @@ async fn a_frozen_node_resumed_after_its_lease_writes_nothing() {
 /// acknowledged is lost, every deadline fires once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_loses_nothing() {
+    let _one = SERIAL.lock().await;
     let Some(url) = database().await else { return };
     let mut cluster = Cluster::start(url, 3).await;
     cluster.balanced(&["n1", "n2", "n3"]).await;

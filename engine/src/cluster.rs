@@ -275,12 +275,14 @@ impl Keeper {
             let taken: Vec<(i64, i64)> = sqlx::query_as(&format!(
                 "UPDATE shard_leases l SET owner = $1, epoch = l.epoch + 1, expires_at = {DB_NOW} + $2 \
                  WHERE l.shard IN (SELECT shard FROM shard_leases \
-                     WHERE owner IS NULL OR expires_at < {DB_NOW} ORDER BY shard LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                     WHERE (owner IS NULL OR expires_at < {DB_NOW} OR (owner = $1 AND NOT shard = ANY($4::bigint[]))) \
+                     ORDER BY shard LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  RETURNING l.shard, l.epoch"
             ))
             .bind(node)
             .bind(lease)
             .bind(want)
+            .bind(kept.iter().map(|s| i64::from(*s)).collect::<Vec<_>>())
             .fetch_all(&self.pool)
             .await?;
             if !taken.is_empty() {

@@ -26,6 +26,13 @@
 //! without backlog, the stream (`EventsService.Subscribe`) read rate of the same N messages,
 //! and W3's burst: N deadlines due at one instant, each writing a message, all received.
 //!
+//! `--postgres URL [--nodes N] [--cases N] [--timers M]` runs W1–W5 on PostgreSQL: a fresh
+//! database on the server at URL (an admin URL such as `postgres://postgres@127.0.0.1:5432/postgres`),
+//! N nodes of this binary in `serve-pg` mode sharing it, and PostgreSQL's own insert rate for a
+//! case's rows as floors (batched: 64 cases a transaction; single: one a transaction, 64 at a
+//! time). W5 SIGKILLs node 1 just before deadlines are due: with one node it restarts; with
+//! several, the others take its shards when its leases (2 s) expire. Prints one JSON line.
+//!
 //! The server is this same binary in `serve` mode, in its own process, on a fresh SQLite file,
 //! so its RSS and CPU are its own. Every loop is bounded in count and time.
 
@@ -763,6 +770,22 @@ async fn main() -> Result<()> {
         return serve(Path::new(raw.get(2).context("serve DB")?), after("--secure").as_deref(), after("--outbound"))
             .await;
     }
+    if raw.get(1).map(String::as_str) == Some("serve-pg") {
+        return serve_pg(raw.get(2).context("serve-pg URL")?, raw.get(3).context("serve-pg NODE")?).await;
+    }
+    if let Some(url) = raw.iter().position(|a| a == "--postgres").and_then(|i| raw.get(i + 1)) {
+        let num = |flag: &str, default: usize| {
+            raw.iter().position(|a| a == flag).and_then(|i| raw.get(i + 1)).map_or(Ok(default), |v| v.parse::<usize>())
+        };
+        return pg_workload(
+            url,
+            num("--nodes", 1)?,
+            num("--cases", 20_000)?,
+            num("--timers", 10_000)?,
+            num("--concurrency", 64)?,
+        )
+        .await;
+    }
     if raw.iter().any(|a| a == "--delivery") {
         let n = after("--cases").map_or(Ok(10_000), |v| v.to_string_lossy().parse::<usize>())?;
         let rounds = after("--rounds").map_or(Ok(3), |v| v.to_string_lossy().parse::<usize>())?;
@@ -1357,5 +1380,299 @@ async fn delivery(n: usize, rounds: usize) -> Result<()> {
         "w3_burst_webhook_msgs_per_s": w3_drain,
     });
     println!("{summary}");
+    Ok(())
+}
+
+/// `load serve-pg URL NODE`: this binary as one node of a cluster on PostgreSQL (open
+/// authentication, real clock), lease 2 s.
+async fn serve_pg(url: &str, node: &str) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening {}", listener.local_addr()?);
+    let mut config = shenguan::engine::Config::with_database(shenguan::store::Database::Postgres(url.to_owned()));
+    config.cluster =
+        Some(shenguan::cluster::Settings { node: node.to_owned(), lease: PG_LEASE, tick: Duration::from_millis(200) });
+    let options = shenguan::server::Options::new(
+        config,
+        Arc::new(shenguan::definition::Registry::embedded()?),
+        shenguan::calendar::Calendars::embedded()?,
+        None,
+    );
+    shenguan::server::run(options, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
+
+/// The lease time of `--postgres` runs: the failover goal is this plus one second.
+const PG_LEASE: Duration = Duration::from_secs(2);
+
+/// (lateness ms per fired deadline, fires, distinct instances, first and last fire instant) for
+/// instances with `prefix`, from PostgreSQL.
+async fn pg_fired(pool: &sqlx::PgPool, prefix: &str) -> Result<(Vec<i64>, usize, usize, i64, i64)> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT instance_id, at, ((command::jsonb) ->> 'due')::bigint FROM history \
+         WHERE instance_id >= $1 AND instance_id < $2 AND (command::jsonb) ->> 'kind' = 'timer' \
+         AND (command::jsonb) ->> 'name' = 'deadline'",
+    )
+    .bind(format!("{prefix}-"))
+    .bind(format!("{prefix}.~"))
+    .fetch_all(pool)
+    .await?;
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    ids.sort_unstable();
+    let total = ids.len();
+    ids.dedup();
+    let first = rows.iter().map(|r| r.1).min().unwrap_or(0);
+    let last = rows.iter().map(|r| r.1).max().unwrap_or(0);
+    Ok((rows.iter().map(|r| r.1 - r.2).collect(), total, ids.len(), first, last))
+}
+
+async fn pg_wait_fires(
+    pool: &sqlx::PgPool,
+    prefix: &str,
+    want: usize,
+    until: Instant,
+) -> Result<(Vec<i64>, usize, usize, i64, i64)> {
+    loop {
+        let r = pg_fired(pool, prefix).await?;
+        if r.1 >= want || Instant::now() > until {
+            return Ok(r);
+        }
+        // A load generator may poll: it measures, it does not synchronise anything.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Floor: a case's rows (instance, history, two timers, request id) inserted straight into
+/// PostgreSQL with the engine's statements' shape (UNNEST), `batch` cases per transaction,
+/// `parallel` transactions at a time, synchronous_commit on.
+async fn pg_floor(url: &str, n: usize, batch: usize, parallel: usize, name: &'static str) -> Result<Phase> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(u32::try_from(parallel)?)
+        .connect_with(shenguan::store::postgres::connect_options(url)?)
+        .await?;
+    let chunks: Vec<Vec<String>> = (0..n)
+        .map(|i| format!("floor-{batch}-{i:07}"))
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(<[String]>::to_vec)
+        .collect();
+    let chunks = Arc::new(chunks);
+    let count = chunks.len();
+    let phase = drive(name, count, parallel, move |i| {
+        let (pool, chunks) = (pool.clone(), chunks.clone());
+        async move { pg_insert_cases(&pool, &chunks[i], 1_795_755_600_000).await }
+    })
+    .await?;
+    // Rates are in cases, latencies per transaction.
+    Ok(Phase { ops: n, ..phase })
+}
+
+async fn pg_insert_cases(pool: &sqlx::PgPool, ids: &[String], due: i64) -> Result<()> {
+    let created = now_ms();
+    let vars = format!(r#"{{"deadline_at":"{}","reminder_at":"{}"}}"#, instant_json(due), instant_json(due - 30_000));
+    let timers = format!(
+        r#"{{"deadline":{{"due":{due},"event":"deadline_passed"}},"reminder":{{"due":{},"event":"remind"}}}}"#,
+        due - 30_000
+    );
+    let command = format!(r#"{{"kind":"start","workflow":"bench_case","version":1,"vars":{vars}}}"#);
+    let armed = format!(r#"{{"deadline":{due},"reminder":{}}}"#, due - 30_000);
+    let n = ids.len();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled, calendar) \
+         SELECT id, 1, $2, 'engine-client', id, $3, NULL, 'pending', $4, '{}', 0, true, 0 FROM UNNEST($1::text[]) AS u(id) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .bind(created)
+    .bind(&command)
+    .bind(&armed)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) \
+         SELECT id, 'bench_case', 1, 'pending', $2::jsonb, $3, 1, 7, $4, $4 FROM UNNEST($1::text[]) AS u(id) \
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+    )
+    .bind(ids)
+    .bind(&vars)
+    .bind(&timers)
+    .bind(created)
+    .execute(&mut *tx)
+    .await?;
+    let (tid, tname): (Vec<&str>, Vec<&str>) =
+        ids.iter().flat_map(|id| [(id.as_str(), "deadline"), (id.as_str(), "reminder")]).unzip();
+    let dues: Vec<i64> = (0..n).flat_map(|_| [due, due - 30_000]).collect();
+    sqlx::query(
+        "INSERT INTO timers (instance_id, name, due_at, event, shard) \
+         SELECT i, n, d, CASE n WHEN 'deadline' THEN 'deadline_passed' ELSE 'remind' END, 7 \
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u(i, n, d) ON CONFLICT DO NOTHING",
+    )
+    .bind(&tid)
+    .bind(&tname)
+    .bind(&dues)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) \
+         SELECT id, id, 1, '0123456789abcdef', $2 FROM UNNEST($1::text[]) AS u(id) ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .bind(created)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `--postgres URL [--nodes N]`: W1–W5 against N nodes (this binary in `serve-pg` mode) on a
+/// fresh database of the PostgreSQL server at URL, with PostgreSQL's own insert rates for a
+/// case's rows (batched and single) as floors, measured in the same run. Prints one JSON line.
+async fn pg_workload(admin_url: &str, nodes: usize, cases: usize, timers: usize, c: usize) -> Result<()> {
+    let url = integration_tests::pg::create_database(admin_url).await?;
+    shenguan::store::migrate(&shenguan::store::Database::Postgres(url.clone())).await?;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    let exe = std::env::current_exe()?;
+    let mut servers = Vec::new();
+    for i in 0..nodes {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["serve-pg", &url, &format!("n{}", i + 1)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("pid")?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let addr = loop {
+            let line =
+                tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??.context("server exited")?;
+            if let Some(addr) = line.strip_prefix("listening ") {
+                break addr.to_owned();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        servers.push(ServerProcess { child, addr, pid });
+    }
+    // Every node holds its share before the clock starts.
+    let settled = Instant::now();
+    loop {
+        let owners: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT owner FROM shard_leases WHERE owner IS NOT NULL \
+             AND expires_at > (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+        )
+        .fetch_all(&pool)
+        .await?;
+        let held: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM shard_leases WHERE owner IS NOT NULL").fetch_one(&pool).await?;
+        if owners.len() == nodes && held == 64 {
+            break;
+        }
+        ensure!(settled.elapsed() < Duration::from_secs(60), "the nodes did not share the shards");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut channels = Vec::new();
+    for s in &servers {
+        for _ in 0..4 {
+            channels.push(connect(&s.addr).await?);
+        }
+    }
+    let clients: Vec<EngineServiceClient<Ch>> = channels.iter().cloned().map(EngineServiceClient::new).collect();
+    let transport = transport_floor(&channels, cases * 2, c).await?;
+    let far = now_ms() + 3_600_000;
+    let w1 = starts("W1 intake (start)", &clients, "w1", cases, c, far - 60_000, far).await?;
+    let w2 = signals(&clients, cases, c).await?;
+    let mut group_commit = Vec::new();
+    for s in &servers {
+        group_commit.push(commit_stats(&s.addr).await.unwrap_or_default());
+    }
+    eprintln!("W1–W2 group commit per node (commands per commit, ms per commit): {group_commit:?}");
+
+    // W3: `timers` deadlines at one instant, 20 s after the first start.
+    let lead = 20_000;
+    let due = now_ms() + lead;
+    let w3_start = starts("W3 starts (timers armed)", &clients, "w3", timers, c, due - lead / 2, due).await?;
+    let until = Instant::now() + Duration::from_millis(u64::try_from(lead)?) + Duration::from_secs(60);
+    let (mut late, total, distinct, first, last) = pg_wait_fires(&pool, "w3", timers, until).await?;
+    ensure!(total == timers && distinct == timers, "W3: {total} deadline fires for {distinct} of {timers} cases");
+    ensure!(late.iter().all(|l| *l >= 0), "W3: a deadline fired early");
+    late.sort_unstable();
+    let pick = |p: f64| late.get(((late.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+    let drain = timers as f64 / ((last - first).max(1) as f64 / 1000.0);
+    let mut rss = Vec::new();
+    let mut cpu = 0.0;
+    for s in &servers {
+        let (r, c) = resources(s.pid);
+        rss.push(r as f64 / 1024.0);
+        cpu += c;
+    }
+
+    // W5: deadlines due just after node 1 is SIGKILLed. One node: it restarts and fires them;
+    // several: the others take its shards when its leases expire and fire them.
+    let w5_n = timers.min(5_000);
+    let w5_due = now_ms() + 15_000;
+    let w5_start = starts("W5 starts before the kill", &clients, "w5", w5_n, c, w5_due - 30_000, w5_due).await?;
+    let wait = u64::try_from((w5_due - now_ms() - 300).max(0))?;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let killed_at = now_ms();
+    {
+        let first = &mut servers[0];
+        first.child.start_kill()?;
+        first.child.wait().await?;
+    }
+    let mut ready_ms = None;
+    if nodes == 1 {
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["serve-pg", &url, "n1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??.context("exited")?;
+            if line.starts_with("listening ") {
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ready_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        servers[0].child = child;
+    }
+    let (_, w5_total, w5_distinct, _, w5_last) =
+        pg_wait_fires(&pool, "w5", w5_n, Instant::now() + Duration::from_secs(60)).await?;
+    let present: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM instances WHERE id >= 'w5-' AND id < 'w5.~'").fetch_one(&pool).await?;
+    ensure!(present as usize == w5_n, "W5: {present} of {w5_n} acknowledged cases present after the kill");
+    ensure!(w5_total == w5_n && w5_distinct == w5_n, "W5: {w5_total} deadline fires for {w5_distinct} of {w5_n} cases");
+    let failover_ms = w5_last - killed_at.max(w5_due);
+    drop(servers);
+
+    let floor_batched = pg_floor(&url, cases, c, 1, "floor: PostgreSQL, batched").await?;
+    let floor_single = pg_floor(&url, cases.min(20_000), 1, c, "floor: PostgreSQL, single").await?;
+    let phases = [transport, w1, w2, w3_start, w5_start, floor_batched, floor_single];
+    for p in &phases {
+        eprintln!(
+            "{:<32} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+            p.name,
+            p.ops,
+            p.rate(),
+            p.pct(0.5),
+            p.pct(0.99),
+            p.pct(1.0)
+        );
+    }
+    let json = serde_json::json!({
+        "backend": "postgres", "nodes": nodes, "cases": cases, "timers": timers, "concurrency": c,
+        "phases": phases.iter().map(|p| serde_json::json!({"name": p.name, "ops": p.ops, "per_second": p.rate(), "p50_ms": p.pct(0.5), "p99_ms": p.pct(0.99), "max_ms": p.pct(1.0)})).collect::<Vec<_>>(),
+        "w1_ratio_to_batched_floor": phases[1].rate() / phases[5].rate(),
+        "group_commit_w1_w2": group_commit.iter().map(|(n, ms)| serde_json::json!({"commands_per_commit": n, "commit_ms": ms})).collect::<Vec<_>>(),
+        "w3": {"lateness_at_decision_ms": {"p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)}, "fires_per_second": drain},
+        "w4": {"peak_rss_mib": rss, "cpu_seconds_all_nodes": cpu},
+        "w5": {"pending": w5_n, "restart_ready_ms": ready_ms, "killed_node_deadlines_fired_ms_after_kill_or_due": failover_ms, "lease_ms": PG_LEASE.as_millis(), "fired_once": true},
+    });
+    println!("{json}");
     Ok(())
 }

@@ -329,13 +329,7 @@ async fn wait_for_fires(db: &Path, prefix: &str, want: usize, until: Instant) ->
 async fn insert_cases(conn: &mut sqlx::SqliteConnection, chunk: &[String], due: i64) -> Result<()> {
     // Created now, as the engine would have: request ids within their retention.
     let created = now_ms();
-    let vars = format!(r#"{{"deadline_at":"{}","reminder_at":"{}"}}"#, instant_json(due), instant_json(due - 30_000));
-    let timers = format!(
-        r#"{{"deadline":{{"due":{due},"event":"deadline_passed"}},"reminder":{{"due":{},"event":"remind"}}}}"#,
-        due - 30_000
-    );
-    let command = format!(r#"{{"kind":"start","workflow":"bench_case","version":1,"vars":{vars}}}"#);
-    let armed = format!(r#"{{"deadline":{due},"reminder":{}}}"#, due - 30_000);
+    let CaseJson { vars, timers, command, armed } = CaseJson::due(due);
     let mut tx = conn.begin().await?;
     let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) ",
@@ -388,6 +382,31 @@ async fn insert_cases(conn: &mut sqlx::SqliteConnection, chunk: &[String], due: 
     q.build().execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The JSON columns of a pending `bench_case` whose deadline is `due` (its reminder 30 s
+/// before), as the engine writes them: the floors insert exactly these.
+struct CaseJson {
+    vars: String,
+    timers: String,
+    command: String,
+    armed: String,
+}
+
+impl CaseJson {
+    fn due(due: i64) -> Self {
+        let vars =
+            format!(r#"{{"deadline_at":"{}","reminder_at":"{}"}}"#, instant_json(due), instant_json(due - 30_000));
+        CaseJson {
+            timers: format!(
+                r#"{{"deadline":{{"due":{due},"event":"deadline_passed"}},"reminder":{{"due":{},"event":"remind"}}}}"#,
+                due - 30_000
+            ),
+            command: format!(r#"{{"kind":"start","workflow":"bench_case","version":1,"vars":{vars}}}"#),
+            armed: format!(r#"{{"deadline":{due},"reminder":{}}}"#, due - 30_000),
+            vars,
+        }
+    }
 }
 
 /// A connection with the engine's durability settings (WAL, synchronous=FULL) to a database
@@ -1471,13 +1490,7 @@ async fn pg_floor(url: &str, n: usize, batch: usize, parallel: usize, name: &'st
 
 async fn pg_insert_cases(pool: &sqlx::PgPool, ids: &[String], due: i64) -> Result<()> {
     let created = now_ms();
-    let vars = format!(r#"{{"deadline_at":"{}","reminder_at":"{}"}}"#, instant_json(due), instant_json(due - 30_000));
-    let timers = format!(
-        r#"{{"deadline":{{"due":{due},"event":"deadline_passed"}},"reminder":{{"due":{},"event":"remind"}}}}"#,
-        due - 30_000
-    );
-    let command = format!(r#"{{"kind":"start","workflow":"bench_case","version":1,"vars":{vars}}}"#);
-    let armed = format!(r#"{{"deadline":{due},"reminder":{}}}"#, due - 30_000);
+    let CaseJson { vars, timers, command, armed } = CaseJson::due(due);
     let n = ids.len();
     let mut tx = pool.begin().await?;
     sqlx::query(

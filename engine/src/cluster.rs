@@ -220,6 +220,9 @@ impl Keeper {
         .bind(node)
         .fetch_one(&self.pool)
         .await?;
+        // Nodes silent for a day are forgotten (a node named by host and pid is a new row at
+        // every start).
+        sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1").bind(now - 86_400_000).execute(&self.pool).await?;
         let live: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes WHERE heartbeat_at > $1")
             .bind(now - lease)
             .fetch_one(&self.pool)

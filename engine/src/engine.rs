@@ -246,6 +246,7 @@ impl Engine {
                 routes: Arc::new(config.routes.clone()),
                 outbox_retention: config.outbox_retention,
                 ownership: ownership.clone(),
+                horizon: config.horizon,
             },
         );
         writer.prepare().await?;

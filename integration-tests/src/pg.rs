@@ -95,7 +95,36 @@ impl Server {
             server.dir.path().join("initdb.log").display()
         ))?;
         server.pg_ctl_start()?;
+        server.watch()?;
         Ok(server)
+    }
+
+    /// A watchdog that stops the cluster and removes its directory once this process is gone:
+    /// the cluster shared by a test binary lives in a static, which is never dropped, and a
+    /// test process that panics or is killed drops nothing either.
+    fn watch(&self) -> Result<()> {
+        let stop = format!(
+            "'{}' -D '{}' -m immediate -w stop >/dev/null 2>&1",
+            self.bin.join("pg_ctl").display(),
+            self.data().display()
+        );
+        let stop = match self.user {
+            Some(user) => format!("su -s /bin/sh {user} -c \"{stop}\""),
+            None => stop,
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = self.dir.path().display()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start the PostgreSQL watchdog")?;
+        Ok(())
     }
 
     fn data(&self) -> PathBuf {

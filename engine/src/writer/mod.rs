@@ -365,6 +365,10 @@ pub struct Settings {
     pub routes: Arc<HashMap<String, String>>,
     /// How long delivered and stream-only messages are kept (ms).
     pub outbox_retention: Millis,
+    /// How far ahead of the clock the timer service keeps timers in the wheel (ms). With
+    /// several nodes, a timer armed in another node's shard is told to its holder only if due
+    /// within twice this: nodes' clocks must agree within a horizon (the system clock does).
+    pub horizon: Millis,
     /// The shards this node holds when several nodes share the database; `None`: the only
     /// node (every shard is its own, no fencing).
     pub ownership: Option<Arc<crate::cluster::Ownership>>,
@@ -889,11 +893,15 @@ impl<S: Store> Writer<S> {
                 fence.dedup();
                 built.batch.fence = Some(crate::store::Fence { node: own.node().to_owned(), shards: fence });
             }
+            // Only timers a holder's wheel may already cover need telling: one due beyond every
+            // node's horizon is paged in by its holder when the horizon reaches it. Telling about
+            // every timer cut every batch of the holders short (a rescan runs between batches).
+            let soon = now.saturating_add(self.settings.horizon.saturating_mul(2));
             let mut others: Vec<u32> = built
                 .batch
                 .timers
                 .iter()
-                .filter_map(|(_, armed)| armed.as_ref().map(|(_, shard)| *shard))
+                .filter_map(|(_, armed)| armed.as_ref().filter(|(t, _)| t.due <= soon).map(|(_, shard)| *shard))
                 .filter(|shard| !own.holds(*shard))
                 .collect();
             others.sort_unstable();

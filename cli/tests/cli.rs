@@ -201,6 +201,51 @@ fn serve_refuses_a_bad_database_path_with_one_line() {
     );
 }
 
+/// A PostgreSQL URL that is malformed, or names a server that does not answer, is refused at
+/// start with the reason in one line — and the password in the URL is never printed.
+#[test]
+fn serve_refuses_a_bad_or_unreachable_postgresql_url_without_printing_its_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let url = format!("postgres://shenguan:hunter2-secret@127.0.0.1:{port}/cases");
+    let db = dir.path().join("x.db");
+    let o = shenguan(&["serve", "--database", &url, "--db", db.to_str().expect("path"), "--listen", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(1));
+    let line = last_line(&o);
+    assert!(
+        line.starts_with(&format!(
+            "error: cannot open database postgres://shenguan@127.0.0.1:{port}/cases: cannot reach the server"
+        )),
+        "{line}"
+    );
+    for o in [
+        &o,
+        &shenguan(&["migrate", "--database", "postgres://shenguan:hunter2-secret@[::1/cases"]),
+        &shenguan(&["admin", "verify", "--database", &url]),
+    ] {
+        assert_ne!(o.status.code(), Some(0));
+        let all = format!("{}{}", stdout(o), stderr(o));
+        assert!(!all.contains("hunter2"), "the password was printed: {all}");
+        assert!(last_line(o).starts_with("error: cannot open database postgres://"), "{all}");
+    }
+    let o = shenguan(&["serve", "--database", &url, "--shards", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = shenguan(&[
+        "serve",
+        "--database",
+        &url,
+        "--lease",
+        "1s",
+        "--lease-tick",
+        "2s",
+        "--db",
+        db.to_str().expect("path"),
+    ]);
+    assert!(last_line(&o).contains("--lease-tick (2s) must be shorter than --lease (1s)"), "{}", stderr(&o));
+}
+
 fn last_line(o: &Output) -> String {
     stderr(o).lines().last().unwrap_or("").to_owned()
 }

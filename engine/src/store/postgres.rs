@@ -138,6 +138,16 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Why a connection failed, in the words an operator acts on; never the URL (it may hold a
+/// password).
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Io(io) => format!("cannot reach the server: {io}"),
+        other => other.to_string(),
+    }
+}
+
 fn open_error(url: &str, message: impl Into<String>) -> Error {
     Error::Open { path: redact(url), message: message.into() }
 }
@@ -154,8 +164,18 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, Error> {
         .options([("synchronous_commit", "on"), ("plan_cache_mode", "force_custom_plan")]))
 }
 
-/// A pool of `connections` to `url`.
+/// A pool of `connections` to `url`. One connection is made first, alone: a pool that cannot
+/// connect says only that it timed out, and the operator needs the reason (refused, no such
+/// database, password authentication failed).
 pub async fn pool(url: &str, connections: u32, acquire_timeout: Duration) -> Result<PgPool, Error> {
+    let opts = connect_options(url)?;
+    match tokio::time::timeout(acquire_timeout, sqlx::PgConnection::connect_with(&opts)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+        Ok(Err(e)) => return Err(open_error(url, describe(&e))),
+        Err(_) => return Err(open_error(url, format!("no answer within {acquire_timeout:?}"))),
+    }
     PgPoolOptions::new()
         .max_connections(connections.max(1))
         // A ping before every use is a round trip per statement; a broken connection fails its

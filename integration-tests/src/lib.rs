@@ -308,6 +308,9 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut config = shenguan::engine::Config::new(db);
+        if let Some(url) = pg::backend_for(db).await {
+            config.database = shenguan::store::Database::Postgres(url);
+        }
         configure(&mut config);
         let mut options = shenguan::server::Options::new(
             config,

@@ -215,6 +215,26 @@ pub async fn database() -> Option<String> {
     Some(create_database(&url).await.unwrap_or_else(|e| panic!("cannot create a test database on {url}: {e:#}")))
 }
 
+static BACKENDS: std::sync::Mutex<Option<std::collections::HashMap<PathBuf, String>>> = std::sync::Mutex::new(None);
+
+/// With `SHENGUAN_TEST_BACKEND=postgres`, the PostgreSQL database that stands in for the SQLite
+/// file `db` in [`crate::TestServer`] (the same one each time the same path is started, so a
+/// test that restarts a server finds its state): the gRPC suites run on PostgreSQL unchanged.
+/// `None` otherwise.
+pub async fn backend_for(db: &Path) -> Option<String> {
+    if std::env::var("SHENGUAN_TEST_BACKEND").ok().as_deref() != Some("postgres") {
+        return None;
+    }
+    if let Some(url) = BACKENDS.lock().ok().and_then(|m| m.as_ref().and_then(|m| m.get(db).cloned())) {
+        return Some(url);
+    }
+    let url = database().await?;
+    if let Ok(mut m) = BACKENDS.lock() {
+        m.get_or_insert_with(Default::default).insert(db.to_owned(), url.clone());
+    }
+    Some(url)
+}
+
 /// Creates a database with a fresh name on the server of `admin_url`; answers its URL.
 pub async fn create_database(admin_url: &str) -> Result<String> {
     let name = format!("sg_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));

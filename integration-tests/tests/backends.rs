@@ -333,6 +333,35 @@ async fn delivered_and_stream_messages_are_pruned_after_their_retention_and_pend
     engine.shutdown().await;
 }
 
+both!(two_outcomes_of_one_message_in_one_batch_leave_the_latest);
+/// A dispatcher may hand the writer two outcomes of one message at once — a failed attempt to
+/// retry, then the attempt that gave up. The message must end as the latter: a dead letter, not
+/// a pending message nobody will try again (PostgreSQL kept the earlier one).
+async fn two_outcomes_of_one_message_in_one_batch_leave_the_latest(b: Backend) {
+    use shenguan::store::{DeliveryState, OutboxMark};
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let engine = b.start(&clock, |c| c.routes = [("supervision".to_owned(), "platform".to_owned())].into()).await;
+    engine.submit(case("m1", "2026-10-30", None)).await.expect("accepted");
+    engine.submit(materials("m1")).await.expect("licensed: a supervision record for the platform");
+    let store = b.reader().await;
+    let message = store.outbox_pending("platform", 0, 10).await.expect("pending").pop().expect("one message");
+    let mark = |attempts: u32, status: DeliveryState| OutboxMark {
+        id: message.id,
+        status,
+        attempts,
+        next_attempt_at: if status == DeliveryState::Pending { 1 } else { 0 },
+        last_error: Some(format!("attempt {attempts} failed")),
+        receipt: None,
+        at: 1_000 + i64::from(attempts),
+    };
+    let marks = vec![mark(1, DeliveryState::Pending), mark(2, DeliveryState::Dead)];
+    engine.handle().outbound(shenguan::writer::Outbound::Marks(marks)).await.expect("recorded");
+    let stored = store.message(&message.key).await.expect("read").expect("message");
+    assert_eq!((stored.status, stored.attempts), (DeliveryState::Dead, 2), "{stored:?}");
+    assert_eq!(stored.last_error.as_deref(), Some("attempt 2 failed"));
+    engine.shutdown().await;
+}
+
 both!(a_schema_newer_than_this_build_is_refused_with_what_to_do);
 /// A database migrated by a newer release is not touched: the node says so and does not start.
 async fn a_schema_newer_than_this_build_is_refused_with_what_to_do(b: Backend) {

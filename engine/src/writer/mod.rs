@@ -884,6 +884,7 @@ impl<S: Store> Writer<S> {
                 Outbound::Cursor(cursor) => built.batch.cursors.push(cursor),
             }
         }
+        built.batch.marks = latest_marks(std::mem::take(&mut built.batch.marks));
         for row in &mut built.batch.outbox {
             row.destination = self.settings.routes.get(&row.message.channel).cloned();
         }
@@ -1063,6 +1064,27 @@ fn trace_command(command: &Command, result: &Result<Applied, WriteError>) {
             tracing::debug!(instance = %command.instance, kind = kind_of(command), error = %e, "command refused")
         }
     }
+}
+
+/// One mark per message, the latest (the most attempts; of equals, the last given): a batch can
+/// carry two outcomes of one message (a retry that failed, then the attempt that gave up), and
+/// `UPDATE … FROM` with two rows for one target applies one of them — which one, neither
+/// PostgreSQL nor SQLite promises. PostgreSQL kept the earlier one: a dead letter stayed
+/// pending, never to be tried again.
+fn latest_marks(marks: Vec<crate::store::OutboxMark>) -> Vec<crate::store::OutboxMark> {
+    let mut at: HashMap<u64, usize> = HashMap::with_capacity(marks.len());
+    let mut out: Vec<crate::store::OutboxMark> = Vec::with_capacity(marks.len());
+    for mark in marks {
+        match at.get(&mark.id) {
+            Some(&i) if out[i].attempts > mark.attempts => {}
+            Some(&i) => out[i] = mark,
+            None => {
+                at.insert(mark.id, out.len());
+                out.push(mark);
+            }
+        }
+    }
+    out
 }
 
 fn fail_all(items: Vec<Item>, error: WriteError) {

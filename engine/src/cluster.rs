@@ -24,7 +24,7 @@
 //! Calls are not routed: any node accepts any call and writes through optimistic concurrency on
 //! the instance's history (see `docs/ARCHITECTURE.md`, "Several nodes").
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -326,19 +326,6 @@ pub async fn release(pool: &PgPool, node: &str) -> Result<u64, Error> {
         .rows_affected();
     sqlx::query("DELETE FROM nodes WHERE name = $1").bind(node).execute(pool).await?;
     Ok(freed)
-}
-
-/// Who holds what, for `shenguan cluster status` and tests: shard → (owner, epoch, expires in ms
-/// on the database's clock; negative: expired).
-pub async fn leases(pool: &PgPool) -> Result<HashMap<u32, (Option<String>, u64, i64)>, Error> {
-    let rows: Vec<(i64, Option<String>, i64, i64)> =
-        sqlx::query_as(&format!("SELECT shard, owner, epoch, expires_at - {DB_NOW} FROM shard_leases ORDER BY shard"))
-            .fetch_all(pool)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(s, o, e, left)| (u32::try_from(s).unwrap_or(0), (o, u64::try_from(e).unwrap_or(0), left)))
-        .collect())
 }
 
 /// Listens for other nodes' notifications and passes them on: new messages wake dispatchers and

@@ -173,11 +173,24 @@ async fn spawn_server(db: &Path) -> Result<(ServerProcess, Duration)> {
 
 async fn spawn_server_with(db: &Path, extra: &[&std::ffi::OsStr]) -> Result<(ServerProcess, Duration)> {
     let started = Instant::now();
+    let mut args: Vec<&std::ffi::OsStr> = vec!["serve".as_ref(), db.as_os_str()];
+    args.extend_from_slice(extra);
+    let server = spawn_listening(&args).await?;
+    let addr = server.addr.clone();
+    if extra.is_empty() {
+        let channel = connect(&addr).await?;
+        let status =
+            HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
+        ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "server not serving");
+    }
+    Ok((server, started.elapsed()))
+}
+
+/// This binary with `args`, in a process of its own; answers once it prints `listening ADDR`.
+async fn spawn_listening<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<ServerProcess> {
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
-        .arg("serve")
-        .arg(db)
-        .args(extra)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -191,13 +204,7 @@ async fn spawn_server_with(db: &Path, extra: &[&std::ffi::OsStr]) -> Result<(Ser
         }
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    if extra.is_empty() {
-        let channel = connect(&addr).await?;
-        let status =
-            HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
-        ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "server not serving");
-    }
-    Ok((ServerProcess { child, addr, pid }, started.elapsed()))
+    Ok(ServerProcess { child, addr, pid })
 }
 
 async fn connect(addr: &str) -> Result<Ch> {
@@ -1547,26 +1554,9 @@ async fn pg_workload(admin_url: &str, nodes: usize, cases: usize, timers: usize,
     let url = integration_tests::pg::create_database(admin_url).await?;
     shenguan::store::migrate(&shenguan::store::Database::Postgres(url.clone())).await?;
     let pool = sqlx::PgPool::connect(&url).await?;
-    let exe = std::env::current_exe()?;
     let mut servers = Vec::new();
     for i in 0..nodes {
-        let mut child = tokio::process::Command::new(&exe)
-            .args(["serve-pg", &url, &format!("n{}", i + 1)])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let pid = child.id().context("pid")?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let addr = loop {
-            let line =
-                tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??.context("server exited")?;
-            if let Some(addr) = line.strip_prefix("listening ") {
-                break addr.to_owned();
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        servers.push(ServerProcess { child, addr, pid });
+        servers.push(spawn_listening(&["serve-pg", url.as_str(), &format!("n{}", i + 1)]).await?);
     }
     // Every node holds its share before the clock starts.
     let settled = Instant::now();
@@ -1637,22 +1627,8 @@ async fn pg_workload(admin_url: &str, nodes: usize, cases: usize, timers: usize,
     let mut ready_ms = None;
     if nodes == 1 {
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(&exe)
-            .args(["serve-pg", &url, "n1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        loop {
-            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??.context("exited")?;
-            if line.starts_with("listening ") {
-                break;
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        servers[0] = spawn_listening(&["serve-pg", url.as_str(), "n1"]).await?;
         ready_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-        servers[0].child = child;
     }
     let (_, w5_total, w5_distinct, _, w5_last) =
         pg_wait_fires(&pool, "w5", w5_n, Instant::now() + Duration::from_secs(60)).await?;

@@ -90,6 +90,34 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: crate::client::OutboxCommand,
     },
+    /// The organisation and catalogs on a running server: import, export, history, linkage
+    /// problems, relinking a case.
+    Catalog {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::catalog::CatalogCommand,
+    },
+    /// An enterprise's profile across approval and supervision, from a running server.
+    Enterprise {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::catalog::EnterpriseCommand,
+    },
+    /// Credit-graded spot-check plans (雙隨機、一公開) on a running server.
+    Spotcheck {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::catalog::SpotCheckCommand,
+    },
     /// Webhook receivers' tools.
     #[command(subcommand)]
     Webhook(WebhookCommand),
@@ -469,6 +497,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Clock(ClockCommand::Advance { conn, args }) => crate::client::advance(&conn, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Outbox { conn, command } => crate::client::outbox(&conn, command).await,
+        Command::Catalog { conn, command } => crate::catalog::catalog(&conn, command).await,
+        Command::Enterprise { conn, command } => crate::catalog::enterprise(&conn, command).await,
+        Command::Spotcheck { conn, command } => crate::catalog::spotcheck(&conn, command).await,
         Command::Webhook(WebhookCommand::Verify { secret_file, timestamp, signature, body, tolerance }) => {
             let secret = std::fs::read(&secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
             let secret = shenguan::outbound::sign::secret_from_file(&secret);

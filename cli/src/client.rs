@@ -340,7 +340,7 @@ pub(crate) struct CallError {
     status: tonic::Status,
 }
 
-fn call_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn call_error(status: tonic::Status) -> anyhow::Error {
     let code = format!("{:?}", status.code());
     // Upper snake case, as gRPC names the codes.
     let mut upper = String::new();
@@ -353,7 +353,7 @@ fn call_error(status: tonic::Status) -> anyhow::Error {
     anyhow::Error::new(CallError { code: upper, message: status.message().to_owned(), status })
 }
 
-async fn channel(conn: &Conn) -> Result<Ch> {
+pub(crate) async fn channel(conn: &Conn) -> Result<Ch> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(conn.server.clone())
         .map_err(|_| anyhow!("--server {:?} is not a URL such as http://127.0.0.1:50051", conn.server))?;
     if conn.server.starts_with("https://") || conn.ca_cert.is_some() {
@@ -373,7 +373,7 @@ async fn channel(conn: &Conn) -> Result<Ch> {
     Ok(tonic::service::interceptor::InterceptedService::new(channel, conn.bearer()?))
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

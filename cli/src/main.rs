@@ -4,6 +4,7 @@
 //! [`client`] (the gRPC-client commands and their tables), [`security`] (keys, TLS, dev mode,
 //! tokens) and [`demo`] (the guided tour).
 
+mod catalog;
 mod cli;
 mod client;
 mod demo;

@@ -79,11 +79,39 @@ impl Role {
         use Right::*;
         match self {
             Role::EngineAdmin => true,
-            Role::RegionAdmin | Role::Auditor | Role::DepartmentAdmin | Role::OfficeAdmin => {
-                matches!(right, ReadCases | ReadTasks | Statistics | CalendarStatus)
-            }
-            Role::Platform => matches!(right, Intake | ReadCases | Subscribe),
-            Role::Supervisor => matches!(right, Supervise | ReadTasks | Subscribe),
+            // The region administrator keeps the organisation and catalogs of the region (§1,
+            // §15) and may settle a disputed linkage; department administrators plan spot
+            // checks for their department.
+            Role::RegionAdmin => matches!(
+                right,
+                ReadCases
+                    | ReadTasks
+                    | Statistics
+                    | CalendarStatus
+                    | ReadCatalogs
+                    | ManageCatalogs
+                    | OverrideLinkage
+                    | ReadEnterprise
+                    | ManageSpotChecks
+                    | ReadSpotChecks
+            ),
+            Role::DepartmentAdmin => matches!(
+                right,
+                ReadCases
+                    | ReadTasks
+                    | Statistics
+                    | CalendarStatus
+                    | ReadCatalogs
+                    | ReadEnterprise
+                    | ManageSpotChecks
+                    | ReadSpotChecks
+            ),
+            Role::Auditor | Role::OfficeAdmin => matches!(
+                right,
+                ReadCases | ReadTasks | Statistics | CalendarStatus | ReadCatalogs | ReadEnterprise | ReadSpotChecks
+            ),
+            Role::Platform => matches!(right, Intake | ReadCases | Subscribe | ReadCatalogs),
+            Role::Supervisor => matches!(right, Supervise | ReadTasks | Subscribe | ReadSpotChecks),
         }
     }
 
@@ -132,6 +160,18 @@ pub enum Right {
     Subscribe,
     /// See and retry dead letters.
     DeadLetters,
+    /// Read the organisation and the catalogs, their versions and linkage problems.
+    ReadCatalogs,
+    /// Import catalogs and relink cases.
+    ManageCatalogs,
+    /// Accept a case whose supervisors differ from the linkage catalog (recorded on the case).
+    OverrideLinkage,
+    /// Read an enterprise's profile.
+    ReadEnterprise,
+    /// Create and end spot-check plans.
+    ManageSpotChecks,
+    /// Read spot-check plans, runs and results (for publication).
+    ReadSpotChecks,
 }
 
 impl Right {
@@ -150,6 +190,12 @@ impl Right {
             Right::ActOnBehalf => "act_on_behalf",
             Right::Subscribe => "subscribe",
             Right::DeadLetters => "dead_letters",
+            Right::ReadCatalogs => "read_catalogs",
+            Right::ManageCatalogs => "manage_catalogs",
+            Right::OverrideLinkage => "override_linkage",
+            Right::ReadEnterprise => "read_enterprise",
+            Right::ManageSpotChecks => "manage_spot_checks",
+            Right::ReadSpotChecks => "read_spot_checks",
         }
     }
 }

@@ -387,6 +387,11 @@ pub async fn listen(
                         tracing::warn!(error = %e, "cannot put another node's calendar in force");
                     }
                 }
+                Some(Notice::Catalogs) => {
+                    if let Err(e) = writer.reload_catalogs().await {
+                        tracing::warn!(error = %e, "cannot put another node's catalogs in force");
+                    }
+                }
                 None => tracing::debug!(payload = n.payload(), "unknown notification"),
             },
             Ok(None) => {
@@ -412,6 +417,9 @@ async fn catch_up(ownership: &Ownership, writer: &Handle, published: &watch::Sen
     }
     if let Err(e) = writer.reload_calendars().await {
         tracing::warn!(error = %e, "cannot reload calendars");
+    }
+    if let Err(e) = writer.reload_catalogs().await {
+        tracing::warn!(error = %e, "cannot reload catalogs");
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Context {
     pub registry: Arc<Registry>,
     /// The working-day calendars.
     pub calendars: Arc<Live>,
+    /// The organisation and the catalogs in force.
+    pub catalogs: Arc<crate::catalog::Live>,
     /// The engine's clock (virtual in sandbox mode and in tests).
     pub clock: Arc<dyn Clock>,
     /// Prometheus metrics.
@@ -47,6 +49,7 @@ impl Context {
         Context {
             registry,
             calendars,
+            catalogs: Arc::new(crate::catalog::Live::default()),
             clock,
             metrics: Arc::new(crate::telemetry::Metrics::new()),
             published: Arc::new(tokio::sync::watch::Sender::new(0)),

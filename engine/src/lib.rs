@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`calendar`]: working-day calendars per region, from the State Council notices.
+//! - [`catalog`]: the organisation and the catalogs (approval, supervision, linkage,
+//!   commitment), versioned; importing them from CSV and JSON.
 //! - [`clock`]: the `Clock` trait, the system clock and the virtual clock.
 //! - [`definition`]: the workflow language — TOML in, validated `Definition` out; Mermaid output.
 //! - [`machine`]: the pure core, `decide`, and replay. No I/O.
@@ -35,6 +37,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod calendar;
+pub mod catalog;
 pub mod clock;
 pub mod cluster;
 pub mod codec;

@@ -305,8 +305,14 @@ impl AdminService for Admin {
             }
             _ => return Err(invalid("by_millis", "give by_millis or to, not both")),
         };
-        // Answer once everything due by the new time has fired and committed.
+        // Answer once everything due by the new time has fired and committed — and the
+        // spot-check runs that fell due are drawn, with what their tasks' timers do.
         self.shared.engine.settle().await;
+        match self.shared.spotchecks.run_due().await {
+            Ok(0) => {}
+            Ok(_) => self.shared.engine.settle().await,
+            Err(e) => tracing::warn!(error = %e, "cannot draw the spot-check runs due"),
+        }
         Ok(Response::new(AdvanceClockReply { now: Some(view::instant(now)) }))
     }
 
@@ -367,5 +373,75 @@ impl AdminService for Admin {
         self.shared.dispatchers.rescan(&destination);
         tracing::info!(%key, %destination, "dead letter retried");
         Ok(Response::new(crate::proto::RetryDeadLetterReply { key, destination }))
+    }
+
+    async fn import_catalogs(
+        &self,
+        request: Request<crate::proto::ImportCatalogsRequest>,
+    ) -> Result<Response<crate::proto::ImportCatalogsReply>, Status> {
+        super::catalog::import_catalogs(&self.shared, request).await
+    }
+
+    async fn export_catalog(
+        &self,
+        request: Request<crate::proto::ExportCatalogRequest>,
+    ) -> Result<Response<crate::proto::ExportCatalogReply>, Status> {
+        super::catalog::export_catalog(&self.shared, request).await
+    }
+
+    async fn catalog_history(
+        &self,
+        request: Request<crate::proto::CatalogHistoryRequest>,
+    ) -> Result<Response<crate::proto::CatalogHistoryReply>, Status> {
+        super::catalog::catalog_history(&self.shared, request).await
+    }
+
+    async fn list_linkage_problems(
+        &self,
+        request: Request<crate::proto::ListLinkageProblemsRequest>,
+    ) -> Result<Response<crate::proto::ListLinkageProblemsReply>, Status> {
+        super::catalog::linkage_problems(&self.shared, request).await
+    }
+
+    async fn relink_case(
+        &self,
+        request: Request<crate::proto::RelinkCaseRequest>,
+    ) -> Result<Response<crate::proto::CaseReply>, Status> {
+        super::catalog::relink_case(&self.shared, request).await
+    }
+
+    async fn get_enterprise_profile(
+        &self,
+        request: Request<crate::proto::GetEnterpriseProfileRequest>,
+    ) -> Result<Response<crate::proto::EnterpriseProfile>, Status> {
+        super::catalog::enterprise_profile(&self.shared, request).await
+    }
+
+    async fn create_spot_check_plan(
+        &self,
+        request: Request<crate::proto::CreateSpotCheckPlanRequest>,
+    ) -> Result<Response<crate::proto::SpotCheckPlan>, Status> {
+        super::catalog::create_plan(&self.shared, request).await
+    }
+
+    async fn list_spot_check_plans(
+        &self,
+        request: Request<crate::proto::ListSpotCheckPlansRequest>,
+    ) -> Result<Response<crate::proto::ListSpotCheckPlansReply>, Status> {
+        super::catalog::list_plans(&self.shared, request).await
+    }
+
+    async fn list_spot_check_runs(
+        &self,
+        request: Request<crate::proto::ListSpotCheckRunsRequest>,
+    ) -> Result<Response<crate::proto::ListSpotCheckRunsReply>, Status> {
+        super::catalog::list_runs(&self.shared, request).await
+    }
+
+    async fn end_spot_check_plan(
+        &self,
+        request: Request<crate::proto::EndSpotCheckPlanRequest>,
+    ) -> Result<Response<crate::proto::SpotCheckPlan>, Status> {
+        super::catalog::end_plan(&self.shared, request).await
     }
 }

@@ -209,7 +209,15 @@ impl IntakeService for Intake {
         }
         let calendars = self.shared.calendars();
         let calendar = calendars.region(&r.region_code);
-        let policy = case::Policy { credit: &self.shared.credit, calendar, today: self.shared.today(calendar) };
+        let catalogs = self.shared.context().catalogs.current();
+        let may_override = who.caller.principal.authorize(Right::OverrideLinkage).is_ok();
+        let policy = case::Policy {
+            credit: &self.shared.credit,
+            catalogs: &catalogs,
+            may_override,
+            calendar,
+            today: self.shared.today(calendar),
+        };
         let (case_id, start) = case::accept(&new_case(&r), &policy, &actor).map_err(|e| status::refusal(&e))?;
         tracing::Span::current().record("instance", case_id.as_str());
         // The case number is the natural idempotency key: one case per number and region, for

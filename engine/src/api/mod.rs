@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod calendar;
+pub mod catalog;
 pub mod engine;
 pub mod events;
 pub mod intake;
@@ -61,6 +62,8 @@ pub struct Shared {
     /// Set when the server begins to stop: long-lived streams end so the shutdown need not
     /// wait for them.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Draws the spot-check runs that fell due.
+    pub spotchecks: crate::domain::spotcheck::Runner,
 }
 
 impl Shared {

@@ -99,6 +99,7 @@ pub fn rejection(what: &str, id: &str, r: &Rejection) -> Status {
         Rejection::Deadline { .. } | Rejection::Set { .. } => Status::failed_precondition(format!("{what} {id}: {r}")),
         Rejection::StaleTimer { .. } => Status::aborted(r.to_string()),
         Rejection::NothingToReplan { .. } => Status::failed_precondition(r.to_string()),
+        Rejection::Refused { message } => Status::failed_precondition(format!("{what} {id}: {message}")),
         Rejection::UnknownWorkflow { .. } => Status::new(Code::Internal, r.to_string()),
     }
 }

@@ -191,4 +191,11 @@ impl SupervisionService for Supervision {
             task::report_rectification(&task_id, r.rectified, &r.notes, &actor).map_err(|e| status::refusal(&e))?;
         self.apply(&task_id, keyed(command, key), Some(tell_case)).await
     }
+
+    async fn report_spot_check_result(
+        &self,
+        request: Request<crate::proto::ReportSpotCheckResultRequest>,
+    ) -> Result<Response<crate::proto::SpotCheckTarget>, Status> {
+        super::catalog::report_spot_check_result(&self.shared, request).await
+    }
 }

@@ -64,7 +64,8 @@ fn is_deadline(registry: &Registry, row: &InstanceRow, timer: &str) -> bool {
     registry.get(&row.workflow, row.version).and_then(|d| d.timer(timer)).is_some_and(|t| t.deadline)
 }
 
-fn deadlines(registry: &Registry, row: &InstanceRow) -> Vec<proto::Deadline> {
+/// The timers armed on an instance, soonest first.
+pub fn deadlines(registry: &Registry, row: &InstanceRow) -> Vec<proto::Deadline> {
     let mut out: Vec<proto::Deadline> = row
         .timers
         .iter()
@@ -117,6 +118,9 @@ pub fn case(registry: &Registry, row: &InstanceRow, task_rows: &[InstanceRow]) -
         overdue: case_overdue(row, task_rows),
         accepted_at: Some(instant(row.created_at)),
         updated_at: Some(instant(row.updated_at)),
+        unlinked: flag(row, "unlinked"),
+        catalog_versions: var(row, "catalog_versions"),
+        linkage_override: var(row, "linkage_override"),
         version: row.seq,
         tasks,
         variables: variables(registry, row),

@@ -127,6 +127,9 @@ pub enum EvalError {
     /// The calendar cannot answer.
     #[error(transparent)]
     Calendar(#[from] calendar::Error),
+    /// A cron schedule does not parse or never fires again.
+    #[error("{0}")]
+    Schedule(String),
 }
 
 /// What an expression can see when it is evaluated.
@@ -154,7 +157,7 @@ impl Scope<'_> {
         })
     }
 
-    fn require(&self, operand: &Operand) -> Result<Value, EvalError> {
+    pub(crate) fn require(&self, operand: &Operand) -> Result<Value, EvalError> {
         self.get(operand)?.ok_or_else(|| EvalError::Unset(operand_text(operand)))
     }
 }

@@ -15,6 +15,7 @@ pub mod expr;
 mod raw;
 pub mod registry;
 pub mod render;
+pub mod schedule;
 pub mod template;
 mod validate;
 
@@ -212,13 +213,40 @@ pub struct EventSpec {
     pub internal: bool,
 }
 
+/// When a timer is due.
+#[derive(Debug, Clone, PartialEq)]
+pub enum When {
+    /// Once, at the instant a time expression names (`at = …`).
+    At(TimeExpr),
+    /// At the next occurrence of a cron schedule (`cron = …`); re-armed when it fires.
+    Cron(schedule::CronSpec),
+}
+
+impl When {
+    /// The due instant, with the dates it read.
+    pub fn plan(&self, scope: &expr::Scope<'_>) -> Result<expr::Planned, expr::EvalError> {
+        match self {
+            When::At(t) => t.plan(scope),
+            When::Cron(c) => c.plan(scope),
+        }
+    }
+
+    /// Source text.
+    pub fn text(&self) -> &str {
+        match self {
+            When::At(t) => &t.text,
+            When::Cron(c) => &c.text,
+        }
+    }
+}
+
 /// A timer: armed on entry to its state (or by a transition), fires its event when due.
 #[derive(Debug, Clone)]
 pub struct TimerSpec {
     /// Unique per instance: arming a name that is armed replaces it.
     pub name: String,
     /// When it is due.
-    pub at: TimeExpr,
+    pub at: When,
     /// The event it raises.
     pub event: String,
     /// Whether it is a deadline: its firing is a breach (timelines and statistics say so).
@@ -299,6 +327,18 @@ pub struct TransitionSpec {
     pub line: usize,
 }
 
+/// The string variables the writer indexes when an instance starts (`index = { … }`): the
+/// enterprise profile and the spot checks find instances through them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    /// The credit code or citizen ID of whom the instance concerns.
+    pub subject: String,
+    /// The handling item it is about.
+    pub item: Option<String>,
+    /// The credit grade it was decided on.
+    pub grade: Option<String>,
+}
+
 /// A validated workflow definition.
 #[derive(Debug, Clone)]
 pub struct Definition {
@@ -320,6 +360,8 @@ pub struct Definition {
     pub states: Vec<StateSpec>,
     /// Transitions in file order.
     pub transitions: Vec<TransitionSpec>,
+    /// Which variables say whom an instance concerns (the enterprise index), if any.
+    pub index: Option<IndexSpec>,
     state_index: HashMap<String, usize>,
     by_state_event: HashMap<(String, String), Vec<usize>>,
 }

@@ -25,6 +25,26 @@ pub(super) struct RawDef {
     pub(super) states: Vec<Spanned<RawState>>,
     #[serde(default)]
     pub(super) transitions: Vec<Spanned<RawTransition>>,
+    #[serde(default)]
+    pub(super) index: Option<Spanned<RawIndex>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIndex {
+    pub(super) subject: String,
+    #[serde(default)]
+    pub(super) item: Option<String>,
+    #[serde(default)]
+    pub(super) grade: Option<String>,
+}
+
+/// `working_days_only = true` or the name of a bool variable.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum RawFlag {
+    Literal(bool),
+    Var(String),
 }
 
 #[derive(Deserialize, Default)]
@@ -55,7 +75,12 @@ pub(super) struct RawState {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTimer {
     pub(super) name: String,
-    pub(super) at: String,
+    #[serde(default)]
+    pub(super) at: Option<String>,
+    #[serde(default)]
+    pub(super) cron: Option<String>,
+    #[serde(default)]
+    pub(super) working_days_only: Option<RawFlag>,
     pub(super) event: String,
     #[serde(default)]
     pub(super) deadline: bool,

@@ -32,7 +32,7 @@ pub fn mermaid(def: &Definition) -> String {
                 let _ = write!(text, " [{g}]");
             }
             if let Some(timer) = timer {
-                let _ = write!(text, " ⏰ {} @ {}", timer.name, timer.at.text);
+                let _ = write!(text, " ⏰ {} @ {}", timer.name, timer.at.text());
             }
             let _ = writeln!(out, "    {from} --> {}: {}", t.to, label(&text));
         }

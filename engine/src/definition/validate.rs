@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::expr::{self, Env, ValueExpr};
-use super::raw::{OneOrMany, RawDef, RawEmit, RawTimer};
+use super::expr::Operand;
+use super::raw::{OneOrMany, RawDef, RawEmit, RawFlag, RawTimer};
+use super::schedule::{self, CronSpec};
 use super::template::parse_template;
 use super::*;
 
@@ -82,11 +84,52 @@ fn build_emit(raw: &RawEmit, env: &Env<'_>) -> Result<EmitSpec, String> {
     Ok(EmitSpec { channel: raw.channel.clone(), to, template, name: raw.name.clone() })
 }
 
+fn cron_spec(name: &str, cron: &str, flag: Option<&RawFlag>, env: &Env<'_>) -> Result<CronSpec, String> {
+    let schedule = match cron.strip_prefix('\'').and_then(|c| c.strip_suffix('\'')) {
+        Some(literal) => {
+            schedule::parse(literal).map_err(|e| format!("timer `{name}`: cron = {cron:?}: {e}"))?;
+            Operand::Literal(Value::Str(literal.to_owned()))
+        }
+        None => match env.vars.get(cron) {
+            Some(Type::Str) => Operand::Var(cron.to_owned()),
+            Some(other) => return Err(format!("timer `{name}`: cron = {cron:?} is a {other} variable, not a string")),
+            None => {
+                return Err(format!(
+                    "timer `{name}`: cron = {cron:?} is neither a quoted schedule ('0 9 * * MON') nor a declared string variable"
+                ))
+            }
+        },
+    };
+    let working_days_only = match flag {
+        None => Operand::Literal(Value::Bool(false)),
+        Some(RawFlag::Literal(b)) => Operand::Literal(Value::Bool(*b)),
+        Some(RawFlag::Var(v)) => match env.vars.get(v.as_str()) {
+            Some(Type::Bool) => Operand::Var(v.clone()),
+            _ => return Err(format!("timer `{name}`: working_days_only = {v:?} is not a declared bool variable")),
+        },
+    };
+    Ok(CronSpec { schedule, working_days_only, text: format!("cron {cron}") })
+}
+
 fn build_timer(raw: &RawTimer, env: &Env<'_>) -> Result<TimerSpec, String> {
     if !is_ident(&raw.name) {
         return Err(format!("timer name {:?} must be an identifier", raw.name));
     }
-    let at = expr::parse_time(&raw.at, env).map_err(|e| format!("timer `{}`: at = {:?}: {e}", raw.name, raw.at))?;
+    let at = match (&raw.at, &raw.cron) {
+        (Some(at), None) => {
+            if raw.working_days_only.is_some() {
+                return Err(format!("timer `{}`: `working_days_only` applies only to a `cron` timer", raw.name));
+            }
+            When::At(expr::parse_time(at, env).map_err(|e| format!("timer `{}`: at = {at:?}: {e}", raw.name))?)
+        }
+        (None, Some(cron)) => {
+            if raw.deadline {
+                return Err(format!("timer `{}`: a `cron` timer recurs and cannot be a deadline", raw.name));
+            }
+            When::Cron(cron_spec(&raw.name, cron, raw.working_days_only.as_ref(), env)?)
+        }
+        _ => return Err(format!("timer `{}`: give `at` (once) or `cron` (a schedule), one of the two", raw.name)),
+    };
     if let Some(var) = &raw.responsible {
         if !raw.deadline {
             return Err(format!("timer `{}`: `responsible` applies only to a deadline (deadline = true)", raw.name));
@@ -421,6 +464,16 @@ fn build(raw: &RawDef, d: &mut Diags<'_>) -> Option<Definition> {
             description,
         })
         .collect();
+    let index = raw.index.as_ref().map(|spanned| {
+        let r = spanned.get_ref();
+        for (what, var) in [("subject", Some(&r.subject)), ("item", r.item.as_ref()), ("grade", r.grade.as_ref())] {
+            let Some(var) = var else { continue };
+            if vars.get(var).map(|v| v.ty) != Some(Type::Str) {
+                d.at(spanned.span().start, format!("`index`: {what} = {var:?} is not a declared string variable"));
+            }
+        }
+        IndexSpec { subject: r.subject.clone(), item: r.item.clone(), grade: r.grade.clone() }
+    });
     Some(Definition {
         name,
         version,
@@ -431,6 +484,7 @@ fn build(raw: &RawDef, d: &mut Diags<'_>) -> Option<Definition> {
         events,
         states,
         transitions,
+        index,
         state_index,
         by_state_event,
     })

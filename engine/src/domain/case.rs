@@ -11,6 +11,7 @@ use chrono::{Datelike, NaiveDate};
 use serde_json::json;
 
 use super::credit::CreditGrades;
+use crate::catalog::{Catalogs, Kind};
 use super::fanout::{self, Supervisor};
 use super::{Refusal, CASE_WORKFLOW};
 use crate::calendar::Calendar;
@@ -104,6 +105,11 @@ pub struct NewCase {
 pub struct Policy<'a> {
     /// The configured credit grades.
     pub credit: &'a CreditGrades,
+    /// The organisation and catalogs in force.
+    pub catalogs: &'a Catalogs,
+    /// Whether the caller holds the right to name supervisors other than the linkage
+    /// catalog's (`override_linkage`).
+    pub may_override: bool,
     /// The region's working-day calendar.
     pub calendar: &'a Calendar,
     /// Today in the region.
@@ -157,7 +163,9 @@ fn commitment_deadline(case: &NewCase, policy: &Policy<'_>) -> Result<(NaiveDate
 pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(String, Command), Refusal> {
     super::check("region_code", super::check_region(&case.region))?;
     super::check("case_no", super::check_case_no(&case.case_no))?;
-    super::check("approval_department", super::check_text(&case.approval_department, 128))?;
+    if !(policy.catalogs.in_force() && case.approval_department.is_empty()) {
+        super::check("approval_department", super::check_text(&case.approval_department, 128))?;
+    }
     super::check("approval_item_code", super::check_text(&case.approval_item, 64))?;
     super::check("handling_item_code", super::check_text(&case.handling_item, 64))?;
     let applicant = case.applicant.as_ref().ok_or_else(|| Refusal::invalid("applicant", "is required"))?;
@@ -189,6 +197,19 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
         (Route::Commitment, None, _) => return Err(Refusal::invalid("scenario", "the commitment route needs a scenario: material deferral, material verification or post-approval verification")),
     };
 
+    let routed = if policy.catalogs.in_force() {
+        Some(route_by_catalogs(case, policy, route, scenario, actor)?)
+    } else {
+        None
+    };
+    let defaulted;
+    let case = match routed.as_ref().and_then(|r| r.default_period) {
+        Some(days) if case.commitment_deadline.is_empty() && case.commitment_period_working_days == 0 => {
+            defaulted = NewCase { commitment_period_working_days: days, ..case.clone() };
+            &defaulted
+        }
+        _ => case,
+    };
     let deadline = if scenario == Some(Scenario::MaterialDeferral) {
         let deadline = commitment_deadline(case, policy)?;
         if case.deferred_materials.is_empty() {
@@ -216,7 +237,7 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
     for (i, m) in case.deferred_materials.iter().enumerate() {
         super::check(&format!("deferred_materials[{i}]"), super::check_text(m, 200))?;
     }
-    if case.supervisors.is_empty() {
+    if case.supervisors.is_empty() && routed.is_none() {
         return Err(Refusal::invalid(
             "supervisors",
             "at least one supervising department is required (no case may fall through)",
@@ -243,10 +264,11 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
             "credit_grade: an applicant graded {grade:?} may not take the commitment route (§7, §12); accept the case on the normal route"
         )));
     }
+    let approval_department = routed.as_ref().map_or(case.approval_department.as_str(), |r| r.approval_department.as_str());
     let mut vars = json!({
         "region": case.region,
         "case_no": case.case_no,
-        "approval_department": case.approval_department,
+        "approval_department": approval_department,
         "approval_item": case.approval_item,
         "handling_item": case.handling_item,
         "applicant_name": applicant.name,
@@ -255,7 +277,22 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
         "route": if route == Route::Normal { "normal" } else { "commitment" },
         "credit_grade": grade,
     });
-    fanout::record_supervisors(&mut vars, &case.supervisors)?;
+    match &routed {
+        None => fanout::record_supervisors(&mut vars, &case.supervisors)?,
+        Some(r) => {
+            fanout::record_supervisors(&mut vars, &r.supervisors)?;
+            vars["catalog_versions"] = json!(r.versions);
+            if r.supervisors.is_empty() {
+                vars["unlinked"] = json!(true);
+            }
+            if let Some(o) = &r.override_note {
+                vars["linkage_override"] = json!(o);
+            }
+            if let Some(m) = &r.region_admin_mobile {
+                vars["region_admin_mobile"] = json!(m);
+            }
+        }
+    }
     if let Some(s) = scenario {
         vars["scenario"] = json!(s.name());
     }
@@ -278,6 +315,162 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
         idempotency: None,
     };
     Ok((id, start))
+}
+
+/// What the catalogs decide about a case.
+struct Routed {
+    /// The approving department of the item.
+    approval_department: String,
+    /// The supervisors: the linkage catalog's, or the request's under an override; empty
+    /// for an unlinked item.
+    supervisors: Vec<Supervisor>,
+    /// The commitment catalog's default period, for a deferral that names none.
+    default_period: Option<u32>,
+    /// Who overrode the linkage, and what it said.
+    override_note: Option<String>,
+    /// The region administrator's mobile, for escalations.
+    region_admin_mobile: Option<String>,
+    /// `kind=version,…` of the catalogs read.
+    versions: String,
+}
+
+/// The kinds a case is decided on.
+pub const CASE_CATALOGS: [Kind; 6] =
+    [Kind::ApprovalItems, Kind::HandlingItems, Kind::Commitment, Kind::Linkage, Kind::Offices, Kind::Regions];
+
+/// The linkage catalog's supervisors of a handling item, each with its office administrator's
+/// mobile from the organisation.
+pub fn linked_supervisors(catalogs: &Catalogs, handling_item: &str) -> Vec<Supervisor> {
+    let mut out: Vec<Supervisor> = Vec::new();
+    for link in catalogs.links(handling_item) {
+        if out.iter().any(|s| s.department == link.department && s.office == link.office) {
+            continue;
+        }
+        out.push(Supervisor {
+            department: link.department.clone(),
+            office: link.office.clone(),
+            office_admin_mobile: catalogs.field(Kind::Offices, &link.office, "admin_mobile").unwrap_or_default().to_owned(),
+        });
+    }
+    out
+}
+
+fn route_by_catalogs(
+    case: &NewCase,
+    policy: &Policy<'_>,
+    route: Route,
+    scenario: Option<Scenario>,
+    actor: &str,
+) -> Result<Routed, Refusal> {
+    let catalogs = policy.catalogs;
+    let item = catalogs.get(Kind::ApprovalItems, &case.approval_item).ok_or_else(|| {
+        Refusal::invalid(
+            "approval_item_code",
+            format!(
+                "{:?} is not in the approval item catalog (approval_items v{})",
+                case.approval_item,
+                catalogs.version(Kind::ApprovalItems)
+            ),
+        )
+    })?;
+    let handling = catalogs.get(Kind::HandlingItems, &case.handling_item).ok_or_else(|| {
+        Refusal::invalid(
+            "handling_item_code",
+            format!(
+                "{:?} is not in the handling item catalog (handling_items v{})",
+                case.handling_item,
+                catalogs.version(Kind::HandlingItems)
+            ),
+        )
+    })?;
+    let of = handling.get("approval_item").map(String::as_str).unwrap_or_default();
+    if of != case.approval_item {
+        return Err(Refusal::invalid(
+            "handling_item_code",
+            format!("{} is a handling item of {of}, not of {}", case.handling_item, case.approval_item),
+        ));
+    }
+    let department = item.get("department").cloned().unwrap_or_default();
+    if !case.approval_department.trim().is_empty() && case.approval_department != department {
+        return Err(Refusal::invalid(
+            "approval_department",
+            format!("{} is approved by {department}, not {}", case.approval_item, case.approval_department),
+        ));
+    }
+    let mut default_period = None;
+    if let (Route::Commitment, Some(s)) = (route, scenario) {
+        let Some(row) = catalogs.get(Kind::Commitment, &case.approval_item) else {
+            return Err(Refusal::Precondition(format!(
+                "route: {} is not in the commitment catalog (commitment v{}); accept it on the normal route",
+                case.approval_item,
+                catalogs.version(Kind::Commitment)
+            )));
+        };
+        let allowed = crate::catalog::import::scenarios(row.get("scenarios").map_or("", String::as_str))
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        if !allowed.iter().any(|a| a == s.name()) {
+            return Err(Refusal::Precondition(format!(
+                "scenario: the commitment catalog allows {} only {} for {}",
+                case.approval_item,
+                allowed.join(", "),
+                s.name()
+            )));
+        }
+        default_period = row.get("period_working_days").and_then(|d| d.parse().ok());
+    }
+    let linked = linked_supervisors(catalogs, &case.handling_item);
+    let key = |list: &[Supervisor]| {
+        let mut k: Vec<(String, String)> = list.iter().map(|s| (s.department.clone(), s.office.clone())).collect();
+        k.sort();
+        k
+    };
+    let show = |list: &[Supervisor]| {
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.iter().map(|s| format!("{}/{}", s.department, s.office)).collect::<Vec<_>>().join("; ")
+        }
+    };
+    let mut override_note = None;
+    let supervisors = if case.supervisors.is_empty() || key(&case.supervisors) == key(&linked) {
+        linked
+    } else if policy.may_override {
+        override_note = Some(format!(
+            "by {}: the linkage catalog (linkage v{}) names {}; the request named {}",
+            crate::auth::Attribution::decode(actor).sub,
+            catalogs.version(Kind::Linkage),
+            show(&linked),
+            show(&case.supervisors)
+        ));
+        // The organisation's office administrator, where it knows the office.
+        case.supervisors
+            .iter()
+            .map(|s| Supervisor {
+                office_admin_mobile: catalogs
+                    .field(Kind::Offices, &s.office, "admin_mobile")
+                    .map_or_else(|| s.office_admin_mobile.clone(), str::to_owned),
+                ..s.clone()
+            })
+            .collect()
+    } else {
+        return Err(Refusal::Precondition(format!(
+            "supervisors: the linkage catalog (linkage v{}) names {} for {}, the request {}; leave them out, or hold the right override_linkage",
+            catalogs.version(Kind::Linkage),
+            show(&linked),
+            case.handling_item,
+            show(&case.supervisors)
+        )));
+    };
+    Ok(Routed {
+        approval_department: department,
+        supervisors,
+        default_period,
+        override_note,
+        region_admin_mobile: catalogs.region_admin(&case.region).and_then(|r| r.get("admin_mobile")).cloned(),
+        versions: catalogs.versions_text(&CASE_CATALOGS),
+    })
 }
 
 /// The commands of an acceptance: the start, then routing it (normal or commitment), in one
@@ -387,8 +580,11 @@ mod tests {
     fn accept_on(c: &NewCase, today: &str) -> Result<(String, Command), Refusal> {
         let calendars = Calendars::embedded().expect("calendars");
         let credit = CreditGrades::default();
+        let catalogs = Catalogs::default();
         let policy = Policy {
             credit: &credit,
+            catalogs: &catalogs,
+            may_override: false,
             calendar: calendars.region("320700"),
             today: crate::calendar::parse_date(today).expect("date"),
         };

@@ -81,6 +81,16 @@ pub fn supervisors(case: &Instance) -> Result<Vec<Supervisor>, WriteError> {
 /// The commands that start the supervision tasks of a case just licensed: one per
 /// supervisor, each required (the licence and its tasks commit together or not at all).
 pub fn supervision_tasks(case: &Instance, actor: &str) -> Result<Vec<GroupItem>, WriteError> {
+    if matches!(case.vars.get("unlinked"), Some(Value::Bool(true))) {
+        let item = optional_text(case, "handling_item").unwrap_or_default();
+        return Err(crate::machine::Rejection::Refused {
+            message: format!(
+                "no supervising department: handling item {item} is not in the linkage catalog. \
+                 Link it (catalog import), then AdminService.RelinkCase; a licence now would fall through (§4)"
+            ),
+        }
+        .into());
+    }
     let mut out = Vec::new();
     for (i, s) in supervisors(case)?.into_iter().enumerate() {
         let mut vars = serde_json::Map::new();

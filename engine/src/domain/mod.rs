@@ -7,12 +7,14 @@
 //! - [`task`]: the supervision platforms' reports, and what each tells the case.
 //! - [`fanout`]: the case ↔ task fan-out that the writer derives from a case's own variables.
 //! - [`credit`]: the closed set of credit grades and which of them bar the commitment route.
+//! - [`spotcheck`]: credit-graded spot checks — plans, reproducible draws, the runner.
 //! - [`ids`]: identifiers (USCC, citizen ID, region, case and task ids) and text checks.
 
 pub mod case;
 pub mod credit;
 pub mod fanout;
 pub mod ids;
+pub mod spotcheck;
 pub mod task;
 
 pub use ids::*;

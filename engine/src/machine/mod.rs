@@ -307,6 +307,12 @@ pub enum Rejection {
         #[source]
         source: EvalError,
     },
+    /// A domain rule outside the definition refuses it (a fan-out that cannot be made).
+    #[error("{message}")]
+    Refused {
+        /// Why, for the caller.
+        message: String,
+    },
     /// A variable could not be set.
     #[error("cannot set {var}: {source}")]
     Set {
@@ -447,6 +453,10 @@ fn entry(command: &Command, instance: &Instance, to: &str, now: Millis, calendar
         handled: true,
         calendar: calendars.generation(),
     }
+}
+
+fn is_cron(spec: &TimerSpec) -> bool {
+    matches!(spec.at, crate::definition::When::Cron(_))
 }
 
 /// The spec a timer of `state` named `name` was armed from: the state's own, or a
@@ -609,10 +619,24 @@ fn apply(
                 Rejection::InvalidTransition { state: instance.state.clone(), event: event.to_owned() }
             });
         }
-        // A timer with nowhere to go is consumed and recorded; the state stays.
-        let history =
-            HistoryEntry { cancelled, handled: false, ..entry(command, instance, &instance.state, now, calendars) };
-        return Ok(Transition { instance: next, history, arm: Vec::new(), remove, outbox: Vec::new(), rule: None });
+        // A timer with nowhere to go is consumed and recorded; the state stays. A schedule
+        // keeps running: it is armed for its next occurrence.
+        let mut armed = BTreeMap::new();
+        let mut arm_rows = Vec::new();
+        if let Some(spec) = fired.and_then(|n| timer_spec(def, &instance.state, n)).filter(|s| is_cron(s)) {
+            let a = arm(spec, &scope)?;
+            armed.insert(spec.name.clone(), a.due);
+            next.timers.insert(spec.name.clone(), a.clone());
+            arm_rows.push((spec.name.clone(), a));
+            remove.retain(|n| n != &spec.name);
+        }
+        let history = HistoryEntry {
+            cancelled,
+            armed,
+            handled: false,
+            ..entry(command, instance, &instance.state, now, calendars)
+        };
+        return Ok(Transition { instance: next, history, arm: arm_rows, remove, outbox: Vec::new(), rule: None });
     };
 
     // Variables are all computed from the values before the transition.
@@ -666,6 +690,15 @@ fn apply(
     };
     for spec in entering.iter().chain(&t.arm) {
         put(&mut timers, spec)?;
+    }
+    // A cron timer that fired is armed again for its next occurrence — unless the transition
+    // armed it itself, cancelled it, left the state it belongs to, or ended the instance.
+    if let Some(spec) = fired.and_then(|n| timer_spec(def, &instance.state, n)).filter(|s| is_cron(s)) {
+        let of_old_state = current.is_some_and(|s| s.timers.iter().any(|x| x.name == spec.name));
+        let stays = !(changes_state && of_old_state) && !t.cancel.contains(&spec.name);
+        if stays && !timers.contains_key(&spec.name) && !target.is_some_and(|s| s.terminal) {
+            put(&mut timers, spec)?;
+        }
     }
     // A row re-armed under the same name is replaced by the insert, not deleted.
     remove.retain(|n| !armed.contains_key(n));

@@ -361,6 +361,37 @@ pub struct Batch {
     /// Shards in which the batch arms timers that another node holds: told at commit, so that
     /// the holder loads them (several nodes only).
     pub notify_shards: Vec<u32>,
+    /// Catalog versions imported in this batch.
+    pub catalogs: Vec<crate::catalog::Version>,
+    /// Who instances started in this batch concern (the enterprise index).
+    pub subjects: Vec<SubjectRow>,
+}
+
+/// One row of the enterprise index: an instance that concerns an enterprise or a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectRow {
+    /// The Unified Social Credit Code or citizen ID number.
+    pub code: String,
+    /// The instance.
+    pub instance: String,
+    /// Its workflow.
+    pub workflow: String,
+    /// The handling item it is about, or "".
+    pub item: String,
+    /// The credit grade when it started, or "".
+    pub grade: String,
+    /// When it started.
+    pub created_at: Millis,
+}
+
+/// An instance that concerns an enterprise, with its state now (a spot check's population
+/// and the enterprise profile read these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// The index row.
+    pub row: SubjectRow,
+    /// The instance's state.
+    pub state: String,
 }
 
 /// The leases a batch depends on.
@@ -383,6 +414,7 @@ impl Batch {
             && self.marks.is_empty()
             && self.revive.is_empty()
             && self.cursors.is_empty()
+            && self.catalogs.is_empty()
     }
 }
 
@@ -453,6 +485,8 @@ pub trait Store: Send + 'static {
     ) -> impl Future<Output = Result<Vec<TimerRow>, Error>> + Send;
     /// Every calendar file, in generation order.
     fn calendar_files(&mut self) -> impl Future<Output = Result<Vec<StoredCalendarFile>, Error>> + Send;
+    /// The newest stored version of every catalog kind.
+    fn catalogs(&mut self) -> impl Future<Output = Result<Vec<crate::catalog::Version>, Error>> + Send;
     /// Re-plans not yet done, oldest first.
     fn replans(&mut self) -> impl Future<Output = Result<Vec<ReplanJob>, Error>> + Send;
     /// Up to `limit` working-day timers depending on a day in `first..=last`, strictly after
@@ -544,6 +578,12 @@ pub trait ReadStore: Send + Sync {
     async fn orphans(&self, limit: u32) -> Result<Vec<(String, String)>, Error>;
     /// Every calendar file, in generation order.
     async fn calendar_files(&self) -> Result<Vec<StoredCalendarFile>, Error>;
+    /// Every version of a catalog kind, oldest first (with their rows only if `rows`).
+    async fn catalog_history(&self, kind: crate::catalog::Kind, rows: bool) -> Result<Vec<crate::catalog::Version>, Error>;
+    /// The instances that concern an enterprise, oldest first.
+    async fn subjects_of(&self, code: &str) -> Result<Vec<Subject>, Error>;
+    /// The instances of `workflow` about any of `items`, in any of `states`.
+    async fn subjects_by_item(&self, workflow: &str, items: &[String], states: &[&str]) -> Result<Vec<Subject>, Error>;
     /// Every re-plan, oldest first.
     async fn replans(&self) -> Result<Vec<ReplanJob>, Error>;
     /// Like [`Store::planned_timers`].

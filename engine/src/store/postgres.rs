@@ -67,6 +67,8 @@ pub enum Notice {
     Timers(Vec<u32>),
     /// A calendar file was loaded.
     Calendar,
+    /// Catalog versions were imported.
+    Catalogs,
 }
 
 impl Notice {
@@ -75,6 +77,7 @@ impl Notice {
         match self {
             Notice::Outbox => "outbox".to_owned(),
             Notice::Calendar => "calendar".to_owned(),
+            Notice::Catalogs => "catalogs".to_owned(),
             Notice::Timers(shards) => {
                 let list: Vec<String> = shards.iter().map(u32::to_string).collect();
                 format!("timers:{}", list.join(","))
@@ -87,6 +90,7 @@ impl Notice {
         match payload {
             "outbox" => Some(Notice::Outbox),
             "calendar" => Some(Notice::Calendar),
+            "catalogs" => Some(Notice::Catalogs),
             other => {
                 let list = other.strip_prefix("timers:")?;
                 list.split(',').map(|s| s.parse().ok()).collect::<Option<Vec<u32>>>().map(Notice::Timers)
@@ -549,6 +553,52 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
     if let Some(job) = &batch.replan {
         put_replan(&mut tx, job).await?;
     }
+    for v in &batch.catalogs {
+        // Two nodes importing at once: the second's (kind, version) is taken, and its import
+        // is refused as a conflict rather than overwriting the first.
+        let written = sqlx::query(
+            "INSERT INTO catalog_versions (kind, version, actor, at, comment, changes, rows) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(v.kind.name())
+        .bind(i64::from(v.version))
+        .bind(&v.actor)
+        .bind(v.at)
+        .bind(&v.comment)
+        .bind(json(&v.changes)?)
+        .bind(json(&v.rows)?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if written == 0 {
+            return Err(Error::Conflict(format!("{} version {} was imported by another node first", v.kind, v.version)));
+        }
+    }
+    if !batch.catalogs.is_empty() {
+        notify(&mut tx, &Notice::Catalogs).await?;
+    }
+    if !batch.subjects.is_empty() {
+        let s = &batch.subjects;
+        let codes: Vec<&str> = s.iter().map(|s| s.code.as_str()).collect();
+        let ids: Vec<&str> = s.iter().map(|s| s.instance.as_str()).collect();
+        let workflows: Vec<&str> = s.iter().map(|s| s.workflow.as_str()).collect();
+        let items: Vec<&str> = s.iter().map(|s| s.item.as_str()).collect();
+        let grades: Vec<&str> = s.iter().map(|s| s.grade.as_str()).collect();
+        let created: Vec<i64> = s.iter().map(|s| s.created_at).collect();
+        sqlx::query(
+            "INSERT INTO subjects (code, instance_id, workflow, item, grade, created_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&codes)
+        .bind(&ids)
+        .bind(&workflows)
+        .bind(&items)
+        .bind(&grades)
+        .bind(&created)
+        .execute(&mut *tx)
+        .await?;
+    }
     if !batch.notify_shards.is_empty() {
         notify(&mut tx, &Notice::Timers(batch.notify_shards.clone())).await?;
     }
@@ -686,6 +736,11 @@ impl Store for PgStore {
 
     async fn calendar_files(&mut self) -> Result<Vec<StoredCalendarFile>, Error> {
         files(&self.pool).await
+    }
+
+    async fn catalogs(&mut self) -> Result<Vec<crate::catalog::Version>, Error> {
+        let rows = sqlx::query(row::LATEST_CATALOGS).fetch_all(&self.pool).await?;
+        rows.iter().map(row::catalog_version).collect()
     }
 
     async fn replans(&mut self) -> Result<Vec<ReplanJob>, Error> {
@@ -971,6 +1026,42 @@ impl ReadStore for PgReader {
         files(&self.pool).await
     }
 
+    async fn catalog_history(
+        &self,
+        kind: crate::catalog::Kind,
+        with_rows: bool,
+    ) -> Result<Vec<crate::catalog::Version>, Error> {
+        let rows = sqlx::query(
+            "SELECT kind, version, actor, at, comment, changes, CASE WHEN $1 THEN rows ELSE '[]' END AS rows \
+             FROM catalog_versions WHERE kind = $2 ORDER BY version",
+        )
+        .bind(with_rows)
+        .bind(kind.name())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row::catalog_version).collect()
+    }
+
+    async fn subjects_of(&self, code: &str) -> Result<Vec<super::Subject>, Error> {
+        let sql = format!("{}WHERE s.code = $1 ORDER BY s.created_at, s.instance_id", row::SUBJECT_COLUMNS);
+        let rows = sqlx::query(&sql).bind(code).fetch_all(&self.pool).await?;
+        rows.iter().map(row::subject).collect()
+    }
+
+    async fn subjects_by_item(
+        &self,
+        workflow: &str,
+        items: &[String],
+        states: &[&str],
+    ) -> Result<Vec<super::Subject>, Error> {
+        let sql = format!(
+            "{}WHERE s.workflow = $1 AND s.item = ANY($2) AND i.state = ANY($3) ORDER BY s.code, s.created_at",
+            row::SUBJECT_COLUMNS
+        );
+        let rows = sqlx::query(&sql).bind(workflow).bind(items).bind(states).fetch_all(&self.pool).await?;
+        rows.iter().map(row::subject).collect()
+    }
+
     async fn replans(&self) -> Result<Vec<ReplanJob>, Error> {
         replans(&self.pool).await
     }
@@ -1003,7 +1094,7 @@ mod tests {
 
     #[test]
     fn notices_read_back_and_unknown_ones_are_ignored() {
-        for n in [Notice::Outbox, Notice::Calendar, Notice::Timers(vec![0, 7, 63])] {
+        for n in [Notice::Outbox, Notice::Calendar, Notice::Catalogs, Notice::Timers(vec![0, 7, 63])] {
             assert_eq!(Notice::parse(&n.payload()), Some(n));
         }
         assert_eq!(Notice::parse("timers:1,x"), None);

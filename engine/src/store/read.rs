@@ -292,6 +292,27 @@ impl ReadStore for Reader {
         super::sqlite::calendars::files(&self.pool).await
     }
 
+    async fn catalog_history(
+        &self,
+        kind: crate::catalog::Kind,
+        rows: bool,
+    ) -> Result<Vec<crate::catalog::Version>, Error> {
+        super::sqlite::catalogs::history(&self.pool, kind, rows).await
+    }
+
+    async fn subjects_of(&self, code: &str) -> Result<Vec<super::Subject>, Error> {
+        super::sqlite::catalogs::subjects_of(&self.pool, code).await
+    }
+
+    async fn subjects_by_item(
+        &self,
+        workflow: &str,
+        items: &[String],
+        states: &[&str],
+    ) -> Result<Vec<super::Subject>, Error> {
+        super::sqlite::catalogs::subjects_by_item(&self.pool, workflow, items, states).await
+    }
+
     async fn replans(&self) -> Result<Vec<ReplanJob>, Error> {
         super::sqlite::calendars::replans(&self.pool).await
     }

@@ -161,3 +161,41 @@ pub(crate) fn key_text(key: &crate::calendar::FileKey) -> String {
         crate::calendar::FileKey::Region(code) => format!("region:{code}"),
     }
 }
+
+pub(crate) fn catalog_version(r: &impl Get) -> Result<crate::catalog::Version, Error> {
+    let kind = r.text("kind")?;
+    Ok(crate::catalog::Version {
+        kind: crate::catalog::Kind::parse(&kind)
+            .filter(|k| k.name() == kind)
+            .ok_or_else(|| corrupt("catalog_versions.kind", &kind))?,
+        version: unsigned(r, "version", "catalog_versions.version")?,
+        actor: r.text("actor")?,
+        at: r.int("at")?,
+        comment: r.text("comment")?,
+        changes: serde_json::from_str(&r.text("changes")?).map_err(|e| corrupt("catalog_versions.changes", e))?,
+        rows: serde_json::from_str(&r.text("rows")?).map_err(|e| corrupt("catalog_versions.rows", e))?,
+    })
+}
+
+pub(crate) fn subject(r: &impl Get) -> Result<super::Subject, Error> {
+    Ok(super::Subject {
+        row: super::SubjectRow {
+            code: r.text("code")?,
+            instance: r.text("instance_id")?,
+            workflow: r.text("workflow")?,
+            item: r.text("item")?,
+            grade: r.text("grade")?,
+            created_at: r.int("created_at")?,
+        },
+        state: r.text("state")?,
+    })
+}
+
+/// The newest version of every kind (the same text on both backends).
+pub(crate) const LATEST_CATALOGS: &str = "SELECT kind, version, actor, at, comment, changes, rows FROM catalog_versions c \
+     WHERE version = (SELECT max(version) FROM catalog_versions d WHERE d.kind = c.kind) ORDER BY kind";
+
+/// The columns of a subject joined with its instance's state.
+pub(crate) const SUBJECT_COLUMNS: &str =
+    "SELECT s.code, s.instance_id, s.workflow, s.item, s.grade, s.created_at, i.state FROM subjects s \
+     JOIN instances i ON i.id = s.instance_id ";

@@ -514,6 +514,24 @@ mod ops {
         if let Some(job) = &batch.replan {
             calendars::put_replan(&mut *tx, job).await?;
         }
+        for v in &batch.catalogs {
+            catalogs::insert(&mut *tx, v).await?;
+        }
+        let n = rows_for(6);
+        for chunk in batch.subjects.chunks(n) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO subjects (code, instance_id, workflow, item, grade, created_at) ");
+            q.push_values(chunk, |mut b, s| {
+                b.push_bind(&s.code)
+                    .push_bind(&s.instance)
+                    .push_bind(&s.workflow)
+                    .push_bind(&s.item)
+                    .push_bind(&s.grade)
+                    .push_bind(s.created_at);
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -593,6 +611,84 @@ async fn seed(conn: &mut SqliteConnection, files: &[CalendarFile], at: Millis) -
 }
 
 /// Calendar files and re-plans: statements shared by the writer's connection and the readers.
+/// Catalog versions and the enterprise index, on SQLite.
+pub(crate) mod catalogs {
+    use super::*;
+    use crate::catalog::{Kind, Version};
+    use crate::store::row;
+
+    pub(crate) async fn insert<'e, E: sqlx::SqliteExecutor<'e>>(e: E, v: &Version) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO catalog_versions (kind, version, actor, at, comment, changes, rows) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(v.kind.name())
+        .bind(i64::from(v.version))
+        .bind(&v.actor)
+        .bind(v.at)
+        .bind(&v.comment)
+        .bind(json(&v.changes)?)
+        .bind(json(&v.rows)?)
+        .execute(e)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn latest<'e, E: sqlx::SqliteExecutor<'e>>(e: E) -> Result<Vec<Version>, Error> {
+        let rows = sqlx::query(row::LATEST_CATALOGS).fetch_all(e).await?;
+        rows.iter().map(row::catalog_version).collect()
+    }
+
+    pub(crate) async fn history<'e, E: sqlx::SqliteExecutor<'e>>(
+        e: E,
+        kind: Kind,
+        with_rows: bool,
+    ) -> Result<Vec<Version>, Error> {
+        let rows = sqlx::query(
+            "SELECT kind, version, actor, at, comment, changes, CASE WHEN ? THEN rows ELSE '[]' END AS rows \
+             FROM catalog_versions WHERE kind = ? ORDER BY version",
+        )
+        .bind(with_rows)
+        .bind(kind.name())
+        .fetch_all(e)
+        .await?;
+        rows.iter().map(row::catalog_version).collect()
+    }
+
+    pub(crate) async fn subjects_of<'e, E: sqlx::SqliteExecutor<'e>>(
+        e: E,
+        code: &str,
+    ) -> Result<Vec<crate::store::Subject>, Error> {
+        let sql = format!("{}WHERE s.code = ? ORDER BY s.created_at, s.instance_id", row::SUBJECT_COLUMNS);
+        let rows = sqlx::query(&sql).bind(code).fetch_all(e).await?;
+        rows.iter().map(row::subject).collect()
+    }
+
+    pub(crate) async fn subjects_by_item<'e, E: sqlx::SqliteExecutor<'e>>(
+        e: E,
+        workflow: &str,
+        items: &[String],
+        states: &[&str],
+    ) -> Result<Vec<crate::store::Subject>, Error> {
+        if items.is_empty() || states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(row::SUBJECT_COLUMNS);
+        q.push("WHERE s.workflow = ").push_bind(workflow).push(" AND s.item IN (");
+        let mut sep = q.separated(", ");
+        for i in items {
+            sep.push_bind(i);
+        }
+        q.push(") AND i.state IN (");
+        let mut sep = q.separated(", ");
+        for s in states {
+            sep.push_bind(*s);
+        }
+        q.push(") ORDER BY s.code, s.created_at");
+        let rows = q.build().fetch_all(e).await?;
+        rows.iter().map(row::subject).collect()
+    }
+}
+
 pub(crate) mod calendars {
     use super::*;
 
@@ -727,6 +823,11 @@ impl Store for SqliteStore {
 
     async fn calendar_files(&mut self) -> Result<Vec<StoredCalendarFile>, Error> {
         let result = calendars::files(self.conn().await?).await;
+        self.after(result).await
+    }
+
+    async fn catalogs(&mut self) -> Result<Vec<crate::catalog::Version>, Error> {
+        let result = catalogs::latest(self.conn().await?).await;
         self.after(result).await
     }
 

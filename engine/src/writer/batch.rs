@@ -301,12 +301,39 @@ impl<'a> Builder<'a> {
                 self.batch.instances.push(row);
             }
         }
+        if t.history.from.is_none() {
+            self.index(&t.instance, now);
+        }
         let seq = t.history.seq;
         self.rules.push(t.rule);
         self.batch.history.push((id.clone(), t.history));
         let applied = Applied { instance: t.instance.clone(), seq, duplicate: false };
         self.live.insert(id, Ok(t.instance));
         applied
+    }
+
+    /// Adds a started instance to the enterprise index, if its workflow declares one and the
+    /// subject variable is set.
+    fn index(&mut self, instance: &crate::machine::Instance, now: Millis) {
+        let Some(spec) = self.registry.get(&instance.workflow, instance.version).and_then(|d| d.index.clone()) else {
+            return;
+        };
+        let text = |name: Option<&String>| match name.and_then(|n| instance.vars.get(n)) {
+            Some(crate::definition::Value::Str(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let code = text(Some(&spec.subject));
+        if code.is_empty() {
+            return;
+        }
+        self.batch.subjects.push(crate::store::SubjectRow {
+            code,
+            instance: instance.id.clone(),
+            workflow: instance.workflow.clone(),
+            item: text(spec.item.as_ref()),
+            grade: text(spec.grade.as_ref()),
+            created_at: now,
+        });
     }
 
     fn set_timer(&mut self, key: (String, String), value: Option<(ArmedTimer, u32)>) {

@@ -157,6 +157,35 @@ pub enum Request {
     Shards(ShardChange, oneshot::Sender<Result<(), WriteError>>),
     /// Another node loaded a calendar: read the stored files again and put them in force.
     ReloadCalendars(oneshot::Sender<Result<(), WriteError>>),
+    /// Check catalog files against the catalogs stored, store the kinds that changed as new
+    /// versions and put them in force (or, as a dry run, only check).
+    ImportCatalogs(CatalogImport, oneshot::Sender<Result<crate::catalog::Imported, ImportError>>),
+    /// Another node imported catalogs: read the newest versions again and put them in force.
+    ReloadCatalogs(oneshot::Sender<Result<(), WriteError>>),
+}
+
+/// A catalog import as the writer is asked for it.
+#[derive(Debug, Clone)]
+pub struct CatalogImport {
+    /// The files.
+    pub files: Vec<crate::catalog::ImportFile>,
+    /// Who imports (recorded with every version).
+    pub actor: String,
+    /// Why (recorded with every version).
+    pub comment: String,
+    /// Check only; store nothing.
+    pub dry_run: bool,
+}
+
+/// Why a catalog import was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ImportError {
+    /// Rows are wrong; every one found is listed, and nothing was imported.
+    #[error("{} problem(s) in the import; nothing was imported:\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<crate::catalog::RowError>),
+    /// It could not be stored; nothing changed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 /// Shards whose timers the wheel must take in or let go of.
@@ -239,6 +268,10 @@ impl std::fmt::Debug for Request {
             Request::Outbound(o, _) => f.debug_tuple("Outbound").field(o).finish(),
             Request::Shards(c, _) => f.debug_tuple("Shards").field(c).finish(),
             Request::ReloadCalendars(_) => f.write_str("ReloadCalendars"),
+            Request::ImportCatalogs(i, _) => {
+                f.debug_tuple("ImportCatalogs").field(&i.files.iter().map(|f| &f.name).collect::<Vec<_>>()).finish()
+            }
+            Request::ReloadCatalogs(_) => f.write_str("ReloadCatalogs"),
         }
     }
 }
@@ -317,6 +350,21 @@ impl Handle {
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
+    /// Reads the stored catalogs again and puts them in force.
+    pub async fn reload_catalogs(&self) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::ReloadCatalogs(reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Imports catalog files: every kind that changed becomes a new version, in one
+    /// transaction, and is in force when this answers.
+    pub async fn import_catalogs(&self, import: CatalogImport) -> Result<crate::catalog::Imported, ImportError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::ImportCatalogs(import, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
     /// Stores a calendar file and puts it in force; the re-plan it starts runs in the writer's
     /// following batches.
     pub async fn load_calendar(&self, load: CalendarLoad) -> Result<Loaded, LoadError> {
@@ -380,6 +428,8 @@ pub struct Writer<S: Store> {
     rx: mpsc::Receiver<Request>,
     registry: Arc<Registry>,
     calendars: Arc<Live>,
+    /// The catalogs in force.
+    catalogs: Arc<crate::catalog::Live>,
     /// Every calendar file the database holds, in generation order.
     files: Vec<StoredCalendarFile>,
     /// Re-plans to run, oldest first; the front one advances a page per batch.
@@ -444,6 +494,7 @@ pub fn channel<S: Store>(
             rx,
             registry: context.registry.clone(),
             calendars: context.calendars.clone(),
+            catalogs: context.catalogs.clone(),
             files: Vec::new(),
             replans: VecDeque::new(),
             replan_paused_until: None,
@@ -489,7 +540,37 @@ impl<S: Store> Writer<S> {
     /// Reads the calendars the database holds, puts them in force, and picks up unfinished
     /// re-plans. Call before [`run`](Self::run).
     pub async fn prepare(&mut self) -> Result<(), crate::store::Error> {
-        self.prepare_calendars(true).await
+        self.prepare_calendars(true).await?;
+        self.prepare_catalogs().await
+    }
+
+    /// Puts the stored catalogs in force.
+    async fn prepare_catalogs(&mut self) -> Result<(), crate::store::Error> {
+        let versions = self.store.catalogs().await?;
+        self.catalogs.replace(crate::catalog::Catalogs::new(versions));
+        Ok(())
+    }
+
+    async fn import_catalogs(&mut self, import: CatalogImport) -> Result<crate::catalog::Imported, ImportError> {
+        // Against what is stored, not what this node last saw: another node may have imported.
+        let stored = self.store.catalogs().await.map_err(WriteError::from)?;
+        let current = crate::catalog::Catalogs::new(stored.clone());
+        let imported = crate::catalog::import(&current, &import.files, &import.actor, &import.comment, self.clock.now())
+            .map_err(ImportError::Invalid)?;
+        if import.dry_run || imported.versions.is_empty() {
+            self.catalogs.replace(current);
+            return Ok(imported);
+        }
+        let batch = Batch { catalogs: imported.versions.clone(), ..Batch::default() };
+        self.store.commit(&batch).await.map_err(WriteError::from)?;
+        let mut all: std::collections::BTreeMap<crate::catalog::Kind, crate::catalog::Version> =
+            stored.into_iter().map(|v| (v.kind, v)).collect();
+        for v in &imported.versions {
+            tracing::info!(kind = %v.kind, version = v.version, changes = %v.changes.summary(), by = %v.actor, "catalog imported");
+            all.insert(v.kind, v.clone());
+        }
+        self.catalogs.replace(crate::catalog::Catalogs::new(all.into_values()));
+        Ok(imported)
     }
 
     /// Puts the stored calendars in force; with `resume`, also picks up unfinished re-plans
@@ -615,6 +696,18 @@ impl<S: Store> Writer<S> {
                             self.process(std::mem::take(&mut items)).await;
                         }
                         let _ = reply.send(self.prepare_calendars(false).await.map_err(WriteError::from));
+                    }
+                    Request::ImportCatalogs(import, reply) => {
+                        if !items.is_empty() {
+                            self.process(std::mem::take(&mut items)).await;
+                        }
+                        let _ = reply.send(self.import_catalogs(import).await);
+                    }
+                    Request::ReloadCatalogs(reply) => {
+                        if !items.is_empty() {
+                            self.process(std::mem::take(&mut items)).await;
+                        }
+                        let _ = reply.send(self.prepare_catalogs().await.map_err(WriteError::from));
                     }
                 }
             }

@@ -271,7 +271,13 @@ pub(crate) async fn catalog(conn: &Conn, cmd: CatalogCommand) -> Result<ExitCode
                     .problems
                     .iter()
                     .map(|p| {
-                        vec![p.kind.clone(), p.case_id.clone(), p.handling_item.clone(), p.state.clone(), p.detail.clone()]
+                        vec![
+                            p.kind.clone(),
+                            p.case_id.clone(),
+                            p.handling_item.clone(),
+                            p.state.clone(),
+                            p.detail.clone(),
+                        ]
                     })
                     .collect();
                 print!("{}", table(&["PROBLEM", "CASE", "HANDLING ITEM", "STATE", "DETAIL"], &rows));
@@ -282,7 +288,12 @@ pub(crate) async fn catalog(conn: &Conn, cmd: CatalogCommand) -> Result<ExitCode
             if conn.json {
                 print_json(&reply)?;
             } else if let Some(c) = reply.case {
-                println!("{}: {} — supervisors {}", c.case_id, c.state, c.variables.get("supervisors").cloned().unwrap_or_default());
+                println!(
+                    "{}: {} — supervisors {}",
+                    c.case_id,
+                    c.state,
+                    c.variables.get("supervisors").cloned().unwrap_or_default()
+                );
             }
         }
     }
@@ -303,7 +314,11 @@ pub(crate) async fn enterprise(conn: &Conn, cmd: EnterpriseCommand) -> Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     println!("{} {}", p.credit_code, p.name);
-    println!("credit grade: {} (case {})", if p.credit_grade.is_empty() { "-" } else { &p.credit_grade }, p.credit_grade_case);
+    println!(
+        "credit grade: {} (case {})",
+        if p.credit_grade.is_empty() { "-" } else { &p.credit_grade },
+        p.credit_grade_case
+    );
     let var = |i: &proto::ProfileInstance, n: &str| i.variables.get(n).cloned().unwrap_or_default();
     println!("\ncases");
     let rows: Vec<Vec<String>> = p
@@ -381,7 +396,17 @@ pub(crate) async fn spotcheck(conn: &Conn, cmd: SpotCheckCommand) -> Result<Exit
     let ch = channel(conn).await?;
     let mut admin = AdminServiceClient::new(ch.clone());
     match cmd {
-        SpotCheckCommand::Create { code, region, name, office, item, schedule, working_days_only, ratios, inspectors } => {
+        SpotCheckCommand::Create {
+            code,
+            region,
+            name,
+            office,
+            item,
+            schedule,
+            working_days_only,
+            ratios,
+            inspectors,
+        } => {
             let plan = admin
                 .create_spot_check_plan(proto::CreateSpotCheckPlanRequest {
                     code,

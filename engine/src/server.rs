@@ -234,10 +234,7 @@ const SPOT_CHECK_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Draws spot-check runs as they fall due — with several nodes, on the holder of shard 0 only
 /// (a second drawer would only be refused by the plan's guard).
-async fn draw_spot_checks(
-    runner: crate::domain::spotcheck::Runner,
-    ownership: Option<Arc<crate::cluster::Ownership>>,
-) {
+async fn draw_spot_checks(runner: crate::domain::spotcheck::Runner, ownership: Option<Arc<crate::cluster::Ownership>>) {
     let mut tick = tokio::time::interval(SPOT_CHECK_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -483,6 +483,59 @@ pub mod fixtures {
         }
     }
 
+    /// A Unified Social Credit Code from its first 17 characters, with the right check character.
+    pub fn uscc(first: &str) -> String {
+        const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
+        const WEIGHTS: [usize; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+        let sum: usize = first
+            .bytes()
+            .zip(WEIGHTS)
+            .map(|(b, w)| ALPHABET.iter().position(|a| *a == b).expect("a USCC character") * w)
+            .sum();
+        format!("{first}{}", ALPHABET[(31 - sum % 31) % 31] as char)
+    }
+
+    /// The example catalog of ops/examples/catalog as one import request.
+    pub fn example_catalog() -> shenguan::proto::ImportCatalogsRequest {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/catalog");
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            .expect("ops/examples/catalog")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        files.sort();
+        shenguan::proto::ImportCatalogsRequest {
+            files: files
+                .iter()
+                .map(|p| shenguan::proto::CatalogFile {
+                    name: p.file_name().expect("name").to_string_lossy().into_owned(),
+                    kind: String::new(),
+                    content: std::fs::read(p).expect("example file"),
+                })
+                .collect(),
+            comment: "the example catalog".into(),
+            dry_run: false,
+        }
+    }
+
+    /// A case on a catalogued item: no department or supervisors named, the catalogs decide.
+    pub fn catalogued(case_no: &str, handling_item: &str, code: &str, grade: &str) -> AcceptCaseRequest {
+        let approval_item = handling_item.rsplit_once('-').map_or(handling_item, |(a, _)| a).to_owned();
+        AcceptCaseRequest {
+            approval_department: String::new(),
+            approval_item_code: approval_item,
+            handling_item_code: handling_item.into(),
+            applicant: Some(Applicant {
+                name: format!("Enterprise {code}"),
+                id: Some(applicant::Id::CreditCode(code.into())),
+                mobile: "13800138000".into(),
+            }),
+            credit_grade: grade.into(),
+            supervisors: vec![],
+            ..accept(case_no, Route::Normal, Scenario::Unspecified)
+        }
+    }
+
     /// A citizen ID from its first 17 characters, with the right check character.
     pub fn with_check(first: &str) -> String {
         const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];

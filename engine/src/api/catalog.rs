@@ -92,12 +92,8 @@ pub(super) async fn import_catalogs(
         let kind = if f.kind.is_empty() { None } else { Some(kind(&format!("{field}.kind"), &f.kind)?) };
         files.push(crate::catalog::ImportFile { name: f.name, kind, content });
     }
-    let import = CatalogImport {
-        files,
-        actor: who.caller.principal.subject.clone(),
-        comment: r.comment,
-        dry_run: r.dry_run,
-    };
+    let import =
+        CatalogImport { files, actor: who.caller.principal.subject.clone(), comment: r.comment, dry_run: r.dry_run };
     match shared.engine.handle().import_catalogs(import).await {
         Ok(imported) => Ok(Response::new(proto::ImportCatalogsReply {
             versions: imported.versions.iter().map(version_view).collect(),
@@ -252,8 +248,7 @@ pub(super) async fn relink_case(
     domain::fanout::record_supervisors(&mut fields, &supervisors).map_err(|e| status::refusal(&e))?;
     fields["catalog_versions"] = json!(catalogs.versions_text(&domain::case::CASE_CATALOGS));
     let command = domain::event(&case_id, "relink", domain::object(fields), &who.actor());
-    let applied =
-        shared.engine.submit(command).await.map_err(|e| status::write_error("case", &case_id, &e))?;
+    let applied = shared.engine.submit(command).await.map_err(|e| status::write_error("case", &case_id, &e))?;
     let tasks = super::intake::tasks_of(shared.reader.as_ref(), &case_id).await?;
     let row = InstanceRow::of(&applied.instance, 0);
     Ok(Response::new(proto::CaseReply {
@@ -363,7 +358,9 @@ pub(super) async fn enterprise_profile(
             }
         }
         let outbox = shared.reader.outbox_of(&row.id).await.map_err(|e| status::read_error(&e))?;
-        profile.credit_records.extend(outbox.iter().filter(|m| m.message.channel == "credit").map(view::outbound_message));
+        profile
+            .credit_records
+            .extend(outbox.iter().filter(|m| m.message.channel == "credit").map(view::outbound_message));
     }
     if profile.cases.is_empty() && profile.tasks.is_empty() {
         return Err(status::not_found("enterprise", &code));
@@ -373,16 +370,21 @@ pub(super) async fn enterprise_profile(
         profile.credit_grade_case = case;
     }
     if profile.name.is_empty() {
-        profile.name = profile.tasks.first().and_then(|t| t.variables.get("applicant_name").cloned()).unwrap_or_default();
+        profile.name =
+            profile.tasks.first().and_then(|t| t.variables.get("applicant_name").cloned()).unwrap_or_default();
     }
     events.sort_by_key(|e| e.at.as_ref().map_or(0, |a| a.unix_millis));
     profile.events = events;
-    profile.open_deadlines.sort_by_key(|d| d.deadline.as_ref().and_then(|d| d.due.as_ref()).map_or(0, |i| i.unix_millis));
+    profile
+        .open_deadlines
+        .sort_by_key(|d| d.deadline.as_ref().and_then(|d| d.due.as_ref()).map_or(0, |i| i.unix_millis));
     Ok(Response::new(profile))
 }
 
 fn plan_view(shared: &Shared, row: &InstanceRow) -> proto::SpotCheckPlan {
-    let int = |n: &str| row.vars.get(n).and_then(serde_json::Value::as_u64).map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX));
+    let int = |n: &str| {
+        row.vars.get(n).and_then(serde_json::Value::as_u64).map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
+    };
     let _ = shared;
     proto::SpotCheckPlan {
         plan_id: row.id.clone(),
@@ -563,7 +565,8 @@ pub(super) async fn report_spot_check_result(
         .map_err(|e| status::read_error(&e))?
         .filter(|t| t.workflow == spotcheck::TASK_WORKFLOW && r.task_id.len() <= 200)
         .ok_or_else(|| status::not_found("spot-check task", &r.task_id))?;
-    let inside = who.scope().has_task(&view::var(&row, "region"), &view::var(&row, "department"), &view::var(&row, "office"));
+    let inside =
+        who.scope().has_task(&view::var(&row, "region"), &view::var(&row, "department"), &view::var(&row, "office"));
     who.require(shared, inside, || format!("spot-check task {}", row.id))?;
     if !matches!(r.outcome.as_str(), "compliant" | "non_compliant") {
         return Err(invalid("outcome", format!("{:?}: compliant or non_compliant", r.outcome)));

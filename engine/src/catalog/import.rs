@@ -320,7 +320,12 @@ fn line_of(text: &str, part: &str) -> usize {
     text.as_bytes()[..offset].iter().filter(|b| **b == b'\n').count() + 1
 }
 
-fn read_json(file: &ImportFile, text: &str, named: Option<Kind>, errors: &mut Errors) -> Vec<(Kind, Vec<(Row, Origin)>)> {
+fn read_json(
+    file: &ImportFile,
+    text: &str,
+    named: Option<Kind>,
+    errors: &mut Errors,
+) -> Vec<(Kind, Vec<(Row, Origin)>)> {
     let json_error = |errors: &mut Errors, e: serde_json::Error| {
         errors.push(&Origin { file: file.name.clone(), line: e.line() }, "", format!("is not valid JSON: {e}"));
     };
@@ -369,7 +374,11 @@ fn json_rows(name: &str, text: &str, kind: Kind, items: &[&RawValue], errors: &m
         let object: BTreeMap<String, serde_json::Value> = match serde_json::from_str(item.get()) {
             Ok(o) => o,
             Err(_) => {
-                errors.push(&origin, "", format!("a row of {kind} must be an object with the columns {}", field_names(kind)));
+                errors.push(
+                    &origin,
+                    "",
+                    format!("a row of {kind} must be an object with the columns {}", field_names(kind)),
+                );
                 continue;
             }
         };
@@ -548,7 +557,9 @@ fn check_all(next: &Next, errors: &mut Errors) {
                         }
                     }
                     let item = get(Kind::SupervisionSubitems, col("subitem")).and_then(|s| s.get("supervision_item"));
-                    if let Some(owner) = item.and_then(|i| get(Kind::SupervisionItems, i)).and_then(|i| i.get("department")) {
+                    if let Some(owner) =
+                        item.and_then(|i| get(Kind::SupervisionItems, i)).and_then(|i| i.get("department"))
+                    {
                         if owner != dept {
                             errors.push(
                                 origin,
@@ -576,7 +587,11 @@ fn check_all(next: &Next, errors: &mut Errors) {
                             .filter_map(|(_, l)| l.get("handling_item").map(String::as_str))
                             .collect();
                         if handling.is_empty() {
-                            errors.push(origin, "scenarios", format!("post-approval verification: {item} has no handling item to link"));
+                            errors.push(
+                                origin,
+                                "scenarios",
+                                format!("post-approval verification: {item} has no handling item to link"),
+                            );
                         }
                         for h in handling.into_iter().filter(|h| !linked.contains(h.as_str())) {
                             errors.push(

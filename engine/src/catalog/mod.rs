@@ -160,26 +160,20 @@ impl Kind {
                 f!("admin_name", Text(100), true),
                 f!("admin_mobile", Mobile, true),
             ],
-            Kind::Inspectors => &[
-                f!("code", Code, true),
-                f!("office", Ref(Kind::Offices), true),
-                f!("name", Text(100), true),
-            ],
-            Kind::ApprovalItems => &[
-                f!("code", Code, true),
-                f!("name", Text(200), true),
-                f!("department", Ref(Kind::Departments), true),
-            ],
+            Kind::Inspectors => {
+                &[f!("code", Code, true), f!("office", Ref(Kind::Offices), true), f!("name", Text(100), true)]
+            }
+            Kind::ApprovalItems => {
+                &[f!("code", Code, true), f!("name", Text(200), true), f!("department", Ref(Kind::Departments), true)]
+            }
             Kind::HandlingItems => &[
                 f!("code", Code, true),
                 f!("approval_item", Ref(Kind::ApprovalItems), true),
                 f!("name", Text(200), true),
             ],
-            Kind::SupervisionItems => &[
-                f!("code", Code, true),
-                f!("name", Text(200), true),
-                f!("department", Ref(Kind::Departments), true),
-            ],
+            Kind::SupervisionItems => {
+                &[f!("code", Code, true), f!("name", Text(200), true), f!("department", Ref(Kind::Departments), true)]
+            }
             Kind::SupervisionSubitems => &[
                 f!("code", Code, true),
                 f!("supervision_item", Ref(Kind::SupervisionItems), true),
@@ -343,10 +337,11 @@ impl Catalogs {
     /// The region whose administrator hears about a problem in `region`: the region itself if
     /// catalogued, else the nearest catalogued parent by code (county → city → province).
     pub fn region_admin(&self, region: &str) -> Option<&Row> {
-        let candidates = [region.to_owned(), format!("{}00", &region[..4.min(region.len())]), format!(
-            "{}0000",
-            &region[..2.min(region.len())]
-        )];
+        let candidates = [
+            region.to_owned(),
+            format!("{}00", &region[..4.min(region.len())]),
+            format!("{}0000", &region[..2.min(region.len())]),
+        ];
         candidates.iter().find_map(|c| self.get(Kind::Regions, c))
     }
 

@@ -80,11 +80,7 @@ pub fn next(
     }
     let date: NaiveDate = occurrence.date_naive();
     if calendar.is_working_day(date)? {
-        return Ok(Planned {
-            due,
-            days: Some((date, date)),
-            provisional: calendar.provisional_between(date, date),
-        });
+        return Ok(Planned { due, days: Some((date, date)), provisional: calendar.provisional_between(date, date) });
     }
     // The first working day strictly after a day off.
     let moved = calendar.add_working_days(date, 1)?;

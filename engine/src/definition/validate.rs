@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use super::expr::{self, Env, ValueExpr};
 use super::expr::Operand;
+use super::expr::{self, Env, ValueExpr};
 use super::raw::{OneOrMany, RawDef, RawEmit, RawFlag, RawTimer};
 use super::schedule::{self, CronSpec};
 use super::template::parse_template;

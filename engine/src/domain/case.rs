@@ -11,10 +11,10 @@ use chrono::{Datelike, NaiveDate};
 use serde_json::json;
 
 use super::credit::CreditGrades;
-use crate::catalog::{Catalogs, Kind};
 use super::fanout::{self, Supervisor};
 use super::{Refusal, CASE_WORKFLOW};
 use crate::calendar::Calendar;
+use crate::catalog::{Catalogs, Kind};
 use crate::machine::{Command, CommandKind, Instance};
 use crate::writer::{Derive, GroupItem, WriteError};
 
@@ -197,11 +197,8 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
         (Route::Commitment, None, _) => return Err(Refusal::invalid("scenario", "the commitment route needs a scenario: material deferral, material verification or post-approval verification")),
     };
 
-    let routed = if policy.catalogs.in_force() {
-        Some(route_by_catalogs(case, policy, route, scenario, actor)?)
-    } else {
-        None
-    };
+    let routed =
+        if policy.catalogs.in_force() { Some(route_by_catalogs(case, policy, route, scenario, actor)?) } else { None };
     let defaulted;
     let case = match routed.as_ref().and_then(|r| r.default_period) {
         Some(days) if case.commitment_deadline.is_empty() && case.commitment_period_working_days == 0 => {
@@ -264,7 +261,8 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
             "credit_grade: an applicant graded {grade:?} may not take the commitment route (§7, §12); accept the case on the normal route"
         )));
     }
-    let approval_department = routed.as_ref().map_or(case.approval_department.as_str(), |r| r.approval_department.as_str());
+    let approval_department =
+        routed.as_ref().map_or(case.approval_department.as_str(), |r| r.approval_department.as_str());
     let mut vars = json!({
         "region": case.region,
         "case_no": case.case_no,
@@ -349,7 +347,10 @@ pub fn linked_supervisors(catalogs: &Catalogs, handling_item: &str) -> Vec<Super
         out.push(Supervisor {
             department: link.department.clone(),
             office: link.office.clone(),
-            office_admin_mobile: catalogs.field(Kind::Offices, &link.office, "admin_mobile").unwrap_or_default().to_owned(),
+            office_admin_mobile: catalogs
+                .field(Kind::Offices, &link.office, "admin_mobile")
+                .unwrap_or_default()
+                .to_owned(),
         });
     }
     out

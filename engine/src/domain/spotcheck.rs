@@ -109,7 +109,10 @@ pub fn plan(new: &NewPlan, catalogs: &Catalogs, credit: &CreditGrades, actor: &s
         return Err(Refusal::invalid("inspectors_per_target", "at most 10"));
     }
     let item = catalogs.get(Kind::SupervisionItems, &new.supervision_item).ok_or_else(|| {
-        Refusal::invalid("supervision_item", format!("{:?} is not in the supervision item catalog", new.supervision_item))
+        Refusal::invalid(
+            "supervision_item",
+            format!("{:?} is not in the supervision item catalog", new.supervision_item),
+        )
     })?;
     let office = catalogs
         .get(Kind::Offices, &new.office)
@@ -232,7 +235,13 @@ fn choose(rng: &mut rand_chacha::ChaCha20Rng, n: usize, k: usize) -> Vec<usize> 
 /// the draw depends only on their content and the seed. Per grade with `n` enterprises and
 /// ratio `r`, `floor(r·n)` are drawn, plus one more with probability `frac(r·n)`: on average
 /// exactly `r·n`.
-pub fn draw(seed: u64, population: &[Member], ratios: &Ratios, inspectors: &[String], per_target: usize) -> Vec<Target> {
+pub fn draw(
+    seed: u64,
+    population: &[Member],
+    ratios: &Ratios,
+    inspectors: &[String],
+    per_target: usize,
+) -> Vec<Target> {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
     let mut by_grade: BTreeMap<&str, Vec<&Member>> = BTreeMap::new();
     let mut sorted: Vec<&Member> = population.iter().collect();
@@ -446,7 +455,10 @@ impl Runner {
         });
         items.insert(
             0,
-            GroupItem { command: super::event(&plan.id, "run_drawn", super::object(fields), "spot-check"), required: true },
+            GroupItem {
+                command: super::event(&plan.id, "run_drawn", super::object(fields), "spot-check"),
+                required: true,
+            },
         );
         match self.writer.submit_group(items).await {
             Ok(_) => {
@@ -465,7 +477,7 @@ impl Runner {
 pub struct Run {
     /// 1, 2, …
     pub run: i64,
-    /// When it fell due (engine time).
+    /// The instant it was scheduled for.
     pub due_at: Option<i64>,
     /// When it was drawn.
     pub drawn_at: i64,
@@ -475,10 +487,14 @@ pub struct Run {
 
 /// The runs of a plan, from its history: each `run_due` timer firing and each `run_drawn`.
 pub fn runs(history: &[crate::machine::HistoryEntry]) -> Vec<Run> {
+    // The instant each run was scheduled for (not when the firing was applied).
     let dues: Vec<i64> = history
         .iter()
-        .filter(|h| matches!(&h.command, CommandKind::Timer { name, .. } if name == "run") && h.handled)
-        .map(|h| h.at)
+        .filter(|h| h.handled)
+        .filter_map(|h| match &h.command {
+            CommandKind::Timer { name, due } if name == "run" => Some(*due),
+            _ => None,
+        })
         .collect();
     let mut out = Vec::new();
     for h in history {

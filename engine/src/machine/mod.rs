@@ -695,7 +695,7 @@ fn apply(
     // armed it itself, cancelled it, left the state it belongs to, or ended the instance.
     if let Some(spec) = fired.and_then(|n| timer_spec(def, &instance.state, n)).filter(|s| is_cron(s)) {
         let of_old_state = current.is_some_and(|s| s.timers.iter().any(|x| x.name == spec.name));
-        let stays = !(changes_state && of_old_state) && !t.cancel.contains(&spec.name);
+        let stays = !(t.cancel.contains(&spec.name) || (changes_state && of_old_state));
         if stays && !timers.contains_key(&spec.name) && !target.is_some_and(|s| s.terminal) {
             put(&mut timers, spec)?;
         }

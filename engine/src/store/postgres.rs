@@ -571,7 +571,10 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
         .await?
         .rows_affected();
         if written == 0 {
-            return Err(Error::Conflict(format!("{} version {} was imported by another node first", v.kind, v.version)));
+            return Err(Error::Conflict(format!(
+                "{} version {} was imported by another node first",
+                v.kind, v.version
+            )));
         }
     }
     if !batch.catalogs.is_empty() {

@@ -192,7 +192,8 @@ pub(crate) fn subject(r: &impl Get) -> Result<super::Subject, Error> {
 }
 
 /// The newest version of every kind (the same text on both backends).
-pub(crate) const LATEST_CATALOGS: &str = "SELECT kind, version, actor, at, comment, changes, rows FROM catalog_versions c \
+pub(crate) const LATEST_CATALOGS: &str =
+    "SELECT kind, version, actor, at, comment, changes, rows FROM catalog_versions c \
      WHERE version = (SELECT max(version) FROM catalog_versions d WHERE d.kind = c.kind) ORDER BY kind";
 
 /// The columns of a subject joined with its instance's state.

@@ -555,8 +555,9 @@ impl<S: Store> Writer<S> {
         // Against what is stored, not what this node last saw: another node may have imported.
         let stored = self.store.catalogs().await.map_err(WriteError::from)?;
         let current = crate::catalog::Catalogs::new(stored.clone());
-        let imported = crate::catalog::import(&current, &import.files, &import.actor, &import.comment, self.clock.now())
-            .map_err(ImportError::Invalid)?;
+        let imported =
+            crate::catalog::import(&current, &import.files, &import.actor, &import.comment, self.clock.now())
+                .map_err(ImportError::Invalid)?;
         if import.dry_run || imported.versions.is_empty() {
             self.catalogs.replace(current);
             return Ok(imported);

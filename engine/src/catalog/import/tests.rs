@@ -69,7 +69,9 @@ fn every_bad_row_is_reported_with_file_line_field_and_reason_and_nothing_is_impo
     );
     let errors = import(&catalogs, &[offices], "t", "", 1).expect_err("bad rows");
     let has = |line: usize, field: &str, needle: &str| {
-        errors.iter().any(|e| e.file == "offices.csv" && e.line == line && e.field == field && e.reason.contains(needle))
+        errors
+            .iter()
+            .any(|e| e.file == "offices.csv" && e.line == line && e.field == field && e.reason.contains(needle))
     };
     assert!(has(3, "department", "NOPE is not in departments"), "{errors:#?}");
     assert!(has(3, "admin_mobile", "11-digit"), "{errors:#?}");
@@ -157,7 +159,10 @@ fn json_rows_are_reported_on_their_own_lines() {
     let text = "[\n  {\"code\": \"320700\", \"name\": \"L\", \"admin_name\": \"W\", \"admin_mobile\": \"13900000001\"},\n  {\"code\": \"12\", \"name\": \"X\", \"admin_name\": \"W\", \"admin_mobile\": \"13900000001\"},\n  {\"code\": \"320706\", \"nmae\": \"typo\"}\n]";
     let errors = import(&catalogs, &[csv("regions.json", text)], "t", "", 1).expect_err("bad rows");
     assert!(errors.iter().any(|e| e.line == 3 && e.field == "code"), "{errors:#?}");
-    assert!(errors.iter().any(|e| e.line == 4 && e.field == "nmae" && e.reason.contains("unknown column")), "{errors:#?}");
+    assert!(
+        errors.iter().any(|e| e.line == 4 && e.field == "nmae" && e.reason.contains("unknown column")),
+        "{errors:#?}"
+    );
 }
 
 #[test]
@@ -176,7 +181,8 @@ fn hostile_files_are_refused_not_panicked_on() {
         let errors = import(&catalogs, &[csv(name, content)], "t", "", 1);
         assert!(errors.is_err(), "{name}: {content:?} was imported");
     }
-    let two = [csv("offices.csv", include_str!("../../../../ops/examples/catalog/offices.csv")), csv("offices.csv", "")];
+    let two =
+        [csv("offices.csv", include_str!("../../../../ops/examples/catalog/offices.csv")), csv("offices.csv", "")];
     assert!(import(&catalogs, &two, "t", "", 1).is_err(), "one kind twice");
     let many: String = std::iter::once("code,name,parent,admin_name,admin_mobile\n".to_owned())
         .chain((0..MAX_ROWS + 1).map(|i| format!("32{i:04},n,,a,13900000001\n")))

@@ -228,6 +228,8 @@ pub(crate) enum ReportCommand {
 struct AcceptFile {
     case_no: String,
     region_code: String,
+    /// Optional once catalogs are imported: the approval item's department.
+    #[serde(default)]
     approval_department: String,
     approval_item_code: String,
     handling_item_code: String,
@@ -242,6 +244,8 @@ struct AcceptFile {
     commitment_period_working_days: Option<u32>,
     #[serde(default)]
     deferred_materials: Vec<String>,
+    /// Optional once catalogs are imported: the linkage catalog's.
+    #[serde(default)]
     supervisors: Vec<SupervisorFile>,
 }
 

@@ -87,7 +87,7 @@ fn workflow_graph_prints_mermaid() {
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains(
-            "no workflow commitment_case version 9; known: approval_case v1, bench_case v1, commitment_case v1, supervision_task v1"
+            "no workflow commitment_case version 9; known: approval_case v1, bench_case v1, commitment_case v1, spot_check_plan v1, spot_check_task v1, supervision_task v1"
         ),
         "{}",
         stderr(&o)

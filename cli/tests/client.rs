@@ -260,3 +260,81 @@ fn the_year_end_procedure_through_the_cli() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains(": 0 divergent"), "{}", text(&o));
 }
+
+/// The README's catalog commands: import a directory, a bad file refused with every row named
+/// (exit 3, nothing imported), history and export, a catalogued case, its enterprise's profile,
+/// and a spot-check plan with a run.
+#[test]
+fn catalogs_enterprises_and_spot_checks_through_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve_at(&dir.path().join("catalog.db"), "2026-09-13T10:00:00+08:00");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples");
+    let catalog = examples.join("catalog");
+
+    let o = cli(&server, &["catalog", "import", catalog.to_str().expect("path"), "--comment", "first"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("linkage") && text(&o).contains("v1"), "{}", text(&o));
+
+    let bad = dir.path().join("offices.csv");
+    std::fs::write(&bad, "code,department,name,admin_name,admin_mobile\nX-1,NOPE,Office,Someone,12\n").expect("write");
+    let o = cli(&server, &["catalog", "import", bad.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(3), "INVALID_ARGUMENT: {}", text(&o));
+    assert!(text(&o).contains("offices.csv:2: department: NOPE is not in departments"), "{}", text(&o));
+    assert!(text(&o).contains("offices.csv:2: admin_mobile:"), "{}", text(&o));
+    let o = cli(&server, &["catalog", "export", "offices"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        std::fs::read_to_string(catalog.join("offices.csv")).expect("example"),
+        "nothing was imported"
+    );
+
+    let update = examples.join("catalog-update.json");
+    let o = cli(&server, &["catalog", "import", update.to_str().expect("path"), "--comment", "link FOOD-SALE-NEW"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cli(&server, &["catalog", "history", "linkage"]);
+    assert!(text(&o).contains("v2  + FOOD-SALE-NEW|SJJ-FOOD"), "{}", text(&o));
+
+    // A catalogued case: no supervisors in the request.
+    let case = examples.join("case-catalogued.json");
+    let o = cli(&server, &["case", "accept", "-f", case.to_str().expect("path")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cli(&server, &["case", "complete", "320700/SP-2026-0101", "--license-no", "SC1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cli(&server, &["enterprise", "show", "91110000600037341L"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("credit grade: C"), "{}", text(&o));
+    assert!(text(&o).contains("320700/SP-2026-0101/T1") && text(&o).contains("320700/SP-2026-0101/T2"), "{}", text(&o));
+    let o = cli(&server, &["enterprise", "show", "91110000600037341X"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+
+    let o = cli(
+        &server,
+        &[
+            "spotcheck",
+            "create",
+            "FOOD",
+            "--region",
+            "320700",
+            "--name",
+            "Food producers",
+            "--office",
+            "SJJ-FOOD",
+            "--item",
+            "SJ-FOOD-PROD",
+            "--schedule",
+            "0 9 * * MON",
+            "--working-days-only",
+            "--ratios",
+            "C=1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2026-09-14 09:00:00"), "the first run: {}", text(&o));
+    let o = cli(&server, &["clock", "advance", "--to", "2026-09-14T10:00:00+08:00"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cli(&server, &["spotcheck", "runs", "SC/320700/FOOD"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("run 1 due 2026-09-14 09:00:00"), "{}", text(&o));
+    assert!(text(&o).contains("verified"), "{}", text(&o));
+    assert!(text(&o).contains("91110000600037341L"), "grade C at ratio 1 is always drawn: {}", text(&o));
+}

@@ -538,3 +538,59 @@ async fn nodes_share_the_shards_and_a_leaving_node_hands_them_over() {
     .expect("b takes every shard soon after a leaves (not after the lease time)");
     b.shutdown().await;
 }
+
+/// A catalog imported through one node is in force on the other at once (a notification), and
+/// two nodes importing the same catalog at the same moment make one version, never two
+/// versions numbered alike.
+#[tokio::test]
+async fn a_catalog_imported_on_one_node_is_in_force_on_every_node() {
+    let Some(url) = integration_tests::pg::database().await else { return };
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let tick = std::time::Duration::from_millis(200);
+    let (a, b) = (node(&url, "a", &clock, tick).await, node(&url, "b", &clock, tick).await);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/catalog");
+    let mut files: Vec<shenguan::catalog::ImportFile> = std::fs::read_dir(&dir)
+        .expect("examples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .map(|p| shenguan::catalog::ImportFile {
+            name: p.file_name().expect("name").to_string_lossy().into_owned(),
+            kind: None,
+            content: std::fs::read_to_string(&p).expect("read"),
+        })
+        .collect();
+    files.sort_by(|x, y| x.name.cmp(&y.name));
+    let import = |by: &str| shenguan::writer::CatalogImport {
+        files: files.clone(),
+        actor: by.to_owned(),
+        comment: String::new(),
+        dry_run: false,
+    };
+    let (ra, rb) = tokio::join!(a.handle().import_catalogs(import("a")), b.handle().import_catalogs(import("b")));
+    let mut imported = 0;
+    for r in [ra, rb] {
+        match r {
+            Ok(i) if i.versions.len() == 10 => imported += 1,
+            Ok(i) => assert_eq!(i.unchanged.len(), 10, "the second sees the first's rows: {i:?}"),
+            Err(shenguan::writer::ImportError::Write(WriteError::Conflict(_))) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(imported, 1, "one import made the versions");
+    let history = Backend::Postgres(url.clone())
+        .reader()
+        .await
+        .catalog_history(shenguan::catalog::Kind::Linkage, false)
+        .await
+        .expect("history");
+    assert_eq!(history.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);
+    // Both nodes have it in force: the importer at once, the other by the notification.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for n in [&a, &b] {
+        while n.context().catalogs.current().version(shenguan::catalog::Kind::Linkage) != 1 {
+            assert!(std::time::Instant::now() < deadline, "the other node never put the import in force");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -520,6 +520,28 @@ async fn spot_checks_over_three_months_skip_holidays_repeat_from_their_seeds_and
     assert!(p.tasks.iter().any(|t| t.instance_id == first.task_id));
     assert!(p.events.iter().any(|e| e.kind == "spot_check_result"));
 
+    // The generic EngineService cannot forge a draw or start a plan past its checks.
+    let mut engine = shenguan::proto::engine_service_client::EngineServiceClient::new(server.channel.clone());
+    let err = engine
+        .signal(shenguan::proto::SignalRequest {
+            instance_id: plan.plan_id.clone(),
+            event: "run_drawn".into(),
+            fields_json: r#"{"run":99,"seed":"1","population":0,"selected":0,"draw":"{}"}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = engine
+        .start(shenguan::proto::StartRequest {
+            workflow: "spot_check_plan".into(),
+            instance_id: "plan-x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
     let ended = admin
         .end_spot_check_plan(EndSpotCheckPlanRequest { plan_id: plan.plan_id.clone(), reason: "quarter over".into() })
         .await?

@@ -46,6 +46,12 @@ fn check_id(field: &str, id: &str) -> Result<(), Status> {
     if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':')) {
         return Err(invalid(field, "may hold only letters, digits and - _ . / :"));
     }
+    if id.starts_with("SC/") {
+        return Err(invalid(
+            field,
+            format!("{id:?} is shaped like a spot-check plan or inspection id; those are reached through AdminService and SupervisionService"),
+        ));
+    }
     if domain::parse_case_id(id).is_ok() || domain::parse_task_id(id).is_ok() {
         return Err(invalid(
             field,
@@ -92,7 +98,7 @@ impl EngineService for Engine {
             return Err(invalid(
                 "workflow",
                 format!(
-                    "{} is started only through IntakeService.AcceptCase (cases) and CompleteApproval (tasks)",
+                    "{} is started only through its domain service: IntakeService.AcceptCase (cases), CompleteApproval (tasks), AdminService.CreateSpotCheckPlan (plans; their runs start the inspections)",
                     r.workflow
                 ),
             ));

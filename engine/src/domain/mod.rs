@@ -92,7 +92,8 @@ pub const CASE_WORKFLOW: &str = "approval_case";
 pub const TASK_WORKFLOW: &str = "supervision_task";
 /// Workflows that only the domain services may start or signal: the generic `EngineService`
 /// must not, since it would skip their validation and fan-out.
-pub const DOMAIN_WORKFLOWS: [&str; 2] = [CASE_WORKFLOW, TASK_WORKFLOW];
+pub const DOMAIN_WORKFLOWS: [&str; 4] =
+    [CASE_WORKFLOW, TASK_WORKFLOW, spotcheck::PLAN_WORKFLOW, spotcheck::TASK_WORKFLOW];
 
 /// The breach flags of a supervision task.
 pub const TASK_BREACHES: [&str; 3] = ["ack_breached", "result_breached", "rectification_breached"];

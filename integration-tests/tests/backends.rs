@@ -565,7 +565,8 @@ async fn a_catalog_imported_on_one_node_is_in_force_on_every_node() {
         comment: String::new(),
         dry_run: false,
     };
-    let (ra, rb) = tokio::join!(a.handle().import_catalogs(import("a")), b.handle().import_catalogs(import("b")));
+    let (wa, wb) = (a.handle(), b.handle());
+    let (ra, rb) = tokio::join!(wa.import_catalogs(import("a")), wb.import_catalogs(import("b")));
     let mut imported = 0;
     for r in [ra, rb] {
         match r {

@@ -249,10 +249,8 @@ async fn an_unlinked_item_is_accepted_flagged_escalated_listed_and_licensed_only
         .expect("accepted, not dropped");
     assert!(c.unlinked);
     assert_eq!(c.state, "awaiting_approval");
-    let timeline = admin
-        .get_timeline(shenguan::proto::GetTimelineRequest { case_id: c.case_id.clone(), ..Default::default() })
-        .await?
-        .into_inner();
+    let timeline =
+        admin.get_timeline(shenguan::proto::GetTimelineRequest { case_id: c.case_id.clone() }).await?.into_inner();
     let escalation = timeline
         .entries
         .iter()

@@ -484,7 +484,8 @@ pub(crate) async fn spotcheck(conn: &Conn, cmd: SpotCheckCommand) -> Result<Exit
 /// A plan's runs as tables.
 pub(crate) fn print_runs(reply: &proto::ListSpotCheckRunsReply) {
     for r in &reply.runs {
-        let population: Vec<String> = r.population_by_grade.iter().map(|(g, n)| format!("{g}:{n}")).collect();
+        let by_grade: std::collections::BTreeMap<&String, &u32> = r.population_by_grade.iter().collect();
+        let population: Vec<String> = by_grade.iter().map(|(g, n)| format!("{g}:{n}")).collect();
         println!(
             "run {} due {} drawn {} — seed {} ({}), population {}, {} drawn, {}",
             r.run,

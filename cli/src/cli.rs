@@ -122,7 +122,8 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Webhook(WebhookCommand),
     /// A tour: a real server on a temporary database with a virtual clock, a few hundred cases
-    /// over two months that include National Day, then a summary and one full timeline.
+    /// over two months that include National Day, then a summary and one full timeline; then,
+    /// in December, a small catalog, catalogued cases and four weekly spot-check runs.
     Demo(crate::demo::DemoArgs),
 }
 

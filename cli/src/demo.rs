@@ -5,7 +5,9 @@
 //! local stand-ins for the supervision platform, the SMS gateway and the credit platform
 //! ([`crate::inbox`]), and the tour shows what each received.
 //!
-//! The simulation is seeded (`--seed`), so a run can be repeated exactly.
+//! The simulation is seeded (`--seed`), so a run can be repeated exactly — except the December
+//! spot checks, whose seeds are fresh random numbers as in production (each is recorded, and
+//! every draw is verified against its record).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -294,29 +296,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The example catalog of ops/examples/catalog, embedded.
+/// The example catalog of ops/examples/catalog (embedded in the library) as import files.
 fn example_catalog() -> Vec<proto::CatalogFile> {
-    macro_rules! file {
-        ($name:literal) => {
-            proto::CatalogFile {
-                name: concat!($name, ".csv").into(),
-                kind: String::new(),
-                content: include_bytes!(concat!("../../ops/examples/catalog/", $name, ".csv")).to_vec(),
-            }
-        };
-    }
-    vec![
-        file!("regions"),
-        file!("departments"),
-        file!("offices"),
-        file!("inspectors"),
-        file!("approval_items"),
-        file!("handling_items"),
-        file!("supervision_items"),
-        file!("supervision_subitems"),
-        file!("linkage"),
-        file!("commitment"),
-    ]
+    shenguan::catalog::example_files()
+        .into_iter()
+        .map(|f| proto::CatalogFile { name: f.name, kind: String::new(), content: f.content.into_bytes() })
+        .collect()
 }
 
 /// December: a small catalog is imported, catalogued cases are accepted (supervisors from the
@@ -389,7 +374,11 @@ async fn catalog_tour(c: &mut Clients, rng: &mut StdRng) -> Result<()> {
         problems
             .problems
             .iter()
-            .map(|p| format!("{} {}{}", p.kind, p.case_id, p.handling_item))
+            .map(|p| if p.case_id.is_empty() {
+                format!("{} {}", p.kind, p.handling_item)
+            } else {
+                format!("{} {} ({})", p.kind, p.case_id, p.handling_item)
+            })
             .collect::<Vec<_>>()
             .join("; ")
     );

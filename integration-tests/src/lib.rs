@@ -497,20 +497,13 @@ pub mod fixtures {
 
     /// The example catalog of ops/examples/catalog as one import request.
     pub fn example_catalog() -> shenguan::proto::ImportCatalogsRequest {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/catalog");
-        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-            .expect("ops/examples/catalog")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
-            .collect();
-        files.sort();
         shenguan::proto::ImportCatalogsRequest {
-            files: files
-                .iter()
-                .map(|p| shenguan::proto::CatalogFile {
-                    name: p.file_name().expect("name").to_string_lossy().into_owned(),
+            files: shenguan::catalog::example_files()
+                .into_iter()
+                .map(|f| shenguan::proto::CatalogFile {
+                    name: f.name,
                     kind: String::new(),
-                    content: std::fs::read(p).expect("example file"),
+                    content: f.content.into_bytes(),
                 })
                 .collect(),
             comment: "the example catalog".into(),

@@ -548,17 +548,7 @@ async fn a_catalog_imported_on_one_node_is_in_force_on_every_node() {
     let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
     let tick = std::time::Duration::from_millis(200);
     let (a, b) = (node(&url, "a", &clock, tick).await, node(&url, "b", &clock, tick).await);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/catalog");
-    let mut files: Vec<shenguan::catalog::ImportFile> = std::fs::read_dir(&dir)
-        .expect("examples")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .map(|p| shenguan::catalog::ImportFile {
-            name: p.file_name().expect("name").to_string_lossy().into_owned(),
-            kind: None,
-            content: std::fs::read_to_string(&p).expect("read"),
-        })
-        .collect();
-    files.sort_by(|x, y| x.name.cmp(&y.name));
+    let files = shenguan::catalog::example_files();
     let import = |by: &str| shenguan::writer::CatalogImport {
         files: files.clone(),
         actor: by.to_owned(),

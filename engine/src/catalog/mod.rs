@@ -356,6 +356,32 @@ impl Catalogs {
     }
 }
 
+/// The example catalog of `ops/examples/catalog`, embedded: what the demo imports and what the
+/// tests start from (the files are the documentation's examples too, so all three agree).
+pub fn example_files() -> Vec<ImportFile> {
+    macro_rules! file {
+        ($name:literal) => {
+            ImportFile {
+                name: concat!($name, ".csv").into(),
+                kind: None,
+                content: include_str!(concat!("../../../ops/examples/catalog/", $name, ".csv")).into(),
+            }
+        };
+    }
+    vec![
+        file!("regions"),
+        file!("departments"),
+        file!("offices"),
+        file!("inspectors"),
+        file!("approval_items"),
+        file!("handling_items"),
+        file!("supervision_items"),
+        file!("supervision_subitems"),
+        file!("linkage"),
+        file!("commitment"),
+    ]
+}
+
 /// The catalogs in force, swapped whole when an import commits (readers never see half an
 /// import).
 #[derive(Debug, Default)]

@@ -1,28 +1,7 @@
 use super::*;
 
-/// The example catalog under ops/examples/catalog, as one import.
-pub(crate) fn example_files() -> Vec<ImportFile> {
-    macro_rules! file {
-        ($name:literal) => {
-            ImportFile {
-                name: concat!($name, ".csv").into(),
-                kind: None,
-                content: include_str!(concat!("../../../../ops/examples/catalog/", $name, ".csv")).into(),
-            }
-        };
-    }
-    vec![
-        file!("regions"),
-        file!("departments"),
-        file!("offices"),
-        file!("inspectors"),
-        file!("approval_items"),
-        file!("handling_items"),
-        file!("supervision_items"),
-        file!("supervision_subitems"),
-        file!("linkage"),
-        file!("commitment"),
-    ]
+fn example_files() -> Vec<ImportFile> {
+    super::super::example_files()
 }
 
 fn example() -> Catalogs {

@@ -194,6 +194,13 @@ fn the_demo_runs_every_branch_and_prints_a_summary_and_a_timeline() {
     assert!(out.contains("Statistics for 320700, 2026-09-01 to 2026-10-31"), "{out}");
     assert!(out.contains("Timeline of 320700/LYG-2026-"), "{out}");
     assert!(out.contains("BREACHED"), "{out}");
+    // December: the catalog, the unlinked item escalated, four weekly spot-check runs verified.
+    assert!(out.contains("linkage               v1"), "{out}");
+    assert!(out.contains("unlinked_case 320700/FS-2026-0001 (FOOD-SALE-NEW)"), "{out}");
+    for run in 1..=4 {
+        assert!(out.contains(&format!("run {run} due 2026-12-")), "run {run}: {out}");
+    }
+    assert_eq!(out.matches("verified: the draw repeats from its record").count(), 4, "{out}");
 }
 
 /// The year-end procedure of ops/calendars/README.md, as an operator types it: status, a dry

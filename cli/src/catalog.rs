@@ -121,6 +121,10 @@ pub(crate) enum SpotCheckCommand {
     Runs {
         /// The plan id ("SC/<region>/<code>").
         plan_id: String,
+        /// With --json: each run's whole record (seed, ratios, population, inspectors,
+        /// targets), to check a draw independently.
+        #[arg(long)]
+        records: bool,
     },
     /// End a plan: no more runs.
     End {
@@ -440,9 +444,9 @@ pub(crate) async fn spotcheck(conn: &Conn, cmd: SpotCheckCommand) -> Result<Exit
                 print_plans(&reply.plans);
             }
         }
-        SpotCheckCommand::Runs { plan_id } => {
+        SpotCheckCommand::Runs { plan_id, records } => {
             let reply = admin
-                .list_spot_check_runs(proto::ListSpotCheckRunsRequest { plan_id })
+                .list_spot_check_runs(proto::ListSpotCheckRunsRequest { plan_id, include_records: records })
                 .await
                 .map_err(call_error)?
                 .into_inner();

@@ -409,7 +409,7 @@ async fn catalog_tour(c: &mut Clients, rng: &mut StdRng) -> Result<()> {
     }
     let runs = c
         .admin
-        .list_spot_check_runs(proto::ListSpotCheckRunsRequest { plan_id: plan.plan_id.clone() })
+        .list_spot_check_runs(proto::ListSpotCheckRunsRequest { plan_id: plan.plan_id.clone(), include_records: false })
         .await?
         .into_inner();
     crate::catalog::print_runs(&runs);

@@ -421,8 +421,10 @@ async fn spot_checks_over_three_months_skip_holidays_repeat_from_their_seeds_and
         server.advance_to(&format!("{day}T10:00:00+08:00")).await?;
         day = day.succ_opt().expect("date");
     }
-    let reply =
-        admin.list_spot_check_runs(ListSpotCheckRunsRequest { plan_id: plan.plan_id.clone() }).await?.into_inner();
+    let reply = admin
+        .list_spot_check_runs(ListSpotCheckRunsRequest { plan_id: plan.plan_id.clone(), include_records: true })
+        .await?
+        .into_inner();
     let runs = reply.runs;
     assert_eq!(runs.len(), 14, "one run per Monday, the holiday one moved, none lost");
     let mut due_days = Vec::new();
@@ -506,8 +508,10 @@ async fn spot_checks_over_three_months_skip_holidays_repeat_from_their_seeds_and
         .await
         .expect_err("bad outcome");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let reply =
-        admin.list_spot_check_runs(ListSpotCheckRunsRequest { plan_id: plan.plan_id.clone() }).await?.into_inner();
+    let reply = admin
+        .list_spot_check_runs(ListSpotCheckRunsRequest { plan_id: plan.plan_id.clone(), include_records: true })
+        .await?
+        .into_inner();
     let shown = reply.runs[0].targets.iter().find(|t| t.task_id == first.task_id).expect("target");
     assert_eq!(shown.result, "non_compliant");
     // The enterprise's profile shows the spot check.
@@ -547,7 +551,7 @@ async fn spot_checks_over_three_months_skip_holidays_repeat_from_their_seeds_and
     assert_eq!(ended.state, "ended");
     assert!(ended.next_run.is_none());
     let err = admin
-        .list_spot_check_runs(ListSpotCheckRunsRequest { plan_id: "SC/../../etc".into() })
+        .list_spot_check_runs(ListSpotCheckRunsRequest { plan_id: "SC/../../etc".into(), include_records: false })
         .await
         .expect_err("bad id");
     assert_eq!(err.code(), Code::InvalidArgument);

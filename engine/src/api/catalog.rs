@@ -500,6 +500,7 @@ pub(super) async fn list_runs(
     request: Request<proto::ListSpotCheckRunsRequest>,
 ) -> Result<Response<proto::ListSpotCheckRunsReply>, Status> {
     let who = authorize(shared, &request, Right::ReadSpotChecks)?;
+    let include_records = request.get_ref().include_records;
     let row = plan_row(shared, &who, &request.get_ref().plan_id).await?;
     let history = shared.reader.history(&row.id).await.map_err(|e| status::read_error(&e))?;
     let tasks: BTreeMap<String, InstanceRow> = shared
@@ -544,7 +545,11 @@ pub(super) async fn list_runs(
             population_by_grade: by_grade.into_iter().collect(),
             targets,
             verified: spotcheck::verify(&run.record).unwrap_or(false),
-            record_json: serde_json::to_string(&run.record).unwrap_or_default(),
+            record_json: if include_records {
+                serde_json::to_string(&run.record).unwrap_or_default()
+            } else {
+                String::new()
+            },
         });
     }
     Ok(Response::new(proto::ListSpotCheckRunsReply { plan: Some(plan_view(shared, &row)), runs }))

@@ -200,6 +200,13 @@ async fn supervisors_against_the_linkage_need_the_override_right_which_is_record
     let dir = tempfile::tempdir()?;
     let server =
         TestServer::start_secured("2026-09-28T10:00:00+08:00", &dir.path().join("s.db"), |_| {}, |_| {}).await?;
+    // A county's administrator may not replace the city's catalogs; the city's may.
+    let county = Who::new("haizhou-admin", "region_admin", "320706", "", "");
+    let err = AdminServiceClient::new(server.as_who(&county))
+        .import_catalogs(example_catalog())
+        .await
+        .expect_err("the catalogs cover the whole city");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let admin_who = Who::new("city-admin", "region_admin", "320700", "", "");
     AdminServiceClient::new(server.as_who(&admin_who)).import_catalogs(example_catalog()).await?;
     let code = uscc("91320700MA1000002");

@@ -92,8 +92,26 @@ pub(super) async fn import_catalogs(
         let kind = if f.kind.is_empty() { None } else { Some(kind(&format!("{field}.kind"), &f.kind)?) };
         files.push(crate::catalog::ImportFile { name: f.name, kind, content });
     }
-    let import =
-        CatalogImport { files, actor: who.caller.principal.subject.clone(), comment: r.comment, dry_run: r.dry_run };
+    let mut import =
+        CatalogImport { files, actor: who.caller.principal.subject.clone(), comment: r.comment, dry_run: true };
+    // The catalogs are one set for the area their regions cover: a caller whose scope is one
+    // region (a county administrator) may not replace what the whole city uses. Checked on the
+    // regions as the import would leave them.
+    if who.scope().id_prefix().is_some() {
+        let regions = match shared.engine.handle().import_catalogs(import.clone()).await {
+            Ok(would) => would
+                .versions
+                .into_iter()
+                .find(|v| v.kind == Kind::Regions)
+                .map_or_else(|| shared.context().catalogs.current().rows(Kind::Regions).to_vec(), |v| v.rows),
+            Err(e @ ImportError::Invalid(_)) => return Err(Status::invalid_argument(e.to_string())),
+            Err(ImportError::Write(e)) => return Err(status::write_error("catalog", "import", &e)),
+        };
+        for code in regions.iter().filter_map(|r| r.get("code")) {
+            who.require_region(shared, code, "the catalogs of region", code)?;
+        }
+    }
+    import.dry_run = r.dry_run;
     match shared.engine.handle().import_catalogs(import).await {
         Ok(imported) => Ok(Response::new(proto::ImportCatalogsReply {
             versions: imported.versions.iter().map(version_view).collect(),

@@ -205,7 +205,10 @@ fn print_versions(versions: &[proto::CatalogVersion]) {
 
 /// Runs `catalog …`.
 pub(crate) async fn catalog(conn: &Conn, cmd: CatalogCommand) -> Result<ExitCode> {
-    let mut admin = AdminServiceClient::new(channel(conn).await?);
+    // Catalogs are the one thing sent and received whole that may be large.
+    let mut admin = AdminServiceClient::new(channel(conn).await?)
+        .max_encoding_message_size(shenguan::server::MAX_IMPORT)
+        .max_decoding_message_size(4 * shenguan::server::MAX_IMPORT);
     match cmd {
         CatalogCommand::Import { files, kind, comment, dry_run } => {
             let request = import_request(&files, kind.as_deref(), &comment, dry_run)?;

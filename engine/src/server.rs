@@ -162,6 +162,11 @@ impl Options {
 
 /// Largest request a client may send. Every field has its own, smaller, limit.
 const MAX_MESSAGE: usize = 1024 * 1024;
+/// Largest catalog import (AdminService.ImportCatalogs): a city's catalogs as files are the one
+/// request that is legitimately larger than [`MAX_MESSAGE`].
+pub const MAX_IMPORT: usize = 32 * 1024 * 1024;
+/// The one method allowed [`MAX_IMPORT`].
+pub(crate) const IMPORT_PATH: &str = "/shenguan.v1.AdminService/ImportCatalogs";
 
 /// Checks the key files for changes every `every`; a broken file leaves the old keys in use.
 async fn reload_keys(verifier: Arc<crate::auth::verify::Verifier>, every: std::time::Duration) {
@@ -319,7 +324,8 @@ pub async fn run(
         auth.clone(),
     );
     let admin = InterceptedService::new(
-        AdminServiceServer::new(api::admin::Admin::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE),
+        // The body gate holds every other method to MAX_MESSAGE.
+        AdminServiceServer::new(api::admin::Admin::new(shared.clone())).max_decoding_message_size(MAX_IMPORT),
         auth.clone(),
     );
     let generic = InterceptedService::new(

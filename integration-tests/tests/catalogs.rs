@@ -124,6 +124,26 @@ async fn a_bad_import_reports_every_row_and_changes_nothing_and_a_good_one_is_a_
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
         assert!(err.message().contains(field), "{field}: {}", err.message());
     }
+    // A large catalog passes (the one call allowed more than 1 MiB); more than 32 MiB does not,
+    // nor a file over 16 MiB.
+    let mut big = String::from("code,office,name\n");
+    for i in 0..60_000 {
+        big.push_str(&format!("INSP-{i:06},SJJ-FOOD,Inspector number {i:06} of the food office\n"));
+    }
+    assert!(big.len() > 2 * 1024 * 1024);
+    let imported = admin.import_catalogs(import(vec![file("inspectors.csv", &big)])).await?.into_inner();
+    assert_eq!(imported.versions[0].rows, 60_000);
+    let err = admin
+        .import_catalogs(import(vec![file("inspectors.csv", &"x".repeat(33 * 1024 * 1024))]))
+        .await
+        .expect_err("too large");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let err = admin
+        .import_catalogs(import(vec![file("inspectors.csv", &"x".repeat(17 * 1024 * 1024))]))
+        .await
+        .expect_err("file too large");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("files[0].content"), "{}", err.message());
     let err = admin.import_catalogs(import(vec![file("unknown.csv", "a,b\n")])).await.expect_err("no kind");
     assert!(err.message().contains("which catalog is this"), "{}", err.message());
     let err = admin

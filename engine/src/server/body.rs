@@ -23,6 +23,8 @@ use super::net::Conns;
 pub struct BodyLimits {
     /// Largest message (the 5-byte frame header included).
     pub max_message: usize,
+    /// Largest catalog import (`AdminService.ImportCatalogs`), header included.
+    pub max_import: usize,
     /// Bytes held for unfinished requests, the whole server together.
     pub budget: usize,
     /// A request's body must have arrived within this.
@@ -34,6 +36,7 @@ impl Default for BodyLimits {
         // The services' own decoding limit, and the 5-byte frame header before the message.
         BodyLimits {
             max_message: super::MAX_MESSAGE + 5,
+            max_import: super::MAX_IMPORT + 5,
             budget: 256 * 1024 * 1024,
             body_timeout: Duration::from_secs(30),
         }
@@ -129,8 +132,13 @@ where
             if !request.uri().path().starts_with("/shenguan.v1.") {
                 return inner.call(request).await;
             }
+            let limit = if request.uri().path() == super::IMPORT_PATH {
+                gate.limits.max_import
+            } else {
+                gate.limits.max_message
+            };
             let (parts, body) = request.into_parts();
-            let received = tokio::time::timeout(gate.limits.body_timeout, receive(body, &gate)).await;
+            let received = tokio::time::timeout(gate.limits.body_timeout, receive(body, &gate, limit)).await;
             let (bytes, _held) = match received {
                 Ok(Ok(v)) => v,
                 Ok(Err(status)) => return Ok(status.into_http()),
@@ -149,17 +157,14 @@ where
 }
 
 /// The whole body, and the budget it holds until the call ends.
-async fn receive(mut body: tonic::body::Body, gate: &Gate) -> Result<(bytes::Bytes, Held), Status> {
+async fn receive(mut body: tonic::body::Body, gate: &Gate, limit: usize) -> Result<(bytes::Bytes, Held), Status> {
     let mut buf = bytes::BytesMut::new();
     let mut held = Held { permit: None, gauge: gate.held.clone() };
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Status::cancelled(format!("the request body failed: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
-        if buf.len() + data.len() > gate.limits.max_message {
-            return Err(Status::resource_exhausted(format!(
-                "the request message is larger than {} bytes",
-                gate.limits.max_message - 5
-            )));
+        if buf.len() + data.len() > limit {
+            return Err(Status::resource_exhausted(format!("the request message is larger than {} bytes", limit - 5)));
         }
         let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
         let permit = gate.budget.clone().try_acquire_many_owned(n).map_err(|_| {

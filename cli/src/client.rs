@@ -455,6 +455,18 @@ pub(crate) fn case_text(c: &Case) -> String {
                 + if c.commitment_deadline_provisional { "  (counted on a PROVISIONAL calendar)" } else { "" },
         ),
         ("licence", c.license_no.clone()),
+        ("supervisors", c.variables.get("supervisors").cloned().unwrap_or_default()),
+        (
+            "linkage",
+            if c.unlinked {
+                "UNLINKED: no supervising department in the linkage catalog (escalated; `catalog relink` once linked)"
+                    .to_owned()
+            } else {
+                String::new()
+            },
+        ),
+        ("linkage override", c.linkage_override.clone()),
+        ("catalogs", c.catalog_versions.clone()),
         ("accepted", at(&c.accepted_at)),
         ("deadlines", deadline_rows(&c.deadlines)),
     ];

@@ -305,6 +305,8 @@ fn catalogs_enterprises_and_spot_checks_through_the_cli() {
     let case = examples.join("case-catalogued.json");
     let o = cli(&server, &["case", "accept", "-f", case.to_str().expect("path")]);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("supervisors          SJJ-320700/SJJ-FOOD; XF-320700/XF-INSP"), "{}", text(&o));
+    assert!(text(&o).contains("catalogs             approval_items=1,"), "{}", text(&o));
     let o = cli(&server, &["case", "complete", "320700/SP-2026-0101", "--license-no", "SC1"]);
     assert!(o.status.success(), "{}", text(&o));
     let o = cli(&server, &["enterprise", "show", "91110000600037341L"]);

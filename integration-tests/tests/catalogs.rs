@@ -599,3 +599,50 @@ fn plan_request() -> CreateSpotCheckPlanRequest {
         inspectors_per_target: 2,
     }
 }
+
+/// A run that falls due while no server runs is drawn once one starts again: the cron timer is a
+/// stored timer like any deadline, fired at start, and the runner draws what it counted.
+#[tokio::test]
+async fn a_run_due_while_the_server_was_down_is_drawn_after_the_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("restart.db");
+    let server = TestServer::start_on("2026-09-13T10:00:00+08:00", &db, |_| {}).await?;
+    server.admin().import_catalogs(example_catalog()).await?;
+    for i in 0..3 {
+        let code = uscc(&format!("91320700MA4{i:06}"));
+        server.intake().accept_case(catalogued(&format!("R-{i}"), "FOOD-PROD-NEW", &code, "C")).await?;
+        server
+            .intake()
+            .complete_approval(CompleteApprovalRequest {
+                case_id: format!("320700/R-{i}"),
+                license_no: format!("JY-R{i}"),
+                approval_opinion: "ok".into(),
+                document_refs: vec![],
+            })
+            .await?;
+    }
+    let mut request = plan_request();
+    request.ratios = "C=1".into();
+    let plan = server.admin().create_spot_check_plan(request).await?.into_inner();
+    server.stop().await?;
+
+    // Monday 14 September 09:00 passes with no server; it starts again at noon.
+    let server = TestServer::start_on("2026-09-14T12:00:00+08:00", &db, |_| {}).await?;
+    server.advance_to("2026-09-14T12:00:00.001+08:00").await?;
+    let runs = server
+        .admin()
+        .list_spot_check_runs(ListSpotCheckRunsRequest { plan_id: plan.plan_id.clone(), include_records: false })
+        .await?
+        .into_inner();
+    assert_eq!(runs.runs.len(), 1, "the run that fell due while down, drawn once");
+    let run = &runs.runs[0];
+    assert_eq!(run.due_at.as_ref().map(|i| i.shanghai.as_str()), Some("2026-09-14 09:00:00 +08:00"));
+    assert_eq!(run.targets.len(), 3, "ratio 1 draws every C enterprise");
+    assert!(run.verified);
+    assert_eq!(
+        runs.plan.and_then(|p| p.next_run).map(|i| i.shanghai),
+        Some("2026-09-21 09:00:00 +08:00".to_owned()),
+        "armed again for the next Monday"
+    );
+    server.stop().await
+}

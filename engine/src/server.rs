@@ -283,6 +283,7 @@ pub async fn run(
         writer: engine.handle(),
         catalogs: engine.context().catalogs.clone(),
         lock: Arc::default(),
+        metrics: engine.context().metrics.clone(),
     };
     let shared = Arc::new(Shared {
         engine: engine.clone(),

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub conflicts: IntCounter,
     /// Batches of timer fires (or single fires) refused because this node no longer held a shard.
     pub fenced: IntCounter,
+    /// Spot-check runs drawn by this node, and draws that failed (retried), by `result`.
+    pub spot_check_draws: IntCounterVec,
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -146,6 +148,11 @@ impl Metrics {
             "Instances whose working-day timers a new calendar moved or confirmed",
         )
         .unwrap_or_else(|_| unreachable_metric());
+        let spot_check_draws = IntCounterVec::new(
+            Opts::new("spot_check_draws_total", "Spot-check runs drawn (drawn) and draws that failed (failed)"),
+            &["result"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
         let replans_running = IntGauge::new("calendar_replans_running", "Calendar re-plans not finished")
             .unwrap_or_else(|_| unreachable_metric());
         let timers_provisional =
@@ -216,6 +223,7 @@ impl Metrics {
             shards_held,
             conflicts,
             fenced,
+            spot_check_draws,
         };
         for c in [
             Box::new(m.commands.clone()) as Box<dyn prometheus::core::Collector>,
@@ -245,6 +253,7 @@ impl Metrics {
             Box::new(m.shards_held.clone()),
             Box::new(m.conflicts.clone()),
             Box::new(m.fenced.clone()),
+            Box::new(m.spot_check_draws.clone()),
         ] {
             // Names are distinct constants, so registration cannot collide.
             let _ = m.registry.register(c);

@@ -287,8 +287,19 @@ async fn an_unlinked_item_is_accepted_flagged_escalated_listed_and_licensed_only
     assert_eq!(escalation.recipient, "13900000001", "the region administrator of 320700");
     assert!(escalation.text.contains("FOOD-SALE-NEW"));
 
+    // An unlinked case revoked before its licence needs no supervisor: it leaves the list.
+    server.intake().accept_case(catalogued("UL-2", "FOOD-SALE-NEW", &code, "B")).await?;
+    server
+        .intake()
+        .revoke_approval(RevokeApprovalRequest {
+            case_id: "320700/UL-2".into(),
+            reason: "withdrawn".into(),
+            basis: "application withdrawn".into(),
+        })
+        .await?;
     let problems = admin.list_linkage_problems(ListLinkageProblemsRequest::default()).await?.into_inner().problems;
     assert!(problems.iter().any(|p| p.kind == "unlinked_case" && p.case_id == "320700/UL-1"), "{problems:?}");
+    assert!(!problems.iter().any(|p| p.case_id == "320700/UL-2"), "{problems:?}");
     assert!(problems.iter().any(|p| p.kind == "unlinked_item" && p.handling_item == "FOOD-SALE-NEW"), "{problems:?}");
 
     let licence = CompleteApprovalRequest {
@@ -635,6 +646,10 @@ async fn a_run_due_while_the_server_was_down_is_drawn_after_the_restart() -> Res
         .await?
         .into_inner();
     assert_eq!(runs.runs.len(), 1, "the run that fell due while down, drawn once");
+    assert!(
+        server.metrics().await?.contains("shenguan_spot_check_draws_total{result=\"drawn\"} 1"),
+        "the draw is counted"
+    );
     let run = &runs.runs[0];
     assert_eq!(run.due_at.as_ref().map(|i| i.shanghai.as_str()), Some("2026-09-14 09:00:00 +08:00"));
     assert_eq!(run.targets.len(), 3, "ratio 1 draws every C enterprise");

@@ -205,8 +205,10 @@ pub(super) async fn linkage_problems(
         ..crate::store::Filter::default()
     };
     let rows = shared.reader.list(&filter).await.map_err(|e| status::read_error(&e))?;
+    // A case that ended (revoked before its licence) needs no supervisor any more.
     let mut problems: Vec<proto::LinkageProblem> = rows
         .iter()
+        .filter(|r| !matches!(r.state.as_str(), "revoked" | "closed"))
         .map(|r| proto::LinkageProblem {
             kind: "unlinked_case".into(),
             case_id: r.id.clone(),

@@ -330,6 +330,8 @@ pub struct Runner {
     /// Serialises runs on this node: two at once would draw the same run twice (the second is
     /// refused by the plan's guard, but its seed would be wasted work).
     pub lock: Arc<tokio::sync::Mutex<()>>,
+    /// Counts draws.
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 fn text(row: &crate::store::InstanceRow, name: &str) -> String {
@@ -354,8 +356,16 @@ impl Runner {
         for plan in plans {
             let (runs, done) = (int(&plan, "runs"), int(&plan, "drawn"));
             for run in done + 1..=runs {
-                if self.draw_run(&plan, run).await? {
-                    drawn += 1;
+                match self.draw_run(&plan, run).await {
+                    Ok(true) => {
+                        drawn += 1;
+                        self.metrics.spot_check_draws.with_label_values(&["drawn"]).inc();
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.metrics.spot_check_draws.with_label_values(&["failed"]).inc();
+                        return Err(e);
+                    }
                 }
             }
         }

@@ -1,3 +1,6 @@
+//! Catalog files in and out on their own: every kind of bad row with its line, references across
+//! kinds, versions and their differences, hostile files. The example catalog is the fixture.
+
 use super::*;
 
 fn example_files() -> Vec<ImportFile> {

@@ -278,6 +278,11 @@ pub async fn run(
         engine.context(),
         engine.ownership(),
     )?;
+    if !engine.context().catalogs.current().in_force() {
+        tracing::warn!(
+            "no catalog imported: AcceptCase trusts each request's items and supervisors until `shenguan catalog import` (docs/catalogs.md)"
+        );
+    }
     let spotchecks = crate::domain::spotcheck::Runner {
         reader: reader.clone(),
         writer: engine.handle(),

@@ -554,6 +554,7 @@ async fn a_catalog_imported_on_one_node_is_in_force_on_every_node() {
         actor: by.to_owned(),
         comment: String::new(),
         dry_run: false,
+        region_scope: None,
     };
     let (wa, wb) = (a.handle(), b.handle());
     let (ra, rb) = tokio::join!(wa.import_catalogs(import("a")), wb.import_catalogs(import("b")));
@@ -570,7 +571,7 @@ async fn a_catalog_imported_on_one_node_is_in_force_on_every_node() {
     let history = Backend::Postgres(url.clone())
         .reader()
         .await
-        .catalog_history(shenguan::catalog::Kind::Linkage, false)
+        .catalog_history(shenguan::catalog::Kind::Linkage)
         .await
         .expect("history");
     assert_eq!(history.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);

@@ -92,26 +92,13 @@ pub(super) async fn import_catalogs(
         let kind = if f.kind.is_empty() { None } else { Some(kind(&format!("{field}.kind"), &f.kind)?) };
         files.push(crate::catalog::ImportFile { name: f.name, kind, content });
     }
-    let mut import =
-        CatalogImport { files, actor: who.caller.principal.subject.clone(), comment: r.comment, dry_run: true };
-    // The catalogs are one set for the area their regions cover: a caller whose scope is one
-    // region (a county administrator) may not replace what the whole city uses. Checked on the
-    // regions as the import would leave them.
-    if who.scope().id_prefix().is_some() {
-        let regions = match shared.engine.handle().import_catalogs(import.clone()).await {
-            Ok(would) => would
-                .versions
-                .into_iter()
-                .find(|v| v.kind == Kind::Regions)
-                .map_or_else(|| shared.context().catalogs.current().rows(Kind::Regions).to_vec(), |v| v.rows),
-            Err(e @ ImportError::Invalid(_)) => return Err(Status::invalid_argument(e.to_string())),
-            Err(ImportError::Write(e)) => return Err(status::write_error("catalog", "import", &e)),
-        };
-        for code in regions.iter().filter_map(|r| r.get("code")) {
-            who.require_region(shared, code, "the catalogs of region", code)?;
-        }
-    }
-    import.dry_run = r.dry_run;
+    let import = CatalogImport {
+        files,
+        actor: who.caller.principal.subject.clone(),
+        comment: r.comment,
+        dry_run: r.dry_run,
+        region_scope: who.scope().id_prefix(),
+    };
     match shared.engine.handle().import_catalogs(import).await {
         Ok(imported) => Ok(Response::new(proto::ImportCatalogsReply {
             versions: imported.versions.iter().map(version_view).collect(),
@@ -119,6 +106,7 @@ pub(super) async fn import_catalogs(
             dry_run: r.dry_run,
         })),
         Err(e @ ImportError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
+        Err(ImportError::OutsideScope(code)) => Err(who.outside(shared, || format!("the catalogs of region {code}"))),
         Err(ImportError::Write(e)) => Err(status::write_error("catalog", "import", &e)),
     }
 }
@@ -150,7 +138,7 @@ pub(super) async fn export_catalog(
         let catalogs = shared.context().catalogs.current();
         catalogs.current(kind).map(|v| (**v).clone())
     } else {
-        let all = shared.reader.catalog_history(kind, true).await.map_err(|e| status::read_error(&e))?;
+        let all = shared.reader.catalog_history(kind).await.map_err(|e| status::read_error(&e))?;
         Some(
             all.into_iter()
                 .find(|v| v.version == r.version)
@@ -180,7 +168,7 @@ pub(super) async fn catalog_history(
 ) -> Result<Response<proto::CatalogHistoryReply>, Status> {
     authorize(shared, &request, Right::ReadCatalogs)?;
     let kind = kind("kind", &request.get_ref().kind)?;
-    let versions = shared.reader.catalog_history(kind, true).await.map_err(|e| status::read_error(&e))?;
+    let versions = shared.reader.catalog_history(kind).await.map_err(|e| status::read_error(&e))?;
     Ok(Response::new(proto::CatalogHistoryReply { versions: versions.iter().map(version_view).collect() }))
 }
 
@@ -278,13 +266,12 @@ pub(super) async fn relink_case(
 }
 
 fn instance_view(shared: &Shared, row: &InstanceRow) -> proto::ProfileInstance {
-    let task = view::task(shared.registry(), row);
     proto::ProfileInstance {
         instance_id: row.id.clone(),
         workflow: row.workflow.clone(),
         state: row.state.clone(),
         created_at: Some(view::instant(row.created_at)),
-        variables: task.variables,
+        variables: view::variables(shared.registry(), row),
     }
 }
 
@@ -401,11 +388,10 @@ pub(super) async fn enterprise_profile(
     Ok(Response::new(profile))
 }
 
-fn plan_view(shared: &Shared, row: &InstanceRow) -> proto::SpotCheckPlan {
+fn plan_view(row: &InstanceRow) -> proto::SpotCheckPlan {
     let int = |n: &str| {
         row.vars.get(n).and_then(serde_json::Value::as_u64).map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
     };
-    let _ = shared;
     proto::SpotCheckPlan {
         plan_id: row.id.clone(),
         state: row.state.clone(),
@@ -472,7 +458,7 @@ pub(super) async fn create_plan(
     }
     let id = command.instance.clone();
     let applied = shared.engine.submit(command).await.map_err(|e| status::write_error("spot-check plan", &id, &e))?;
-    Ok(Response::new(plan_view(shared, &InstanceRow::of(&applied.instance, 0))))
+    Ok(Response::new(plan_view(&InstanceRow::of(&applied.instance, 0))))
 }
 
 /// ListSpotCheckPlans.
@@ -487,14 +473,15 @@ pub(super) async fn list_plans(
     }
     let filter = crate::store::Filter { workflow: spotcheck::PLAN_WORKFLOW.into(), ..crate::store::Filter::default() };
     let rows = shared.reader.list(&filter).await.map_err(|e| status::read_error(&e))?;
+    // None when no region was asked: every plan the scope covers.
+    let asked = crate::auth::region_prefix(&region);
     let plans = rows
         .iter()
         .filter(|r| {
             let code = view::var(r, "region");
-            who.scope().has_region(&code)
-                && (region.is_empty() || crate::auth::region_prefix(&region).is_some_and(|p| code.starts_with(&p)))
+            who.scope().has_region(&code) && asked.as_ref().is_none_or(|p| code.starts_with(p.as_str()))
         })
-        .map(|r| plan_view(shared, r))
+        .map(plan_view)
         .collect();
     Ok(Response::new(proto::ListSpotCheckPlansReply { plans }))
 }
@@ -511,7 +498,7 @@ pub(super) async fn end_plan(
     let command = domain::event(&row.id, "end", domain::object(json!({"reason": r.reason})), &who.actor());
     let applied =
         shared.engine.submit(command).await.map_err(|e| status::write_error("spot-check plan", &row.id, &e))?;
-    Ok(Response::new(plan_view(shared, &InstanceRow::of(&applied.instance, 0))))
+    Ok(Response::new(plan_view(&InstanceRow::of(&applied.instance, 0))))
 }
 
 /// ListSpotCheckRuns.
@@ -572,7 +559,7 @@ pub(super) async fn list_runs(
             },
         });
     }
-    Ok(Response::new(proto::ListSpotCheckRunsReply { plan: Some(plan_view(shared, &row)), runs }))
+    Ok(Response::new(proto::ListSpotCheckRunsReply { plan: Some(plan_view(&row)), runs }))
 }
 
 /// SupervisionService.ReportSpotCheckResult.
@@ -583,12 +570,14 @@ pub(super) async fn report_spot_check_result(
     let who = authorize(shared, &request, Right::Supervise)?;
     let key = super::request_key(&request, "SupervisionService.ReportSpotCheckResult", who.caller())?;
     let r = request.into_inner();
-    let row = shared
-        .reader
-        .instance(&r.task_id)
-        .await
-        .map_err(|e| status::read_error(&e))?
-        .filter(|t| t.workflow == spotcheck::TASK_WORKFLOW && r.task_id.len() <= 200)
+    // No id that long was ever made: it is not looked up.
+    let found = if r.task_id.len() > 200 {
+        None
+    } else {
+        shared.reader.instance(&r.task_id).await.map_err(|e| status::read_error(&e))?
+    };
+    let row = found
+        .filter(|t| t.workflow == spotcheck::TASK_WORKFLOW)
         .ok_or_else(|| status::not_found("spot-check task", &r.task_id))?;
     let inside =
         who.scope().has_task(&view::var(&row, "region"), &view::var(&row, "department"), &view::var(&row, "office"));

@@ -119,8 +119,13 @@ impl Authorized {
         if inside {
             return Ok(());
         }
+        Err(self.outside(shared, what))
+    }
+
+    /// PERMISSION_DENIED for `what`, outside the caller's scope (logged and counted).
+    pub fn outside(&self, shared: &Shared, what: impl FnOnce() -> String) -> Status {
         let denied = Denied::Scope { what: what(), scope: self.grant.scope.to_string() };
-        Err(deny(shared, &self.caller, "scope", &denied))
+        deny(shared, &self.caller, "scope", &denied)
     }
 
     /// PERMISSION_DENIED for `what` (logged and counted) unless it belongs to the caller.

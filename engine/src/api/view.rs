@@ -29,7 +29,8 @@ pub fn flag(row: &InstanceRow, name: &str) -> bool {
 }
 
 /// Every variable as text; instants in Asia/Shanghai, as every instant the API shows.
-fn variables(registry: &Registry, row: &InstanceRow) -> HashMap<String, String> {
+/// Every variable of an instance as text (instants in Asia/Shanghai).
+pub fn variables(registry: &Registry, row: &InstanceRow) -> HashMap<String, String> {
     let def = registry.get(&row.workflow, row.version);
     row.vars
         .iter()

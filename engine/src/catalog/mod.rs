@@ -261,20 +261,35 @@ pub struct Catalogs {
 impl Catalogs {
     /// The catalogs made of these versions (the newest of each kind; kinds missing are empty).
     pub fn new(versions: impl IntoIterator<Item = Version>) -> Self {
+        Self::of(versions.into_iter().map(Arc::new))
+    }
+
+    /// These catalogs with `newer` versions in place of theirs; the kinds not given are shared,
+    /// not copied.
+    pub fn with(&self, newer: &[Version]) -> Self {
+        let mut all = self.versions.clone();
+        for v in newer {
+            all.insert(v.kind, Arc::new(v.clone()));
+        }
+        Self::of(all.into_values())
+    }
+
+    fn of(versions: impl IntoIterator<Item = Arc<Version>>) -> Self {
         let mut out = Catalogs::default();
         for v in versions {
             let keys = v.rows.iter().enumerate().map(|(i, r)| (v.kind.key_of(r), i)).collect();
             out.by_key.insert(v.kind, keys);
-            out.versions.insert(v.kind, Arc::new(v));
+            out.versions.insert(v.kind, v);
         }
-        let linkage = out.rows(Kind::Linkage).to_vec();
-        for row in &linkage {
-            let get = |k: &str| row.get(k).cloned().unwrap_or_default();
-            out.links.entry(get("handling_item")).or_default().push(Link {
-                department: get("department"),
-                office: get("office"),
-                subitem: get("subitem"),
-            });
+        if let Some(linkage) = out.versions.get(&Kind::Linkage).cloned() {
+            for row in &linkage.rows {
+                let get = |k: &str| row.get(k).cloned().unwrap_or_default();
+                out.links.entry(get("handling_item")).or_default().push(Link {
+                    department: get("department"),
+                    office: get("office"),
+                    subitem: get("subitem"),
+                });
+            }
         }
         out
     }

@@ -578,12 +578,8 @@ pub trait ReadStore: Send + Sync {
     async fn orphans(&self, limit: u32) -> Result<Vec<(String, String)>, Error>;
     /// Every calendar file, in generation order.
     async fn calendar_files(&self) -> Result<Vec<StoredCalendarFile>, Error>;
-    /// Every version of a catalog kind, oldest first (with their rows only if `rows`).
-    async fn catalog_history(
-        &self,
-        kind: crate::catalog::Kind,
-        rows: bool,
-    ) -> Result<Vec<crate::catalog::Version>, Error>;
+    /// Every version of a catalog kind, oldest first.
+    async fn catalog_history(&self, kind: crate::catalog::Kind) -> Result<Vec<crate::catalog::Version>, Error>;
     /// The instances that concern an enterprise, oldest first.
     async fn subjects_of(&self, code: &str) -> Result<Vec<Subject>, Error>;
     /// The instances of `workflow` about any of `items`, in any of `states`.

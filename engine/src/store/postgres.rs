@@ -1029,19 +1029,8 @@ impl ReadStore for PgReader {
         files(&self.pool).await
     }
 
-    async fn catalog_history(
-        &self,
-        kind: crate::catalog::Kind,
-        with_rows: bool,
-    ) -> Result<Vec<crate::catalog::Version>, Error> {
-        let rows = sqlx::query(
-            "SELECT kind, version, actor, at, comment, changes, CASE WHEN $1 THEN rows ELSE '[]' END AS rows \
-             FROM catalog_versions WHERE kind = $2 ORDER BY version",
-        )
-        .bind(with_rows)
-        .bind(kind.name())
-        .fetch_all(&self.pool)
-        .await?;
+    async fn catalog_history(&self, kind: crate::catalog::Kind) -> Result<Vec<crate::catalog::Version>, Error> {
+        let rows = sqlx::query(&row::catalog_history_sql("$1")).bind(kind.name()).fetch_all(&self.pool).await?;
         rows.iter().map(row::catalog_version).collect()
     }
 

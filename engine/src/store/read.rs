@@ -292,12 +292,8 @@ impl ReadStore for Reader {
         super::sqlite::calendars::files(&self.pool).await
     }
 
-    async fn catalog_history(
-        &self,
-        kind: crate::catalog::Kind,
-        rows: bool,
-    ) -> Result<Vec<crate::catalog::Version>, Error> {
-        super::sqlite::catalogs::history(&self.pool, kind, rows).await
+    async fn catalog_history(&self, kind: crate::catalog::Kind) -> Result<Vec<crate::catalog::Version>, Error> {
+        super::sqlite::catalogs::history(&self.pool, kind).await
     }
 
     async fn subjects_of(&self, code: &str) -> Result<Vec<super::Subject>, Error> {

@@ -191,10 +191,24 @@ pub(crate) fn subject(r: &impl Get) -> Result<super::Subject, Error> {
     })
 }
 
+/// The columns of a catalog version, as a literal both statements below are made from.
+macro_rules! catalog_columns {
+    () => {
+        "SELECT kind, version, actor, at, comment, changes, rows FROM catalog_versions c "
+    };
+}
+
 /// The newest version of every kind (the same text on both backends).
-pub(crate) const LATEST_CATALOGS: &str =
-    "SELECT kind, version, actor, at, comment, changes, rows FROM catalog_versions c \
-     WHERE version = (SELECT max(version) FROM catalog_versions d WHERE d.kind = c.kind) ORDER BY kind";
+pub(crate) const LATEST_CATALOGS: &str = concat!(
+    catalog_columns!(),
+    "WHERE version = (SELECT max(version) FROM catalog_versions d WHERE d.kind = c.kind) ORDER BY kind"
+);
+
+/// Every version of one kind, oldest first; the kind is the one parameter, written as the
+/// backend's `placeholder` (`?` or `$1`).
+pub(crate) fn catalog_history_sql(placeholder: &str) -> String {
+    format!("{}WHERE kind = {placeholder} ORDER BY version", catalog_columns!())
+}
 
 /// The columns of a subject joined with its instance's state.
 pub(crate) const SUBJECT_COLUMNS: &str =

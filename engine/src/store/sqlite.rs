@@ -610,8 +610,8 @@ async fn seed(conn: &mut SqliteConnection, files: &[CalendarFile], at: Millis) -
     Ok(())
 }
 
-/// Calendar files and re-plans: statements shared by the writer's connection and the readers.
-/// Catalog versions and the enterprise index, on SQLite.
+/// Catalog versions and the enterprise index: statements shared by the writer's connection and
+/// the readers.
 pub(crate) mod catalogs {
     use super::*;
     use crate::catalog::{Kind, Version};
@@ -638,19 +638,8 @@ pub(crate) mod catalogs {
         rows.iter().map(row::catalog_version).collect()
     }
 
-    pub(crate) async fn history<'e, E: sqlx::SqliteExecutor<'e>>(
-        e: E,
-        kind: Kind,
-        with_rows: bool,
-    ) -> Result<Vec<Version>, Error> {
-        let rows = sqlx::query(
-            "SELECT kind, version, actor, at, comment, changes, CASE WHEN ? THEN rows ELSE '[]' END AS rows \
-             FROM catalog_versions WHERE kind = ? ORDER BY version",
-        )
-        .bind(with_rows)
-        .bind(kind.name())
-        .fetch_all(e)
-        .await?;
+    pub(crate) async fn history<'e, E: sqlx::SqliteExecutor<'e>>(e: E, kind: Kind) -> Result<Vec<Version>, Error> {
+        let rows = sqlx::query(&row::catalog_history_sql("?")).bind(kind.name()).fetch_all(e).await?;
         rows.iter().map(row::catalog_version).collect()
     }
 
@@ -689,6 +678,7 @@ pub(crate) mod catalogs {
     }
 }
 
+/// Calendar files and re-plans: statements shared by the writer's connection and the readers.
 pub(crate) mod calendars {
     use super::*;
 

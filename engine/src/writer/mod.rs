@@ -175,6 +175,10 @@ pub struct CatalogImport {
     pub comment: String,
     /// Check only; store nothing.
     pub dry_run: bool,
+    /// The importer's region prefix, if their scope is one region: every region of the
+    /// catalogs as the import would leave them must be inside it (the catalogs are one set for
+    /// the area they cover; a county's administrator may not replace the city's).
+    pub region_scope: Option<String>,
 }
 
 /// Why a catalog import was refused.
@@ -183,6 +187,9 @@ pub enum ImportError {
     /// Rows are wrong; every one found is listed, and nothing was imported.
     #[error("{} problem(s) in the import; nothing was imported:\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<crate::catalog::RowError>),
+    /// The catalogs would hold a region outside the importer's scope; nothing was imported.
+    #[error("the catalogs would hold region {0}, outside the importer's scope")]
+    OutsideScope(String),
     /// It could not be stored; nothing changed.
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -553,24 +560,27 @@ impl<S: Store> Writer<S> {
 
     async fn import_catalogs(&mut self, import: CatalogImport) -> Result<crate::catalog::Imported, ImportError> {
         // Against what is stored, not what this node last saw: another node may have imported.
-        let stored = self.store.catalogs().await.map_err(WriteError::from)?;
-        let current = crate::catalog::Catalogs::new(stored.clone());
+        let current = crate::catalog::Catalogs::new(self.store.catalogs().await.map_err(WriteError::from)?);
         let imported =
             crate::catalog::import(&current, &import.files, &import.actor, &import.comment, self.clock.now())
                 .map_err(ImportError::Invalid)?;
+        if let Some(prefix) = &import.region_scope {
+            let kind = crate::catalog::Kind::Regions;
+            let regions = imported.versions.iter().find(|v| v.kind == kind).map_or(current.rows(kind), |v| &v.rows);
+            if let Some(code) = regions.iter().filter_map(|r| r.get("code")).find(|c| !c.starts_with(prefix.as_str())) {
+                return Err(ImportError::OutsideScope(code.clone()));
+            }
+        }
         if import.dry_run || imported.versions.is_empty() {
             self.catalogs.replace(current);
             return Ok(imported);
         }
         let batch = Batch { catalogs: imported.versions.clone(), ..Batch::default() };
         self.store.commit(&batch).await.map_err(WriteError::from)?;
-        let mut all: std::collections::BTreeMap<crate::catalog::Kind, crate::catalog::Version> =
-            stored.into_iter().map(|v| (v.kind, v)).collect();
         for v in &imported.versions {
             tracing::info!(kind = %v.kind, version = v.version, changes = %v.changes.summary(), by = %v.actor, "catalog imported");
-            all.insert(v.kind, v.clone());
         }
-        self.catalogs.replace(crate::catalog::Catalogs::new(all.into_values()));
+        self.catalogs.replace(current.with(&imported.versions));
         Ok(imported)
     }
 

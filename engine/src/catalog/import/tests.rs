@@ -120,6 +120,13 @@ fn a_changed_import_is_a_new_version_with_its_changes_and_an_unchanged_one_is_no
     assert!(linkage.changes.removed.is_empty() && linkage.changes.changed.is_empty());
     assert_eq!(linkage.actor, "admin");
     assert_eq!(by_kind[&Kind::SupervisionSubitems].changes.added, ["SJ-FOOD-SALE-01"]);
+    // In force after it: the new versions, the other kinds shared with the set before.
+    let after = catalogs.with(&imported.versions);
+    assert_eq!(after.version(Kind::Linkage), 2);
+    assert_eq!(after.links("FOOD-SALE-NEW").len(), 1);
+    assert_eq!(after.version(Kind::Offices), 1);
+    let shared = |c: &Catalogs| c.current(Kind::Offices).cloned().expect("offices");
+    assert!(std::sync::Arc::ptr_eq(&shared(&catalogs), &shared(&after)), "an unchanged kind is not copied");
 
     let again = import(&catalogs, &example_files()[..2], "admin", "", 6).expect("same rows");
     assert!(again.versions.is_empty());

@@ -79,33 +79,13 @@ impl Role {
         use Right::*;
         match self {
             Role::EngineAdmin => true,
-            // The region administrator keeps the organisation and catalogs of the region (§1,
-            // §15) and may settle a disputed linkage; department administrators plan spot
-            // checks for their department.
-            Role::RegionAdmin => matches!(
-                right,
-                ReadCases
-                    | ReadTasks
-                    | Statistics
-                    | CalendarStatus
-                    | ReadCatalogs
-                    | ManageCatalogs
-                    | OverrideLinkage
-                    | ReadEnterprise
-                    | ManageSpotChecks
-                    | ReadSpotChecks
-            ),
-            Role::DepartmentAdmin => matches!(
-                right,
-                ReadCases
-                    | ReadTasks
-                    | Statistics
-                    | CalendarStatus
-                    | ReadCatalogs
-                    | ReadEnterprise
-                    | ManageSpotChecks
-                    | ReadSpotChecks
-            ),
+            // Administrators read what auditors read; department administrators also plan spot
+            // checks for their department; region administrators also keep the organisation
+            // and catalogs of the region (§1, §15) and may settle a disputed linkage.
+            Role::RegionAdmin => {
+                Role::DepartmentAdmin.grants(right) || matches!(right, ManageCatalogs | OverrideLinkage)
+            }
+            Role::DepartmentAdmin => Role::Auditor.grants(right) || right == ManageSpotChecks,
             Role::Auditor | Role::OfficeAdmin => matches!(
                 right,
                 ReadCases | ReadTasks | Statistics | CalendarStatus | ReadCatalogs | ReadEnterprise | ReadSpotChecks

@@ -15,7 +15,7 @@ use super::fanout::{self, Supervisor};
 use super::{Refusal, CASE_WORKFLOW};
 use crate::calendar::Calendar;
 use crate::catalog::{Catalogs, Kind};
-use crate::machine::{Command, CommandKind, Instance};
+use crate::machine::{Command, Instance};
 use crate::writer::{Derive, GroupItem, WriteError};
 
 /// How an applicant is identified.
@@ -305,13 +305,7 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
     let serde_json::Value::Object(vars) = vars else {
         return Err(Refusal::Internal("case variables are not an object".into()));
     };
-    let start = Command {
-        instance: id.clone(),
-        kind: CommandKind::Start { workflow: CASE_WORKFLOW.into(), version: None, vars },
-        actor: actor.to_owned(),
-        request_id: None,
-        idempotency: None,
-    };
+    let start = super::start(&id, CASE_WORKFLOW, vars, actor);
     Ok((id, start))
 }
 
@@ -407,11 +401,8 @@ fn route_by_catalogs(
                 catalogs.version(Kind::Commitment)
             )));
         };
-        let allowed = crate::catalog::import::scenarios(row.get("scenarios").map_or("", String::as_str))
-            .into_iter()
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
-        if !allowed.iter().any(|a| a == s.name()) {
+        let allowed = crate::catalog::import::scenarios(row.get("scenarios").map_or("", String::as_str));
+        if !allowed.contains(&s.name()) {
             return Err(Refusal::Precondition(format!(
                 "scenario: the commitment catalog allows {} only {} for {}",
                 case.approval_item,
@@ -543,6 +534,7 @@ mod tests {
     use super::*;
     use crate::calendar::Calendars;
     use crate::definition::Value;
+    use crate::machine::CommandKind;
 
     fn case(route: Route, scenario: Option<Scenario>) -> NewCase {
         NewCase {

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::task_id;
 use crate::definition::Value;
-use crate::machine::{Command, CommandKind, Instance};
+use crate::machine::Instance;
 use crate::writer::{GroupItem, WriteError};
 
 /// One supervising department and office, as the case stores them (`supervisors_json`).
@@ -118,13 +118,7 @@ pub fn supervision_tasks(case: &Instance, actor: &str) -> Result<Vec<GroupItem>,
             put("scenario", json!(scenario));
         }
         out.push(GroupItem {
-            command: Command {
-                instance: task_id(&case.id, i + 1),
-                kind: CommandKind::Start { workflow: super::TASK_WORKFLOW.into(), version: None, vars },
-                actor: actor.to_owned(),
-                request_id: None,
-                idempotency: None,
-            },
+            command: super::start(&task_id(&case.id, i + 1), super::TASK_WORKFLOW, vars, actor),
             required: true,
         });
     }

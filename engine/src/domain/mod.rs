@@ -64,6 +64,17 @@ pub fn event(instance: &str, name: &str, fields: serde_json::Map<String, serde_j
     }
 }
 
+/// A command starting `instance` of the newest version of `workflow` with `vars`.
+pub fn start(instance: &str, workflow: &str, vars: serde_json::Map<String, serde_json::Value>, actor: &str) -> Command {
+    Command {
+        instance: instance.to_owned(),
+        kind: CommandKind::Start { workflow: workflow.to_owned(), version: None, vars },
+        actor: actor.to_owned(),
+        request_id: None,
+        idempotency: None,
+    }
+}
+
 /// The fields of a `json!` object literal (anything else is no fields).
 pub fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     match v {

@@ -96,6 +96,15 @@ pub fn plan_id(region: &str, code: &str) -> String {
     format!("SC/{region}/{code}")
 }
 
+/// The ratios a plan stores (written by [`ratios_text`] from checked ones); what does not read
+/// is left out.
+pub fn read_ratios(text: &str) -> Ratios {
+    text.split(',')
+        .filter_map(|p| p.split_once('='))
+        .filter_map(|(g, r)| r.parse().ok().map(|r| (g.to_owned(), r)))
+        .collect()
+}
+
 /// Checks a plan against the catalogs and gives the command that starts it.
 pub fn plan(new: &NewPlan, catalogs: &Catalogs, credit: &CreditGrades, actor: &str) -> Result<Command, Refusal> {
     super::check("region", super::check_region(&new.region))?;
@@ -147,13 +156,7 @@ pub fn plan(new: &NewPlan, catalogs: &Catalogs, credit: &CreditGrades, actor: &s
         "runs": 0,
         "drawn": 0,
     });
-    Ok(Command {
-        instance: plan_id(&new.region, &new.code),
-        kind: CommandKind::Start { workflow: PLAN_WORKFLOW.into(), version: None, vars: super::object(vars) },
-        actor: actor.to_owned(),
-        request_id: None,
-        idempotency: None,
-    })
+    Ok(super::start(&plan_id(&new.region, &new.code), PLAN_WORKFLOW, super::object(vars), actor))
 }
 
 /// One enterprise of a population.
@@ -397,11 +400,7 @@ impl Runner {
     async fn draw_run(&self, plan: &crate::store::InstanceRow, run: i64) -> Result<bool, RunError> {
         let damaged = |message: String| RunError::Damaged { plan: plan.id.clone(), message };
         let population = self.population(plan).await?;
-        let ratios: Ratios = text(plan, "ratios")
-            .split(',')
-            .filter_map(|p| p.split_once('='))
-            .filter_map(|(g, r)| r.parse().ok().map(|r| (g.to_owned(), r)))
-            .collect();
+        let ratios = read_ratios(&text(plan, "ratios"));
         if ratios.is_empty() {
             return Err(damaged(format!("ratios {:?} do not read", text(plan, "ratios"))));
         }
@@ -432,17 +431,7 @@ impl Runner {
                 "credit_grade": t.grade,
             });
             items.push(GroupItem {
-                command: Command {
-                    instance: t.task.clone(),
-                    kind: CommandKind::Start {
-                        workflow: TASK_WORKFLOW.into(),
-                        version: None,
-                        vars: super::object(vars),
-                    },
-                    actor: "spot-check".into(),
-                    request_id: None,
-                    idempotency: None,
-                },
+                command: super::start(&t.task, TASK_WORKFLOW, super::object(vars), "spot-check"),
                 required: true,
             });
         }

@@ -584,6 +584,8 @@ fn apply(
     let calendar = calendar_of(def, &instance.vars, calendars);
     let scope = Scope { vars: &instance.vars, event: fields, now, entry: now, calendar };
     let current = def.state(&instance.state);
+    // A cron timer that fired: its schedule goes on (see below).
+    let recurring = fired.and_then(|n| timer_spec(def, &instance.state, n)).filter(|s| is_cron(s));
     let terminal = current.is_none_or(|s| s.terminal);
     let mut candidates = def.candidates(&instance.state, event).peekable();
     let mut chosen = None;
@@ -623,7 +625,7 @@ fn apply(
         // keeps running: it is armed for its next occurrence.
         let mut armed = BTreeMap::new();
         let mut arm_rows = Vec::new();
-        if let Some(spec) = fired.and_then(|n| timer_spec(def, &instance.state, n)).filter(|s| is_cron(s)) {
+        if let Some(spec) = recurring {
             let a = arm(spec, &scope)?;
             armed.insert(spec.name.clone(), a.due);
             next.timers.insert(spec.name.clone(), a.clone());
@@ -693,7 +695,7 @@ fn apply(
     }
     // A cron timer that fired is armed again for its next occurrence — unless the transition
     // armed it itself, cancelled it, left the state it belongs to, or ended the instance.
-    if let Some(spec) = fired.and_then(|n| timer_spec(def, &instance.state, n)).filter(|s| is_cron(s)) {
+    if let Some(spec) = recurring {
         let of_old_state = current.is_some_and(|s| s.timers.iter().any(|x| x.name == spec.name));
         let stays = !(t.cancel.contains(&spec.name) || (changes_state && of_old_state));
         if stays && !timers.contains_key(&spec.name) && !target.is_some_and(|s| s.terminal) {

@@ -315,7 +315,9 @@ impl<'a> Builder<'a> {
     /// Adds a started instance to the enterprise index, if its workflow declares one and the
     /// subject variable is set.
     fn index(&mut self, instance: &crate::machine::Instance, now: Millis) {
-        let Some(spec) = self.registry.get(&instance.workflow, instance.version).and_then(|d| d.index.clone()) else {
+        // The registry outlives the builder: the spec is borrowed from it, not from `self`.
+        let registry = self.registry;
+        let Some(spec) = registry.get(&instance.workflow, instance.version).and_then(|d| d.index.as_ref()) else {
             return;
         };
         let text = |name: Option<&String>| match name.and_then(|n| instance.vars.get(n)) {

@@ -437,6 +437,8 @@ async fn spot_checks_over_three_months_skip_holidays_repeat_from_their_seeds_and
     };
     for (req, code) in [
         (bad(|r| r.schedule = "every monday".into()), Code::InvalidArgument),
+        // 30 February: a schedule that never falls due starts no plan.
+        (bad(|r| r.schedule = "0 9 30 2 *".into()), Code::FailedPrecondition),
         (bad(|r| r.ratios = "A=1.5".into()), Code::InvalidArgument),
         (bad(|r| r.supervision_item = "NOPE".into()), Code::InvalidArgument),
         (bad(|r| r.office = "WJW-PH".into()), Code::FailedPrecondition),
@@ -446,6 +448,8 @@ async fn spot_checks_over_three_months_skip_holidays_repeat_from_their_seeds_and
         let err = admin.create_spot_check_plan(req.clone()).await.expect_err("refused");
         assert_eq!(err.code(), code, "{req:?}: {err:?}");
     }
+    let listed = admin.list_spot_check_plans(shenguan::proto::ListSpotCheckPlansRequest::default()).await?;
+    assert!(listed.into_inner().plans.is_empty(), "no refused plan was written");
     let plan = admin.create_spot_check_plan(plan_request()).await?.into_inner();
     assert_eq!(plan.plan_id, "SC/320700/FOOD-2026Q4");
     assert_eq!(plan.next_run.as_ref().map(|i| i.shanghai.as_str()), Some("2026-09-14 09:00:00 +08:00"));

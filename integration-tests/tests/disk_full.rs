@@ -231,3 +231,59 @@ async fn a_database_at_its_page_cap_loses_no_acknowledged_write() -> Result<()> 
     // Without the cap, the retried timers fire at restart; nothing acknowledged is missing.
     check_after_restart(&db, &full.acked).await
 }
+
+/// A catalog import that does not fit on the disk is UNAVAILABLE and changes nothing: neither
+/// the stored versions nor the catalogs in force; after a restart with space it goes in.
+#[tokio::test]
+async fn a_catalog_import_on_a_full_disk_is_unavailable_and_leaves_the_catalogs_as_they_were() -> Result<()> {
+    use shenguan::proto::{CatalogFile, CatalogHistoryRequest, ExportCatalogRequest, ImportCatalogsRequest};
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("catalog-capped.db");
+    TestServer::start_on(START, &db, |_| {}).await?.stop().await?;
+    let pages = {
+        use sqlx::{ConnectOptions, Connection};
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).connect().await?;
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut conn).await?;
+        conn.close().await?;
+        u32::try_from(pages)?
+    };
+    let server = TestServer::start_on(START, &db, |c| c.max_db_pages = Some(pages + 256)).await?;
+    let mut admin = server.admin();
+    admin.import_catalogs(fixtures::example_catalog()).await?;
+    let inspectors = |admin: &mut shenguan::proto::admin_service_client::AdminServiceClient<_>| {
+        let mut admin = admin.clone();
+        async move {
+            let reply = admin
+                .export_catalog(ExportCatalogRequest { kind: "inspectors".into(), format: "csv".into(), version: 0 })
+                .await?
+                .into_inner();
+            anyhow::Ok((reply.version, String::from_utf8(reply.content)?))
+        }
+    };
+    let before = inspectors(&mut admin).await?;
+    // About 4 MiB of rows, against 1 MiB of room.
+    let mut big = String::from("code,office,name\n");
+    for i in 0..60_000 {
+        big.push_str(&format!("INSP-{i:06},SJJ-FOOD,Inspector number {i:06} of the food office\n"));
+    }
+    let request = ImportCatalogsRequest {
+        files: vec![CatalogFile { name: "inspectors.csv".into(), kind: String::new(), content: big.into_bytes() }],
+        comment: "too big for the disk".into(),
+        dry_run: false,
+    };
+    let err = admin.import_catalogs(request.clone()).await.expect_err("the disk is full");
+    ensure!(err.code() == Code::Unavailable, "a full disk is UNAVAILABLE, not {err:?}");
+    ensure!(inspectors(&mut admin).await? == before, "the catalogs in force changed");
+    let history = admin.catalog_history(CatalogHistoryRequest { kind: "inspectors".into() }).await?.into_inner();
+    ensure!(history.versions.len() == 1, "a version was half-written: {:?}", history.versions.len());
+    // The engine goes on: cases are still accepted while the import waits for space.
+    server.intake().accept_case(fixtures::catalogued("AFTER-IMPORT", "FOOD-PROD-NEW", fixtures::USCC, "A")).await?;
+    server.stop().await?;
+
+    let server = TestServer::start_on(START, &db, |_| {}).await?;
+    let mut admin = server.admin();
+    ensure!(inspectors(&mut admin).await? == before, "the restart found another catalog");
+    let imported = admin.import_catalogs(request).await?.into_inner();
+    ensure!(imported.versions.first().map(|v| (v.version, v.rows)) == Some((2, 60_000)), "{imported:?}");
+    server.stop().await
+}

@@ -107,6 +107,10 @@ mod tests {
         assert!(parse("0 0 9 * * MON").is_ok());
         assert!(parse("0 9 * *").is_err_and(|e| e.contains("4 fields")));
         assert!(parse("0 25 * * *").is_err());
+        // Parses, but never falls due: an error at once, not a search without end.
+        let calendars = Calendars::embedded().expect("calendars");
+        let never = parse("0 0 30 2 *").expect("30 February parses");
+        assert!(matches!(next(&never, 0, calendars.region("320700"), false), Err(EvalError::Schedule(_))));
     }
 
     #[test]

@@ -347,3 +347,24 @@ fn catalogs_enterprises_and_spot_checks_through_the_cli() {
     assert!(text(&o).contains("verified"), "{}", text(&o));
     assert!(text(&o).contains("91110000600037341L"), "grade C at ratio 1 is always drawn: {}", text(&o));
 }
+
+/// The database (with its WAL), the dev key and the dev token hold personal data and
+/// credentials: a dev server creates them readable by their owner only, and makes a token file
+/// an older version left world-readable private again.
+#[cfg(unix)]
+#[test]
+fn the_database_dev_key_and_dev_token_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("private.db");
+    std::fs::write(dev_token(&db), "old").expect("an old token");
+    std::fs::set_permissions(dev_token(&db), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let server = serve(&db);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/case-material-deferral.json");
+    let o = cli(&server, &["case", "accept", "-f", example.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", text(&o));
+    for name in ["private.db", "private.db-wal", "private.db.dev-key", "private.db.dev-token"] {
+        let mode = std::fs::metadata(dir.path().join(name)).expect(name).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+    }
+}

@@ -9,6 +9,7 @@
 //! - this file: roles, rights, scopes, principals and the attribution written into history.
 //! - [`verify`]: bearer JWTs — key sets from PEM files or a JWKS file (reloaded when they
 //!   change), the dev-mode HS256 key, a cache of verified tokens.
+//! - [`visibility`]: the one rule for who sees which case, task, plan or message.
 //! - [`layer`]: the interceptor in front of every domain service: token or client certificate
 //!   → principal, on-behalf-of, the rate limit per principal.
 //!
@@ -19,6 +20,9 @@
 
 pub mod layer;
 pub mod verify;
+pub mod visibility;
+
+pub use visibility::Seen;
 
 use std::fmt;
 
@@ -337,32 +341,6 @@ impl Scope {
         self.region.as_deref().is_none_or(|p| code.starts_with(p))
     }
 
-    /// Whether a task of `region`, `department` and `office` is in scope.
-    pub fn has_task(&self, region: &str, department: &str, office: &str) -> bool {
-        self.has_region(region)
-            && self.department.as_deref().is_none_or(|d| d == department)
-            && self.office.as_deref().is_none_or(|o| o == office)
-    }
-
-    /// Whether a case of `region` approved by `department`, with tasks of `(department,
-    /// office)`, is in scope: an office sees a case through its tasks only, a department as the
-    /// approving department or through its tasks.
-    pub fn has_case<'a>(
-        &self,
-        region: &str,
-        department: &str,
-        mut tasks: impl Iterator<Item = (&'a str, &'a str)>,
-    ) -> bool {
-        if !self.has_region(region) {
-            return false;
-        }
-        match (&self.department, &self.office) {
-            (None, _) => true,
-            (Some(d), None) if d == department => true,
-            _ => tasks.any(|(d, o)| self.has_task(region, d, o)),
-        }
-    }
-
     /// What every case and task id in scope starts with (ids start with their region code);
     /// `None` when every region is.
     pub fn id_prefix(&self) -> Option<String> {
@@ -509,25 +487,6 @@ mod tests {
         assert!(e.to_string().contains("office claim"), "{e}");
         let e = who(&[Role::Auditor], "320700", "", "").authorize(Right::Intake).expect_err("read only");
         assert_eq!(e.to_string(), "the right intake is missing (roles: auditor)");
-    }
-
-    #[test]
-    fn department_and_office_scopes_see_cases_through_their_tasks() {
-        let dept = who(&[Role::DepartmentAdmin], "320700", "市場監管局", "")
-            .authorize(Right::ReadCases)
-            .expect("granted")
-            .scope;
-        assert!(dept.has_case("320700", "市場監管局", std::iter::empty()));
-        assert!(dept.has_case("320700", "審批局", [("市場監管局", "食品處")].into_iter()));
-        assert!(!dept.has_case("320700", "審批局", [("衛健委", "食品處")].into_iter()));
-        assert!(!dept.has_case("320800", "市場監管局", std::iter::empty()));
-        let office = who(&[Role::OfficeAdmin], "320700", "市場監管局", "食品處")
-            .authorize(Right::ReadCases)
-            .expect("granted")
-            .scope;
-        assert!(!office.has_case("320700", "市場監管局", std::iter::empty()), "an office sees cases through its tasks");
-        assert!(office.has_case("320700", "審批局", [("市場監管局", "食品處")].into_iter()));
-        assert!(!office.has_case("320700", "審批局", [("市場監管局", "藥品處")].into_iter()));
     }
 
     #[test]

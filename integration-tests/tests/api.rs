@@ -313,6 +313,27 @@ async fn the_same_accept_again_gets_the_first_answer_and_a_changed_one_already_e
     server.stop().await
 }
 
+/// A replay is answered before anything that depends on today: after the commitment deadline
+/// has passed, the same request still gets the first answer and a changed one ALREADY_EXISTS
+/// (not "the deadline is in the past").
+#[tokio::test]
+async fn an_accept_replayed_after_its_deadline_passed_gets_the_first_answer() -> Result<()> {
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    let first = server.intake().accept_case(deferral("LATE-1", "2026-09-30")).await?.into_inner();
+    // Past the deadline, within the idempotency retention (7 days).
+    server.advance_to("2026-10-02T10:00:00+08:00").await?;
+    let again = server.intake().accept_case(deferral("LATE-1", "2026-09-30")).await?.into_inner();
+    assert!(again.duplicate, "a replay on a later day is a duplicate");
+    assert_eq!(again.case.as_ref().map(|c| &c.case_id), first.case.as_ref().map(|c| &c.case_id));
+    let changed = server.intake().accept_case(deferral("LATE-1", "2026-09-29")).await.expect_err("changed payload");
+    assert_eq!(changed.code(), Code::AlreadyExists, "{changed:?}");
+    assert!(changed.message().contains("different content"), "{}", changed.message());
+    // A new case with a deadline in the past is still refused.
+    let past = server.intake().accept_case(deferral("LATE-2", "2026-09-30")).await.expect_err("in the past");
+    assert_eq!(past.code(), Code::InvalidArgument, "{past:?}");
+    server.stop().await
+}
+
 #[tokio::test]
 async fn illegal_steps_are_refused_naming_the_current_state() -> Result<()> {
     let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;

@@ -103,6 +103,28 @@ async fn tokens_are_checked_for_signature_time_issuer_audience_and_algorithm() -
     let es = |c: &Claims| mint_with_pem(Algorithm::ES256, &keys.ec_private, Some("ec-1"), c).expect("mint");
     let admin = claims(&["engine_admin"]);
 
+    // `aud` may be an array (RFC 7519 §4.1.3) naming this engine among others.
+    let array_aud = {
+        let mut c = serde_json::to_value(&admin)?;
+        c["aud"] = serde_json::json!(["another-system", verify::AUDIENCE]);
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&keys.rsa_private)?;
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        jsonwebtoken::encode(&header, &c, &key)?
+    };
+    let s = status_of(&server, &array_aud).await;
+    ensure!(s.code() == Code::Ok, "an audience array naming this engine refused: {s:?}");
+    let other_only = {
+        let mut c = serde_json::to_value(&admin)?;
+        c["aud"] = serde_json::json!(["another-system", "a-third"]);
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&keys.rsa_private)?;
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        jsonwebtoken::encode(&header, &c, &key)?
+    };
+    let s = status_of(&server, &other_only).await;
+    ensure!(s.message().contains("audience is not this engine"), "an array without this engine: {s:?}");
+
     // Both kinds of configured key verify, with and without a kid.
     for token in [rs(&admin), es(&admin), mint_with_pem(Algorithm::ES256, &keys.ec_private, None, &admin).expect("m")] {
         let s = status_of(&server, &token).await;
@@ -147,6 +169,8 @@ async fn tokens_are_checked_for_signature_time_issuer_audience_and_algorithm() -
         ("tampered payload", tampered, "signature does not verify"),
         ("HS256 outside dev mode", hs_confused, "HS256 outside dev mode"),
         ("garbage", "not-a-jwt".into(), "not a JWT"),
+        // Two parts whose header names HS256: not a JWT, whatever the header says.
+        ("two parts", format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), parts[1]), "not a JWT"),
         ("empty subject", rs(&Claims { sub: String::new(), ..admin.clone() }), "sub"),
     ];
     for (name, token, says) in cases {
@@ -715,5 +739,267 @@ async fn an_address_that_keeps_failing_is_refused_before_its_tokens_are_checked(
     ensure!(codes.last() == Some(&Code::ResourceExhausted), "{codes:?}");
     let s = status_of(&server, &forged).await;
     ensure!(s.message().contains("too many failed authentications"), "{s:?}");
+    server.stop().await
+}
+
+/// The visibility parties: the matrix's eight, with the department and office the example
+/// catalog names (so that catalogued cases and spot checks are theirs).
+fn visibility_parties() -> Vec<(&'static str, Who)> {
+    vec![
+        ("engine_admin", Who::new("root", "engine_admin", "", "", "")),
+        ("region_admin", Who::new("city-admin", "region_admin", "320700", "", "")),
+        ("auditor", Who::new("audit-1", "auditor", "320700", "", "")),
+        ("department_admin", Who::new("dept-admin", "department_admin", "320700", "SJJ-320700", "")),
+        ("office_admin", Who::new("office-admin", "office_admin", "320700", "SJJ-320700", "SJJ-FOOD")),
+        ("platform", Who::new("zwfw-320700", "platform", "320700", "", "")),
+        ("supervisor", Who::new("sup-sjj", "supervisor", "320700", "SJJ-320700", "")),
+        ("no_role", Who::new("stranger", "librarian", "320700", "", "")),
+    ]
+}
+
+/// Which parties see which row through which read call, written out by hand (not derived from
+/// the code under test), parties in the order of [`visibility_parties`]: `Y` sees it, `n` does
+/// not (filtered out, NOT_FOUND or PERMISSION_DENIED for the scope), `-` the call itself is
+/// denied (the right is missing).
+///
+/// Rows: `own` a case the department approves (its task is another department's); `task` a
+/// case another department approves with a task of the department's office; `other` a case
+/// another department approves and supervises; `T` a case numbered `TZ-2026-0001` with a task
+/// of the office (a case number beginning with T is still a case); `spot` a spot-check task of
+/// the office (and its plan).
+const VISIBILITY: [(&str, &str, &str); 28] = [
+    ("GetCase", "own", "YYYYnY--"),
+    ("GetCase", "task", "YYYYYY--"),
+    ("GetCase", "other", "YYYnnY--"),
+    ("GetCase", "T", "YYYYYY--"),
+    ("GetTimeline", "own", "YYYYnY--"),
+    ("GetTimeline", "task", "YYYYYY--"),
+    ("GetTimeline", "other", "YYYnnY--"),
+    ("GetTimeline", "T", "YYYYYY--"),
+    ("QueryCases", "own", "YYYYnY--"),
+    ("QueryCases", "task", "YYYYYY--"),
+    ("QueryCases", "other", "YYYnnY--"),
+    ("QueryCases", "T", "YYYYYY--"),
+    ("ListTasks", "own", "YYYnn-n-"),
+    ("ListTasks", "task", "YYYYY-Y-"),
+    ("ListTasks", "other", "YYYnn-n-"),
+    ("ListTasks", "T", "YYYYY-Y-"),
+    ("GetStatistics", "own", "YYYYn---"),
+    ("GetStatistics", "task", "YYYYY---"),
+    ("GetStatistics", "other", "YYYnn---"),
+    ("GetEnterpriseProfile", "own", "YYYYn---"),
+    ("GetEnterpriseProfile", "task", "YYYYY---"),
+    ("GetEnterpriseProfile", "other", "YYYnn---"),
+    ("GetEnterpriseProfile", "spot", "YYYYY---"),
+    ("Subscribe", "own", "Y----YY-"),
+    ("Subscribe", "task", "Y----YY-"),
+    ("Subscribe", "other", "Y----Yn-"),
+    ("Subscribe", "T", "Y----YY-"),
+    ("ListSpotCheckRuns", "spot", "YYYYY-Y-"),
+];
+
+/// The rows of [`VISIBILITY`]: a case id, the id of its task (or of the spot-check task), the
+/// applicant's credit code.
+struct Rows {
+    ids: std::collections::HashMap<&'static str, (String, String, String)>,
+    plan: String,
+    /// The last case licensed: its approval record ends what a stream is read for.
+    sentinel: String,
+}
+
+/// Licenses a trusted (uncatalogued) case: approved by `department`, supervised by
+/// `supervisor`.
+async fn trusted(server: &TestServer, no: &str, department: &str, supervisor: (&str, &str), code: &str) -> Result<()> {
+    let mut intake = IntakeServiceClient::new(server.as_who(&Who::new("root", "engine_admin", "", "", "")));
+    let mut r = accept(no, Route::Normal, Scenario::Unspecified);
+    r.approval_department = department.into();
+    r.applicant.as_mut().context("applicant")?.id = Some(pb::applicant::Id::CreditCode(code.into()));
+    r.supervisors[0].department = supervisor.0.into();
+    r.supervisors[0].office = supervisor.1.into();
+    intake.accept_case(r).await?;
+    let licence = pb::CompleteApprovalRequest {
+        case_id: format!("320700/{no}"),
+        license_no: format!("JY-{no}"),
+        approval_opinion: "准予許可".into(),
+        ..Default::default()
+    };
+    intake.complete_approval(licence).await?;
+    Ok(())
+}
+
+async fn visibility_rows(server: &TestServer) -> Result<Rows> {
+    use integration_tests::fixtures::{catalogued, example_catalog, uscc};
+    let root = server.as_who(&Who::new("root", "engine_admin", "", "", ""));
+    let mut ids = std::collections::HashMap::new();
+    // Before any catalog is imported, AcceptCase trusts the departments a request names.
+    for (row, no, department, supervisor, first) in [
+        ("own", "V-OWN", "SJJ-320700", ("WJW-320700", "WJW-PH"), "91320700MA5000001"),
+        ("task", "V-TASK", "SPJ-320700", ("SJJ-320700", "SJJ-FOOD"), "91320700MA5000002"),
+        ("other", "V-OTHER", "SPJ-320700", ("WJW-320700", "WJW-PH"), "91320700MA5000003"),
+        ("T", "TZ-2026-0001", "SPJ-320700", ("SJJ-320700", "SJJ-FOOD"), "91320700MA5000004"),
+    ] {
+        let code = uscc(first);
+        trusted(server, no, department, supervisor, &code).await?;
+        ids.insert(row, (format!("320700/{no}"), format!("320700/{no}/T1"), code));
+    }
+    // A spot check of the office draws the one enterprise licensed on its item.
+    AdminServiceClient::new(root.clone()).import_catalogs(example_catalog()).await?;
+    let spot_code = uscc("91320700MA5000005");
+    let mut intake = IntakeServiceClient::new(root.clone());
+    intake.accept_case(catalogued("V-SPOT", "FOOD-PROD-NEW", &spot_code, "A")).await?;
+    let licence = |no: &str| pb::CompleteApprovalRequest {
+        case_id: format!("320700/{no}"),
+        license_no: format!("JY-{no}"),
+        approval_opinion: "准予許可".into(),
+        ..Default::default()
+    };
+    intake.complete_approval(licence("V-SPOT")).await?;
+    let plan = AdminServiceClient::new(root.clone())
+        .create_spot_check_plan(pb::CreateSpotCheckPlanRequest {
+            code: "VIS".into(),
+            region_code: "320700".into(),
+            name: "食品生產企業抽查".into(),
+            office: "SJJ-FOOD".into(),
+            supervision_item: "SJ-FOOD-PROD".into(),
+            schedule: "0 9 * * MON".into(),
+            working_days_only: true,
+            ratios: "A=1".into(),
+            inspectors_per_target: 2,
+        })
+        .await?
+        .into_inner();
+    AdminServiceClient::new(root.clone())
+        .advance_clock(pb::AdvanceClockRequest { by_millis: 0, to: "2026-10-12T10:00:00+08:00".into() })
+        .await?;
+    let runs = AdminServiceClient::new(root.clone())
+        .list_spot_check_runs(pb::ListSpotCheckRunsRequest { plan_id: plan.plan_id.clone(), include_records: false })
+        .await?
+        .into_inner();
+    let target = runs.runs.first().and_then(|r| r.targets.first()).context("a target drawn")?;
+    ensure!(target.credit_code == spot_code, "{target:?}");
+    SupervisionServiceClient::new(root.clone())
+        .report_spot_check_result(pb::ReportSpotCheckResultRequest {
+            task_id: target.task_id.clone(),
+            outcome: "compliant".into(),
+            findings: String::new(),
+        })
+        .await?;
+    ids.insert("spot", ("".into(), target.task_id.clone(), spot_code));
+    intake.accept_case(catalogued("V-END", "FOOD-PROD-NEW", &uscc("91320700MA5000006"), "A")).await?;
+    intake.complete_approval(licence("V-END")).await?;
+    Ok(Rows { ids, plan: plan.plan_id, sentinel: "320700/V-END".into() })
+}
+
+/// What `rpc` as `ch` shows of `row`: `Y`, `n` or `-` as in [`VISIBILITY`].
+async fn observe(rpc: &str, row: &str, rows: &Rows, ch: Authed) -> Result<char> {
+    let (case, task, code) = rows.ids.get(row).cloned().context("row")?;
+    let refused = |s: tonic::Status| -> Result<char> {
+        match s.code() {
+            Code::PermissionDenied if s.message().contains("right") => Ok('-'),
+            Code::PermissionDenied | Code::NotFound => Ok('n'),
+            _ => Err(anyhow::anyhow!("{rpc} of {row}: {s:?}")),
+        }
+    };
+    let yes = |b: bool| if b { 'Y' } else { 'n' };
+    let mut admin = AdminServiceClient::new(ch.clone());
+    Ok(match rpc {
+        "GetCase" => match IntakeServiceClient::new(ch).get_case(pb::GetCaseRequest { case_id: case.clone() }).await {
+            Ok(r) => yes(r.into_inner().case.is_some_and(|c| c.case_id == case)),
+            Err(s) => refused(s)?,
+        },
+        "GetTimeline" => match admin.get_timeline(pb::GetTimelineRequest { case_id: case.clone() }).await {
+            Ok(r) => yes(!r.into_inner().entries.is_empty()),
+            Err(s) => refused(s)?,
+        },
+        "QueryCases" => match admin.query_cases(pb::QueryCasesRequest::default()).await {
+            Ok(r) => yes(r.into_inner().cases.iter().any(|c| c.case_id == case)),
+            Err(s) => refused(s)?,
+        },
+        "ListTasks" => match SupervisionServiceClient::new(ch).list_tasks(pb::ListTasksRequest::default()).await {
+            Ok(r) => yes(r.into_inner().tasks.iter().any(|t| t.task_id == task)),
+            Err(s) => refused(s)?,
+        },
+        "GetStatistics" => {
+            let request = pb::GetStatisticsRequest { from: "2026-01-01".into(), ..Default::default() };
+            match admin.get_statistics(request).await {
+                Ok(r) => {
+                    let s = r.into_inner();
+                    let mut ids = s.approval.iter().flat_map(|a| a.cases.iter().flat_map(|f| f.ids.iter()));
+                    let mut tasks = s.supervision.iter().flat_map(|a| a.tasks.iter().flat_map(|f| f.ids.iter()));
+                    yes(ids.any(|i| *i == case) || tasks.any(|i| *i == task))
+                }
+                Err(s) => refused(s)?,
+            }
+        }
+        "GetEnterpriseProfile" => {
+            let request = pb::GetEnterpriseProfileRequest { credit_code: code };
+            match admin.get_enterprise_profile(request).await {
+                Ok(r) => {
+                    let p = r.into_inner();
+                    yes(p.cases.iter().any(|c| c.instance_id == case) || p.tasks.iter().any(|t| t.instance_id == task))
+                }
+                Err(s) => refused(s)?,
+            }
+        }
+        "ListSpotCheckRuns" => {
+            let request = pb::ListSpotCheckRunsRequest { plan_id: rows.plan.clone(), include_records: false };
+            match admin.list_spot_check_runs(request).await {
+                Ok(r) => yes(r.into_inner().runs.iter().flat_map(|r| r.targets.iter()).any(|t| t.task_id == task)),
+                Err(s) => refused(s)?,
+            }
+        }
+        "Subscribe" => {
+            let mut events = shenguan::proto::events_service_client::EventsServiceClient::new(ch);
+            let consumer = format!("vis-{}", rand_suffix());
+            let request = pb::SubscribeRequest { consumer, max_in_flight: 1000, ..Default::default() };
+            let mut stream = match events.subscribe(request).await {
+                Ok(s) => s.into_inner(),
+                Err(s) => return refused(s),
+            };
+            // The stream walks the outbox in order: once the sentinel's record arrives, every
+            // message before it was either sent or withheld.
+            let mut seen = false;
+            loop {
+                let event = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                    .await
+                    .context("the sentinel never arrived")??
+                    .context("the stream ended")?;
+                seen |= event.instance_id == case && event.channel == "supervision";
+                if event.instance_id == rows.sentinel && event.channel == "supervision" {
+                    break;
+                }
+            }
+            yes(seen)
+        }
+        other => anyhow::bail!("no read call {other}"),
+    })
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One rule for who sees what, over every read call: each of the eight parties against a case
+/// its department approves, a case with its task, another department's case, a case numbered
+/// `T…` and a spot-check task.
+#[tokio::test]
+async fn every_read_call_shows_each_party_what_the_visibility_matrix_says() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server =
+        TestServer::start_secured("2026-10-09T10:00:00+08:00", &dir.path().join("v.db"), |_| {}, |_| {}).await?;
+    let rows = visibility_rows(&server).await?;
+    let parties = visibility_parties();
+    let mut wrong = Vec::new();
+    for (rpc, row, expect) in VISIBILITY {
+        for ((party, who), want) in parties.iter().zip(expect.chars()) {
+            let got = observe(rpc, row, &rows, server.as_who(who)).await?;
+            if got != want {
+                wrong.push(format!("{rpc} of {row} as {party}: expected {want}, got {got}"));
+            }
+        }
+    }
+    ensure!(wrong.is_empty(), "{} cells differ:\n{}", wrong.len(), wrong.join("\n"));
     server.stop().await
 }

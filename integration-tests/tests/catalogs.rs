@@ -229,6 +229,30 @@ async fn supervisors_against_the_linkage_need_the_override_right_which_is_record
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let admin_who = Who::new("city-admin", "region_admin", "320700", "", "");
     AdminServiceClient::new(server.as_who(&admin_who)).import_catalogs(example_catalog()).await?;
+    // Nor with a complete set that names only the county's own region: every region of the
+    // catalogs in force must be the importer's too.
+    let mut county_only = example_catalog();
+    for f in &mut county_only.files {
+        let text = String::from_utf8(std::mem::take(&mut f.content))?;
+        f.content = if f.name.starts_with("regions") {
+            "code,name,parent,admin_name,admin_mobile\n320706,海州區,,李華,13900000002\n".into()
+        } else {
+            text.replace("320700", "320706").into_bytes()
+        };
+    }
+    let dry = shenguan::proto::ImportCatalogsRequest { dry_run: true, ..county_only.clone() };
+    AdminServiceClient::new(server.as_who(&admin_who)).import_catalogs(dry).await?;
+    let err = AdminServiceClient::new(server.as_who(&county))
+        .import_catalogs(county_only)
+        .await
+        .expect_err("the catalogs in force hold the city");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("region 320700"), "{}", err.message());
+    let history = AdminServiceClient::new(server.as_who(&admin_who))
+        .catalog_history(shenguan::proto::CatalogHistoryRequest { kind: "regions".into() })
+        .await?
+        .into_inner();
+    assert_eq!(history.versions.len(), 1, "nothing was imported: {history:?}");
     let code = uscc("91320700MA1000002");
     let mut other = catalogued("O-1", "FOOD-PROD-NEW", &code, "A");
     other.supervisors = vec![Supervisor {

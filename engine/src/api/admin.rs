@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
 use super::{authorize, check, date, page, view, Shared};
-use crate::auth::Right;
+use crate::auth::{Right, Seen};
 use crate::clock::{self, Millis};
 use crate::domain;
 use crate::proto::admin_service_server::AdminService;
@@ -114,11 +114,7 @@ impl AdminService for Admin {
         let mut filter =
             Filter { workflow: domain::CASE_WORKFLOW.into(), after, limit: Some(size), ..Filter::default() };
         // Filtered to the caller's scope, never refused.
-        filter.region_prefix = who.scope().id_prefix();
-        if let Some(d) = &who.scope().department {
-            filter.seen_by = Some((d.clone(), who.scope().office.clone()));
-            filter.task_workflow = domain::TASK_WORKFLOW.to_owned();
-        }
+        who.scope().limit_cases(&mut filter);
         let region = if r.region_code.is_empty() { "national".to_owned() } else { r.region_code.clone() };
         if !r.region_code.is_empty() {
             check("region_code", domain::check_region(&r.region_code))?;
@@ -216,7 +212,7 @@ impl AdminService for Admin {
                 continue;
             }
             // Only the caller's scope is counted (figures are filtered, never refused).
-            if !scope.has_task(&view::var(t, "region"), &department, &office) {
+            if !scope.sees(&Seen::of(t, &[])) {
                 continue;
             }
             by_office.entry((view::var(t, "region"), department, office)).or_default().push(t);
@@ -250,8 +246,7 @@ impl AdminService for Admin {
                 continue;
             }
             // Approval figures have no office: an office's scope counts none of them.
-            let seen = scope.office.is_none() && scope.department.as_ref().is_none_or(|d| *d == department);
-            if !seen {
+            if !scope.sees(&Seen::approval(view::var(c, "region"), department.clone())) {
                 continue;
             }
             by_department.entry((view::var(c, "region"), department)).or_default().push(c);
@@ -320,14 +315,26 @@ impl AdminService for Admin {
         &self,
         request: Request<crate::proto::ListDeadLettersRequest>,
     ) -> Result<Response<crate::proto::ListDeadLettersReply>, Status> {
-        authorize(&self.shared, &request, Right::DeadLetters)?;
+        let who = authorize(&self.shared, &request, Right::DeadLetters)?;
         let r = request.into_inner();
         let limit = match r.limit {
             0 => 100,
             n if n > 1_000 => return Err(invalid("limit", "at most 1000")),
             n => n,
         };
-        let rows = self.shared.reader.dead_letters(r.after_id, limit).await.map_err(|e| status::read_error(&e))?;
+        let mut rows = self.shared.reader.dead_letters(r.after_id, limit).await.map_err(|e| status::read_error(&e))?;
+        if !who.scope().is_everywhere() {
+            let mut kept = Vec::with_capacity(rows.len());
+            for m in rows {
+                let seen = crate::auth::visibility::load(self.shared.reader.as_ref(), &m.instance)
+                    .await
+                    .map_err(|e| status::read_error(&e))?;
+                if seen.is_some_and(|(_, seen)| who.scope().sees(&seen)) {
+                    kept.push(m);
+                }
+            }
+            rows = kept;
+        }
         let dead_letters = rows
             .iter()
             .map(|m| crate::proto::DeadLetter {

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
 use super::{authorize, view, Shared};
-use crate::auth::Right;
+use crate::auth::{Right, Seen};
 use crate::catalog::{Kind, Version};
 use crate::domain::{self, spotcheck, CASE_WORKFLOW};
 use crate::machine::CommandKind;
@@ -91,6 +91,13 @@ pub(super) async fn import_catalogs(
             .map_err(|e| invalid(&format!("{field}.content"), format!("is not UTF-8 text: {e}")))?;
         let kind = if f.kind.is_empty() { None } else { Some(kind(&format!("{field}.kind"), &f.kind)?) };
         files.push(crate::catalog::ImportFile { name: f.name, kind, content });
+    }
+    // Whoever replaces catalogs must hold every region they hold now (the writer checks the
+    // stored ones and the import's own again, in case another node imported meanwhile).
+    if let Some(prefix) = who.scope().id_prefix() {
+        if let Some(code) = shared.context().catalogs.current().region_outside(&prefix) {
+            return Err(who.outside(shared, || format!("the catalogs of region {code}")));
+        }
     }
     let import = CatalogImport {
         files,
@@ -328,10 +335,13 @@ pub(super) async fn enterprise_profile(
         let Some(row) = shared.reader.instance(&s.row.instance).await.map_err(|e| status::read_error(&e))? else {
             continue;
         };
-        // Only what the caller's region scope covers: case and task ids start with the region,
-        // spot-check ids with "SC/<region>".
-        let region = view::var(&row, "region");
-        if !who.scope().has_region(&region) {
+        // Only what the caller sees, by the rule every read path uses.
+        let tasks = if row.workflow == CASE_WORKFLOW {
+            super::intake::tasks_of(shared.reader.as_ref(), &row.id).await?
+        } else {
+            Vec::new()
+        };
+        if !who.scope().sees(&Seen::of(&row, &tasks)) {
             continue;
         }
         if row.workflow == CASE_WORKFLOW {
@@ -419,13 +429,15 @@ async fn plan_row(shared: &Shared, who: &super::Authorized, id: &str) -> Result<
         return Err(invalid("plan_id", format!("{id:?} is not a plan id such as \"SC/320700/FOOD-2027\"")));
     }
     who.require_region(shared, region, "spot-check plan", id)?;
-    shared
+    let row = shared
         .reader
         .instance(id)
         .await
         .map_err(|e| status::read_error(&e))?
         .filter(|r| r.workflow == spotcheck::PLAN_WORKFLOW)
-        .ok_or_else(|| status::not_found("spot-check plan", id))
+        .ok_or_else(|| status::not_found("spot-check plan", id))?;
+    who.require(shared, who.scope().sees(&Seen::of(&row, &[])), || format!("spot-check plan {id}"))?;
+    Ok(row)
 }
 
 /// CreateSpotCheckPlan.
@@ -471,7 +483,9 @@ pub(super) async fn list_plans(
     if !region.is_empty() {
         domain::check_region(&region).map_err(|e| invalid("region_code", e))?;
     }
-    let filter = crate::store::Filter { workflow: spotcheck::PLAN_WORKFLOW.into(), ..crate::store::Filter::default() };
+    let mut filter =
+        crate::store::Filter { workflow: spotcheck::PLAN_WORKFLOW.into(), ..crate::store::Filter::default() };
+    who.scope().limit_tasks(&mut filter);
     let rows = shared.reader.list(&filter).await.map_err(|e| status::read_error(&e))?;
     // None when no region was asked: every plan the scope covers.
     let asked = crate::auth::region_prefix(&region);
@@ -479,7 +493,7 @@ pub(super) async fn list_plans(
         .iter()
         .filter(|r| {
             let code = view::var(r, "region");
-            who.scope().has_region(&code) && asked.as_ref().is_none_or(|p| code.starts_with(p.as_str()))
+            who.scope().sees(&Seen::of(r, &[])) && asked.as_ref().is_none_or(|p| code.starts_with(p.as_str()))
         })
         .map(plan_view)
         .collect();
@@ -579,9 +593,7 @@ pub(super) async fn report_spot_check_result(
     let row = found
         .filter(|t| t.workflow == spotcheck::TASK_WORKFLOW)
         .ok_or_else(|| status::not_found("spot-check task", &r.task_id))?;
-    let inside =
-        who.scope().has_task(&view::var(&row, "region"), &view::var(&row, "department"), &view::var(&row, "office"));
-    who.require(shared, inside, || format!("spot-check task {}", row.id))?;
+    who.require(shared, who.scope().sees(&Seen::of(&row, &[])), || format!("spot-check task {}", row.id))?;
     if !matches!(r.outcome.as_str(), "compliant" | "non_compliant") {
         return Err(invalid("outcome", format!("{:?}: compliant or non_compliant", r.outcome)));
     }

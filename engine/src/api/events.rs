@@ -172,9 +172,6 @@ impl EventsService for Events {
             auth.require_region(&self.shared, code, "region", code)?;
             prefixes.push(prefix);
         }
-        if prefixes.is_empty() {
-            prefixes.extend(auth.scope().id_prefix());
-        }
         let in_flight = match req.max_in_flight {
             0 => DEFAULT_IN_FLIGHT,
             n if n > MAX_IN_FLIGHT => return Err(status::invalid("max_in_flight", format!("at most {MAX_IN_FLIGHT}"))),
@@ -189,9 +186,8 @@ impl EventsService for Events {
         };
         let (acks, stop) = self.shared.live.take_over(&req.consumer, acked);
         let (tx, rx) = mpsc::channel(256);
-        let department_scoped = auth.scope().department.is_some();
         let walk = Walk {
-            scope: department_scoped.then(|| auth.scope().clone()),
+            scope: (!auth.scope().is_everywhere()).then(|| auth.scope().clone()),
             seen: HashMap::new(),
             shared: self.shared.clone(),
             consumer: req.consumer,
@@ -227,7 +223,7 @@ const SEEN: usize = 10_000;
 
 /// One live stream.
 struct Walk {
-    /// For a caller scoped below a region: the scope each message's instance must be in.
+    /// For a caller with any limit: the scope each message's instance must be in.
     scope: Option<crate::auth::Scope>,
     /// Instances whose visibility is known.
     seen: HashMap<String, bool>,
@@ -242,44 +238,31 @@ struct Walk {
 }
 
 impl Walk {
-    /// Whether the caller may see the messages of `instance`: always for a region-scoped
-    /// caller; for a department or office, its own tasks and the cases it approves or has
-    /// tasks in.
+    /// Whether the caller may see the messages of `instance`: the instance's visibility, by
+    /// the one rule ([`crate::auth::visibility`]); always for a region-scoped caller.
     async fn visible(&mut self, instance: &str) -> Result<bool, Status> {
-        let Some(scope) = &self.scope else { return Ok(true) };
+        if self.scope.is_none() && self.prefixes.is_empty() {
+            return Ok(true);
+        }
         if let Some(known) = self.seen.get(instance) {
             return Ok(*known);
         }
-        let reader = &self.shared.reader;
-        let read = |e: crate::store::Error| status::read_error(&e);
-        let region = instance.split('/').next().unwrap_or_default();
-        let is_task = instance.contains("/T");
-        let visible = if is_task {
-            match reader.instance(instance).await.map_err(read)? {
-                Some(row) if row.workflow == crate::domain::TASK_WORKFLOW => {
-                    scope.has_task(region, &super::view::var(&row, "department"), &super::view::var(&row, "office"))
-                }
-                _ => false,
+        let loaded = crate::auth::visibility::load(self.shared.reader.as_ref(), instance)
+            .await
+            .map_err(|e| status::read_error(&e))?;
+        let (visible, fixed) = match loaded {
+            Some((_, seen)) => {
+                let asked = self.prefixes.is_empty() || self.prefixes.iter().any(|p| seen.in_region(p));
+                let sees = self.scope.as_ref().is_none_or(|s| s.sees(&seen));
+                // Outside the regions asked or in scope, a case stays outside.
+                let outside =
+                    !asked || self.scope.as_ref().is_some_and(|s| s.id_prefix().is_some_and(|p| !seen.in_region(&p)));
+                (asked && sees, seen.is_final() || outside)
             }
-        } else {
-            match reader.instance(instance).await.map_err(read)? {
-                Some(row) if row.workflow == crate::domain::CASE_WORKFLOW => {
-                    let tasks = reader.with_prefix(&format!("{instance}/T")).await.map_err(read)?;
-                    let pairs: Vec<(String, String)> = tasks
-                        .iter()
-                        .map(|t| (super::view::var(t, "department"), super::view::var(t, "office")))
-                        .collect();
-                    scope.has_case(
-                        region,
-                        &super::view::var(&row, "approval_department"),
-                        pairs.iter().map(|(d, o)| (d.as_str(), o.as_str())),
-                    )
-                }
-                _ => false,
-            }
+            None => (false, false),
         };
-        // A task's department never changes; a case can gain tasks, so only its "yes" is final.
-        if is_task || visible {
+        // A case gains tasks (and viewers) over its life: only its "yes" is final.
+        if fixed || visible {
             if self.seen.len() >= SEEN {
                 self.seen.clear();
             }
@@ -328,9 +311,6 @@ impl Walk {
                 more = rows.len() == limit as usize;
                 for m in rows {
                     sent_upto = m.id;
-                    if !self.prefixes.is_empty() && !self.prefixes.iter().any(|p| m.instance.starts_with(p.as_str())) {
-                        continue;
-                    }
                     match self.visible(&m.instance).await {
                         Ok(true) => {}
                         Ok(false) => continue,

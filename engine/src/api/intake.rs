@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
 use super::{authorize, keyed, request_id, request_key, view, Authorized, Shared};
-use crate::auth::Right;
+use crate::auth::{Right, Seen};
 use crate::domain::fanout::Supervisor;
 use crate::domain::{self, case, CASE_WORKFLOW, TASK_WORKFLOW};
 use crate::machine::{Command, Idempotency};
@@ -46,12 +46,7 @@ pub(crate) fn require_case(
     case: &InstanceRow,
     tasks: &[InstanceRow],
 ) -> Result<(), Status> {
-    let region = view::var(case, "region");
-    let department = view::var(case, "approval_department");
-    let task_units: Vec<(String, String)> =
-        tasks.iter().map(|t| (view::var(t, "department"), view::var(t, "office"))).collect();
-    let inside = who.scope().has_case(&region, &department, task_units.iter().map(|(d, o)| (d.as_str(), o.as_str())));
-    who.require(shared, inside, || format!("case {}", case.id))
+    who.require(shared, who.scope().sees(&Seen::of(case, tasks)), || format!("case {}", case.id))
 }
 
 impl Intake {
@@ -190,8 +185,7 @@ pub(crate) async fn tasks_of(
     reader: &dyn crate::store::ReadStore,
     case_id: &str,
 ) -> Result<Vec<crate::store::InstanceRow>, Status> {
-    let rows = reader.with_prefix(&format!("{case_id}/T")).await.map_err(|e| status::read_error(&e))?;
-    Ok(rows.into_iter().filter(|r| r.workflow == TASK_WORKFLOW).collect())
+    crate::auth::visibility::tasks_of(reader, case_id).await.map_err(|e| status::read_error(&e))
 }
 
 #[tonic::async_trait]
@@ -206,6 +200,25 @@ impl IntakeService for Intake {
         // denial.
         if crate::auth::region_prefix(&r.region_code).is_some() {
             who.require_region(&self.shared, &r.region_code, "region", &r.region_code)?;
+        }
+        // A replay is answered before anything that depends on today or on the catalogs in
+        // force is checked: the same request keeps its first answer on any later day.
+        let fingerprint = prost::Message::encode_to_vec(&r);
+        if domain::check_region(&r.region_code).is_ok() && domain::check_case_no(&r.case_no).is_ok() {
+            let case_id = domain::case_id(&r.region_code, &r.case_no);
+            let idempotency = Idempotency::new("IntakeService.AcceptCase", &case_id, &fingerprint);
+            let stored = self.shared.reader.idempotency(&idempotency.key).await.map_err(|e| status::read_error(&e))?;
+            if let Some(stored) = stored.filter(|s| s.instance == case_id) {
+                tracing::Span::current().record("instance", case_id.as_str());
+                if stored.fingerprint != idempotency.fingerprint {
+                    return Err(status::write_error(
+                        "case",
+                        &case_id,
+                        &crate::writer::WriteError::KeyReused { key: idempotency.key },
+                    ));
+                }
+                return self.reply(&case_id, true).await;
+            }
         }
         let calendars = self.shared.calendars();
         let calendar = calendars.region(&r.region_code);
@@ -223,7 +236,7 @@ impl IntakeService for Intake {
         // The case number is the natural idempotency key: one case per number and region, for
         // every caller. The fingerprint is of the request as received, so a retry on a later
         // day (when "10 working days from today" would give another deadline) is the same.
-        let idempotency = Idempotency::new("IntakeService.AcceptCase", &case_id, &prost::Message::encode_to_vec(&r));
+        let idempotency = Idempotency::new("IntakeService.AcceptCase", &case_id, &fingerprint);
         let start = Command { request_id, idempotency: Some(idempotency), ..start };
         self.answer(&case_id, self.shared.engine.handle().submit_group(case::acceptance(start)).await, true).await
     }

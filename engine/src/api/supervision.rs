@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::{self, invalid};
 use super::{authorize, check, keyed, page, request_key, view, Authorized, Shared};
-use crate::auth::Right;
+use crate::auth::{Right, Seen};
 use crate::domain::{self, task};
 use crate::machine::Command;
 use crate::proto::supervision_service_server::SupervisionService;
@@ -45,12 +45,11 @@ impl Supervision {
     async fn scoped_task(&self, who: &Authorized, id: &str) -> Result<(String, String), Status> {
         let (task_id, region) = task_id_field(id)?;
         who.require_region(&self.shared, &region, "task", &task_id)?;
-        if who.scope().department.is_some() {
+        if !who.scope().is_everywhere() {
             let row = self.shared.reader.instance(&task_id).await.map_err(|e| status::read_error(&e))?;
             let row = row.filter(|r| r.workflow == domain::TASK_WORKFLOW);
             let Some(row) = row else { return Err(status::not_found("task", &task_id)) };
-            let inside = who.scope().has_task(&region, &view::var(&row, "department"), &view::var(&row, "office"));
-            who.require(&self.shared, inside, || format!("task {task_id}"))?;
+            who.require(&self.shared, who.scope().sees(&Seen::of(&row, &[])), || format!("task {task_id}"))?;
         }
         Ok((task_id, region))
     }
@@ -92,14 +91,7 @@ impl SupervisionService for Supervision {
         let mut filter =
             Filter { workflow: domain::TASK_WORKFLOW.into(), after, limit: Some(size), ..Filter::default() };
         // Filtered to the caller's scope, never refused: a request outside it lists nothing.
-        let scope = who.scope();
-        filter.region_prefix = scope.id_prefix();
-        if let Some(d) = &scope.department {
-            filter.vars.push(("department".into(), d.clone()));
-        }
-        if let Some(o) = &scope.office {
-            filter.vars.push(("office".into(), o.clone()));
-        }
+        who.scope().limit_tasks(&mut filter);
         if !r.region_code.is_empty() {
             check("region_code", domain::check_region(&r.region_code))?;
             filter.vars.push(("region".into(), r.region_code.clone()));

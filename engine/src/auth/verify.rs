@@ -99,7 +99,9 @@ pub struct Claims {
     pub on_behalf: bool,
     /// Issuer.
     pub iss: String,
-    /// Audience.
+    /// Audience: one, or (RFC 7519 §4.1.3) several, of which this engine's must be one —
+    /// `jsonwebtoken` checks that; several are kept space-separated.
+    #[serde(deserialize_with = "one_or_many")]
     pub aud: String,
     /// Expiry (Unix seconds).
     pub exp: u64,
@@ -263,6 +265,11 @@ impl Verifier {
     fn verify_uncached(&self, token: &str) -> Result<(Principal, u64, u64), TokenError> {
         // `decode_header` refuses `alg: none` and unknown algorithms: there is no such variant.
         // A readable header naming one says which; anything else is not a JWT.
+        // A JWS has three parts; `decode_header` reads only the first, so "header.payload"
+        // would otherwise be judged by the algorithm its header names.
+        if token.split('.').count() != 3 {
+            return Err(TokenError::Malformed);
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| header_alg(token).map_or(TokenError::Malformed, TokenError::Algorithm))?;
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -318,6 +325,20 @@ impl Verifier {
         }
         Err(last)
     }
+}
+
+/// `aud` as a string or an array of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Aud {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Aud::deserialize(d)? {
+        Aud::One(a) => a,
+        Aud::Many(all) => all.join(" "),
+    })
 }
 
 /// The `alg` a token's header names, if the header is base64url JSON with one.

@@ -349,6 +349,13 @@ impl Catalogs {
         self.rows(Kind::Inspectors).iter().filter(|r| r.get("office").map(String::as_str) == Some(office)).collect()
     }
 
+    /// The first region these catalogs hold that is not under `prefix` (a region scope): who
+    /// imports catalogs must hold every region they hold, so that a county's administrator
+    /// cannot replace a city's catalogs — whatever the import itself names.
+    pub fn region_outside(&self, prefix: &str) -> Option<&str> {
+        region_outside(self.rows(Kind::Regions), prefix)
+    }
+
     /// The region whose administrator hears about a problem in `region`: the region itself if
     /// catalogued, else the nearest catalogued parent by code (county → city → province).
     pub fn region_admin(&self, region: &str) -> Option<&Row> {
@@ -369,6 +376,11 @@ impl Catalogs {
     pub fn all(&self) -> impl Iterator<Item = &Arc<Version>> {
         self.versions.values()
     }
+}
+
+/// The first region code among `rows` (of [`Kind::Regions`]) that is not under `prefix`.
+pub fn region_outside<'a>(rows: impl IntoIterator<Item = &'a Row>, prefix: &str) -> Option<&'a str> {
+    rows.into_iter().filter_map(|r| r.get("code")).map(String::as_str).find(|c| !c.starts_with(prefix))
 }
 
 /// The example catalog of `ops/examples/catalog`, embedded: what the demo imports and what the

@@ -108,7 +108,7 @@ impl From<sqlx::Error> for Error {
 }
 
 /// An instance row as stored; variables stay JSON until a definition types them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct InstanceRow {
     /// Id.
     pub id: String,
@@ -563,6 +563,8 @@ pub trait ReadStore: Send + Sync {
     async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<StoredMessage>, Error>;
     /// One message by its key.
     async fn message(&self, key: &str) -> Result<Option<StoredMessage>, Error>;
+    /// A stored idempotency key (expired or not: the writer decides what expiry means).
+    async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRow>, Error>;
     /// A stream consumer.
     async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error>;
     /// The messages an instance's transitions wrote, in history order.

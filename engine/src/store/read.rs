@@ -162,6 +162,19 @@ impl ReadStore for Reader {
         row.as_ref().map(crate::store::row::message).transpose()
     }
 
+    async fn idempotency(&self, key: &str) -> Result<Option<crate::store::IdempotencyRow>, Error> {
+        let row: Option<(String, i64, String, i64)> =
+            sqlx::query_as("SELECT instance_id, seq, fingerprint, created_at FROM idempotency WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(instance, seq, fingerprint, created_at)| {
+            let seq = u64::try_from(seq).map_err(|e| crate::store::row::corrupt("idempotency.seq", e))?;
+            Ok(crate::store::IdempotencyRow { instance, seq, fingerprint, created_at })
+        })
+        .transpose()
+    }
+
     async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error> {
         let row = sqlx::query("SELECT owner, acked FROM consumers WHERE name = ?")
             .bind(name)

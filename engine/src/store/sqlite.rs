@@ -106,8 +106,22 @@ fn describe(e: &sqlx::Error) -> String {
     }
 }
 
+/// Creates `path` empty with mode 0600 unless it exists (an existing file keeps its mode: the
+/// operator may have chosen it).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) and migrates the database at `path`.
+    /// Opens (creating if needed, mode 0600) and migrates the database at `path`.
     pub async fn open(path: &Path, options: &Options) -> Result<Self, Error> {
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !dir.is_dir() {
@@ -116,6 +130,9 @@ impl SqliteStore {
         if path.is_dir() {
             return Err(open_error(path, "is a directory"));
         }
+        // The database holds applicants' names, numbers and mobiles: only its owner may read
+        // it. SQLite gives its -wal and -shm files the main file's mode.
+        create_private(path).map_err(|e| open_error(path, e.to_string()))?;
         let opts = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| open_error(path, e.to_string()))?
             .filename(path)

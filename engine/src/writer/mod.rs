@@ -564,11 +564,15 @@ impl<S: Store> Writer<S> {
         let imported =
             crate::catalog::import(&current, &import.files, &import.actor, &import.comment, self.clock.now())
                 .map_err(ImportError::Invalid)?;
+        // The API checked the catalogs in force as this node saw them; the stored ones are the
+        // truth, and the import's own regions count too.
         if let Some(prefix) = &import.region_scope {
             let kind = crate::catalog::Kind::Regions;
-            let regions = imported.versions.iter().find(|v| v.kind == kind).map_or(current.rows(kind), |v| &v.rows);
-            if let Some(code) = regions.iter().filter_map(|r| r.get("code")).find(|c| !c.starts_with(prefix.as_str())) {
-                return Err(ImportError::OutsideScope(code.clone()));
+            let imported_regions = imported.versions.iter().filter(|v| v.kind == kind).flat_map(|v| v.rows.iter());
+            let outside =
+                current.region_outside(prefix).or_else(|| crate::catalog::region_outside(imported_regions, prefix));
+            if let Some(code) = outside {
+                return Err(ImportError::OutsideScope(code.to_owned()));
             }
         }
         if import.dry_run || imported.versions.is_empty() {

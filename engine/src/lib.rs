@@ -17,19 +17,24 @@
 //! - [`timer`]: the timing wheel, the horizon contract and its paging, the timer service.
 //! - [`engine`]: store + writer + timers, started as one; [`engine::Context`], the handles
 //!   every part shares.
+//! - [`outbound`]: delivery of the outbox — routing by channel, webhooks, the SMS gateway, the
+//!   credit platform, retries and dead letters.
 //! - [`admin`]: offline operations on a database (`admin verify`), through the read side.
 //! - [`server`]: the gRPC server: the services, health and reflection.
 //! - [`api`]: the gRPC services (intake, supervision, admin, engine): proto ↔ domain, errors →
 //!   status.
 //! - [`domain`]: what approval and supervision mean: cases, supervision tasks, the case ↔ task
 //!   fan-out the writer derives, credit grades, identifiers and text checks.
-//! - [`auth`]: identity (bearer JWTs, client certificates), roles, rights and scopes, the
-//!   attribution history records.
+//! - [`auth`]: identity (bearer JWTs, client certificates), roles, rights and scopes, the one
+//!   visibility rule every read path asks ([`auth::visibility`]), the attribution history
+//!   records.
 //! - [`telemetry`]: Prometheus metrics.
 //! - [`proto`]: generated gRPC types; [`codec`]: their codec (bad bodies are INVALID_ARGUMENT).
 //!
 //! The command line (`shenguan serve`, the client commands, the demo) is the `shenguan-cli`
 //! crate in `cli/`; this library has no UI.
+//!
+//! The rules the code cites as `§N` are in `docs/DOMAIN.md`.
 //!
 //! Where to start reading: `docs/ARCHITECTURE.md`, then [`writer`] and [`machine`].
 

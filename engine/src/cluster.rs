@@ -67,6 +67,9 @@ pub struct Ownership {
     node: String,
     shards: u32,
     held: Mutex<BTreeMap<u32, u64>>,
+    /// Shards whose lease moved on without this node handing them back, not yet told about:
+    /// the node may have armed timers in them while it still thought it held them.
+    taken: Mutex<Vec<u32>>,
     changed: watch::Sender<u64>,
 }
 
@@ -77,6 +80,7 @@ impl Ownership {
             node: node.into(),
             shards: shards.max(1),
             held: Mutex::new(BTreeMap::new()),
+            taken: Mutex::new(Vec::new()),
             changed: watch::Sender::new(0),
         })
     }
@@ -125,6 +129,20 @@ impl Ownership {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Forgets `shards`, whose leases were taken from this node (a batch met the fence, or a
+    /// renewal failed): the keeper tells their new holders at its next tick.
+    pub(crate) fn taken(&self, shards: &[u32]) {
+        self.lose(shards);
+        self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(shards);
+    }
+
+    fn take_taken(&self) -> Vec<u32> {
+        let mut all = std::mem::take(&mut *self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
     fn lose(&self, shards: &[u32]) {
         let mut held = self.lock();
         for s in shards {
@@ -168,6 +186,8 @@ pub struct Keeper {
     writer: Handle,
     settings: Settings,
     metrics: Arc<crate::telemetry::Metrics>,
+    /// Held shards whose timers could not be loaded yet.
+    unloaded: Mutex<Vec<u32>>,
 }
 
 /// The database's clock, in ms: leases are judged by one clock, whatever the nodes' say.
@@ -186,7 +206,7 @@ impl Keeper {
         settings: Settings,
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Self {
-        Keeper { pool, ownership, writer, settings, metrics }
+        Keeper { pool, ownership, writer, settings, metrics, unloaded: Mutex::new(Vec::new()) }
     }
 
     /// Ticks until `stop` turns true; a failed tick is logged and the next one tries again (the
@@ -255,8 +275,10 @@ impl Keeper {
         let lost: Vec<u32> = held.iter().map(|(s, _)| *s).filter(|s| !renewed.contains(&i64::from(*s))).collect();
         if !lost.is_empty() {
             tracing::warn!(%node, shards = ?lost, "shard leases were taken over (this node missed its renewals)");
-            self.drop_shards(&lost).await;
+            self.ownership.taken(&lost);
         }
+        self.tell_new_holders().await?;
+        self.retry_loads().await;
 
         let mut kept: Vec<u32> = held.iter().map(|(s, _)| *s).filter(|s| !lost.contains(s)).collect();
         if kept.len() > share {
@@ -296,12 +318,49 @@ impl Keeper {
                 self.ownership.gain(&taken);
                 let shards: Vec<u32> = taken.iter().map(|(s, _)| *s).collect();
                 tracing::info!(%node, shards = ?shards, share, live, "took shard leases");
-                if let Err(e) = self.writer.shards(shards, Vec::new()).await {
-                    tracing::warn!(%node, error = %e, "cannot load the timers of newly held shards yet");
-                }
+                self.load(shards).await;
             }
         }
         self.metrics.shards_held.set(self.ownership.held().len() as i64);
+        Ok(())
+    }
+
+    /// Loads `shards`' timers into the wheel; what fails is tried again at every tick until it
+    /// loads (or the shard is no longer held): a held shard whose timers are not in the wheel
+    /// would fire nothing.
+    async fn load(&self, shards: Vec<u32>) {
+        if let Err(e) = self.writer.shards(shards.clone(), Vec::new()).await {
+            tracing::warn!(node = %self.settings.node, error = %e, shards = ?shards, "cannot load the timers of held shards yet; will try again");
+            self.unloaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(shards);
+        }
+    }
+
+    async fn retry_loads(&self) {
+        let waiting = std::mem::take(&mut *self.unloaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let held: Vec<u32> = waiting.into_iter().filter(|s| self.ownership.holds(*s)).collect();
+        if !held.is_empty() {
+            self.load(held).await;
+        }
+    }
+
+    /// Tells the holders of shards taken from this node to load their timers again: a call on
+    /// this node may have armed one there while it still thought it held the shard, and put it
+    /// only in its own wheel. The writer is asked first, so that every batch decided before the
+    /// loss has committed when the holders read.
+    async fn tell_new_holders(&self) -> Result<(), Error> {
+        let taken = self.ownership.take_taken();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.writer.shards(Vec::new(), taken.clone()).await {
+            tracing::warn!(error = %e, "cannot drop the timers of lost shards from the wheel");
+        }
+        let notice = crate::store::postgres::Notice::Timers(taken.clone());
+        if let Err(e) = crate::store::postgres::notify_now(&self.pool, &notice).await {
+            // Told at the next tick instead.
+            self.ownership.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(taken);
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -260,6 +260,7 @@ impl Engine {
             timers.clone(),
             handle.clone(),
             wake,
+            context.metrics.clone(),
             timer::service::Settings { horizon: config.horizon, retry: config.retry },
         );
         let service_task = tokio::spawn(service.run());

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub fenced: IntCounter,
     /// Spot-check runs drawn by this node, and draws that failed (retried), by `result`.
     pub spot_check_draws: IntCounterVec,
+    /// Timer fires the machine refused for another reason than a stale timer (the timer was
+    /// re-armed or its instance moved on), by `reason`: each is also logged.
+    pub timer_fires_rejected: IntCounterVec,
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -194,6 +197,14 @@ impl Metrics {
             "Batches of timer fires (or single fires) refused because a shard's lease had moved on",
         )
         .unwrap_or_else(|_| unreachable_metric());
+        let timer_fires_rejected = IntCounterVec::new(
+            Opts::new(
+                "timer_fires_rejected_total",
+                "Timer fires refused for another reason than a stale timer (dropped, and logged)",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
         let m = Metrics {
             registry,
             commands,
@@ -223,6 +234,7 @@ impl Metrics {
             shards_held,
             conflicts,
             fenced,
+            timer_fires_rejected,
             spot_check_draws,
         };
         for c in [
@@ -254,6 +266,7 @@ impl Metrics {
             Box::new(m.conflicts.clone()),
             Box::new(m.fenced.clone()),
             Box::new(m.spot_check_draws.clone()),
+            Box::new(m.timer_fires_rejected.clone()),
         ] {
             // Names are distinct constants, so registration cannot collide.
             let _ = m.registry.register(c);

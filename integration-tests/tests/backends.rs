@@ -494,6 +494,40 @@ async fn a_node_whose_lease_was_taken_writes_nothing_and_the_new_holder_fires_on
     b.shutdown().await;
 }
 
+/// A batch of fires meets the fence because one of its shards was taken: the fires of the
+/// shards the node still holds are not lost with it — the node lets go of the lost shard at
+/// once and fires the rest again — and the lost shard's timer is left to its new holder.
+#[tokio::test]
+async fn a_fenced_batch_fires_again_what_the_node_still_holds() {
+    let Some(url) = integration_tests::pg::database().await else { return };
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    // A keeper that never ticks again after start: only the fence can tell the node.
+    let a = node(&url, "a", &clock, std::time::Duration::from_secs(3600)).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("g{i:02}")).collect();
+    for id in &ids {
+        a.submit(case(id, "2026-09-30", None)).await.expect("accepted");
+    }
+    let stolen = shenguan::store::shard_of("g00", 64);
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("UPDATE shard_leases SET owner = 'thief', epoch = epoch + 1 WHERE shard = $1")
+        .bind(i64::from(stolen))
+        .execute(&mut conn)
+        .await
+        .expect("take one");
+    clock.advance_to(t("2026-09-29T09:00:00+08:00"));
+    a.settle().await;
+    assert!(a.context().metrics.fenced.get() >= 1, "the first batch met the fence");
+    let store = Backend::Postgres(url.clone()).reader().await;
+    for id in &ids {
+        let state = store.instance(id).await.expect("read").expect("row").state;
+        let expected = if shenguan::store::shard_of(id, 64) == stolen { "pending" } else { "reminded" };
+        assert_eq!(state, expected, "{id} (shard {})", shenguan::store::shard_of(id, 64));
+    }
+    assert!(!a.ownership().expect("cluster").holds(stolen), "the node let go of the stolen shard");
+    a.shutdown().await;
+}
+
 /// Every node must spread instances the same way: one started with another shard count than the
 /// database was set up with is refused, with the count to use.
 #[tokio::test]
@@ -585,4 +619,74 @@ async fn a_catalog_imported_on_one_node_is_in_force_on_every_node() {
     }
     a.shutdown().await;
     b.shutdown().await;
+}
+
+both!(a_timer_fire_refused_for_another_reason_than_staleness_is_logged_and_counted);
+/// A fire whose transition cannot be taken — here the next state's deadline cannot be computed
+/// — is refused by the machine and dropped: it must not vanish from sight. It is counted by
+/// reason (and logged); the other instance's fire, which can be taken, is not.
+async fn a_timer_fire_refused_for_another_reason_than_staleness_is_logged_and_counted(b: Backend) {
+    const WORKFLOW: &str = r#"
+name = "chained"
+version = 1
+description = "A timer whose transition enters a state with a timer of its own"
+initial = "waiting"
+terminal = ["done"]
+
+[vars]
+at = "instant"
+then = "instant?"
+
+[events]
+finish = {}
+tick = { internal = true }
+
+[[states]]
+name = "waiting"
+timers = [{ name = "t", at = "at", event = "tick" }]
+
+[[states]]
+name = "next"
+timers = [{ name = "u", at = "then", event = "finish" }]
+
+[[states]]
+name = "done"
+
+[[transitions]]
+from = "waiting"
+event = "tick"
+to = "next"
+
+[[transitions]]
+from = ["waiting", "next"]
+event = "finish"
+to = "done"
+"#;
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let registry = Arc::new(Registry::from_sources(&[("chained.toml", WORKFLOW)]).expect("loads"));
+    let engine = Engine::start(b.config(), context(registry, &clock)).await.expect("start");
+    for (id, vars) in [
+        ("c-ok", json!({"at": "2026-09-28T10:01:00+08:00", "then": "2026-09-29T10:00:00+08:00"})),
+        ("c-bad", json!({"at": "2026-09-28T10:01:00+08:00"})),
+    ] {
+        let serde_json::Value::Object(vars) = vars else { unreachable!() };
+        let start = Command {
+            instance: id.into(),
+            kind: CommandKind::Start { workflow: "chained".into(), version: None, vars },
+            actor: "test".into(),
+            request_id: None,
+            idempotency: None,
+        };
+        engine.submit(start).await.expect("started");
+    }
+    clock.advance_to(t("2026-09-28T10:02:00+08:00"));
+    engine.settle().await;
+    let store = b.reader().await;
+    assert_eq!(store.instance("c-ok").await.expect("read").expect("row").state, "next");
+    assert_eq!(store.instance("c-bad").await.expect("read").expect("row").state, "waiting");
+    let metrics = engine.context().metrics.render();
+    let rejected: Vec<&str> =
+        metrics.lines().filter(|l| l.starts_with("shenguan_timer_fires_rejected_total")).collect();
+    assert_eq!(rejected, ["shenguan_timer_fires_rejected_total{reason=\"Deadline\"} 1"], "the refused fire is counted");
+    engine.shutdown().await;
 }

@@ -56,9 +56,16 @@ fn write_error_status(what: &str, id: &str, error: &WriteError) -> Status {
         WriteError::KeyReused { .. } => {
             Status::already_exists(format!("{what} {id} was already submitted with different content"))
         }
-        WriteError::Unavailable(_) | WriteError::ShuttingDown | WriteError::Fenced(_) => {
+        WriteError::Unavailable(_) | WriteError::ShuttingDown | WriteError::Fenced(_) | WriteError::NotHeld(_) => {
             tracing::warn!(%error, "write failed");
             Status::unavailable("storage is unavailable; nothing was written; retry later")
+        }
+        WriteError::Indeterminate(_) => {
+            tracing::warn!(%error, "write outcome unknown");
+            Status::unavailable(format!(
+                "storage failed while committing {what} {id}: the write may have been applied; retry with the same \
+                 x-request-id (or the same request) to get its outcome"
+            ))
         }
         WriteError::Conflict(_) => {
             // The writer retried already; what is left is contention on one instance.
@@ -114,7 +121,7 @@ pub fn group_error(error: &GroupError) -> Status {
 fn read_error_status(error: &crate::store::Error) -> Status {
     use crate::store::Error as E;
     match error {
-        E::Unavailable(_) | E::Open { .. } | E::Conflict(_) | E::Fenced(_) => {
+        E::Unavailable(_) | E::Open { .. } | E::Conflict(_) | E::Fenced { .. } | E::Indeterminate(_) => {
             tracing::warn!(%error, "read failed");
             Status::unavailable("storage is unavailable; retry later")
         }

@@ -54,10 +54,19 @@ pub enum Error {
     /// was written; deciding again on fresh rows will do.
     #[error("write conflict: {0}")]
     Conflict(String),
-    /// The batch fired timers of a shard this node no longer holds (fencing): nothing was
-    /// written; the shard's new holder fires them.
-    #[error("fenced: {0}")]
-    Fenced(String),
+    /// The batch fired timers of shards this node no longer holds (fencing): nothing was
+    /// written; the shards' new holders fire them.
+    #[error("fenced: node {node} no longer holds shard(s) {lost:?}")]
+    Fenced {
+        /// This node.
+        node: String,
+        /// The shards whose lease moved on.
+        lost: Vec<u32>,
+    },
+    /// The connection failed during COMMIT: the transaction may or may not have committed.
+    /// Retrying a keyed request tells which (its key answers a duplicate if it did).
+    #[error("commit outcome unknown: {0}")]
+    Indeterminate(String),
 }
 
 /// PostgreSQL SQLSTATE classes and codes that pass: connection exceptions (08), insufficient

@@ -333,8 +333,9 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
         .fetch_all(&mut *tx)
         .await?;
         if held.len() < shards.len() {
-            let lost: Vec<i64> = shards.iter().copied().filter(|s| !held.contains(s)).collect();
-            return Err(Error::Fenced(format!("node {} no longer holds shard(s) {lost:?}", fence.node)));
+            let lost: Vec<u32> =
+                shards.iter().copied().filter(|s| !held.contains(s)).filter_map(|s| u32::try_from(s).ok()).collect();
+            return Err(Error::Fenced { node: fence.node.clone(), lost });
         }
     }
     if !batch.history.is_empty() {
@@ -647,8 +648,19 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
     if !batch.outbox.is_empty() || !batch.revive.is_empty() {
         notify(&mut tx, &Notice::Outbox).await?;
     }
-    tx.commit().await?;
+    // A connection lost during COMMIT leaves its outcome unknown; a refusal PostgreSQL answers
+    // (a serialization failure, a constraint) means it did not commit.
+    tx.commit().await.map_err(|e| match Error::from(e) {
+        Error::Unavailable(m) => Error::Indeterminate(m),
+        other => other,
+    })?;
     Ok(())
+}
+
+/// Sends `notice` to every node now, outside any transaction.
+pub(crate) async fn notify_now(pool: &PgPool, notice: &Notice) -> Result<(), Error> {
+    let mut conn = pool.acquire().await?;
+    notify(&mut conn, notice).await
 }
 
 async fn notify(tx: &mut sqlx::PgConnection, notice: &Notice) -> Result<(), Error> {

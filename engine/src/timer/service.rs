@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::clock::{Clock, Millis};
-use crate::machine::{Command, CommandKind};
+use crate::machine::{Command, CommandKind, Rejection};
 use crate::timer::{lock, TimerIndex, TimerKey};
 use crate::writer::{Handle, WriteError};
 
@@ -40,6 +40,7 @@ pub struct Service {
     timers: Arc<Mutex<TimerIndex>>,
     writer: Handle,
     wake: Arc<Notify>,
+    metrics: Arc<crate::telemetry::Metrics>,
     control: mpsc::Receiver<Control>,
     settings: Settings,
 }
@@ -51,10 +52,11 @@ impl Service {
         timers: Arc<Mutex<TimerIndex>>,
         writer: Handle,
         wake: Arc<Notify>,
+        metrics: Arc<crate::telemetry::Metrics>,
         settings: Settings,
     ) -> (Self, mpsc::Sender<Control>) {
         let (tx, control) = mpsc::channel(64);
-        (Service { clock, timers, writer, wake, control, settings }, tx)
+        (Service { clock, timers, writer, wake, metrics, control, settings }, tx)
     }
 
     /// Runs until the writer goes away or the control channel closes.
@@ -131,14 +133,22 @@ impl Service {
         let mut again = Vec::new();
         for (key, rx) in waiting {
             match rx.await {
-                Ok(Ok(_)) | Ok(Err(WriteError::Rejected(_))) => {}
+                Ok(Ok(_)) | Ok(Err(WriteError::Rejected(Rejection::StaleTimer { .. }))) => {}
+                Ok(Err(WriteError::Rejected(r))) => {
+                    let reason = format!("{r:?}");
+                    let reason = reason.split([' ', '{', '(']).next().unwrap_or("other");
+                    self.metrics.timer_fires_rejected.with_label_values(&[reason]).inc();
+                    tracing::warn!(instance = %key.instance, timer = %key.name, rejection = %r, "timer fire refused; dropped");
+                }
                 Ok(Err(WriteError::ShuttingDown)) | Err(_) => return Err(()),
                 // The shard's lease moved on: its new holder fires this one.
-                Ok(Err(WriteError::Fenced(e))) => {
-                    tracing::debug!(instance = %key.instance, timer = %key.name, error = %e, "timer left to the shard's holder");
+                Ok(Err(WriteError::NotHeld(shard))) => {
+                    tracing::debug!(instance = %key.instance, timer = %key.name, shard, "timer left to the shard's holder");
                 }
-                // Another node changed the instance first: decide again at once, on fresh rows.
-                Ok(Err(WriteError::Conflict(_))) => again.push(key),
+                // Another node changed the instance first, or the batch was fenced for another
+                // fire's shard: decide again at once, on fresh rows (a shard this node lost is
+                // then refused as NotHeld before it is decided).
+                Ok(Err(WriteError::Conflict(_) | WriteError::Fenced(_))) => again.push(key),
                 Ok(Err(e)) => {
                     tracing::warn!(instance = %key.instance, timer = %key.name, error = %e, "timer fire not committed; will retry");
                     retry.push(key);

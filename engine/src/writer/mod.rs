@@ -73,9 +73,18 @@ pub enum WriteError {
     #[error("write conflict: {0}")]
     Conflict(String),
     /// The batch fired timers of a shard this node no longer holds; nothing was written. The
-    /// shard's holder fires them.
+    /// batch's other commands are decided again ([`Handle`] does it for callers; the timer
+    /// service re-fires the timers of shards this node still holds).
     #[error("fenced: {0}")]
     Fenced(String),
+    /// A timer fire for a shard this node does not hold: refused before it was decided; the
+    /// shard's holder fires it.
+    #[error("shard {0} is not held by this node")]
+    NotHeld(u32),
+    /// The connection failed during COMMIT: the write may have been applied. Safe to retry
+    /// with the same request id, which answers the first outcome if it was.
+    #[error("commit outcome unknown: {0}")]
+    Indeterminate(String),
 }
 
 /// How often a command that met a write conflict is decided again before its caller is told.
@@ -91,7 +100,8 @@ impl From<crate::store::Error> for WriteError {
             E::Internal(m) => WriteError::Internal(m),
             E::Open { .. } => WriteError::Unavailable(e.to_string()),
             E::Conflict(m) => WriteError::Conflict(m),
-            E::Fenced(m) => WriteError::Fenced(m),
+            E::Fenced { .. } => WriteError::Fenced(e.to_string()),
+            E::Indeterminate(m) => WriteError::Indeterminate(m),
         }
     }
 }
@@ -300,7 +310,9 @@ impl Handle {
             let (reply, rx) = oneshot::channel();
             self.tx.send(Request::Command(command.clone(), reply)).await.map_err(|_| WriteError::ShuttingDown)?;
             match rx.await.map_err(|_| WriteError::ShuttingDown)? {
-                Err(WriteError::Conflict(_)) if tries < CONFLICT_RETRIES => tries += 1,
+                // Decided on rows another node changed, or in a batch fenced for another
+                // command's shard: deciding again on fresh rows will do.
+                Err(WriteError::Conflict(_) | WriteError::Fenced(_)) if tries < CONFLICT_RETRIES => tries += 1,
                 other => return other,
             }
         }
@@ -336,7 +348,11 @@ impl Handle {
             let request = Request::Group(items.clone(), derive.clone(), reply);
             self.tx.send(request).await.map_err(|_| gone.clone())?;
             match rx.await.map_err(|_| gone.clone())? {
-                Err(GroupError { error: WriteError::Conflict(_), .. }) if tries < CONFLICT_RETRIES => tries += 1,
+                Err(GroupError { error: WriteError::Conflict(_) | WriteError::Fenced(_), .. })
+                    if tries < CONFLICT_RETRIES =>
+                {
+                    tries += 1
+                }
                 other => return other,
             }
         }
@@ -939,8 +955,7 @@ impl<S: Store> Writer<S> {
                         Some(epoch) => fence.push((shard, epoch)),
                         None => {
                             self.metrics.fenced.inc();
-                            let _ =
-                                reply.send(Err(WriteError::Fenced(format!("shard {shard} is not held by this node"))));
+                            let _ = reply.send(Err(WriteError::NotHeld(shard)));
                             continue;
                         }
                     }
@@ -1098,13 +1113,33 @@ impl<S: Store> Writer<S> {
             Err(e) => {
                 match &e {
                     crate::store::Error::Conflict(_) => self.metrics.conflicts.inc(),
-                    crate::store::Error::Fenced(_) => self.metrics.fenced.inc(),
+                    crate::store::Error::Fenced { lost, .. } => {
+                        self.metrics.fenced.inc();
+                        // Let go of the lost shards now rather than at the keeper's next tick:
+                        // the batch's other fires and commands are decided again at once, and
+                        // must not meet the same fence. The keeper tells the new holder.
+                        if let Some(own) = &self.settings.ownership {
+                            own.taken(lost);
+                            crate::timer::drop_shards(&self.timers, lost, self.settings.shards);
+                        }
+                    }
                     // Lost during COMMIT, the transaction may have committed: its timers would
                     // then be stored but not in the wheel.
                     _ if self.settings.ownership.is_some() => self.reload_wheel = true,
                     _ => {}
                 }
-                tracing::error!(error = %e, requests = pending.len(), "group commit failed; nothing of the batch was written");
+                match &e {
+                    // Expected between nodes and decided again: counted, not paged.
+                    crate::store::Error::Conflict(_) | crate::store::Error::Fenced { .. } => {
+                        tracing::debug!(error = %e, requests = pending.len(), "group commit refused; nothing of the batch was written; deciding again")
+                    }
+                    crate::store::Error::Indeterminate(_) => {
+                        tracing::error!(error = %e, requests = pending.len(), "group commit's outcome is unknown; callers are told to retry with their request id")
+                    }
+                    _ => {
+                        tracing::error!(error = %e, requests = pending.len(), "group commit failed; nothing of the batch was written")
+                    }
+                }
                 for (kind, _) in &counts {
                     self.metrics.commands.with_label_values(&[*kind, "failed"]).inc();
                 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use integration_tests::fixtures;
 use shenguan::proto::admin_service_client::AdminServiceClient;
 use shenguan::proto::intake_service_client::IntakeServiceClient;
-use shenguan::proto::AdvanceClockRequest;
+use shenguan::proto::{self as pb, AdvanceClockRequest, Route, Scenario};
 use sqlx::PgPool;
 use tonic::transport::Channel;
 
@@ -365,6 +365,58 @@ async fn the_deadlines_of_ten_thousand_cases_fire_exactly_once_across_three_node
     assert!(cluster.missing(&acked).await.is_empty());
     assert_eq!(cluster.doubled_fires().await, vec![], "no timer fired twice");
     assert!(cluster.fires().await >= 2 * acked.len() as i64, "a reminder and a deadline per case at least");
+}
+
+/// Identical requests sent to two nodes at the same instant — AcceptCase (keyed by its case
+/// number) and CompleteApproval (keyed by one `x-request-id`) — both get the first answer: one
+/// applied, one a duplicate. Never ALREADY_EXISTS ("already exists", "different content"), which
+/// a client following the README takes for another request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_on_two_nodes_at_once_both_get_the_first_answer() {
+    let _one = SERIAL.lock().await;
+    let Some(url) = database().await else { return };
+    let cluster = Cluster::start(url, 2).await;
+    cluster.balanced(&["n1", "n2"]).await;
+    let clients = cluster.intake();
+    let n = 200;
+    let mut answers: Vec<Result<bool, tonic::Status>> = Vec::new();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        for client in &clients {
+            let mut client = client.clone();
+            let request = fixtures::accept(&format!("SAME-{i}"), Route::Normal, Scenario::Unspecified);
+            calls.spawn(async move { client.accept_case(request).await.map(|r| r.into_inner().duplicate) });
+        }
+    }
+    while let Some(r) = calls.join_next().await {
+        answers.push(r.expect("task"));
+    }
+    for i in 0..n {
+        for client in &clients {
+            let mut client = client.clone();
+            let mut request = tonic::Request::new(pb::CompleteApprovalRequest {
+                case_id: format!("320700/SAME-{i}"),
+                license_no: format!("JY-SAME-{i}"),
+                approval_opinion: "准予許可".into(),
+                ..Default::default()
+            });
+            request.metadata_mut().insert("x-request-id", format!("licence-{i}").parse().expect("ascii"));
+            calls.spawn(async move { client.complete_approval(request).await.map(|r| r.into_inner().duplicate) });
+        }
+    }
+    while let Some(r) = calls.join_next().await {
+        answers.push(r.expect("task"));
+    }
+    let wrong: Vec<String> = answers.iter().filter_map(|a| a.as_ref().err()).map(|s| format!("{s:?}")).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} identical requests refused: {:?}",
+        wrong.len(),
+        answers.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+    let duplicates = answers.iter().filter(|a| matches!(a, Ok(true))).count();
+    assert_eq!(duplicates, 2 * n, "one applied and one duplicate per pair");
 }
 
 /// (b) A node is SIGKILLed while cases come in and reminders fire: the others take its shards

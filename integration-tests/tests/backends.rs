@@ -435,6 +435,41 @@ async fn two_nodes_deciding_on_the_same_instances_never_both_win() {
     b.shutdown().await;
 }
 
+/// The same request (one request id, one content) sent to two nodes at the same instant: one
+/// applies it and the other answers it as a duplicate — never ALREADY_EXISTS, which a client
+/// would read as "different content". (The other node may have read no key yet and the
+/// instance already made.)
+#[tokio::test]
+async fn the_same_request_on_two_nodes_at_once_gets_the_first_answer_on_both() {
+    let Some(url) = integration_tests::pg::database().await else { return };
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let tick = std::time::Duration::from_millis(200);
+    let (a, b) = (node(&url, "a", &clock, tick).await, node(&url, "b", &clock, tick).await);
+    let (ha, hb) = (a.handle(), b.handle());
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        for h in [ha.clone(), hb.clone()] {
+            calls.spawn(async move {
+                let id = format!("same{i:03}");
+                h.submit(case(&id, "2026-10-09", Some(&format!("req-{i}")))).await
+            });
+        }
+    }
+    let (mut first, mut duplicate) = (0, 0);
+    while let Some(r) = calls.join_next().await {
+        match r.expect("task") {
+            Ok(applied) if applied.duplicate => duplicate += 1,
+            Ok(_) => first += 1,
+            Err(other) => panic!("an identical request must get the first answer, not {other:?}"),
+        }
+    }
+    assert_eq!((first, duplicate), (300, 300));
+    let store = Backend::Postgres(url.clone()).reader().await;
+    assert_eq!(store.count(Table::History).await.expect("count"), 300, "one history entry per case");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// A node whose shard leases were taken (it was frozen, or cut off) and that has not noticed yet
 /// fires its due timers into a fence: nothing is written. The new holder fires each once.
 #[tokio::test]

@@ -748,6 +748,37 @@ impl<S: Store> Writer<S> {
         }
     }
 
+    /// With several nodes, a batch's reads are not one snapshot: the idempotency keys are read
+    /// first, the instances after (and a group's derived instances later still). Two identical
+    /// requests sent to two nodes at once can then meet like this: this node read no key, the
+    /// other node committed the request, and this node read the instances it left — a case that
+    /// exists, a task already created — and refused. The refusal is about the request's own
+    /// first application: its key is read again, and a request now found applied with the same
+    /// content is decided again (as a conflict), where it is answered as the duplicate it is.
+    async fn recheck_refusals(&mut self, pending: &mut [Pending], refused: &[(usize, String, String)]) {
+        let keys: Vec<&str> = refused.iter().map(|(_, k, _)| k.as_str()).collect();
+        let stored = match self.store.load_idempotency(&keys).await {
+            Ok(rows) => rows,
+            // The refusal stands; a retry by the caller meets the key.
+            Err(e) => return tracing::debug!(error = %e, "cannot read the keys of refused requests again"),
+        };
+        for (index, key, fingerprint) in refused {
+            if stored.get(key).is_none_or(|row| row.fingerprint != *fingerprint) {
+                continue;
+            }
+            let again = WriteError::Conflict(format!("request {key} was applied by another node meanwhile"));
+            tracing::debug!(%key, "a refusal met the same request applied by another node; deciding again");
+            self.metrics.conflicts.inc();
+            match &mut pending[*index].owed {
+                Owed::One(_, result) => *result = Err(again),
+                Owed::Group(_, result, instance) => {
+                    *result = Err(GroupError { index: 0, instance: instance.clone(), error: again })
+                }
+                Owed::Outbound(_) => {}
+            }
+        }
+    }
+
     /// Loads and drops shards' timers (see [`Request::Shards`]).
     async fn change_shards(&mut self, change: &ShardChange) -> Result<(), WriteError> {
         let count = self.settings.shards;
@@ -942,6 +973,9 @@ impl<S: Store> Writer<S> {
         }
 
         let mut pending = Vec::with_capacity(items.len());
+        // Refusals of keyed requests whose key was not stored when this batch read the keys:
+        // (index in `pending`, key, fingerprint). See `recheck_refusals`.
+        let mut refused_keyed: Vec<(usize, String, String)> = Vec::new();
         let mut outbound = Vec::new();
         // (shard, epoch) of the wheel's fires in this batch: checked in the transaction.
         let mut fence: Vec<(u32, u64)> = Vec::new();
@@ -970,6 +1004,9 @@ impl<S: Store> Writer<S> {
                 Item::One(command, reply) => {
                     let (result, needs_commit) = builder.one(&command);
                     trace_command(&command, &result);
+                    if let (Err(WriteError::Rejected(_)), Some(idem)) = (&result, &command.idempotency) {
+                        refused_keyed.push((pending.len(), idem.key.clone(), idem.fingerprint.clone()));
+                    }
                     pending.push(Pending { owed: Owed::One(reply, result), needs_commit });
                 }
                 Item::Group(group, derive, reply) => {
@@ -993,9 +1030,16 @@ impl<S: Store> Writer<S> {
                         tracing::debug!(instance = %item.command.instance, kind = kind_of(&item.command), outcome, "group command");
                     }
                     let first = first_instance(&group);
+                    let key = group.first().and_then(|i| i.command.idempotency.as_ref());
+                    if let (Err(GroupError { error: WriteError::Rejected(_), .. }), Some(idem)) = (&result, key) {
+                        refused_keyed.push((pending.len(), idem.key.clone(), idem.fingerprint.clone()));
+                    }
                     pending.push(Pending { owed: Owed::Group(reply, result, first), needs_commit });
                 }
             }
+        }
+        if self.settings.ownership.is_some() && !refused_keyed.is_empty() {
+            self.recheck_refusals(&mut pending, &refused_keyed).await;
         }
         let replanned = self.replan_page(&mut builder, pending.len()).await;
         builder.fire_due_now();

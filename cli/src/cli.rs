@@ -81,6 +81,9 @@ pub(crate) enum Command {
     /// Dev-mode tokens, for trying roles against a server started without keys.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Development TLS certificates: a CA, a server certificate, client certificates.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Outbound messages on a running server: dead letters, and retrying them.
     Outbox {
         /// Server and output.
@@ -162,6 +165,27 @@ pub(crate) enum WebhookCommand {
         /// Seconds the timestamp may be from now.
         #[arg(long, default_value_t = shenguan::outbound::sign::DEFAULT_TOLERANCE_SECS)]
         tolerance: i64,
+    },
+}
+
+/// `shenguan tls …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TlsCommand {
+    /// Write a development CA (`ca.pem`, `ca.key`), a server certificate for the names given
+    /// (`server.pem`, `server.key`) and, with `--client`, client certificates for mTLS
+    /// (`client-NAME.pem`, `client-NAME.key`) into DIR. Then: `serve --tls-cert DIR/server.pem
+    /// --tls-key DIR/server.key` and a client with `--server https://… --ca-cert DIR/ca.pem`.
+    /// Keys are written readable by their owner only. Not for production: use the
+    /// organisation's CA there.
+    DevCert {
+        /// The folder to write into (made if missing); files already there are not overwritten.
+        dir: PathBuf,
+        /// A name the server is reached by: a DNS name or an IP address (repeatable).
+        #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        names: Vec<String>,
+        /// A client certificate to make, named by its subject (repeatable).
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
     },
 }
 
@@ -522,6 +546,12 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Tls(TlsCommand::DevCert { dir, names, clients }) => {
+            for path in crate::security::dev_cert(&dir, &names, &clients)? {
+                out(path.display().to_string())?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Issue(args)) => {
             out(crate::security::issue(&args)?)?;

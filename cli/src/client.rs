@@ -69,7 +69,17 @@ impl Conn {
             return Ok(Some(t.trim().to_owned()));
         }
         let dev = crate::security::beside(std::path::Path::new("shenguan.db"), "dev-token");
-        Ok(std::fs::read_to_string(dev).ok().map(|t| t.trim().to_owned()))
+        let found = std::fs::read_to_string(&dev).ok().map(|t| t.trim().to_owned());
+        if found.is_none() {
+            let here = std::env::current_dir().map(|d| d.join(&dev)).unwrap_or(dev);
+            let _ = NO_TOKEN.set(format!(
+                "the CLI sent no token: none was given (--token or SHENGUAN_TOKEN, --token-file or \
+                 SHENGUAN_TOKEN_FILE) and there is no dev token at {}; pass --token-file with the \
+                 `<db>.dev-token` a dev server wrote beside its database, or a token from `shenguan token issue`",
+                here.display()
+            ));
+        }
+        Ok(found)
     }
 
     fn bearer(&self) -> Result<Bearer> {
@@ -344,7 +354,16 @@ pub(crate) struct CallError {
     status: tonic::Status,
 }
 
+/// Set when a call goes out without a token: where the CLI looked, for an UNAUTHENTICATED answer.
+static NO_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 pub(crate) fn call_error(status: tonic::Status) -> anyhow::Error {
+    let status = match NO_TOKEN.get() {
+        Some(hint) if status.code() == tonic::Code::Unauthenticated => {
+            tonic::Status::unauthenticated(format!("{} ({hint})", status.message()))
+        }
+        _ => status,
+    };
     let code = format!("{:?}", status.code());
     // Upper snake case, as gRPC names the codes.
     let mut upper = String::new();
@@ -357,9 +376,36 @@ pub(crate) fn call_error(status: tonic::Status) -> anyhow::Error {
     anyhow::Error::new(CallError { code: upper, message: status.message().to_owned(), status })
 }
 
+/// Whether the server at `uri` (an `http://` one) answers the HTTP/2 preface with a TLS record:
+/// a plaintext client would otherwise get an HTTP/2 protocol error, or nothing at all.
+async fn speaks_tls(uri: &tonic::transport::Uri) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(host) = uri.host() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        // The client preface and an empty SETTINGS frame: what a plaintext gRPC client sends first.
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.ok()?;
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.ok()?;
+        // TLS records of type alert (21) or handshake (22); an HTTP/2 frame starts with a length.
+        Some(matches!(first[0], 0x15 | 0x16))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), probe).await.ok().flatten().unwrap_or(false)
+}
+
 pub(crate) async fn channel(conn: &Conn) -> Result<Ch> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(conn.server.clone())
         .map_err(|_| anyhow!("--server {:?} is not a URL such as http://127.0.0.1:50051", conn.server))?;
+    if conn.server.starts_with("http://") && speaks_tls(endpoint.uri()).await {
+        let https = conn.server.replacen("http://", "https://", 1);
+        return Err(call_error(tonic::Status::unavailable(format!(
+            "the server at {} speaks TLS: use --server {https} (with --ca-cert FILE when its certificate is \
+             not signed by a CA this machine trusts)",
+            conn.server
+        ))));
+    }
     if conn.server.starts_with("https://") || conn.ca_cert.is_some() {
         let mut tls = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &conn.ca_cert {

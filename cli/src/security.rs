@@ -178,3 +178,42 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(text.as_bytes())?;
     f.sync_all()
 }
+
+/// `shenguan tls dev-cert`: a development CA, a server certificate for `names` and client
+/// certificates, written into `dir`; answers the files written. Nothing is overwritten.
+pub(crate) fn dev_cert(dir: &Path, names: &[String], clients: &[String]) -> Result<Vec<std::path::PathBuf>> {
+    if names.is_empty() {
+        bail!("give at least one --name the server is reached by");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    let mut files: Vec<(String, String, bool)> = Vec::new();
+    let ca = shenguan::server::pki::DevCa::new("shenguan development CA")?;
+    files.push(("ca.pem".into(), ca.cert_pem(), false));
+    files.push(("ca.key".into(), ca.key_pem(), true));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let server = ca.issue(&names, false)?;
+    files.push(("server.pem".into(), server.cert_pem, false));
+    files.push(("server.key".into(), server.key_pem, true));
+    for client in clients {
+        if client.is_empty() || !client.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+            bail!("--client {client:?}: use letters, digits, '-', '_' or '.'");
+        }
+        let issued = ca.issue(&[client.as_str()], true)?;
+        files.push((format!("client-{client}.pem"), issued.cert_pem, false));
+        files.push((format!("client-{client}.key"), issued.key_pem, true));
+    }
+    for (name, _, _) in &files {
+        let path = dir.join(name);
+        if path.exists() {
+            bail!("{} exists already; choose an empty folder", path.display());
+        }
+    }
+    let mut written = Vec::new();
+    for (name, text, secret) in files {
+        let path = dir.join(name);
+        if secret { write_private(&path, &text) } else { std::fs::write(&path, text) }
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -368,3 +368,98 @@ fn the_database_dev_key_and_dev_token_are_private_to_their_owner() {
         assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
     }
 }
+
+/// Starts `shenguan serve` with `extra` arguments and returns its port.
+fn serve_with(db: &Path, extra: &[&str]) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--virtual-clock", "2026-09-28T10:00:00+08:00", "--db"])
+        .arg(db)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let port = loop {
+        let line = lines.next().expect("the server logs its address").expect("read");
+        if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
+            break addr.trim().rsplit(':').next().expect("port").parse().expect("a port");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, port)
+}
+
+/// `tls dev-cert` makes a CA and a server certificate a TLS server starts with; a client
+/// trusting the CA reaches it over https, and a plaintext client pointed at it is told, in a
+/// sentence and with exit 7, that the server speaks TLS — every time.
+#[test]
+fn dev_certificates_serve_tls_and_a_plaintext_client_is_told_the_server_speaks_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let o = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(["tls", "dev-cert"])
+        .arg(&certs)
+        .args(["--name", "localhost", "--name", "127.0.0.1", "--client", "zwfw"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    for f in ["ca.pem", "ca.key", "server.pem", "server.key", "client-zwfw.pem", "client-zwfw.key"] {
+        assert!(certs.join(f).is_file(), "{f} written");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("server.key")).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a private key is the owner's only");
+    }
+    let again =
+        Command::new(env!("CARGO_BIN_EXE_shenguan")).args(["tls", "dev-cert"]).arg(&certs).output().expect("run");
+    assert!(!again.status.success() && text(&again).contains("exists already"), "{}", text(&again));
+
+    let db = dir.path().join("tls.db");
+    let cert = certs.join("server.pem");
+    let key = certs.join("server.key");
+    let (mut child, port) =
+        serve_with(&db, &["--tls-cert", cert.to_str().expect("utf-8"), "--tls-key", key.to_str().expect("utf-8")]);
+    let token = dev_token(&db);
+    let client = |server: String, ca: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_shenguan"));
+        c.args(["case", "list"]).env("SHENGUAN_SERVER", server).env("SHENGUAN_TOKEN_FILE", &token);
+        if ca {
+            c.arg("--ca-cert").arg(certs.join("ca.pem"));
+        }
+        c.output().expect("run")
+    };
+    let o = client(format!("https://localhost:{port}"), true);
+    assert!(o.status.success(), "over TLS with the dev CA: {}", text(&o));
+    for _ in 0..5 {
+        let o = client(format!("http://127.0.0.1:{port}"), false);
+        assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+        assert!(text(&o).contains("speaks TLS: use --server https://127.0.0.1"), "{}", text(&o));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A client command run where there is no dev token says where it looked and how to pass one,
+/// and exits 8.
+#[test]
+fn a_client_without_a_token_says_where_it_looked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(&dir.path().join("t.db"));
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        .args(["case", "list"])
+        .env("SHENGUAN_SERVER", &server.url)
+        .env_remove("SHENGUAN_TOKEN")
+        .env_remove("SHENGUAN_TOKEN_FILE")
+        .current_dir(elsewhere.path())
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+    let said = text(&o);
+    assert!(said.contains("UNAUTHENTICATED"), "{said}");
+    assert!(said.contains("no dev token at") && said.contains("shenguan.db.dev-token"), "{said}");
+    assert!(said.contains("--token-file"), "{said}");
+}

@@ -19,6 +19,7 @@
 
 pub mod body;
 pub mod net;
+pub mod pki;
 
 use std::future::Future;
 use std::sync::Arc;

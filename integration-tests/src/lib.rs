@@ -405,37 +405,26 @@ impl Drop for Tmpfs {
 
 pub mod receiver;
 
-/// A test CA that signs server and client certificates (rcgen).
+/// A test CA that signs server and client certificates: the engine's development CA.
 pub struct Pki {
-    /// The CA certificate (`ca.pem()` is what a client or server trusts).
-    pub ca: rcgen::Certificate,
-    ca_params: rcgen::CertificateParams,
-    ca_key: rcgen::KeyPair,
+    ca: shenguan::server::pki::DevCa,
 }
 
 impl Pki {
     /// A new CA named `name`.
     pub fn new(name: &str) -> Result<Pki> {
-        let ca_key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let ca = params.self_signed(&ca_key)?;
-        Ok(Pki { ca, ca_params: params, ca_key })
+        Ok(Pki { ca: shenguan::server::pki::DevCa::new(name)? })
+    }
+
+    /// The CA certificate (PEM): what a client or an mTLS server trusts.
+    pub fn ca_pem(&self) -> String {
+        self.ca.cert_pem()
     }
 
     /// A certificate for `names`, for a client or a server: (certificate PEM, key PEM, DER).
     pub fn leaf(&self, names: &[&str], client: bool) -> Result<(String, String, Vec<u8>)> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok((cert.pem(), key.serialize_pem(), cert.der().to_vec()))
+        let issued = self.ca.issue(names, client)?;
+        Ok((issued.cert_pem, issued.key_pem, issued.der))
     }
 }
 

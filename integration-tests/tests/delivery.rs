@@ -537,7 +537,7 @@ async fn webhooks_over_tls_trust_the_configured_ca_and_refuse_an_unknown_one() -
     let (cert, key, _) = pki.leaf(&["localhost"], false)?;
     let trusted = Receiver::start_tls(&cert, &key, |_, _| Answer::Ok).await?;
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, pki.ca.pem())?;
+    std::fs::write(&ca_file, pki.ca_pem())?;
     let mut good = destination("internal", &trusted.url(), &["supervision"], &secret);
     good.ca_file = Some(ca_file);
     // The same receiver, without the CA: its certificate must not be accepted.

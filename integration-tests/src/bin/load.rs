@@ -1149,7 +1149,7 @@ async fn w12(n: usize, secure: bool) -> Result<()> {
         auth = Auth(Some(format!("Bearer {token}").parse()?));
         client_tls = Some(
             tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(pki.ca.pem()))
+                .ca_certificate(tonic::transport::Certificate::from_pem(pki.ca_pem()))
                 .domain_name("localhost"),
         );
         extra.push("--secure".into());

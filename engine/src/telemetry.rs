@@ -152,7 +152,7 @@ impl Metrics {
         )
         .unwrap_or_else(|_| unreachable_metric());
         let spot_check_draws = IntCounterVec::new(
-            Opts::new("spot_check_draws_total", "Spot-check runs drawn (drawn) and draws that failed (failed)"),
+            Opts::new("spot_check_draws_total", "Spot-check runs drawn (drawn), refused for want of inspectors and escalated (refused), and draws that failed (failed)"),
             &["result"],
         )
         .unwrap_or_else(|_| unreachable_metric());

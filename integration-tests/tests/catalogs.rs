@@ -689,3 +689,78 @@ async fn a_run_due_while_the_server_was_down_is_drawn_after_the_restart() -> Res
     );
     server.stop().await
 }
+
+/// One clock jump of ten days over two weekly plans: every occurrence that passed is drawn, in
+/// order, each at its own due instant — none skipped. A plan whose office has too few
+/// inspectors is not drawn with none: its runs are escalated to the office once and wait,
+/// while the other plan is drawn all the same; once the catalog gives the office its
+/// inspectors, the waiting runs are drawn.
+#[tokio::test]
+async fn missed_runs_are_all_drawn_and_a_plan_without_inspectors_is_escalated_not_drawn() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("missed.db");
+    let server = TestServer::start_on("2026-09-13T10:00:00+08:00", &db, |_| {}).await?;
+    let mut admin = server.admin();
+    admin.import_catalogs(example_catalog()).await?;
+    for i in 0..3 {
+        let code = uscc(&format!("91320700MA6{i:06}"));
+        server.intake().accept_case(catalogued(&format!("M-{i}"), "FOOD-PROD-NEW", &code, "C")).await?;
+        server
+            .intake()
+            .complete_approval(CompleteApprovalRequest {
+                case_id: format!("320700/M-{i}"),
+                license_no: format!("JY-M{i}"),
+                approval_opinion: "准予许可".into(),
+                document_refs: vec![],
+            })
+            .await?;
+    }
+    let plan = |code: &str, office: &str, item: &str| CreateSpotCheckPlanRequest {
+        code: code.into(),
+        region_code: "320700".into(),
+        name: format!("{code} 抽查"),
+        office: office.into(),
+        supervision_item: item.into(),
+        schedule: "0 9 * * MON".into(),
+        working_days_only: false,
+        ratios: "C=1".into(),
+        inspectors_per_target: 2,
+    };
+    let food = admin.create_spot_check_plan(plan("FOOD", "SJJ-FOOD", "SJ-FOOD-PROD")).await?.into_inner();
+    let fire = admin.create_spot_check_plan(plan("FIRE", "XF-INSP", "XF-SAFETY")).await?.into_inner();
+    // The fire office loses an inspector: one is left, two are needed per target.
+    let all_inspectors = example_file("catalog/inspectors.csv");
+    let inspectors: Vec<&str> = all_inspectors.lines().filter(|l| !l.starts_with("XF-0302")).collect();
+    admin.import_catalogs(import(vec![file("inspectors.csv", &(inspectors.join("\n") + "\n"))])).await?;
+
+    // Mondays 14 and 21 September pass in one jump.
+    admin.advance_clock(shenguan::proto::AdvanceClockRequest { by_millis: 10 * 86_400_000, to: String::new() }).await?;
+    let runs = |id: String| {
+        let mut admin = server.admin();
+        async move {
+            let r =
+                admin.list_spot_check_runs(ListSpotCheckRunsRequest { plan_id: id, include_records: false }).await?;
+            anyhow::Ok(r.into_inner())
+        }
+    };
+    let food_runs = runs(food.plan_id.clone()).await?;
+    let dues: Vec<String> =
+        food_runs.runs.iter().map(|r| r.due_at.as_ref().map(|i| i.shanghai.clone()).unwrap_or_default()).collect();
+    assert_eq!(dues, ["2026-09-14 09:00:00 +08:00", "2026-09-21 09:00:00 +08:00"], "both missed runs, in order");
+    assert!(food_runs.runs.iter().all(|r| r.verified && r.targets.len() == 3));
+    let fire_runs = runs(fire.plan_id.clone()).await?;
+    assert!(fire_runs.runs.is_empty(), "no draw is written without inspectors");
+    assert_eq!(fire_runs.plan.as_ref().map(|p| (p.runs, p.drawn)), Some((2, 0)), "both runs due, none drawn");
+    let mut store = integration_tests::Db::open(&db).await?;
+    let escalations: Vec<String> =
+        store.outbox().await?.into_keys().filter(|k| k.starts_with(&format!("{}:", fire.plan_id))).collect();
+    assert_eq!(escalations.len(), 1, "escalated once, not at every round: {escalations:?}");
+    assert!(server.metrics().await?.contains("shenguan_spot_check_draws_total{result=\"refused\"}"));
+
+    // The inspector is back: the waiting runs are drawn at the runner's next round.
+    admin.import_catalogs(import(vec![file("inspectors.csv", &example_file("catalog/inspectors.csv"))])).await?;
+    admin.advance_clock(shenguan::proto::AdvanceClockRequest { by_millis: 1, to: String::new() }).await?;
+    let fire_runs = runs(fire.plan_id.clone()).await?;
+    assert_eq!(fire_runs.runs.len(), 2, "drawn once staffed");
+    server.stop().await
+}

@@ -204,7 +204,7 @@ mod tests {
         //                    licensed own    task   other  generic
         let table: [(&Scope, [bool; 5]); 6] = [
             (&everywhere, [true, true, true, true, true]),
-            (&city, [true, true, true, true, false]),
+            (&city, [true, true, true, true, true]),
             (&other_city, [false, false, false, false, false]),
             (&dept, [true, true, true, false, false]),
             (&office, [true, false, true, false, false]),

@@ -4,8 +4,9 @@
 //! dow` are read with second 0, six or seven fields as the crate reads them), evaluated in the
 //! region calendar's time zone (Asia/Shanghai). With `working_days_only`, an occurrence on a day
 //! off moves to the next working day of the instance's region calendar at the same time of
-//! day. The machine re-arms a cron timer after it fires, for its next occurrence after the
-//! firing, so an instance keeps its schedule as long as it stays where the timer lives.
+//! day. The machine re-arms a cron timer after it fires, for its next occurrence after the one
+//! that fired (not after the instant it fired: a late firing must skip no occurrence), so an
+//! instance keeps its schedule as long as it stays where the timer lives.
 //!
 //! A moved occurrence remembers the dates it read, like a working-day deadline, so a calendar
 //! loaded later moves it again.

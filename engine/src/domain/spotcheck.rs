@@ -349,30 +349,53 @@ fn int(row: &crate::store::InstanceRow, name: &str) -> i64 {
     row.vars.get(name).and_then(serde_json::Value::as_i64).unwrap_or(0)
 }
 
+/// What became of one run.
+enum Drawn {
+    /// Drawn now.
+    Yes,
+    /// Drawn before (by another node, or before a restart).
+    Already,
+    /// Cannot be drawn now (escalated); tried again later.
+    Refused,
+}
+
 impl Runner {
-    /// Draws every run due and not drawn, oldest first per plan; answers how many.
+    /// Draws every run due and not drawn, oldest first per plan; answers how many. A plan whose
+    /// draw fails is left for the next round (logged and counted) and the other plans are
+    /// drawn all the same; the first failure is answered once every plan was tried.
     pub async fn run_due(&self) -> Result<usize, RunError> {
         let _guard = self.lock.lock().await;
         let filter = Filter { workflow: PLAN_WORKFLOW.into(), state: Some("active".into()), ..Filter::default() };
         let plans = self.reader.list(&filter).await?;
         let mut drawn = 0;
+        let mut first_failure = None;
         for plan in plans {
             let (runs, done) = (int(&plan, "runs"), int(&plan, "drawn"));
+            // Runs in order: a run that cannot be drawn holds back the later ones of its plan.
             for run in done + 1..=runs {
                 match self.draw_run(&plan, run).await {
-                    Ok(true) => {
+                    Ok(Drawn::Yes) => {
                         drawn += 1;
                         self.metrics.spot_check_draws.with_label_values(&["drawn"]).inc();
                     }
-                    Ok(false) => {}
+                    Ok(Drawn::Already) => {}
+                    Ok(Drawn::Refused) => {
+                        self.metrics.spot_check_draws.with_label_values(&["refused"]).inc();
+                        break;
+                    }
                     Err(e) => {
                         self.metrics.spot_check_draws.with_label_values(&["failed"]).inc();
-                        return Err(e);
+                        tracing::warn!(plan = %plan.id, run, error = %e, "spot-check draw failed; will try again");
+                        first_failure.get_or_insert(e);
+                        break;
                     }
                 }
             }
         }
-        Ok(drawn)
+        match first_failure {
+            Some(e) => Err(e),
+            None => Ok(drawn),
+        }
     }
 
     /// The population of a plan now: licensed enterprises of its supervision item in its region.
@@ -397,7 +420,19 @@ impl Runner {
             .collect())
     }
 
-    async fn draw_run(&self, plan: &crate::store::InstanceRow, run: i64) -> Result<bool, RunError> {
+    /// Refuses run `run` of `plan` for `reason`: escalated once (the plan's guard), drawn later.
+    async fn refuse_run(&self, plan: &crate::store::InstanceRow, run: i64, reason: String) -> Result<Drawn, RunError> {
+        tracing::warn!(plan = %plan.id, run, %reason, "spot-check run cannot be drawn; escalated to the office");
+        let fields = json!({"run": run, "reason": reason});
+        let command = super::event(&plan.id, "run_refused", super::object(fields), "spot-check");
+        match self.writer.submit(command).await {
+            // Escalated now, or before (the guard refuses a second escalation of the run).
+            Ok(_) | Err(crate::writer::WriteError::Rejected(_)) => Ok(Drawn::Refused),
+            Err(error) => Err(RunError::Write { plan: plan.id.clone(), error }),
+        }
+    }
+
+    async fn draw_run(&self, plan: &crate::store::InstanceRow, run: i64) -> Result<Drawn, RunError> {
         let damaged = |message: String| RunError::Damaged { plan: plan.id.clone(), message };
         let population = self.population(plan).await?;
         let ratios = read_ratios(&text(plan, "ratios"));
@@ -409,6 +444,15 @@ impl Runner {
         let inspectors: Vec<String> =
             catalogs.inspectors(&office).into_iter().filter_map(|r| r.get("code").cloned()).collect();
         let per_target = usize::try_from(int(plan, "inspectors_per_target")).unwrap_or(2);
+        // Every target needs its inspectors: a draw with too few is not written at all.
+        if inspectors.len() < per_target.max(1) {
+            let reason = format!(
+                "office {office} has {} inspector(s) in the organisation catalog; {} are needed per target",
+                inspectors.len(),
+                per_target.max(1)
+            );
+            return self.refuse_run(plan, run, reason).await;
+        }
         let seed: u64 = rand::random();
         let mut selected = draw(seed, &population, &ratios, &inspectors, per_target);
         let mut items = Vec::new();
@@ -462,10 +506,10 @@ impl Runner {
         match self.writer.submit_group(items).await {
             Ok(_) => {
                 tracing::info!(plan = %plan.id, run, population = record.population.len(), selected = record.selected.len(), "spot-check run drawn");
-                Ok(true)
+                Ok(Drawn::Yes)
             }
             // Drawn already (by another node, or before a restart): the plan's guard says so.
-            Err(e) if matches!(e.error, crate::writer::WriteError::Rejected(_)) && e.index == 0 => Ok(false),
+            Err(e) if matches!(e.error, crate::writer::WriteError::Rejected(_)) && e.index == 0 => Ok(Drawn::Already),
             Err(e) => Err(RunError::Write { plan: plan.id.clone(), error: e.error }),
         }
     }

@@ -680,18 +680,18 @@ fn apply(
     let mut arm_rows = Vec::new();
     let entering: &[TimerSpec] =
         if changes_state { target.map(|s| s.timers.as_slice()).unwrap_or_default() } else { &[] };
-    let mut put = |timers: &mut BTreeMap<String, ArmedTimer>, spec: &TimerSpec| -> Result<(), Rejection> {
-        let a = arm(spec, &scope)?;
+    let mut put = |timers: &mut BTreeMap<String, ArmedTimer>, spec: &TimerSpec, scope: &Scope<'_>| {
+        let a = arm(spec, scope)?;
         // Re-arming a name replaces it: the old due is gone, so it is not "cancelled".
         cancelled.remove(&spec.name);
         armed.insert(spec.name.clone(), a.due);
         arm_rows.retain(|(n, _): &(String, ArmedTimer)| n != &spec.name);
         arm_rows.push((spec.name.clone(), a.clone()));
         timers.insert(spec.name.clone(), a);
-        Ok(())
+        Ok::<(), Rejection>(())
     };
     for spec in entering.iter().chain(&t.arm) {
-        put(&mut timers, spec)?;
+        put(&mut timers, spec, &scope)?;
     }
     // A cron timer that fired is armed again for its next occurrence — unless the transition
     // armed it itself, cancelled it, left the state it belongs to, or ended the instance.
@@ -699,7 +699,12 @@ fn apply(
         let of_old_state = current.is_some_and(|s| s.timers.iter().any(|x| x.name == spec.name));
         let stays = !(t.cancel.contains(&spec.name) || (changes_state && of_old_state));
         if stays && !timers.contains_key(&spec.name) && !target.is_some_and(|s| s.terminal) {
-            put(&mut timers, spec)?;
+            // The occurrence after the one that fired, not after now: a firing that came late
+            // (the server was down, the clock jumped) must not skip the occurrences in between.
+            // Each of them is then already due, and fires in its turn.
+            let fired_due = fired.and_then(|n| instance.timers.get(n)).map_or(now, |a| a.due);
+            let from = Scope { now: fired_due.min(now), ..scope };
+            put(&mut timers, spec, &from)?;
         }
     }
     // A row re-armed under the same name is replaced by the insert, not deleted.

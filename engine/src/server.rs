@@ -186,9 +186,54 @@ async fn reload_keys(verifier: Arc<crate::auth::verify::Verifier>, every: std::t
     }
 }
 
-async fn metrics_text(shared: &Shared) -> String {
+/// When the gauges that need the database were last read: `GET /metrics` is unauthenticated and
+/// may be scraped by anyone as often as they like, so a scrape reads the database only when
+/// something was committed since the last read and that read is a second old (or when it is
+/// 15 s old: other nodes commit too), one scrape at a time; the others are served the gauges
+/// as maintained.
+#[derive(Default)]
+pub(crate) struct GaugeRefresh {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+/// A refresh at most this often while commits go on.
+const GAUGE_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+/// And at least this often (other nodes' commits are not seen here).
+const GAUGE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn metrics_text(shared: &Shared, refresh: &GaugeRefresh) -> String {
     let metrics = &shared.context().metrics;
     metrics.timers_in_memory.set(i64::try_from(shared.engine.timers_in_memory()).unwrap_or(i64::MAX));
+    let commits = metrics.batch_size.get_sample_count();
+    {
+        // Held while reading: concurrent scrapes wait for one read instead of each making one.
+        let mut last = refresh.last.lock().await;
+        let stale = last.is_none_or(|(at, seen)| {
+            let age = at.elapsed();
+            age >= GAUGE_MAX_AGE || (seen != commits && age >= GAUGE_MIN_AGE)
+        });
+        if stale {
+            refresh_gauges(shared).await;
+            metrics.gauge_refreshes.inc();
+            *last = Some((std::time::Instant::now(), commits));
+        }
+    }
+    let calendars = shared.calendars();
+    let today = shared.today(calendars.national());
+    let mut codes = vec![""];
+    codes.extend(calendars.region_codes());
+    for code in codes {
+        let label = if code.is_empty() { "national" } else { code };
+        let left = crate::calendar::official_days_left(calendars.region(code), today);
+        metrics.official_calendar_days_left.with_label_values(&[label]).set(left);
+    }
+    metrics.render()
+}
+
+/// The gauges only the database knows: backlog per destination, timers pending and
+/// provisional, re-plans running.
+async fn refresh_gauges(shared: &Shared) {
+    let metrics = &shared.context().metrics;
     if let Ok(backlog) = shared.reader.outbox_backlog().await {
         let total: u64 = backlog.iter().map(|(_, n)| n).sum();
         metrics.outbox_backlog.set(i64::try_from(total).unwrap_or(i64::MAX));
@@ -209,16 +254,6 @@ async fn metrics_text(shared: &Shared) -> String {
     if let Ok(replans) = shared.reader.replans().await {
         metrics.replans_running.set(replans.iter().filter(|j| !j.done).count() as i64);
     }
-    let calendars = shared.calendars();
-    let today = shared.today(calendars.national());
-    let mut codes = vec![""];
-    codes.extend(calendars.region_codes());
-    for code in codes {
-        let label = if code.is_empty() { "national" } else { code };
-        let left = crate::calendar::official_days_left(calendars.region(code), today);
-        metrics.official_calendar_days_left.with_label_values(&[label]).set(left);
-    }
-    metrics.render()
 }
 
 /// Logs what the calendars need from an operator at start and then once a day (real time).
@@ -369,11 +404,12 @@ pub async fn run(
         .add_service(events);
     // Prometheus scrapes `GET /metrics` over HTTP/1.1 on the same port.
     let scrape = shared.clone();
+    let refresh = Arc::new(GaugeRefresh::default());
     let router = routes.into_axum_router().route(
         "/metrics",
         axum::routing::get(move || {
-            let shared = scrape.clone();
-            async move { metrics_text(&shared).await }
+            let (shared, refresh) = (scrape.clone(), refresh.clone());
+            async move { metrics_text(&shared, &refresh).await }
         }),
     );
     let mut builder = tonic::transport::Server::builder();

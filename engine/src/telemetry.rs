@@ -74,6 +74,9 @@ pub struct Metrics {
     /// Timer fires the machine refused for another reason than a stale timer (the timer was
     /// re-armed or its instance moved on), by `reason`: each is also logged.
     pub timer_fires_rejected: IntCounterVec,
+    /// Times a scrape read the database-backed gauges (at most once a second while commits go
+    /// on, whatever the scrape rate).
+    pub gauge_refreshes: IntCounter,
 }
 
 fn buckets(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -205,6 +208,11 @@ impl Metrics {
             &["reason"],
         )
         .unwrap_or_else(|_| unreachable_metric());
+        let gauge_refreshes = IntCounter::new(
+            "metrics_gauge_refreshes_total",
+            "Scrapes that read the database-backed gauges (backlog, timers pending, re-plans)",
+        )
+        .unwrap_or_else(|_| unreachable_metric());
         let m = Metrics {
             registry,
             commands,
@@ -235,6 +243,7 @@ impl Metrics {
             conflicts,
             fenced,
             timer_fires_rejected,
+            gauge_refreshes,
             spot_check_draws,
         };
         for c in [
@@ -267,6 +276,7 @@ impl Metrics {
             Box::new(m.fenced.clone()),
             Box::new(m.spot_check_draws.clone()),
             Box::new(m.timer_fires_rejected.clone()),
+            Box::new(m.gauge_refreshes.clone()),
         ] {
             // Names are distinct constants, so registration cannot collide.
             let _ = m.registry.register(c);

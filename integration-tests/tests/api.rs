@@ -687,6 +687,43 @@ async fn missed_result_and_rectification_deadlines_escalate_and_a_failed_rectifi
     server.stop().await
 }
 
+/// `GET /metrics` is open to anyone: a scrape flood must not turn into a query flood on the
+/// pool the read calls use. Scrapes with nothing committed read the database once; scrapes
+/// while commits go on read it at most once a second.
+#[tokio::test]
+async fn a_scrape_flood_reads_the_database_at_most_once_a_second() -> Result<()> {
+    let server = TestServer::start("2026-09-30T10:00:00+08:00").await?;
+    server.intake().accept_case(accept("SCRAPE-0", Route::Normal, Scenario::Unspecified)).await?;
+    let refreshes = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("shenguan_metrics_gauge_refreshes_total "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let mut last = String::new();
+    for _ in 0..300 {
+        last = server.metrics().await?;
+    }
+    assert_eq!(refreshes(&last), 1, "nothing committed: one read for 300 scrapes");
+    assert!(last.contains("shenguan_timers_pending 0"), "the gauges are there: {last}");
+    let started = std::time::Instant::now();
+    for i in 1..=100 {
+        server.intake().accept_case(accept(&format!("SCRAPE-{i}"), Route::Normal, Scenario::Unspecified)).await?;
+        for _ in 0..3 {
+            last = server.metrics().await?;
+        }
+    }
+    let bound = started.elapsed().as_secs() + 2;
+    assert!(
+        refreshes(&last) <= bound,
+        "{} reads in {:?} of scraping while committing",
+        refreshes(&last),
+        started.elapsed()
+    );
+    server.stop().await
+}
+
 #[tokio::test]
 async fn metrics_count_commands_commits_fired_timers_and_breaches_by_department() -> Result<()> {
     let server = TestServer::start("2026-09-30T10:00:00+08:00").await?;

@@ -33,6 +33,14 @@
 //! time). W5 SIGKILLs node 1 just before deadlines are due: with one node it restarts; with
 //! several, the others take its shards when its leases (2 s) expire. Prints one JSON line.
 //!
+//! `--abuse [--prefill N] [--secs S]` measures what an unauthenticated party can cost others
+//! (issue 21): (1) 1,000 forged tokens a second from one address while a valid client on the
+//! same address calls 200 times a second, over TLS with an ES256 identity provider — the valid
+//! client's success ratio and latency; (2) `GET /metrics` scraped 1,000 times a second while
+//! GetCase is called 200 times a second on a database prefilled with N cases (2N timers) —
+//! GetCase's latency against the same calls without the scrapes, and how often the scrapes
+//! read the database. Prints one JSON line.
+//!
 //! The server is this same binary in `serve` mode, in its own process, on a fresh SQLite file,
 //! so its RSS and CPU are its own. Every loop is bounded in count and time.
 
@@ -817,6 +825,11 @@ async fn main() -> Result<()> {
         let rounds = after("--rounds").map_or(Ok(3), |v| v.to_string_lossy().parse::<usize>())?;
         return delivery(n, rounds).await;
     }
+    if raw.iter().any(|a| a == "--abuse") {
+        let prefill = after("--prefill").map_or(Ok(200_000), |v| v.to_string_lossy().parse::<usize>())?;
+        let secs = after("--secs").map_or(Ok(10), |v| v.to_string_lossy().parse::<u64>())?;
+        return abuse(prefill, Duration::from_secs(secs)).await;
+    }
     if raw.iter().any(|a| a == "--w12") {
         let n = raw
             .iter()
@@ -1114,10 +1127,14 @@ impl tonic::service::Interceptor for Auth {
 
 type Ch = tonic::service::interceptor::InterceptedService<Channel, Auth>;
 
-/// W1 and W2 alone, plain or with TLS and a verified ES256 token on every call.
-async fn w12(n: usize, secure: bool) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("w12.db");
+/// A server on `db`, plain or with TLS and an ES256 identity provider (files in `dir`), and
+/// `n` channels to it carrying the valid token (`Auth(None)` when plain). Answers the token too.
+async fn secured_server(
+    dir: &Path,
+    db: &Path,
+    secure: bool,
+    n: usize,
+) -> Result<(ServerProcess, Vec<Ch>, Option<tonic::transport::ClientTlsConfig>, Auth)> {
     let mut extra: Vec<std::ffi::OsString> = Vec::new();
     let mut client_tls = None;
     let mut auth = Auth(None);
@@ -1125,11 +1142,11 @@ async fn w12(n: usize, secure: bool) -> Result<()> {
         // A CA and a server certificate for localhost; the identity provider's ES256 key.
         let pki = integration_tests::Pki::new("load CA")?;
         let (cert, key, _) = pki.leaf(&["localhost"], false)?;
-        std::fs::write(dir.path().join("server.crt"), cert)?;
-        std::fs::write(dir.path().join("server.key"), key)?;
-        std::fs::create_dir(dir.path().join("keys"))?;
+        std::fs::write(dir.join("server.crt"), cert)?;
+        std::fs::write(dir.join("server.key"), key)?;
+        std::fs::create_dir(dir.join("keys"))?;
         let idp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        std::fs::write(dir.path().join("keys/idp.pem"), idp.public_key_pem())?;
+        std::fs::write(dir.join("keys/idp.pem"), idp.public_key_pem())?;
         let claims = shenguan::auth::verify::Claims {
             iss: SECURE_ISSUER.into(),
             aud: shenguan::auth::verify::AUDIENCE.into(),
@@ -1153,31 +1170,39 @@ async fn w12(n: usize, secure: bool) -> Result<()> {
                 .domain_name("localhost"),
         );
         extra.push("--secure".into());
-        extra.push(dir.path().into());
+        extra.push(dir.into());
     }
     let extra_refs: Vec<&std::ffi::OsStr> = extra.iter().map(|s| s.as_os_str()).collect();
-    let (server, _) = spawn_server_with(&db, &extra_refs).await?;
+    let (server, _) = spawn_server_with(db, &extra_refs).await?;
     let mut channels: Vec<Ch> = Vec::new();
-    for _ in 0..4 {
-        let scheme = if secure { "https" } else { "http" };
-        let mut endpoint =
-            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", server.addr))?.tcp_nodelay(true);
-        if let Some(tls) = &client_tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
-        }
-        let mut connected = None;
-        for _ in 0..200 {
-            match endpoint.connect().await {
-                Ok(c) => {
-                    connected = Some(c);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-        let channel = connected.context("connect")?;
+    for _ in 0..n {
+        let channel = channel_to(&server.addr, client_tls.as_ref()).await?;
         channels.push(tonic::service::interceptor::InterceptedService::new(channel, auth.clone()));
     }
+    Ok((server, channels, client_tls, auth))
+}
+
+/// A channel to `addr`, over TLS when `tls` is given, retried while the server starts.
+async fn channel_to(addr: &str, tls: Option<&tonic::transport::ClientTlsConfig>) -> Result<Channel> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?.tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    for _ in 0..200 {
+        if let Ok(c) = endpoint.connect().await {
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("cannot connect to {addr}")
+}
+
+/// W1 and W2 alone, plain or with TLS and a verified ES256 token on every call.
+async fn w12(n: usize, secure: bool) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("w12.db");
+    let (server, channels, _, _) = secured_server(dir.path(), &db, secure, 4).await?;
     let c = 64;
     let floor = transport_floor(&channels, n * 2, c).await?;
     let clients: Vec<EngineServiceClient<Ch>> = channels.iter().cloned().map(EngineServiceClient::new).collect();
@@ -1663,5 +1688,150 @@ async fn pg_workload(admin_url: &str, nodes: usize, cases: usize, timers: usize,
         "w5": {"pending": w5_n, "restart_ready_ms": ready_ms, "killed_node_deadlines_fired_ms_after_kill_or_due": failover_ms, "lease_ms": PG_LEASE.as_millis(), "fired_once": true},
     });
     println!("{json}");
+    Ok(())
+}
+
+/// Calls `call` every `every` for `secs`, each in a task of its own (an open loop: a slow server
+/// does not slow the offered rate); answers (latency, ok) per call.
+async fn paced<F, Fut>(every: Duration, secs: Duration, call: F) -> Vec<(Duration, bool)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let until = Instant::now() + secs;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut i = 0;
+    while Instant::now() < until {
+        tick.tick().await;
+        let call = call.clone();
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let ok = tokio::time::timeout(Duration::from_secs(10), call(i)).await.unwrap_or(false);
+            (started.elapsed(), ok)
+        });
+        i += 1;
+    }
+    let mut out = Vec::with_capacity(i);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(r) = r {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// (ok ratio, p50 ms, p99 ms, calls) of `results`.
+fn summary(results: &mut [(Duration, bool)]) -> (f64, f64, f64, usize) {
+    results.sort_by_key(|r| r.0);
+    let n = results.len().max(1);
+    let ok = results.iter().filter(|r| r.1).count() as f64 / n as f64;
+    let pct = |p: f64| results.get(((n as f64 - 1.0) * p).round() as usize).map_or(0.0, |r| r.0.as_secs_f64() * 1e3);
+    (ok, pct(0.5), pct(0.99), results.len())
+}
+
+/// `--abuse`: see the module documentation.
+async fn abuse(prefill_cases: usize, secs: Duration) -> Result<()> {
+    use shenguan::proto::admin_service_client::AdminServiceClient;
+    use shenguan::proto::intake_service_client::IntakeServiceClient;
+    // (1) Forged tokens against a valid neighbour, over TLS.
+    let dir = tempfile::tempdir()?;
+    let (server, channels, tls, _) = secured_server(dir.path(), &dir.path().join("forged.db"), true, 2).await?;
+    let valid = AdminServiceClient::new(channels[0].clone());
+    let forged_channel = channel_to(&server.addr, tls.as_ref()).await?;
+    let forged = Arc::new(AtomicUsize::new(0));
+    let flood = {
+        let forged = forged.clone();
+        tokio::spawn(paced(Duration::from_millis(1), secs, move |i| {
+            // A different (bad) token each time: nothing is cached, each is a signature check
+            // unless the address is refused first.
+            let auth = Auth(format!("Bearer eyJhbGciOiJFUzI1NiIsImtpZCI6ImlkcCJ9.eyJzdWIiOiJ4In0.forged{i}").parse().ok());
+            let mut client = AdminServiceClient::new(tonic::service::interceptor::InterceptedService::new(
+                forged_channel.clone(),
+                auth,
+            ));
+            let forged = forged.clone();
+            async move {
+                let r = client.calendar_status(shenguan::proto::CalendarStatusRequest {}).await;
+                forged.fetch_add(1, Ordering::Relaxed);
+                r.is_ok()
+            }
+        }))
+    };
+    let mut neighbour = paced(Duration::from_millis(5), secs, move |_| {
+        let mut client = valid.clone();
+        async move { client.calendar_status(shenguan::proto::CalendarStatusRequest {}).await.is_ok() }
+    })
+    .await;
+    let mut flood = flood.await?;
+    let forged_accepted = flood.iter().filter(|r| r.1).count();
+    let (flood_ok, _, _, flood_calls) = summary(&mut flood);
+    ensure!(forged_accepted == 0, "{forged_accepted} forged tokens were accepted");
+    let (ok, p50, p99, calls) = summary(&mut neighbour);
+    drop(server);
+
+    // (2) A scrape flood against GetCase, plain, on a prefilled database.
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("scrape.db");
+    prefill(&db, prefill_cases, 0).await?;
+    let (server, channels, _, _) = secured_server(dir.path(), &db, false, 4).await?;
+    let mut intake = IntakeServiceClient::new(channels[0].clone());
+    for i in 0..100 {
+        let r = integration_tests::fixtures::accept(
+            &format!("SCRAPE-{i}"),
+            shenguan::proto::Route::Normal,
+            shenguan::proto::Scenario::Unspecified,
+        );
+        intake.accept_case(r).await?;
+    }
+    let get_cases = |channels: Vec<Ch>| {
+        paced(Duration::from_millis(5), secs, move |i| {
+            let mut client = IntakeServiceClient::new(channels[i % channels.len()].clone());
+            async move {
+                let id = format!("320700/SCRAPE-{}", i % 100);
+                client.get_case(shenguan::proto::GetCaseRequest { case_id: id }).await.is_ok()
+            }
+        })
+    };
+    let mut alone = get_cases(channels.clone()).await;
+    let addr = server.addr.clone();
+    let scrapes = tokio::spawn(paced(Duration::from_millis(1), secs, move |_| {
+        let addr = addr.clone();
+        async move { integration_tests::scrape(addr.as_str()).await.is_ok_and(|t| t.starts_with("HTTP/1.1 200")) }
+    }));
+    let mut flooded = get_cases(channels.clone()).await;
+    let mut scrapes = scrapes.await?;
+    let refreshes = integration_tests::scrape(server.addr.as_str())
+        .await?
+        .lines()
+        .find(|l| l.starts_with("shenguan_metrics_gauge_refreshes_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(-1.0);
+    let (alone_ok, alone_p50, alone_p99, _) = summary(&mut alone);
+    let (flood_get_ok, flooded_p50, flooded_p99, _) = summary(&mut flooded);
+    let (scrape_ok, scrape_p50, _, scrape_calls) = summary(&mut scrapes);
+    // What one scrape used to cost: the count over the timers it ran every time.
+    let mut conn = open_durable(&db).await?;
+    let started = Instant::now();
+    let timers: i64 = sqlx::query_scalar("SELECT count(*) FROM timers").fetch_one(&mut conn).await?;
+    let count_ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(server);
+    println!(
+        "{}",
+        serde_json::json!({
+            "secs": secs.as_secs(),
+            "forged_calls": flood_calls, "forged_per_s": flood_calls as f64 / secs.as_secs_f64(),
+            "forged_refused_ratio": 1.0 - flood_ok,
+            "neighbour_calls": calls, "neighbour_ok_ratio": ok, "neighbour_p50_ms": p50, "neighbour_p99_ms": p99,
+            "prefilled_cases": prefill_cases, "timers": timers, "count_timers_ms": count_ms,
+            "getcase_alone_ok": alone_ok, "getcase_alone_p50_ms": alone_p50, "getcase_alone_p99_ms": alone_p99,
+            "getcase_flooded_ok": flood_get_ok, "getcase_flooded_p50_ms": flooded_p50, "getcase_flooded_p99_ms": flooded_p99,
+            "scrapes": scrape_calls, "scrape_ok": scrape_ok, "scrape_p50_ms": scrape_p50,
+            "gauge_refreshes": refreshes,
+        })
+    );
     Ok(())
 }

@@ -160,3 +160,21 @@ pub fn write_error(what: &str, id: &str, error: &WriteError) -> Status {
 pub fn read_error(error: &crate::store::Error) -> Status {
     told(read_error_status(error))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A COMMIT lost on the way may have been applied: the caller is told so, and how to learn
+    /// which, never "nothing was written".
+    #[test]
+    fn an_unknown_commit_outcome_says_it_may_have_been_applied() {
+        let s = write_error("case", "320700/X", &WriteError::Indeterminate("connection reset".into()));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("may have been applied"), "{}", s.message());
+        assert!(s.message().contains("x-request-id"), "{}", s.message());
+        assert!(!s.message().contains("nothing was written"), "{}", s.message());
+        let s = write_error("case", "320700/X", &WriteError::Unavailable("disk full".into()));
+        assert!(s.message().contains("nothing was written"), "{}", s.message());
+    }
+}

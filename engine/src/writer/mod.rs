@@ -1284,3 +1284,73 @@ fn fail_all(items: Vec<Item>, error: WriteError) {
         }
     }
 }
+
+#[cfg(test)]
+mod handle_tests {
+    use super::*;
+
+    /// A writer stand-in that answers each command with the next of `answers`.
+    fn handle_answering(answers: Vec<Result<(), WriteError>>) -> (Handle, tokio::task::JoinHandle<usize>) {
+        let (tx, mut rx) = mpsc::channel(4);
+        let (_replanned, replanned_rx) = tokio::sync::watch::channel(0);
+        let task = tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            let mut seen = 0;
+            while let Some(request) = rx.recv().await {
+                seen += 1;
+                let answer = answers.next().unwrap_or(Err(WriteError::ShuttingDown));
+                if let Request::Command(command, reply) = request {
+                    let instance = crate::machine::Instance {
+                        id: command.instance.clone(),
+                        workflow: "w".into(),
+                        version: 1,
+                        state: "s".into(),
+                        vars: std::collections::BTreeMap::new(),
+                        timers: std::collections::BTreeMap::new(),
+                        seq: 1,
+                        created_at: 0,
+                        updated_at: 0,
+                    };
+                    let _ = reply.send(answer.map(|()| Applied { instance, seq: 1, duplicate: false }));
+                }
+            }
+            seen
+        });
+        (Handle { tx, replanned: replanned_rx }, task)
+    }
+
+    fn command() -> Command {
+        Command {
+            instance: "i".into(),
+            kind: CommandKind::Event { name: "e".into(), fields: serde_json::Map::new() },
+            actor: "test".into(),
+            request_id: None,
+            idempotency: None,
+        }
+    }
+
+    /// A caller's command that shared a batch with a fire of a shard this node had lost is not
+    /// the fence's business: it is decided again, like a conflict, and the caller is answered.
+    #[tokio::test]
+    async fn a_command_in_a_fenced_batch_is_decided_again() {
+        let (handle, task) = handle_answering(vec![
+            Err(WriteError::Fenced("shard 7".into())),
+            Err(WriteError::Conflict("x".into())),
+            Ok(()),
+        ]);
+        let applied = handle.submit(command()).await.expect("decided again until applied");
+        assert_eq!(applied.instance.id, "i");
+        drop(handle);
+        assert_eq!(task.await.expect("task"), 3);
+    }
+
+    /// A refusal or a storage error is the caller's answer at once.
+    #[tokio::test]
+    async fn other_errors_are_answered_at_once() {
+        let (handle, task) = handle_answering(vec![Err(WriteError::Indeterminate("lost".into())), Ok(())]);
+        let e = handle.submit(command()).await.expect_err("told");
+        assert!(matches!(e, WriteError::Indeterminate(_)), "{e:?}");
+        drop(handle);
+        assert_eq!(task.await.expect("task"), 1);
+    }
+}

@@ -1747,7 +1747,8 @@ async fn abuse(prefill_cases: usize, secs: Duration) -> Result<()> {
         tokio::spawn(paced(Duration::from_millis(1), secs, move |i| {
             // A different (bad) token each time: nothing is cached, each is a signature check
             // unless the address is refused first.
-            let auth = Auth(format!("Bearer eyJhbGciOiJFUzI1NiIsImtpZCI6ImlkcCJ9.eyJzdWIiOiJ4In0.forged{i}").parse().ok());
+            let auth =
+                Auth(format!("Bearer eyJhbGciOiJFUzI1NiIsImtpZCI6ImlkcCJ9.eyJzdWIiOiJ4In0.forged{i}").parse().ok());
             let mut client = AdminServiceClient::new(tonic::service::interceptor::InterceptedService::new(
                 forged_channel.clone(),
                 auth,

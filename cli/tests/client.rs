@@ -33,8 +33,16 @@ fn serve(db: &Path) -> Server {
 
 /// Like [`serve`], with the virtual clock at `start`.
 fn serve_at(db: &Path, start: &str) -> Server {
+    spawn_serve(db, &["--virtual-clock", start])
+}
+
+/// `shenguan serve` on a port the OS picks, on `db`, with `extra` arguments; the address read
+/// from its log (`http://…` whatever `extra` says: the caller knows whether it serves TLS).
+fn spawn_serve(db: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--virtual-clock", start, "--db"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--db")
         .arg(db)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -159,21 +167,7 @@ fn the_readme_tour_through_the_cli() {
 #[test]
 fn advance_clock_is_refused_on_the_system_clock() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(dir.path().join("sys.db"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = loop {
-        let line = lines.next().expect("address").expect("read");
-        if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
-            break format!("http://{}", addr.trim());
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let server = Server { child, url, token: dev_token(&dir.path().join("sys.db")) };
+    let server = spawn_serve(&dir.path().join("sys.db"), &[]);
     let o = cli(&server, &["clock", "advance", "--by", "1d"]);
     assert_eq!(o.status.code(), Some(6));
     assert!(text(&o).contains("only a server started with --virtual-clock can be advanced"), "{}", text(&o));
@@ -369,27 +363,6 @@ fn the_database_dev_key_and_dev_token_are_private_to_their_owner() {
     }
 }
 
-/// Starts `shenguan serve` with `extra` arguments and returns its port.
-fn serve_with(db: &Path, extra: &[&str]) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--virtual-clock", "2026-09-28T10:00:00+08:00", "--db"])
-        .arg(db)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let port = loop {
-        let line = lines.next().expect("the server logs its address").expect("read");
-        if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
-            break addr.trim().rsplit(':').next().expect("port").parse().expect("a port");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, port)
-}
-
 /// `tls dev-cert` makes a CA and a server certificate a TLS server starts with; a client
 /// trusting the CA reaches it over https, and a plaintext client pointed at it is told, in a
 /// sentence and with exit 7, that the server speaks TLS — every time.
@@ -420,9 +393,19 @@ fn dev_certificates_serve_tls_and_a_plaintext_client_is_told_the_server_speaks_t
     let db = dir.path().join("tls.db");
     let cert = certs.join("server.pem");
     let key = certs.join("server.key");
-    let (mut child, port) =
-        serve_with(&db, &["--tls-cert", cert.to_str().expect("utf-8"), "--tls-key", key.to_str().expect("utf-8")]);
-    let token = dev_token(&db);
+    let server = spawn_serve(
+        &db,
+        &[
+            "--virtual-clock",
+            "2026-09-28T10:00:00+08:00",
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+        ],
+    );
+    let port = server.url.rsplit(':').next().expect("a port").to_owned();
+    let token = server.token.clone();
     let client = |server: String, ca: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_shenguan"));
         c.args(["case", "list"]).env("SHENGUAN_SERVER", server).env("SHENGUAN_TOKEN_FILE", &token);
@@ -438,8 +421,6 @@ fn dev_certificates_serve_tls_and_a_plaintext_client_is_told_the_server_speaks_t
         assert_eq!(o.status.code(), Some(7), "{}", text(&o));
         assert!(text(&o).contains("speaks TLS: use --server https://127.0.0.1"), "{}", text(&o));
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A client command run where there is no dev token says where it looked and how to pass one,

@@ -401,6 +401,29 @@ async fn node(url: &str, name: &str, clock: &VirtualClock, tick: std::time::Dura
     Engine::start(c, context(Arc::new(Registry::embedded().expect("w")), clock)).await.expect("node starts")
 }
 
+/// 300 cases `<prefix>NNN` started at once on both nodes, each under the request id
+/// `request(i, node)`; every answer.
+async fn race(
+    a: &Engine,
+    b: &Engine,
+    prefix: &'static str,
+    request: fn(usize, &str) -> String,
+) -> Vec<Result<shenguan::writer::Applied, WriteError>> {
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        for (h, side) in [(a.handle(), "a"), (b.handle(), "b")] {
+            calls.spawn(async move {
+                h.submit(case(&format!("{prefix}{i:03}"), "2026-10-09", Some(&request(i, side)))).await
+            });
+        }
+    }
+    let mut answers = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        answers.push(r.expect("task"));
+    }
+    answers
+}
+
 /// Two nodes create the same cases at the same instant, each under its own request id: for
 /// every case exactly one start is applied and the other is refused as a duplicate — never a
 /// storage error, never two histories.
@@ -410,19 +433,9 @@ async fn two_nodes_deciding_on_the_same_instances_never_both_win() {
     let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
     let tick = std::time::Duration::from_millis(200);
     let (a, b) = (node(&url, "a", &clock, tick).await, node(&url, "b", &clock, tick).await);
-    let (ha, hb) = (a.handle(), b.handle());
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..300 {
-        for (h, side) in [(ha.clone(), "a"), (hb.clone(), "b")] {
-            calls.spawn(async move {
-                let id = format!("race{i:03}");
-                h.submit(case(&id, "2026-10-09", Some(&format!("{side}-{i}")))).await
-            });
-        }
-    }
     let (mut applied, mut refused) = (0, 0);
-    while let Some(r) = calls.join_next().await {
-        match r.expect("task") {
+    for r in race(&a, &b, "race", |i, side| format!("{side}-{i}")).await {
+        match r {
             Ok(_) => applied += 1,
             Err(WriteError::Rejected(Rejection::AlreadyExists { .. })) => refused += 1,
             Err(other) => panic!("a racing start must be applied or refused as existing, not {other:?}"),
@@ -445,19 +458,9 @@ async fn the_same_request_on_two_nodes_at_once_gets_the_first_answer_on_both() {
     let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
     let tick = std::time::Duration::from_millis(200);
     let (a, b) = (node(&url, "a", &clock, tick).await, node(&url, "b", &clock, tick).await);
-    let (ha, hb) = (a.handle(), b.handle());
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..300 {
-        for h in [ha.clone(), hb.clone()] {
-            calls.spawn(async move {
-                let id = format!("same{i:03}");
-                h.submit(case(&id, "2026-10-09", Some(&format!("req-{i}")))).await
-            });
-        }
-    }
     let (mut first, mut duplicate) = (0, 0);
-    while let Some(r) = calls.join_next().await {
-        match r.expect("task") {
+    for r in race(&a, &b, "same", |i, _| format!("req-{i}")).await {
+        match r {
             Ok(applied) if applied.duplicate => duplicate += 1,
             Ok(_) => first += 1,
             Err(other) => panic!("an identical request must get the first answer, not {other:?}"),

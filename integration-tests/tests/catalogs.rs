@@ -751,10 +751,6 @@ async fn missed_runs_are_all_drawn_and_a_plan_without_inspectors_is_escalated_no
     let fire_runs = runs(fire.plan_id.clone()).await?;
     assert!(fire_runs.runs.is_empty(), "no draw is written without inspectors");
     assert_eq!(fire_runs.plan.as_ref().map(|p| (p.runs, p.drawn)), Some((2, 0)), "both runs due, none drawn");
-    let mut store = integration_tests::Db::open(&db).await?;
-    let escalations: Vec<String> =
-        store.outbox().await?.into_keys().filter(|k| k.starts_with(&format!("{}:", fire.plan_id))).collect();
-    assert_eq!(escalations.len(), 1, "escalated once, not at every round: {escalations:?}");
     assert!(server.metrics().await?.contains("shenguan_spot_check_draws_total{result=\"refused\"}"));
 
     // The inspector is back: the waiting runs are drawn at the runner's next round.
@@ -762,5 +758,26 @@ async fn missed_runs_are_all_drawn_and_a_plan_without_inspectors_is_escalated_no
     admin.advance_clock(shenguan::proto::AdvanceClockRequest { by_millis: 1, to: String::new() }).await?;
     let fire_runs = runs(fire.plan_id.clone()).await?;
     assert_eq!(fire_runs.runs.len(), 2, "drawn once staffed");
+    // Everything the fire plan sent, in order, up to its two draws: one escalation.
+    let mut events = shenguan::proto::events_service_client::EventsServiceClient::new(server.channel.clone());
+    let request = shenguan::proto::SubscribeRequest {
+        consumer: "missed-runs".into(),
+        channels: vec!["escalation".into(), "spot_check".into()],
+        max_in_flight: 1000,
+        ..Default::default()
+    };
+    let mut stream = events.subscribe(request).await?.into_inner();
+    let (mut escalations, mut draws) = (0, 0);
+    while draws < 2 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(30), stream.message()).await??;
+        let event = event.ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
+        if event.instance_id == fire.plan_id {
+            match event.channel.as_str() {
+                "escalation" => escalations += 1,
+                _ => draws += 1,
+            }
+        }
+    }
+    assert_eq!(escalations, 1, "escalated once, not at every round");
     server.stop().await
 }

@@ -29,7 +29,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Postgres, QueryBuilder, Row};
+use sqlx::{Connection, Postgres, QueryBuilder};
 
 use super::{
     row, Batch, DeliveryState, Error, Filter, IdempotencyRow, InstanceRow, ReadStore, ReplanJob, Store,
@@ -678,26 +678,12 @@ impl Store for PgStore {
     }
 
     async fn load_idempotency(&mut self, keys: &[&str]) -> Result<HashMap<String, IdempotencyRow>, Error> {
-        let rows = sqlx::query(
-            "SELECT key, instance_id, seq, fingerprint, created_at FROM idempotency WHERE key = ANY($1::text[])",
-        )
-        .bind(keys)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("key")?,
-                    IdempotencyRow {
-                        instance: r.try_get("instance_id")?,
-                        seq: u64::try_from(r.try_get::<i64, _>("seq")?)
-                            .map_err(|e| row::corrupt("idempotency.seq", e))?,
-                        fingerprint: r.try_get("fingerprint")?,
-                        created_at: r.try_get("created_at")?,
-                    },
-                ))
-            })
-            .collect()
+        let rows =
+            sqlx::query(&format!("SELECT {} FROM idempotency WHERE key = ANY($1::text[])", row::IDEMPOTENCY_COLUMNS))
+                .bind(keys)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(row::idempotency).collect()
     }
 
     async fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
@@ -988,16 +974,11 @@ impl ReadStore for PgReader {
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<crate::store::IdempotencyRow>, Error> {
-        let row: Option<(String, i64, String, i64)> =
-            sqlx::query_as("SELECT instance_id, seq, fingerprint, created_at FROM idempotency WHERE key = $1")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(instance, seq, fingerprint, created_at)| {
-            let seq = u64::try_from(seq).map_err(|e| crate::store::row::corrupt("idempotency.seq", e))?;
-            Ok(crate::store::IdempotencyRow { instance, seq, fingerprint, created_at })
-        })
-        .transpose()
+        let r = sqlx::query(&format!("SELECT {} FROM idempotency WHERE key = $1", row::IDEMPOTENCY_COLUMNS))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.as_ref().map(row::idempotency).transpose()?.map(|(_, row)| row))
     }
 
     async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error> {

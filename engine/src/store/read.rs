@@ -163,16 +163,12 @@ impl ReadStore for Reader {
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<crate::store::IdempotencyRow>, Error> {
-        let row: Option<(String, i64, String, i64)> =
-            sqlx::query_as("SELECT instance_id, seq, fingerprint, created_at FROM idempotency WHERE key = ?")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(instance, seq, fingerprint, created_at)| {
-            let seq = u64::try_from(seq).map_err(|e| crate::store::row::corrupt("idempotency.seq", e))?;
-            Ok(crate::store::IdempotencyRow { instance, seq, fingerprint, created_at })
-        })
-        .transpose()
+        let columns = crate::store::row::IDEMPOTENCY_COLUMNS;
+        let row = sqlx::query(&format!("SELECT {columns} FROM idempotency WHERE key = ?"))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(crate::store::row::idempotency).transpose()?.map(|(_, row)| row))
     }
 
     async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error> {

@@ -5,7 +5,9 @@
 
 use sqlx::Row;
 
-use super::{DeliveryState, Error, InstanceRow, ReplanJob, StoredCalendarFile, StoredMessage, TimerRow};
+use super::{
+    DeliveryState, Error, IdempotencyRow, InstanceRow, ReplanJob, StoredCalendarFile, StoredMessage, TimerRow,
+};
 use crate::calendar::CalendarFile;
 use crate::machine::{CommandKind, HistoryEntry};
 
@@ -89,6 +91,20 @@ pub(crate) fn history(r: &impl Get) -> Result<HistoryEntry, Error> {
         handled: r.flag("handled")?,
         calendar: unsigned(r, "calendar", "history.calendar")?,
     })
+}
+
+/// The columns [`idempotency`] reads.
+pub(crate) const IDEMPOTENCY_COLUMNS: &str = "key, instance_id, seq, fingerprint, created_at";
+
+/// A stored idempotency key (selected with [`IDEMPOTENCY_COLUMNS`]): its key and row.
+pub(crate) fn idempotency(r: &impl Get) -> Result<(String, IdempotencyRow), Error> {
+    let row = IdempotencyRow {
+        instance: r.text("instance_id")?,
+        seq: unsigned(r, "seq", "idempotency.seq")?,
+        fingerprint: r.text("fingerprint")?,
+        created_at: r.int("created_at")?,
+    };
+    Ok((r.text("key")?, row))
 }
 
 pub(crate) fn timer(r: &impl Get) -> Result<TimerRow, Error> {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{
     Batch, DeliveryState, Error, IdempotencyRow, InstanceRow, ReplanJob, Store, StoredCalendarFile, TimerFrom, TimerId,
@@ -325,25 +325,18 @@ mod ops {
     ) -> Result<HashMap<String, IdempotencyRow>, Error> {
         let mut out = HashMap::new();
         for chunk in keys.chunks(rows_for(1)) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT key, instance_id, seq, fingerprint, created_at FROM idempotency WHERE key IN (",
-            );
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "SELECT {} FROM idempotency WHERE key IN (",
+                crate::store::row::IDEMPOTENCY_COLUMNS
+            ));
             let mut sep = q.separated(", ");
             for key in chunk {
                 sep.push_bind(*key);
             }
             q.push(")");
             for row in q.build().fetch_all(&mut *conn).await? {
-                out.insert(
-                    row.try_get("key")?,
-                    IdempotencyRow {
-                        instance: row.try_get("instance_id")?,
-                        seq: u64::try_from(row.try_get::<i64, _>("seq")?)
-                            .map_err(|e| crate::store::row::corrupt("idempotency.seq", e))?,
-                        fingerprint: row.try_get("fingerprint")?,
-                        created_at: row.try_get("created_at")?,
-                    },
-                );
+                let (key, row) = crate::store::row::idempotency(&row)?;
+                out.insert(key, row);
             }
         }
         Ok(out)

@@ -793,7 +793,7 @@ fn visibility_parties() -> Vec<(&'static str, Who)> {
 /// another department approves and supervises; `T` a case numbered `TZ-2026-0001` with a task
 /// of the office (a case number beginning with T is still a case); `spot` a spot-check task of
 /// the office (and its plan).
-const VISIBILITY: [(&str, &str, &str); 28] = [
+const VISIBILITY: [(&str, &str, &str); 29] = [
     ("GetCase", "own", "YYYYnY--"),
     ("GetCase", "task", "YYYYYY--"),
     ("GetCase", "other", "YYYnnY--"),
@@ -822,6 +822,7 @@ const VISIBILITY: [(&str, &str, &str); 28] = [
     ("Subscribe", "other", "Y----Yn-"),
     ("Subscribe", "T", "Y----YY-"),
     ("ListSpotCheckRuns", "spot", "YYYYY-Y-"),
+    ("ListSpotCheckPlans", "spot", "YYYYY-Y-"),
 ];
 
 /// The rows of [`VISIBILITY`]: a case id, the id of its task (or of the spot-check task), the
@@ -967,6 +968,10 @@ async fn observe(rpc: &str, row: &str, rows: &Rows, ch: Authed) -> Result<char> 
                 Err(s) => refused(s)?,
             }
         }
+        "ListSpotCheckPlans" => match admin.list_spot_check_plans(pb::ListSpotCheckPlansRequest::default()).await {
+            Ok(r) => yes(r.into_inner().plans.iter().any(|p| p.plan_id == rows.plan)),
+            Err(s) => refused(s)?,
+        },
         "ListSpotCheckRuns" => {
             let request = pb::ListSpotCheckRunsRequest { plan_id: rows.plan.clone(), include_records: false };
             match admin.list_spot_check_runs(request).await {

@@ -144,8 +144,9 @@ impl Scope {
         }
     }
 
-    /// Limits a listing of tasks, spot-check tasks or plans (rows with `region`, `department`
-    /// and `office` variables) to what [`Scope::sees`] lets through, in SQL.
+    /// Limits a listing of supervision tasks to what [`Scope::sees`] lets through, in SQL. Only
+    /// for rows whose id starts with their region (`<region>/<case>/T<n>`): spot-check ids start
+    /// with `SC/`, so their listings apply [`Scope::sees`] to each row.
     pub fn limit_tasks(&self, filter: &mut Filter) {
         filter.region_prefix = self.id_prefix();
         if let Some(d) = &self.department {

@@ -50,6 +50,24 @@ pub(crate) fn require_case(
 }
 
 impl Intake {
+    /// The answer to an AcceptCase already applied under its case number: the case (a
+    /// duplicate) for the same request, ALREADY_EXISTS for another; `None` if none was.
+    async fn replayed(&self, r: &AcceptCaseRequest, received: &[u8]) -> Result<Option<Response<CaseReply>>, Status> {
+        if domain::check_region(&r.region_code).is_err() || domain::check_case_no(&r.case_no).is_err() {
+            return Ok(None);
+        }
+        let case_id = domain::case_id(&r.region_code, &r.case_no);
+        let idempotency = Idempotency::new("IntakeService.AcceptCase", &case_id, received);
+        let stored = self.shared.reader.idempotency(&idempotency.key).await.map_err(|e| status::read_error(&e))?;
+        let Some(stored) = stored.filter(|s| s.instance == case_id) else { return Ok(None) };
+        tracing::Span::current().record("instance", case_id.as_str());
+        if stored.fingerprint != idempotency.fingerprint {
+            let reused = crate::writer::WriteError::KeyReused { key: idempotency.key };
+            return Err(status::write_error("case", &case_id, &reused));
+        }
+        self.reply(&case_id, true).await.map(Some)
+    }
+
     async fn reply(&self, case_id: &str, duplicate: bool) -> Result<Response<CaseReply>, Status> {
         self.reply_to(None, case_id, duplicate).await
     }
@@ -201,25 +219,7 @@ impl IntakeService for Intake {
         if crate::auth::region_prefix(&r.region_code).is_some() {
             who.require_region(&self.shared, &r.region_code, "region", &r.region_code)?;
         }
-        // A replay is answered before anything that depends on today or on the catalogs in
-        // force is checked: the same request keeps its first answer on any later day.
         let fingerprint = prost::Message::encode_to_vec(&r);
-        if domain::check_region(&r.region_code).is_ok() && domain::check_case_no(&r.case_no).is_ok() {
-            let case_id = domain::case_id(&r.region_code, &r.case_no);
-            let idempotency = Idempotency::new("IntakeService.AcceptCase", &case_id, &fingerprint);
-            let stored = self.shared.reader.idempotency(&idempotency.key).await.map_err(|e| status::read_error(&e))?;
-            if let Some(stored) = stored.filter(|s| s.instance == case_id) {
-                tracing::Span::current().record("instance", case_id.as_str());
-                if stored.fingerprint != idempotency.fingerprint {
-                    return Err(status::write_error(
-                        "case",
-                        &case_id,
-                        &crate::writer::WriteError::KeyReused { key: idempotency.key },
-                    ));
-                }
-                return self.reply(&case_id, true).await;
-            }
-        }
         let calendars = self.shared.calendars();
         let calendar = calendars.region(&r.region_code);
         let catalogs = self.shared.context().catalogs.current();
@@ -231,7 +231,18 @@ impl IntakeService for Intake {
             calendar,
             today: self.shared.today(calendar),
         };
-        let (case_id, start) = case::accept(&new_case(&r), &policy, &actor).map_err(|e| status::refusal(&e))?;
+        let (case_id, start) = match case::accept(&new_case(&r), &policy, &actor) {
+            Ok(accepted) => accepted,
+            // A refusal may rest on today or on the catalogs in force: a replay of a request
+            // applied before keeps its first answer whatever they say now. (An accepted replay
+            // meets its key in the writer; only refusals need the key read here.)
+            Err(refusal) => {
+                return match self.replayed(&r, &fingerprint).await? {
+                    Some(reply) => Ok(reply),
+                    None => Err(status::refusal(&refusal)),
+                }
+            }
+        };
         tracing::Span::current().record("instance", case_id.as_str());
         // The case number is the natural idempotency key: one case per number and region, for
         // every caller. The fingerprint is of the request as received, so a retry on a later

@@ -332,18 +332,11 @@ pub(super) async fn enterprise_profile(
     let mut events: Vec<proto::ProfileEvent> = Vec::new();
     let mut latest_case: Option<(i64, String, String)> = None;
     for s in &subjects {
-        let Some(row) = shared.reader.instance(&s.row.instance).await.map_err(|e| status::read_error(&e))? else {
-            continue;
-        };
         // Only what the caller sees, by the rule every read path uses.
-        let tasks = if row.workflow == CASE_WORKFLOW {
-            super::intake::tasks_of(shared.reader.as_ref(), &row.id).await?
-        } else {
-            Vec::new()
-        };
-        if !who.scope().sees(&Seen::of(&row, &tasks)) {
-            continue;
-        }
+        let loaded = crate::auth::visibility::load(shared.reader.as_ref(), &s.row.instance)
+            .await
+            .map_err(|e| status::read_error(&e))?;
+        let Some((row, _)) = loaded.filter(|(_, seen)| who.scope().sees(seen)) else { continue };
         if row.workflow == CASE_WORKFLOW {
             if profile.name.is_empty() || latest_case.as_ref().is_some_and(|(at, _, _)| *at <= row.created_at) {
                 profile.name = view::var(&row, "applicant_name");

@@ -277,7 +277,7 @@ impl Keeper {
             tracing::warn!(%node, shards = ?lost, "shard leases were taken over (this node missed its renewals)");
             self.ownership.taken(&lost);
         }
-        self.tell_new_holders().await?;
+        self.tell_new_holders().await;
         self.retry_loads().await;
 
         let mut kept: Vec<u32> = held.iter().map(|(s, _)| *s).filter(|s| !lost.contains(s)).collect();
@@ -347,21 +347,20 @@ impl Keeper {
     /// this node may have armed one there while it still thought it held the shard, and put it
     /// only in its own wheel. The writer is asked first, so that every batch decided before the
     /// loss has committed when the holders read.
-    async fn tell_new_holders(&self) -> Result<(), Error> {
+    async fn tell_new_holders(&self) {
         let taken = self.ownership.take_taken();
         if taken.is_empty() {
-            return Ok(());
+            return;
         }
         if let Err(e) = self.writer.shards(Vec::new(), taken.clone()).await {
             tracing::warn!(error = %e, "cannot drop the timers of lost shards from the wheel");
         }
         let notice = crate::store::postgres::Notice::Timers(taken.clone());
         if let Err(e) = crate::store::postgres::notify_now(&self.pool, &notice).await {
-            // Told at the next tick instead.
+            // Told at the next tick instead; the rest of this tick (renewing, taking) goes on.
+            tracing::warn!(error = %e, shards = ?taken, "cannot tell the new holders of taken shards yet");
             self.ownership.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(taken);
-            return Err(e);
         }
-        Ok(())
     }
 
     /// Stops firing `shards`' timers: out of the ownership first (the service checks it before

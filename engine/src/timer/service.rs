@@ -148,7 +148,7 @@ impl Service {
                 // Another node changed the instance first, or the batch was fenced for another
                 // fire's shard: decide again at once, on fresh rows (a shard this node lost is
                 // then refused as NotHeld before it is decided).
-                Ok(Err(WriteError::Conflict(_) | WriteError::Fenced(_))) => again.push(key),
+                Ok(Err(e)) if e.decide_again() => again.push(key),
                 Ok(Err(e)) => {
                     tracing::warn!(instance = %key.instance, timer = %key.name, error = %e, "timer fire not committed; will retry");
                     retry.push(key);

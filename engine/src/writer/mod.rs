@@ -87,6 +87,15 @@ pub enum WriteError {
     Indeterminate(String),
 }
 
+impl WriteError {
+    /// Whether the command was refused for the batch's sake, not its own, and deciding it again
+    /// on fresh rows will do: another node changed an instance first, or the batch was fenced
+    /// for another command's shard.
+    pub fn decide_again(&self) -> bool {
+        matches!(self, WriteError::Conflict(_) | WriteError::Fenced(_))
+    }
+}
+
 /// How often a command that met a write conflict is decided again before its caller is told.
 /// A conflict needs two nodes changing one instance in the same instant: it seldom repeats.
 const CONFLICT_RETRIES: usize = 8;
@@ -310,9 +319,7 @@ impl Handle {
             let (reply, rx) = oneshot::channel();
             self.tx.send(Request::Command(command.clone(), reply)).await.map_err(|_| WriteError::ShuttingDown)?;
             match rx.await.map_err(|_| WriteError::ShuttingDown)? {
-                // Decided on rows another node changed, or in a batch fenced for another
-                // command's shard: deciding again on fresh rows will do.
-                Err(WriteError::Conflict(_) | WriteError::Fenced(_)) if tries < CONFLICT_RETRIES => tries += 1,
+                Err(e) if e.decide_again() && tries < CONFLICT_RETRIES => tries += 1,
                 other => return other,
             }
         }
@@ -348,11 +355,7 @@ impl Handle {
             let request = Request::Group(items.clone(), derive.clone(), reply);
             self.tx.send(request).await.map_err(|_| gone.clone())?;
             match rx.await.map_err(|_| gone.clone())? {
-                Err(GroupError { error: WriteError::Conflict(_) | WriteError::Fenced(_), .. })
-                    if tries < CONFLICT_RETRIES =>
-                {
-                    tries += 1
-                }
+                Err(e) if e.error.decide_again() && tries < CONFLICT_RETRIES => tries += 1,
                 other => return other,
             }
         }
@@ -1155,8 +1158,13 @@ impl<S: Store> Writer<S> {
                 true
             }
             Err(e) => {
+                let requests = pending.len();
                 match &e {
-                    crate::store::Error::Conflict(_) => self.metrics.conflicts.inc(),
+                    // Expected between nodes and decided again: counted, not paged.
+                    crate::store::Error::Conflict(_) => {
+                        self.metrics.conflicts.inc();
+                        tracing::debug!(error = %e, requests, "group commit refused; nothing of the batch was written; deciding again");
+                    }
                     crate::store::Error::Fenced { lost, .. } => {
                         self.metrics.fenced.inc();
                         // Let go of the lost shards now rather than at the keeper's next tick:
@@ -1166,22 +1174,19 @@ impl<S: Store> Writer<S> {
                             own.taken(lost);
                             crate::timer::drop_shards(&self.timers, lost, self.settings.shards);
                         }
-                    }
-                    // Lost during COMMIT, the transaction may have committed: its timers would
-                    // then be stored but not in the wheel.
-                    _ if self.settings.ownership.is_some() => self.reload_wheel = true,
-                    _ => {}
-                }
-                match &e {
-                    // Expected between nodes and decided again: counted, not paged.
-                    crate::store::Error::Conflict(_) | crate::store::Error::Fenced { .. } => {
-                        tracing::debug!(error = %e, requests = pending.len(), "group commit refused; nothing of the batch was written; deciding again")
-                    }
-                    crate::store::Error::Indeterminate(_) => {
-                        tracing::error!(error = %e, requests = pending.len(), "group commit's outcome is unknown; callers are told to retry with their request id")
+                        tracing::debug!(error = %e, requests, "group commit refused; nothing of the batch was written; deciding again");
                     }
                     _ => {
-                        tracing::error!(error = %e, requests = pending.len(), "group commit failed; nothing of the batch was written")
+                        // Lost during COMMIT, the transaction may have committed: its timers
+                        // would then be stored but not in the wheel.
+                        if self.settings.ownership.is_some() {
+                            self.reload_wheel = true;
+                        }
+                        if matches!(e, crate::store::Error::Indeterminate(_)) {
+                            tracing::error!(error = %e, requests, "group commit's outcome is unknown; callers are told to retry with their request id");
+                        } else {
+                            tracing::error!(error = %e, requests, "group commit failed; nothing of the batch was written");
+                        }
                     }
                 }
                 for (kind, _) in &counts {

@@ -24,6 +24,20 @@ fn import(files: Vec<CatalogFile>) -> ImportCatalogsRequest {
     ImportCatalogsRequest { files, comment: "test".into(), dry_run: false }
 }
 
+/// Accepts case `no` on catalogued handling item `item` for enterprise `code` of credit
+/// `grade`, and licenses it (licence `JY-<no>`).
+async fn licensed(server: &TestServer, no: &str, item: &str, code: &str, grade: &str) -> Result<()> {
+    server.intake().accept_case(catalogued(no, item, code, grade)).await?;
+    let licence = CompleteApprovalRequest {
+        case_id: format!("320700/{no}"),
+        license_no: format!("JY-{no}"),
+        approval_opinion: "准予许可".into(),
+        document_refs: vec![],
+    };
+    server.intake().complete_approval(licence).await?;
+    Ok(())
+}
+
 fn example_file(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples").join(name);
     std::fs::read_to_string(path).expect("example file")
@@ -440,15 +454,7 @@ async fn spot_checks_over_three_months_skip_holidays_repeat_from_their_seeds_and
     for i in 0..40 {
         let code = uscc(&format!("91320700MA2{i:06}"));
         let item = if i % 2 == 0 { "FOOD-PROD-NEW" } else { "FOOD-PROD-CHG" };
-        intake.accept_case(catalogued(&format!("S-{i}"), item, &code, grade_of(i))).await?;
-        intake
-            .complete_approval(CompleteApprovalRequest {
-                case_id: format!("320700/S-{i}"),
-                license_no: format!("JY-{i}"),
-                approval_opinion: "ok".into(),
-                document_refs: vec![],
-            })
-            .await?;
+        licensed(&server, &format!("S-{i}"), item, &code, grade_of(i)).await?;
         codes.push(code);
     }
     // A case of another item (public venues) is not in the food producers' population.
@@ -649,16 +655,7 @@ async fn a_run_due_while_the_server_was_down_is_drawn_after_the_restart() -> Res
     server.admin().import_catalogs(example_catalog()).await?;
     for i in 0..3 {
         let code = uscc(&format!("91320700MA4{i:06}"));
-        server.intake().accept_case(catalogued(&format!("R-{i}"), "FOOD-PROD-NEW", &code, "C")).await?;
-        server
-            .intake()
-            .complete_approval(CompleteApprovalRequest {
-                case_id: format!("320700/R-{i}"),
-                license_no: format!("JY-R{i}"),
-                approval_opinion: "ok".into(),
-                document_refs: vec![],
-            })
-            .await?;
+        licensed(&server, &format!("R-{i}"), "FOOD-PROD-NEW", &code, "C").await?;
     }
     let mut request = plan_request();
     request.ratios = "C=1".into();
@@ -704,16 +701,7 @@ async fn missed_runs_are_all_drawn_and_a_plan_without_inspectors_is_escalated_no
     admin.import_catalogs(example_catalog()).await?;
     for i in 0..3 {
         let code = uscc(&format!("91320700MA6{i:06}"));
-        server.intake().accept_case(catalogued(&format!("M-{i}"), "FOOD-PROD-NEW", &code, "C")).await?;
-        server
-            .intake()
-            .complete_approval(CompleteApprovalRequest {
-                case_id: format!("320700/M-{i}"),
-                license_no: format!("JY-M{i}"),
-                approval_opinion: "准予许可".into(),
-                document_refs: vec![],
-            })
-            .await?;
+        licensed(&server, &format!("M-{i}"), "FOOD-PROD-NEW", &code, "C").await?;
     }
     let plan = |code: &str, office: &str, item: &str| CreateSpotCheckPlanRequest {
         code: code.into(),

@@ -69,11 +69,18 @@ pub enum Error {
     Indeterminate(String),
 }
 
-/// PostgreSQL SQLSTATE classes and codes that pass: connection exceptions (08), insufficient
-/// resources (53: disk full, out of memory, too many connections), operator intervention (57P:
-/// shutdown, crash recovery), serialization failure and deadlock (40001, 40P01).
+/// PostgreSQL SQLSTATE classes that pass: connection exceptions (08), insufficient resources
+/// (53: disk full, out of memory, too many connections), operator intervention (57P: shutdown,
+/// crash recovery).
 fn pg_transient(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") || code == "40001" || code == "40P01"
+    code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+}
+
+/// PostgreSQL's serialization failure and deadlock (40001, 40P01): two transactions wrote the
+/// same rows at once (two nodes deciding on one instance) and this one was rolled back whole —
+/// the same as a write conflict, decided again on fresh rows rather than told to the caller.
+fn pg_conflict(code: &str) -> bool {
+    code == "40001" || code == "40P01"
 }
 
 /// SQLite primary result codes that pass: BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL.
@@ -88,7 +95,9 @@ impl From<sqlx::Error> for Error {
         match &e {
             E::Database(db) if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() => {
                 let code = db.code().unwrap_or_default();
-                if pg_transient(&code) {
+                if pg_conflict(&code) {
+                    Error::Conflict(text)
+                } else if pg_transient(&code) {
                     Error::Unavailable(text)
                 } else if code.starts_with("XX") {
                     Error::Corrupt(text)

@@ -903,6 +903,48 @@ pub(crate) fn stats_text(reply: &proto::GetStatisticsReply) -> String {
     out
 }
 
+/// The ids behind each figure that has any, one line per figure.
+pub(crate) fn ids_text(reply: &proto::GetStatisticsReply) -> String {
+    let mut out = String::from("\nIds behind the figures\n");
+    let mut line = |who: String, name: &str, f: &Option<proto::Figure>| {
+        if let Some(f) = f.as_ref().filter(|f| !f.ids.is_empty()) {
+            out.push_str(&format!("{who} {name}: {}\n", f.ids.join(" ")));
+        }
+    };
+    for s in &reply.supervision {
+        let who = format!("{} {}/{}", s.region_code, s.department, s.office);
+        for (name, f) in [
+            ("tasks", &s.tasks),
+            ("viewed_in_time", &s.viewed_in_time),
+            ("viewed_late", &s.viewed_late),
+            ("view_overdue", &s.view_overdue),
+            ("results_in_time", &s.results_in_time),
+            ("results_late", &s.results_late),
+            ("result_overdue", &s.result_overdue),
+            ("rectifications_ordered", &s.rectifications_ordered),
+            ("rectified", &s.rectified),
+            ("rectification_failed", &s.rectification_failed),
+            ("revocations_decided", &s.revocations_decided),
+        ] {
+            line(who.clone(), name, f);
+        }
+    }
+    for a in &reply.approval {
+        let who = format!("{} {}", a.region_code, a.department);
+        for (name, f) in [
+            ("cases", &a.cases),
+            ("commitments", &a.commitments),
+            ("commitments_fulfilled", &a.commitments_fulfilled),
+            ("commitments_overdue", &a.commitments_overdue),
+            ("commitments_revoked", &a.commitments_revoked),
+            ("revoked", &a.revoked),
+        ] {
+            line(who.clone(), name, f);
+        }
+    }
+    out
+}
+
 /// Runs `stats`.
 pub(crate) async fn stats(conn: &Conn, args: StatsArgs) -> Result<ExitCode> {
     let reply = AdminServiceClient::new(channel(conn).await?)
@@ -912,6 +954,7 @@ pub(crate) async fn stats(conn: &Conn, args: StatsArgs) -> Result<ExitCode> {
             office: args.office.unwrap_or_default(),
             from: args.from.unwrap_or_default(),
             to: args.to.unwrap_or_default(),
+            with_ids: args.ids,
         })
         .await
         .map_err(call_error)?
@@ -920,6 +963,9 @@ pub(crate) async fn stats(conn: &Conn, args: StatsArgs) -> Result<ExitCode> {
         print_json(&reply)?;
     } else {
         print!("{}", stats_text(&reply));
+        if args.ids {
+            print!("{}", ids_text(&reply));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -942,6 +988,10 @@ pub(crate) struct StatsArgs {
     /// One office.
     #[arg(long)]
     pub(crate) office: Option<String>,
+    /// Also list the ids behind each figure (up to 10,000 cases and tasks; narrow the period
+    /// for more).
+    #[arg(long)]
+    pub(crate) ids: bool,
 }
 
 /// `shenguan clock advance`.

@@ -947,7 +947,7 @@ async fn observe(rpc: &str, row: &str, rows: &Rows, ch: Authed) -> Result<char> 
             Err(s) => refused(s)?,
         },
         "GetStatistics" => {
-            let request = pb::GetStatisticsRequest { from: "2026-01-01".into(), ..Default::default() };
+            let request = pb::GetStatisticsRequest { from: "2026-01-01".into(), with_ids: true, ..Default::default() };
             match admin.get_statistics(request).await {
                 Ok(r) => {
                     let s = r.into_inner();

@@ -1,5 +1,6 @@
-//! `AdminService`: case timelines, case queries, timeliness statistics (every figure with the
-//! ids behind it, so it can be traced to timelines), and the sandbox clock.
+//! `AdminService`: case timelines, case queries, timeliness statistics (summed from the
+//! counters the writer keeps; on request with the ids behind every figure, so it can be traced
+//! to timelines), and the sandbox clock.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,14 +12,15 @@ use super::{authorize, check, date, page, view, Shared};
 use crate::auth::{Right, Seen};
 use crate::clock::{self, Millis};
 use crate::domain;
+use crate::domain::figures::{self, Figure as Fig, Group, Side};
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::{
     AdvanceClockReply, AdvanceClockRequest, ApprovalFigures, CalendarStatusReply, CalendarStatusRequest, Figure,
     GetStatisticsReply, GetStatisticsRequest, GetTimelineReply, GetTimelineRequest, LoadCalendarReply,
     LoadCalendarRequest, QueryCasesReply, QueryCasesRequest, SupervisionFigures,
 };
+use crate::store::figures::CounterQuery;
 use crate::store::Filter;
-use crate::store::InstanceRow;
 
 /// The service.
 pub struct Admin {
@@ -48,17 +50,12 @@ impl Admin {
 
 const MAX_ADVANCE: Millis = 10 * 366 * 24 * 3_600_000;
 
-fn figure(ids: Vec<String>) -> Option<Figure> {
-    Some(Figure { count: ids.len() as u64, ids })
-}
+/// The most cases and tasks GetStatistics lists ids for: its reply and its memory stay bounded.
+const MAX_IDS: u64 = 10_000;
 
-fn ids_where(rows: &[&InstanceRow], keep: impl Fn(&InstanceRow) -> bool) -> Vec<String> {
-    rows.iter().filter(|r| keep(r)).map(|r| r.id.clone()).collect()
-}
+/// Figures per group, each with its count and (when asked for) its ids.
+type Sheet = BTreeMap<Group, BTreeMap<Fig, (u64, Vec<String>)>>;
 
-fn has(row: &InstanceRow, var: &str) -> bool {
-    row.vars.get(var).is_some_and(|v| !v.is_null())
-}
 
 #[tonic::async_trait]
 impl AdminService for Admin {
@@ -192,80 +189,101 @@ impl AdminService for Admin {
         if to <= from {
             return Err(invalid("to", "is before from"));
         }
-        let base = |workflow: &str| Filter {
-            workflow: workflow.into(),
-            vars: if r.region_code.is_empty() { vec![] } else { vec![("region".into(), r.region_code.clone())] },
-            created_from: Some(from),
-            created_before: Some(to),
-            region_prefix: scope.id_prefix(),
-            ..Filter::default()
+        let (first, last) = (date("from", &from_text)?, date("to", &to_text)?);
+        let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let wanted = |g: &Group| {
+            // Only the caller's scope is counted (figures are filtered, never refused).
+            scope.sees(&Seen::figures(g))
+                && given(&r.region_code).is_none_or(|x| x == g.region)
+                && given(&r.department).is_none_or(|x| x == g.department)
+                && (g.side == Side::Approval || given(&r.office).is_none_or(|x| x == g.office))
+        };
+        let query = CounterQuery {
+            cover: figures::cover(first, last),
+            region: given(&r.region_code),
+            department: given(&r.department),
+            office: given(&r.office),
         };
         let reader = &self.shared.reader;
-        let tasks = reader.list(&base(domain::TASK_WORKFLOW)).await.map_err(|e| status::read_error(&e))?;
-        let cases = reader.list(&base(domain::CASE_WORKFLOW)).await.map_err(|e| status::read_error(&e))?;
-
-        let mut by_office: BTreeMap<(String, String, String), Vec<&InstanceRow>> = BTreeMap::new();
-        for t in &tasks {
-            let (department, office) = (view::var(t, "department"), view::var(t, "office"));
-            if (!r.department.is_empty() && r.department != department) || (!r.office.is_empty() && r.office != office)
-            {
-                continue;
-            }
-            // Only the caller's scope is counted (figures are filtered, never refused).
-            if !scope.sees(&Seen::of(t, &[])) {
-                continue;
-            }
-            by_office.entry((view::var(t, "region"), department, office)).or_default().push(t);
+        let summed = reader.figure_counts(&query).await.map_err(|e| status::read_error(&e))?;
+        let mut sheet: Sheet = BTreeMap::new();
+        for s in summed.into_iter().filter(|s| wanted(&s.group)) {
+            sheet.entry(s.group).or_default().insert(s.figure, (s.n, Vec::new()));
         }
-        let supervision = by_office
-            .into_iter()
-            .map(|((region_code, department, office), rows)| SupervisionFigures {
-                region_code,
-                department,
-                office,
-                tasks: figure(ids_where(&rows, |_| true)),
-                viewed_in_time: figure(ids_where(&rows, |t| has(t, "viewed_at") && !view::flag(t, "ack_late"))),
-                viewed_late: figure(ids_where(&rows, |t| has(t, "viewed_at") && view::flag(t, "ack_late"))),
-                view_overdue: figure(ids_where(&rows, |t| !has(t, "viewed_at") && view::flag(t, "ack_breached"))),
-                results_in_time: figure(ids_where(&rows, |t| has(t, "result") && !view::flag(t, "result_late"))),
-                results_late: figure(ids_where(&rows, |t| has(t, "result") && view::flag(t, "result_late"))),
-                result_overdue: figure(ids_where(&rows, |t| !has(t, "result") && view::flag(t, "result_breached"))),
-                rectifications_ordered: figure(ids_where(&rows, |t| view::var(t, "result") == "non_compliant")),
-                rectified: figure(ids_where(&rows, |t| view::var(t, "rectified") == "true")),
-                rectification_failed: figure(ids_where(&rows, |t| view::var(t, "rectified") == "false")),
-                revocations_decided: figure(ids_where(&rows, |t| {
-                    view::var(t, "result") == "revocation" || view::var(t, "rectified") == "false"
-                })),
-            })
-            .collect();
-
-        let mut by_department: BTreeMap<(String, String), Vec<&InstanceRow>> = BTreeMap::new();
-        for c in &cases {
-            let department = view::var(c, "approval_department");
-            if !r.department.is_empty() && r.department != department {
-                continue;
+        if r.with_ids {
+            let behind: u64 = sheet
+                .values()
+                .flat_map(|f| [f.get(&Fig::Tasks), f.get(&Fig::Cases)])
+                .map(|n| n.map_or(0, |(n, _)| *n))
+                .sum();
+            if behind > MAX_IDS {
+                return Err(Status::failed_precondition(format!(
+                    "the period holds {behind} cases and tasks in your scope; ids are listed for at most \
+                     {MAX_IDS}: narrow the period, region, department or office, or ask for counts only"
+                )));
             }
-            // Approval figures have no office: an office's scope counts none of them.
-            if !scope.sees(&Seen::approval(view::var(c, "region"), department.clone())) {
-                continue;
+            // The counts then come from the rows read, so each equals its number of ids.
+            sheet = BTreeMap::new();
+            let (created_from, created_before) = (figures::start_of(first), last.succ_opt().and_then(figures::start_of));
+            for workflow in [domain::TASK_WORKFLOW, domain::CASE_WORKFLOW] {
+                let filter = Filter {
+                    workflow: workflow.into(),
+                    vars: query.region.iter().map(|x| ("region".to_owned(), x.clone())).collect(),
+                    created_from,
+                    created_before,
+                    region_prefix: scope.id_prefix(),
+                    ..Filter::default()
+                };
+                for row in reader.list(&filter).await.map_err(|e| status::read_error(&e))? {
+                    let Some(c) = figures::counted(&row) else { continue };
+                    if !wanted(&c.group) {
+                        continue;
+                    }
+                    let entry = sheet.entry(c.group).or_default();
+                    for f in c.figures {
+                        let (n, ids) = entry.entry(f).or_default();
+                        *n += 1;
+                        ids.push(row.id.clone());
+                    }
+                }
             }
-            by_department.entry((view::var(c, "region"), department)).or_default().push(c);
         }
-        let commitment = |c: &InstanceRow| view::var(c, "route") == "commitment";
-        let approval = by_department
-            .into_iter()
-            .map(|((region_code, department), rows)| ApprovalFigures {
-                region_code,
-                department,
-                cases: figure(ids_where(&rows, |_| true)),
-                commitments: figure(ids_where(&rows, commitment)),
-                commitments_fulfilled: figure(ids_where(&rows, |c| view::var(c, "commitment_outcome") == "fulfilled")),
-                commitments_overdue: figure(ids_where(&rows, |c| view::flag(c, "deadline_breached"))),
-                commitments_revoked: figure(ids_where(&rows, |c| commitment(c) && c.state == "revoked")),
-                revoked: figure(ids_where(&rows, |c| c.state == "revoked")),
-            })
-            .collect();
-        Ok(Response::new(GetStatisticsReply { supervision, approval }))
+        let mut reply = GetStatisticsReply::default();
+        for (group, mut figs) in sheet {
+            let mut take = |f: Fig| {
+                let (count, ids) = figs.remove(&f).unwrap_or_default();
+                Some(Figure { count, ids })
+            };
+            match group.side {
+                Side::Supervision => reply.supervision.push(SupervisionFigures {
+                    tasks: take(Fig::Tasks),
+                    viewed_in_time: take(Fig::ViewedInTime),
+                    viewed_late: take(Fig::ViewedLate),
+                    view_overdue: take(Fig::ViewOverdue),
+                    results_in_time: take(Fig::ResultsInTime),
+                    results_late: take(Fig::ResultsLate),
+                    result_overdue: take(Fig::ResultOverdue),
+                    rectifications_ordered: take(Fig::RectificationsOrdered),
+                    rectified: take(Fig::Rectified),
+                    rectification_failed: take(Fig::RectificationFailed),
+                    revocations_decided: take(Fig::RevocationsDecided),
+                    region_code: group.region,
+                    department: group.department,
+                    office: group.office,
+                }),
+                Side::Approval => reply.approval.push(ApprovalFigures {
+                    cases: take(Fig::Cases),
+                    commitments: take(Fig::Commitments),
+                    commitments_fulfilled: take(Fig::CommitmentsFulfilled),
+                    commitments_overdue: take(Fig::CommitmentsOverdue),
+                    commitments_revoked: take(Fig::CommitmentsRevoked),
+                    revoked: take(Fig::Revoked),
+                    region_code: group.region,
+                    department: group.department,
+                }),
+            }
+        }
+        Ok(Response::new(reply))
     }
 
     async fn advance_clock(

@@ -54,6 +54,20 @@ impl Seen {
         Seen::Case { region, department, tasks: Vec::new() }
     }
 
+    /// The figures of a statistics group: a supervision group is its office's work; an
+    /// approval group the approval side of its department's cases.
+    pub fn figures(group: &crate::domain::figures::Group) -> Seen {
+        use crate::domain::figures::Side;
+        match group.side {
+            Side::Supervision => Seen::Unit {
+                region: group.region.clone(),
+                department: group.department.clone(),
+                office: group.office.clone(),
+            },
+            Side::Approval => Seen::approval(group.region.clone(), group.department.clone()),
+        }
+    }
+
     /// What `row` is; `tasks` are a case's supervision tasks (ignored for any other row).
     pub fn of(row: &InstanceRow, tasks: &[InstanceRow]) -> Seen {
         let var = |r: &InstanceRow, n: &str| r.vars.get(n).and_then(|v| v.as_str()).unwrap_or_default().to_owned();

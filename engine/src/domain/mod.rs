@@ -6,6 +6,8 @@
 //!   revoking an approval.
 //! - [`task`]: the supervision platforms' reports, and what each tells the case.
 //! - [`fanout`]: the case ↔ task fan-out that the writer derives from a case's own variables.
+//! - [`figures`]: the assessment figures (§21) a case or a task counts in, for the counters
+//!   the writer keeps and the statistics read.
 //! - [`credit`]: the closed set of credit grades and which of them bar the commitment route.
 //! - [`spotcheck`]: credit-graded spot checks — plans, reproducible draws, the runner.
 //! - [`ids`]: identifiers (USCC, citizen ID, region, case and task ids) and text checks.
@@ -13,6 +15,7 @@
 pub mod case;
 pub mod credit;
 pub mod fanout;
+pub mod figures;
 pub mod ids;
 pub mod spotcheck;
 pub mod task;

@@ -14,6 +14,7 @@
 //! One implementation today ([`sqlite::SqliteStore`]); the PostgreSQL one implements the same
 //! trait.
 
+pub mod figures;
 pub mod postgres;
 pub mod read;
 mod row;
@@ -383,6 +384,11 @@ pub struct Batch {
     pub catalogs: Vec<crate::catalog::Version>,
     /// Who instances started in this batch concern (the enterprise index).
     pub subjects: Vec<SubjectRow>,
+    /// Net changes to the statistics counters (in key order, none zero).
+    pub figures: Vec<(crate::domain::figures::CounterKey, i64)>,
+    /// The counters' stripe this batch adds to: 0 on one node; with several, one the node
+    /// alone writes (the lowest shard it holds), so that two nodes never wait on one counter.
+    pub stripe: u32,
 }
 
 /// One row of the enterprise index: an instance that concerns an enterprise or a person.
@@ -516,6 +522,24 @@ pub trait Store: Send + 'static {
         after: Option<&TimerId>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<TimerId>, Error>> + Send;
+    /// Whether the statistics counters hold every instance (built once, then kept by commits).
+    fn figures_built(&mut self) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Up to `limit` instances of `workflows` with an id after `after`, in id order (the
+    /// counters' first count).
+    fn instances_page(
+        &mut self,
+        workflows: &[&str],
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<InstanceRow>, Error>> + Send;
+    /// Installs the counters' first count (of `instances` instances) unless another node did
+    /// first; answers whether this one was installed.
+    fn install_figures(
+        &mut self,
+        rows: &[(crate::domain::figures::CounterKey, i64)],
+        instances: u64,
+        at: Millis,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 }
 
 /// A filter on an instance listing.
@@ -618,6 +642,8 @@ pub trait ReadStore: Send + Sync {
     async fn provisional_timers(&self) -> Result<u64, Error>;
     /// Rows of a table (tests and reports).
     async fn count(&self, table: Table) -> Result<u64, Error>;
+    /// The statistics counters summed per group and figure over a period.
+    async fn figure_counts(&self, query: &figures::CounterQuery) -> Result<Vec<figures::Summed>, Error>;
 }
 
 /// Tables that [`ReadStore::count`] can count.

@@ -606,6 +606,7 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
     if !batch.notify_shards.is_empty() {
         notify(&mut tx, &Notice::Timers(batch.notify_shards.clone())).await?;
     }
+    add_figures(&mut tx, &batch.figures, batch.stripe).await?;
     if !batch.outbox.is_empty() {
         // Last, and under the lock to the commit: ids are handed out in commit order.
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut *tx).await?;
@@ -657,6 +658,47 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
     Ok(())
 }
 
+/// Adds to the statistics counters (creating them at 0), in key order: two transactions that
+/// meet on a counter (only when two nodes share a stripe) wait, never deadlock.
+async fn add_figures(
+    tx: &mut sqlx::PgConnection,
+    rows: &[(crate::domain::figures::CounterKey, i64)],
+    stripe: u32,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let grains: Vec<&str> = rows.iter().map(|(k, _)| k.grain.as_str()).collect();
+    let periods: Vec<&str> = rows.iter().map(|(k, _)| k.period.as_str()).collect();
+    let sides: Vec<&str> = rows.iter().map(|(k, _)| k.group.side.as_str()).collect();
+    let regions: Vec<&str> = rows.iter().map(|(k, _)| k.group.region.as_str()).collect();
+    let departments: Vec<&str> = rows.iter().map(|(k, _)| k.group.department.as_str()).collect();
+    let offices: Vec<&str> = rows.iter().map(|(k, _)| k.group.office.as_str()).collect();
+    let figures: Vec<&str> = rows.iter().map(|(k, _)| k.figure.as_str()).collect();
+    let n: Vec<i64> = rows.iter().map(|(_, n)| *n).collect();
+    sqlx::query(
+        "INSERT INTO figure_counts (grain, period, side, region, department, office, figure, stripe, n) \
+         SELECT grain, period, side, region, department, office, figure, $9, n \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::bigint[]) WITH ORDINALITY AS u(grain, period, side, region, department, office, figure, n, o) \
+         ORDER BY o \
+         ON CONFLICT (grain, period, side, region, department, office, figure, stripe) \
+         DO UPDATE SET n = figure_counts.n + excluded.n",
+    )
+    .bind(&grains)
+    .bind(&periods)
+    .bind(&sides)
+    .bind(&regions)
+    .bind(&departments)
+    .bind(&offices)
+    .bind(&figures)
+    .bind(&n)
+    .bind(i64::from(stripe))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Sends `notice` to every node now, outside any transaction.
 pub(crate) async fn notify_now(pool: &PgPool, notice: &Notice) -> Result<(), Error> {
     let mut conn = pool.acquire().await?;
@@ -688,6 +730,51 @@ impl Store for PgStore {
 
     async fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
         commit(&self.pool, batch).await
+    }
+
+    async fn figures_built(&mut self) -> Result<bool, Error> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM figure_counts_built").fetch_one(&self.pool).await?;
+        Ok(n > 0)
+    }
+
+    async fn instances_page(&mut self, workflows: &[&str], after: Option<&str>, limit: u32) -> Result<Vec<InstanceRow>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = ANY($1::text[]) AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(workflows)
+        .bind(after.unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row::instance).collect()
+    }
+
+    async fn install_figures(
+        &mut self,
+        rows: &[(crate::domain::figures::CounterKey, i64)],
+        instances: u64,
+        at: Millis,
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        // Two nodes counting at once: the second waits here for the first's commit, then
+        // finds the row and installs nothing.
+        let marked = sqlx::query(
+            "INSERT INTO figure_counts_built (id, at, instances) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(at)
+        .bind(i64::try_from(instances).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM figure_counts").execute(&mut *tx).await?;
+        for chunk in rows.chunks(10_000) {
+            add_figures(&mut tx, chunk, 0).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn prune_idempotency(&mut self, before: Millis, limit: u32) -> Result<u64, Error> {
@@ -1077,6 +1164,15 @@ impl ReadStore for PgReader {
     async fn provisional_timers(&self) -> Result<u64, Error> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM timers WHERE provisional").fetch_one(&self.pool).await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn figure_counts(
+        &self,
+        query: &super::figures::CounterQuery,
+    ) -> Result<Vec<super::figures::Summed>, Error> {
+        let mut q: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new("");
+        super::figures::build(&mut q, query);
+        q.build().fetch_all(&self.pool).await?.iter().map(super::figures::decode).collect()
     }
 
     async fn count(&self, table: super::Table) -> Result<u64, Error> {

@@ -338,6 +338,15 @@ impl ReadStore for Reader {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn figure_counts(
+        &self,
+        query: &super::figures::CounterQuery,
+    ) -> Result<Vec<super::figures::Summed>, Error> {
+        let mut q: sqlx::QueryBuilder<Sqlite> = sqlx::QueryBuilder::new("");
+        super::figures::build(&mut q, query);
+        q.build().fetch_all(&self.pool).await?.iter().map(super::figures::decode).collect()
+    }
+
     async fn count(&self, table: super::Table) -> Result<u64, Error> {
         let n: i64 =
             sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name())).fetch_one(&self.pool).await?;

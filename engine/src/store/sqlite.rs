@@ -19,6 +19,7 @@ use super::{
 };
 use crate::calendar::{CalendarFile, FileKey};
 use crate::clock::Millis;
+use crate::domain::figures::CounterKey;
 use crate::machine::HistoryEntry;
 
 /// The columns `instance_from_row` reads, in the order the queries select them.
@@ -542,7 +543,80 @@ mod ops {
             q.push(" ON CONFLICT DO NOTHING");
             q.build().execute(&mut *tx).await?;
         }
+        // Last, after every row it counts: the counters are part of the same transaction.
+        add_figures(&mut *tx, &batch.figures, batch.stripe).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn instances_page(
+        conn: &mut SqliteConnection,
+        workflows: &[&str],
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<InstanceRow>, Error> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow IN ("));
+        let mut sep = q.separated(", ");
+        for w in workflows {
+            sep.push_bind(*w);
+        }
+        q.push(") AND id > ").push_bind(after.unwrap_or_default());
+        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+        q.build().fetch_all(&mut *conn).await?.iter().map(crate::store::row::instance).collect()
+    }
+
+    pub(super) async fn figures_built(conn: &mut SqliteConnection) -> Result<bool, Error> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM figure_counts_built").fetch_one(&mut *conn).await?;
+        Ok(n > 0)
+    }
+
+    pub(super) async fn install_figures(
+        conn: &mut SqliteConnection,
+        rows: &[(CounterKey, i64)],
+        instances: u64,
+        at: Millis,
+    ) -> Result<bool, Error> {
+        let mut tx = conn.begin().await?;
+        let marked = sqlx::query("INSERT INTO figure_counts_built (id, at, instances) VALUES (1, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(at)
+            .bind(i64::try_from(instances).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if marked == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM figure_counts").execute(&mut *tx).await?;
+        add_figures(&mut tx, rows, 0).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Adds to the statistics counters (creating them at 0).
+    pub(super) async fn add_figures(
+        conn: &mut SqliteConnection,
+        rows: &[(CounterKey, i64)],
+        stripe: u32,
+    ) -> Result<(), Error> {
+        for chunk in rows.chunks(rows_for(9)) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO figure_counts (grain, period, side, region, department, office, figure, stripe, n) ",
+            );
+            q.push_values(chunk, |mut b, (k, n)| {
+                b.push_bind(k.grain.as_str())
+                    .push_bind(&k.period)
+                    .push_bind(k.group.side.as_str())
+                    .push_bind(&k.group.region)
+                    .push_bind(&k.group.department)
+                    .push_bind(&k.group.office)
+                    .push_bind(k.figure.as_str())
+                    .push_bind(i64::from(stripe))
+                    .push_bind(*n);
+            });
+            q.push(" ON CONFLICT (grain, period, side, region, department, office, figure, stripe) DO UPDATE SET n = n + excluded.n");
+            q.build().execute(&mut *conn).await?;
+        }
         Ok(())
     }
 
@@ -775,6 +849,21 @@ impl Store for SqliteStore {
 
     async fn load_idempotency(&mut self, keys: &[&str]) -> Result<HashMap<String, IdempotencyRow>, Error> {
         let result = ops::load_idempotency(self.conn().await?, keys).await;
+        self.after(result).await
+    }
+
+    async fn figures_built(&mut self) -> Result<bool, Error> {
+        let result = ops::figures_built(self.conn().await?).await;
+        self.after(result).await
+    }
+
+    async fn instances_page(&mut self, workflows: &[&str], after: Option<&str>, limit: u32) -> Result<Vec<InstanceRow>, Error> {
+        let result = ops::instances_page(self.conn().await?, workflows, after, limit).await;
+        self.after(result).await
+    }
+
+    async fn install_figures(&mut self, rows: &[(CounterKey, i64)], instances: u64, at: Millis) -> Result<bool, Error> {
+        let result = ops::install_figures(self.conn().await?, rows, instances, at).await;
         self.after(result).await
     }
 

@@ -77,6 +77,8 @@ pub struct Builder<'a> {
     changed: HashMap<String, usize>,
     wheel_ops: Vec<WheelOp>,
     fired: Vec<Fired>,
+    /// The statistics counters the batch's transitions move.
+    tally: crate::domain::figures::Tally,
     /// Timers armed in this batch whose due time has already come: (due, instance, name).
     due_now: Vec<(Millis, String, String)>,
     counts: Vec<(&'static str, &'static str)>,
@@ -136,6 +138,7 @@ impl<'a> Builder<'a> {
             changed: HashMap::new(),
             wheel_ops: Vec::new(),
             fired: Vec::new(),
+            tally: Default::default(),
             due_now: Vec::new(),
             counts: Vec::new(),
             rules: Vec::new(),
@@ -249,10 +252,14 @@ impl<'a> Builder<'a> {
             let breach_of = self.breach_of(&t.instance, name);
             self.fired.push(Fired { due: *due, workflow: t.instance.workflow.clone(), breach_of });
         }
-        let previous = match self.live.get(&command.instance) {
-            Some(Ok(instance)) => Some(instance.timers.clone()),
+        let before = match self.live.get(&command.instance) {
+            Some(Ok(instance)) => Some(instance),
             _ => None,
         };
+        // `before` is what the store holds (or an earlier transition of this batch): with
+        // several nodes a stale one cannot commit, its history entry would conflict.
+        self.tally.change(before, Some(&t.instance));
+        let previous = before.map(|instance| instance.timers.clone());
         let shard = shard_of(&command.instance, self.shards);
         let id = command.instance.clone();
         let cancel_old = |ops: &mut Vec<WheelOp>, name: &str| {
@@ -484,7 +491,8 @@ impl<'a> Builder<'a> {
     }
 
     /// The batch as built.
-    pub fn finish(self) -> Built {
+    pub fn finish(mut self) -> Built {
+        self.batch.figures = self.tally.rows();
         Built {
             batch: self.batch,
             wheel_ops: self.wheel_ops,

@@ -499,6 +499,9 @@ const REPLAN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 const PRUNE_EVERY: Millis = 60 * 60 * 1000;
 /// Most keys one prune deletes: one statement the next batch waits behind, so kept small.
 const PRUNE_LIMIT: u32 = 5_000;
+
+/// Instances read per page when the statistics counters are first built.
+const FIGURES_PAGE: u32 = 2_000;
 /// With a backlog (a full page pruned), the next page comes this much later — not after the
 /// very next batch, which put a large delete in front of every commit. 5,000 keys a second
 /// works off any realistic backlog while costing intake a few percent at most.
@@ -567,7 +570,41 @@ impl<S: Store> Writer<S> {
     /// re-plans. Call before [`run`](Self::run).
     pub async fn prepare(&mut self) -> Result<(), crate::store::Error> {
         self.prepare_calendars(true).await?;
-        self.prepare_catalogs().await
+        self.prepare_catalogs().await?;
+        self.prepare_figures().await
+    }
+
+    /// Counts the instances a database held before it had statistics counters (once; from then
+    /// on every commit keeps them). Before the writer runs: nothing commits while it counts.
+    async fn prepare_figures(&mut self) -> Result<(), crate::store::Error> {
+        use crate::domain::figures::Tally;
+        if self.store.figures_built().await? {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let workflows = [crate::domain::CASE_WORKFLOW, crate::domain::TASK_WORKFLOW];
+        let mut tally = Tally::default();
+        let mut after: Option<String> = None;
+        let mut counted = 0u64;
+        loop {
+            let page = self.store.instances_page(&workflows, after.as_deref(), FIGURES_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            counted += page.len() as u64;
+            for row in &page {
+                tally.change(None::<&crate::store::InstanceRow>, Some(row));
+            }
+        }
+        let rows = tally.rows();
+        if self.store.install_figures(&rows, counted, self.clock.now()).await? {
+            tracing::info!(
+                instances = counted,
+                counters = rows.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "statistics counters built from the stored cases and tasks"
+            );
+        }
+        Ok(())
     }
 
     /// Puts the stored catalogs in force.
@@ -1059,6 +1096,9 @@ impl<S: Store> Writer<S> {
             row.destination = self.settings.routes.get(&row.message.channel).cloned();
         }
         if let Some(own) = &self.settings.ownership {
+            // Shards are held by one node at a time: the lowest one held names a stripe no live
+            // node shares. A node holding none shares the one past the last shard.
+            built.batch.stripe = own.held().into_iter().min().unwrap_or(own.shards());
             if !fence.is_empty() {
                 fence.sort_unstable();
                 fence.dedup();

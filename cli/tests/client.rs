@@ -119,6 +119,12 @@ fn the_readme_tour_through_the_cli() {
     assert!(text(&o).contains("closed_compliant"), "{}", text(&o));
     let o = cli(&server, &["stats", "--region", "320700", "--from", "2026-09-01", "--to", "2026-10-31", "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(stats["approval"][0]["commitments_overdue"]["count"], 1);
+    let o = cli(&server, &["stats", "--region", "320700", "--from", "2026-09-01", "--to", "2026-10-31", "--ids"]);
+    assert!(text(&o).contains("commitments_overdue: 320700/SP-2026-0001\n"), "{}", text(&o));
+    let o =
+        cli(&server, &["stats", "--region", "320700", "--from", "2026-09-01", "--to", "2026-10-31", "--ids", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(stats["approval"][0]["commitments_overdue"]["ids"][0], "320700/SP-2026-0001");
 
     // Failures: one line on stderr, and an exit code per kind.

@@ -78,6 +78,7 @@ pub async fn verify(store: &dyn ReadStore, registry: &Registry, calendars: &Cale
     for row in store.all_timers().await? {
         timer_rows.entry(row.instance).or_default().insert(row.name, row.due);
     }
+    let mut tally = crate::domain::figures::Tally::default();
     let mut after: Option<String> = None;
     loop {
         let ids = store.instance_ids(after.as_deref(), 1000).await?;
@@ -85,6 +86,7 @@ pub async fn verify(store: &dyn ReadStore, registry: &Registry, calendars: &Cale
         for id in ids {
             report.instances += 1;
             let Some(row) = store.instance(&id).await? else { continue };
+            tally.change(None::<&crate::store::InstanceRow>, Some(&row));
             let history = store.history(&id).await?;
             report.entries += history.len() as u64;
             let Some(def) = registry.get(&row.workflow, row.version) else {
@@ -119,5 +121,45 @@ pub async fn verify(store: &dyn ReadStore, registry: &Registry, calendars: &Cale
     for (table, id) in store.orphans(1000).await? {
         report.divergent.push((id, format!("{table} rows name this instance, which has no instance row")));
     }
+    if store.figures_built().await? {
+        report.divergent.extend(figures(store, &tally).await?);
+    }
     Ok(report)
+}
+
+/// Where the statistics counters differ from a count of the rows: each grain summed over all
+/// time, per group and figure. (Read while nothing writes, or a commit in between shows.)
+async fn figures(store: &dyn ReadStore, tally: &crate::domain::figures::Tally) -> Result<Vec<(String, String)>, Error> {
+    use crate::domain::figures::{Cover, Grain};
+    use crate::store::figures::CounterQuery;
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for (key, n) in tally.rows().into_iter().filter(|(k, _)| k.grain == Grain::Day) {
+        let g = &key.group;
+        let name = format!("{} {} {}/{} {}", g.side.as_str(), g.region, g.department, g.office, key.figure.as_str());
+        *expected.entry(name).or_default() += n;
+    }
+    let mut out = Vec::new();
+    let all = [
+        ("day", Cover { months: None, days: vec![("0000-01-01".into(), "9999-12-31".into())] }),
+        ("month", Cover { months: Some(("0000-01".into(), "9999-12".into())), days: vec![] }),
+    ];
+    for (grain, cover) in all {
+        let stored = store.figure_counts(&CounterQuery { cover, region: None, department: None, office: None }).await?;
+        let mut left = expected.clone();
+        for s in stored {
+            let g = &s.group;
+            let name = format!("{} {} {}/{} {}", g.side.as_str(), g.region, g.department, g.office, s.figure.as_str());
+            let want = left.remove(&name).unwrap_or(0);
+            if want != i64::try_from(s.n).unwrap_or(i64::MAX) {
+                out.push((
+                    "figure_counts".to_owned(),
+                    format!("{grain} counters of {name} hold {}, the rows {want}", s.n),
+                ));
+            }
+        }
+        for (name, want) in left.into_iter().filter(|(_, n)| *n != 0) {
+            out.push(("figure_counts".to_owned(), format!("{grain} counters of {name} hold 0, the rows {want}")));
+        }
+    }
+    Ok(out)
 }

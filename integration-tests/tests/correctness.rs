@@ -406,3 +406,60 @@ async fn statistics_with_no_filters_cover_every_region_this_year() -> Result<()>
     ensure!(regions == [("320100".to_owned(), 1), ("320700".to_owned(), 1)], "{regions:?}");
     server.stop().await
 }
+
+/// The statistics are summed from counters the writer keeps. A database from before they
+/// existed has none: the first start counts its cases and tasks, and the figures are what they
+/// were. A counter that drifts from the rows is named by `admin verify`.
+#[tokio::test]
+async fn statistics_counters_are_built_at_first_start_and_verify_names_a_drifted_one() -> Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("counters.db");
+    let server = TestServer::start_on(START, &db, |_| {}).await?;
+    server.intake().accept_case(accept("FC-1", Route::Normal, Scenario::Unspecified)).await?;
+    server.intake().accept_case(deferral("FC-2", "2026-09-30")).await?;
+    server.intake().accept_case(deferral("FC-3", "2026-10-09")).await?;
+    server.intake().submit_materials(SubmitMaterialsRequest { case_id: "320700/FC-3".into() }).await?;
+    server.intake().complete_approval(complete_request("320700/FC-1")).await?;
+    server.supervision().acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/FC-1/T1".into() }).await?;
+    server.advance_to("2026-10-12T09:00:00+08:00").await?;
+    let request = || GetStatisticsRequest { from: "2026-09-01".into(), to: "2026-09-30".into(), ..Default::default() };
+    let before = server.admin().get_statistics(request()).await?.into_inner();
+    let cases: u64 = before.approval.iter().map(|a| a.cases.as_ref().map_or(0, |f| f.count)).sum();
+    let overdue: u64 = before.approval.iter().map(|a| a.commitments_overdue.as_ref().map_or(0, |f| f.count)).sum();
+    let tasks: u64 = before.supervision.iter().map(|s| s.tasks.as_ref().map_or(0, |f| f.count)).sum();
+    ensure!(cases == 3 && overdue == 1 && tasks >= 1, "{before:?}");
+    server.stop().await?;
+
+    // As a database migrated from before the counters: the tables empty, nothing built.
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).connect().await?;
+    sqlx::query("DELETE FROM figure_counts").execute(&mut conn).await?;
+    sqlx::query("DELETE FROM figure_counts_built").execute(&mut conn).await?;
+    conn.close().await?;
+    let server = TestServer::start_on("2026-10-12T09:00:00+08:00", &db, |_| {}).await?;
+    let after = server.admin().get_statistics(request()).await?.into_inner();
+    ensure!(after == before, "rebuilt {after:?}\nwas {before:?}");
+    server.stop().await?;
+    let registry = shenguan::definition::Registry::embedded()?;
+    let calendars = shenguan::calendar::Calendars::embedded()?;
+    let report = shenguan::admin::verify_file(&db, &registry, &calendars).await?;
+    ensure!(report.divergent.is_empty(), "{:?}", report.divergent);
+
+    // One counter off by one: verify says which.
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).connect().await?;
+    sqlx::query("UPDATE figure_counts SET n = n + 1 WHERE grain = 'month' AND figure = 'commitments_overdue'")
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    let report = shenguan::admin::verify_file(&db, &registry, &calendars).await?;
+    let named: Vec<&String> =
+        report.divergent.iter().filter(|(what, _)| what == "figure_counts").map(|(_, m)| m).collect();
+    ensure!(
+        named.len() == 1
+            && named[0].contains("month counters of approval 320700")
+            && named[0].contains("hold 2, the rows 1"),
+        "{:?}",
+        report.divergent
+    );
+    Ok(())
+}

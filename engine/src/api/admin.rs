@@ -56,7 +56,6 @@ const MAX_IDS: u64 = 10_000;
 /// Figures per group, each with its count and (when asked for) its ids.
 type Sheet = BTreeMap<Group, BTreeMap<Fig, (u64, Vec<String>)>>;
 
-
 #[tonic::async_trait]
 impl AdminService for Admin {
     async fn load_calendar(
@@ -224,7 +223,8 @@ impl AdminService for Admin {
             }
             // The counts then come from the rows read, so each equals its number of ids.
             sheet = BTreeMap::new();
-            let (created_from, created_before) = (figures::start_of(first), last.succ_opt().and_then(figures::start_of));
+            let (created_from, created_before) =
+                (figures::start_of(first), last.succ_opt().and_then(figures::start_of));
             for workflow in [domain::TASK_WORKFLOW, domain::CASE_WORKFLOW] {
                 let filter = Filter {
                     workflow: workflow.into(),

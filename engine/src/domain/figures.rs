@@ -469,7 +469,13 @@ mod tests {
         assert_eq!((c.group.department.as_str(), c.group.office.as_str()), ("審批局", ""));
         assert_eq!(
             c.figures,
-            [Figure::Cases, Figure::Commitments, Figure::CommitmentsOverdue, Figure::CommitmentsRevoked, Figure::Revoked]
+            [
+                Figure::Cases,
+                Figure::Commitments,
+                Figure::CommitmentsOverdue,
+                Figure::CommitmentsRevoked,
+                Figure::Revoked
+            ]
         );
     }
 
@@ -515,10 +521,7 @@ mod tests {
         );
         assert_eq!(c("2026-09-03", "2026-09-20"), Cover { months: None, days: vec![s("2026-09-03", "2026-09-20")] });
         assert_eq!(c("2026-09-03", "2026-10-20"), Cover { months: None, days: vec![s("2026-09-03", "2026-10-20")] });
-        assert_eq!(
-            c("2025-12-01", "2026-01-31"),
-            Cover { months: Some(s("2025-12", "2026-01")), days: vec![] }
-        );
+        assert_eq!(c("2025-12-01", "2026-01-31"), Cover { months: Some(s("2025-12", "2026-01")), days: vec![] });
         assert_eq!(c("2026-02-28", "2026-02-28"), Cover { months: None, days: vec![s("2026-02-28", "2026-02-28")] });
     }
 }

@@ -37,9 +37,7 @@ where
     DB: sqlx::Database,
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    q.push(
-        "SELECT side, region, department, office, figure, CAST(SUM(n) AS BIGINT) AS n FROM figure_counts WHERE (",
-    );
+    q.push("SELECT side, region, department, office, figure, CAST(SUM(n) AS BIGINT) AS n FROM figure_counts WHERE (");
     let mut first = true;
     let mut range = |q: &mut QueryBuilder<'a, DB>, grain: Grain, (from, to): &'a (String, String)| {
         if !first {

@@ -642,6 +642,9 @@ pub trait ReadStore: Send + Sync {
     async fn provisional_timers(&self) -> Result<u64, Error>;
     /// Rows of a table (tests and reports).
     async fn count(&self, table: Table) -> Result<u64, Error>;
+    /// Whether the statistics counters have been built (`false` also for a database from
+    /// before they existed).
+    async fn figures_built(&self) -> Result<bool, Error>;
     /// The statistics counters summed per group and figure over a period.
     async fn figure_counts(&self, query: &figures::CounterQuery) -> Result<Vec<figures::Summed>, Error>;
 }

@@ -50,6 +50,10 @@ const OUTBOX_LOCK: i64 = 0x7367_6f75_7462_6f78;
 /// The advisory lock key held while seeding calendars, so that nodes starting together seed once.
 const SEED_LOCK: i64 = 0x7367_7365_6564_0001;
 
+/// How many tables have the name bound.
+const TABLE_EXISTS: &str =
+    "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1";
+
 const INSTANCE_COLUMNS: &str =
     "id, workflow, version, state, vars::text AS vars, timers, seq, shard, created_at, updated_at";
 const HISTORY_COLUMNS: &str =
@@ -737,7 +741,12 @@ impl Store for PgStore {
         Ok(n > 0)
     }
 
-    async fn instances_page(&mut self, workflows: &[&str], after: Option<&str>, limit: u32) -> Result<Vec<InstanceRow>, Error> {
+    async fn instances_page(
+        &mut self,
+        workflows: &[&str],
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<InstanceRow>, Error> {
         let rows = sqlx::query(&format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = ANY($1::text[]) AND id > $2 ORDER BY id LIMIT $3"
         ))
@@ -1166,10 +1175,17 @@ impl ReadStore for PgReader {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn figure_counts(
-        &self,
-        query: &super::figures::CounterQuery,
-    ) -> Result<Vec<super::figures::Summed>, Error> {
+    async fn figures_built(&self) -> Result<bool, Error> {
+        // A database from before the counters has no such table: not built.
+        let tables: i64 = sqlx::query_scalar(TABLE_EXISTS).bind("figure_counts_built").fetch_one(&self.pool).await?;
+        if tables == 0 {
+            return Ok(false);
+        }
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM figure_counts_built").fetch_one(&self.pool).await?;
+        Ok(n > 0)
+    }
+
+    async fn figure_counts(&self, query: &super::figures::CounterQuery) -> Result<Vec<super::figures::Summed>, Error> {
         let mut q: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new("");
         super::figures::build(&mut q, query);
         q.build().fetch_all(&self.pool).await?.iter().map(super::figures::decode).collect()

@@ -3,6 +3,9 @@
 //! beside the writer's own connection. WAL lets these read while the writer commits; they see
 //! only committed state.
 
+/// How many tables have the name bound.
+const TABLE_EXISTS: &str = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?";
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -338,10 +341,17 @@ impl ReadStore for Reader {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn figure_counts(
-        &self,
-        query: &super::figures::CounterQuery,
-    ) -> Result<Vec<super::figures::Summed>, Error> {
+    async fn figures_built(&self) -> Result<bool, Error> {
+        // A database from before the counters has no such table: not built.
+        let tables: i64 = sqlx::query_scalar(TABLE_EXISTS).bind("figure_counts_built").fetch_one(&self.pool).await?;
+        if tables == 0 {
+            return Ok(false);
+        }
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM figure_counts_built").fetch_one(&self.pool).await?;
+        Ok(n > 0)
+    }
+
+    async fn figure_counts(&self, query: &super::figures::CounterQuery) -> Result<Vec<super::figures::Summed>, Error> {
         let mut q: sqlx::QueryBuilder<Sqlite> = sqlx::QueryBuilder::new("");
         super::figures::build(&mut q, query);
         q.build().fetch_all(&self.pool).await?.iter().map(super::figures::decode).collect()

@@ -544,7 +544,7 @@ mod ops {
             q.build().execute(&mut *tx).await?;
         }
         // Last, after every row it counts: the counters are part of the same transaction.
-        add_figures(&mut *tx, &batch.figures, batch.stripe).await?;
+        add_figures(&mut tx, &batch.figures, batch.stripe).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -578,12 +578,13 @@ mod ops {
         at: Millis,
     ) -> Result<bool, Error> {
         let mut tx = conn.begin().await?;
-        let marked = sqlx::query("INSERT INTO figure_counts_built (id, at, instances) VALUES (1, ?, ?) ON CONFLICT DO NOTHING")
-            .bind(at)
-            .bind(i64::try_from(instances).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let marked =
+            sqlx::query("INSERT INTO figure_counts_built (id, at, instances) VALUES (1, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(at)
+                .bind(i64::try_from(instances).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         if marked == 0 {
             return Ok(false);
         }
@@ -857,7 +858,12 @@ impl Store for SqliteStore {
         self.after(result).await
     }
 
-    async fn instances_page(&mut self, workflows: &[&str], after: Option<&str>, limit: u32) -> Result<Vec<InstanceRow>, Error> {
+    async fn instances_page(
+        &mut self,
+        workflows: &[&str],
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<InstanceRow>, Error> {
         let result = ops::instances_page(self.conn().await?, workflows, after, limit).await;
         self.after(result).await
     }

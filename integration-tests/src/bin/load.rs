@@ -41,6 +41,12 @@
 //! GetCase's latency against the same calls without the scrapes, and how often the scrapes
 //! read the database. Prints one JSON line.
 //!
+//! `--stats N --db PATH [--server-exe EXE]` measures GetStatistics at scale (issue 21): N cases
+//! and their tasks written straight into PATH (once; kept for the next run), then `EXE serve
+//! PATH` (default this binary; another version's `load` gives the before figure on the same
+//! data) answers the whole year for every region. Prints the start, the latencies and the
+//! memory the calls added.
+//!
 //! The server is this same binary in `serve` mode, in its own process, on a fresh SQLite file,
 //! so its RSS and CPU are its own. Every loop is bounded in count and time.
 
@@ -196,7 +202,11 @@ async fn spawn_server_with(db: &Path, extra: &[&std::ffi::OsStr]) -> Result<(Ser
 
 /// This binary with `args`, in a process of its own; answers once it prints `listening ADDR`.
 async fn spawn_listening<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<ServerProcess> {
-    let exe = std::env::current_exe()?;
+    spawn_exe(&std::env::current_exe()?, args).await
+}
+
+/// `exe` (a build of this binary, maybe another version's) with `args`, like [`spawn_listening`].
+async fn spawn_exe<S: AsRef<std::ffi::OsStr>>(exe: &Path, args: &[S]) -> Result<ServerProcess> {
     let mut child = tokio::process::Command::new(exe)
         .args(args)
         .stdout(Stdio::piped())
@@ -824,6 +834,11 @@ async fn main() -> Result<()> {
         let n = after("--cases").map_or(Ok(10_000), |v| v.to_string_lossy().parse::<usize>())?;
         let rounds = after("--rounds").map_or(Ok(3), |v| v.to_string_lossy().parse::<usize>())?;
         return delivery(n, rounds).await;
+    }
+    if let Some(n) = raw.iter().position(|a| a == "--stats").and_then(|i| raw.get(i + 1)) {
+        let db = after("--db").context("--stats needs --db PATH (kept: the before and after runs share it)")?;
+        let exe = after("--server-exe").map_or_else(std::env::current_exe, Ok)?;
+        return stats(n.parse()?, &db, &exe).await;
     }
     if raw.iter().any(|a| a == "--abuse") {
         let prefill = after("--prefill").map_or(Ok(200_000), |v| v.to_string_lossy().parse::<usize>())?;
@@ -1833,6 +1848,207 @@ async fn abuse(prefill_cases: usize, secs: Duration) -> Result<()> {
             "scrapes": scrape_calls, "scrape_ok": scrape_ok, "scrape_p50_ms": scrape_p50,
             "gauge_refreshes": refreshes,
         })
+    );
+    Ok(())
+}
+
+/// Issue 21's statistics benchmark: `n` cases (each licensed case with one supervision task)
+/// over 2026 in 7 regions, 8 approving departments and 12 supervising offices, written straight
+/// into `db` (kept: a second run reuses it); then `exe serve db` (this build, or another
+/// version's `load` for the before figure) answers GetStatistics for the whole year, every
+/// region, as the engine administrator (the widest scope, every group). Reports the start (a
+/// first start of a build with counters counts the stored rows), each call's latency, and the
+/// memory the calls added: peak RSS over them (reset through /proc/PID/clear_refs) minus RSS
+/// before.
+async fn stats(n: usize, db: &Path, exe: &Path) -> Result<()> {
+    use shenguan::proto::admin_service_client::AdminServiceClient;
+    use shenguan::proto::GetStatisticsRequest;
+    let serve = |db: &Path| vec![std::ffi::OsString::from("serve"), db.as_os_str().to_owned()];
+    let ready = |addr: String| async move {
+        let channel = connect(&addr).await?;
+        let status =
+            HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
+        ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "not serving");
+        anyhow::Ok(())
+    };
+    if !db.exists() {
+        // The schema of the build that reads it first: an older one refuses a newer schema.
+        let mut server = spawn_exe(exe, &serve(db)).await?;
+        ready(server.addr.clone()).await?;
+        server.child.kill().await?;
+        stats_prefill(db, n).await?;
+    }
+    let started = Instant::now();
+    let mut server = spawn_exe(exe, &serve(db)).await?;
+    ready(server.addr.clone()).await?;
+    let start = started.elapsed();
+    let mut admin = AdminServiceClient::new(connect(&server.addr).await?);
+    let request =
+        GetStatisticsRequest { from: "2026-01-01".into(), to: "2026-12-31".into(), ..GetStatisticsRequest::default() };
+    let status = |field: &str| -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", server.pid)).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let rss_before = status("VmRSS:");
+    std::fs::write(format!("/proc/{}/clear_refs", server.pid), "5").context("reset peak RSS")?;
+    let mut latencies = Vec::new();
+    let mut cases = 0;
+    let mut tasks = 0;
+    for _ in 0..7 {
+        let t = Instant::now();
+        let reply = admin.get_statistics(request.clone()).await?.into_inner();
+        latencies.push(t.elapsed());
+        cases = reply.approval.iter().map(|a| a.cases.as_ref().map_or(0, |f| f.count)).sum::<u64>();
+        tasks = reply.supervision.iter().map(|s| s.tasks.as_ref().map_or(0, |f| f.count)).sum::<u64>();
+    }
+    let peak = status("VmHWM:");
+    ensure!(cases == n as u64, "the figures count {cases} cases of {n}");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let first = latencies[0];
+    let mut warm = latencies[1..].to_vec();
+    warm.sort_unstable();
+    println!(
+        "statistics over {n} cases and {tasks} tasks ({}): start {:.1} s; GetStatistics first {:.0} ms, \
+         median of 6 more {:.0} ms (max {:.0}); memory added {:.1} MiB (peak {:.0} MiB, before {:.0} MiB)",
+        exe.display(),
+        start.as_secs_f64(),
+        ms(first),
+        ms(warm[warm.len() / 2]),
+        ms(warm[warm.len() - 1]),
+        peak.saturating_sub(rss_before) as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        rss_before as f64 / 1024.0,
+    );
+    server.child.kill().await?;
+    Ok(())
+}
+
+/// The rows of [`stats`]: cases and their tasks as the engine stores them, with the variables
+/// the figures read, spread over 2026 by a fixed pseudo-random sequence (the same every run).
+async fn stats_prefill(db: &Path, n: usize) -> Result<()> {
+    const REGIONS: [&str; 7] = ["320700", "320703", "320706", "320707", "320722", "320723", "320724"];
+    const APPROVERS: [&str; 8] = [
+        "市行政審批局",
+        "市市場監督管理局",
+        "市衛生健康委員會",
+        "市交通運輸局",
+        "市生態環境局",
+        "市住房和城鄉建設局",
+        "市文化廣電和旅遊局",
+        "市應急管理局",
+    ];
+    const OFFICES: [(&str, &str); 12] = [
+        ("市市場監督管理局", "食品生產監管處"),
+        ("市市場監督管理局", "食品經營監管處"),
+        ("市市場監督管理局", "特種設備安全監察處"),
+        ("市衛生健康委員會", "醫政醫管處"),
+        ("市衛生健康委員會", "公共衛生監督處"),
+        ("市交通運輸局", "運輸管理處"),
+        ("市生態環境局", "環境執法支隊"),
+        ("市住房和城鄉建設局", "建築市場監管處"),
+        ("市文化廣電和旅遊局", "文化市場執法支隊"),
+        ("市應急管理局", "危險化學品監管處"),
+        ("市應急管理局", "工貿安全監管處"),
+        ("市農業農村局", "農產品質量安全監管處"),
+    ];
+    let started = Instant::now();
+    let mut conn = SqliteConnectOptions::new()
+        .filename(db)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .connect()
+        .await?;
+    let year_start = chrono::DateTime::parse_from_rfc3339("2026-01-01T08:00:00+08:00")?.timestamp_millis();
+    let span: i64 = 338 * 86_400_000; // to 5 December
+    let pick = |i: usize, salt: u64| shenguan::store::fnv1a(format!("{salt}:{i}").as_bytes());
+    let mut done = 0;
+    while done < n {
+        let mut rows: Vec<(String, &str, &str, String, i64)> = Vec::new();
+        for i in done..(done + 1_000).min(n) {
+            let region = REGIONS[(pick(i, 1) % 7) as usize];
+            let at = year_start + i64::try_from(i)? * span / i64::try_from(n)?;
+            let case_no = format!("SB-{i:08}");
+            let id = format!("{region}/{case_no}");
+            let commitment = pick(i, 2) % 10 < 4;
+            let revoked = pick(i, 3) % 20 == 0;
+            let mut vars = serde_json::json!({
+                "region": region,
+                "case_no": case_no,
+                "approval_department": APPROVERS[(pick(i, 4) % 8) as usize],
+                "applicant_name": "某某食品有限公司",
+                "applicant_code": "91320700MA1XXXXX0X",
+                "route": if commitment { "commitment" } else { "normal" },
+            });
+            if commitment && pick(i, 5) % 10 < 7 {
+                vars["commitment_outcome"] = "fulfilled".into();
+            } else if commitment {
+                vars["deadline_breached"] = true.into();
+            }
+            let state = if revoked { "revoked" } else { "licensed" };
+            rows.push((id.clone(), "approval_case", state, vars.to_string(), at));
+            if revoked {
+                continue;
+            }
+            let (department, office) = OFFICES[(pick(i, 6) % 12) as usize];
+            let mut t = serde_json::json!({
+                "region": region, "case_id": id, "case_no": case_no, "task_no": 1,
+                "department": department, "office": office,
+            });
+            match pick(i, 7) % 10 {
+                0 => t["ack_breached"] = true.into(),
+                1 => {
+                    t["viewed_at"] = (at + 5 * 86_400_000).into();
+                    t["ack_late"] = true.into();
+                }
+                _ => t["viewed_at"] = (at + 86_400_000).into(),
+            }
+            if t.get("viewed_at").is_some() {
+                match pick(i, 8) % 10 {
+                    0 => t["result_breached"] = true.into(),
+                    1 | 2 => {
+                        t["result"] = "non_compliant".into();
+                        t["rectified"] = (pick(i, 9) % 4 != 0).into();
+                    }
+                    3 => t["result"] = "revocation".into(),
+                    4 => {
+                        t["result"] = "compliant".into();
+                        t["result_late"] = true.into();
+                    }
+                    _ => t["result"] = "compliant".into(),
+                }
+            }
+            rows.push((format!("{id}/T1"), "supervision_task", "closed", t.to_string(), at));
+        }
+        let mut tx = conn.begin().await?;
+        for chunk in rows.chunks(2_000) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, (id, workflow, state, vars, at)| {
+                b.push_bind(id)
+                    .push_bind(*workflow)
+                    .push_bind(1)
+                    .push_bind(*state)
+                    .push_bind(vars)
+                    .push_bind("{}")
+                    .push_bind(1)
+                    .push_bind(0)
+                    .push_bind(*at)
+                    .push_bind(*at);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        done = (done + 1_000).min(n);
+    }
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
+    println!(
+        "wrote {n} cases and their tasks in {:.0} s; database {:.2} GiB",
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(db).map(|m| m.len()).unwrap_or(0) as f64 / (1u64 << 30) as f64
     );
     Ok(())
 }

@@ -901,3 +901,39 @@ fn without_ids(reply: &shenguan::proto::GetStatisticsReply) -> shenguan::proto::
     }
     r
 }
+
+/// One rule for a mobile number (issue 22): `+86`, spaces and hyphens are accepted at intake,
+/// as the SMS gateway accepts them, and stored as the eleven digits the sender sends; what the
+/// sender would refuse is refused at intake, naming the field.
+#[tokio::test]
+async fn mobile_numbers_are_normalised_at_intake_by_the_senders_rule() -> Result<()> {
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    let mut request = accept("MOB-1", Route::Normal, Scenario::Unspecified);
+    request.applicant.as_mut().expect("applicant").mobile = "+86 138-0013-8000".into();
+    request.supervisors[0].office_admin_mobile = "+8613900139000".into();
+    server.intake().accept_case(request).await?;
+    server
+        .intake()
+        .complete_approval(CompleteApprovalRequest {
+            case_id: "320700/MOB-1".into(),
+            license_no: "JY13207000000001".into(),
+            approval_opinion: "同意".into(),
+            document_refs: vec![],
+        })
+        .await?;
+    let case = get_case(&server, "320700/MOB-1").await?;
+    assert_eq!(case.variables.get("applicant_mobile").map(String::as_str), Some("13800138000"));
+    assert!(case.variables.get("supervisors_json").is_some_and(|s| s.contains("\"13900139000\"")), "{case:?}");
+    for (field, bad) in [("applicant.mobile", "12800138000"), ("supervisors[0].office_admin_mobile", "+1 555 0100")] {
+        let mut request = accept("MOB-2", Route::Normal, Scenario::Unspecified);
+        if field == "applicant.mobile" {
+            request.applicant.as_mut().expect("applicant").mobile = bad.into();
+        } else {
+            request.supervisors[0].office_admin_mobile = bad.into();
+        }
+        let e = server.intake().accept_case(request).await.expect_err(bad);
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with(field) && e.message().contains("mainland mobile"), "{e:?}");
+    }
+    server.stop().await
+}

@@ -186,7 +186,7 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
             ))
         }
     };
-    super::check("applicant.mobile", super::check_mobile(&applicant.mobile))?;
+    let applicant_mobile = super::mobile(&applicant.mobile).map_err(|e| Refusal::invalid("applicant.mobile", e))?;
     let grade = policy.credit.parse(&case.credit_grade).map_err(|e| Refusal::invalid("credit_grade", e))?;
 
     let route = case.route.ok_or_else(|| Refusal::invalid("route", "must be ROUTE_NORMAL or ROUTE_COMMITMENT"))?;
@@ -271,7 +271,7 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
         "handling_item": case.handling_item,
         "applicant_name": applicant.name,
         "applicant_code": code,
-        "applicant_mobile": applicant.mobile,
+        "applicant_mobile": applicant_mobile,
         "route": if route == Route::Normal { "normal" } else { "commitment" },
         "credit_grade": grade,
     });

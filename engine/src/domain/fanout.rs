@@ -51,6 +51,16 @@ fn optional_text<'a>(case: &'a Instance, name: &str) -> Option<&'a str> {
 /// Records a new case's supervisors in its variables: `supervisors_json` (the list the
 /// fan-out reads), `supervisors` (for people) and `task_count`.
 pub fn record_supervisors(vars: &mut serde_json::Value, list: &[Supervisor]) -> Result<(), super::Refusal> {
+    // Stored as sent: a mobile checked at intake or import, normalised by the same rule.
+    let list: Vec<Supervisor> = list
+        .iter()
+        .map(|s| Supervisor {
+            office_admin_mobile: super::mobile(&s.office_admin_mobile)
+                .unwrap_or_else(|_| s.office_admin_mobile.clone()),
+            ..s.clone()
+        })
+        .collect();
+    let list = list.as_slice();
     let display: Vec<String> = list.iter().map(|s| format!("{}/{}", s.department, s.office)).collect();
     vars["supervisors"] = json!(display.join("; "));
     vars["supervisors_json"] = json!(serde_json::to_string(list)

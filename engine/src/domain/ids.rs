@@ -95,13 +95,24 @@ pub fn check_case_no(no: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A mainland mobile number: 11 digits starting with 1.
-pub fn check_mobile(mobile: &str) -> Result<(), String> {
-    if mobile.len() == 11 && mobile.starts_with('1') && mobile.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
+/// A mainland mobile number, the one rule every path uses (intake, catalogs, the SMS sender):
+/// `1[3-9]` and nine more digits, with an optional `+86`/`86` prefix, spaces and hyphens
+/// allowed. Answers the number as stored and sent: the eleven digits alone.
+pub fn mobile(raw: &str) -> Result<String, String> {
+    let digits: String = raw.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    let national =
+        digits.strip_prefix("+86").or_else(|| digits.strip_prefix("86").filter(|d| d.len() == 11)).unwrap_or(&digits);
+    let b = national.as_bytes();
+    if b.len() == 11 && b[0] == b'1' && (b'3'..=b'9').contains(&b[1]) && b.iter().all(u8::is_ascii_digit) {
+        Ok(national.to_owned())
     } else {
-        Err("is not an 11-digit mobile number starting with 1".into())
+        Err("is not a mainland mobile number (1[3-9] and nine more digits, +86 allowed)".into())
     }
+}
+
+/// Whether `raw` is a mainland mobile number ([`mobile`]).
+pub fn check_mobile(raw: &str) -> Result<(), String> {
+    mobile(raw).map(|_| ())
 }
 
 /// A free-text field: at most `max` characters, at least one of them visible, and none that
@@ -252,6 +263,9 @@ mod tests {
         assert!(check_case_no("a/b").is_err());
         assert!(check_case_no(&"x".repeat(65)).is_err());
         assert_eq!(check_mobile("13800138000"), Ok(()));
+        // The gateway takes +86; intake does too, and stores the eleven digits.
+        assert_eq!(mobile("+86 138-0013-8000").as_deref(), Ok("13800138000"));
+        assert!(check_mobile("12800138000").is_err());
         assert!(check_mobile("23800138000").is_err());
         assert!(check_text("  ", 10).is_err());
         assert!(check_text("abc\u{0}", 10).is_err());

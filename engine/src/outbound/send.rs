@@ -325,15 +325,10 @@ fn client_of(d: &Destination) -> Result<reqwest::Client, SetupError> {
     builder.build().map_err(|e| SetupError::Client { name: d.name.clone(), message: e.to_string() })
 }
 
-/// A mainland mobile number (`1[3-9]` and nine digits), with an optional `+86`/`86` prefix,
-/// spaces and hyphens removed; `None` if it is not one.
+/// A mainland mobile number, normalised; `None` if it is not one. The rule is
+/// [`crate::domain::mobile`], the one intake applies.
 pub fn mobile(raw: &str) -> Option<String> {
-    let digits: String = raw.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-    let national =
-        digits.strip_prefix("+86").or_else(|| digits.strip_prefix("86").filter(|d| d.len() == 11)).unwrap_or(&digits);
-    let b = national.as_bytes();
-    (b.len() == 11 && b[0] == b'1' && (b'3'..=b'9').contains(&b[1]) && b.iter().all(u8::is_ascii_digit))
-        .then(|| national.to_owned())
+    crate::domain::mobile(raw).ok()
 }
 
 /// Longest placeholder name a configured template may use.

@@ -463,9 +463,14 @@ async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record
             basis: "《行政許可法》第六十九條".into(),
         })
         .await?;
-    // A licensed case whose office administrator's number is not a mobile number.
+    // A number the sender could not send is refused at intake (one rule for a mobile number).
     let mut odd = accept("C-2", Route::Normal, Scenario::Unspecified);
     odd.supervisors[0].office_admin_mobile = "12000000000".into();
+    let e = server.intake().accept_case(odd.clone()).await.expect_err("not a mobile number");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // A licensed case whose office administrator has no number at all (still accepted: issue
+    // 22 refuses it unless the organisation catalog supplies one).
+    odd.supervisors[0].office_admin_mobile = String::new();
     server.intake().accept_case(odd).await?;
     server
         .intake()
@@ -502,7 +507,7 @@ async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record
         300,
     )?;
 
-    // The invalid number is never sent: a dead letter at once, saying why.
+    // The missing number is never sent: a dead letter at once, saying why.
     let dead = eventually(|| async {
         let d =
             server.admin().list_dead_letters(pb::ListDeadLettersRequest::default()).await?.into_inner().dead_letters;

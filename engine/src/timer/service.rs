@@ -8,7 +8,12 @@
 //!   crash instead of a retry fires it after restart.
 //! - Everything due is fired in `(due, key)` order, page by page, so after a long outage the
 //!   overdue timers fire at once, oldest first.
+//! - One instance's fires are in the order they were due: a round sends at most one fire per
+//!   instance (its earliest), and a fire that must be decided again or retried keeps the
+//!   instance's later ones behind it. Sent together, a reminder decided again after a lease
+//!   moved could commit after its deadline, which then cancelled it unsent.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -43,6 +48,8 @@ pub struct Service {
     metrics: Arc<crate::telemetry::Metrics>,
     control: mpsc::Receiver<Control>,
     settings: Settings,
+    /// Per instance, the fire waiting to be retried and when: its later fires wait behind it.
+    retrying: HashMap<String, (TimerKey, Millis)>,
 }
 
 impl Service {
@@ -56,7 +63,7 @@ impl Service {
         settings: Settings,
     ) -> (Self, mpsc::Sender<Control>) {
         let (tx, control) = mpsc::channel(64);
-        (Service { clock, timers, writer, wake, metrics, control, settings }, tx)
+        (Service { clock, timers, writer, wake, metrics, control, settings, retrying: HashMap::new() }, tx)
     }
 
     /// Runs until the writer goes away or the control channel closes.
@@ -111,7 +118,11 @@ impl Service {
 
     /// Fires everything due at `now`; returns how many fired. `Err` when the writer is gone.
     async fn fire_due(&mut self, now: Millis) -> Result<usize, ()> {
-        let due: Vec<(TimerKey, Millis)> = lock(&self.timers).wheel.poll(now);
+        let polled: Vec<(TimerKey, Millis)> = lock(&self.timers).wheel.poll(now);
+        if polled.is_empty() {
+            return Ok(0);
+        }
+        let due = self.one_per_instance(polled, now);
         if due.is_empty() {
             return Ok(0);
         }
@@ -160,6 +171,7 @@ impl Service {
             let at = now.saturating_add(self.settings.retry);
             let mut index = lock(&self.timers);
             for key in retry {
+                self.retrying.insert(key.instance.clone(), (key.clone(), at));
                 index.wheel.insert(key, at);
             }
             for key in again {
@@ -167,5 +179,106 @@ impl Service {
             }
         }
         Ok(due.len())
+    }
+
+    /// Of the fires polled, those to send this round ([`pick`]); the others go back into the
+    /// wheel.
+    fn one_per_instance(&mut self, polled: Vec<(TimerKey, Millis)>, now: Millis) -> Vec<(TimerKey, Millis)> {
+        let (due, later) = pick(polled, &mut self.retrying, now);
+        if !later.is_empty() {
+            let mut index = lock(&self.timers);
+            for (key, at) in later {
+                index.wheel.insert(key, at);
+            }
+        }
+        due
+    }
+}
+
+/// A timer to fire, and the wheel instant it was polled at (or is to be looked at again).
+type Fire = (TimerKey, Millis);
+
+/// Of the fires polled, the earliest of each instance — unless an earlier one of the instance
+/// waits for its retry (`retrying`). Answers the fires to send, in `(due, key)` order, and the
+/// others with when to look at them again: the next round, or after the retry they wait behind.
+fn pick(
+    polled: Vec<(TimerKey, Millis)>,
+    retrying: &mut HashMap<String, (TimerKey, Millis)>,
+    now: Millis,
+) -> (Vec<Fire>, Vec<Fire>) {
+    let mut first: HashMap<String, (TimerKey, Millis)> = HashMap::new();
+    let mut later: Vec<TimerKey> = Vec::new();
+    for (key, at) in polled {
+        match first.get_mut(&key.instance) {
+            None => {
+                first.insert(key.instance.clone(), (key, at));
+            }
+            Some(kept) if (key.due, &key.name) < (kept.0.due, &kept.0.name) => {
+                later.push(std::mem::replace(kept, (key, at)).0);
+            }
+            Some(_) => later.push(key),
+        }
+    }
+    let mut due = Vec::with_capacity(first.len());
+    for (instance, (key, at)) in first {
+        match retrying.get(&instance) {
+            // Still to be retried: the later fire waits.
+            Some((waiting, retry_at)) if *waiting != key && *retry_at > now => later.push(key),
+            // The retried fire itself, or one whose retry time passed without it (it was
+            // cancelled meanwhile): the instance goes on.
+            Some(_) => {
+                retrying.remove(&instance);
+                due.push((key, at));
+            }
+            None => due.push((key, at)),
+        }
+    }
+    let later = later
+        .into_iter()
+        .map(|key| {
+            let at = retrying.get(&key.instance).map_or(now, |(_, at)| *at);
+            (key, at)
+        })
+        .collect();
+    due.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    (due, later)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(instance: &str, name: &str, due: Millis) -> TimerKey {
+        TimerKey { instance: instance.into(), name: name.into(), due }
+    }
+
+    #[test]
+    fn a_round_fires_each_instances_earliest_and_the_rest_next_round() {
+        let mut retrying = HashMap::new();
+        // Both due (a clock moved past both); polled in wheel order, where a fire put back at
+        // `now` can come before an earlier-due sibling.
+        let polled =
+            vec![(key("a", "deadline", 20), 50), (key("a", "reminder", 10), 50), (key("b", "deadline", 20), 50)];
+        let (due, later) = pick(polled, &mut retrying, 50);
+        assert_eq!(due, vec![(key("a", "reminder", 10), 50), (key("b", "deadline", 20), 50)]);
+        assert_eq!(later, vec![(key("a", "deadline", 20), 50)]);
+    }
+
+    #[test]
+    fn a_fire_waiting_for_its_retry_holds_its_instances_later_fires() {
+        let mut retrying = HashMap::from([("a".to_owned(), (key("a", "reminder", 10), 80))]);
+        let (due, later) = pick(vec![(key("a", "deadline", 20), 50)], &mut retrying, 50);
+        assert!(due.is_empty());
+        assert_eq!(later, vec![(key("a", "deadline", 20), 80)], "looked at again after the retry");
+        // At the retry: the reminder goes, the deadline the round after.
+        let (due, later) =
+            pick(vec![(key("a", "reminder", 10), 80), (key("a", "deadline", 20), 80)], &mut retrying, 80);
+        assert_eq!(due, vec![(key("a", "reminder", 10), 80)]);
+        assert_eq!(later, vec![(key("a", "deadline", 20), 80)]);
+        assert!(retrying.is_empty());
+        // A retried fire that was cancelled meanwhile holds nothing once its time has passed.
+        let mut retrying = HashMap::from([("a".to_owned(), (key("a", "reminder", 10), 80))]);
+        let (due, _) = pick(vec![(key("a", "deadline", 20), 90)], &mut retrying, 90);
+        assert_eq!(due, vec![(key("a", "deadline", 20), 90)]);
     }
 }

@@ -68,7 +68,7 @@ async fn a_bad_import_reports_every_row_and_changes_nothing_and_a_good_one_is_a_
         SJJ-FOOD,NO-SUCH-DEPT,Food Production Supervision Office,Sun Yu,139\n\
         WJW-PH,WJW-320700,Public Health Office,Wu Fang,13900000031\n\
         XF-INSP,XF-320700,Fire Inspection Office,,13900000041\n";
-    let renamed_regions = example_file("catalog/regions.csv").replace("Lianyungang,", "Lianyungang City,");
+    let renamed_regions = example_file("catalog/regions.csv").replace("连云港市,", "连云港市人民政府,");
     let err = admin
         .import_catalogs(import(vec![file("regions.csv", &renamed_regions), file("offices.csv", bad_offices)]))
         .await
@@ -411,7 +411,7 @@ async fn the_enterprise_profile_holds_its_cases_tasks_results_revocations_credit
     for k in ["accepted", "licensed", "breach", "revocation"] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
-    assert!(p.credit_records.iter().any(|m| m.text.contains("Dishonesty record")), "{:?}", p.credit_records);
+    assert!(p.credit_records.iter().any(|m| m.text.contains("失信记录")), "{:?}", p.credit_records);
     assert!(
         p.open_deadlines.iter().any(|d| d.instance_id == "320700/P-2/T1"),
         "the task's viewing deadline is open: {:?}",

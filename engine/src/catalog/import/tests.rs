@@ -31,7 +31,7 @@ fn the_example_catalog_imports_as_version_one_of_every_kind() {
         catalogs.handling_items_of("SJ-FOOD-PROD").into_iter().collect::<Vec<_>>(),
         ["FOOD-PROD-CHG", "FOOD-PROD-NEW"]
     );
-    assert_eq!(catalogs.region_admin("320706").and_then(|r| r.get("admin_name")).map(String::as_str), Some("Li Hua"));
+    assert_eq!(catalogs.region_admin("320706").and_then(|r| r.get("admin_name")).map(String::as_str), Some("李华"));
     assert_eq!(catalogs.region_admin("320703").and_then(|r| r.get("code")).map(String::as_str), Some("320700"));
 }
 
@@ -134,12 +134,12 @@ fn a_changed_import_is_a_new_version_with_its_changes_and_an_unchanged_one_is_no
 
     let renamed = csv(
         "regions.csv",
-        "code,name,parent,admin_name,admin_mobile\n320700,Lianyungang City,,Wang Min,13900000001\n\
-         320706,Haizhou District,320700,Li Hua,13900000002\n320722,Donghai County,320700,Zhao Lei,13900000003\n",
+        "code,name,parent,admin_name,admin_mobile\n320700,连云港市人民政府,,王敏,13900000001\n\
+         320706,海州区,320700,李华,13900000002\n320722,东海县,320700,赵磊,13900000003\n",
     );
     let v2 = import(&catalogs, &[renamed], "admin", "", 7).expect("rename");
     let change = &v2.versions[0].changes;
-    assert_eq!(change.changed["320700"]["name"], ("Lianyungang".to_owned(), "Lianyungang City".to_owned()));
+    assert_eq!(change.changed["320700"]["name"], ("连云港市".to_owned(), "连云港市人民政府".to_owned()));
 }
 
 #[test]

@@ -93,6 +93,16 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: crate::client::OutboxCommand,
     },
+    /// Stream consumers on a running server: who reads the stream, how far behind, and dropping
+    /// one that is gone for good (retention keeps what a consumer has not acknowledged).
+    Consumer {
+        /// Server and output.
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::client::ConsumerCommand,
+    },
     /// The organisation and catalogs on a running server: import, export, history, linkage
     /// problems, relinking a case.
     Catalog {
@@ -474,6 +484,16 @@ pub(crate) enum WorkflowCommand {
         #[arg(long, value_name = "DIR")]
         workflows: Option<PathBuf>,
     },
+    /// Write the JSON Schema of every record type the workflows emit, `TYPE.vN.json`, to a
+    /// folder (the repository keeps them in docs/schemas).
+    Schemas {
+        /// Where to write them (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Definitions folder (default: built in).
+        #[arg(long, value_name = "DIR")]
+        workflows: Option<PathBuf>,
+    },
 }
 
 /// `shenguan admin …`.
@@ -522,6 +542,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Clock(ClockCommand::Advance { conn, args }) => crate::client::advance(&conn, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Outbox { conn, command } => crate::client::outbox(&conn, command).await,
+        Command::Consumer { conn, command } => crate::client::consumer(&conn, command).await,
         Command::Catalog { conn, command } => crate::catalog::catalog(&conn, command).await,
         Command::Enterprise { conn, command } => crate::catalog::enterprise(&conn, command).await,
         Command::Spotcheck { conn, command } => crate::catalog::spotcheck(&conn, command).await,
@@ -669,6 +690,19 @@ fn workflow(cmd: WorkflowCommand) -> Result<ExitCode> {
                 );
             };
             print!("{}", render::mermaid(def));
+            Ok(ExitCode::SUCCESS)
+        }
+        WorkflowCommand::Schemas { out: dir, workflows } => {
+            let registry = DataArgs { workflows, calendars: None }.registry()?;
+            let schemas = shenguan::definition::schema::schemas(registry.all().map(|d| d.as_ref()))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for ((kind, version), schema) in &schemas {
+                let path = dir.join(shenguan::definition::schema::file_name(kind, *version));
+                std::fs::write(&path, format!("{}\n", serde_json::to_string_pretty(schema)?))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                out(format!("{}", path.display()))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

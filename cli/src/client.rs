@@ -620,7 +620,7 @@ fn delivery_state(m: &proto::OutboundMessage) -> String {
 /// `shenguan outbox …`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum OutboxCommand {
-    /// Messages given up on, oldest first, with their last error.
+    /// Messages given up on, oldest first, each with its whole last error.
     Dead {
         /// Only ids after this one.
         #[arg(long, default_value_t = 0)]
@@ -629,11 +629,64 @@ pub(crate) enum OutboxCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Make a dead letter pending again; its destination delivers it with the same key.
+    /// Make dead letters pending again; their destination delivers them with the same keys, and
+    /// a case held behind one goes on, in order.
     Retry {
-        /// The message key (`<instance>:<seq>:<index>`, as `outbox dead` shows it).
-        key: String,
+        /// Which ones.
+        #[command(flatten)]
+        which: DeadLetters,
     },
+    /// Give dead letters up for good (`discarded`): never sent; their case's later messages go on.
+    Discard {
+        /// Which ones.
+        #[command(flatten)]
+        which: DeadLetters,
+    },
+}
+
+/// Which dead letters: keys, a destination's (since an instant), or all.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeadLetters {
+    /// Message keys (`<instance>:<seq>:<index>`, as `outbox dead` shows them).
+    keys: Vec<String>,
+    /// Every dead letter of this destination.
+    #[arg(long, conflicts_with = "keys")]
+    destination: Option<String>,
+    /// With --destination or --all: only those given up at or after this instant (RFC 3339, or
+    /// a date: its midnight in China Standard Time).
+    #[arg(long)]
+    since: Option<String>,
+    /// Every dead letter.
+    #[arg(long, conflicts_with_all = ["keys", "destination"])]
+    all: bool,
+}
+
+impl DeadLetters {
+    fn selection(self) -> Result<proto::DeadLetterSelection> {
+        if self.keys.is_empty() && self.destination.is_none() && !self.all {
+            bail!("name the dead letters: KEY…, --destination D [--since T], or --all");
+        }
+        let since_ms = match &self.since {
+            None => 0,
+            Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
+                Ok(t) => t.timestamp_millis(),
+                Err(_) => {
+                    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                        .map_err(|_| anyhow!("--since {text:?}: an RFC 3339 instant or a date such as 2026-10-01"))?;
+                    day.and_time(chrono::NaiveTime::MIN)
+                        .and_local_timezone(shenguan::calendar::DEFAULT_TZ)
+                        .single()
+                        .map_or(0, |t| t.timestamp_millis())
+                }
+            },
+        };
+        Ok(proto::DeadLetterSelection {
+            keys: self.keys,
+            destination: self.destination.unwrap_or_default(),
+            since_ms,
+            all: self.all,
+        })
+    }
 }
 
 /// Runs `outbox …`.
@@ -654,25 +707,101 @@ pub(crate) async fn outbox(conn: &Conn, cmd: OutboxCommand) -> Result<ExitCode> 
                     .iter()
                     .map(|d| {
                         let m = d.message.clone().unwrap_or_default();
-                        vec![
-                            d.id.to_string(),
-                            m.key,
-                            d.destination.clone(),
-                            m.attempts.to_string(),
-                            m.last_error.chars().take(100).collect(),
-                        ]
+                        let dead = chrono::DateTime::from_timestamp_millis(d.dead_at_ms)
+                            .map(|t| {
+                                t.with_timezone(&shenguan::calendar::DEFAULT_TZ).format("%Y-%m-%d %H:%M").to_string()
+                            })
+                            .unwrap_or_default();
+                        vec![d.id.to_string(), m.key, d.destination.clone(), m.r#type, m.attempts.to_string(), dead]
                     })
                     .collect();
-                print!("{}", table(&["ID", "KEY", "DESTINATION", "ATTEMPTS", "LAST ERROR"], &rows));
+                let table = table(&["ID", "KEY", "DESTINATION", "TYPE", "ATTEMPTS", "GIVEN UP"], &rows);
+                // Each row, then its whole cause on the next line: a receiver's answer is the
+                // clue to what to fix, so none of it is cut.
+                let mut lines = table.lines();
+                if let Some(header) = lines.next() {
+                    println!("{header}");
+                }
+                for (line, d) in lines.zip(&reply.dead_letters) {
+                    println!("{line}");
+                    println!("    cause: {}", d.message.as_ref().map(|m| m.last_error.as_str()).unwrap_or_default());
+                }
             }
         }
-        OutboxCommand::Retry { key } => {
-            let reply =
-                admin.retry_dead_letter(proto::RetryDeadLetterRequest { key }).await.map_err(call_error)?.into_inner();
+        OutboxCommand::Retry { which } => {
+            let reply = admin.retry_dead_letters(which.selection()?).await.map_err(call_error)?.into_inner();
             if conn.json {
                 print_json(&reply)?;
             } else {
-                println!("{} is pending again; {} delivers it next", reply.key, reply.destination);
+                println!("{} dead letter(s) pending again; their destinations deliver them next", reply.keys.len());
+                if reply.more {
+                    println!("more match: run the command again");
+                }
+            }
+        }
+        OutboxCommand::Discard { which } => {
+            let reply = admin.discard_dead_letters(which.selection()?).await.map_err(call_error)?.into_inner();
+            if conn.json {
+                print_json(&reply)?;
+            } else {
+                println!("{} dead letter(s) discarded; their cases' later messages go on", reply.keys.len());
+                if reply.more {
+                    println!("more match: run the command again");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shenguan consumer …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConsumerCommand {
+    /// Every stream consumer: its position, the channels it wants, its lag and when it last read.
+    List,
+    /// Forget a consumer that is gone for good: what only it held back is pruned once its
+    /// retention has passed. Its live stream, if any, ends.
+    Drop {
+        /// The consumer's name.
+        name: String,
+    },
+}
+
+/// Runs `consumer …`.
+pub(crate) async fn consumer(conn: &Conn, cmd: ConsumerCommand) -> Result<ExitCode> {
+    let mut admin = AdminServiceClient::new(channel(conn).await?);
+    match cmd {
+        ConsumerCommand::List => {
+            let reply = admin.list_consumers(proto::ListConsumersRequest {}).await.map_err(call_error)?.into_inner();
+            if conn.json {
+                print_json(&reply)?;
+            } else {
+                let rows: Vec<Vec<String>> = reply
+                    .consumers
+                    .iter()
+                    .map(|c| {
+                        let read = chrono::DateTime::from_timestamp_millis(c.last_read_ms)
+                            .map(|t| {
+                                t.with_timezone(&shenguan::calendar::DEFAULT_TZ).format("%Y-%m-%d %H:%M").to_string()
+                            })
+                            .unwrap_or_default();
+                        let channels = if c.channels.is_empty() { "(all)".to_owned() } else { c.channels.join(",") };
+                        vec![c.name.clone(), c.owner.clone(), c.acked.to_string(), c.lag.to_string(), channels, read]
+                    })
+                    .collect();
+                print!("{}", table(&["NAME", "OWNER", "ACKED", "LAG", "CHANNELS", "LAST READ"], &rows));
+            }
+        }
+        ConsumerCommand::Drop { name } => {
+            let reply = admin
+                .drop_consumer(proto::DropConsumerRequest { name: name.clone() })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if conn.json {
+                print_json(&reply)?;
+            } else {
+                println!("consumer {name} dropped (it had acknowledged up to {})", reply.acked);
             }
         }
     }

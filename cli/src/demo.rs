@@ -255,8 +255,21 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         })
         .collect();
     print!("{}", table(&["RECEIVER", "MESSAGES", "DISTINCT KEYS", "SIGNATURES"], &rows));
-    for (path, label) in [("sms", "First SMS (the configured Chinese template)"), ("credit", "First credit record")] {
-        if let Some(body) = received.get(path).and_then(|r| r.first.as_ref()) {
+    // Every message is a typed record (docs/schemas): what each receiver got, by type.
+    let rows: Vec<Vec<String>> = received
+        .iter()
+        .flat_map(|(path, r)| {
+            r.types.iter().map(move |(kind, keys)| vec![kind.clone(), format!("/{path}"), keys.len().to_string()])
+        })
+        .collect();
+    println!("\nTyped records received (each with `type`, `schema_version` and `data`, beside its Chinese text)");
+    print!("{}", table(&["TYPE", "RECEIVER", "RECORDS"], &rows));
+    for (path, kind, label) in [
+        ("supervision", "approval_record", "First approval record"),
+        ("sms", "task_pushed", "First SMS (the configured Chinese template)"),
+        ("credit", "credit_record", "First credit record"),
+    ] {
+        if let Some(body) = received.get(path).and_then(|r| r.first_of.get(kind)) {
             println!("{label}: {body}");
         }
     }

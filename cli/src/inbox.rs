@@ -20,6 +20,10 @@ pub(crate) struct Received {
     pub(crate) bad_signatures: usize,
     /// The first body, for the tour to show.
     pub(crate) first: Option<serde_json::Value>,
+    /// Distinct keys per record type (`type` of the body): what the receiver can dispatch on.
+    pub(crate) types: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// The first body of each record type.
+    pub(crate) first_of: BTreeMap<String, serde_json::Value>,
 }
 
 /// The receivers, by path.
@@ -82,10 +86,16 @@ async fn receive(
         let mut all = inbox.by_path.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let r = all.entry(path).or_default();
         r.messages += 1;
-        r.keys.insert(key);
+        r.keys.insert(key.clone());
         r.bad_signatures += usize::from(!signed_ok);
+        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        let kind = json.as_ref().and_then(|j| j["type"].as_str()).unwrap_or("(untyped)").to_owned();
+        r.types.entry(kind.clone()).or_default().insert(key);
+        if let Some(j) = &json {
+            r.first_of.entry(kind).or_insert_with(|| j.clone());
+        }
         if r.first.is_none() {
-            r.first = serde_json::from_slice(&body).ok();
+            r.first = json;
         }
     }
     let answer: &'static [u8] = if signed_ok { br#"{"code":"OK","message_id":"demo"}"# } else { b"bad signature" };

@@ -194,6 +194,12 @@ fn the_demo_runs_every_branch_and_prints_a_summary_and_a_timeline() {
     assert!(out.contains("Statistics for 320700, 2026-09-01 to 2026-10-31"), "{out}");
     assert!(out.contains("Timeline of 320700/LYG-2026-"), "{out}");
     assert!(out.contains("BREACHED"), "{out}");
+    // Typed records arrive at the receivers: the approval record with its supervisors as objects.
+    assert!(out.contains("Typed records received"), "{out}");
+    for kind in ["approval_record", "task_pushed", "commitment_reminder", "credit_record", "licence_revoked"] {
+        assert!(out.lines().any(|l| l.starts_with(kind)), "no {kind} received: {out}");
+    }
+    assert!(out.contains(r#""supervisors":[{"department":"#), "{out}");
     // December: the catalog, the unlinked item escalated, four weekly spot-check runs verified.
     assert!(out.contains("linkage               v1"), "{out}");
     assert!(out.contains("unlinked_case 320700/FS-2026-0001 (FOOD-SALE-NEW)"), "{out}");

@@ -144,6 +144,8 @@ pub enum Right {
     Subscribe,
     /// See and retry dead letters.
     DeadLetters,
+    /// List and drop stream consumers (what retention keeps for them).
+    Consumers,
     /// Read the organisation and the catalogs, their versions and linkage problems.
     ReadCatalogs,
     /// Import catalogs and relink cases.
@@ -174,6 +176,7 @@ impl Right {
             Right::ActOnBehalf => "act_on_behalf",
             Right::Subscribe => "subscribe",
             Right::DeadLetters => "dead_letters",
+            Right::Consumers => "consumers",
             Right::ReadCatalogs => "read_catalogs",
             Right::ManageCatalogs => "manage_catalogs",
             Right::OverrideLinkage => "override_linkage",

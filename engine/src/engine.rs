@@ -88,6 +88,9 @@ pub struct Config {
     /// Channel → push destination (from the outbound configuration); other channels are
     /// served by the stream only.
     pub routes: std::collections::HashMap<String, String>,
+    /// Configured texts by message name or type (the outbound configuration's
+    /// `sms_templates`): a message they name is written with its text filled from them.
+    pub texts: std::collections::BTreeMap<String, String>,
     /// How long delivered and stream-only outbox messages are kept (ms).
     pub outbox_retention: Millis,
 }
@@ -122,6 +125,7 @@ impl Config {
             calendar_policy: crate::calendar::Policy::Provisional,
             replan_page: 1_000,
             routes: std::collections::HashMap::new(),
+            texts: std::collections::BTreeMap::new(),
             outbox_retention: DEFAULT_OUTBOX_RETENTION,
         }
     }
@@ -247,6 +251,7 @@ impl Engine {
                 idempotency_retention: config.idempotency_retention,
                 replan_page: config.replan_page,
                 routes: Arc::new(config.routes.clone()),
+                texts: Arc::new(config.texts.clone()),
                 outbox_retention: config.outbox_retention,
                 ownership: ownership.clone(),
                 horizon: config.horizon,

@@ -21,6 +21,7 @@ pub mod config;
 pub mod dispatch;
 pub mod send;
 pub mod sign;
+pub mod texts;
 
-pub use config::{Config, ConfigError, Destination, Kind, Policy};
+pub use config::{Config, ConfigError, Destination, Kind, OnDeadLetter, Policy};
 pub use dispatch::{start, Dispatchers};

@@ -53,6 +53,9 @@ pub enum Error {
     /// A push destination cannot be set up.
     #[error(transparent)]
     Outbound(#[from] crate::outbound::send::SetupError),
+    /// The outbound configuration does not fit the loaded workflows.
+    #[error("outbound configuration: {0}")]
+    Routes(String),
 }
 
 /// Everything the server needs.
@@ -245,6 +248,19 @@ async fn refresh_gauges(shared: &Shared) {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
+    if let (Ok(last), Ok(consumers)) = (shared.reader.outbox_last_id().await, shared.reader.consumers().await) {
+        let now = shared.context().clock.now();
+        metrics.consumer_lag.reset();
+        metrics.consumer_idle_seconds.reset();
+        for c in consumers {
+            let lag = i64::try_from(last.saturating_sub(c.acked)).unwrap_or(i64::MAX);
+            metrics.consumer_lag.with_label_values(&[c.name.as_str()]).set(lag);
+            metrics
+                .consumer_idle_seconds
+                .with_label_values(&[c.name.as_str()])
+                .set(now.saturating_sub(c.updated_at) / 1000);
+        }
+    }
     if let Ok(pending) = shared.reader.timers_pending().await {
         metrics.timers_pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
@@ -253,6 +269,26 @@ async fn refresh_gauges(shared: &Shared) {
     }
     if let Ok(replans) = shared.reader.replans().await {
         metrics.replans_running.set(replans.iter().filter(|j| !j.done).count() as i64);
+    }
+}
+
+/// Logs every stream consumer that has not read for the configured days: retention keeps
+/// everything it has not acknowledged, so a forgotten consumer makes the outbox grow.
+async fn warn_idle_consumers(shared: &Shared) {
+    let Ok(consumers) = shared.reader.consumers().await else { return };
+    let now = shared.context().clock.now();
+    let limit = i64::from(shared.consumer_idle_warn_days).saturating_mul(24 * 3600 * 1000);
+    for c in consumers.iter().filter(|c| now.saturating_sub(c.updated_at) >= limit) {
+        let days = now.saturating_sub(c.updated_at) / (24 * 3600 * 1000);
+        tracing::warn!(
+            consumer = %c.name,
+            owner = %c.owner,
+            acked = c.acked,
+            days,
+            "stream consumer has not read for {days} days: retention keeps what it has not acknowledged; \
+             `shenguan consumer drop {}` if it is gone for good",
+            c.name
+        );
     }
 }
 
@@ -266,6 +302,7 @@ async fn warn_daily(shared: Arc<Shared>) {
         for warning in crate::calendar::warnings(&calendars, today, shared.calendar_warn_from) {
             tracing::warn!(%warning, "working-day calendar");
         }
+        warn_idle_consumers(&shared).await;
     }
 }
 
@@ -301,8 +338,12 @@ pub async fn run(
     for d in &options.outbound.destinations {
         crate::outbound::send::check(d)?;
     }
+    let emitted: std::collections::BTreeSet<String> =
+        options.context.registry.all().flat_map(|d| d.channels()).map(str::to_owned).collect();
+    crate::outbound::config::check_channels(&options.outbound, &emitted).map_err(Error::Routes)?;
     let mut engine_config = options.engine;
     engine_config.routes = options.outbound.routes();
+    engine_config.texts = options.outbound.sms_templates.clone();
     engine_config.outbox_retention =
         i64::from(options.outbound.delivery.retention_days).saturating_mul(24 * 60 * 60 * 1000);
     let engine = Arc::new(Engine::start(engine_config, options.context).await?);
@@ -314,6 +355,18 @@ pub async fn run(
         engine.context(),
         engine.ownership(),
     )?;
+    match reader.consumers().await {
+        Ok(consumers) => {
+            for channel in crate::outbound::config::untaken(&options.outbound, &emitted, &consumers) {
+                tracing::warn!(
+                    %channel,
+                    "the loaded workflows emit on this channel, but no destination and no stream consumer takes it: \
+                     its messages are kept for the retention period and then pruned unread"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the stream consumers"),
+    }
     if !engine.context().catalogs.current().in_force() {
         tracing::warn!(
             "no catalog imported: AcceptCase trusts each request's items and supervisors until `shenguan catalog import` (docs/catalogs.md)"
@@ -336,6 +389,7 @@ pub async fn run(
         virtual_clock: options.virtual_clock,
         credit: options.credit,
         calendar_warn_from: options.calendar_warn_from,
+        consumer_idle_warn_days: options.outbound.delivery.consumer_idle_warn_days,
     });
     let warner = tokio::spawn(warn_daily(shared.clone()));
     let drawer = tokio::spawn(draw_spot_checks(spotchecks, engine.ownership()));

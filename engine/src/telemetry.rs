@@ -34,6 +34,12 @@ pub struct Metrics {
     pub outbound_backlog: IntGaugeVec,
     /// Delivery attempts, by destination and result (`delivered`, `retry`, `dead`).
     pub outbound_attempts: IntCounterVec,
+    /// Per stream consumer: the newest message's id minus its acknowledged position (set at
+    /// scrape; an upper bound of what it has not read).
+    pub consumer_lag: IntGaugeVec,
+    /// Per stream consumer: seconds (engine time) since it last subscribed or acknowledged (set
+    /// at scrape).
+    pub consumer_idle_seconds: IntGaugeVec,
     /// Seconds from a message's commit to its receiver's acceptance (real time; a virtual
     /// engine clock makes this meaningless, so it is observed only when the two agree).
     pub outbound_latency_seconds: Histogram,
@@ -132,6 +138,22 @@ impl Metrics {
             &["destination"],
         )
         .unwrap_or_else(|_| unreachable_metric());
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "stream_consumer_lag_messages",
+                "Per stream consumer: the newest message's id minus its acknowledged position",
+            ),
+            &["consumer"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let consumer_idle_seconds = IntGaugeVec::new(
+            Opts::new(
+                "stream_consumer_idle_seconds",
+                "Per stream consumer: seconds since it last subscribed or acknowledged",
+            ),
+            &["consumer"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
         let outbound_attempts = IntCounterVec::new(
             Opts::new("outbound_attempts_total", "Delivery attempts, by destination and result"),
             &["destination", "result"],
@@ -226,6 +248,8 @@ impl Metrics {
             timers_in_memory,
             outbox_backlog,
             outbound_backlog,
+            consumer_lag,
+            consumer_idle_seconds,
             outbound_attempts,
             outbound_latency_seconds,
             outbound_window,
@@ -259,6 +283,8 @@ impl Metrics {
             Box::new(m.outbox_backlog.clone()),
             Box::new(m.outbound_backlog.clone()),
             Box::new(m.outbound_attempts.clone()),
+            Box::new(m.consumer_lag.clone()),
+            Box::new(m.consumer_idle_seconds.clone()),
             Box::new(m.outbound_latency_seconds.clone()),
             Box::new(m.outbound_window.clone()),
             Box::new(m.timers_pending.clone()),

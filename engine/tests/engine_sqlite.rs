@@ -220,7 +220,7 @@ async fn a_reopen_after_a_failure_never_creates_a_database() {
         key: "same-key".into(),
         instance: "x".into(),
         seq: 1,
-        message: Message { channel: "sms".into(), recipient: None, body: body.into(), template: None },
+        message: Message::text("sms", None, body),
         destination: None,
         created_at: 0,
     };

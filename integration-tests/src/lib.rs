@@ -341,6 +341,11 @@ impl TestServer {
         shenguan::proto::supervision_service_client::SupervisionServiceClient::new(self.channel.clone())
     }
 
+    /// A client of the events service (the outbox as a stream).
+    pub fn events(&self) -> shenguan::proto::events_service_client::EventsServiceClient<tonic::transport::Channel> {
+        shenguan::proto::events_service_client::EventsServiceClient::new(self.channel.clone())
+    }
+
     /// A client of the admin service.
     pub fn admin(&self) -> shenguan::proto::admin_service_client::AdminServiceClient<tonic::transport::Channel> {
         shenguan::proto::admin_service_client::AdminServiceClient::new(self.channel.clone())

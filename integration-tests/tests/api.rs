@@ -125,7 +125,7 @@ async fn materials_in_time_licence_supervision_with_a_late_view_and_a_rectificat
     request.supervisors.push(Supervisor {
         department: "市衛生健康委".into(),
         office: "綜合監督處".into(),
-        office_admin_mobile: String::new(),
+        office_admin_mobile: "13900139003".into(),
     });
     server.intake().accept_case(request).await?;
     let case = server
@@ -845,7 +845,7 @@ async fn accept_and_licence_answer_exactly_what_a_read_back_shows() -> Result<()
         .map(|n| Supervisor {
             department: format!("部門{n}"),
             office: format!("處室{n}"),
-            office_admin_mobile: if n % 2 == 0 { "13900139000".into() } else { String::new() },
+            office_admin_mobile: if n % 2 == 0 { "13900139000".into() } else { "+86 139-0013-9001".into() },
         })
         .collect();
     let accepted = server.intake().accept_case(r.clone()).await?.into_inner();

@@ -264,7 +264,7 @@ fn parties() -> Vec<(&'static str, Who)> {
 
 /// Which parties may call each RPC, written out by hand from the issue (not derived from the
 /// code under test): `A` allowed, `-` PERMISSION_DENIED, in the order of [`parties`].
-const MATRIX: [(&str, &str); 22] = [
+const MATRIX: [(&str, &str); 24] = [
     ("AcceptCase", "A----A--"),
     ("SubmitMaterials", "A----A--"),
     ("CompleteApproval", "A----A--"),
@@ -285,6 +285,8 @@ const MATRIX: [(&str, &str); 22] = [
     ("EngineService.Signal", "A-------"),
     ("ListDeadLetters", "A-------"),
     ("RetryDeadLetter", "A-------"),
+    ("ListConsumers", "A-------"),
+    ("DropConsumer", "A-------"),
     ("EventsService.Subscribe", "A----AA-"),
     ("EventsService.Ack", "A----AA-"),
 ];
@@ -353,6 +355,10 @@ async fn call(rpc: &str, ch: Authed) -> tonic::Status {
         }
         "RetryDeadLetter" => {
             admin.retry_dead_letter(pb::RetryDeadLetterRequest { key: "none:1:0".into() }).await.map(|_| ())
+        }
+        "ListConsumers" => admin.list_consumers(pb::ListConsumersRequest {}).await.map(|_| ()),
+        "DropConsumer" => {
+            admin.drop_consumer(pb::DropConsumerRequest { name: "no-such-consumer".into() }).await.map(|_| ())
         }
         "EventsService.Subscribe" => events
             .subscribe(pb::SubscribeRequest { consumer: "not a name".into(), ..Default::default() })

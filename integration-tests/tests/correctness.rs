@@ -49,7 +49,7 @@ async fn a_revocation_racing_a_licence_never_leaves_an_open_task() -> Result<()>
         r.supervisors.push(shenguan::proto::Supervisor {
             department: "市消防救援支隊".into(),
             office: "防火監督處".into(),
-            office_admin_mobile: String::new(),
+            office_admin_mobile: "13900139002".into(),
         });
         server.intake().accept_case(r).await?;
     }

@@ -56,6 +56,97 @@ const MAX_IDS: u64 = 10_000;
 /// Figures per group, each with its count and (when asked for) its ids.
 type Sheet = BTreeMap<Group, BTreeMap<Fig, (u64, Vec<String>)>>;
 
+/// Most dead letters one bulk retry or discard changes.
+const MAX_BULK: usize = 10_000;
+
+impl Admin {
+    /// The dead letters `selection` names (at most [`MAX_BULK`]; the flag says more matched).
+    async fn select_dead_letters(
+        &self,
+        selection: &crate::proto::DeadLetterSelection,
+    ) -> Result<(Vec<crate::store::StoredMessage>, bool), Status> {
+        let read = |e: crate::store::Error| status::read_error(&e);
+        if !selection.keys.is_empty() {
+            if selection.keys.len() > MAX_BULK {
+                return Err(invalid("keys", format!("at most {MAX_BULK}")));
+            }
+            let mut out = Vec::new();
+            for key in &selection.keys {
+                if key.is_empty() || key.len() > 512 {
+                    return Err(invalid("keys", "a message key: <instance>:<seq>:<index>"));
+                }
+                let m = self
+                    .shared
+                    .reader
+                    .message(key)
+                    .await
+                    .map_err(read)?
+                    .ok_or_else(|| status::not_found("message", key))?;
+                if m.status != crate::store::DeliveryState::Dead {
+                    return Err(Status::failed_precondition(format!(
+                        "message {key} is {}, not a dead letter",
+                        m.status.as_str()
+                    )));
+                }
+                out.push(m);
+            }
+            return Ok((out, false));
+        }
+        if selection.destination.is_empty() && !selection.all {
+            return Err(invalid("selection", "name the keys, a destination (with since_ms, if you like), or all"));
+        }
+        if selection.destination.len() > 64 {
+            return Err(invalid("destination", "at most 64 characters"));
+        }
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.shared.reader.dead_letters(after, 1_000).await.map_err(read)?;
+            let Some(last) = page.last() else { return Ok((out, false)) };
+            after = last.id;
+            for m in page {
+                let here = selection.destination.is_empty()
+                    || m.destination.as_deref() == Some(selection.destination.as_str());
+                let recent = selection.since_ms == 0 || m.delivered_at.unwrap_or(0) >= selection.since_ms;
+                if here && recent {
+                    if out.len() == MAX_BULK {
+                        return Ok((out, true));
+                    }
+                    out.push(m);
+                }
+            }
+        }
+    }
+
+    /// Retries or discards the dead letters `selection` names, through the writer; then the
+    /// destinations walk their messages again (a released case goes on, in order).
+    async fn change_dead_letters(
+        &self,
+        selection: crate::proto::DeadLetterSelection,
+        change: fn(Vec<String>) -> crate::writer::Outbound,
+        done: &str,
+    ) -> Result<crate::proto::DeadLettersChanged, Status> {
+        let (messages, more) = self.select_dead_letters(&selection).await?;
+        let destinations: std::collections::BTreeSet<String> =
+            messages.iter().map(|m| m.destination.clone().unwrap_or_default()).collect();
+        let keys: Vec<String> = messages.into_iter().map(|m| m.key).collect();
+        // A thousand a write, each durable before the next: answered once all are.
+        for chunk in keys.chunks(1_000) {
+            self.shared
+                .engine
+                .handle()
+                .outbound(change(chunk.to_vec()))
+                .await
+                .map_err(|e| status::write_error("message", &chunk[0], &e))?;
+        }
+        for d in &destinations {
+            self.shared.dispatchers.rescan(d);
+        }
+        tracing::info!(count = keys.len(), more, ?destinations, "dead letters {done}");
+        Ok(crate::proto::DeadLettersChanged { keys, more })
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for Admin {
     async fn load_calendar(
@@ -391,13 +482,80 @@ impl AdminService for Admin {
         self.shared
             .engine
             .handle()
-            .outbound(crate::writer::Outbound::Revive(key.clone()))
+            .outbound(crate::writer::Outbound::Revive(vec![key.clone()]))
             .await
             .map_err(|e| status::write_error("message", &key, &e))?;
         let destination = m.destination.unwrap_or_default();
         self.shared.dispatchers.rescan(&destination);
         tracing::info!(%key, %destination, "dead letter retried");
         Ok(Response::new(crate::proto::RetryDeadLetterReply { key, destination }))
+    }
+
+    async fn retry_dead_letters(
+        &self,
+        request: Request<crate::proto::DeadLetterSelection>,
+    ) -> Result<Response<crate::proto::DeadLettersChanged>, Status> {
+        authorize(&self.shared, &request, Right::DeadLetters)?;
+        let changed =
+            self.change_dead_letters(request.into_inner(), crate::writer::Outbound::Revive, "retried").await?;
+        Ok(Response::new(changed))
+    }
+
+    async fn discard_dead_letters(
+        &self,
+        request: Request<crate::proto::DeadLetterSelection>,
+    ) -> Result<Response<crate::proto::DeadLettersChanged>, Status> {
+        authorize(&self.shared, &request, Right::DeadLetters)?;
+        let changed =
+            self.change_dead_letters(request.into_inner(), crate::writer::Outbound::Discard, "discarded").await?;
+        Ok(Response::new(changed))
+    }
+
+    async fn list_consumers(
+        &self,
+        request: Request<crate::proto::ListConsumersRequest>,
+    ) -> Result<Response<crate::proto::ListConsumersReply>, Status> {
+        authorize(&self.shared, &request, Right::Consumers)?;
+        let read = |e: crate::store::Error| status::read_error(&e);
+        let last_id = self.shared.reader.outbox_last_id().await.map_err(read)?;
+        let consumers = self.shared.reader.consumers().await.map_err(read)?;
+        let consumers = consumers
+            .into_iter()
+            .map(|c| crate::proto::Consumer {
+                lag: last_id.saturating_sub(c.acked),
+                name: c.name,
+                owner: c.owner,
+                acked: c.acked,
+                channels: c.channels,
+                last_read_ms: c.updated_at,
+            })
+            .collect();
+        Ok(Response::new(crate::proto::ListConsumersReply { consumers, last_id }))
+    }
+
+    async fn drop_consumer(
+        &self,
+        request: Request<crate::proto::DropConsumerRequest>,
+    ) -> Result<Response<crate::proto::DropConsumerReply>, Status> {
+        authorize(&self.shared, &request, Right::Consumers)?;
+        let name = request.into_inner().name;
+        super::events::check_consumer(&name)?;
+        let stored = self
+            .shared
+            .reader
+            .consumer(&name)
+            .await
+            .map_err(|e| status::read_error(&e))?
+            .ok_or_else(|| status::not_found("consumer", &name))?;
+        self.shared
+            .engine
+            .handle()
+            .outbound(crate::writer::Outbound::DropConsumer(name.clone()))
+            .await
+            .map_err(|e| status::write_error("consumer", &name, &e))?;
+        self.shared.live.end(&name);
+        tracing::warn!(consumer = %name, acked = stored.acked, "stream consumer dropped: retention no longer keeps its messages");
+        Ok(Response::new(crate::proto::DropConsumerReply { acked: stored.acked }))
     }
 
     async fn import_catalogs(

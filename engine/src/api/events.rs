@@ -64,6 +64,14 @@ impl Live {
         (entry.acked.subscribe(), stopped)
     }
 
+    /// Ends the live stream of `name` on this node, if any (the consumer was dropped).
+    pub fn end(&self, name: &str) {
+        let mut all = self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = all.remove(name) {
+            c.stop.send_replace(true);
+        }
+    }
+
     /// Tells the live stream of `name` (if any) that it acknowledged up to `acked`.
     fn acked(&self, name: &str, acked: u64) {
         let all = self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -96,9 +104,11 @@ impl Events {
         Ok(stored)
     }
 
-    /// Records (creating it if new) a consumer's position; answers once durable.
-    async fn save(&self, name: &str, owner: String, acked: u64) -> Result<(), Status> {
-        let cursor = ConsumerCursor { name: name.to_owned(), owner, acked, at: self.shared.context().clock.now() };
+    /// Records (creating it if new) a consumer's position and, from a Subscribe, the channels it
+    /// wants; answers once durable.
+    async fn save(&self, name: &str, owner: String, acked: u64, channels: Option<Vec<String>>) -> Result<(), Status> {
+        let at = self.shared.context().clock.now();
+        let cursor = ConsumerCursor { name: name.to_owned(), owner, acked, at, channels };
         self.shared
             .engine
             .handle()
@@ -108,7 +118,8 @@ impl Events {
     }
 }
 
-fn check_consumer(name: &str) -> Result<(), Status> {
+/// A consumer's name: 1–64 letters, digits, '-', '_' or '.'.
+pub(crate) fn check_consumer(name: &str) -> Result<(), Status> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
@@ -130,6 +141,9 @@ fn event(m: &StoredMessage) -> proto::Event {
         seq: m.seq,
         created_at_ms: m.created_at,
         template: m.message.template.clone().unwrap_or_default(),
+        r#type: m.message.kind.clone().unwrap_or_default(),
+        schema_version: m.message.schema_version,
+        data_json: crate::store::data_column(&m.message).unwrap_or_default(),
     }
 }
 
@@ -177,10 +191,20 @@ impl EventsService for Events {
             n if n > MAX_IN_FLIGHT => return Err(status::invalid("max_in_flight", format!("at most {MAX_IN_FLIGHT}"))),
             n => n,
         } as usize;
+        // What it wants is recorded before anything is sent: from here on, retention keeps
+        // every message of these channels it has not acknowledged.
+        let mut wanted = req.channels.clone();
+        wanted.sort();
+        wanted.dedup();
         let acked = match self.owned(&auth, &req.consumer).await? {
-            Some(c) => c.acked,
+            Some(c) => {
+                if c.channels != wanted {
+                    self.save(&req.consumer, c.owner, c.acked, Some(wanted)).await?;
+                }
+                c.acked
+            }
             None => {
-                self.save(&req.consumer, auth.caller().to_owned(), 0).await?;
+                self.save(&req.consumer, auth.caller().to_owned(), 0, Some(wanted)).await?;
                 0
             }
         };
@@ -210,7 +234,7 @@ impl EventsService for Events {
             self.owned(&auth, &req.consumer).await?.ok_or_else(|| status::not_found("consumer", &req.consumer))?;
         let acked = stored.acked.max(req.up_to);
         if req.up_to > stored.acked {
-            self.save(&req.consumer, auth.caller().to_owned(), req.up_to).await?;
+            self.save(&req.consumer, auth.caller().to_owned(), req.up_to, None).await?;
         }
         self.shared.live.acked(&req.consumer, acked);
         Ok(Response::new(proto::AckReply { acked }))

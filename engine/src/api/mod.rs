@@ -55,6 +55,8 @@ pub struct Shared {
     pub credit: CreditGrades,
     /// From this month and day, a missing notice for next year is warned about.
     pub calendar_warn_from: (u32, u32),
+    /// A stream consumer idle this many days is warned about.
+    pub consumer_idle_warn_days: u32,
     /// The push dispatchers (one per configured destination).
     pub dispatchers: crate::outbound::Dispatchers,
     /// The stream consumers connected now.

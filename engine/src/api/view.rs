@@ -218,6 +218,9 @@ pub fn outbound_message(m: &crate::store::StoredMessage) -> proto::OutboundMessa
         last_error: m.last_error.clone().unwrap_or_default(),
         receipt: m.receipt.clone().unwrap_or_default(),
         delivered_at_ms: m.delivered_at.unwrap_or(0),
+        r#type: m.message.kind.clone().unwrap_or_default(),
+        schema_version: m.message.schema_version,
+        data_json: crate::store::data_column(&m.message).unwrap_or_default(),
     }
 }
 

@@ -716,6 +716,14 @@ pub fn parse_time(src: &str, env: &Env<'_>) -> Result<TimeExpr, String> {
     Ok(t)
 }
 
+/// Parses a lone operand (a variable, an event field, a literal, `now`) and answers its type.
+pub fn parse_operand(src: &str, env: &Env<'_>) -> Result<(Operand, Type), String> {
+    let mut p = Parser { toks: tokens(src)?, pos: 0, env };
+    let parsed = p.operand()?;
+    p.done()?;
+    Ok(parsed)
+}
+
 /// Parses a transition's `guard`.
 pub fn parse_guard(src: &str, env: &Env<'_>) -> Result<Guard, String> {
     let mut p = Parser { toks: tokens(src)?, pos: 0, env };

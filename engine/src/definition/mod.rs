@@ -16,6 +16,7 @@ mod raw;
 pub mod registry;
 pub mod render;
 pub mod schedule;
+pub mod schema;
 pub mod template;
 mod validate;
 
@@ -267,6 +268,37 @@ pub struct EmitSpec {
     pub template: Template,
     /// The name configured templates know it by.
     pub name: Option<String>,
+    /// The record's type: what a receiver dispatches on.
+    pub kind: String,
+    /// The version of the type's schema.
+    pub schema_version: u32,
+    /// The record's typed fields, in name order.
+    pub data: Vec<(String, DataValue)>,
+}
+
+/// A field of a message's typed data (`data = { … }` of an emit).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataValue {
+    /// A value of its type (dates `YYYY-MM-DD`, instants RFC 3339 in China Standard Time);
+    /// `null` when absent, which only a `nullable` one may be.
+    Value {
+        /// Where it comes from.
+        operand: expr::Operand,
+        /// Its type.
+        ty: Type,
+        /// Whether it may be absent (an optional variable or event field).
+        nullable: bool,
+    },
+    /// The instance id.
+    InstanceId,
+    /// A text variable holding a JSON array of objects, sent as that array, each object with
+    /// exactly these text fields (`""` for one it lacks).
+    Objects {
+        /// The variable.
+        operand: expr::Operand,
+        /// The fields of each object.
+        fields: Vec<String>,
+    },
 }
 
 /// A parsed message template.
@@ -367,6 +399,13 @@ pub struct Definition {
 }
 
 impl Definition {
+    /// Every channel its states and transitions emit on.
+    pub fn channels(&self) -> std::collections::BTreeSet<&str> {
+        let states = self.states.iter().flat_map(|s| &s.emit);
+        let transitions = self.transitions.iter().flat_map(|t| &t.emit);
+        states.chain(transitions).map(|e| e.channel.as_str()).collect()
+    }
+
     /// A state by name.
     pub fn state(&self, name: &str) -> Option<&StateSpec> {
         self.state_index.get(name).map(|&i| &self.states[i])

@@ -99,6 +99,16 @@ pub(super) struct RawEmit {
     /// text); the `template` here is the text used when none is configured.
     #[serde(default)]
     pub(super) name: Option<String>,
+    /// The record's type (`approval_record`, `credit_record`, …): what a receiver dispatches on.
+    #[serde(rename = "type")]
+    pub(super) kind: String,
+    /// The version of the type's schema (default 1).
+    #[serde(default)]
+    pub(super) schema_version: Option<u32>,
+    /// The record's typed fields: name → a variable, an event field, a literal, `now`,
+    /// `instance`, or `objects(VAR: field, …)`.
+    #[serde(default)]
+    pub(super) data: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]

@@ -108,7 +108,10 @@ fn each_kind_of_error_names_file_line_and_problem() {
         "cannot compare date with string",
     );
     assert_error(
-        &BASE.replace("set = { note = \"event.by\" }", "emit = [{ channel = \"sms\", template = \"hi {missing}\" }]"),
+        &BASE.replace(
+            "set = { note = \"event.by\" }",
+            "emit = [{ channel = \"sms\", type = \"note\", template = \"hi {missing}\" }]",
+        ),
         "template placeholder {missing}: unknown variable `missing`",
     );
     assert_error(

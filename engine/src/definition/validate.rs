@@ -64,7 +64,7 @@ pub fn parse(file: &str, text: &str) -> Result<Definition, Vec<Diagnostic>> {
     Err(d.out)
 }
 
-fn build_emit(raw: &RawEmit, env: &Env<'_>) -> Result<EmitSpec, String> {
+fn build_emit(raw: &RawEmit, env: &Env<'_>, optional: &dyn Fn(&expr::Operand) -> bool) -> Result<EmitSpec, String> {
     if raw.channel.is_empty() || !is_ident(&raw.channel) {
         return Err(format!("channel {:?} must be a name such as `sms`", raw.channel));
     }
@@ -81,7 +81,54 @@ fn build_emit(raw: &RawEmit, env: &Env<'_>) -> Result<EmitSpec, String> {
             return Err(format!("message name {name:?} must be a name such as `commitment_reminder`"));
         }
     }
-    Ok(EmitSpec { channel: raw.channel.clone(), to, template, name: raw.name.clone() })
+    if !is_ident(&raw.kind) {
+        return Err(format!("message type {:?} must be a name such as `approval_record`", raw.kind));
+    }
+    let schema_version = raw.schema_version.unwrap_or(1);
+    if schema_version == 0 {
+        return Err(format!("message type {}: schema_version starts at 1", raw.kind));
+    }
+    let mut data = Vec::new();
+    for (field, src) in &raw.data {
+        if !is_ident(field) || matches!(field.as_str(), "type" | "schema_version") {
+            return Err(format!("data field {field:?} must be a name (and not `type` or `schema_version`)"));
+        }
+        let value = data_value(src, env, optional).map_err(|e| format!("data field `{field}`: {e}"))?;
+        data.push((field.clone(), value));
+    }
+    Ok(EmitSpec {
+        channel: raw.channel.clone(),
+        to,
+        template,
+        name: raw.name.clone(),
+        kind: raw.kind.clone(),
+        schema_version,
+        data,
+    })
+}
+
+/// One `data` field's source: `instance`, `objects(VAR: a, b, …)`, or an operand.
+fn data_value(src: &str, env: &Env<'_>, optional: &dyn Fn(&expr::Operand) -> bool) -> Result<DataValue, String> {
+    let src = src.trim();
+    if src == "instance" {
+        return Ok(DataValue::InstanceId);
+    }
+    if let Some(inner) = src.strip_prefix("objects(").and_then(|r| r.strip_suffix(')')) {
+        let (var, fields) =
+            inner.split_once(':').ok_or("write `objects(VAR: field, …)`: the variable and each object's fields")?;
+        let (operand, ty) = expr::parse_operand(var.trim(), env)?;
+        if ty != Type::Str {
+            return Err(format!("`{}` must be a text variable holding a JSON array", var.trim()));
+        }
+        let fields: Vec<String> = fields.split(',').map(|f| f.trim().to_owned()).collect();
+        if fields.iter().any(|f| !is_ident(f)) {
+            return Err(format!("the fields of `{src}` must be names"));
+        }
+        return Ok(DataValue::Objects { operand, fields });
+    }
+    let (operand, ty) = expr::parse_operand(src, env)?;
+    let nullable = optional(&operand);
+    Ok(DataValue::Value { operand, ty, nullable })
 }
 
 fn cron_spec(name: &str, cron: &str, flag: Option<&RawFlag>, env: &Env<'_>) -> Result<CronSpec, String> {
@@ -242,7 +289,8 @@ fn build(raw: &RawDef, d: &mut Diags<'_>) -> Option<Definition> {
         }
         let mut emit = Vec::new();
         for e in &rs.emit {
-            match build_emit(e, &Env { vars: &var_types, event: Some(&no_fields), allow_entry: false }) {
+            let optional = |o: &Operand| matches!(o, Operand::Var(v) if vars.get(v).is_none_or(|s| s.optional));
+            match build_emit(e, &Env { vars: &var_types, event: Some(&no_fields), allow_entry: false }, &optional) {
                 Ok(spec) => emit.push(spec),
                 Err(msg) => d.at(at, format!("state `{}`: {msg}", rs.name)),
             }
@@ -324,8 +372,13 @@ fn build(raw: &RawDef, d: &mut Diags<'_>) -> Option<Definition> {
             }
         }
         let mut emit = Vec::new();
+        let optional = |o: &Operand| match o {
+            Operand::Var(v) => vars.get(v).is_none_or(|s| s.optional),
+            Operand::EventField(f) => event_spec.is_none_or(|e| !e.required.contains(f)),
+            Operand::Literal(_) | Operand::Now | Operand::Entry => false,
+        };
         for e in &rt.emit {
-            match build_emit(e, &env) {
+            match build_emit(e, &env, &optional) {
                 Ok(spec) => emit.push(spec),
                 Err(msg) => d.at(at, msg),
             }

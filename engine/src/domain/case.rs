@@ -256,6 +256,7 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
             )?;
         }
     }
+    require_mobiles(routed.as_ref().map_or(&case.supervisors, |r| &r.supervisors), routed.is_some())?;
     if route == Route::Commitment && policy.credit.is_barred(grade) {
         return Err(Refusal::Precondition(format!(
             "credit_grade: an applicant graded {grade:?} may not take the commitment route (§7, §12); accept the case on the normal route"
@@ -324,6 +325,30 @@ struct Routed {
     region_admin_mobile: Option<String>,
     /// `kind=version,…` of the catalogs read.
     versions: String,
+}
+
+/// Every supervisor must have an office administrator's mobile: the new-task SMS goes there,
+/// and a task nobody is told of is a task that falls through (§9). A number the request does
+/// not give may come from the organisation catalog (`offices.admin_mobile`); with neither, the
+/// case is refused here rather than its SMS dying at send.
+fn require_mobiles(supervisors: &[Supervisor], catalogued: bool) -> Result<(), Refusal> {
+    for (i, s) in supervisors.iter().enumerate() {
+        if s.office_admin_mobile.trim().is_empty() {
+            let whence = if catalogued {
+                format!("and the organisation catalog (offices) has none for office {}", s.office)
+            } else {
+                "and no organisation catalog is in force to supply one".to_owned()
+            };
+            return Err(Refusal::invalid(
+                &format!("supervisors[{i}].office_admin_mobile"),
+                format!(
+                    "required: the office administrator of {}/{} is told of the task by SMS; the request gives no number {whence}",
+                    s.department, s.office
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The kinds a case is decided on.
@@ -559,7 +584,7 @@ mod tests {
                 Supervisor {
                     department: "Fire".into(),
                     office: "Inspections".into(),
-                    office_admin_mobile: String::new(),
+                    office_admin_mobile: "13900139001".into(),
                 },
                 Supervisor {
                     department: "Health".into(),
@@ -588,6 +613,19 @@ mod tests {
         match &command.kind {
             CommandKind::Start { vars, workflow, .. } if workflow == CASE_WORKFLOW => vars,
             other => panic!("not a case start: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_supervisor_nobody_can_tell_of_the_task_is_refused_at_intake() {
+        let mut c = case(Route::Normal, None);
+        c.supervisors[1].office_admin_mobile = String::new();
+        match accept_on(&c, "2026-09-28") {
+            Err(Refusal::Invalid { field, message }) => {
+                assert_eq!(field, "supervisors[1].office_admin_mobile");
+                assert!(message.contains("Health/Food") && message.contains("SMS"), "{message}");
+            }
+            other => panic!("accepted a supervisor with no mobile: {other:?}"),
         }
     }
 

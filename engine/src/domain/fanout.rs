@@ -138,12 +138,19 @@ pub fn supervision_tasks(case: &Instance, actor: &str) -> Result<Vec<GroupItem>,
 /// The commands that tell every task of a revoked case: the one that asked for the revocation
 /// closes as revoked, the others are cancelled. Tasks that do not exist (the case was never
 /// licensed) or have already ended refuse, and are skipped.
+///
+/// Each notice carries the revocation's reason and basis: with them the task tells its
+/// department's platform that the licence was revoked (`licence_revoked`).
 pub fn revocation_notices(case: &Instance, actor: &str) -> Result<Vec<GroupItem>, WriteError> {
+    let mut fields = serde_json::Map::new();
+    for (field, var) in [("reason", "revoke_reason"), ("basis", "revoke_basis")] {
+        fields.insert(field.to_owned(), json!(optional_text(case, var).unwrap_or("未说明")));
+    }
     let mut out = Vec::new();
     for n in 1..=task_count(case)? {
         let task = task_id(&case.id, n);
         for event in ["approval_revoked", "case_revoked"] {
-            out.push(GroupItem { command: super::event(&task, event, serde_json::Map::new(), actor), required: false });
+            out.push(GroupItem { command: super::event(&task, event, fields.clone(), actor), required: false });
         }
     }
     Ok(out)

@@ -161,6 +161,12 @@ pub fn parse_case_id(id: &str) -> Result<(&str, &str), String> {
     Ok((region, no))
 }
 
+/// The case an instance belongs to: a supervision task's case, any other instance itself (a
+/// case, a spot-check plan or task). Decided by the id parser: a case number may begin with `T`.
+pub fn case_of(instance: &str) -> &str {
+    parse_task_id(instance).map_or(instance, |(case, _)| case)
+}
+
 /// Splits and checks a task id: the case id and the task number.
 pub fn parse_task_id(id: &str) -> Result<(&str, u32), String> {
     let bad = || format!("{id:?} is not a task id such as \"320700/SP-2026-0001/T1\"");
@@ -176,6 +182,14 @@ pub fn parse_task_id(id: &str) -> Result<(&str, u32), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_belongs_to_its_case_and_a_case_numbered_t_to_itself() {
+        assert_eq!(case_of("320700/SP-2026-0001/T2"), "320700/SP-2026-0001");
+        assert_eq!(case_of("320700/TZ-2026-0001"), "320700/TZ-2026-0001");
+        assert_eq!(case_of("320700/TZ-2026-0001/T1"), "320700/TZ-2026-0001");
+        assert_eq!(case_of("SC/320700/FOOD"), "SC/320700/FOOD");
+    }
 
     #[test]
     fn unified_social_credit_codes() {

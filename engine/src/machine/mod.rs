@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::calendar::Calendars;
 use crate::clock::Millis;
 use crate::definition::expr::{EvalError, Operand, Scope};
-use crate::definition::{Definition, EmitSpec, Segment, TimerSpec, Type, Value};
+use crate::definition::{DataValue, Definition, EmitSpec, Segment, TimerSpec, Type, Value};
 
 /// A timer that is armed on an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +176,44 @@ pub struct Message {
     /// The name configured templates know it by (the definition's `name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// The record's type (absent on messages written before records were typed).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The version of the type's schema (0 when untyped).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub schema_version: u32,
+    /// The record's typed fields, as the emit declares them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Message {
+    /// An untyped message (tests, and rows written before records were typed).
+    pub fn text(channel: &str, recipient: Option<String>, body: &str) -> Message {
+        Message {
+            channel: channel.to_owned(),
+            recipient,
+            body: body.to_owned(),
+            template: None,
+            kind: None,
+            schema_version: 0,
+            data: None,
+        }
+    }
+
+    /// The record as every receiver gets it: `{type, schema_version, data}` (null for an
+    /// untyped message).
+    pub fn envelope(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": self.kind,
+            "schema_version": self.schema_version,
+            "data": self.data,
+        })
+    }
 }
 
 /// One entry of an instance's append-only history.
@@ -380,12 +418,59 @@ fn render(emit: &EmitSpec, scope: &Scope<'_>, instance: &str, state: &str) -> Me
             }
         }
     }
+    let data = emit
+        .data
+        .iter()
+        .map(|(name, field)| {
+            let value = match field {
+                DataValue::InstanceId => serde_json::Value::String(instance.to_owned()),
+                DataValue::Value { operand, .. } => get(operand).map_or(serde_json::Value::Null, |v| data_json(&v)),
+                DataValue::Objects { operand, fields } => objects(get(operand), fields),
+            };
+            (name.clone(), value)
+        })
+        .collect();
     Message {
         channel: emit.channel.clone(),
         recipient: emit.to.as_ref().and_then(get).map(|v| v.to_string()),
         body,
         template: emit.name.clone(),
+        kind: Some(emit.kind.clone()),
+        schema_version: emit.schema_version,
+        data: Some(data),
     }
+}
+
+/// A value as a record's data carries it: dates `YYYY-MM-DD`, instants RFC 3339 in China
+/// Standard Time (`2026-10-09T09:00:00+08:00`), the rest as JSON.
+fn data_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Instant(ms) => serde_json::Value::String(
+            crate::clock::to_datetime(*ms)
+                .with_timezone(&crate::calendar::DEFAULT_TZ)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        ),
+        other => other.to_json(),
+    }
+}
+
+/// A text variable holding a JSON array of objects, as an array of objects with exactly
+/// `fields` (each a string; `""` for one an object lacks). Text that is not such an array is
+/// damaged data: sent as an empty list rather than failing the transition.
+fn objects(value: Option<Value>, fields: &[String]) -> serde_json::Value {
+    let Some(Value::Str(text)) = value else { return serde_json::Value::Array(Vec::new()) };
+    let items: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+    let project = |item: &serde_json::Value| {
+        let object: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|f| {
+                let v = item.get(f).and_then(serde_json::Value::as_str).unwrap_or_default();
+                (f.clone(), serde_json::Value::String(v.to_owned()))
+            })
+            .collect();
+        serde_json::Value::Object(object)
+    };
+    serde_json::Value::Array(items.iter().map(project).collect())
 }
 
 fn arm(timer: &TimerSpec, scope: &Scope<'_>) -> Result<ArmedTimer, Rejection> {

@@ -35,7 +35,7 @@ timers = [
 [[states]]
 name = "review"
 timers = [{ name = "answer", at = "entry + 3 working days at end of day", event = "expire" }]
-emit = [{ channel = "office", template = "case {instance} entered {state}" }]
+emit = [{ channel = "office", type = "entered", data = { case_id = "instance" }, template = "case {instance} entered {state}" }]
 
 [[states]]
 name = "closed"
@@ -50,7 +50,7 @@ arm = [{ name = "chaser", at = "now + 2 hours", event = "chase" }]
 from = "open"
 event = "remind"
 to = "open"
-emit = [{ channel = "sms", to = "mobile", template = "hand in by {due}" }]
+emit = [{ channel = "sms", to = "mobile", type = "reminder", data = { due = "due", mobile = "mobile" }, template = "hand in by {due}" }]
 
 [[transitions]]
 from = ["open", "review"]
@@ -159,7 +159,10 @@ fn a_self_transition_keeps_state_timers_and_a_timer_event_emits() {
             template: None,
             channel: "sms".into(),
             recipient: Some("13800000000".into()),
-            body: "hand in by 2026-10-09".into()
+            body: "hand in by 2026-10-09".into(),
+            kind: Some("reminder".into()),
+            schema_version: 1,
+            data: serde_json::json!({"due": "2026-10-09", "mobile": "13800000000"}).as_object().cloned(),
         }]
     );
     assert!(history[1].cancelled.is_empty());

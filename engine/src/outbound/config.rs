@@ -1,7 +1,7 @@
 //! The outbound configuration: push destinations, which channels each takes, and the retry
 //! policy. A TOML file (`shenguan serve --outbound FILE`); see `ops/outbound.example.toml`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -47,6 +47,18 @@ pub enum Kind {
     Credit,
 }
 
+/// What a dead letter does to the later messages of its case to the same destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDeadLetter {
+    /// They wait until an administrator retries or discards it: the receiver never sees a
+    /// case's revocation before its approval record.
+    #[default]
+    Hold,
+    /// They go on: the dead letter is skipped (order across it is lost).
+    Skip,
+}
+
 /// How retries go. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,8 +72,12 @@ pub struct Policy {
     pub backoff_initial_ms: u64,
     /// The longest delay between two attempts (ms).
     pub backoff_max_ms: u64,
-    /// Days a delivered (or stream-only) message is kept before it is pruned.
+    /// Days a delivered (or stream-only) message is kept before it is pruned — and, whatever
+    /// its age, until every stream consumer that wants its channel has acknowledged it.
     pub retention_days: u32,
+    /// A stream consumer that has neither subscribed nor acknowledged for this many days is
+    /// warned about (daily, in the log): retention keeps everything it has not read.
+    pub consumer_idle_warn_days: u32,
 }
 
 impl Default for Policy {
@@ -72,6 +88,7 @@ impl Default for Policy {
             backoff_initial_ms: 500,
             backoff_max_ms: 5 * 60 * 1000,
             retention_days: 30,
+            consumer_idle_warn_days: 3,
         }
     }
 }
@@ -107,6 +124,9 @@ pub struct Destination {
     /// Most messages per second (an SMS gateway's contract); none by default for webhooks.
     #[serde(default)]
     pub rate_per_second: Option<f64>,
+    /// What a dead letter does to its case's later messages here (default `hold`).
+    #[serde(default)]
+    pub on_dead_letter: OnDeadLetter,
 }
 
 fn default_timeout() -> u64 {
@@ -129,7 +149,8 @@ pub struct Config {
     /// Push destinations.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<Destination>,
-    /// SMS texts by template name (see [`Config::sms_text`]).
+    /// Texts by message name or type: a message they name says this text, filled from its
+    /// instance's variables and its record's data when it is written ([`super::texts`]).
     #[serde(default)]
     pub sms_templates: BTreeMap<String, String>,
 }
@@ -164,6 +185,9 @@ impl Config {
         }
         if p.backoff_initial_ms == 0 || p.backoff_max_ms < p.backoff_initial_ms {
             return Err("delivery.backoff_initial_ms must be positive and at most backoff_max_ms".into());
+        }
+        if p.consumer_idle_warn_days == 0 {
+            return Err("delivery.consumer_idle_warn_days must be at least 1".into());
         }
         let mut names = std::collections::HashSet::new();
         let mut routed: HashMap<&str, &str> = HashMap::new();
@@ -226,6 +250,41 @@ impl Config {
     }
 }
 
+/// Checks that every channel a destination takes is one the loaded workflows emit on (`emitted`):
+/// a misspelt channel would otherwise route nothing, silently.
+pub fn check_channels(config: &Config, emitted: &BTreeSet<String>) -> Result<(), String> {
+    for d in &config.destinations {
+        for c in &d.channels {
+            if !emitted.contains(c) {
+                let known = emitted.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+                return Err(format!(
+                    "destination {} takes channel {c:?}, which no loaded workflow emits on; the channels are: {known}",
+                    d.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The channels the workflows emit on (`emitted`) that neither a destination nor a stream
+/// consumer takes.
+pub fn untaken<'a>(
+    config: &Config,
+    emitted: &'a BTreeSet<String>,
+    consumers: &[crate::store::StoredConsumer],
+) -> Vec<&'a str> {
+    if consumers.iter().any(|c| c.channels.is_empty()) {
+        return Vec::new();
+    }
+    let routes = config.routes();
+    emitted
+        .iter()
+        .filter(|c| !routes.contains_key(*c) && !consumers.iter().any(|k| k.channels.contains(c)))
+        .map(String::as_str)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +317,29 @@ rate_per_second = 20
         assert_eq!(routes.get("escalation").map(String::as_str), Some("supervision"));
         assert_eq!(routes.get("sms").map(String::as_str), Some("sms"));
         assert_eq!(routes.get("credit"), None);
+    }
+
+    #[test]
+    fn a_channel_no_workflow_emits_is_refused_and_untaken_channels_are_named() {
+        let c = Config::parse(GOOD, "t.toml").expect("valid");
+        let emitted: BTreeSet<String> =
+            ["supervision", "escalation", "sms", "credit"].iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(check_channels(&c, &emitted), Ok(()));
+        let mut missing = emitted.clone();
+        missing.remove("escalation");
+        let e = check_channels(&c, &missing).expect_err("escalation is not emitted");
+        assert!(e.contains("\"escalation\"") && e.contains("supervision"), "{e}");
+        assert_eq!(untaken(&c, &emitted, &[]), vec!["credit"]);
+        let consumer = |channels: &[&str]| crate::store::StoredConsumer {
+            name: "c".into(),
+            owner: "o".into(),
+            acked: 0,
+            channels: channels.iter().map(|s| (*s).to_owned()).collect(),
+            updated_at: 0,
+        };
+        assert!(untaken(&c, &emitted, &[consumer(&["credit"])]).is_empty());
+        assert!(untaken(&c, &emitted, &[consumer(&[])]).is_empty(), "a consumer of every channel takes it");
+        assert_eq!(untaken(&c, &emitted, &[consumer(&["sms"])]), vec!["credit"]);
     }
 
     #[test]

@@ -5,9 +5,16 @@
 //! `queue`, read only while fewer than twice `concurrency` lanes are ready to send), walked
 //! from the database in id order with a cursor; the rest wait in the database, so a dead
 //! destination costs little memory and no reads, and holds no other destination. In
-//! the window, each instance has a lane: only its oldest message is in flight or waiting to be
-//! retried, so one case's messages arrive in the order they were written. Up to `concurrency`
-//! lanes deliver at once.
+//! the window, each case has a lane (a case and its supervision tasks share one,
+//! [`crate::domain::case_of`]): only its oldest message is in flight or waiting to be retried,
+//! so one case's messages arrive in the order they were written. Up to `concurrency` lanes
+//! deliver at once.
+//!
+//! A dead letter *holds* its case at a destination whose `on_dead_letter` is `hold` (the
+//! default): the case's later messages there are not sent until an administrator retries or
+//! discards it, so a receiver never gets a case's revocation before its approval record. The
+//! held cases are read from the dead letters in the database at start and after every retry
+//! or discard (a rescan), so a restart holds them too.
 //!
 //! Every outcome (delivered, retry at, dead) goes to the writer ([`Outbound::Marks`]) and is
 //! durable shortly after; a message stays in the window until its outcome is, so a walk from
@@ -84,10 +91,9 @@ pub fn start(
     context: &crate::engine::Context,
     ownership: Option<Arc<crate::cluster::Ownership>>,
 ) -> Result<Dispatchers, SetupError> {
-    let templates = Arc::new(config.sms_templates.clone());
     let mut out = Dispatchers::default();
     for d in &config.destinations {
-        let sender = Arc::new(Sender::new(d, reader.clone(), templates.clone())?);
+        let sender = Arc::new(Sender::new(d, reader.clone())?);
         let rescan = Arc::new(Notify::new());
         let worker = Worker {
             name: d.name.clone(),
@@ -104,6 +110,9 @@ pub fn start(
             window: Window::default(),
             leadership: ownership.as_ref().map(|o| o.subscribe()),
             ownership: ownership.clone(),
+            hold: d.on_dead_letter == super::config::OnDeadLetter::Hold,
+            held_cases: HashSet::new(),
+            dying: HashMap::new(),
         };
         tracing::info!(destination = %d.name, kind = ?d.kind, url = %d.url, channels = ?d.channels, "delivering");
         out.tasks.push(tokio::spawn(worker.run()));
@@ -128,22 +137,40 @@ pub fn backoff(policy: &Policy, attempts: u32) -> Duration {
     Duration::from_millis(half + rand::rng().random_range(0..=half.max(1)).min(full - half))
 }
 
+/// The lane a message goes in: its case's.
+fn lane_of(m: &StoredMessage) -> String {
+    crate::domain::case_of(&m.instance).to_owned()
+}
+
 /// The messages in memory.
 #[derive(Default)]
 struct Window {
-    /// Per instance, its messages in id order; the front one is the one being delivered.
+    /// Per case, its messages in id order; the front one is the one being delivered.
     lanes: HashMap<String, VecDeque<StoredMessage>>,
     /// Every message id in the window or whose outcome is not yet durable.
     held: HashSet<u64>,
-    /// Instances whose front message may be sent now.
+    /// Lanes whose front message may be sent now.
     ready: VecDeque<String>,
-    /// Instances whose front message waits for its retry time (wall ms).
+    /// Lanes whose front message waits for its retry time (wall ms).
     sleeping: BinaryHeap<Reverse<(Millis, String)>>,
-    /// Instances with a delivery in flight.
+    /// Lanes with a delivery in flight.
     busy: HashSet<String>,
 }
 
 impl Window {
+    /// Drops a lane whose case is held behind a dead letter: its other messages leave the
+    /// window (they are read again once the hold ends). `keep` — the dead letter itself —
+    /// stays held until its mark is durable.
+    fn drop_lane(&mut self, lane: &str, keep: u64) {
+        if let Some(messages) = self.lanes.remove(lane) {
+            for m in messages {
+                if m.id != keep {
+                    self.held.remove(&m.id);
+                }
+            }
+        }
+    }
+
     /// Queues the front of `instance`'s lane, now or at its retry time.
     fn schedule(&mut self, instance: &str, now: Millis) {
         let Some(front) = self.lanes.get(instance).and_then(VecDeque::front) else {
@@ -161,7 +188,7 @@ impl Window {
         if !self.held.insert(m.id) {
             return;
         }
-        let instance = m.instance.clone();
+        let instance = lane_of(&m);
         let lane = self.lanes.entry(instance.clone()).or_default();
         lane.push_back(m);
         if lane.len() == 1 && !self.busy.contains(&instance) {
@@ -200,14 +227,33 @@ struct Worker {
     ownership: Option<Arc<crate::cluster::Ownership>>,
     /// Changes when the shards held do.
     leadership: Option<watch::Receiver<u64>>,
+    /// Whether a dead letter holds its case's later messages (`on_dead_letter = "hold"`).
+    hold: bool,
+    /// Cases held behind a dead letter.
+    held_cases: HashSet<String>,
+    /// Dead letters whose mark is not yet durable, and their lanes: a reload of the held cases
+    /// from the database keeps them.
+    dying: HashMap<u64, String>,
 }
 
 type Attempt = (StoredMessage, Result<Delivered, Failed>);
 
 impl Worker {
+    /// Reads which cases are held behind a dead letter (at start and after a rescan).
+    async fn load_holds(&mut self) -> Result<(), crate::store::Error> {
+        if !self.hold {
+            return Ok(());
+        }
+        let dead = self.reader.dead_instances(&self.name).await?;
+        self.held_cases = dead.iter().map(|i| crate::domain::case_of(i).to_owned()).collect();
+        self.held_cases.extend(self.dying.values().cloned());
+        Ok(())
+    }
+
     async fn run(mut self) {
         let mut cursor = 0u64;
         let mut look = true;
+        let mut reload_holds = true;
         let mut in_flight: JoinSet<Attempt> = JoinSet::new();
         // Which instance each delivery task is for: a task that panics answers only its id.
         let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -230,7 +276,17 @@ impl Worker {
             // (its messages wait in the database), instead of paying to hold every new one.
             let wanted = self.window.ready.len() < 2 * self.concurrency;
             let leads = self.ownership.as_ref().is_none_or(|o| o.holds(0));
-            if look && wanted && leads && store_pause.is_none() && self.window.held.len() < self.queue {
+            if reload_holds && leads && store_pause.is_none() {
+                match self.load_holds().await {
+                    Ok(()) => reload_holds = false,
+                    Err(e) => {
+                        tracing::warn!(destination = %self.name, error = %e, "cannot read the dead letters; will try again");
+                        store_pause = Some(tokio::time::Instant::now() + STORE_RETRY);
+                    }
+                }
+            }
+            if look && wanted && leads && !reload_holds && store_pause.is_none() && self.window.held.len() < self.queue
+            {
                 next_look = tokio::time::Instant::now() + IDLE_LOOK;
                 let room = u32::try_from(self.queue - self.window.held.len()).unwrap_or(PAGE).min(PAGE);
                 match self.reader.outbox_pending(&self.name, cursor, room).await {
@@ -238,6 +294,9 @@ impl Worker {
                         look = rows.len() == room as usize;
                         for m in rows {
                             cursor = cursor.max(m.id);
+                            if self.held_cases.contains(crate::domain::case_of(&m.instance)) {
+                                continue;
+                            }
                             self.window.add(m, now);
                         }
                     }
@@ -314,6 +373,7 @@ impl Worker {
                                 for m in &batch {
                                     if m.status != DeliveryState::Pending {
                                         self.window.held.remove(&m.id);
+                                        self.dying.remove(&m.id);
                                     }
                                 }
                             }
@@ -335,6 +395,7 @@ impl Worker {
                 () = self.rescan.notified() => {
                     cursor = 0;
                     look = true;
+                    reload_holds = true;
                 }
                 Ok(()) = async {
                     match self.leadership.as_mut() {
@@ -345,6 +406,7 @@ impl Worker {
                     // Shard 0 may have come here: what is pending is read from the start.
                     cursor = 0;
                     look = true;
+                    reload_holds = true;
                 }
                 () = &mut sleep => {
                     look = true;
@@ -356,7 +418,8 @@ impl Worker {
     /// Records an attempt's outcome in the window and answers the mark to write.
     fn settle(&mut self, (m, result): Attempt) -> OutboxMark {
         let now = wall_ms();
-        self.window.busy.remove(&m.instance);
+        let lane = lane_of(&m);
+        self.window.busy.remove(&lane);
         let attempts = m.attempts + 1;
         let dest = self.name.as_str();
         // (state, retry at, last error, receipt)
@@ -384,21 +447,28 @@ impl Worker {
                 };
                 if dead {
                     self.metrics.outbound_attempts.with_label_values(&[dest, "dead"]).inc();
-                    tracing::warn!(destination = dest, key = %m.key, attempts, error = %error, "message is a dead letter");
-                    self.pop(&m, now);
+                    if self.hold {
+                        tracing::warn!(destination = dest, key = %m.key, attempts, error = %error, case = %lane, "message is a dead letter; its case's later messages wait until it is retried or discarded");
+                        self.window.drop_lane(&lane, m.id);
+                        self.held_cases.insert(lane.clone());
+                        self.dying.insert(m.id, lane);
+                    } else {
+                        tracing::warn!(destination = dest, key = %m.key, attempts, error = %error, "message is a dead letter");
+                        self.pop(&m, now);
+                    }
                     (DeliveryState::Dead, 0, Some(error), None)
                 } else {
                     self.metrics.outbound_attempts.with_label_values(&[dest, "retry"]).inc();
                     let at = now
                         .saturating_add(i64::try_from(backoff(&self.policy, attempts).as_millis()).unwrap_or(i64::MAX));
                     tracing::debug!(destination = dest, key = %m.key, attempts, error = %error, retry_in_ms = at - now, "delivery failed; will retry");
-                    if let Some(front) = self.window.lanes.get_mut(&m.instance).and_then(VecDeque::front_mut) {
+                    if let Some(front) = self.window.lanes.get_mut(&lane).and_then(VecDeque::front_mut) {
                         front.attempts = attempts;
                         front.next_attempt_at = at;
                         front.last_error = Some(error.clone());
                         front.first_failed_at = Some(since);
                     }
-                    self.window.schedule(&m.instance, now);
+                    self.window.schedule(&lane, now);
                     (DeliveryState::Pending, at, Some(error), None)
                 }
             }
@@ -418,12 +488,13 @@ impl Worker {
 
     /// Takes a settled message off the front of its lane and schedules the next.
     fn pop(&mut self, m: &StoredMessage, now: Millis) {
-        if let Some(lane) = self.window.lanes.get_mut(&m.instance) {
+        let key = lane_of(m);
+        if let Some(lane) = self.window.lanes.get_mut(&key) {
             if lane.front().is_some_and(|f| f.id == m.id) {
                 lane.pop_front();
             }
         }
-        self.window.schedule(&m.instance, now);
+        self.window.schedule(&key, now);
     }
 }
 
@@ -450,12 +521,7 @@ mod tests {
             key: format!("{instance}:{id}:0"),
             instance: instance.into(),
             seq: id,
-            message: crate::machine::Message {
-                channel: "c".into(),
-                recipient: None,
-                body: String::new(),
-                template: None,
-            },
+            message: crate::machine::Message::text("c", None, ""),
             created_at: 0,
             destination: Some("d".into()),
             status: DeliveryState::Pending,

@@ -1,19 +1,21 @@
 //! One delivery attempt over HTTP, per kind of receiver: the JSON each receives, the headers,
 //! and what its answer means (accepted, try again, refused for good).
 //!
+//! Every body carries the record: `type`, `schema_version` and `data` (the typed fields the
+//! workflow declares; `docs/schemas/` has a JSON Schema per type), beside the text.
+//!
 //! - **webhook**: the message as JSON, signed ([`super::sign`]), `Idempotency-Key` = its key.
-//! - **sms**: `{key, mobile, text}` to the gateway, the mobile number checked first (a message to
-//!   a number that is not a mainland mobile is a dead letter at once, never sent); a configured
-//!   Chinese template ([`super::Config::sms_templates`]) by the message's template name, filled
-//!   from the case's variables; paced to the gateway's rate; the gateway's answer kept as the
-//!   receipt.
+//! - **sms**: `{key, mobile, text, …}` to the gateway, the mobile number checked first (a message
+//!   to a number that is not a mainland mobile is a dead letter at once, never sent); the text is
+//!   the message's own, which a configured template filled when it was written
+//!   ([`super::texts`]); paced to the gateway's rate; the gateway's answer kept as the receipt.
 //! - **credit**: a credit record keyed by the Unified Social Credit Code (README: "The
-//!   credit-platform push"), signed like a webhook.
+//!   credit-platform push"), its `record_type` as the transition that wrote it declared, signed
+//!   like a webhook.
 //!
 //! A 2xx answer is delivery. 408, 429, 5xx, a timeout or a dropped connection is tried again;
 //! any other 4xx means the receiver will never take this message: a dead letter at once.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +74,26 @@ pub enum SetupError {
     },
 }
 
+/// The record every body carries: its type, the version of the type's schema and its data
+/// (all null for a message written before records were typed).
+#[derive(Debug, Serialize)]
+struct Record<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    schema_version: u32,
+    data: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+impl<'a> Record<'a> {
+    fn of(m: &'a StoredMessage) -> Self {
+        Record {
+            kind: m.message.kind.as_deref(),
+            schema_version: m.message.schema_version,
+            data: m.message.data.as_ref(),
+        }
+    }
+}
+
 /// The body a webhook receives.
 #[derive(Debug, Serialize)]
 struct WebhookBody<'a> {
@@ -83,6 +105,8 @@ struct WebhookBody<'a> {
     text: &'a str,
     created_at: String,
     attempt: u32,
+    #[serde(flatten)]
+    record: Record<'a>,
 }
 
 /// The body an SMS gateway receives.
@@ -91,6 +115,8 @@ struct SmsBody<'a> {
     key: &'a str,
     mobile: String,
     text: &'a str,
+    #[serde(flatten)]
+    record: Record<'a>,
 }
 
 /// The body the credit platform receives: one credit record.
@@ -98,12 +124,14 @@ struct SmsBody<'a> {
 struct CreditRecord<'a> {
     record_id: &'a str,
     uscc: String,
-    record_type: &'static str,
+    record_type: String,
     case_id: &'a str,
     case_no: Option<String>,
     subject_name: Option<String>,
     text: &'a str,
     recorded_at: String,
+    #[serde(flatten)]
+    record: Record<'a>,
 }
 
 /// Spaces requests to a rate: each takes the next free slot.
@@ -133,7 +161,6 @@ pub struct Sender {
     secret: Option<Vec<u8>>,
     pace: Option<Pace>,
     reader: Arc<dyn ReadStore>,
-    templates: Arc<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -151,12 +178,9 @@ fn read_file(name: &str, path: &std::path::Path) -> Result<Vec<u8>, SetupError> 
 }
 
 impl Sender {
-    /// The sender of `d`; `reader` finds what the SMS and credit bodies need from the case.
-    pub fn new(
-        d: &Destination,
-        reader: Arc<dyn ReadStore>,
-        templates: Arc<BTreeMap<String, String>>,
-    ) -> Result<Sender, SetupError> {
+    /// The sender of `d`; `reader` finds what a credit record written before records were
+    /// typed needs from its case.
+    pub fn new(d: &Destination, reader: Arc<dyn ReadStore>) -> Result<Sender, SetupError> {
         let (secret, client) = (secret_of(d)?, client_of(d)?);
         let url = reqwest::Url::parse(&d.url)
             .map_err(|e| SetupError::Client { name: d.name.clone(), message: format!("url: {e}") })?;
@@ -165,7 +189,7 @@ impl Sender {
             every: Duration::from_secs_f64(1.0 / r),
             next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         });
-        Ok(Sender { kind: d.kind, url, client, secret, pace, reader, templates })
+        Ok(Sender { kind: d.kind, url, client, secret, pace, reader })
     }
 
     /// One attempt (`attempt` counts from 1).
@@ -180,13 +204,13 @@ impl Sender {
                 text: &m.message.body,
                 created_at: rfc3339(m.created_at),
                 attempt,
+                record: Record::of(m),
             }),
             Kind::Sms => {
                 let mobile = m.message.recipient.as_deref().and_then(mobile).ok_or_else(|| {
                     Failed::permanent(format!("not a mainland mobile number: {:?}", m.message.recipient))
                 })?;
-                let text = self.sms_text(m).await;
-                serde_json::to_vec(&SmsBody { key: &m.key, mobile, text: &text })
+                serde_json::to_vec(&SmsBody { key: &m.key, mobile, text: &m.message.body, record: Record::of(m) })
             }
             Kind::Credit => serde_json::to_vec(&self.credit_record(m).await?),
         }
@@ -221,33 +245,30 @@ impl Sender {
         }
     }
 
-    /// The SMS text: the configured template the message names, filled from its instance's
-    /// variables as they are now; the workflow's own text when no template is configured for
-    /// the name or a value is missing.
-    async fn sms_text(&self, m: &StoredMessage) -> String {
-        let Some(template) = m.message.template.as_ref().and_then(|t| self.templates.get(t)) else {
-            return m.message.body.clone();
-        };
-        let vars = match self.reader.instance(&m.instance).await {
-            Ok(Some(row)) => row.vars,
-            _ => return m.message.body.clone(),
-        };
-        let lookup = |name: &str| -> Option<String> {
-            vars.get(name)
-                .map(display_value)
-                .or_else(|| matches!(name, "instance" | "case_id").then(|| m.instance.clone()))
-        };
-        match fill(template, lookup) {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::warn!(key = %m.key, error = %e, "SMS template cannot be filled; sending the workflow's text");
-                m.message.body.clone()
-            }
+    /// The credit record of a credit message: its type as the transition that wrote it
+    /// declared (`data.record_type`), never worked out from the case as it is now.
+    async fn credit_record<'a>(&self, m: &'a StoredMessage) -> Result<CreditRecord<'a>, Failed> {
+        let data = m.message.data.as_ref();
+        let field = |name: &str| data.and_then(|d| d.get(name)).and_then(|v| v.as_str()).map(str::to_owned);
+        if let (Some(record_type), Some(uscc)) = (field("record_type"), field("applicant_code")) {
+            return Ok(CreditRecord {
+                record_id: &m.key,
+                uscc,
+                record_type,
+                case_id: &m.instance,
+                case_no: field("case_no"),
+                subject_name: field("applicant_name"),
+                text: &m.message.body,
+                recorded_at: field("recorded_at").unwrap_or_else(|| rfc3339(m.created_at)),
+                record: Record::of(m),
+            });
         }
+        self.untyped_credit_record(m).await
     }
 
-    /// The credit record of a credit message: its kind from the transition that wrote it.
-    async fn credit_record<'a>(&self, m: &'a StoredMessage) -> Result<CreditRecord<'a>, Failed> {
+    /// A credit message written before records were typed: its type from the transition that
+    /// wrote it (the state it left and entered), its subject from the case.
+    async fn untyped_credit_record<'a>(&self, m: &'a StoredMessage) -> Result<CreditRecord<'a>, Failed> {
         let unavailable = |e: crate::store::Error| Failed::retry(format!("cannot read the case: {e}"));
         let row = self
             .reader
@@ -263,21 +284,21 @@ impl Sender {
         let text_var = |name: &str| row.vars.get(name).and_then(|v| v.as_str()).map(str::to_owned);
         let uscc = text_var("applicant_code")
             .ok_or_else(|| Failed::permanent(format!("the case {} names no applicant code", m.instance)))?;
-        let breached = row.vars.get("deadline_breached").and_then(serde_json::Value::as_bool).unwrap_or(false);
-        let record_type = match entry.to.as_str() {
-            "closed" => "commitment_fulfilled",
-            "revoked" if breached => "dishonesty",
+        let record_type = match (entry.from.as_deref(), entry.to.as_str()) {
+            (_, "closed") => "commitment_fulfilled",
+            (Some("overdue"), "revoked") => "dishonesty",
             _ => "commitment_not_fulfilled",
         };
         Ok(CreditRecord {
             record_id: &m.key,
             uscc,
-            record_type,
+            record_type: record_type.to_owned(),
             case_id: &m.instance,
             case_no: text_var("case_no"),
             subject_name: text_var("applicant_name"),
             text: &m.message.body,
             recorded_at: rfc3339(entry.at),
+            record: Record::of(m),
         })
     }
 }
@@ -358,14 +379,6 @@ pub fn fill(template: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> R
         }
     }
     Ok(out)
-}
-
-fn display_value(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => items.iter().map(display_value).collect::<Vec<_>>().join("、"),
-        other => other.to_string(),
-    }
 }
 
 fn rfc3339(ms: i64) -> String {

@@ -245,6 +245,9 @@ pub enum DeliveryState {
     Dead,
     /// Not pushed anywhere: served to stream subscribers only.
     Stream,
+    /// A dead letter an administrator gave up on: never sent, pruned like a delivered one, and
+    /// no longer holding its case's later messages.
+    Discarded,
 }
 
 impl DeliveryState {
@@ -255,6 +258,7 @@ impl DeliveryState {
             DeliveryState::Delivered => "delivered",
             DeliveryState::Dead => "dead",
             DeliveryState::Stream => "stream",
+            DeliveryState::Discarded => "discarded",
         }
     }
 
@@ -265,6 +269,7 @@ impl DeliveryState {
             "delivered" => DeliveryState::Delivered,
             "dead" => DeliveryState::Dead,
             "stream" => DeliveryState::Stream,
+            "discarded" => DeliveryState::Discarded,
             _ => return None,
         })
     }
@@ -300,15 +305,45 @@ pub struct ConsumerCursor {
     pub acked: u64,
     /// When (engine time).
     pub at: Millis,
+    /// The channels it wants (every channel when empty), recorded at each Subscribe; `None`
+    /// keeps what is recorded (an acknowledgement).
+    pub channels: Option<Vec<String>>,
 }
 
 /// A stream consumer as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredConsumer {
+    /// Its name.
+    pub name: String,
     /// The subject it belongs to.
     pub owner: String,
     /// Its acknowledged position.
     pub acked: u64,
+    /// The channels it wants (every channel when empty): retention keeps what it has not
+    /// acknowledged of these.
+    pub channels: Vec<String>,
+    /// When it last subscribed or acknowledged (engine time).
+    pub updated_at: Millis,
+}
+
+/// The stored form of a message's typed data: JSON text, or NULL for an untyped message.
+pub fn data_column(m: &crate::machine::Message) -> Option<String> {
+    m.data.as_ref().map(|d| serde_json::Value::Object(d.clone()).to_string())
+}
+
+/// The stored form of a consumer's channels: `",a,b,"`, or `""` for every channel (channel
+/// names hold no comma), so that one `instr`/`position` tells whether it wants a channel.
+pub fn channels_column(channels: &[String]) -> String {
+    if channels.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", channels.join(","))
+    }
+}
+
+/// The channels of a stored `channels` column.
+pub fn channels_of_column(column: &str) -> Vec<String> {
+    column.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect()
 }
 
 /// Where a page of timers starts, in `(due_at, instance_id, name)` order.
@@ -372,8 +407,13 @@ pub struct Batch {
     pub marks: Vec<OutboxMark>,
     /// Dead letters (by key) to make pending again, attempts reset.
     pub revive: Vec<String>,
+    /// Dead letters (by key) an administrator discarded, with when (wall ms).
+    pub discard: Vec<(String, Millis)>,
     /// Stream consumers' positions to record.
     pub cursors: Vec<ConsumerCursor>,
+    /// Stream consumers to forget (an administrator dropped them): what only they held is
+    /// pruned when its retention has passed.
+    pub dropped_consumers: Vec<String>,
     /// The leases the batch's timer fires depend on: checked in its transaction (several
     /// nodes only).
     pub fence: Option<Fence>,
@@ -437,7 +477,9 @@ impl Batch {
             && self.replan.is_none()
             && self.marks.is_empty()
             && self.revive.is_empty()
+            && self.discard.is_empty()
             && self.cursors.is_empty()
+            && self.dropped_consumers.is_empty()
             && self.catalogs.is_empty()
     }
 }
@@ -496,7 +538,8 @@ pub trait Store: Send + 'static {
     /// Deletes up to `limit` idempotency keys created before `before`; answers how many.
     fn prune_idempotency(&mut self, before: Millis, limit: u32) -> impl Future<Output = Result<u64, Error>> + Send;
     /// Deletes up to `limit` delivered or stream-only outbox messages written before `before`,
-    /// oldest first; answers how many. Pending messages and dead letters are kept.
+    /// oldest first; answers how many. Pending messages and dead letters are kept, and so is
+    /// every message a registered consumer that wants its channel has not acknowledged.
     fn prune_outbox(&mut self, before: Millis, limit: u32) -> impl Future<Output = Result<u64, Error>> + Send;
     /// Up to `limit` timers from `from` with `due_at < before`, in key order; only those of
     /// `shards` when given.
@@ -603,12 +646,20 @@ pub trait ReadStore: Send + Sync {
     async fn outbox_after(&self, after: u64, channels: &[String], limit: u32) -> Result<Vec<StoredMessage>, Error>;
     /// Up to `limit` dead letters with an id after `after`, in id order.
     async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<StoredMessage>, Error>;
+    /// The instances with a dead letter routed to `destination` (what a destination that holds
+    /// a case behind its dead letter must not send past).
+    async fn dead_instances(&self, destination: &str) -> Result<Vec<String>, Error>;
     /// One message by its key.
     async fn message(&self, key: &str) -> Result<Option<StoredMessage>, Error>;
     /// A stored idempotency key (expired or not: the writer decides what expiry means).
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRow>, Error>;
     /// A stream consumer.
     async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error>;
+    /// Every stream consumer, by name.
+    async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error>;
+    /// The newest message's id (0 when the outbox is empty): a consumer's lag is this minus
+    /// its acknowledged position.
+    async fn outbox_last_id(&self) -> Result<u64, Error>;
     /// The messages an instance's transitions wrote, in history order.
     async fn outbox_of(&self, instance: &str) -> Result<Vec<StoredMessage>, Error>;
     /// Timers armed in the database.

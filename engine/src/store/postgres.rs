@@ -58,9 +58,12 @@ const INSTANCE_COLUMNS: &str =
     "id, workflow, version, state, vars::text AS vars, timers, seq, shard, created_at, updated_at";
 const HISTORY_COLUMNS: &str =
     "seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled, calendar";
+use crate::store::row::CONSUMER_COLUMNS;
+
+/// The columns [`crate::store::row::message`] reads.
 const MESSAGE_COLUMNS: &str =
     "id, key, instance_id, seq, channel, recipient, body, template, created_at, destination, status, \
-     attempts, next_attempt_at, last_error, receipt, delivered_at, first_failed_at";
+     attempts, next_attempt_at, last_error, receipt, delivered_at, first_failed_at, kind, schema_version, data";
 
 /// What a notification on [`CHANNEL`] says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -516,18 +519,39 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
         .execute(&mut *tx)
         .await?;
     }
+    for (key, at) in &batch.discard {
+        sqlx::query("UPDATE outbox SET status = 'discarded', delivered_at = $1 WHERE key = $2 AND status = 'dead'")
+            .bind(at)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
     for c in &batch.cursors {
-        sqlx::query(
-            "INSERT INTO consumers (name, owner, acked, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO UPDATE SET acked = greatest(consumers.acked, excluded.acked), \
-             updated_at = excluded.updated_at",
-        )
-        .bind(&c.name)
-        .bind(&c.owner)
-        .bind(i(c.acked))
-        .bind(c.at)
-        .execute(&mut *tx)
-        .await?;
+        // Only a Subscribe (which names the channels) creates a consumer: an acknowledgement
+        // racing an administrator's drop must not bring it back.
+        let query = match &c.channels {
+            Some(channels) => sqlx::query(
+                "INSERT INTO consumers (name, owner, acked, updated_at, channels) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (name) DO UPDATE SET acked = greatest(consumers.acked, excluded.acked), \
+                 updated_at = excluded.updated_at, channels = excluded.channels",
+            )
+            .bind(&c.name)
+            .bind(&c.owner)
+            .bind(i(c.acked))
+            .bind(c.at)
+            .bind(super::channels_column(channels)),
+            None => sqlx::query("UPDATE consumers SET acked = greatest(acked, $1), updated_at = $2 WHERE name = $3")
+                .bind(i(c.acked))
+                .bind(c.at)
+                .bind(&c.name),
+        };
+        query.execute(&mut *tx).await?;
+    }
+    if !batch.dropped_consumers.is_empty() {
+        sqlx::query("DELETE FROM consumers WHERE name = ANY($1::text[])")
+            .bind(&batch.dropped_consumers)
+            .execute(&mut *tx)
+            .await?;
     }
     if !batch.idempotency.is_empty() {
         let k = &batch.idempotency;
@@ -628,13 +652,18 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
             .map(|m| if m.destination.is_some() { DeliveryState::Pending } else { DeliveryState::Stream }.as_str())
             .collect();
         let templates: Vec<Option<&str>> = o.iter().map(|m| m.message.template.as_deref()).collect();
+        let kinds: Vec<Option<&str>> = o.iter().map(|m| m.message.kind.as_deref()).collect();
+        let versions: Vec<i64> = o.iter().map(|m| i64::from(m.message.schema_version)).collect();
+        let data: Vec<Option<String>> = o.iter().map(|m| super::data_column(&m.message)).collect();
         sqlx::query(
             "INSERT INTO outbox (key, instance_id, seq, channel, recipient, body, created_at, next_attempt_at, \
-             destination, status, template) \
-             SELECT key, instance_id, seq, channel, recipient, body, created_at, 0, destination, status, template \
+             destination, status, template, kind, schema_version, data) \
+             SELECT key, instance_id, seq, channel, recipient, body, created_at, 0, destination, status, template, \
+             kind, schema_version, data \
              FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], \
-             $8::text[], $9::text[], $10::text[]) WITH ORDINALITY \
-             AS u(key, instance_id, seq, channel, recipient, body, created_at, destination, status, template, n) \
+             $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[]) WITH ORDINALITY \
+             AS u(key, instance_id, seq, channel, recipient, body, created_at, destination, status, template, \
+             kind, schema_version, data, n) \
              ORDER BY n",
         )
         .bind(&keys)
@@ -647,6 +676,9 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
         .bind(&destinations)
         .bind(&status)
         .bind(&templates)
+        .bind(&kinds)
+        .bind(&versions)
+        .bind(&data)
         .execute(&mut *tx)
         .await?;
     }
@@ -793,8 +825,11 @@ impl Store for PgStore {
     }
 
     async fn prune_outbox(&mut self, before: Millis, limit: u32) -> Result<u64, Error> {
-        let sql = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE status IN ('delivered', 'stream') \
-                   AND created_at < $1 ORDER BY id LIMIT $2)";
+        let sql = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox o WHERE status IN ('delivered', 'stream', 'discarded') \
+                   AND created_at < $1 \
+                   AND NOT EXISTS (SELECT 1 FROM consumers c WHERE c.acked < o.id \
+                                   AND (c.channels = '' OR position(',' || o.channel || ',' in c.channels) > 0)) \
+                   ORDER BY id LIMIT $2)";
         Ok(sqlx::query(sql).bind(before).bind(i64::from(limit)).execute(&self.pool).await?.rows_affected())
     }
 
@@ -1061,6 +1096,13 @@ impl ReadStore for PgReader {
         rows.iter().map(row::message).collect()
     }
 
+    async fn dead_instances(&self, destination: &str) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT instance_id FROM outbox WHERE status = 'dead' AND destination = $1")
+            .bind(destination)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn message(&self, key: &str) -> Result<Option<StoredMessage>, Error> {
         let r = sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM outbox WHERE key = $1"))
             .bind(key)
@@ -1078,11 +1120,23 @@ impl ReadStore for PgReader {
     }
 
     async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error> {
-        let r: Option<(String, i64)> = sqlx::query_as("SELECT owner, acked FROM consumers WHERE name = $1")
+        let row = sqlx::query(&format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE name = $1"))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(r.map(|(owner, acked)| StoredConsumer { owner, acked: u64::try_from(acked).unwrap_or(0) }))
+        row.as_ref().map(row::consumer).transpose()
+    }
+
+    async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error> {
+        let rows = sqlx::query(&format!("SELECT {CONSUMER_COLUMNS} FROM consumers ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row::consumer).collect()
+    }
+
+    async fn outbox_last_id(&self) -> Result<u64, Error> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM outbox").fetch_one(&self.pool).await?;
+        Ok(id.and_then(|i| u64::try_from(i).ok()).unwrap_or(0))
     }
 
     async fn outbox_of(&self, instance: &str) -> Result<Vec<StoredMessage>, Error> {

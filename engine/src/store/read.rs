@@ -20,10 +20,12 @@ use super::{
 };
 use crate::machine::{CommandKind, HistoryEntry};
 
+use crate::store::row::CONSUMER_COLUMNS;
+
 /// The columns [`crate::store::row::message`] reads.
 const MESSAGE_COLUMNS: &str =
     "id, key, instance_id, seq, channel, recipient, body, template, created_at, destination, status, \
-     attempts, next_attempt_at, last_error, receipt, delivered_at, first_failed_at";
+     attempts, next_attempt_at, last_error, receipt, delivered_at, first_failed_at, kind, schema_version, data";
 
 fn id_i64(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
@@ -157,6 +159,13 @@ impl ReadStore for Reader {
         rows.iter().map(crate::store::row::message).collect()
     }
 
+    async fn dead_instances(&self, destination: &str) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT instance_id FROM outbox WHERE status = 'dead' AND destination = ?")
+            .bind(destination)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn message(&self, key: &str) -> Result<Option<StoredMessage>, Error> {
         let row = sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM outbox WHERE key = ?"))
             .bind(key)
@@ -175,17 +184,23 @@ impl ReadStore for Reader {
     }
 
     async fn consumer(&self, name: &str) -> Result<Option<StoredConsumer>, Error> {
-        let row = sqlx::query("SELECT owner, acked FROM consumers WHERE name = ?")
+        let row = sqlx::query(&format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE name = ?"))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(StoredConsumer {
-                owner: r.try_get("owner")?,
-                acked: u64::try_from(r.try_get::<i64, _>("acked")?).unwrap_or(0),
-            })
-        })
-        .transpose()
+        row.as_ref().map(crate::store::row::consumer).transpose()
+    }
+
+    async fn consumers(&self) -> Result<Vec<StoredConsumer>, Error> {
+        let rows = sqlx::query(&format!("SELECT {CONSUMER_COLUMNS} FROM consumers ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(crate::store::row::consumer).collect()
+    }
+
+    async fn outbox_last_id(&self) -> Result<u64, Error> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM outbox").fetch_one(&self.pool).await?;
+        Ok(id.and_then(|i| u64::try_from(i).ok()).unwrap_or(0))
     }
 
     async fn outbox_of(&self, instance: &str) -> Result<Vec<StoredMessage>, Error> {

@@ -6,7 +6,8 @@
 use sqlx::Row;
 
 use super::{
-    DeliveryState, Error, IdempotencyRow, InstanceRow, ReplanJob, StoredCalendarFile, StoredMessage, TimerRow,
+    DeliveryState, Error, IdempotencyRow, InstanceRow, ReplanJob, StoredCalendarFile, StoredConsumer, StoredMessage,
+    TimerRow,
 };
 use crate::calendar::CalendarFile;
 use crate::machine::{CommandKind, HistoryEntry};
@@ -127,6 +128,13 @@ pub(crate) fn message(r: &impl Get) -> Result<StoredMessage, Error> {
             recipient: r.opt_text("recipient")?,
             body: r.text("body")?,
             template: r.opt_text("template")?,
+            kind: r.opt_text("kind")?,
+            schema_version: u32::try_from(r.int("schema_version")?).unwrap_or(0),
+            data: r
+                .opt_text("data")?
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|e| corrupt("an outbox message's data", e))?,
         },
         created_at: r.int("created_at")?,
         destination: r.opt_text("destination")?,
@@ -137,6 +145,19 @@ pub(crate) fn message(r: &impl Get) -> Result<StoredMessage, Error> {
         receipt: r.opt_text("receipt")?,
         delivered_at: r.opt_int("delivered_at")?,
         first_failed_at: r.opt_int("first_failed_at")?,
+    })
+}
+
+/// The columns [`consumer`] reads, on both backends.
+pub(crate) const CONSUMER_COLUMNS: &str = "name, owner, acked, channels, updated_at";
+
+pub(crate) fn consumer(r: &impl Get) -> Result<StoredConsumer, Error> {
+    Ok(StoredConsumer {
+        name: r.text("name")?,
+        owner: r.text("owner")?,
+        acked: u64::try_from(r.int("acked")?).unwrap_or(0),
+        channels: super::channels_of_column(&r.text("channels")?),
+        updated_at: r.int("updated_at")?,
     })
 }
 

@@ -435,10 +435,10 @@ mod ops {
             });
             q.build().execute(&mut *tx).await?;
         }
-        for chunk in batch.outbox.chunks(rows_for(11)) {
+        for chunk in batch.outbox.chunks(rows_for(14)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO outbox (key, instance_id, seq, channel, recipient, body, created_at, next_attempt_at, \
-                 destination, status, template) ",
+                 destination, status, template, kind, schema_version, data) ",
             );
             q.push_values(chunk, |mut b, m| {
                 let status = if m.destination.is_some() { DeliveryState::Pending } else { DeliveryState::Stream };
@@ -452,7 +452,10 @@ mod ops {
                     .push_bind(0_i64)
                     .push_bind(&m.destination)
                     .push_bind(status.as_str())
-                    .push_bind(&m.message.template);
+                    .push_bind(&m.message.template)
+                    .push_bind(&m.message.kind)
+                    .push_bind(i64::from(m.message.schema_version))
+                    .push_bind(crate::store::data_column(&m.message));
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -490,17 +493,36 @@ mod ops {
             .execute(&mut *tx)
             .await?;
         }
+        for (key, at) in &batch.discard {
+            sqlx::query("UPDATE outbox SET status = 'discarded', delivered_at = ? WHERE key = ? AND status = 'dead'")
+                .bind(at)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
         for c in &batch.cursors {
-            sqlx::query(
-                "INSERT INTO consumers (name, owner, acked, updated_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (name) DO UPDATE SET acked = max(acked, excluded.acked), updated_at = excluded.updated_at",
-            )
-            .bind(&c.name)
-            .bind(&c.owner)
-            .bind(seq_i64(c.acked))
-            .bind(c.at)
-            .execute(&mut *tx)
-            .await?;
+            // Only a Subscribe (which names the channels) creates a consumer: an acknowledgement
+            // racing an administrator's drop must not bring it back.
+            let query = match &c.channels {
+                Some(channels) => sqlx::query(
+                    "INSERT INTO consumers (name, owner, acked, updated_at, channels) VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT (name) DO UPDATE SET acked = max(acked, excluded.acked), \
+                     updated_at = excluded.updated_at, channels = excluded.channels",
+                )
+                .bind(&c.name)
+                .bind(&c.owner)
+                .bind(seq_i64(c.acked))
+                .bind(c.at)
+                .bind(crate::store::channels_column(channels)),
+                None => sqlx::query("UPDATE consumers SET acked = max(acked, ?), updated_at = ? WHERE name = ?")
+                    .bind(seq_i64(c.acked))
+                    .bind(c.at)
+                    .bind(&c.name),
+            };
+            query.execute(&mut *tx).await?;
+        }
+        for name in &batch.dropped_consumers {
+            sqlx::query("DELETE FROM consumers WHERE name = ?").bind(name).execute(&mut *tx).await?;
         }
         for chunk in batch.idempotency.chunks(rows_for(5)) {
             let mut q: QueryBuilder<Sqlite> =
@@ -900,7 +922,10 @@ impl Store for SqliteStore {
         // Oldest first by id (ids grow with time): the scan stops after `limit` old rows.
         self.delete_page(
             "DELETE FROM outbox WHERE id IN \
-             (SELECT id FROM outbox WHERE status IN ('delivered', 'stream') AND created_at < ? ORDER BY id LIMIT ?)",
+             (SELECT id FROM outbox o WHERE status IN ('delivered', 'stream', 'discarded') AND created_at < ? \
+              AND NOT EXISTS (SELECT 1 FROM consumers c WHERE c.acked < o.id \
+                              AND (c.channels = '' OR instr(c.channels, ',' || o.channel || ',') > 0)) \
+              ORDER BY id LIMIT ?)",
             before,
             limit,
         )

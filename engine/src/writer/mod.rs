@@ -229,10 +229,14 @@ pub struct ShardChange {
 pub enum Outbound {
     /// Delivery outcomes (delivered, retry later, dead).
     Marks(Vec<crate::store::OutboxMark>),
-    /// Make a dead letter (by key) pending again, its attempts reset.
-    Revive(String),
+    /// Make dead letters (by key) pending again, their attempts reset.
+    Revive(Vec<String>),
+    /// Give dead letters (by key) up for good: `discarded`, their cases' later messages free.
+    Discard(Vec<String>),
     /// A stream consumer's acknowledged position.
     Cursor(crate::store::ConsumerCursor),
+    /// Forget a stream consumer (by name).
+    DropConsumer(String),
 }
 
 /// A calendar file to load.
@@ -437,6 +441,9 @@ pub struct Settings {
     pub replan_page: u32,
     /// Channel → push destination; a message on a channel not named here is stream only.
     pub routes: Arc<HashMap<String, String>>,
+    /// Configured texts by message name or type: what such a message says, filled when it is
+    /// written — so that the timeline and the stream show the text that is sent.
+    pub texts: Arc<std::collections::BTreeMap<String, String>>,
     /// How long delivered and stream-only messages are kept (ms).
     pub outbox_retention: Millis,
     /// How far ahead of the clock the timer service keeps timers in the wheel (ms). With
@@ -1087,13 +1094,22 @@ impl<S: Store> Writer<S> {
         for change in outbound {
             match change {
                 Outbound::Marks(marks) => built.batch.marks.extend(marks),
-                Outbound::Revive(key) => built.batch.revive.push(key),
+                Outbound::Revive(keys) => built.batch.revive.extend(keys),
+                Outbound::Discard(keys) => {
+                    let at = chrono::Utc::now().timestamp_millis();
+                    built.batch.discard.extend(keys.into_iter().map(|k| (k, at)));
+                }
                 Outbound::Cursor(cursor) => built.batch.cursors.push(cursor),
+                Outbound::DropConsumer(name) => built.batch.dropped_consumers.push(name),
             }
         }
         built.batch.marks = latest_marks(std::mem::take(&mut built.batch.marks));
         for row in &mut built.batch.outbox {
             row.destination = self.settings.routes.get(&row.message.channel).cloned();
+            if !self.settings.texts.is_empty() {
+                let vars = built.batch.instances.iter().find(|i| i.id == row.instance).map(|i| &i.vars);
+                crate::outbound::texts::apply(&self.settings.texts, &mut row.message, &row.instance, vars);
+            }
         }
         if let Some(own) = &self.settings.ownership {
             // Shards are held by one node at a time: the lowest one held names a stripe no live

@@ -81,8 +81,14 @@ struct Cluster {
 
 /// Starts `serve` for node `name`; `port` 0 picks one. Answers once it serves.
 fn spawn(dir: &Path, url: &str, name: &str, clock: &str, port: u16) -> Node {
+    spawn_with(dir, url, name, clock, port, &[])
+}
+
+/// [`spawn`] with more `serve` arguments.
+fn spawn_with(dir: &Path, url: &str, name: &str, clock: &str, port: u16, extra: &[String]) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--virtual-clock", clock])
+        .args(extra)
         .args(["--db", &dir.join("shenguan.db").display().to_string()])
         .args(["--database", url, "--node", name, "--lease", LEASE, "--lease-tick", TICK])
         .env("RUST_LOG", "info,sqlx=warn")
@@ -114,12 +120,18 @@ fn spawn(dir: &Path, url: &str, name: &str, clock: &str, port: u16) -> Node {
 
 impl Cluster {
     async fn start(url: String, n: usize) -> Cluster {
+        Cluster::start_with(url, n, |_| Vec::new()).await
+    }
+
+    /// [`Cluster::start`], each node with the `serve` arguments `extra` gives for the folder.
+    async fn start_with(url: String, n: usize, extra: impl Fn(&Path) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let pool = PgPool::connect(&url).await.expect("connect");
+        let args = extra(dir.path());
         let mut nodes = Vec::new();
         for i in 1..=n {
             // One at a time: the first makes the dev key the others read.
-            nodes.push(spawn(dir.path(), &url, &format!("n{i}"), START, 0));
+            nodes.push(spawn_with(dir.path(), &url, &format!("n{i}"), START, 0, &args));
         }
         Cluster { dir, url, pool, nodes, now: START.to_owned() }
     }
@@ -419,6 +431,79 @@ async fn identical_requests_on_two_nodes_at_once_both_get_the_first_answer() {
     );
     let duplicates = answers.iter().filter(|a| matches!(a, Ok(true))).count();
     assert_eq!(duplicates, 2 * n, "one applied and one duplicate per pair");
+}
+
+/// A dead letter retried on a node that does not deliver (only shard 0's holder does) is
+/// delivered at once: the retry is told to the holder's dispatcher through the database (it
+/// waited until shard 0 moved). And the holder's case held behind it goes on in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_retried_on_any_node_is_delivered_by_shard_zeros_holder() {
+    use integration_tests::receiver::{Answer, Receiver};
+    let _one = SERIAL.lock().await;
+    let Some(url) = database().await else { return };
+    let refusing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let refuse = refusing.clone();
+    let hook = Receiver::start(move |r, _| {
+        if r.json()["type"] == "approval_record" && refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            Answer::Status(422)
+        } else {
+            Answer::Ok
+        }
+    })
+    .await
+    .expect("receiver");
+    let hook_url = hook.url();
+    let cluster = Cluster::start_with(url, 2, |dir| {
+        let secret = dir.join("hook.secret");
+        std::fs::write(&secret, "a shared secret for the cluster test").expect("secret");
+        let file = dir.join("outbound.toml");
+        let text = format!(
+            "[delivery]\nmax_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n\n[[destination]]\nname = \"platform\"\n\
+             kind = \"webhook\"\nurl = \"{hook_url}\"\nchannels = [\"supervision\"]\nsecret_file = {secret:?}\ntimeout_secs = 2\n"
+        );
+        std::fs::write(&file, text).expect("outbound file");
+        vec!["--outbound".to_owned(), file.display().to_string()]
+    })
+    .await;
+    cluster.balanced(&["n1", "n2"]).await;
+    let mut intake = cluster.intake().remove(0);
+    intake.accept_case(fixtures::accept("DL-1", Route::Normal, Scenario::Unspecified)).await.expect("accept");
+    intake
+        .complete_approval(pb::CompleteApprovalRequest {
+            case_id: "320700/DL-1".into(),
+            license_no: "JY-DL-1".into(),
+            approval_opinion: "准予许可".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("licence");
+    let holder: String = sqlx::query_scalar("SELECT owner FROM shard_leases WHERE shard = 0")
+        .fetch_one(&cluster.pool)
+        .await
+        .expect("shard 0");
+    let other = cluster.nodes.iter().find(|n| n.name != holder).expect("another node");
+    let mut admin = AdminServiceClient::new(cluster.channel(other));
+    let started = Instant::now();
+    let dead = loop {
+        let d = admin.list_dead_letters(pb::ListDeadLettersRequest::default()).await.expect("list").into_inner();
+        if let Some(d) = d.dead_letters.into_iter().next() {
+            break d;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let key = dead.message.expect("message").key;
+    admin.retry_dead_letter(pb::RetryDeadLetterRequest { key: key.clone() }).await.expect("retry");
+    // Well inside the lease: shard 0 does not move in this test.
+    let accepted =
+        hook.wait_accepted(1, Duration::from_secs(20)).await.expect("delivered after the retry on another node");
+    assert_eq!(accepted[0].key, key);
+    let still: String = sqlx::query_scalar("SELECT owner FROM shard_leases WHERE shard = 0")
+        .fetch_one(&cluster.pool)
+        .await
+        .expect("shard 0");
+    assert_eq!(still, holder, "delivered by the holder, not after a hand-over");
 }
 
 /// (b) A node is SIGKILLed while cases come in and reminders fire: the others take its shards

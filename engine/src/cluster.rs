@@ -395,6 +395,7 @@ pub async fn listen(
     ownership: Arc<Ownership>,
     writer: Handle,
     published: Arc<watch::Sender<u64>>,
+    rescans: Arc<watch::Sender<u64>>,
     mut stop: watch::Receiver<bool>,
 ) {
     use crate::store::postgres::{Notice, CHANNEL};
@@ -410,6 +411,7 @@ pub async fn listen(
                     Ok(()) => {
                         // Whatever was said while nobody listened.
                         catch_up(&ownership, &writer, &published).await;
+                        rescans.send_modify(|n| *n = n.wrapping_add(1));
                         listener.insert(l)
                     }
                     Err(e) => {
@@ -432,6 +434,9 @@ pub async fn listen(
         match received {
             Ok(Some(n)) => match Notice::parse(n.payload()) {
                 Some(Notice::Outbox) => published.send_modify(|n| *n = n.wrapping_add(1)),
+                // Dead letters retried or discarded on another node: the dispatchers of shard
+                // 0's holder (this one, perhaps) read them and the cases they held again.
+                Some(Notice::Rescan) => rescans.send_modify(|n| *n = n.wrapping_add(1)),
                 Some(Notice::Timers(shards)) => {
                     let mine: Vec<u32> = shards.into_iter().filter(|s| ownership.holds(*s)).collect();
                     if !mine.is_empty() {

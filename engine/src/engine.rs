@@ -40,6 +40,9 @@ pub struct Context {
     /// Bumped by the writer after each commit that wrote outbox messages (or revived a dead
     /// letter): what dispatchers and stream subscribers wait on.
     pub published: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped when dead letters were retried or discarded, here or (notified) on another node:
+    /// every dispatcher then walks its messages again from the start and re-reads its holds.
+    pub rescans: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Context {
@@ -53,6 +56,7 @@ impl Context {
             clock,
             metrics: Arc::new(crate::telemetry::Metrics::new()),
             published: Arc::new(tokio::sync::watch::Sender::new(0)),
+            rescans: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 }
@@ -216,6 +220,7 @@ impl Engine {
                     ownership.clone(),
                     engine.handle(),
                     engine.context.published.clone(),
+                    engine.context.rescans.clone(),
                     stopped.clone(),
                 ));
                 let keeper = tokio::spawn(keeper.run(stopped));

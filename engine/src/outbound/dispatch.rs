@@ -105,6 +105,7 @@ pub fn start(
             queue: d.queue,
             published: context.published.subscribe(),
             rescan: rescan.clone(),
+            rescans: context.rescans.subscribe(),
             metrics: context.metrics.clone(),
             clock: context.clock.clone(),
             window: Window::default(),
@@ -220,6 +221,8 @@ struct Worker {
     queue: usize,
     published: watch::Receiver<u64>,
     rescan: Arc<Notify>,
+    /// Bumped when dead letters were retried or discarded on any node.
+    rescans: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     window: Window,
@@ -307,7 +310,8 @@ impl Worker {
                 }
             }
             let next_wake = self.window.wake(now);
-            while in_flight.len() < self.concurrency {
+            // Only shard 0's holder sends: a node that lost it leaves the rest to the new one.
+            while leads && in_flight.len() < self.concurrency {
                 let Some(instance) = self.window.ready.pop_front() else { break };
                 let Some(m) = self.window.lanes.get(&instance).and_then(VecDeque::front).cloned() else { continue };
                 self.window.busy.insert(instance.clone());
@@ -397,13 +401,28 @@ impl Worker {
                     look = true;
                     reload_holds = true;
                 }
+                Ok(()) = self.rescans.changed() => {
+                    cursor = 0;
+                    look = true;
+                    reload_holds = true;
+                }
                 Ok(()) = async {
                     match self.leadership.as_mut() {
                         Some(rx) => rx.changed().await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    // Shard 0 may have come here: what is pending is read from the start.
+                    // Shard 0 may have come here: what is pending is read from the start. Or
+                    // it went elsewhere: what the window holds is its new holder's to send
+                    // now, so nothing more goes out from here (what is in flight is stopped;
+                    // outcomes already known are still written).
+                    if self.ownership.as_ref().is_some_and(|o| !o.holds(0)) {
+                        in_flight.abort_all();
+                        tasks.clear();
+                        self.window = Window::default();
+                        self.dying.clear();
+                        self.held_cases.clear();
+                    }
                     cursor = 0;
                     look = true;
                     reload_holds = true;

@@ -70,6 +70,8 @@ const MESSAGE_COLUMNS: &str =
 pub enum Notice {
     /// Messages were written or revived.
     Outbox,
+    /// Dead letters were retried or discarded: dispatchers walk from the start again.
+    Rescan,
     /// Timers were armed in these shards by a node that does not hold them.
     Timers(Vec<u32>),
     /// A calendar file was loaded.
@@ -83,6 +85,7 @@ impl Notice {
     pub fn payload(&self) -> String {
         match self {
             Notice::Outbox => "outbox".to_owned(),
+            Notice::Rescan => "rescan".to_owned(),
             Notice::Calendar => "calendar".to_owned(),
             Notice::Catalogs => "catalogs".to_owned(),
             Notice::Timers(shards) => {
@@ -96,6 +99,7 @@ impl Notice {
     pub fn parse(payload: &str) -> Option<Notice> {
         match payload {
             "outbox" => Some(Notice::Outbox),
+            "rescan" => Some(Notice::Rescan),
             "calendar" => Some(Notice::Calendar),
             "catalogs" => Some(Notice::Catalogs),
             other => {
@@ -685,6 +689,9 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
     if !batch.outbox.is_empty() || !batch.revive.is_empty() {
         notify(&mut tx, &Notice::Outbox).await?;
     }
+    if !batch.revive.is_empty() || !batch.discard.is_empty() {
+        notify(&mut tx, &Notice::Rescan).await?;
+    }
     // A connection lost during COMMIT leaves its outcome unknown; a refusal PostgreSQL answers
     // (a serialization failure, a constraint) means it did not commit.
     tx.commit().await.map_err(|e| match Error::from(e) {
@@ -1258,7 +1265,7 @@ mod tests {
 
     #[test]
     fn notices_read_back_and_unknown_ones_are_ignored() {
-        for n in [Notice::Outbox, Notice::Calendar, Notice::Catalogs, Notice::Timers(vec![0, 7, 63])] {
+        for n in [Notice::Outbox, Notice::Rescan, Notice::Calendar, Notice::Catalogs, Notice::Timers(vec![0, 7, 63])] {
             assert_eq!(Notice::parse(&n.payload()), Some(n));
         }
         assert_eq!(Notice::parse("timers:1,x"), None);

@@ -730,28 +730,26 @@ pub(crate) async fn outbox(conn: &Conn, cmd: OutboxCommand) -> Result<ExitCode> 
         }
         OutboxCommand::Retry { which } => {
             let reply = admin.retry_dead_letters(which.selection()?).await.map_err(call_error)?.into_inner();
-            if conn.json {
-                print_json(&reply)?;
-            } else {
-                println!("{} dead letter(s) pending again; their destinations deliver them next", reply.keys.len());
-                if reply.more {
-                    println!("more match: run the command again");
-                }
-            }
+            changed(conn, &reply, "pending again; their destinations deliver them next")?;
         }
         OutboxCommand::Discard { which } => {
             let reply = admin.discard_dead_letters(which.selection()?).await.map_err(call_error)?.into_inner();
-            if conn.json {
-                print_json(&reply)?;
-            } else {
-                println!("{} dead letter(s) discarded; their cases' later messages go on", reply.keys.len());
-                if reply.more {
-                    println!("more match: run the command again");
-                }
-            }
+            changed(conn, &reply, "discarded; their cases' later messages go on")?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what a bulk retry or discard changed.
+fn changed(conn: &Conn, reply: &proto::DeadLettersChanged, what: &str) -> Result<()> {
+    if conn.json {
+        return print_json(reply);
+    }
+    println!("{} dead letter(s) {what}", reply.keys.len());
+    if reply.more {
+        println!("more match: run the command again");
+    }
+    Ok(())
 }
 
 /// `shenguan consumer …`.

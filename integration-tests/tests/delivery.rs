@@ -77,11 +77,7 @@ async fn serve(dir: &Path, start: &str, outbound: Config) -> Result<(TestServer,
 /// (the SQLite file, or the PostgreSQL database standing in for it under
 /// `SHENGUAN_TEST_BACKEND=postgres`).
 async fn outbox(db: &Path) -> Result<HashMap<String, (String, i64)>> {
-    let database = match integration_tests::pg::backend_for(db).await {
-        Some(url) => shenguan::store::Database::Postgres(url),
-        None => shenguan::store::Database::Sqlite(db.to_owned()),
-    };
-    let messages = database.reader(1).await?.outbox_after(0, &[], 1_000_000).await?;
+    let messages = outbox_rows(db).await?;
     Ok(messages.into_iter().map(|m| (m.key, (m.instance, i64::try_from(m.seq).unwrap_or(i64::MAX)))).collect())
 }
 

@@ -139,9 +139,7 @@ impl Admin {
                 .await
                 .map_err(|e| status::write_error("message", &chunk[0], &e))?;
         }
-        for d in &destinations {
-            self.shared.dispatchers.rescan(d);
-        }
+        self.shared.dispatchers.rescan();
         tracing::info!(count = keys.len(), more, ?destinations, "dead letters {done}");
         Ok(crate::proto::DeadLettersChanged { keys, more })
     }
@@ -486,7 +484,7 @@ impl AdminService for Admin {
             .await
             .map_err(|e| status::write_error("message", &key, &e))?;
         let destination = m.destination.unwrap_or_default();
-        self.shared.dispatchers.rescan(&destination);
+        self.shared.dispatchers.rescan();
         tracing::info!(%key, %destination, "dead letter retried");
         Ok(Response::new(crate::proto::RetryDeadLetterReply { key, destination }))
     }

@@ -399,11 +399,15 @@ pub struct Definition {
 }
 
 impl Definition {
+    /// Every message its states (on entry) and transitions emit.
+    pub fn emits(&self) -> impl Iterator<Item = &EmitSpec> {
+        let states = self.states.iter().flat_map(|s| &s.emit);
+        states.chain(self.transitions.iter().flat_map(|t| &t.emit))
+    }
+
     /// Every channel its states and transitions emit on.
     pub fn channels(&self) -> std::collections::BTreeSet<&str> {
-        let states = self.states.iter().flat_map(|s| &s.emit);
-        let transitions = self.transitions.iter().flat_map(|t| &t.emit);
-        states.chain(transitions).map(|e| e.channel.as_str()).collect()
+        self.emits().map(|e| e.channel.as_str()).collect()
     }
 
     /// A state by name.

@@ -71,8 +71,7 @@ pub fn schemas<'a>(
 ) -> Result<BTreeMap<(String, u32), serde_json::Value>, String> {
     let mut shapes: BTreeMap<(String, u32), Shape> = BTreeMap::new();
     for def in defs {
-        let emits = def.states.iter().flat_map(|s| &s.emit).chain(def.transitions.iter().flat_map(|t| &t.emit));
-        for emit in emits {
+        for emit in def.emits() {
             add(&mut shapes, def, emit)?;
         }
     }

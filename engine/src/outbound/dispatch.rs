@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::config::{Config, Policy};
@@ -54,19 +54,18 @@ const FLUSH_AFTER: Duration = Duration::from_millis(20);
 const FLUSH_MARKS: usize = 1_024;
 
 /// The running dispatchers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Dispatchers {
     tasks: Vec<JoinHandle<()>>,
-    rescan: HashMap<String, Arc<Notify>>,
+    /// The engine's [`crate::engine::Context::rescans`]: what other nodes' retries bump too.
+    rescans: Arc<watch::Sender<u64>>,
 }
 
 impl Dispatchers {
-    /// Tells `destination`'s dispatcher to walk its messages from the start (a dead letter
-    /// was made pending again, behind its cursor).
-    pub fn rescan(&self, destination: &str) {
-        if let Some(n) = self.rescan.get(destination) {
-            n.notify_one();
-        }
+    /// Tells every dispatcher to walk its messages from the start and re-read its holds (dead
+    /// letters were made pending again, behind their cursors, or discarded).
+    pub fn rescan(&self) {
+        self.rescans.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -91,10 +90,9 @@ pub fn start(
     context: &crate::engine::Context,
     ownership: Option<Arc<crate::cluster::Ownership>>,
 ) -> Result<Dispatchers, SetupError> {
-    let mut out = Dispatchers::default();
+    let mut out = Dispatchers { tasks: Vec::new(), rescans: context.rescans.clone() };
     for d in &config.destinations {
         let sender = Arc::new(Sender::new(d, reader.clone())?);
-        let rescan = Arc::new(Notify::new());
         let worker = Worker {
             name: d.name.clone(),
             sender,
@@ -104,7 +102,6 @@ pub fn start(
             concurrency: d.concurrency,
             queue: d.queue,
             published: context.published.subscribe(),
-            rescan: rescan.clone(),
             rescans: context.rescans.subscribe(),
             metrics: context.metrics.clone(),
             clock: context.clock.clone(),
@@ -117,7 +114,6 @@ pub fn start(
         };
         tracing::info!(destination = %d.name, kind = ?d.kind, url = %d.url, channels = ?d.channels, "delivering");
         out.tasks.push(tokio::spawn(worker.run()));
-        out.rescan.insert(d.name.clone(), rescan);
     }
     Ok(out)
 }
@@ -220,8 +216,7 @@ struct Worker {
     concurrency: usize,
     queue: usize,
     published: watch::Receiver<u64>,
-    rescan: Arc<Notify>,
-    /// Bumped when dead letters were retried or discarded on any node.
+    /// Bumped when dead letters were retried or discarded, here or on another node.
     rescans: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
@@ -395,11 +390,6 @@ impl Worker {
                         return;
                     }
                     look = true;
-                }
-                () = self.rescan.notified() => {
-                    cursor = 0;
-                    look = true;
-                    reload_holds = true;
                 }
                 Ok(()) = self.rescans.changed() => {
                     cursor = 0;

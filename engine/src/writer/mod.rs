@@ -1104,10 +1104,16 @@ impl<S: Store> Writer<S> {
             }
         }
         built.batch.marks = latest_marks(std::mem::take(&mut built.batch.marks));
+        // The batch's instances by id, once (only when configured texts need their variables).
+        let vars: HashMap<&str, &serde_json::Map<String, serde_json::Value>> = if self.settings.texts.is_empty() {
+            HashMap::new()
+        } else {
+            built.batch.instances.iter().map(|i| (i.id.as_str(), &i.vars)).collect()
+        };
         for row in &mut built.batch.outbox {
             row.destination = self.settings.routes.get(&row.message.channel).cloned();
             if !self.settings.texts.is_empty() {
-                let vars = built.batch.instances.iter().find(|i| i.id == row.instance).map(|i| &i.vars);
+                let vars = vars.get(row.instance.as_str()).copied();
                 crate::outbound::texts::apply(&self.settings.texts, &mut row.message, &row.instance, vars);
             }
         }

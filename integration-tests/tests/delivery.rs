@@ -1023,6 +1023,22 @@ async fn a_dead_letter_holds_its_cases_later_messages_until_it_is_retried_or_dis
         hook.wait_until(PATIENCE, |got| arrivals(got).iter().filter(|(c, _)| c == &h2).count() == 2).await?;
         let e = server.admin().retry_dead_letters(pb::DeadLetterSelection::default()).await.expect_err("nothing named");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // Hostile selections are refused whole: nothing is retried by a call that fails.
+        for (keys, code) in [
+            (vec!["x".repeat(513)], tonic::Code::InvalidArgument),
+            (vec![String::new()], tonic::Code::InvalidArgument),
+            (vec![h1_key.clone(); 10_001], tonic::Code::InvalidArgument),
+            (vec![h1_key.clone(), "320700/H-1:1:9".into()], tonic::Code::NotFound),
+        ] {
+            let selection = pb::DeadLetterSelection { keys, ..Default::default() };
+            let e = server.admin().retry_dead_letters(selection).await.expect_err("refused");
+            assert_eq!(e.code(), code, "{e:?}");
+        }
+        let long = pb::DeadLetterSelection { destination: "d".repeat(65), ..Default::default() };
+        let e = server.admin().discard_dead_letters(long).await.expect_err("too long");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let dead_now = server.admin().list_dead_letters(pb::ListDeadLettersRequest::default()).await?.into_inner();
+        assert_eq!(dead_now.dead_letters.len(), 1, "H-1's is still dead: {dead_now:?}");
         let retried = server
             .admin()
             .retry_dead_letters(pb::DeadLetterSelection { destination: "platform".into(), ..Default::default() })

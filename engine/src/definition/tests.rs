@@ -114,6 +114,34 @@ fn each_kind_of_error_names_file_line_and_problem() {
         ),
         "template placeholder {missing}: unknown variable `missing`",
     );
+    // A record's type and data: hostile or mistaken declarations are refused with the field.
+    let emit = |e: &str| BASE.replace("set = { note = \"event.by\" }", &format!("emit = [{e}]"));
+    assert_error(&emit("{ channel = \"sms\", template = \"hi\" }"), "missing field `type`");
+    assert_error(&emit("{ channel = \"sms\", type = \"a b\", template = \"hi\" }"), "message type \"a b\"");
+    assert_error(
+        &emit("{ channel = \"sms\", type = \"n\", schema_version = 0, template = \"hi\" }"),
+        "schema_version starts at 1",
+    );
+    assert_error(
+        &emit("{ channel = \"sms\", type = \"n\", data = { x = \"missing\" }, template = \"hi\" }"),
+        "data field `x`: unknown variable `missing`",
+    );
+    assert_error(
+        &emit("{ channel = \"sms\", type = \"n\", data = { type = \"note\" }, template = \"hi\" }"),
+        "data field \"type\" must be a name (and not `type` or `schema_version`)",
+    );
+    assert_error(
+        &emit("{ channel = \"sms\", type = \"n\", data = { x = \"objects(note)\" }, template = \"hi\" }"),
+        "data field `x`: write `objects(VAR: field, …)`",
+    );
+    assert_error(
+        &emit("{ channel = \"sms\", type = \"n\", data = { x = \"objects(due: a)\" }, template = \"hi\" }"),
+        "must be a text variable holding a JSON array",
+    );
+    assert_error(
+        &emit("{ channel = \"sms\", type = \"n\", data = { x = \"objects(note: a b)\" }, template = \"hi\" }"),
+        "must be names",
+    );
     assert_error(
         &BASE.replace("set = { note = \"event.by\" }", "cancel = [\"t9\"]"),
         "`cancel`: no timer is named `t9`",

@@ -122,7 +122,7 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: crate::catalog::EnterpriseCommand,
     },
-    /// Credit-graded spot-check plans (雙隨機、一公開) on a running server.
+    /// Credit-graded spot-check plans (双随机、一公开) on a running server.
     Spotcheck {
         /// Server and output.
         #[command(flatten)]
@@ -628,7 +628,7 @@ fn calendar(cmd: CalendarCommand) -> Result<ExitCode> {
                 Some(source) => out(format!("source: {source}"))?,
                 None => out(format!(
                     "PROVISIONAL: no notice loaded for {year}; statutory days off only \
-                     (《全國年節及紀念日放假辦法》), no make-up working days"
+                     (《全国年节及纪念日放假办法》), no make-up working days"
                 ))?,
             }
             out("holidays:")?;

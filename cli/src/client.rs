@@ -1294,7 +1294,7 @@ mod tests {
     fn tables_align_chinese_text() {
         let t = table(
             &["DEPARTMENT", "STATE"],
-            &[vec!["市市場監督管理局".into(), "pushed".into()], vec!["x".into(), "viewed".into()]],
+            &[vec!["市市场监督管理局".into(), "pushed".into()], vec!["x".into(), "viewed".into()]],
         );
         let wide = |c: char| ('\u{2E80}'..='\u{9FFF}').contains(&c) || ('\u{F900}'..='\u{FAFF}').contains(&c);
         let starts: Vec<usize> = t
@@ -1313,7 +1313,7 @@ mod tests {
         let figure = |n: u64| Some(proto::Figure { count: n, ids: vec![] });
         let row = |region: &str, n: u64| proto::ApprovalFigures {
             region_code: region.into(),
-            department: "市行政審批局".into(),
+            department: "市行政审批局".into(),
             cases: figure(n),
             ..Default::default()
         };
@@ -1321,8 +1321,8 @@ mod tests {
             supervision: vec![],
             approval: vec![row("320100", 1), row("320700", 2)],
         });
-        assert!(text.lines().any(|l| l.starts_with("320100") && l.contains("市行政審批局")), "{text}");
-        assert!(text.lines().any(|l| l.starts_with("320700") && l.contains("市行政審批局")), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("320100") && l.contains("市行政审批局")), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("320700") && l.contains("市行政审批局")), "{text}");
     }
 
     #[test]

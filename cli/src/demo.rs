@@ -52,12 +52,12 @@ pub(crate) struct DemoArgs {
 }
 
 const REGION: &str = "320700";
-const APPROVAL: [&str; 3] = ["市行政審批局", "贛榆區行政審批局", "海州區行政審批局"];
+const APPROVAL: [&str; 3] = ["市行政审批局", "赣榆区行政审批局", "海州区行政审批局"];
 const SUPERVISORS: [(&str, &str); 4] = [
-    ("市市場監督管理局", "食品生產監管處"),
-    ("市市場監督管理局", "特種設備安全監察處"),
-    ("市衛生健康委", "綜合監督處"),
-    ("市生態環境局", "執法監督處"),
+    ("市市场监督管理局", "食品生产监管处"),
+    ("市市场监督管理局", "特种设备安全监察处"),
+    ("市卫生健康委", "综合监督处"),
+    ("市生态环境局", "执法监督处"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,7 +346,7 @@ async fn catalog_tour(c: &mut Clients, rng: &mut StdRng) -> Result<()> {
             approval_item_code: "FOOD-PROD".into(),
             handling_item_code: item.into(),
             applicant: Some(proto::Applicant {
-                name: format!("連云港食品生產企業{i:02}"),
+                name: format!("连云港食品生产企业{i:02}"),
                 id: Some(proto::applicant::Id::CreditCode(uscc(rng))),
                 mobile: "13800138000".into(),
             }),
@@ -371,7 +371,7 @@ async fn catalog_tour(c: &mut Clients, rng: &mut StdRng) -> Result<()> {
         approval_item_code: "FOOD-SALE".into(),
         handling_item_code: "FOOD-SALE-NEW".into(),
         applicant: Some(proto::Applicant {
-            name: "連云港某食品經營部".into(),
+            name: "连云港某食品经营部".into(),
             id: Some(proto::applicant::Id::CreditCode(uscc(rng))),
             mobile: "13800138000".into(),
         }),
@@ -544,8 +544,8 @@ async fn accept(
         handling_item_code: format!("BL-{:03}", rng.random_range(1..90)),
         applicant: Some(proto::Applicant {
             name: format!(
-                "連云港{}有限公司",
-                ["海鮮", "食品", "機械", "港口物流", "醫藥", "化工"][rng.random_range(0..6)]
+                "连云港{}有限公司",
+                ["海鲜", "食品", "机械", "港口物流", "医药", "化工"][rng.random_range(0..6)]
             ),
             id: Some(proto::applicant::Id::CreditCode(uscc(rng))),
             mobile: format!("138{:08}", rng.random_range(0..100_000_000)),
@@ -556,7 +556,7 @@ async fn accept(
         commitment_deadline: if scenario == Scenario::MaterialDeferral { deadline.to_string() } else { String::new() },
         commitment_period_working_days: 0,
         deferred_materials: if scenario == Scenario::MaterialDeferral {
-            vec!["消防驗收意見".into(), "場所平面圖".into()]
+            vec!["消防验收意见".into(), "场所平面图".into()]
         } else {
             vec![]
         },
@@ -629,8 +629,8 @@ async fn step_case(
                 c.intake
                     .revoke_approval(proto::RevokeApprovalRequest {
                         case_id: case.id.clone(),
-                        reason: "逾期未補交承諾材料".into(),
-                        basis: "《行政許可法》第六十九條".into(),
+                        reason: "逾期未补交承诺材料".into(),
+                        basis: "《行政许可法》第六十九条".into(),
                     })
                     .await,
             ),
@@ -640,7 +640,7 @@ async fn step_case(
                 .complete_approval(proto::CompleteApprovalRequest {
                     case_id: case.id.clone(),
                     license_no: format!("JY1320700{:07}", rng.random_range(0..10_000_000)),
-                    approval_opinion: "符合條件,准予許可".into(),
+                    approval_opinion: "符合条件,准予许可".into(),
                     document_refs: vec![format!("doc://{}/licence.pdf", case.id)],
                 })
                 .await,
@@ -649,8 +649,8 @@ async fn step_case(
             c.intake
                 .revoke_approval(proto::RevokeApprovalRequest {
                     case_id: case.id.clone(),
-                    reason: "監管部門作出撤銷決定".into(),
-                    basis: "告知承諾制相關規定".into(),
+                    reason: "监管部门作出撤销决定".into(),
+                    basis: "告知承诺制相关规定".into(),
                 })
                 .await,
         ),
@@ -707,7 +707,7 @@ async fn step_task(
                 task_id: task.id.clone(),
                 outcome: outcome as i32,
                 rectification_deadline: deadline,
-                notes: if roll >= 80 { "現場核查與承諾不符".into() } else { String::new() },
+                notes: if roll >= 80 { "现场核查与承诺不符".into() } else { String::new() },
             })
             .await
         }

@@ -30,9 +30,9 @@ fn calendar_commands_print_only_the_answer() {
     );
 
     let show = stdout(&shenguan(&["calendar", "show", "2026"]));
-    assert!(show.contains("國務院辦公廳關于2026年部分節假日安排的通知"), "{show}");
-    assert!(show.contains("  2026-10-10 Sat for 國慶節"), "{show}");
-    assert!(show.contains("  2026-02-17 Tue 春節"), "{show}");
+    assert!(show.contains("国务院办公厅关于2026年部分节假日安排的通知"), "{show}");
+    assert!(show.contains("  2026-10-10 Sat for 国庆节"), "{show}");
+    assert!(show.contains("  2026-02-17 Tue 春节"), "{show}");
 }
 
 #[test]

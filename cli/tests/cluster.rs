@@ -411,7 +411,7 @@ async fn identical_requests_on_two_nodes_at_once_both_get_the_first_answer() {
             let mut request = tonic::Request::new(pb::CompleteApprovalRequest {
                 case_id: format!("320700/SAME-{i}"),
                 license_no: format!("JY-SAME-{i}"),
-                approval_opinion: "准予許可".into(),
+                approval_opinion: "准予许可".into(),
                 ..Default::default()
             });
             request.metadata_mut().insert("x-request-id", format!("licence-{i}").parse().expect("ascii"));

@@ -486,7 +486,7 @@ mod tests {
     fn a_role_without_its_claims_grants_nothing_and_says_which_claim() {
         let e = who(&[Role::Platform], "", "", "").authorize(Right::Intake).expect_err("no region");
         assert_eq!(e.to_string(), "role platform needs a valid region claim in the token");
-        let e = who(&[Role::OfficeAdmin], "320700", "市場監管局", "").authorize(Right::ReadTasks).expect_err("office");
+        let e = who(&[Role::OfficeAdmin], "320700", "市场监管局", "").authorize(Right::ReadTasks).expect_err("office");
         assert!(e.to_string().contains("office claim"), "{e}");
         let e = who(&[Role::Auditor], "320700", "", "").authorize(Right::Intake).expect_err("read only");
         assert_eq!(e.to_string(), "the right intake is missing (roles: auditor)");
@@ -496,7 +496,7 @@ mod tests {
     fn attribution_round_trips_and_old_plain_actors_read_as_subjects() {
         let p = who(&[Role::Platform], "320700", "", "");
         let grant = p.authorize(Right::Intake).expect("granted");
-        let a = grant.attribution(&p, "張三", "r-1");
+        let a = grant.attribution(&p, "张三", "r-1");
         let text = a.encode();
         assert!(text.starts_with('{'));
         assert_eq!(Attribution::decode(&text), a);

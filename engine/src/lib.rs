@@ -1,4 +1,4 @@
-//! shenguan (審管): a workflow orchestration engine with durable state machines for
+//! shenguan (审管): a workflow orchestration engine with durable state machines for
 //! approval–supervision linkage.
 //!
 //! # Layout

@@ -455,11 +455,11 @@ pub mod fixtures {
         AcceptCaseRequest {
             case_no: case_no.into(),
             region_code: "320700".into(),
-            approval_department: "市行政審批局".into(),
+            approval_department: "市行政审批局".into(),
             approval_item_code: "ITEM-001".into(),
             handling_item_code: "HANDLE-001".into(),
             applicant: Some(Applicant {
-                name: "連云港某某食品有限公司".into(),
+                name: "连云港某某食品有限公司".into(),
                 id: Some(applicant::Id::CreditCode(USCC.into())),
                 mobile: "13800138000".into(),
             }),
@@ -470,8 +470,8 @@ pub mod fixtures {
             commitment_period_working_days: 0,
             deferred_materials: vec![],
             supervisors: vec![Supervisor {
-                department: "市市場監督管理局".into(),
-                office: "食品生產監管處".into(),
+                department: "市市场监督管理局".into(),
+                office: "食品生产监管处".into(),
                 office_admin_mobile: "13900139000".into(),
             }],
         }
@@ -513,7 +513,7 @@ pub mod fixtures {
             approval_item_code: approval_item,
             handling_item_code: handling_item.into(),
             applicant: Some(Applicant {
-                name: format!("Enterprise {code}"),
+                name: format!("连云港市企业{code}"),
                 id: Some(applicant::Id::CreditCode(code.into())),
                 mobile: "13800138000".into(),
             }),
@@ -534,7 +534,7 @@ pub mod fixtures {
     pub fn deferral(case_no: &str, deadline: &str) -> AcceptCaseRequest {
         let mut r = accept(case_no, Route::Commitment, Scenario::MaterialDeferral);
         r.commitment_deadline = deadline.into();
-        r.deferred_materials = vec!["食品安全管理制度".into(), "設備布局圖".into()];
+        r.deferred_materials = vec!["食品安全管理制度".into(), "设备布局图".into()];
         r
     }
 }

@@ -102,8 +102,8 @@ async fn material_deferral_reminds_at_nine_the_day_before_then_goes_overdue_and_
 
     let revoke = RevokeApprovalRequest {
         case_id: "320700/MD-1".into(),
-        reason: "逾期未補交材料".into(),
-        basis: "《行政許可法》第六十九條".into(),
+        reason: "逾期未补交材料".into(),
+        basis: "《行政许可法》第六十九条".into(),
     };
     let case = server.intake().revoke_approval(revoke).await?.into_inner().case.expect("case");
     assert_eq!(case.state, "revoked");
@@ -123,8 +123,8 @@ async fn materials_in_time_licence_supervision_with_a_late_view_and_a_rectificat
     let server = TestServer::start("2026-09-21T10:00:00+08:00").await?;
     let mut request = deferral("MD-2", "2026-09-25");
     request.supervisors.push(Supervisor {
-        department: "市衛生健康委".into(),
-        office: "綜合監督處".into(),
+        department: "市卫生健康委".into(),
+        office: "综合监督处".into(),
         office_admin_mobile: "13900139003".into(),
     });
     server.intake().accept_case(request).await?;
@@ -211,7 +211,7 @@ async fn materials_in_time_licence_supervision_with_a_late_view_and_a_rectificat
             task_id: "320700/MD-2/T2".into(),
             outcome: Outcome::NonCompliant as i32,
             rectification_deadline: "2026-10-16".into(),
-            notes: "標簽不符".into(),
+            notes: "标签不符".into(),
         })
         .await?
         .into_inner()
@@ -275,7 +275,7 @@ async fn a_revocation_decided_in_supervision_returns_to_the_approval_department(
         .report_result(ReportResultRequest {
             task_id: "320700/PV-1/T1".into(),
             outcome: Outcome::Revocation as i32,
-            notes: "承諾內容與實際不符".into(),
+            notes: "承诺内容与实际不符".into(),
             ..Default::default()
         })
         .await?
@@ -285,11 +285,11 @@ async fn a_revocation_decided_in_supervision_returns_to_the_approval_department(
     assert_eq!(t.state, "revocation_requested");
     let case = get_case(&server, "320700/PV-1").await?;
     assert_eq!(case.state, "revocation_pending");
-    assert_eq!(case.variables.get("revocation_requested_by").map(String::as_str), Some("市市場監督管理局"));
+    assert_eq!(case.variables.get("revocation_requested_by").map(String::as_str), Some("市市场监督管理局"));
     let revoke = RevokeApprovalRequest {
         case_id: "320700/PV-1".into(),
-        reason: "承諾不實".into(),
-        basis: "告知承諾制相關規定".into(),
+        reason: "承诺不实".into(),
+        basis: "告知承诺制相关规定".into(),
     };
     let case = server.intake().revoke_approval(revoke).await?.into_inner().case.expect("case");
     assert_eq!(case.state, "revoked");
@@ -664,7 +664,7 @@ async fn missed_result_and_rectification_deadlines_escalate_and_a_failed_rectifi
             task_id: t.into(),
             outcome: Outcome::NonCompliant as i32,
             rectification_deadline: "2026-11-13".into(),
-            notes: "未按承諾落實".into(),
+            notes: "未按承诺落实".into(),
         })
         .await?
         .into_inner()
@@ -688,7 +688,7 @@ async fn missed_result_and_rectification_deadlines_escalate_and_a_failed_rectifi
     let revoke = RevokeApprovalRequest {
         case_id: "320700/RF-1".into(),
         reason: "整改后仍不符合".into(),
-        basis: "《行政許可法》第七十條".into(),
+        basis: "《行政许可法》第七十条".into(),
     };
     let case = server.intake().revoke_approval(revoke).await?.into_inner().case.expect("case");
     assert_eq!(case.state, "revoked");
@@ -749,7 +749,7 @@ async fn metrics_count_commands_commits_fired_timers_and_breaches_by_department(
     assert!(text.contains("shenguan_timers_fired_total 1"), "{text}");
     assert!(
         text.contains(
-            "shenguan_deadline_breaches_total{department=\"市市場監督管理局\",workflow=\"supervision_task\"} 1"
+            "shenguan_deadline_breaches_total{department=\"市市场监督管理局\",workflow=\"supervision_task\"} 1"
         ),
         "{text}"
     );
@@ -843,8 +843,8 @@ async fn accept_and_licence_answer_exactly_what_a_read_back_shows() -> Result<()
     let mut r = accept("ANSWER-1", Route::Commitment, Scenario::PostApprovalVerification);
     r.supervisors = (1..=11)
         .map(|n| Supervisor {
-            department: format!("部門{n}"),
-            office: format!("處室{n}"),
+            department: format!("部门{n}"),
+            office: format!("处室{n}"),
             office_admin_mobile: if n % 2 == 0 { "13900139000".into() } else { "+86 139-0013-9001".into() },
         })
         .collect();

@@ -22,8 +22,8 @@ use tonic::Code;
 
 const START: &str = "2026-09-28T10:00:00+08:00";
 const ISSUER: &str = "https://idp.example.gov.cn";
-const DEPT: &str = "市市場監督管理局";
-const OFFICE: &str = "食品生產監管處";
+const DEPT: &str = "市市场监督管理局";
+const OFFICE: &str = "食品生产监管处";
 
 fn data(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keys").join(name)
@@ -370,7 +370,7 @@ async fn call(rpc: &str, ch: Authed) -> tonic::Status {
     result.err().unwrap_or_else(|| tonic::Status::ok(""))
 }
 
-/// A licensed case in 320700 approved by 市行政審批局 with a task for DEPT/OFFICE, and one in
+/// A licensed case in 320700 approved by 市行政审批局 with a task for DEPT/OFFICE, and one in
 /// 320800.
 async fn seed(server: &TestServer) -> Result<()> {
     let root = server.as_who(&Who::new("root", "engine_admin", "", "", ""));
@@ -380,7 +380,7 @@ async fn seed(server: &TestServer) -> Result<()> {
         .complete_approval(pb::CompleteApprovalRequest {
             case_id: "320700/M-1".into(),
             license_no: "L-1".into(),
-            approval_opinion: "准予許可".into(),
+            approval_opinion: "准予许可".into(),
             ..Default::default()
         })
         .await?;
@@ -391,7 +391,7 @@ async fn seed(server: &TestServer) -> Result<()> {
         .complete_approval(pb::CompleteApprovalRequest {
             case_id: "320800/M-2".into(),
             license_no: "L-2".into(),
-            approval_opinion: "准予許可".into(),
+            approval_opinion: "准予许可".into(),
             ..Default::default()
         })
         .await?;
@@ -464,14 +464,14 @@ async fn scopes_deny_named_objects_outside_and_filter_lists_and_statistics() -> 
     ensure!(other.cases.is_empty(), "a query outside the scope returned cases");
     // A department sees a case through its task; another department does not.
     ensure!(ids(Who::new("d", "department_admin", "320700", DEPT, "")).await? == ["320700/M-1"]);
-    ensure!(ids(Who::new("d2", "department_admin", "320700", "市衛生健康委", "")).await?.is_empty());
-    ensure!(ids(Who::new("o2", "office_admin", "320700", DEPT, "特種設備安全監察處")).await?.is_empty());
-    let health = server.as_who(&Who::new("d2", "department_admin", "320700", "市衛生健康委", ""));
+    ensure!(ids(Who::new("d2", "department_admin", "320700", "市卫生健康委", "")).await?.is_empty());
+    ensure!(ids(Who::new("o2", "office_admin", "320700", DEPT, "特种设备安全监察处")).await?.is_empty());
+    let health = server.as_who(&Who::new("d2", "department_admin", "320700", "市卫生健康委", ""));
     let r = AdminServiceClient::new(health).get_timeline(pb::GetTimelineRequest { case_id: "320700/M-1".into() }).await;
     ensure!(code(r.map(|_| ())) == Code::PermissionDenied, "another department read the timeline");
 
     // Supervisors: only their department's tasks, listed and reported.
-    let other_sup = server.as_who(&Who::new("sup-wjw", "supervisor", "320700", "市衛生健康委", ""));
+    let other_sup = server.as_who(&Who::new("sup-wjw", "supervisor", "320700", "市卫生健康委", ""));
     let mut sup = SupervisionServiceClient::new(other_sup);
     let listed = sup.list_tasks(pb::ListTasksRequest::default()).await?.into_inner();
     ensure!(listed.tasks.is_empty(), "another department's tasks listed: {:?}", listed.tasks);
@@ -499,7 +499,7 @@ async fn scopes_deny_named_objects_outside_and_filter_lists_and_statistics() -> 
     ensure!(all.approval.len() == 2, "{:?}", all.approval);
     let city = stats(Who::new("city", "region_admin", "320700", "", "")).await?;
     ensure!(city.approval.iter().all(|a| a.region_code == "320700") && city.approval.len() == 1);
-    let dept = stats(Who::new("d2", "department_admin", "320700", "市衛生健康委", "")).await?;
+    let dept = stats(Who::new("d2", "department_admin", "320700", "市卫生健康委", "")).await?;
     ensure!(dept.approval.is_empty() && dept.supervision.is_empty(), "{dept:?}");
     let office = stats(Who::new("o", "office_admin", "320700", DEPT, OFFICE)).await?;
     ensure!(office.approval.is_empty(), "approval figures have no office");
@@ -530,7 +530,7 @@ async fn every_act_is_attributed_to_the_verified_principal_never_to_a_claimed_on
     let mut r = tonic::Request::new(pb::CompleteApprovalRequest {
         case_id: "320700/AT-1".into(),
         license_no: "L-AT".into(),
-        approval_opinion: "准予許可".into(),
+        approval_opinion: "准予许可".into(),
         ..Default::default()
     });
     r.metadata_mut().insert("x-shenguan-on-behalf-of", "zhang-san".parse()?);
@@ -853,7 +853,7 @@ async fn trusted(server: &TestServer, no: &str, department: &str, supervisor: (&
     let licence = pb::CompleteApprovalRequest {
         case_id: format!("320700/{no}"),
         license_no: format!("JY-{no}"),
-        approval_opinion: "准予許可".into(),
+        approval_opinion: "准予许可".into(),
         ..Default::default()
     };
     intake.complete_approval(licence).await?;
@@ -883,7 +883,7 @@ async fn visibility_rows(server: &TestServer) -> Result<Rows> {
     let licence = |no: &str| pb::CompleteApprovalRequest {
         case_id: format!("320700/{no}"),
         license_no: format!("JY-{no}"),
-        approval_opinion: "准予許可".into(),
+        approval_opinion: "准予许可".into(),
         ..Default::default()
     };
     intake.complete_approval(licence("V-SPOT")).await?;
@@ -891,7 +891,7 @@ async fn visibility_rows(server: &TestServer) -> Result<Rows> {
         .create_spot_check_plan(pb::CreateSpotCheckPlanRequest {
             code: "VIS".into(),
             region_code: "320700".into(),
-            name: "食品生產企業抽查".into(),
+            name: "食品生产企业抽查".into(),
             office: "SJJ-FOOD".into(),
             supervision_item: "SJ-FOOD-PROD".into(),
             schedule: "0 9 * * MON".into(),

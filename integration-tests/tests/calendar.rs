@@ -59,7 +59,7 @@ async fn a_notice_loaded_at_run_time_re_plans_exactly_the_provisional_deadlines_
     // A commitment period across New Year: accepted, and marked provisional.
     let mut c = accept("CAL-C", Route::Commitment, Scenario::MaterialDeferral);
     c.commitment_period_working_days = 20;
-    c.deferred_materials = vec!["設備布局圖".into()];
+    c.deferred_materials = vec!["设备布局图".into()];
     let c = server.intake().accept_case(c).await?.into_inner().case.expect("case");
     assert_eq!((c.commitment_deadline.as_str(), c.commitment_deadline_provisional), ("2027-01-27", true));
 
@@ -84,7 +84,7 @@ async fn a_notice_loaded_at_run_time_re_plans_exactly_the_provisional_deadlines_
     assert_eq!((dry.dry_run, dry.key.as_str(), dry.version), (true, "national 2027", 1));
     assert_eq!((dry.timers_examined, dry.timers_moved), (1, 1));
     assert_eq!(dry.groups.len(), 1);
-    assert_eq!((dry.groups[0].region_code.as_str(), dry.groups[0].department.as_str()), ("320700", "市市場監督管理局"));
+    assert_eq!((dry.groups[0].region_code.as_str(), dry.groups[0].department.as_str()), ("320700", "市市场监督管理局"));
     assert_eq!((dry.groups[0].earlier, dry.groups[0].later), (1, 0));
     let first = &dry.first_moves[0];
     assert_eq!((first.instance_id.as_str(), first.timer.as_str()), ("320700/CAL-B/T1", "view_deadline"));
@@ -103,7 +103,7 @@ async fn a_notice_loaded_at_run_time_re_plans_exactly_the_provisional_deadlines_
     assert_eq!(
         moved[0].note,
         "deadline re-planned: view_deadline 2027-01-04 23:59:59 +08:00 → 2027-01-02 23:59:59 +08:00 \
-         (calendar national 2027 v1, 測試用虛構通知 2027 (made up, tests only))"
+         (calendar national 2027 v1, 测试用虚构通知 2027 (made up, tests only))"
     );
     assert!(timeline(&server, "320700/CAL-A").await?.iter().all(|e| e.event != "deadline_replanned"));
     let status = server.admin().calendar_status(shenguan::proto::CalendarStatusRequest {}).await?.into_inner();
@@ -279,8 +279,8 @@ async fn a_region_file_loaded_at_run_time_moves_only_that_regions_deadlines() ->
     let there = server.intake().complete_approval(complete).await?.into_inner().case.expect("case");
     assert_eq!(view_deadline(&there), ("2027-01-04 23:59:59 +08:00".into(), true));
 
-    // 連云港 declares Wednesday 30 December a local holiday: its deadline moves a day later.
-    let region = "code = \"320700\"\nname = \"連云港市\"\ninherits = \"national\"\ntimezone = \"Asia/Shanghai\"\n\
+    // 连云港 declares Wednesday 30 December a local holiday: its deadline moves a day later.
+    let region = "code = \"320700\"\nname = \"连云港市\"\ninherits = \"national\"\ntimezone = \"Asia/Shanghai\"\n\
                   holidays = [{ date = 2026-12-30, name = \"local\" }]\nworkdays = []\n";
     let request = LoadCalendarRequest { name: "320700.toml".into(), text: region.into(), dry_run: true, wait: true };
     let dry = server.admin().load_calendar(request.clone()).await?.into_inner();

@@ -64,10 +64,10 @@ async fn a_bad_import_reports_every_row_and_changes_nothing_and_a_good_one_is_a_
 
     // Two files, one of them bad: every problem named, nothing imported (not even the good one).
     let bad_offices = "code,department,name,admin_name,admin_mobile\n\
-        SPJ-FOOD,SPJ-320700,Food Licensing Office,Chen Jie,13900000011\n\
-        SJJ-FOOD,NO-SUCH-DEPT,Food Production Supervision Office,Sun Yu,139\n\
-        WJW-PH,WJW-320700,Public Health Office,Wu Fang,13900000031\n\
-        XF-INSP,XF-320700,Fire Inspection Office,,13900000041\n";
+        SPJ-FOOD,SPJ-320700,食品许可处,陈杰,13900000011\n\
+        SJJ-FOOD,NO-SUCH-DEPT,食品生产监督管理处,孙宇,139\n\
+        WJW-PH,WJW-320700,公共卫生监督处,吴芳,13900000031\n\
+        XF-INSP,XF-320700,防火监督处,,13900000041\n";
     let renamed_regions = example_file("catalog/regions.csv").replace("连云港市,", "连云港市人民政府,");
     let err = admin
         .import_catalogs(import(vec![file("regions.csv", &renamed_regions), file("offices.csv", bad_offices)]))
@@ -249,7 +249,7 @@ async fn supervisors_against_the_linkage_need_the_override_right_which_is_record
     for f in &mut county_only.files {
         let text = String::from_utf8(std::mem::take(&mut f.content))?;
         f.content = if f.name.starts_with("regions") {
-            "code,name,parent,admin_name,admin_mobile\n320706,海州區,,李華,13900000002\n".into()
+            "code,name,parent,admin_name,admin_mobile\n320706,海州区,,李华,13900000002\n".into()
         } else {
             text.replace("320700", "320706").into_bytes()
         };

@@ -32,7 +32,7 @@ fn complete_request(id: &str) -> CompleteApprovalRequest {
 
 fn revoke_request(id: &str) -> RevokeApprovalRequest {
     RevokeApprovalRequest {
-        case_id: id.into(), reason: "撤銷".into(), basis: "《行政許可法》第六十九條".into()
+        case_id: id.into(), reason: "撤销".into(), basis: "《行政许可法》第六十九条".into()
     }
 }
 
@@ -47,8 +47,8 @@ async fn a_revocation_racing_a_licence_never_leaves_an_open_task() -> Result<()>
     for i in 0..CASES {
         let mut r = accept(&format!("RACE-{i}"), Route::Normal, Scenario::Unspecified);
         r.supervisors.push(shenguan::proto::Supervisor {
-            department: "市消防救援支隊".into(),
-            office: "防火監督處".into(),
+            department: "市消防救援支队".into(),
+            office: "防火监督处".into(),
             office_admin_mobile: "13900139002".into(),
         });
         server.intake().accept_case(r).await?;

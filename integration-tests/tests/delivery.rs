@@ -334,7 +334,7 @@ async fn a_stream_consumer_resumes_after_its_last_ack_missing_nothing_and_seeing
                 .complete_approval(CompleteApprovalRequest {
                     case_id: format!("{region}/E-{i}"),
                     license_no: format!("L-{i}"),
-                    approval_opinion: "准予許可".into(),
+                    approval_opinion: "准予许可".into(),
                     document_refs: vec![],
                 })
                 .await?;
@@ -443,9 +443,9 @@ async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record
         sms_templates: [
             (
                 "commitment_reminder".to_owned(),
-                "【審管聯動】{applicant_name}：請于{commitment_deadline}前補交{deferred_materials}。".to_owned(),
+                "【审管联动】{applicant_name}：请于{commitment_deadline}前补交{deferred_materials}。".to_owned(),
             ),
-            ("task_pushed".to_owned(), "【審管聯動】{office}：新的監管任務，案件{case_no}。".to_owned()),
+            ("task_pushed".to_owned(), "【审管联动】{office}：新的监管任务，案件{case_no}。".to_owned()),
         ]
         .into(),
     };
@@ -457,8 +457,8 @@ async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record
         .intake()
         .revoke_approval(pb::RevokeApprovalRequest {
             case_id: "320700/C-1".into(),
-            reason: "逾期未補交材料".into(),
-            basis: "《行政許可法》第六十九條".into(),
+            reason: "逾期未补交材料".into(),
+            basis: "《行政许可法》第六十九条".into(),
         })
         .await?;
     // A number the sender could not send is refused at intake (one rule for a mobile number).
@@ -477,7 +477,7 @@ async fn the_sms_gateway_gets_chinese_templates_and_the_credit_platform_a_record
     assert_eq!(texts[0].json()["mobile"], "13800138000");
     assert_eq!(
         texts[0].json()["text"],
-        "【審管聯動】連云港某某食品有限公司：請于2026-10-09前補交食品安全管理制度, 設備布局圖。",
+        "【审管联动】连云港某某食品有限公司：请于2026-10-09前补交食品安全管理制度, 设备布局图。",
         "the configured template, filled from the case"
     );
     let records = credit.wait_accepted(1, PATIENCE).await?;
@@ -560,7 +560,7 @@ async fn a_supervision_platform_streams_only_its_own_departments_tasks_and_cases
     let root = server.as_who(&Who::new("root", "engine_admin", "", "", ""));
     let mut intake = shenguan::proto::intake_service_client::IntakeServiceClient::new(root);
     // Two cases supervised by market regulation, one by health, in the same region.
-    for (case_no, department) in [("V-1", "市市場監督管理局"), ("V-2", "市衛生健康委"), ("V-3", "市市場監督管理局")]
+    for (case_no, department) in [("V-1", "市市场监督管理局"), ("V-2", "市卫生健康委"), ("V-3", "市市场监督管理局")]
     {
         let mut r = accept(case_no, Route::Normal, Scenario::Unspecified);
         r.supervisors[0].department = department.into();
@@ -569,14 +569,14 @@ async fn a_supervision_platform_streams_only_its_own_departments_tasks_and_cases
             .complete_approval(CompleteApprovalRequest {
                 case_id: format!("320700/{case_no}"),
                 license_no: format!("L-{case_no}"),
-                approval_opinion: "准予許可".into(),
+                approval_opinion: "准予许可".into(),
                 document_refs: vec![],
             })
             .await?;
     }
     let written = outbox(&db).await?;
     assert_eq!(written.len(), 6, "per case: the approval record and the task's SMS");
-    let market = Who::new("sup-sjj", "supervisor", "320700", "市市場監督管理局", "");
+    let market = Who::new("sup-sjj", "supervisor", "320700", "市市场监督管理局", "");
     let mut events = EventsServiceClient::new(server.as_who(&market));
     let mut stream = events
         .subscribe(pb::SubscribeRequest {
@@ -841,10 +841,10 @@ async fn every_record_sent_is_typed_and_matches_its_json_schema_on_every_path() 
         ]
         .into(),
     );
-    assert!(revoked.iter().all(|j| j["recipient"] == "市市場監督管理局"), "to the supervising department: {revoked:?}");
+    assert!(revoked.iter().all(|j| j["recipient"] == "市市场监督管理局"), "to the supervising department: {revoked:?}");
     let approval = hooked.iter().map(|m| m.json()).find(|j| j["type"] == "approval_record").expect("approval record");
     let supervisors = &approval["data"]["supervisors"];
-    assert_eq!(supervisors[0]["department"], "市市場監督管理局", "a list of objects, not a sentence: {approval}");
+    assert_eq!(supervisors[0]["department"], "市市场监督管理局", "a list of objects, not a sentence: {approval}");
     assert!(approval["data"]["licensed_at"].as_str().is_some_and(|t| t.ends_with("+08:00")), "{approval}");
     // The SMS gateway gets the record beside the text.
     let texts = gateway.wait_accepted(3, PATIENCE).await?;

@@ -27,7 +27,7 @@ fn accept(case_no: &str) -> AcceptCaseRequest {
 
 fn deferral(case_no: &str) -> AcceptCaseRequest {
     let mut r = fixtures::deferral(case_no, "2026-10-09");
-    r.deferred_materials = vec!["設備布局圖".into()];
+    r.deferred_materials = vec!["设备布局图".into()];
     r
 }
 

@@ -203,18 +203,18 @@ mod tests {
 
     #[test]
     fn the_rule_written_out() {
-        let licensed = case("320700", "審批局", &[("市場監管局", "食品處")]);
-        let own = case("320700", "市場監管局", &[]);
-        let task = unit("320700", "市場監管局", "食品處");
-        let other_task = unit("320700", "衛健委", "醫療處");
+        let licensed = case("320700", "审批局", &[("市场监管局", "食品处")]);
+        let own = case("320700", "市场监管局", &[]);
+        let task = unit("320700", "市场监管局", "食品处");
+        let other_task = unit("320700", "卫健委", "医疗处");
         let generic = Seen::Other { id: "320700-batch-1".into() };
 
         let everywhere = Scope::everywhere();
         let city = scope("3207", None, None);
         let other_city = scope("3208", None, None);
-        let dept = scope("3207", Some("市場監管局"), None);
-        let office = scope("3207", Some("市場監管局"), Some("食品處"));
-        let other_office = scope("3207", Some("市場監管局"), Some("藥品處"));
+        let dept = scope("3207", Some("市场监管局"), None);
+        let office = scope("3207", Some("市场监管局"), Some("食品处"));
+        let other_office = scope("3207", Some("市场监管局"), Some("药品处"));
 
         //                    licensed own    task   other  generic
         let table: [(&Scope, [bool; 5]); 6] = [
@@ -231,8 +231,8 @@ mod tests {
         }
         assert!(scope("", None, None).sees(&Seen::Other { id: "anything".into() }));
         assert!(scope("3207", None, None).sees(&Seen::Other { id: "320703/x".into() }));
-        assert!(!dept.sees(&Seen::approval("320700".into(), "審批局".into())));
-        assert!(!office.sees(&Seen::approval("320700".into(), "市場監管局".into())));
+        assert!(!dept.sees(&Seen::approval("320700".into(), "审批局".into())));
+        assert!(!office.sees(&Seen::approval("320700".into(), "市场监管局".into())));
     }
 
     #[test]
@@ -243,8 +243,8 @@ mod tests {
             ..InstanceRow::default()
         };
         row.vars.insert("region".into(), "320700".into());
-        row.vars.insert("approval_department".into(), "審批局".into());
-        assert_eq!(Seen::of(&row, &[]), case("320700", "審批局", &[]));
+        row.vars.insert("approval_department".into(), "审批局".into());
+        assert_eq!(Seen::of(&row, &[]), case("320700", "审批局", &[]));
         row.workflow = "something_else".into();
         assert_eq!(Seen::of(&row, &[]), Seen::Other { id: "320700/TZ-2026-0001".into() });
     }

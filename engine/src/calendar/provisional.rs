@@ -1,18 +1,18 @@
 //! Provisional years: the days off that the national rules fix by date, for a year whose State
 //! Council notice is not loaded yet.
 //!
-//! 《全國年節及紀念日放假辦法》 as amended by State Council Decree No. 795 (國務院令第795號,
+//! 《全国年节及纪念日放假办法》 as amended by State Council Decree No. 795 (国务院令第795号,
 //! 2024-11-10, in force 2025-01-01), Article 2, gives every citizen these days off:
-//! 元旦 1 January; 春節 lunar New Year's Eve (除夕) and the first three days of the first
-//! lunar month; 清明節 the day of the Qingming solar term; 勞動節 1 and 2 May; 端午節 the
-//! fifth day of the fifth lunar month; 中秋節 the fifteenth day of the eighth lunar month;
-//! 國慶節 1 to 3 October. What a notice adds — bridging days, make-up Saturdays (調休), a
+//! 元旦 1 January; 春节 lunar New Year's Eve (除夕) and the first three days of the first
+//! lunar month; 清明节 the day of the Qingming solar term; 劳动节 1 and 2 May; 端午节 the
+//! fifth day of the fifth lunar month; 中秋节 the fifteenth day of the eighth lunar month;
+//! 国庆节 1 to 3 October. What a notice adds — bridging days, make-up Saturdays (调休), a
 //! holiday moved off a weekend — is not in the rules, so a provisional year has none of it:
 //! its deadlines may move when the notice comes, and are marked provisional until they do.
 //!
 //! The lunar and solar-term dates are a table for the years the engine computes provisionally
 //! ([`FIRST`]..=[`LAST`]), generated with the `tyme4rs` crate (a port of 6tail's widely used
-//! `lunar` calendar, 壽星天文曆 algorithms) and cross-checked against it in a test, and against
+//! `lunar` calendar, 寿星天文历 algorithms) and cross-checked against it in a test, and against
 //! the official notices of 2025 and 2026.
 
 use chrono::NaiveDate;
@@ -115,18 +115,18 @@ pub fn statutory_days(year: i32) -> Vec<(NaiveDate, &'static str)> {
     let mut push = |d: Option<NaiveDate>, name| out.extend(d.map(|d| (d, name)));
     push(date((1, 1)), "元旦");
     if let Some(first) = date(spring) {
-        push(first.pred_opt(), "春節");
+        push(first.pred_opt(), "春节");
         for offset in 0..3 {
-            push(first.checked_add_days(chrono::Days::new(offset)), "春節");
+            push(first.checked_add_days(chrono::Days::new(offset)), "春节");
         }
     }
-    push(date(qingming), "清明節");
-    push(date((5, 1)), "勞動節");
-    push(date((5, 2)), "勞動節");
-    push(date(duanwu), "端午節");
-    push(date(midautumn), "中秋節");
+    push(date(qingming), "清明节");
+    push(date((5, 1)), "劳动节");
+    push(date((5, 2)), "劳动节");
+    push(date(duanwu), "端午节");
+    push(date(midautumn), "中秋节");
     for day in 1..=3 {
-        push(date((10, day)), "國慶節");
+        push(date((10, day)), "国庆节");
     }
     out.sort();
     // 中秋 can fall on 1–3 October (2020, 2031): one day off, not two.

@@ -101,7 +101,7 @@ fn every_year_2019_to_2026_is_loaded_with_its_notice() {
     assert_eq!(years, (2019..=2026).collect::<Vec<_>>());
     for y in 2019..=2026 {
         let source = cals.national().source(y).expect("source");
-        assert!(source.contains(&format!("關于{y}年部分節假日安排的通知")), "{y}: {source}");
+        assert!(source.contains(&format!("关于{y}年部分节假日安排的通知")), "{y}: {source}");
         for day in cals.national().workdays_in(y).expect("loaded") {
             assert!(is_weekend(day.date), "{y}: make-up day {} is not a weekend", day.date);
         }
@@ -191,7 +191,7 @@ proptest! {
     }
 }
 
-/// The provisional table against the `tyme4rs` crate (壽星天文曆), every year it covers: the
+/// The provisional table against the `tyme4rs` crate (寿星天文历), every year it covers: the
 /// first day of the first lunar month, the Qingming solar term, 五月初五 and 八月十五.
 #[test]
 fn the_provisional_feast_table_matches_the_lunar_crate_every_year() {
@@ -217,29 +217,29 @@ fn provisional_days_off_2027_to_2030_are_the_statutory_ones() {
         days(2027),
         [
             "2027-01-01 元旦",
-            "2027-02-05 春節",
-            "2027-02-06 春節",
-            "2027-02-07 春節",
-            "2027-02-08 春節",
-            "2027-04-05 清明節",
-            "2027-05-01 勞動節",
-            "2027-05-02 勞動節",
-            "2027-06-09 端午節",
-            "2027-09-15 中秋節",
-            "2027-10-01 國慶節",
-            "2027-10-02 國慶節",
-            "2027-10-03 國慶節",
+            "2027-02-05 春节",
+            "2027-02-06 春节",
+            "2027-02-07 春节",
+            "2027-02-08 春节",
+            "2027-04-05 清明节",
+            "2027-05-01 劳动节",
+            "2027-05-02 劳动节",
+            "2027-06-09 端午节",
+            "2027-09-15 中秋节",
+            "2027-10-01 国庆节",
+            "2027-10-02 国庆节",
+            "2027-10-03 国庆节",
         ]
     );
-    assert_eq!(days(2028)[1..5], ["2028-01-25 春節", "2028-01-26 春節", "2028-01-27 春節", "2028-01-28 春節"]);
+    assert_eq!(days(2028)[1..5], ["2028-01-25 春节", "2028-01-26 春节", "2028-01-27 春节", "2028-01-28 春节"]);
     assert!(
-        days(2028).contains(&"2028-10-03 中秋節".to_owned()) || days(2028).contains(&"2028-10-03 國慶節".to_owned())
+        days(2028).contains(&"2028-10-03 中秋节".to_owned()) || days(2028).contains(&"2028-10-03 国庆节".to_owned())
     );
-    // 2028: 中秋 on 3 October falls inside 國慶: 12 distinct days, not 13.
+    // 2028: 中秋 on 3 October falls inside 国庆: 12 distinct days, not 13.
     assert_eq!(days(2028).len(), 12);
-    assert!(days(2029).contains(&"2029-02-12 春節".to_owned()) && days(2029).contains(&"2029-09-22 中秋節".to_owned()));
+    assert!(days(2029).contains(&"2029-02-12 春节".to_owned()) && days(2029).contains(&"2029-09-22 中秋节".to_owned()));
     assert!(
-        days(2030).contains(&"2030-04-05 清明節".to_owned()) && days(2030).contains(&"2030-06-05 端午節".to_owned())
+        days(2030).contains(&"2030-04-05 清明节".to_owned()) && days(2030).contains(&"2030-06-05 端午节".to_owned())
     );
     assert!(days(2024).is_empty() && days(2101).is_empty(), "outside the provisional range");
 
@@ -280,7 +280,7 @@ fn a_loaded_notice_changes_exactly_the_days_it_moves() {
     let amended = super::embedded::YEARS
         .iter()
         .find(|(name, _)| name.ends_with("2026.toml"))
-        .map(|(_, text)| text.replace("{ date = 2026-10-10, for = \"國慶節\" },\n", ""))
+        .map(|(_, text)| text.replace("{ date = 2026-10-10, for = \"国庆节\" },\n", ""))
         .expect("2026");
     let mut files: Vec<(&str, &str)> =
         super::embedded::YEARS.iter().filter(|(n, _)| !n.ends_with("2026.toml")).copied().collect();

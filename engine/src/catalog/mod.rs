@@ -1,4 +1,4 @@
-//! The organisation and the catalogs (目錄清單, DOMAIN.md §1–§6): who approves and who
+//! The organisation and the catalogs (目录清单, DOMAIN.md §1–§6): who approves and who
 //! supervises what.
 //!
 //! Ten kinds, each a flat table kept as a whole and versioned: every import of a kind that
@@ -9,12 +9,12 @@
 //! |---|---|---|
 //! | `regions` | `code` | regions (city → county/district) and each region's administrator |
 //! | `departments` | `code` | departments with their side (`approval` / `supervision`) |
-//! | `offices` | `code` | offices (處室) with their office administrator's name and mobile |
+//! | `offices` | `code` | offices (处室) with their office administrator's name and mobile |
 //! | `inspectors` | `code` | law-enforcement inspectors, by office |
-//! | `approval_items` | `code` | approval items (審批事項), by approving department |
-//! | `handling_items` | `code` | business handling items (業務辦理項) of approval items |
-//! | `supervision_items` | `code` | supervision items (監管事項), by supervising department |
-//! | `supervision_subitems` | `code` | their sub-items (子項) |
+//! | `approval_items` | `code` | approval items (审批事项), by approving department |
+//! | `handling_items` | `code` | business handling items (业务办理项) of approval items |
+//! | `supervision_items` | `code` | supervision items (监管事项), by supervising department |
+//! | `supervision_subitems` | `code` | their sub-items (子项) |
 //! | `linkage` | `handling_item`, `office` | the linkage catalog: handling item → supervising department, office, sub-item |
 //! | `commitment` | `approval_item` | the commitment catalog: allowed scenarios, default period |
 //!

@@ -64,7 +64,7 @@ impl Scenario {
 pub enum Route {
     /// Ordinary approval.
     Normal,
-    /// Approval on the applicant's commitment (告知承諾).
+    /// Approval on the applicant's commitment (告知承诺).
     Commitment,
 }
 

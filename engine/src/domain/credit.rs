@@ -9,7 +9,7 @@
 use unicode_normalization::UnicodeNormalization;
 
 /// The grades of the public credit evaluation used by default: A (守信, good standing),
-/// B (基本守信), C (警示), D (嚴重失信), and `dishonest` for an applicant on the dishonesty list.
+/// B (基本守信), C (警示), D (严重失信), and `dishonest` for an applicant on the dishonesty list.
 pub const DEFAULT_GRADES: [&str; 5] = ["A", "B", "C", "D", "dishonest"];
 /// Grades barred from the commitment route by default.
 pub const DEFAULT_BARRED: [&str; 2] = ["D", "dishonest"];
@@ -124,7 +124,7 @@ mod tests {
         assert!(CreditGrades::new(&s(&["A", "a"]), &[]).is_err(), "twice after normalisation");
         assert!(CreditGrades::new(&s(&["A"]), &s(&["B"])).is_err(), "barred but not a grade");
         assert!(CreditGrades::new(&[], &[]).is_err());
-        let g = CreditGrades::new(&s(&["優", "良", "差"]), &s(&["差"])).expect("valid");
+        let g = CreditGrades::new(&s(&["优", "良", "差"]), &s(&["差"])).expect("valid");
         assert!(g.is_barred(g.parse(" 差 ").expect("grade")));
     }
 }

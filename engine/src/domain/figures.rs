@@ -433,14 +433,14 @@ mod tests {
         let t = row(
             crate::domain::TASK_WORKFLOW,
             "closed",
-            serde_json::json!({"region": "320700", "department": "市場監管局", "office": "食品處",
+            serde_json::json!({"region": "320700", "department": "市场监管局", "office": "食品处",
                 "viewed_at": 1, "ack_late": true, "result": "non_compliant", "rectified": false,
                 "result_late": true}),
             SEPT_1_0030_CST,
         );
         let c = counted(&t).expect("a task counts");
         assert_eq!(c.day, date("2026-09-01"));
-        assert_eq!(c.group.office, "食品處");
+        assert_eq!(c.group.office, "食品处");
         assert_eq!(
             c.figures,
             [
@@ -460,13 +460,13 @@ mod tests {
         let c = row(
             crate::domain::CASE_WORKFLOW,
             "revoked",
-            serde_json::json!({"region": "320700", "approval_department": "審批局", "route": "commitment",
+            serde_json::json!({"region": "320700", "approval_department": "审批局", "route": "commitment",
                 "deadline_breached": true}),
             SEPT_1_0030_CST,
         );
         let c = counted(&c).expect("a case counts");
         assert_eq!(c.group.side, Side::Approval);
-        assert_eq!((c.group.department.as_str(), c.group.office.as_str()), ("審批局", ""));
+        assert_eq!((c.group.department.as_str(), c.group.office.as_str()), ("审批局", ""));
         assert_eq!(
             c.figures,
             [

@@ -252,7 +252,7 @@ mod tests {
         ] {
             assert!(check_text(text, 100).is_err(), "{why}: {text:?} was accepted");
         }
-        assert_eq!(check_text("連云港某某食品有限公司（分公司）", 100), Ok(()));
+        assert_eq!(check_text("连云港某某食品有限公司（分公司）", 100), Ok(()));
         assert_eq!(check_text("O'Brien & Sons, Ltd.", 100), Ok(()));
     }
 

@@ -1,4 +1,4 @@
-//! Credit-graded spot checks (雙隨機、一公開, DOMAIN.md §12): plans, draws and the runner.
+//! Credit-graded spot checks (双随机、一公开, DOMAIN.md §12): plans, draws and the runner.
 //!
 //! A plan is an instance of `spot_check_plan` whose cron timer counts runs as they fall due.
 //! [`Runner::run_due`] draws each run not yet drawn: the population (enterprises licensed on a

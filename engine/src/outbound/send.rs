@@ -440,8 +440,8 @@ mod tests {
 
     #[test]
     fn templates_fill_and_refuse_what_they_cannot() {
-        let vars = |n: &str| (n == "name").then(|| "張三".to_owned());
-        assert_eq!(fill("【審管聯動】{name}：{{注意}}", vars).as_deref(), Ok("【審管聯動】張三：{注意}"));
+        let vars = |n: &str| (n == "name").then(|| "张三".to_owned());
+        assert_eq!(fill("【审管联动】{name}：{{注意}}", vars).as_deref(), Ok("【审管联动】张三：{注意}"));
         assert!(fill("{missing}", vars).is_err());
         assert!(fill("{name", vars).is_err());
         assert!(fill("name}", vars).is_err());

@@ -111,8 +111,8 @@ async fn main() -> Result<()> {
                         version: None,
                         vars: object(json!({
                             "region": "320700", "case_id": "320700/X", "case_no": "X", "task_no": 1,
-                            "department": "市市場監督管理局", "office": "食品生產監管處",
-                            "approval_department": "市行政審批局", "applicant_name": "某公司",
+                            "department": "市市场监督管理局", "office": "食品生产监管处",
+                            "approval_department": "市行政审批局", "applicant_name": "某公司",
                             "applicant_code": "91110000600037341L", "route": "normal", "credit_grade": "A",
                             "license_no": "JY1",
                         })),

@@ -586,7 +586,7 @@ async fn prefill_tasks(db: &Path, n: usize) -> Result<()> {
     let now = now_ms();
     // 2027-01-05T23:59:59.999+08:00
     let due = chrono::DateTime::parse_from_rfc3339("2027-01-05T23:59:59.999+08:00")?.timestamp_millis();
-    let vars = r#"{"region":"320700","case_id":"320700/X","case_no":"X","task_no":1,"department":"市市場監督管理局","office":"食品生產監管處","approval_department":"市行政審批局","applicant_name":"某公司","applicant_code":"91110000600037341L","route":"normal","credit_grade":"A","license_no":"JY1","inspection_finished":"2026-12-28"}"#;
+    let vars = r#"{"region":"320700","case_id":"320700/X","case_no":"X","task_no":1,"department":"市市场监督管理局","office":"食品生产监管处","approval_department":"市行政审批局","applicant_name":"某公司","applicant_code":"91110000600037341L","route":"normal","credit_grade":"A","license_no":"JY1","inspection_finished":"2026-12-28"}"#;
     let timers = format!(
         r#"{{"result_deadline":{{"due":{due},"event":"result_overdue","plan":{{"armed_at":{now},"first":"2026-12-29","last":"2027-01-05","provisional":true}}}}}}"#
     );
@@ -1002,8 +1002,8 @@ async fn main() -> Result<()> {
             shenguan::proto::Scenario::Unspecified,
         );
         request.supervisors.push(shenguan::proto::Supervisor {
-            department: "市應急管理局".into(),
-            office: "安全生產監管處".into(),
+            department: "市应急管理局".into(),
+            office: "安全生产监管处".into(),
             office_admin_mobile: "13900139001".into(),
         });
         async move {
@@ -1936,28 +1936,28 @@ async fn stats(n: usize, db: &Path, exe: &Path) -> Result<()> {
 async fn stats_prefill(db: &Path, n: usize) -> Result<()> {
     const REGIONS: [&str; 7] = ["320700", "320703", "320706", "320707", "320722", "320723", "320724"];
     const APPROVERS: [&str; 8] = [
-        "市行政審批局",
-        "市市場監督管理局",
-        "市衛生健康委員會",
-        "市交通運輸局",
-        "市生態環境局",
-        "市住房和城鄉建設局",
-        "市文化廣電和旅遊局",
-        "市應急管理局",
+        "市行政审批局",
+        "市市场监督管理局",
+        "市卫生健康委员会",
+        "市交通运输局",
+        "市生态环境局",
+        "市住房和城乡建设局",
+        "市文化广电和旅游局",
+        "市应急管理局",
     ];
     const OFFICES: [(&str, &str); 12] = [
-        ("市市場監督管理局", "食品生產監管處"),
-        ("市市場監督管理局", "食品經營監管處"),
-        ("市市場監督管理局", "特種設備安全監察處"),
-        ("市衛生健康委員會", "醫政醫管處"),
-        ("市衛生健康委員會", "公共衛生監督處"),
-        ("市交通運輸局", "運輸管理處"),
-        ("市生態環境局", "環境執法支隊"),
-        ("市住房和城鄉建設局", "建築市場監管處"),
-        ("市文化廣電和旅遊局", "文化市場執法支隊"),
-        ("市應急管理局", "危險化學品監管處"),
-        ("市應急管理局", "工貿安全監管處"),
-        ("市農業農村局", "農產品質量安全監管處"),
+        ("市市场监督管理局", "食品生产监管处"),
+        ("市市场监督管理局", "食品经营监管处"),
+        ("市市场监督管理局", "特种设备安全监察处"),
+        ("市卫生健康委员会", "医政医管处"),
+        ("市卫生健康委员会", "公共卫生监督处"),
+        ("市交通运输局", "运输管理处"),
+        ("市生态环境局", "环境执法支队"),
+        ("市住房和城乡建设局", "建筑市场监管处"),
+        ("市文化广电和旅游局", "文化市场执法支队"),
+        ("市应急管理局", "危险化学品监管处"),
+        ("市应急管理局", "工贸安全监管处"),
+        ("市农业农村局", "农产品质量安全监管处"),
     ];
     let started = Instant::now();
     let mut conn = SqliteConnectOptions::new()

@@ -41,13 +41,13 @@ fn every_bad_row_is_reported_with_file_line_field_and_reason_and_nothing_is_impo
     let offices = csv(
         "offices.csv",
         "code,department,name,admin_name,admin_mobile\n\
-         SJJ-FOOD,SJJ-320700,Food Production Supervision Office,Sun Yu,13900000021\n\
-         SJJ-NEW,NOPE,New office,Qian Yi,1390000\n\
-         SJJ-FOOD,SJJ-320700,Again,Sun Yu,13900000021\n\
+         SJJ-FOOD,SJJ-320700,食品生产监督管理处,孙宇,13900000021\n\
+         SJJ-NEW,NOPE,新设科室,钱一,1390000\n\
+         SJJ-FOOD,SJJ-320700,重复一行,孙宇,13900000021\n\
          bad code!,SJJ-320700,X,Y,13900000099\n\
-         WJW-PH,WJW-320700,Public Health Office,Wu Fang,13900000031\n\
-         XF-INSP,XF-320700,Fire Inspection Office,Zheng Hao,13900000041\n\
-         SPJ-FOOD,SPJ-320700,Food Licensing Office,,13900000011\n",
+         WJW-PH,WJW-320700,公共卫生监督处,吴芳,13900000031\n\
+         XF-INSP,XF-320700,防火监督处,郑浩,13900000041\n\
+         SPJ-FOOD,SPJ-320700,食品许可处,,13900000011\n",
     );
     let errors = import(&catalogs, &[offices], "t", "", 1).expect_err("bad rows");
     let has = |line: usize, field: &str, needle: &str| {
@@ -71,9 +71,9 @@ fn removing_a_row_that_others_refer_to_names_the_rows_left_dangling() {
     let offices = csv(
         "offices.csv",
         "code,department,name,admin_name,admin_mobile\n\
-         SPJ-FOOD,SPJ-320700,Food Licensing Office,Chen Jie,13900000011\n\
-         WJW-PH,WJW-320700,Public Health Office,Wu Fang,13900000031\n\
-         XF-INSP,XF-320700,Fire Inspection Office,Zheng Hao,13900000041\n",
+         SPJ-FOOD,SPJ-320700,食品许可处,陈杰,13900000011\n\
+         WJW-PH,WJW-320700,公共卫生监督处,吴芳,13900000031\n\
+         XF-INSP,XF-320700,防火监督处,郑浩,13900000041\n",
     );
     let errors = import(&catalogs, &[offices], "t", "", 1).expect_err("SJJ-FOOD is still used");
     assert!(errors.iter().any(|e| e.file == "inspectors v1 (in force)" && e.field == "office"), "{errors:#?}");

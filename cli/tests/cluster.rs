@@ -506,6 +506,117 @@ async fn a_dead_letter_retried_on_any_node_is_delivered_by_shard_zeros_holder() 
     assert_eq!(still, holder, "delivered by the holder, not after a hand-over");
 }
 
+/// Accepts and licenses case `name` through `intake`: its licence writes messages (the
+/// approval record, the supervision tasks pushed).
+async fn license(intake: &mut IntakeServiceClient<Authed>, name: &str) {
+    intake.accept_case(fixtures::accept(name, Route::Normal, Scenario::Unspecified)).await.expect("accept");
+    intake
+        .complete_approval(pb::CompleteApprovalRequest {
+            case_id: format!("320700/{name}"),
+            license_no: format!("JY-{name}"),
+            approval_opinion: "准予许可".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("licence");
+}
+
+/// The next message of `stream`, or how it ended; panics if nothing comes within 30 s.
+async fn next_event(stream: &mut tonic::Streaming<pb::Event>) -> Result<pb::Event, tonic::Status> {
+    match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+        Ok(Ok(Some(e))) => Ok(e),
+        Ok(Ok(None)) => Err(tonic::Status::unknown("the stream ended without a status")),
+        Ok(Err(status)) => Err(status),
+        Err(_) => panic!("nothing on the stream within 30 s"),
+    }
+}
+
+/// A stream consumer's `Ack`, a new `Subscribe` and an administrator's drop reach its stream
+/// on another node: a stream stalled at `max_in_flight` goes on when its acknowledgement lands
+/// elsewhere (it stalled for good before), a Subscribe elsewhere ends it ABORTED, and so does a
+/// drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_acks_take_overs_and_drop_on_another_node_reach_it() {
+    use shenguan::proto::events_service_client::EventsServiceClient;
+    let _one = SERIAL.lock().await;
+    let Some(url) = database().await else { return };
+    let cluster = Cluster::start(url, 2).await;
+    cluster.balanced(&["n1", "n2"]).await;
+    let mut intake = cluster.intake().remove(0);
+    for i in 0..3 {
+        license(&mut intake, &format!("S-{i}")).await;
+    }
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&cluster.pool).await.expect("count");
+    assert!(written >= 4, "the cases wrote messages: {written}");
+    let subscribe = |in_flight| pb::SubscribeRequest {
+        consumer: "platform".to_owned(),
+        channels: vec![],
+        regions: vec![],
+        max_in_flight: in_flight,
+    };
+    let mut on_n1 = EventsServiceClient::new(cluster.channel(&cluster.nodes[0]));
+    let mut on_n2 = EventsServiceClient::new(cluster.channel(&cluster.nodes[1]));
+    let mut stream = on_n1.subscribe(subscribe(2)).await.expect("subscribe on n1").into_inner();
+    let first = next_event(&mut stream).await.expect("first");
+    let second = next_event(&mut stream).await.expect("second");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.message()).await.is_err(),
+        "a third before any acknowledgement"
+    );
+    // Acknowledged on n2: n1's stream sends the next two.
+    let acked = on_n2.ack(pb::AckRequest { consumer: "platform".into(), up_to: second.id }).await.expect("ack on n2");
+    assert_eq!(acked.into_inner().acked, second.id);
+    let third = next_event(&mut stream).await.expect("a third once n2 was told the acknowledgement");
+    assert!(first.id < second.id && second.id < third.id, "in order, each once");
+
+    // Taken over on n2: n1's stream ends, n2's resumes after the acknowledgement.
+    let mut taken = on_n2.subscribe(subscribe(100)).await.expect("subscribe on n2").into_inner();
+    let ended = loop {
+        match next_event(&mut stream).await {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
+    assert!(ended.message().contains("taken over"), "{ended:?}");
+    assert_eq!(next_event(&mut taken).await.expect("resumed").id, third.id);
+
+    // Dropped through n1: n2's stream ends.
+    let mut admin = AdminServiceClient::new(cluster.channel(&cluster.nodes[0]));
+    admin.drop_consumer(pb::DropConsumerRequest { name: "platform".into() }).await.expect("drop");
+    let ended = loop {
+        match next_event(&mut taken).await {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
+    assert!(ended.message().contains("dropped"), "{ended:?}");
+}
+
+/// A quiet stream is a call in progress: the connection idle timeout (1 s here) does not cut
+/// it, and what another node commits after three idle periods still reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_outlives_the_idle_timeout_and_hears_another_nodes_commits() {
+    use shenguan::proto::events_service_client::EventsServiceClient;
+    let _one = SERIAL.lock().await;
+    let Some(url) = database().await else { return };
+    let cluster = Cluster::start_with(url, 2, |_| vec!["--idle-timeout".to_owned(), "1s".to_owned()]).await;
+    cluster.balanced(&["n1", "n2"]).await;
+    let mut events = EventsServiceClient::new(cluster.channel(&cluster.nodes[0]));
+    let request =
+        pb::SubscribeRequest { consumer: "quiet".into(), channels: vec![], regions: vec![], max_in_flight: 0 };
+    let mut stream = events.subscribe(request).await.expect("subscribe").into_inner();
+    // The behaviour under test is what three idle periods do to the stream: wait them out.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), stream.message()).await;
+    assert!(quiet.is_err(), "the stream ended or sent while nothing was written: {quiet:?}");
+    // A fresh connection to n2 (the idle timeout closed the lazy channels' idle connections).
+    let mut intake = IntakeServiceClient::new(cluster.channel(&cluster.nodes[1]));
+    license(&mut intake, "Q-1").await;
+    let event = next_event(&mut stream).await.expect("the stream was cut");
+    assert!(event.instance_id.contains("Q-1"), "{event:?}");
+}
+
 /// (b) A node is SIGKILLed while cases come in and reminders fire: the others take its shards
 /// within the lease time and fire what it left overdue; nothing acknowledged is lost, nothing
 /// fires twice.

@@ -283,6 +283,7 @@ impl Principal {
             region: Some(prefix),
             department: department.then(|| self.department.clone()),
             office: office.then(|| self.office.clone()),
+            aliases: Aliases::default(),
         })
     }
 }
@@ -331,6 +332,19 @@ pub struct Scope {
     pub department: Option<String>,
     /// This office (of `department`) only.
     pub office: Option<String>,
+    /// The other names the organisation catalog knows the department and the office by
+    /// (see [`Scope::resolve`]).
+    pub aliases: Aliases,
+}
+
+/// A scope's department and office under every name they are known by: the claim, and its
+/// catalogued code or name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Aliases {
+    /// The department's names (the claim first); empty until resolved.
+    pub departments: Vec<String>,
+    /// The office's names (the claim first); empty until resolved.
+    pub offices: Vec<String>,
 }
 
 impl Scope {

@@ -388,18 +388,25 @@ pub async fn release(pool: &PgPool, node: &str) -> Result<u64, Error> {
 
 /// Listens for other nodes' notifications and passes them on: new messages wake dispatchers and
 /// subscribers, timers armed in a shard this node holds are loaded, a new calendar is put in
-/// force. A lost connection may have lost notifications: after reconnecting, all three are
-/// done as if notified.
+/// force, a stream consumer's acknowledgement, take-over or drop reaches its stream here. A
+/// lost connection may have lost notifications: after reconnecting, the first three are done
+/// as if notified, and the streams served here end (their consumers subscribe again and
+/// resume from their durable cursors; an acknowledgement or a take-over missed meanwhile
+/// cannot be told apart from none).
 pub async fn listen(
     pool: PgPool,
     ownership: Arc<Ownership>,
     writer: Handle,
     published: Arc<watch::Sender<u64>>,
     rescans: Arc<watch::Sender<u64>>,
+    streams: Arc<crate::outbound::live::Live>,
     mut stop: watch::Receiver<bool>,
 ) {
+    use crate::outbound::live::Ended;
     use crate::store::postgres::{Notice, CHANNEL};
     let mut listener: Option<sqlx::postgres::PgListener> = None;
+    // Whether notifications may have been missed (not listening while serving).
+    let mut missed = false;
     loop {
         if *stop.borrow() {
             return;
@@ -410,17 +417,22 @@ pub async fn listen(
                 Ok(mut l) => match l.listen(CHANNEL).await {
                     Ok(()) => {
                         // Whatever was said while nobody listened.
+                        if std::mem::take(&mut missed) {
+                            streams.end_all(Ended::LostContact);
+                        }
                         catch_up(&ownership, &writer, &published).await;
                         rescans.send_modify(|n| *n = n.wrapping_add(1));
                         listener.insert(l)
                     }
                     Err(e) => {
+                        missed = true;
                         tracing::warn!(error = %e, "cannot listen for other nodes' notifications; will try again");
                         pause(&mut stop).await;
                         continue;
                     }
                 },
                 Err(e) => {
+                    missed = true;
                     tracing::warn!(error = %e, "cannot connect to listen for other nodes' notifications; will try again");
                     pause(&mut stop).await;
                     continue;
@@ -455,14 +467,19 @@ pub async fn listen(
                         tracing::warn!(error = %e, "cannot put another node's catalogs in force");
                     }
                 }
+                Some(Notice::Acked { consumer, acked }) => streams.acked(&consumer, acked),
+                Some(Notice::Subscribed { consumer, stream }) => streams.subscribed(&consumer, &stream),
+                Some(Notice::Dropped(consumer)) => streams.end(&consumer, Ended::Dropped),
                 None => tracing::debug!(payload = n.payload(), "unknown notification"),
             },
             Ok(None) => {
                 tracing::warn!("lost the notification connection; reconnecting and catching up");
+                missed = true;
                 listener = None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "notification connection failed; reconnecting");
+                missed = true;
                 listener = None;
                 pause(&mut stop).await;
             }

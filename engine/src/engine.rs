@@ -43,6 +43,9 @@ pub struct Context {
     /// Bumped when dead letters were retried or discarded, here or (notified) on another node:
     /// every dispatcher then walks its messages again from the start and re-reads its holds.
     pub rescans: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The stream consumers served on this node, told of acknowledgements and take-overs
+    /// from every node.
+    pub streams: Arc<crate::outbound::live::Live>,
 }
 
 impl Context {
@@ -57,6 +60,7 @@ impl Context {
             metrics: Arc::new(crate::telemetry::Metrics::new()),
             published: Arc::new(tokio::sync::watch::Sender::new(0)),
             rescans: Arc::new(tokio::sync::watch::Sender::new(0)),
+            streams: Arc::new(crate::outbound::live::Live::default()),
         }
     }
 }
@@ -221,6 +225,7 @@ impl Engine {
                     engine.handle(),
                     engine.context.published.clone(),
                     engine.context.rescans.clone(),
+                    engine.context.streams.clone(),
                     stopped.clone(),
                 ));
                 let keeper = tokio::spawn(keeper.run(stopped));

@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod live;
 pub mod send;
 pub mod sign;
 pub mod texts;

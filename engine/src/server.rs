@@ -384,7 +384,6 @@ pub async fn run(
         spotchecks: spotchecks.clone(),
         reader,
         dispatchers,
-        live: Default::default(),
         stopping: tokio::sync::watch::Sender::new(false),
         virtual_clock: options.virtual_clock,
         credit: options.credit,

@@ -1040,3 +1040,73 @@ async fn every_read_call_shows_each_party_what_the_visibility_matrix_says() -> R
     ensure!(wrong.is_empty(), "{} cells differ:\n{}", wrong.len(), wrong.join("\n"));
     server.stop().await
 }
+
+/// A department is one department whether a token names it by code or by catalogued name:
+/// cases accepted through the catalogs carry codes, and a supervision platform whose token says
+/// 连云港市市场监督管理局 sees and lists its tasks in them, as one that says SJJ-320700 does —
+/// and another department sees none of them under either name.
+#[tokio::test]
+async fn a_department_named_in_a_token_by_name_or_by_code_sees_the_catalogued_cases() -> Result<()> {
+    use integration_tests::fixtures::{catalogued, example_catalog, uscc};
+    let dir = tempfile::tempdir()?;
+    let server = TestServer::start_secured(START, &dir.path().join("n.db"), |_| {}, |_| {}).await?;
+    let root = server.as_who(&Who::new("root", "engine_admin", "", "", ""));
+    AdminServiceClient::new(root.clone()).import_catalogs(example_catalog()).await?;
+    let mut intake = IntakeServiceClient::new(root);
+    intake.accept_case(catalogued("N-1", "FOOD-PROD-NEW", &uscc("91320700MA1000002"), "A")).await?;
+    intake
+        .complete_approval(pb::CompleteApprovalRequest {
+            case_id: "320700/N-1".into(),
+            license_no: "JY-N-1".into(),
+            approval_opinion: "准予许可".into(),
+            document_refs: vec![],
+        })
+        .await?;
+    let ids = |tasks: &[pb::Task]| tasks.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>();
+    for department in ["连云港市市场监督管理局", "SJJ-320700"] {
+        for office in ["", "食品生产监督管理处", "SJJ-FOOD"] {
+            let who = Who::new("sjj-platform", "supervisor", "320700", department, office);
+            let mut sup = SupervisionServiceClient::new(server.as_who(&who));
+            let tasks = sup.list_tasks(pb::ListTasksRequest::default()).await?.into_inner().tasks;
+            ensure!(ids(&tasks) == ["320700/N-1/T1"], "{department}/{office}: {:?}", ids(&tasks));
+            ensure!(tasks[0].department == "SJJ-320700", "cases carry the code");
+            // Asked by name or by code, the same task.
+            for asked in ["连云港市市场监督管理局", "SJJ-320700"] {
+                let r = pb::ListTasksRequest { department: asked.into(), ..Default::default() };
+                let listed = sup.list_tasks(r).await?.into_inner().tasks;
+                ensure!(ids(&listed) == ids(&tasks), "{department}/{office} asked {asked}: {:?}", ids(&listed));
+            }
+        }
+        // Its administrator reads the case it has a task in.
+        let admin = Who::new("sjj-admin", "department_admin", "320700", department, "");
+        IntakeServiceClient::new(server.as_who(&admin))
+            .get_case(pb::GetCaseRequest { case_id: "320700/N-1".into() })
+            .await
+            .with_context(|| format!("{department} reads its case"))?;
+    }
+    // The approving department's administrator, by name, finds its case.
+    let approver = Who::new("spj-admin", "department_admin", "320700", "连云港市行政审批局", "");
+    let cases = AdminServiceClient::new(server.as_who(&approver))
+        .query_cases(pb::QueryCasesRequest::default())
+        .await?
+        .into_inner()
+        .cases;
+    ensure!(cases.len() == 1, "{cases:?}");
+    // Another department sees nothing, by either name, and may not read the case.
+    for department in ["连云港市卫生健康委员会", "WJW-320700"] {
+        let who = Who::new("wjw-platform", "supervisor", "320700", department, "");
+        let tasks = SupervisionServiceClient::new(server.as_who(&who))
+            .list_tasks(pb::ListTasksRequest::default())
+            .await?
+            .into_inner()
+            .tasks;
+        ensure!(tasks.is_empty(), "{department}: {:?}", ids(&tasks));
+        let admin = Who::new("wjw-admin", "department_admin", "320700", department, "");
+        let err = IntakeServiceClient::new(server.as_who(&admin))
+            .get_case(pb::GetCaseRequest { case_id: "320700/N-1".into() })
+            .await
+            .expect_err("another department's case");
+        ensure!(err.code() == Code::PermissionDenied, "{department}: {err:?}");
+    }
+    server.stop().await
+}

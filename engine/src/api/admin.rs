@@ -207,7 +207,9 @@ impl AdminService for Admin {
         }
         if !r.approval_department.is_empty() {
             check("approval_department", domain::check_text(&r.approval_department, 128))?;
-            filter.vars.push(("approval_department".into(), r.approval_department.clone()));
+            let catalogs = self.shared.context().catalogs.current();
+            let names = catalogs.department_names(&r.approval_department, |region| who.scope().has_region(region));
+            filter.vars_in.push(("approval_department".into(), names));
         }
         if !r.applicant_code.is_empty() {
             check("applicant_code", domain::check_text(&r.applicant_code, 18))?;
@@ -279,18 +281,25 @@ impl AdminService for Admin {
         }
         let (first, last) = (date("from", &from_text)?, date("to", &to_text)?);
         let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        // A department or office asked by code or by name is counted under either.
+        let catalogs = self.shared.context().catalogs.current();
+        let departments =
+            given(&r.department).map(|d| catalogs.department_names(&d, |region| scope.has_region(region)));
+        let offices = given(&r.office).map(|o| catalogs.office_names(&o, departments.as_deref()));
         let wanted = |g: &Group| {
             // Only the caller's scope is counted (figures are filtered, never refused).
             scope.sees(&Seen::figures(g))
                 && given(&r.region_code).is_none_or(|x| x == g.region)
-                && given(&r.department).is_none_or(|x| x == g.department)
-                && (g.side == Side::Approval || given(&r.office).is_none_or(|x| x == g.office))
+                && departments.as_ref().is_none_or(|names| names.contains(&g.department))
+                && (g.side == Side::Approval || offices.as_ref().is_none_or(|names| names.contains(&g.office)))
         };
+        // One name narrows the read; several are told apart by `wanted`.
+        let only = |names: &Option<Vec<String>>| names.as_ref().filter(|n| n.len() == 1).map(|n| n[0].clone());
         let query = CounterQuery {
             cover: figures::cover(first, last),
             region: given(&r.region_code),
-            department: given(&r.department),
-            office: given(&r.office),
+            department: only(&departments),
+            office: only(&offices),
         };
         let reader = &self.shared.reader;
         let summed = reader.figure_counts(&query).await.map_err(|e| status::read_error(&e))?;
@@ -551,7 +560,7 @@ impl AdminService for Admin {
             .outbound(crate::writer::Outbound::DropConsumer(name.clone()))
             .await
             .map_err(|e| status::write_error("consumer", &name, &e))?;
-        self.shared.live.end(&name);
+        self.shared.context().streams.end(&name, crate::outbound::live::Ended::Dropped);
         tracing::warn!(consumer = %name, acked = stored.acked, "stream consumer dropped: retention no longer keeps its messages");
         Ok(Response::new(crate::proto::DropConsumerReply { acked: stored.acked }))
     }

@@ -457,10 +457,8 @@ pub(super) async fn create_plan(
     let catalogs = shared.context().catalogs.current();
     let command = spotcheck::plan(&new, &catalogs, &shared.credit, &who.actor()).map_err(|e| status::refusal(&e))?;
     // A department administrator plans for their own department only.
-    if let Some(dept) = Some(who.caller.principal.department.as_str()).filter(|d| !d.is_empty()) {
-        let office_dept = catalogs.field(Kind::Offices, &new.office, "department").unwrap_or_default();
-        who.require(shared, office_dept == dept, || format!("office {}", new.office))?;
-    }
+    let office_dept = catalogs.field(Kind::Offices, &new.office, "department").unwrap_or_default();
+    who.require(shared, who.scope().has_department(office_dept), || format!("office {}", new.office))?;
     let id = command.instance.clone();
     let applied = shared.engine.submit(command).await.map_err(|e| status::write_error("spot-check plan", &id, &e))?;
     Ok(Response::new(plan_view(&InstanceRow::of(&applied.instance, 0))))

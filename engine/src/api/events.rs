@@ -9,15 +9,20 @@
 //! misses nothing and sees nothing it acknowledged again; what it had not acknowledged it
 //! sees again (at least once).
 //!
+//! The stream serving a consumer may run on another node than its `Ack` or a newer `Subscribe`:
+//! both reach it through [`crate::outbound::live`].
+//!
 //! A caller scoped to a department or office (a supervision platform's account) sees only the
 //! messages of its own tasks and of the cases it has tasks in (or approves), as ListTasks and
 //! GetCase would show them: decided by reading each message's instance once per stream.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
+
+use crate::outbound::live::Ended;
 use tonic::{Request, Response, Status};
 
 use super::{authorize, status, Shared};
@@ -33,53 +38,6 @@ pub const DEFAULT_IN_FLIGHT: u32 = 1_000;
 pub const MAX_IN_FLIGHT: u32 = 10_000;
 /// Messages read per walk of the outbox.
 const PAGE: u32 = 1_000;
-
-/// The live side of the consumers: each one's acknowledged position, and the switch that ends
-/// its current stream when another takes over.
-#[derive(Debug, Default)]
-pub struct Live {
-    consumers: Mutex<HashMap<String, LiveConsumer>>,
-}
-
-#[derive(Debug)]
-struct LiveConsumer {
-    acked: Arc<watch::Sender<u64>>,
-    /// Set to true to end the current stream.
-    stop: watch::Sender<bool>,
-}
-
-impl Live {
-    /// Starts a stream for `name` at `acked`: ends the consumer's previous stream and answers
-    /// the new one's (acknowledgements, stop switch).
-    fn take_over(&self, name: &str, acked: u64) -> (watch::Receiver<u64>, watch::Receiver<bool>) {
-        let mut all = self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (stop, stopped) = watch::channel(false);
-        let entry = all.entry(name.to_owned()).or_insert_with(|| LiveConsumer {
-            acked: Arc::new(watch::Sender::new(acked)),
-            stop: watch::Sender::new(false),
-        });
-        entry.stop.send_replace(true);
-        entry.stop = stop;
-        entry.acked.send_modify(|a| *a = (*a).max(acked));
-        (entry.acked.subscribe(), stopped)
-    }
-
-    /// Ends the live stream of `name` on this node, if any (the consumer was dropped).
-    pub fn end(&self, name: &str) {
-        let mut all = self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = all.remove(name) {
-            c.stop.send_replace(true);
-        }
-    }
-
-    /// Tells the live stream of `name` (if any) that it acknowledged up to `acked`.
-    fn acked(&self, name: &str, acked: u64) {
-        let all = self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = all.get(name) {
-            c.acked.send_modify(|a| *a = (*a).max(acked));
-        }
-    }
-}
 
 /// The service.
 pub struct Events {
@@ -105,10 +63,17 @@ impl Events {
     }
 
     /// Records (creating it if new) a consumer's position and, from a Subscribe, the channels it
-    /// wants; answers once durable.
-    async fn save(&self, name: &str, owner: String, acked: u64, channels: Option<Vec<String>>) -> Result<(), Status> {
+    /// wants and the stream it starts; answers once durable.
+    async fn save(
+        &self,
+        name: &str,
+        owner: String,
+        acked: u64,
+        channels: Option<Vec<String>>,
+        stream: Option<String>,
+    ) -> Result<(), Status> {
         let at = self.shared.context().clock.now();
-        let cursor = ConsumerCursor { name: name.to_owned(), owner, acked, at, channels };
+        let cursor = ConsumerCursor { name: name.to_owned(), owner, acked, at, channels, stream };
         self.shared
             .engine
             .handle()
@@ -196,19 +161,18 @@ impl EventsService for Events {
         let mut wanted = req.channels.clone();
         wanted.sort();
         wanted.dedup();
-        let acked = match self.owned(&auth, &req.consumer).await? {
-            Some(c) => {
-                if c.channels != wanted {
-                    self.save(&req.consumer, c.owner, c.acked, Some(wanted)).await?;
-                }
-                c.acked
-            }
-            None => {
-                self.save(&req.consumer, auth.caller().to_owned(), 0, Some(wanted)).await?;
-                0
-            }
+        let (owner, acked) = match self.owned(&auth, &req.consumer).await? {
+            Some(c) => (c.owner, c.acked),
+            None => (auth.caller().to_owned(), 0),
         };
-        let (acks, stop) = self.shared.live.take_over(&req.consumer, acked);
+        // Started here before it is recorded, so that its own notice finds it; the record tells
+        // the stream this consumer has on another node, if any, to end.
+        let streams = self.shared.context().streams.clone();
+        let stream = streams.take_over(&req.consumer, acked);
+        if let Err(e) = self.save(&req.consumer, owner, acked, Some(wanted), Some(stream.token.clone())).await {
+            streams.finished(&req.consumer, &stream.token);
+            return Err(e);
+        }
         let (tx, rx) = mpsc::channel(256);
         let walk = Walk {
             scope: (!auth.scope().is_everywhere()).then(|| auth.scope().clone()),
@@ -218,8 +182,9 @@ impl EventsService for Events {
             channels: req.channels,
             prefixes,
             in_flight,
-            acks,
-            stop,
+            token: stream.token,
+            acks: stream.acked,
+            ended: stream.ended,
             tx,
         };
         tokio::spawn(walk.run());
@@ -234,9 +199,10 @@ impl EventsService for Events {
             self.owned(&auth, &req.consumer).await?.ok_or_else(|| status::not_found("consumer", &req.consumer))?;
         let acked = stored.acked.max(req.up_to);
         if req.up_to > stored.acked {
-            self.save(&req.consumer, auth.caller().to_owned(), req.up_to, None).await?;
+            self.save(&req.consumer, auth.caller().to_owned(), req.up_to, None, None).await?;
         }
-        self.shared.live.acked(&req.consumer, acked);
+        // Here; a stream on another node hears it from the record's notice.
+        self.shared.context().streams.acked(&req.consumer, acked);
         Ok(Response::new(proto::AckReply { acked }))
     }
 }
@@ -256,8 +222,10 @@ struct Walk {
     channels: Vec<String>,
     prefixes: Vec<String>,
     in_flight: usize,
+    /// This stream's token among the consumer's streams.
+    token: String,
     acks: watch::Receiver<u64>,
-    stop: watch::Receiver<bool>,
+    ended: watch::Receiver<Option<Ended>>,
     tx: mpsc::Sender<Result<proto::Event, Status>>,
 }
 
@@ -296,6 +264,13 @@ impl Walk {
     }
 
     async fn run(mut self) {
+        let streams = self.shared.context().streams.clone();
+        let (consumer, token) = (self.consumer.clone(), self.token.clone());
+        self.walk().await;
+        streams.finished(&consumer, &token);
+    }
+
+    async fn walk(&mut self) {
         let mut published = self.shared.context().published.subscribe();
         let mut stopping = self.shared.stopping.subscribe();
         let mut sent_upto = *self.acks.borrow();
@@ -305,14 +280,17 @@ impl Walk {
                 let _ = self.tx.send(Err(Status::unavailable("the server is stopping; subscribe again"))).await;
                 return;
             }
-            if *self.stop.borrow() {
-                let _ = self
-                    .tx
-                    .send(Err(Status::aborted(format!(
-                        "consumer {} was taken over by another Subscribe",
-                        self.consumer
-                    ))))
-                    .await;
+            let ended = *self.ended.borrow();
+            if let Some(why) = ended {
+                let name = &self.consumer;
+                let status = match why {
+                    Ended::TakenOver => Status::aborted(format!("consumer {name} was taken over by another Subscribe")),
+                    Ended::Dropped => Status::aborted(format!("consumer {name} was dropped by an administrator")),
+                    Ended::LostContact => Status::unavailable(format!(
+                        "this node lost contact with the other nodes; subscribe again to resume consumer {name}"
+                    )),
+                };
+                let _ = self.tx.send(Err(status)).await;
                 return;
             }
             let acked = *self.acks.borrow_and_update();
@@ -354,8 +332,9 @@ impl Walk {
             }
             tokio::select! {
                 r = published.changed() => if r.is_err() { return },
-                r = self.acks.changed() => if r.is_err() { return },
-                r = self.stop.changed() => if r.is_err() { return },
+                // Ending a stream drops both senders after setting why: the loop says why.
+                r = self.acks.changed() => if r.is_err() && self.ended.borrow().is_none() { return },
+                r = self.ended.changed() => if r.is_err() && self.ended.borrow().is_none() { return },
                 r = stopping.changed() => if r.is_err() { return },
                 () = self.tx.closed() => return,
             }

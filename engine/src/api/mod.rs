@@ -59,8 +59,6 @@ pub struct Shared {
     pub consumer_idle_warn_days: u32,
     /// The push dispatchers (one per configured destination).
     pub dispatchers: crate::outbound::Dispatchers,
-    /// The stream consumers connected now.
-    pub live: events::Live,
     /// Set when the server begins to stop: long-lived streams end so the shutdown need not
     /// wait for them.
     pub stopping: tokio::sync::watch::Sender<bool>,
@@ -157,7 +155,11 @@ pub fn authorize<T>(shared: &Shared, request: &Request<T>, right: Right) -> Resu
         return Err(Status::unauthenticated("no authenticated caller"));
     };
     match caller.principal.authorize(right) {
-        Ok(grant) => Ok(Authorized { caller, grant }),
+        Ok(mut grant) => {
+            // A department or office is known by code and by name: the scope carries both.
+            grant.scope.resolve(&shared.context().catalogs.current());
+            Ok(Authorized { caller, grant })
+        }
         Err(denied) => Err(deny(shared, &caller, right.name(), &denied)),
     }
 }

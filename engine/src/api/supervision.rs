@@ -96,11 +96,18 @@ impl SupervisionService for Supervision {
             check("region_code", domain::check_region(&r.region_code))?;
             filter.vars.push(("region".into(), r.region_code.clone()));
         }
-        for (field, var, value) in [("department", "department", &r.department), ("office", "office", &r.office)] {
-            if !value.is_empty() {
-                check(field, domain::check_text(value, 128))?;
-                filter.vars.push((var.into(), value.clone()));
-            }
+        // Asked by code or by name, found by either.
+        let catalogs = self.shared.context().catalogs.current();
+        let mut departments = None;
+        if !r.department.is_empty() {
+            check("department", domain::check_text(&r.department, 128))?;
+            let names = catalogs.department_names(&r.department, |region| who.scope().has_region(region));
+            filter.vars_in.push(("department".into(), names.clone()));
+            departments = Some(names);
+        }
+        if !r.office.is_empty() {
+            check("office", domain::check_text(&r.office, 128))?;
+            filter.vars_in.push(("office".into(), catalogs.office_names(&r.office, departments.as_deref())));
         }
         if !r.state.is_empty() {
             let def = self

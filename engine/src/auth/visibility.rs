@@ -13,7 +13,10 @@
 //! - an office sees only what is its own: its tasks, its spot-check tasks and plans, and the
 //!   cases it has a task in (never a case through its department alone);
 //! - anything else (an instance of a generic workflow) is the region's, not a department's;
-//! - an outbound message is seen by whoever sees the instance that sent it.
+//! - an outbound message is seen by whoever sees the instance that sent it;
+//! - a department or office is itself under each of its names: the token's claim, and the
+//!   catalogued code or name it stands for ([`Scope::resolve`]) — a platform whose token names
+//!   its department by name sees the cases accepted through the catalogs, which carry codes.
 
 use super::Scope;
 use crate::store::{Filter, InstanceRow, ReadStore};
@@ -124,6 +127,44 @@ pub async fn tasks_of(reader: &dyn ReadStore, case_id: &str) -> Result<Vec<Insta
 }
 
 impl Scope {
+    /// Completes the scope with the other names of its department and office from the
+    /// organisation catalog (a claim by name gains the code, a claim by code the name). Done
+    /// once per call, before any row is judged.
+    pub fn resolve(&mut self, catalogs: &crate::catalog::Catalogs) {
+        let Some(department) = &self.department else { return };
+        let region = self.region.clone();
+        let in_scope = |code: &str| region.as_deref().is_none_or(|p| code.starts_with(p));
+        let departments = catalogs.department_names(department, in_scope);
+        let offices = self.office.as_deref().map(|o| catalogs.office_names(o, Some(&departments))).unwrap_or_default();
+        self.aliases = super::Aliases { departments, offices };
+    }
+
+    /// The department's names: the claim and what [`Scope::resolve`] added.
+    fn departments(&self) -> Vec<String> {
+        if self.aliases.departments.is_empty() {
+            self.department.iter().cloned().collect()
+        } else {
+            self.aliases.departments.clone()
+        }
+    }
+
+    /// The office's names, as [`Scope::departments`]; `None` when the scope has no office.
+    fn offices(&self) -> Option<Vec<String>> {
+        let office = self.office.as_ref()?;
+        Some(if self.aliases.offices.is_empty() { vec![office.clone()] } else { self.aliases.offices.clone() })
+    }
+
+    /// Whether `department` (by any of its names) is within this scope's department.
+    pub fn has_department(&self, department: &str) -> bool {
+        self.department
+            .as_deref()
+            .is_none_or(|d| d == department || self.aliases.departments.iter().any(|a| a == department))
+    }
+
+    fn is_office(&self, office: &str) -> bool {
+        self.office.as_deref().is_none_or(|o| o == office || self.aliases.offices.iter().any(|a| a == office))
+    }
+
     /// Whether this scope sees `row`. The rule of this module, written once.
     pub fn sees(&self, row: &Seen) -> bool {
         match row {
@@ -133,7 +174,7 @@ impl Scope {
                 }
                 match (&self.department, &self.office) {
                     (None, _) => true,
-                    (Some(d), None) if d == department => true,
+                    (Some(_), None) if self.has_department(department) => true,
                     _ => tasks.iter().any(|(d, o)| self.unit(d, o)),
                 }
             }
@@ -145,15 +186,15 @@ impl Scope {
     }
 
     fn unit(&self, department: &str, office: &str) -> bool {
-        self.department.as_deref().is_none_or(|d| d == department) && self.office.as_deref().is_none_or(|o| o == office)
+        self.has_department(department) && self.is_office(office)
     }
 
     /// Limits a listing of cases (`domain::CASE_WORKFLOW`) to what [`Scope::sees`] lets
     /// through, in SQL: the same rule, as the store can apply it.
     pub fn limit_cases(&self, filter: &mut Filter) {
         filter.region_prefix = self.id_prefix();
-        if let Some(d) = &self.department {
-            filter.seen_by = Some((d.clone(), self.office.clone()));
+        if self.department.is_some() {
+            filter.seen_by = Some((self.departments(), self.offices()));
             filter.task_workflow = crate::domain::TASK_WORKFLOW.to_owned();
         }
     }
@@ -163,11 +204,11 @@ impl Scope {
     /// with `SC/`, so their listings apply [`Scope::sees`] to each row.
     pub fn limit_tasks(&self, filter: &mut Filter) {
         filter.region_prefix = self.id_prefix();
-        if let Some(d) = &self.department {
-            filter.vars.push(("department".into(), d.clone()));
+        if self.department.is_some() {
+            filter.vars_in.push(("department".into(), self.departments()));
         }
-        if let Some(o) = &self.office {
-            filter.vars.push(("office".into(), o.clone()));
+        if let Some(offices) = self.offices() {
+            filter.vars_in.push(("office".into(), offices));
         }
     }
 
@@ -186,6 +227,7 @@ mod tests {
             region: Some(region.to_owned()),
             department: department.map(str::to_owned),
             office: office.map(str::to_owned),
+            aliases: crate::auth::Aliases::default(),
         }
     }
 
@@ -233,6 +275,45 @@ mod tests {
         assert!(scope("3207", None, None).sees(&Seen::Other { id: "320703/x".into() }));
         assert!(!dept.sees(&Seen::approval("320700".into(), "审批局".into())));
         assert!(!office.sees(&Seen::approval("320700".into(), "市场监管局".into())));
+    }
+
+    #[test]
+    fn a_department_claimed_by_name_sees_what_carries_its_code_and_the_other_way_round() {
+        let imported = crate::catalog::import::import(
+            &crate::catalog::Catalogs::default(),
+            &crate::catalog::example_files(),
+            "test",
+            "",
+            0,
+        )
+        .expect("the example imports");
+        let catalogs = crate::catalog::Catalogs::new(imported.versions);
+        let coded = case("320700", "SPJ-320700", &[("SJJ-320700", "SJJ-FOOD")]);
+        let named = case("320700", "连云港市行政审批局", &[("连云港市市场监督管理局", "食品生产监督管理处")]);
+        let task = unit("320700", "SJJ-320700", "SJJ-FOOD");
+        for (department, office) in [
+            ("连云港市市场监督管理局", None),
+            ("SJJ-320700", None),
+            ("连云港市市场监督管理局", Some("食品生产监督管理处")),
+            ("SJJ-320700", Some("SJJ-FOOD")),
+        ] {
+            let mut s = scope("3207", Some(department), office);
+            assert!(!s.sees(&coded) || department == "SJJ-320700", "unresolved, a name does not match a code");
+            s.resolve(&catalogs);
+            assert!(s.sees(&coded) && s.sees(&named) && s.sees(&task), "{s}");
+            let mut filter = Filter::default();
+            s.limit_tasks(&mut filter);
+            assert!(filter.vars_in[0].1.contains(&"SJJ-320700".to_owned()), "{:?}", filter.vars_in);
+            assert!(filter.vars_in[0].1.contains(&"连云港市市场监督管理局".to_owned()), "{:?}", filter.vars_in);
+        }
+        // Another department, under any name, still sees nothing of these.
+        let mut fire = scope("3207", Some("连云港市消防救援支队"), None);
+        fire.resolve(&catalogs);
+        assert!(!fire.sees(&coded) && !fire.sees(&named) && !fire.sees(&task));
+        // The approving department by name sees its coded case.
+        let mut approver = scope("3207", Some("连云港市行政审批局"), None);
+        approver.resolve(&catalogs);
+        assert!(approver.sees(&coded));
     }
 
     #[test]

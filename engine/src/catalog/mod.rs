@@ -344,6 +344,49 @@ impl Catalogs {
             .collect()
     }
 
+    /// Every name the department `given` is known by: `given` itself and, when the organisation
+    /// catalog holds it by code or by name, its code and its name. A case accepted through the
+    /// catalogs carries codes; one accepted before them, or a token's claim, may carry a name.
+    /// A name is looked up only among departments whose region `in_scope` admits, and only when
+    /// one department there bears it (names repeat across regions; codes do not).
+    pub fn department_names(&self, given: &str, in_scope: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut names = vec![given.to_owned()];
+        let field = |row: &Row, f: &str| row.get(f).cloned().unwrap_or_default();
+        if let Some(row) = self.get(Kind::Departments, given) {
+            names.push(field(row, "name"));
+        } else {
+            let mut named = self.rows(Kind::Departments).iter().filter(|r| {
+                r.get("name").map(String::as_str) == Some(given) && in_scope(r.get("region").map_or("", String::as_str))
+            });
+            if let (Some(row), None) = (named.next(), named.next()) {
+                names.push(field(row, "code"));
+            }
+        }
+        names.retain(|n| !n.is_empty());
+        names.dedup();
+        names
+    }
+
+    /// Every name the office `given` is known by, as [`Catalogs::department_names`]: with
+    /// `departments` (each by all its names), a name is looked up among their offices only.
+    pub fn office_names(&self, given: &str, departments: Option<&[String]>) -> Vec<String> {
+        let mut names = vec![given.to_owned()];
+        let field = |row: &Row, f: &str| row.get(f).cloned().unwrap_or_default();
+        let ours = |row: &Row| departments.is_none_or(|ds| ds.iter().any(|d| row.get("department") == Some(d)));
+        if let Some(row) = self.get(Kind::Offices, given).filter(|r| ours(r)) {
+            names.push(field(row, "name"));
+        } else {
+            let mut named =
+                self.rows(Kind::Offices).iter().filter(|r| r.get("name").map(String::as_str) == Some(given) && ours(r));
+            if let (Some(row), None) = (named.next(), named.next()) {
+                names.push(field(row, "code"));
+            }
+        }
+        names.retain(|n| !n.is_empty());
+        names.dedup();
+        names
+    }
+
     /// The inspectors of an office, by code.
     pub fn inspectors(&self, office: &str) -> Vec<&Row> {
         self.rows(Kind::Inspectors).iter().filter(|r| r.get("office").map(String::as_str) == Some(office)).collect()

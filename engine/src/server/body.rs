@@ -6,8 +6,13 @@
 //! stream (600 streams: 716 MiB). Here memory follows the bytes that really arrived, counted
 //! against one budget for the whole server; a body that does not arrive within `body_timeout`
 //! (a trickling stream) is answered DEADLINE_EXCEEDED and its stream freed. Every domain call
-//! is unary, so nothing is lost by reading the message whole; the streaming services (health
-//! watch, reflection) are passed through.
+//! sends one message (Subscribe too: its request is one message, its answer a stream), so
+//! nothing is lost by reading the message whole; the streaming services (health watch,
+//! reflection) are passed through.
+//!
+//! The gate also marks each call in progress on its connection ([`Conns::call_started`]) until
+//! the response's body has ended, not merely until its headers are sent: a quiet `Subscribe`
+//! stream is a call in progress, and the connection's idle timeout must not cut it.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -101,12 +106,47 @@ pub struct GateService<S> {
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for GateService<S>
+/// A response body that keeps its call marked in progress until it ends or is dropped.
+struct Guarded {
+    body: tonic::body::Body,
+    _call: super::net::CallGuard,
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn guarded(
+    response: http::Response<tonic::body::Body>,
+    call: super::net::CallGuard,
+) -> http::Response<tonic::body::Body> {
+    response.map(|body| tonic::body::Body::new(Guarded { body, _call: call }))
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for GateService<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -128,9 +168,9 @@ where
                 .get::<TcpConnectInfo>()
                 .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(|t| t.get_ref()));
             let addr = info.and_then(TcpConnectInfo::remote_addr);
-            let _call = gate.conns.call_started(addr);
+            let call = gate.conns.call_started(addr);
             if !request.uri().path().starts_with("/shenguan.v1.") {
-                return inner.call(request).await;
+                return inner.call(request).await.map(|r| guarded(r, call));
             }
             let limit = if request.uri().path() == super::IMPORT_PATH {
                 gate.limits.max_import
@@ -151,7 +191,7 @@ where
                 }
             };
             let body = tonic::body::Body::new(http_body_util::Full::new(bytes));
-            inner.call(http::Request::from_parts(parts, body)).await
+            inner.call(http::Request::from_parts(parts, body)).await.map(|r| guarded(r, call))
         })
     }
 }

@@ -308,6 +308,9 @@ pub struct ConsumerCursor {
     /// The channels it wants (every channel when empty), recorded at each Subscribe; `None`
     /// keeps what is recorded (an acknowledgement).
     pub channels: Option<Vec<String>>,
+    /// From a Subscribe: the token of the stream it starts, told to every node in the same
+    /// transaction so that a stream for this consumer elsewhere ends (never stored).
+    pub stream: Option<String>,
 }
 
 /// A stream consumer as stored.
@@ -594,6 +597,8 @@ pub struct Filter {
     pub state: Option<String>,
     /// Variable equals text: (variable, value).
     pub vars: Vec<(String, String)>,
+    /// Variable equals one of these texts (none: nothing matches).
+    pub vars_in: Vec<(String, Vec<String>)>,
     /// Any of these boolean variables is true…
     pub any_true: Vec<String>,
     /// …or any of these boolean variables of one of its children (`<id>/T…` of workflow
@@ -614,8 +619,9 @@ pub struct Filter {
     /// region scope).
     pub region_prefix: Option<String>,
     /// Only cases a department sees: approved by it, or with a child (`task_workflow`) of
-    /// that department — and, with an office, only through a child of that office.
-    pub seen_by: Option<(String, Option<String>)>,
+    /// that department — and, with an office, only through a child of that office. Each is
+    /// given by all its names (a code and a name).
+    pub seen_by: Option<(Vec<String>, Option<Vec<String>>)>,
     /// Ids strictly after this one (paging).
     pub after: Option<String>,
     /// At most this many.

@@ -78,6 +78,22 @@ pub enum Notice {
     Calendar,
     /// Catalog versions were imported.
     Catalogs,
+    /// A stream consumer acknowledged up to an id.
+    Acked {
+        /// The consumer.
+        consumer: String,
+        /// Every message up to this id.
+        acked: u64,
+    },
+    /// A Subscribe started a stream for the consumer: its stream elsewhere ends.
+    Subscribed {
+        /// The consumer.
+        consumer: String,
+        /// The new stream's token.
+        stream: String,
+    },
+    /// An administrator dropped the consumer: its stream ends.
+    Dropped(String),
 }
 
 impl Notice {
@@ -92,6 +108,10 @@ impl Notice {
                 let list: Vec<String> = shards.iter().map(u32::to_string).collect();
                 format!("timers:{}", list.join(","))
             }
+            // Consumer names hold no ':' (see `check_consumer`); a token may.
+            Notice::Acked { consumer, acked } => format!("acked:{acked}:{consumer}"),
+            Notice::Subscribed { consumer, stream } => format!("stream:{consumer}:{stream}"),
+            Notice::Dropped(consumer) => format!("dropped:{consumer}"),
         }
     }
 
@@ -103,8 +123,22 @@ impl Notice {
             "calendar" => Some(Notice::Calendar),
             "catalogs" => Some(Notice::Catalogs),
             other => {
-                let list = other.strip_prefix("timers:")?;
-                list.split(',').map(|s| s.parse().ok()).collect::<Option<Vec<u32>>>().map(Notice::Timers)
+                let (kind, rest) = other.split_once(':')?;
+                match kind {
+                    "timers" => {
+                        rest.split(',').map(|s| s.parse().ok()).collect::<Option<Vec<u32>>>().map(Notice::Timers)
+                    }
+                    "acked" => {
+                        let (acked, consumer) = rest.split_once(':')?;
+                        Some(Notice::Acked { consumer: consumer.to_owned(), acked: acked.parse().ok()? })
+                    }
+                    "stream" => {
+                        let (consumer, stream) = rest.split_once(':')?;
+                        Some(Notice::Subscribed { consumer: consumer.to_owned(), stream: stream.to_owned() })
+                    }
+                    "dropped" => Some(Notice::Dropped(rest.to_owned())),
+                    _ => None,
+                }
             }
         }
     }
@@ -550,6 +584,15 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
                 .bind(&c.name),
         };
         query.execute(&mut *tx).await?;
+        // Told in the transaction: a node hears of it only once it is durable.
+        let notice = match &c.stream {
+            Some(stream) => Notice::Subscribed { consumer: c.name.clone(), stream: stream.clone() },
+            None => Notice::Acked { consumer: c.name.clone(), acked: c.acked },
+        };
+        notify(&mut tx, &notice).await?;
+    }
+    for name in &batch.dropped_consumers {
+        notify(&mut tx, &Notice::Dropped(name.clone())).await?;
     }
     if !batch.dropped_consumers.is_empty() {
         sqlx::query("DELETE FROM consumers WHERE name = ANY($1::text[])")
@@ -996,6 +1039,9 @@ impl ReadStore for PgReader {
         for (var, value) in &filter.vars {
             q.push(" AND vars ->> ").push_bind(var.clone()).push(" = ").push_bind(value.clone());
         }
+        for (var, values) in &filter.vars_in {
+            q.push(" AND vars ->> ").push_bind(var.clone()).push(" = ANY(").push_bind(values.clone()).push("::text[])");
+        }
         if !filter.any_true.is_empty() || !filter.any_task_true.is_empty() {
             q.push(" AND (false");
             for var in &filter.any_true {
@@ -1028,17 +1074,18 @@ impl ReadStore for PgReader {
                 .push(" AND id < ")
                 .push_bind(format!("{prefix}\u{10FFFF}"));
         }
-        if let Some((department, office)) = &filter.seen_by {
+        if let Some((departments, offices)) = &filter.seen_by {
             q.push(" AND (");
-            if office.is_none() {
-                q.push("vars ->> 'approval_department' = ").push_bind(department.clone()).push(" OR ");
+            if offices.is_none() {
+                q.push("vars ->> 'approval_department' = ANY(").push_bind(departments.clone()).push("::text[]) OR ");
             }
             q.push("EXISTS (SELECT 1 FROM instances s WHERE s.id > instances.id || '/T' AND s.id < instances.id || '/U' AND s.workflow = ")
                 .push_bind(filter.task_workflow.clone())
-                .push(" AND s.vars ->> 'department' = ")
-                .push_bind(department.clone());
-            if let Some(office) = office {
-                q.push(" AND s.vars ->> 'office' = ").push_bind(office.clone());
+                .push(" AND s.vars ->> 'department' = ANY(")
+                .push_bind(departments.clone())
+                .push("::text[])");
+            if let Some(offices) = offices {
+                q.push(" AND s.vars ->> 'office' = ANY(").push_bind(offices.clone()).push("::text[])");
             }
             q.push("))");
         }
@@ -1265,10 +1312,21 @@ mod tests {
 
     #[test]
     fn notices_read_back_and_unknown_ones_are_ignored() {
-        for n in [Notice::Outbox, Notice::Rescan, Notice::Calendar, Notice::Catalogs, Notice::Timers(vec![0, 7, 63])] {
+        for n in [
+            Notice::Outbox,
+            Notice::Rescan,
+            Notice::Calendar,
+            Notice::Catalogs,
+            Notice::Timers(vec![0, 7, 63]),
+            Notice::Acked { consumer: "监管平台-1".into(), acked: 42 },
+            Notice::Subscribed { consumer: "p.2".into(), stream: "a:b.7".into() },
+            Notice::Dropped("p_3".into()),
+        ] {
             assert_eq!(Notice::parse(&n.payload()), Some(n));
         }
         assert_eq!(Notice::parse("timers:1,x"), None);
         assert_eq!(Notice::parse("something new"), None);
+        assert_eq!(Notice::parse("acked:x:c"), None);
+        assert_eq!(Notice::parse("stream:no-token"), None);
     }
 }

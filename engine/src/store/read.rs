@@ -27,6 +27,20 @@ const MESSAGE_COLUMNS: &str =
     "id, key, instance_id, seq, channel, recipient, body, template, created_at, destination, status, \
      attempts, next_attempt_at, last_error, receipt, delivered_at, first_failed_at, kind, schema_version, data";
 
+/// ` IN (?, ?, …)` over `values`; none: a condition nothing meets.
+fn push_in(q: &mut QueryBuilder<'_, Sqlite>, values: &[String]) {
+    if values.is_empty() {
+        q.push(" IN (NULL)");
+        return;
+    }
+    q.push(" IN (");
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(v.clone());
+    }
+    q.push(")");
+}
+
 fn id_i64(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
@@ -226,6 +240,10 @@ impl ReadStore for Reader {
         for (var, value) in &filter.vars {
             q.push(" AND json_extract(vars, ").push_bind(format!("$.{var}")).push(") = ").push_bind(value);
         }
+        for (var, values) in &filter.vars_in {
+            q.push(" AND json_extract(vars, ").push_bind(format!("$.{var}")).push(")");
+            push_in(&mut q, values);
+        }
         if !filter.any_true.is_empty() || !filter.any_task_true.is_empty() {
             q.push(" AND (0");
             for var in &filter.any_true {
@@ -262,17 +280,20 @@ impl ReadStore for Reader {
                 .push(" AND id < ")
                 .push_bind(format!("{prefix}\u{10FFFF}"));
         }
-        if let Some((department, office)) = &filter.seen_by {
+        if let Some((departments, offices)) = &filter.seen_by {
             q.push(" AND (");
-            if office.is_none() {
-                q.push("json_extract(vars, '$.approval_department') = ").push_bind(department.clone()).push(" OR ");
+            if offices.is_none() {
+                q.push("json_extract(vars, '$.approval_department')");
+                push_in(&mut q, departments);
+                q.push(" OR ");
             }
             q.push("EXISTS (SELECT 1 FROM instances s WHERE s.id > instances.id || '/T' AND s.id < instances.id || '/U' AND s.workflow = ")
                 .push_bind(filter.task_workflow.clone())
-                .push(" AND json_extract(s.vars, '$.department') = ")
-                .push_bind(department.clone());
-            if let Some(office) = office {
-                q.push(" AND json_extract(s.vars, '$.office') = ").push_bind(office.clone());
+                .push(" AND json_extract(s.vars, '$.department')");
+            push_in(&mut q, departments);
+            if let Some(offices) = offices {
+                q.push(" AND json_extract(s.vars, '$.office')");
+                push_in(&mut q, offices);
             }
             q.push("))");
         }

@@ -179,3 +179,43 @@ fn hostile_files_are_refused_not_panicked_on() {
     let errors = import(&catalogs, &[csv("regions.csv", &many)], "t", "", 1).expect_err("too many rows");
     assert!(errors.len() <= MAX_ERRORS + 1, "the error list is capped: {}", errors.len());
 }
+
+#[test]
+fn a_department_and_an_office_are_known_by_code_and_by_name() {
+    let catalogs = example();
+    let anywhere = |_: &str| true;
+    assert_eq!(catalogs.department_names("SJJ-320700", anywhere), ["SJJ-320700", "连云港市市场监督管理局"]);
+    assert_eq!(catalogs.department_names("连云港市市场监督管理局", anywhere), ["连云港市市场监督管理局", "SJJ-320700"]);
+    // A name looked up outside the scope's regions, or not catalogued, is only itself.
+    assert_eq!(
+        catalogs.department_names("连云港市市场监督管理局", |r: &str| r.starts_with("3208")),
+        ["连云港市市场监督管理局"]
+    );
+    assert_eq!(catalogs.department_names("市场监管局", anywhere), ["市场监管局"]);
+    let sjj = catalogs.department_names("SJJ-320700", anywhere);
+    assert_eq!(catalogs.office_names("食品生产监督管理处", Some(&sjj)), ["食品生产监督管理处", "SJJ-FOOD"]);
+    assert_eq!(catalogs.office_names("SJJ-FOOD", Some(&sjj)), ["SJJ-FOOD", "食品生产监督管理处"]);
+    // Another department's office is not this department's, by code or by name.
+    assert_eq!(catalogs.office_names("防火监督处", Some(&sjj)), ["防火监督处"]);
+    assert_eq!(catalogs.office_names("XF-INSP", Some(&sjj)), ["XF-INSP"]);
+    assert_eq!(catalogs.office_names("防火监督处", None), ["防火监督处", "XF-INSP"]);
+}
+
+#[test]
+fn a_name_two_departments_bear_stands_for_neither() {
+    let departments = csv(
+        "departments.csv",
+        "code,name,region,side\n\
+         SJJ-320706,市场监督管理局,320706,supervision\n\
+         SJJ-320722,市场监督管理局,320722,supervision\n",
+    );
+    let regions = example_files().into_iter().find(|f| f.name == "regions.csv").expect("regions");
+    let imported = import(&Catalogs::default(), &[regions, departments], "t", "", 0).expect("imports");
+    let catalogs = Catalogs::new(imported.versions);
+    assert_eq!(catalogs.department_names("市场监督管理局", |_: &str| true), ["市场监督管理局"]);
+    // Within one county's scope the name is unique again.
+    assert_eq!(
+        catalogs.department_names("市场监督管理局", |r: &str| r.starts_with("320706")),
+        ["市场监督管理局", "SJJ-320706"]
+    );
+}

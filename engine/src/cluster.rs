@@ -70,6 +70,10 @@ pub struct Ownership {
     /// Shards whose lease moved on without this node handing them back, not yet told about:
     /// the node may have armed timers in them while it still thought it held them.
     taken: Mutex<Vec<u32>>,
+    /// Until when, on this node's monotonic clock, every lease held is surely still its own:
+    /// the start of the last round that renewed them, plus the lease time. The database judges
+    /// expiry by its own clock at the renewal, which is later, so this errs early.
+    sure_until: Mutex<Option<std::time::Instant>>,
     changed: watch::Sender<u64>,
 }
 
@@ -81,6 +85,7 @@ impl Ownership {
             shards: shards.max(1),
             held: Mutex::new(BTreeMap::new()),
             taken: Mutex::new(Vec::new()),
+            sure_until: Mutex::new(None),
             changed: watch::Sender::new(0),
         })
     }
@@ -102,6 +107,21 @@ impl Ownership {
     /// Whether the node holds `shard`.
     pub fn holds(&self, shard: u32) -> bool {
         self.lock().contains_key(&shard)
+    }
+
+    /// Whether the node holds `shard` and its lease surely has not expired meanwhile: what a
+    /// node must ask before it acts alone on a shard with nothing to fence it (sending what
+    /// shard 0's holder delivers). A node frozen past its lease, or cut off from the database,
+    /// stops at once, before its keeper learns that the lease moved.
+    pub fn surely_holds(&self, shard: u32) -> bool {
+        let sure = *self.sure_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.holds(shard) && sure.is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    /// Not told through `subscribe`: a renewal changes nothing held, and whoever asks
+    /// [`Ownership::surely_holds`] asks again before each act.
+    fn renewed(&self, until: std::time::Instant) {
+        *self.sure_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
     }
 
     /// Whether the node holds the shard of instance `id`.
@@ -233,6 +253,8 @@ impl Keeper {
     pub async fn tick(&self) -> Result<(), Error> {
         let node = &self.settings.node;
         let lease = ms(self.settings.lease);
+        // Before the first statement: the renewal below happens later on the database's clock.
+        let started = std::time::Instant::now();
         let now: i64 = sqlx::query_scalar(&format!(
             "INSERT INTO nodes (name, heartbeat_at, started_at) VALUES ($1, {DB_NOW}, {DB_NOW}) \
              ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at RETURNING heartbeat_at"
@@ -272,6 +294,7 @@ impl Keeper {
             .fetch_all(&self.pool)
             .await?
         };
+        self.ownership.renewed(started + self.settings.lease);
         let lost: Vec<u32> = held.iter().map(|(s, _)| *s).filter(|s| !renewed.contains(&i64::from(*s))).collect();
         if !lost.is_empty() {
             tracing::warn!(%node, shards = ?lost, "shard leases were taken over (this node missed its renewals)");
@@ -507,5 +530,23 @@ async fn pause(stop: &mut watch::Receiver<bool>) {
     tokio::select! {
         () = tokio::time::sleep(Duration::from_secs(1)) => {}
         _ = stop.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_surely_held_only_until_the_last_renewal_plus_the_lease_time() {
+        let o = Ownership::new("n1", 4);
+        o.gain(&[(0, 1)]);
+        assert!(o.holds(0));
+        assert!(!o.surely_holds(0), "never renewed: not sure");
+        o.renewed(std::time::Instant::now() + Duration::from_secs(60));
+        assert!(o.surely_holds(0) && !o.surely_holds(1));
+        // A node frozen past its lease: the renewal's time is over, whatever it still holds.
+        o.renewed(std::time::Instant::now().checked_sub(Duration::from_millis(1)).expect("an instant"));
+        assert!(o.holds(0) && !o.surely_holds(0));
     }
 }

@@ -273,7 +273,9 @@ impl Worker {
             // what may be in flight: a destination that does not answer then stops reading
             // (its messages wait in the database), instead of paying to hold every new one.
             let wanted = self.window.ready.len() < 2 * self.concurrency;
-            let leads = self.ownership.as_ref().is_none_or(|o| o.holds(0));
+            // Asked each turn: a node frozen past its lease, or cut off from the database, stops
+            // sending at once, before its keeper learns that shard 0 moved.
+            let leads = self.ownership.as_ref().is_none_or(|o| o.surely_holds(0));
             if reload_holds && leads && store_pause.is_none() {
                 match self.load_holds().await {
                     Ok(()) => reload_holds = false,

@@ -357,11 +357,14 @@ pub async fn run(
     )?;
     match reader.consumers().await {
         Ok(consumers) => {
-            for channel in crate::outbound::config::untaken(&options.outbound, &emitted, &consumers) {
+            // One line for them all: a bare server takes none, and eight lines said one thing.
+            let untaken = crate::outbound::config::untaken(&options.outbound, &emitted, &consumers);
+            if !untaken.is_empty() {
                 tracing::warn!(
-                    %channel,
-                    "the loaded workflows emit on this channel, but no destination and no stream consumer takes it: \
-                     its messages are kept for the retention period and then pruned unread"
+                    channels = %untaken.join(","),
+                    "the loaded workflows emit on these channels, but no destination and no stream consumer takes \
+                     them: their messages are kept for the retention period and then pruned unread (--outbound, or \
+                     EventsService.Subscribe)"
                 );
             }
         }

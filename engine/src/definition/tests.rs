@@ -151,6 +151,17 @@ fn each_kind_of_error_names_file_line_and_problem() {
         "terminal state `a` cannot have timers",
     );
     assert_error(&BASE.replace("terminal = [\"done\"]", "terminal = []"), "no terminal state");
+    // An ended instance takes notices only: back to itself, changing nothing.
+    let notice = |body: &str| format!("{BASE}\n[[transitions]]\nfrom = \"done\"\nevent = \"go\"\n{body}\n");
+    assert_eq!(errors_of(&notice("to = \"done\"")), Vec::<String>::new());
+    for body in [
+        "to = \"a\"",
+        "to = \"done\"\nset = { note = \"event.by\" }",
+        "to = \"done\"\narm = [{ name = \"t2\", at = \"now + 1 hour\", event = \"tick\" }]",
+        "to = \"done\"\ncancel = [\"t1\"]",
+    ] {
+        assert_error(&notice(body), "terminal state `done` can only take notices");
+    }
     assert_error(&BASE.replace("due = \"date\"", "due = \"datetime\""), "unknown type \"datetime\"");
     assert_error(&BASE.replace("version = 1", "version = 0"), "t.toml:3: version must be a whole number from 1");
     // TOML syntax and unknown keys: the parser's own message, with the line.

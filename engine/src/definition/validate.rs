@@ -329,8 +329,18 @@ fn build(raw: &RawDef, d: &mut Diags<'_>) -> Option<Definition> {
         for f in &from {
             match state_index.get(f) {
                 None => d.at(at, format!("unknown state `{f}` in `from`")),
+                // An ended instance may still be told something (a notice): it stays where it
+                // is, changes nothing and only emits.
                 Some(_) if terminal.contains(f) => {
-                    d.at(at, format!("terminal state `{f}` cannot have outgoing transitions"))
+                    if f != rt.to.get_ref() || !rt.set.is_empty() || !rt.arm.is_empty() || !rt.cancel.is_empty() {
+                        d.at(
+                            at,
+                            format!(
+                                "terminal state `{f}` can only take notices: a transition back to `{f}` that sets, \
+                                 arms and cancels nothing"
+                            ),
+                        );
+                    }
                 }
                 Some(_) => {}
             }

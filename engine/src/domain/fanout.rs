@@ -137,10 +137,12 @@ pub fn supervision_tasks(case: &Instance, actor: &str) -> Result<Vec<GroupItem>,
 
 /// The commands that tell every task of a revoked case: the one that asked for the revocation
 /// closes as revoked, the others are cancelled. Tasks that do not exist (the case was never
-/// licensed) or have already ended refuse, and are skipped.
+/// licensed) refuse, and are skipped.
 ///
 /// Each notice carries the revocation's reason and basis: with them the task tells its
-/// department's platform that the licence was revoked (`licence_revoked`).
+/// department's platform that the licence was revoked (`licence_revoked`) — a task already
+/// closed (compliant or rectified) too, and stays closed; one revoked or cancelled already
+/// refuses.
 pub fn revocation_notices(case: &Instance, actor: &str) -> Result<Vec<GroupItem>, WriteError> {
     let mut fields = serde_json::Map::new();
     for (field, var) in [("reason", "revoke_reason"), ("basis", "revoke_basis")] {

@@ -671,20 +671,19 @@ fn apply(
     let current = def.state(&instance.state);
     // A cron timer that fired: its schedule goes on (see below).
     let recurring = fired.and_then(|n| timer_spec(def, &instance.state, n)).filter(|s| is_cron(s));
-    let terminal = current.is_none_or(|s| s.terminal);
     let mut candidates = def.candidates(&instance.state, event).peekable();
     let mut chosen = None;
     let any = candidates.peek().is_some();
-    if !terminal {
-        for t in candidates {
-            let holds = match &t.guard {
-                None => true,
-                Some(g) => g.eval(&scope).map_err(|source| Rejection::Set { var: "guard".into(), source })?,
-            };
-            if holds {
-                chosen = Some(t);
-                break;
-            }
+    // A terminal state's only transitions are notices (validated: back to itself, changing
+    // nothing): an ended instance takes those and nothing else.
+    for t in candidates {
+        let holds = match &t.guard {
+            None => true,
+            Some(g) => g.eval(&scope).map_err(|source| Rejection::Set { var: "guard".into(), source })?,
+        };
+        if holds {
+            chosen = Some(t);
+            break;
         }
     }
 
@@ -700,7 +699,7 @@ fn apply(
 
     let Some(t) = chosen else {
         if fired.is_none() {
-            return Err(if any && !terminal {
+            return Err(if any {
                 Rejection::GuardRejected { state: instance.state.clone(), event: event.to_owned() }
             } else {
                 Rejection::InvalidTransition { state: instance.state.clone(), event: event.to_owned() }

@@ -21,6 +21,7 @@ mobile = "string?"
 touch = {}
 review = { fields = { grade = "string", score = "int?" } }
 close = {}
+revoked = { fields = { reason = "string?" } }
 remind = { internal = true }
 expire = { internal = true }
 chase = { internal = true }
@@ -81,6 +82,13 @@ to = "review"
 from = "*"
 event = "close"
 to = "closed"
+
+[[transitions]]
+from = "closed"
+event = "revoked"
+guard = "event.reason is set"
+to = "closed"
+emit = [{ channel = "office", type = "told", data = { case_id = "instance", reason = "event.reason" }, template = "{instance}: {event.reason}" }]
 "#;
 
 fn def() -> Definition {
@@ -207,6 +215,32 @@ fn guards_pick_the_first_transition_that_holds() {
         .instance;
     let r = decide(&def, Some(&open), &event("review", json!({"grade": "C"})), t0, &cals);
     assert_eq!(r, Err(Rejection::GuardRejected { state: "open".into(), event: "review".into() }));
+}
+
+#[test]
+fn an_ended_instance_takes_a_notice_stays_where_it_is_and_only_emits() {
+    let (def, cals) = (def(), cals());
+    let t0 = t("2026-09-28T10:00:00+08:00");
+    let open = decide(&def, None, &start(json!({"region": "320700", "due": "2026-10-09"})), t0, &cals)
+        .expect("start")
+        .instance;
+    let closed = decide(&def, Some(&open), &event("close", json!({})), t0, &cals).expect("close").instance;
+    let told = decide(&def, Some(&closed), &event("revoked", json!({"reason": "撤销"})), t0, &cals).expect("notice");
+    assert_eq!(told.instance.state, "closed");
+    assert_eq!(told.instance.vars, closed.vars, "a notice changes nothing");
+    assert!(told.instance.timers.is_empty() && told.arm.is_empty());
+    assert_eq!(told.outbox.len(), 1);
+    assert_eq!(told.outbox[0].body, "c1: 撤销");
+    // Without what its guard asks, the ended instance refuses, as it refuses every other event.
+    assert_eq!(
+        decide(&def, Some(&closed), &event("revoked", json!({})), t0, &cals).map(|t| t.instance.state),
+        Err(Rejection::GuardRejected { state: "closed".into(), event: "revoked".into() })
+    );
+    // An open instance has no such transition.
+    assert!(matches!(
+        decide(&def, Some(&open), &event("revoked", json!({"reason": "x"})), t0, &cals),
+        Err(Rejection::InvalidTransition { .. })
+    ));
 }
 
 #[test]

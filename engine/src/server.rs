@@ -12,12 +12,17 @@
 //! authenticator ([`crate::auth::layer`]) and the handler's authorisation. Health, reflection
 //! and `GET /metrics` are not authenticated: probes and scrapers carry no tokens.
 //!
+//! The same port answers JSON over HTTP ([`json`]: `POST /v1/<Service>/<Method>`, transcoded to
+//! the same gRPC routes, and `GET /openapi.json`).
+//!
 //! # Layout
 //! - this file: [`Options`], [`Security`], [`run`].
 //! - [`net`]: the accept loop, connection limits, idle and handshake timeouts.
 //! - [`body`]: the request-body gate.
+//! - [`json`]: JSON over HTTP and the OpenAPI document.
 
 pub mod body;
+pub mod json;
 pub mod net;
 pub mod pki;
 
@@ -461,7 +466,9 @@ pub async fn run(
     // Prometheus scrapes `GET /metrics` over HTTP/1.1 on the same port.
     let scrape = shared.clone();
     let refresh = Arc::new(GaugeRefresh::default());
-    let router = routes.into_axum_router().route(
+    // JSON over HTTP calls the same gRPC routes, interceptor and handlers.
+    let gateway = json::Gateway::new(routes.clone().into_axum_router(), &security.bodies);
+    let router = routes.into_axum_router().merge(gateway.routes()).route(
         "/metrics",
         axum::routing::get(move || {
             let (shared, refresh) = (scrape.clone(), refresh.clone());

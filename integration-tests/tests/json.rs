@@ -1,0 +1,243 @@
+//! JSON over HTTP on the serve listener (`POST /v1/<Service>/<Method>`, `GET /openapi.json`),
+//! against a real server over loopback: the answers are the gRPC answers, as JSON; refusals
+//! carry the gRPC code, its name and message with the mapped HTTP status; the same tokens and
+//! authorisation apply; malformed, oversized and hostile bodies are refused whole; a stream
+//! comes as Server-Sent Events.
+
+use anyhow::{ensure, Context, Result};
+use integration_tests::fixtures::accept;
+use integration_tests::{TestServer, Who};
+use prost::Message as _;
+use shenguan::proto::{self as pb, Route, Scenario};
+use shenguan::server::json;
+
+const START: &str = "2026-09-28T10:00:00+08:00";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().http1_only().build().expect("client")
+}
+
+/// POSTs `body` to `/v1/<path>` with an optional bearer token; answers the status, the JSON
+/// body (Null if none) and the headers.
+async fn post(
+    server: &TestServer,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value, reqwest::header::HeaderMap)> {
+    let mut request = client()
+        .post(format!("http://{}/v1/{path}", server.addr))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await?;
+    let value = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).context(text)? };
+    Ok((status, value, headers))
+}
+
+/// The gRPC answer `reply` as the gateway writes it.
+fn as_json<M: prost::Message>(reply: &M, service: &str, name: &str) -> serde_json::Value {
+    let text = json::encode_json(&json::method(service, name).expect("method").output(), reply.encode_to_vec().into())
+        .expect("encodes");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// An AcceptCase request as a JSON body, in proto3's JSON mapping.
+fn body(request: &pb::AcceptCaseRequest) -> String {
+    json::encode_json(
+        &json::method("IntakeService", "AcceptCase").expect("method").input(),
+        request.encode_to_vec().into(),
+    )
+    .expect("encodes")
+}
+
+#[tokio::test]
+async fn a_case_accepted_and_read_over_json_is_the_grpc_case() -> Result<()> {
+    let server = TestServer::start(START).await?;
+    let request = accept("JS-1", Route::Normal, Scenario::Unspecified);
+    let (status, accepted, headers) = post(&server, "IntakeService/AcceptCase", body(&request), None).await?;
+    ensure!(status == 200, "{status}: {accepted}");
+    ensure!(headers["content-type"].to_str()?.starts_with("application/json"));
+    ensure!(accepted["case"]["caseId"] == "320700/JS-1", "{accepted}");
+    ensure!(accepted["case"]["state"] == "awaiting_approval", "{accepted}");
+    // Answers in lowerCamelCase, with every field (defaults too).
+    ensure!(accepted["case"].get("unlinked") == Some(&serde_json::Value::Bool(false)), "{accepted}");
+
+    // GetCase over JSON is GetCase over gRPC.
+    let get = r#"{"caseId":"320700/JS-1"}"#;
+    let (status, over_json, _) = post(&server, "IntakeService/GetCase", get, None).await?;
+    ensure!(status == 200, "{status}: {over_json}");
+    let over_grpc = server.intake().get_case(pb::GetCaseRequest { case_id: "320700/JS-1".into() }).await?.into_inner();
+    ensure!(over_json == as_json(&over_grpc, "IntakeService", "GetCase"), "{over_json}");
+
+    // The same request again is the same answer (idempotent on the case number), as over gRPC.
+    let (status, again, _) = post(&server, "IntakeService/AcceptCase", body(&request), None).await?;
+    ensure!(status == 200 && again["case"]["caseId"] == "320700/JS-1", "{status}: {again}");
+
+    // A list, camelCase in.
+    let (status, listed, _) =
+        post(&server, "AdminService/QueryCases", r#"{"regionCode":"320700","page":{"pageSize":10}}"#, None).await?;
+    ensure!(status == 200, "{status}: {listed}");
+    ensure!(listed["cases"].as_array().is_some_and(|c| c.len() == 1), "{listed}");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn refusals_carry_the_grpc_code_name_and_message_with_the_mapped_http_status() -> Result<()> {
+    let server = TestServer::start(START).await?;
+    let mut bad = accept("JS-2", Route::Normal, Scenario::Unspecified);
+    bad.region_code = "32".into();
+    let grpc = server.intake().accept_case(bad.clone()).await.expect_err("refused over gRPC");
+    let (status, refused, _) = post(&server, "IntakeService/AcceptCase", body(&bad), None).await?;
+    ensure!(status == 400, "{status}: {refused}");
+    ensure!(refused["code"] == 3 && refused["status"] == "INVALID_ARGUMENT", "{refused}");
+    ensure!(refused["message"] == grpc.message(), "{refused} vs {}", grpc.message());
+    ensure!(refused["details"] == serde_json::json!([]), "{refused}");
+
+    let (status, missing, _) = post(&server, "IntakeService/GetCase", r#"{"caseId":"320700/NOPE"}"#, None).await?;
+    ensure!(status == 404 && missing["status"] == "NOT_FOUND", "{status}: {missing}");
+
+    // Nothing was written by the refusal.
+    let (status, listed, _) = post(&server, "AdminService/QueryCases", "{}", None).await?;
+    ensure!(status == 200 && listed["cases"] == serde_json::json!([]), "{listed}");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn the_same_tokens_and_roles_apply_and_the_request_id_is_recorded() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = TestServer::start_secured(START, &dir.path().join("j.db"), |_| {}, |_| {}).await?;
+    let key = server.key.clone().expect("dev key");
+    let request = body(&accept("JS-3", Route::Normal, Scenario::Unspecified));
+
+    let (status, e, _) = post(&server, "IntakeService/AcceptCase", request.clone(), None).await?;
+    ensure!(status == 401 && e["status"] == "UNAUTHENTICATED", "{status}: {e}");
+    let (status, e, _) = post(&server, "IntakeService/AcceptCase", request.clone(), Some("not-a-token")).await?;
+    ensure!(status == 401 && e["status"] == "UNAUTHENTICATED", "{status}: {e}");
+
+    let auditor = key.mint(&Who::new("auditor-1", "auditor", "320700", "", "").claims());
+    let (status, e, _) = post(&server, "IntakeService/AcceptCase", request.clone(), Some(&auditor)).await?;
+    ensure!(status == 403 && e["status"] == "PERMISSION_DENIED", "{status}: {e}");
+    ensure!(e["message"].as_str().is_some_and(|m| m.contains("the right intake is missing")), "{e}");
+
+    // A platform of another region: refused on the case's region, as over gRPC.
+    let elsewhere = key.mint(&Who::new("zwfw-320800", "platform", "320800", "", "").claims());
+    let (status, e, _) = post(&server, "IntakeService/AcceptCase", request.clone(), Some(&elsewhere)).await?;
+    ensure!(status == 403, "{status}: {e}");
+
+    let platform = key.mint(&Who::new("zwfw-320700", "platform", "320700", "", "").claims());
+    let response = client()
+        .post(format!("http://{}/v1/IntakeService/AcceptCase", server.addr))
+        .bearer_auth(&platform)
+        .header("x-request-id", "json-req-1")
+        .body(request)
+        .send()
+        .await?;
+    ensure!(response.status() == 200, "{}", response.text().await?);
+    let root = key.mint(&Who::new("root", "engine_admin", "", "", "").claims());
+    let (status, timeline, _) =
+        post(&server, "AdminService/GetTimeline", r#"{"caseId":"320700/JS-3"}"#, Some(&root)).await?;
+    ensure!(status == 200, "{status}: {timeline}");
+    let first = &timeline["entries"][0];
+    ensure!(first["principal"]["subject"] == "zwfw-320700", "recorded as the token's subject: {first}");
+    ensure!(first["requestId"] == "json-req-1", "the request id passed: {first}");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_hostile_bodies_are_refused_whole() -> Result<()> {
+    let server = TestServer::start(START).await?;
+    let cases = [
+        ("IntakeService/AcceptCase", "{".to_owned(), 400, "INVALID_ARGUMENT"),
+        ("IntakeService/AcceptCase", "[]".to_owned(), 400, "INVALID_ARGUMENT"),
+        ("IntakeService/AcceptCase", r#"{"caseNo":"X","nope":1}"#.to_owned(), 400, "INVALID_ARGUMENT"),
+        ("IntakeService/AcceptCase", r#"{"caseNo":5}"#.to_owned(), 400, "INVALID_ARGUMENT"),
+        ("IntakeService/AcceptCase", r#"{"route":"ROUTE_NO_SUCH"}"#.to_owned(), 400, "INVALID_ARGUMENT"),
+        (
+            "IntakeService/AcceptCase",
+            format!(r#"{{"caseNo":"{}"}}"#, "x".repeat(2 * 1024 * 1024)),
+            429,
+            "RESOURCE_EXHAUSTED",
+        ),
+        ("IntakeService/NoSuchMethod", "{}".to_owned(), 404, "NOT_FOUND"),
+        ("NoSuchService/AcceptCase", "{}".to_owned(), 404, "NOT_FOUND"),
+        ("grpc.health.v1.Health/Check", "{}".to_owned(), 404, "NOT_FOUND"),
+    ];
+    for (path, body, want, code) in cases {
+        let shown: String = body.chars().take(40).collect();
+        let (status, e, _) = post(&server, path, body, None).await?;
+        ensure!(status == want && e["status"] == code, "{path} {shown}: {status} {e}");
+    }
+    // A hostile applicant name is data like any other: stored and answered as it was sent.
+    let mut hostile = accept("JS-4", Route::Normal, Scenario::Unspecified);
+    if let Some(a) = hostile.applicant.as_mut() {
+        a.name = "<img src=x onerror=alert(1)>\"'\\u0000".into();
+    }
+    let (status, accepted, _) = post(&server, "IntakeService/AcceptCase", body(&hostile), None).await?;
+    ensure!(status == 200, "{status}: {accepted}");
+    ensure!(accepted["case"]["applicantName"] == "<img src=x onerror=alert(1)>\"'\\u0000", "{accepted}");
+    // Not JSON at all, and the wrong method.
+    let response = client()
+        .post(format!("http://{}/v1/IntakeService/GetCase", server.addr))
+        .header("content-type", "application/xml")
+        .body("<x/>")
+        .send()
+        .await?;
+    ensure!(response.status() == 400, "{}", response.status());
+    let response = client().get(format!("http://{}/v1/IntakeService/GetCase", server.addr)).send().await?;
+    ensure!(response.status() == 405, "{}", response.status());
+    // Nothing half-written: only the hostile case, which was valid, is there.
+    let (_, listed, _) = post(&server, "AdminService/QueryCases", "{}", None).await?;
+    ensure!(listed["cases"].as_array().map(Vec::len) == Some(1), "{listed}");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_path_and_a_stream_comes_as_server_sent_events() -> Result<()> {
+    let server = TestServer::start(START).await?;
+    let text = client().get(format!("http://{}/openapi.json", server.addr)).send().await?.text().await?;
+    let doc: serde_json::Value = serde_json::from_str(&text)?;
+    ensure!(doc["openapi"] == "3.1.0", "{}", doc["openapi"]);
+    for path in ["/v1/IntakeService/AcceptCase", "/v1/SupervisionService/ListTasks", "/v1/EventsService/Subscribe"] {
+        ensure!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+    ensure!(doc == json::document(), "the served document is the generated one");
+
+    let mut intake = server.intake();
+    intake.accept_case(accept("JS-5", Route::Normal, Scenario::Unspecified)).await?;
+    intake
+        .complete_approval(pb::CompleteApprovalRequest {
+            case_id: "320700/JS-5".into(),
+            license_no: "JY-JS-5".into(),
+            approval_opinion: "准予许可".into(),
+            document_refs: vec![],
+        })
+        .await?;
+    let mut response = client()
+        .post(format!("http://{}/v1/EventsService/Subscribe", server.addr))
+        .body(r#"{"consumer":"sse-1","maxInFlight":10}"#)
+        .send()
+        .await?;
+    ensure!(response.status() == 200, "{}", response.status());
+    ensure!(response.headers()["content-type"].to_str()?.starts_with("text/event-stream"));
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), response.chunk())
+            .await
+            .context("no event within 30 s")??
+            .context("the stream ended")?;
+        text.push_str(std::str::from_utf8(&chunk)?);
+    }
+    let first = text.split("\n\n").next().unwrap_or_default();
+    ensure!(first.starts_with("event: message\ndata: "), "{first}");
+    let event: serde_json::Value = serde_json::from_str(first.trim_start_matches("event: message\ndata: "))?;
+    ensure!(event["instanceId"].as_str().is_some_and(|i| i.starts_with("320700/JS-5")), "{event}");
+    ensure!(event["type"].as_str().is_some_and(|t| !t.is_empty()), "a typed record: {event}");
+    drop(response);
+    server.stop().await
+}

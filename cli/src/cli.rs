@@ -42,6 +42,9 @@ pub(crate) enum Command {
     /// Working-day calendar questions.
     #[command(subcommand)]
     Calendar(CalendarCommand),
+    /// Print the OpenAPI document of the JSON API, as `GET /openapi.json` serves it (the
+    /// repository keeps it in docs/openapi.json).
+    Openapi,
     /// Workflow definition tools.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
@@ -536,6 +539,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Calendar(cmd) => calendar(cmd),
         Command::Workflow(cmd) => workflow(cmd),
+        Command::Openapi => {
+            println!("{}", shenguan::server::json::document_text());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Case { conn, command } => crate::client::case(&conn, command).await,
         Command::Task { conn, command } => crate::client::task(&conn, command).await,
         Command::Stats { conn, args } => crate::client::stats(&conn, args).await,

@@ -340,9 +340,13 @@ fn sse(event: &str, data: &str) -> Bytes {
 }
 
 async fn openapi() -> Response {
+    ([(http::header::CONTENT_TYPE, HeaderValue::from_static(JSON))], document_text()).into_response()
+}
+
+/// [`document`] as pretty JSON text, made once.
+pub fn document_text() -> String {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
-    let text = DOCUMENT.get_or_init(|| serde_json::to_string_pretty(&document()).unwrap_or_default());
-    ([(http::header::CONTENT_TYPE, HeaderValue::from_static(JSON))], text.clone()).into_response()
+    DOCUMENT.get_or_init(|| serde_json::to_string_pretty(&document()).unwrap_or_default()).clone()
 }
 
 /// The OpenAPI 3.1 document of every JSON path, made from the proto descriptors.
@@ -483,6 +487,16 @@ mod tests {
             let name: String = reference.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             assert!(schemas.contains_key(&name), "{name} is named but not described");
         }
+    }
+
+    #[test]
+    fn the_repositorys_copy_of_the_document_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+        let kept = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            kept.trim_end() == document_text(),
+            "docs/openapi.json is not what the proto says: run `cargo run -- openapi > docs/openapi.json`"
+        );
     }
 
     #[test]

@@ -252,16 +252,14 @@ pub fn page(page: Option<&crate::proto::PageRequest>) -> Result<(u32, Option<Str
     if token.len() > 512 || token.len() % 2 != 0 || !token.iter().all(u8::is_ascii_hexdigit) {
         return Err(bad());
     }
-    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
-    let bytes: Option<Vec<u8>> = token.chunks(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect();
-    let after = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    let after = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
     Ok((size, Some(after)))
 }
 
 /// The token that continues after `last`.
 pub fn next_token(last: Option<&str>, full: bool) -> String {
     match last {
-        Some(id) if full => id.bytes().map(|b| format!("{b:02x}")).collect(),
+        Some(id) if full => hex::encode(id),
         _ => String::new(),
     }
 }

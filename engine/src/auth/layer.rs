@@ -120,7 +120,7 @@ fn normal_fingerprint(text: &str) -> Option<String> {
 /// The SHA-256 fingerprint of a DER certificate, lower-case hex.
 pub fn fingerprint(der: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(sha2::Sha256::digest(der))
 }
 
 /// A token bucket per principal.

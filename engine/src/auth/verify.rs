@@ -459,7 +459,7 @@ impl DevKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use std::io::Write as _;
                 let secret: [u8; 32] = rand_bytes();
-                let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+                let text = hex::encode(secret);
                 let mut options = std::fs::OpenOptions::new();
                 options.write(true).create_new(true);
                 #[cfg(unix)]
@@ -482,13 +482,9 @@ impl DevKey {
     }
 
     fn parse(text: &str) -> Option<DevKey> {
-        let text = text.trim();
-        if text.len() != 64 {
-            return None;
-        }
-        let secret: Option<Vec<u8>> =
-            (0..32).map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()).collect();
-        secret.map(|secret| DevKey { secret })
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut secret).ok()?;
+        Some(DevKey { secret: secret.to_vec() })
     }
 
     /// A token for `claims` signed with this key (`iss`/`aud` are set to the dev ones).

@@ -457,18 +457,7 @@ async fn a_dead_letter_retried_on_any_node_is_delivered_by_shard_zeros_holder() 
     .await
     .expect("receiver");
     let hook_url = hook.url();
-    let cluster = Cluster::start_with(url, 2, |dir| {
-        let secret = dir.join("hook.secret");
-        std::fs::write(&secret, "a shared secret for the cluster test").expect("secret");
-        let file = dir.join("outbound.toml");
-        let text = format!(
-            "[delivery]\nmax_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n\n[[destination]]\nname = \"platform\"\n\
-             kind = \"webhook\"\nurl = \"{hook_url}\"\nchannels = [\"supervision\"]\nsecret_file = {secret:?}\ntimeout_secs = 2\n"
-        );
-        std::fs::write(&file, text).expect("outbound file");
-        vec!["--outbound".to_owned(), file.display().to_string()]
-    })
-    .await;
+    let cluster = Cluster::start_with(url, 2, |dir| webhook_to(dir, &hook_url, "max_attempts = 2\n", "")).await;
     cluster.balanced(&["n1", "n2"]).await;
     let mut intake = cluster.intake().remove(0);
     intake.accept_case(fixtures::accept("DL-1", Route::Normal, Scenario::Unspecified)).await.expect("accept");
@@ -550,19 +539,7 @@ async fn a_node_that_loses_shard_zero_sends_nothing_more_from_its_window() {
         },
     );
     let hook_url = hook.url();
-    let cluster = Cluster::start_with(url, 2, |dir| {
-        let secret = dir.join("hook.secret");
-        std::fs::write(&secret, "a shared secret for the cluster test").expect("secret");
-        let file = dir.join("outbound.toml");
-        let text = format!(
-            "[delivery]\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n\n[[destination]]\nname = \"platform\"\n\
-             kind = \"webhook\"\nurl = \"{hook_url}\"\nchannels = [\"supervision\"]\nsecret_file = {secret:?}\n\
-             timeout_secs = 2\nconcurrency = 1\n"
-        );
-        std::fs::write(&file, text).expect("outbound file");
-        vec!["--outbound".to_owned(), file.display().to_string()]
-    })
-    .await;
+    let cluster = Cluster::start_with(url, 2, |dir| webhook_to(dir, &hook_url, "", "concurrency = 1\n")).await;
     cluster.balanced(&["n1", "n2"]).await;
     let holder: String = sqlx::query_scalar("SELECT owner FROM shard_leases WHERE shard = 0")
         .fetch_one(&cluster.pool)
@@ -611,6 +588,22 @@ async fn a_node_that_loses_shard_zero_sends_nothing_more_from_its_window() {
     assert_eq!(undelivered, 0, "every message delivered");
 }
 
+/// The `serve` arguments of an outbound configuration in `dir` with one webhook destination
+/// (`platform`, channel `supervision`, a 2 s timeout, quick back-off) at `url`; `delivery` and
+/// `destination` add lines to those sections.
+fn webhook_to(dir: &Path, url: &str, delivery: &str, destination: &str) -> Vec<String> {
+    let secret = dir.join("hook.secret");
+    std::fs::write(&secret, "a shared secret for the cluster test").expect("secret");
+    let file = dir.join("outbound.toml");
+    let text = format!(
+        "[delivery]\n{delivery}backoff_initial_ms = 10\nbackoff_max_ms = 50\n\n[[destination]]\nname = \"platform\"\n\
+         kind = \"webhook\"\nurl = \"{url}\"\nchannels = [\"supervision\"]\nsecret_file = {secret:?}\n\
+         timeout_secs = 2\n{destination}"
+    );
+    std::fs::write(&file, text).expect("outbound file");
+    vec!["--outbound".to_owned(), file.display().to_string()]
+}
+
 /// The next message of `stream`, or how it ended; panics if nothing comes within 30 s.
 async fn next_event(stream: &mut tonic::Streaming<pb::Event>) -> Result<pb::Event, tonic::Status> {
     match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
@@ -618,6 +611,15 @@ async fn next_event(stream: &mut tonic::Streaming<pb::Event>) -> Result<pb::Even
         Ok(Ok(None)) => Err(tonic::Status::unknown("the stream ended without a status")),
         Ok(Err(status)) => Err(status),
         Err(_) => panic!("nothing on the stream within 30 s"),
+    }
+}
+
+/// How `stream` ends, after whatever it still sends.
+async fn end_of(stream: &mut tonic::Streaming<pb::Event>) -> tonic::Status {
+    loop {
+        if let Err(status) = next_event(stream).await {
+            return status;
+        }
     }
 }
 
@@ -661,12 +663,7 @@ async fn a_streams_acks_take_overs_and_drop_on_another_node_reach_it() {
 
     // Taken over on n2: n1's stream ends, n2's resumes after the acknowledgement.
     let mut taken = on_n2.subscribe(subscribe(100)).await.expect("subscribe on n2").into_inner();
-    let ended = loop {
-        match next_event(&mut stream).await {
-            Ok(_) => continue,
-            Err(status) => break status,
-        }
-    };
+    let ended = end_of(&mut stream).await;
     assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
     assert!(ended.message().contains("taken over"), "{ended:?}");
     assert_eq!(next_event(&mut taken).await.expect("resumed").id, third.id);
@@ -674,12 +671,7 @@ async fn a_streams_acks_take_overs_and_drop_on_another_node_reach_it() {
     // Dropped through n1: n2's stream ends.
     let mut admin = AdminServiceClient::new(cluster.channel(&cluster.nodes[0]));
     admin.drop_consumer(pb::DropConsumerRequest { name: "platform".into() }).await.expect("drop");
-    let ended = loop {
-        match next_event(&mut taken).await {
-            Ok(_) => continue,
-            Err(status) => break status,
-        }
-    };
+    let ended = end_of(&mut taken).await;
     assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
     assert!(ended.message().contains("dropped"), "{ended:?}");
 }

@@ -217,14 +217,19 @@ fn guards_pick_the_first_transition_that_holds() {
     assert_eq!(r, Err(Rejection::GuardRejected { state: "open".into(), event: "review".into() }));
 }
 
+/// An instance started at `t0`, and the same instance closed.
+fn open_and_closed(def: &Definition, cals: &Calendars, t0: Millis) -> (Instance, Instance) {
+    let open =
+        decide(def, None, &start(json!({"region": "320700", "due": "2026-10-09"})), t0, cals).expect("start").instance;
+    let closed = decide(def, Some(&open), &event("close", json!({})), t0, cals).expect("close").instance;
+    (open, closed)
+}
+
 #[test]
 fn an_ended_instance_takes_a_notice_stays_where_it_is_and_only_emits() {
     let (def, cals) = (def(), cals());
     let t0 = t("2026-09-28T10:00:00+08:00");
-    let open = decide(&def, None, &start(json!({"region": "320700", "due": "2026-10-09"})), t0, &cals)
-        .expect("start")
-        .instance;
-    let closed = decide(&def, Some(&open), &event("close", json!({})), t0, &cals).expect("close").instance;
+    let (open, closed) = open_and_closed(&def, &cals, t0);
     let told = decide(&def, Some(&closed), &event("revoked", json!({"reason": "撤销"})), t0, &cals).expect("notice");
     assert_eq!(told.instance.state, "closed");
     assert_eq!(told.instance.vars, closed.vars, "a notice changes nothing");
@@ -247,10 +252,7 @@ fn an_ended_instance_takes_a_notice_stays_where_it_is_and_only_emits() {
 fn refusals_name_the_state_the_event_or_the_field() {
     let (def, cals) = (def(), cals());
     let t0 = t("2026-09-28T10:00:00+08:00");
-    let open = decide(&def, None, &start(json!({"region": "320700", "due": "2026-10-09"})), t0, &cals)
-        .expect("start")
-        .instance;
-    let closed = decide(&def, Some(&open), &event("close", json!({})), t0, &cals).expect("close").instance;
+    let (open, closed) = open_and_closed(&def, &cals, t0);
     let cases: Vec<(Option<&Instance>, Command, Rejection)> = vec![
         (
             Some(&closed),

@@ -467,7 +467,7 @@ pub async fn run(
     let scrape = shared.clone();
     let refresh = Arc::new(GaugeRefresh::default());
     // JSON over HTTP calls the same gRPC routes, interceptor and handlers.
-    let gateway = json::Gateway::new(routes.clone().into_axum_router(), &security.bodies);
+    let gateway = json::Gateway::new(routes.clone().into_axum_router());
     let router = routes.into_axum_router().merge(gateway.routes()).route(
         "/metrics",
         axum::routing::get(move || {

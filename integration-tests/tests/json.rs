@@ -346,3 +346,21 @@ async fn every_method_answers_over_json_as_it_answers_over_grpc() -> Result<()> 
     }
     server.stop().await
 }
+
+/// A JSON body is held by the same body gate as a gRPC message: counted against the server's
+/// budget for unfinished requests, and refused in JSON when it would pass it.
+#[tokio::test]
+async fn a_json_body_counts_against_the_servers_budget_for_unfinished_requests() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut security = shenguan::server::Security::open();
+    security.bodies.budget = 1_000;
+    let server = TestServer::start_with(START, &dir.path().join("b.db"), |_| {}, security, None).await?;
+    let small = r#"{"caseId":"320700/NOPE"}"#;
+    let (status, e, _) = post(&server, "IntakeService/GetCase", small, None).await?;
+    ensure!(status == 404, "a small body passes the gate: {status} {e}");
+    let big = format!(r#"{{"caseId":"{}"}}"#, "x".repeat(2_000));
+    let (status, e, _) = post(&server, "IntakeService/GetCase", big, None).await?;
+    ensure!(status == 429 && e["status"] == "RESOURCE_EXHAUSTED", "{status}: {e}");
+    ensure!(e["message"].as_str().is_some_and(|m| m.contains("limit of unfinished requests")), "{e}");
+    server.stop().await
+}

@@ -5,8 +5,9 @@
 //! headers announcing 1 MiB messages and nothing else made the server commit ~1.15 MiB per
 //! stream (600 streams: 716 MiB). Here memory follows the bytes that really arrived, counted
 //! against one budget for the whole server; a body that does not arrive within `body_timeout`
-//! (a trickling stream) is answered DEADLINE_EXCEEDED and its stream freed. Every domain call
-//! sends one message (Subscribe too: its request is one message, its answer a stream), so
+//! (a trickling stream) is answered DEADLINE_EXCEEDED and its stream freed. A JSON call
+//! (`/v1/…`, see [`super::json`]) is held to the same limits and the same budget, and refused in
+//! JSON. Every domain call sends one message (Subscribe too: its request is one message, its answer a stream), so
 //! nothing is lost by reading the message whole; the streaming services (health watch,
 //! reflection) are passed through.
 //!
@@ -169,25 +170,34 @@ where
                 .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(|t| t.get_ref()));
             let addr = info.and_then(TcpConnectInfo::remote_addr);
             let call = gate.conns.call_started(addr);
-            if !request.uri().path().starts_with("/shenguan.v1.") {
+            let path = request.uri().path();
+            let json = path.starts_with("/v1/");
+            if !json && !path.starts_with("/shenguan.v1.") {
                 return inner.call(request).await.map(|r| guarded(r, call));
             }
-            let limit = if request.uri().path() == super::IMPORT_PATH {
+            let limit = if path == super::IMPORT_PATH || path == super::json::IMPORT_PATH {
                 gate.limits.max_import
             } else {
                 gate.limits.max_message
+            };
+            // A refusal in the caller's own dialect.
+            let refuse = |status: Status| {
+                if json {
+                    super::json::refusal(&status).map(tonic::body::Body::new)
+                } else {
+                    status.into_http()
+                }
             };
             let (parts, body) = request.into_parts();
             let received = tokio::time::timeout(gate.limits.body_timeout, receive(body, &gate, limit)).await;
             let (bytes, _held) = match received {
                 Ok(Ok(v)) => v,
-                Ok(Err(status)) => return Ok(status.into_http()),
+                Ok(Err(status)) => return Ok(refuse(status)),
                 Err(_) => {
                     let secs = gate.limits.body_timeout.as_secs();
-                    return Ok(Status::deadline_exceeded(format!(
+                    return Ok(refuse(Status::deadline_exceeded(format!(
                         "the request message did not arrive within {secs} s"
-                    ))
-                    .into_http());
+                    ))));
                 }
             };
             let body = tonic::body::Body::new(http_body_util::Full::new(bytes));

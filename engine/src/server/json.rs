@@ -13,11 +13,10 @@
 //!
 //! Headers pass as gRPC metadata (`authorization`, `x-request-id`, `x-shenguan-on-behalf-of`),
 //! and the request keeps its connection's details (a TLS client certificate authenticates a JSON
-//! call as it does a gRPC one). A body is read whole within the same limits as a gRPC message
-//! (1 MiB; 32 MiB for `ImportCatalogs`) and time.
+//! call as it does a gRPC one). The body gate ([`super::body`]) has read the body whole, within
+//! the same limits, time and server-wide budget as a gRPC message, before it gets here.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -40,24 +39,19 @@ pub fn pool() -> &'static DescriptorPool {
     })
 }
 
-/// What the JSON routes need: the gRPC routes they call, and the body limits.
+/// The JSON path of `AdminService.ImportCatalogs`, the one call held to the larger limit.
+pub(crate) const IMPORT_PATH: &str = "/v1/AdminService/ImportCatalogs";
+
+/// What the JSON routes need: the gRPC routes they call.
 #[derive(Clone)]
 pub struct Gateway {
     grpc: axum::Router,
-    max_message: usize,
-    max_import: usize,
-    body_timeout: Duration,
 }
 
 impl Gateway {
-    /// Over `grpc` (the gRPC services' router), with the body limits of `limits`.
-    pub fn new(grpc: axum::Router, limits: &super::body::BodyLimits) -> Gateway {
-        Gateway {
-            grpc,
-            max_message: limits.max_message.saturating_sub(5),
-            max_import: limits.max_import.saturating_sub(5),
-            body_timeout: limits.body_timeout,
-        }
+    /// Over `grpc` (the gRPC services' router).
+    pub fn new(grpc: axum::Router) -> Gateway {
+        Gateway { grpc }
     }
 
     /// The routes: `POST /v1/{service}/{method}` and `GET /openapi.json`.
@@ -121,6 +115,11 @@ fn refuse(code: Code, message: impl AsRef<str>) -> Response {
     (http_status(code), [(http::header::CONTENT_TYPE, HeaderValue::from_static(JSON))], body).into_response()
 }
 
+/// `status` as a JSON call's answer (for the body gate, which refuses before this module runs).
+pub fn refusal(status: &tonic::Status) -> Response {
+    refuse(status.code(), status.message())
+}
+
 const JSON: &str = "application/json; charset=utf-8";
 
 /// Request headers that describe the HTTP exchange itself, not the call: never passed on.
@@ -163,18 +162,10 @@ async fn call(
             return refuse(Code::InvalidArgument, "send the request as application/json");
         }
     }
-    let limit = if name == "ImportCatalogs" { gw.max_import } else { gw.max_message };
-    let read = tokio::time::timeout(gw.body_timeout, http_body_util::Limited::new(body, limit).collect()).await;
-    let bytes = match read {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return refuse(Code::ResourceExhausted, format!("the request body is larger than {limit} bytes"));
-        }
-        Ok(Err(e)) => return refuse(Code::Cancelled, format!("the request body failed: {e}")),
-        Err(_) => {
-            let secs = gw.body_timeout.as_secs();
-            return refuse(Code::DeadlineExceeded, format!("the request body did not arrive within {secs} s"));
-        }
+    // Already whole in memory: the body gate read it.
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return refuse(Code::Cancelled, format!("the request body failed: {e}")),
     };
     let message = match decode_json(&method.input(), &bytes) {
         Ok(m) => m,

@@ -350,34 +350,34 @@ impl Catalogs {
     /// A name is looked up only among departments whose region `in_scope` admits, and only when
     /// one department there bears it (names repeat across regions; codes do not).
     pub fn department_names(&self, given: &str, in_scope: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut names = vec![given.to_owned()];
-        let field = |row: &Row, f: &str| row.get(f).cloned().unwrap_or_default();
-        if let Some(row) = self.get(Kind::Departments, given) {
-            names.push(field(row, "name"));
-        } else {
-            let mut named = self.rows(Kind::Departments).iter().filter(|r| {
-                r.get("name").map(String::as_str) == Some(given) && in_scope(r.get("region").map_or("", String::as_str))
-            });
-            if let (Some(row), None) = (named.next(), named.next()) {
-                names.push(field(row, "code"));
-            }
-        }
-        names.retain(|n| !n.is_empty());
-        names.dedup();
-        names
+        let named_in_scope = |r: &Row| in_scope(r.get("region").map_or("", String::as_str));
+        self.known_as(Kind::Departments, given, |_| true, named_in_scope)
     }
 
     /// Every name the office `given` is known by, as [`Catalogs::department_names`]: with
-    /// `departments` (each by all its names), a name is looked up among their offices only.
+    /// `departments` (each by all its names), it is looked up among their offices only.
     pub fn office_names(&self, given: &str, departments: Option<&[String]>) -> Vec<String> {
+        let ours = |row: &Row| departments.is_none_or(|ds| ds.iter().any(|d| row.get("department") == Some(d)));
+        self.known_as(Kind::Offices, given, ours, ours)
+    }
+
+    /// `given`, and the other name of the one row of `kind` it stands for: the row whose code
+    /// it is (if `by_code` admits it) gives its name, else the only row that `by_name` admits
+    /// and that bears it as its name gives its code.
+    fn known_as(
+        &self,
+        kind: Kind,
+        given: &str,
+        by_code: impl Fn(&Row) -> bool,
+        by_name: impl Fn(&Row) -> bool,
+    ) -> Vec<String> {
         let mut names = vec![given.to_owned()];
         let field = |row: &Row, f: &str| row.get(f).cloned().unwrap_or_default();
-        let ours = |row: &Row| departments.is_none_or(|ds| ds.iter().any(|d| row.get("department") == Some(d)));
-        if let Some(row) = self.get(Kind::Offices, given).filter(|r| ours(r)) {
+        if let Some(row) = self.get(kind, given).filter(|r| by_code(r)) {
             names.push(field(row, "name"));
         } else {
             let mut named =
-                self.rows(Kind::Offices).iter().filter(|r| r.get("name").map(String::as_str) == Some(given) && ours(r));
+                self.rows(kind).iter().filter(|r| r.get("name").map(String::as_str) == Some(given) && by_name(r));
             if let (Some(row), None) = (named.next(), named.next()) {
                 names.push(field(row, "code"));
             }

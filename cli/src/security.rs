@@ -118,7 +118,9 @@ pub(crate) fn server(args: &SecurityArgs, db: &Path, listen: SocketAddr) -> Resu
     } else {
         dev_mode(db, listen)?
     };
+    let dev_token = (!keyed).then(|| std::fs::read_to_string(beside(db, "dev-token")).ok()).flatten();
     let mut security = Security::with(Mode::Verify(Arc::new(verifier)));
+    security.dev_token = dev_token.map(|t| t.trim().to_owned());
     security.accounts = accounts;
     security.tls = tls;
     security.rate = args.rate_limit;

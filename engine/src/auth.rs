@@ -81,6 +81,10 @@ impl Role {
     /// Whether the role carries `right`. The table the role × RPC test walks.
     pub fn grants(self, right: Right) -> bool {
         use Right::*;
+        if right == ReadWorkflows {
+            // A definition says how every case runs, not what any case holds: every role reads it.
+            return true;
+        }
         match self {
             Role::EngineAdmin => true,
             // Administrators read what auditors read; department administrators also plan spot
@@ -158,6 +162,8 @@ pub enum Right {
     ManageSpotChecks,
     /// Read spot-check plans, runs and results (for publication).
     ReadSpotChecks,
+    /// Read workflow definitions (their states and transitions; no case data).
+    ReadWorkflows,
 }
 
 impl Right {
@@ -183,6 +189,7 @@ impl Right {
             Right::ReadEnterprise => "read_enterprise",
             Right::ManageSpotChecks => "manage_spot_checks",
             Right::ReadSpotChecks => "read_spot_checks",
+            Right::ReadWorkflows => "read_workflows",
         }
     }
 }

@@ -13,15 +13,18 @@
 //! and `GET /metrics` are not authenticated: probes and scrapers carry no tokens.
 //!
 //! The same port answers JSON over HTTP ([`json`]: `POST /v1/<Service>/<Method>`, transcoded to
-//! the same gRPC routes, and `GET /openapi.json`).
+//! the same gRPC routes, and `GET /openapi.json`) and serves the web console ([`console`],
+//! `GET /console/`: embedded assets that call the JSON routes).
 //!
 //! # Layout
 //! - this file: [`Options`], [`Security`], [`run`].
 //! - [`net`]: the accept loop, connection limits, idle and handshake timeouts.
 //! - [`body`]: the request-body gate.
 //! - [`json`]: JSON over HTTP and the OpenAPI document.
+//! - [`console`]: the web console's assets and its dev-mode sign-in.
 
 pub mod body;
+pub mod console;
 pub mod json;
 pub mod net;
 pub mod pki;
@@ -117,6 +120,9 @@ pub struct Security {
     pub streams_per_connection: u32,
     /// How often the key files are checked for changes.
     pub key_reload: std::time::Duration,
+    /// Dev mode's engine-admin token, offered to a browser on this machine by the console
+    /// (`None` with real token keys: the console then asks for a token).
+    pub dev_token: Option<String>,
 }
 
 impl Security {
@@ -139,6 +145,7 @@ impl Security {
             bodies: body::BodyLimits::default(),
             streams_per_connection: 256,
             key_reload: std::time::Duration::from_secs(2),
+            dev_token: None,
         }
     }
 }
@@ -468,7 +475,8 @@ pub async fn run(
     let refresh = Arc::new(GaugeRefresh::default());
     // JSON over HTTP calls the same gRPC routes, interceptor and handlers.
     let gateway = json::Gateway::new(routes.clone().into_axum_router());
-    let router = routes.into_axum_router().merge(gateway.routes()).route(
+    let console = console::Console::new(security.dev_token.clone());
+    let router = routes.into_axum_router().merge(gateway.routes()).merge(console.routes()).route(
         "/metrics",
         axum::routing::get(move || {
             let (shared, refresh) = (scrape.clone(), refresh.clone());

@@ -937,3 +937,57 @@ async fn mobile_numbers_are_normalised_at_intake_by_the_senders_rule() -> Result
     }
     server.stop().await
 }
+
+#[tokio::test]
+async fn get_workflow_draws_the_definition_a_case_and_its_task_run_on() -> Result<()> {
+    use shenguan::proto::GetWorkflowRequest;
+    let server = TestServer::start("2026-09-28T10:00:00+08:00").await?;
+    server.intake().accept_case(accept("WF-1", Route::Normal, Scenario::Unspecified)).await?;
+    let case = server
+        .intake()
+        .complete_approval(CompleteApprovalRequest {
+            case_id: "320700/WF-1".into(),
+            license_no: "JY-WF-1".into(),
+            approval_opinion: "同意".into(),
+            document_refs: vec!["doc://licence/1".into()],
+        })
+        .await?
+        .into_inner()
+        .case
+        .expect("case");
+    let task = case.tasks.first().expect("a task");
+    for (name, version, state) in
+        [(&case.workflow, case.workflow_version, &case.state), (&task.workflow, task.workflow_version, &task.state)]
+    {
+        assert!(!name.is_empty() && version > 0, "{name} v{version}");
+        let request = GetWorkflowRequest { name: name.clone(), version };
+        let def = server.admin().get_workflow(request).await?.into_inner();
+        assert_eq!((&def.name, def.version), (name, version));
+        // The state the instance is in is a state of the definition, and so are both ends of
+        // every transition.
+        let states: Vec<&str> = def.states.iter().map(|s| s.name.as_str()).collect();
+        assert!(states.contains(&state.as_str()) && states.contains(&def.initial.as_str()), "{states:?}");
+        for t in &def.transitions {
+            assert!(states.contains(&t.to.as_str()) && t.from.iter().all(|f| states.contains(&f.as_str())), "{t:?}");
+        }
+    }
+    // The task's deadlines are timers' transitions.
+    let def =
+        server.admin().get_workflow(GetWorkflowRequest { name: task.workflow.clone(), version: 0 }).await?.into_inner();
+    assert!(def.transitions.iter().any(|t| t.timer == "view_deadline"), "{:?}", def.transitions);
+
+    // Unknown, empty and hostile names are refused with the right code; the echo is bounded.
+    let long = "<script>".repeat(10_000);
+    for (name, version, code) in [
+        ("", 0, Code::InvalidArgument),
+        ("no_such_workflow", 0, Code::NotFound),
+        (task.workflow.as_str(), 999, Code::NotFound),
+        (long.as_str(), 0, Code::NotFound),
+    ] {
+        let e =
+            server.admin().get_workflow(GetWorkflowRequest { name: name.into(), version }).await.expect_err("refused");
+        assert_eq!(e.code(), code, "{name:.20} v{version}: {e:?}");
+        assert!(e.message().len() < 300, "{}", e.message().len());
+    }
+    server.stop().await
+}

@@ -264,7 +264,7 @@ fn parties() -> Vec<(&'static str, Who)> {
 
 /// Which parties may call each RPC, written out by hand from the issue (not derived from the
 /// code under test): `A` allowed, `-` PERMISSION_DENIED, in the order of [`parties`].
-const MATRIX: [(&str, &str); 24] = [
+const MATRIX: [(&str, &str); 25] = [
     ("AcceptCase", "A----A--"),
     ("SubmitMaterials", "A----A--"),
     ("CompleteApproval", "A----A--"),
@@ -289,6 +289,7 @@ const MATRIX: [(&str, &str); 24] = [
     ("DropConsumer", "A-------"),
     ("EventsService.Subscribe", "A----AA-"),
     ("EventsService.Ack", "A----AA-"),
+    ("GetWorkflow", "AAAAAAA-"),
 ];
 
 /// One call of `rpc` as `ch`; requests that pass authorisation fail validation or find nothing,
@@ -327,6 +328,9 @@ async fn call(rpc: &str, ch: Authed) -> tonic::Status {
             .await
             .map(|_| ()),
         "GetTimeline" => admin.get_timeline(pb::GetTimelineRequest { case_id: case }).await.map(|_| ()),
+        "GetWorkflow" => {
+            admin.get_workflow(pb::GetWorkflowRequest { name: "no_such_workflow".into(), version: 0 }).await.map(|_| ())
+        }
         "QueryCases" => admin.query_cases(pb::QueryCasesRequest::default()).await.map(|_| ()),
         "GetStatistics" => admin.get_statistics(pb::GetStatisticsRequest::default()).await.map(|_| ()),
         "AdvanceClock" => {

@@ -634,4 +634,30 @@ impl AdminService for Admin {
     ) -> Result<Response<crate::proto::SpotCheckPlan>, Status> {
         super::catalog::end_plan(&self.shared, request).await
     }
+
+    async fn get_workflow(
+        &self,
+        request: Request<crate::proto::GetWorkflowRequest>,
+    ) -> Result<Response<crate::proto::Workflow>, Status> {
+        authorize(&self.shared, &request, Right::ReadWorkflows)?;
+        let r = request.get_ref();
+        if r.name.is_empty() {
+            return Err(invalid("name", "required: a workflow's name (a case's or task's `workflow`)"));
+        }
+        let registry = self.shared.registry();
+        let def = match r.version {
+            0 => registry.latest(&r.name),
+            v => registry.get(&r.name, v),
+        };
+        let Some(def) = def else {
+            // Echo a bounded, quoted rendering only: the name is the caller's text.
+            let shown: String = r.name.chars().take(64).collect();
+            let what = match r.version {
+                0 => format!("{shown:?}"),
+                v => format!("{shown:?} version {v}"),
+            };
+            return Err(status::not_found("workflow", &what));
+        };
+        Ok(Response::new(view::workflow(def)))
+    }
 }

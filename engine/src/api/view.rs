@@ -95,6 +95,8 @@ pub fn task(registry: &Registry, row: &InstanceRow) -> proto::Task {
         updated_at: Some(instant(row.updated_at)),
         version: row.seq,
         variables: variables(registry, row),
+        workflow: row.workflow.clone(),
+        workflow_version: row.version,
     }
 }
 
@@ -125,6 +127,51 @@ pub fn case(registry: &Registry, row: &InstanceRow, task_rows: &[InstanceRow]) -
         version: row.seq,
         tasks,
         variables: variables(registry, row),
+        workflow: row.workflow.clone(),
+        workflow_version: row.version,
+    }
+}
+
+/// A definition as drawn: its states and transitions, each timer's transition marked.
+pub fn workflow(def: &crate::definition::Definition) -> proto::Workflow {
+    proto::Workflow {
+        name: def.name.clone(),
+        version: def.version,
+        description: def.description.clone(),
+        initial: def.initial.clone(),
+        states: def
+            .states
+            .iter()
+            .map(|s| proto::WorkflowState {
+                name: s.name.clone(),
+                description: s.description.clone(),
+                terminal: s.terminal,
+                timers: s.timers.iter().map(|t| t.name.clone()).collect(),
+            })
+            .collect(),
+        transitions: def
+            .transitions
+            .iter()
+            .map(|t| {
+                // The same reading as `shenguan workflow graph`: a transition is a timer's when a
+                // state it leaves arms a timer that sends its event.
+                let timer = t
+                    .from
+                    .iter()
+                    .filter_map(|from| def.state(from))
+                    .flat_map(|s| &s.timers)
+                    .find(|timer| timer.event == t.event)
+                    .map(|timer| timer.name.clone())
+                    .unwrap_or_default();
+                proto::WorkflowTransition {
+                    event: t.event.clone(),
+                    from: t.from.clone(),
+                    to: t.to.clone(),
+                    guard: t.guard_text.clone().unwrap_or_default(),
+                    timer,
+                }
+            })
+            .collect(),
     }
 }
 

@@ -365,6 +365,8 @@ pub fn document() -> serde_json::Value {
                 format!("/v1/{}/{}", service.name(), m.name()),
                 json!({ "post": {
                     "operationId": format!("{}_{}", service.name(), m.name()),
+                    "summary": format!("{}.{}", service.name(), m.name()),
+                    "description": comment(&m.parent_file(), m.path()),
                     "tags": [service.name()],
                     "requestBody": { "required": false, "content": { "application/json": {
                         "schema": { "$ref": format!("#/components/schemas/{}", m.input().name()) } } } },
@@ -396,9 +398,10 @@ pub fn document() -> serde_json::Value {
             } else {
                 one
             };
-            properties.insert(f.json_name().to_owned(), schema);
+            properties.insert(f.json_name().to_owned(), described(schema, comment(&f.parent_file(), f.path())));
         }
-        schemas.insert(m.name().to_owned(), json!({ "type": "object", "properties": properties }));
+        let schema = json!({ "type": "object", "properties": properties });
+        schemas.insert(m.name().to_owned(), described(schema, comment(&m.parent_file(), m.path())));
     }
     schemas.insert(
         "Error".to_owned(),
@@ -433,6 +436,30 @@ pub fn document() -> serde_json::Value {
     })
 }
 
+/// The comment written above the element at `path` of `file` in the proto, as one paragraph per
+/// blank-line-separated block ("" when there is none): the document says what the proto says.
+fn comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> String {
+    let Some(info) = file.file_descriptor_proto().source_code_info.as_ref() else { return String::new() };
+    let Some(text) = info.location.iter().find(|l| l.path == path).and_then(|l| l.leading_comments.as_deref()) else {
+        return String::new();
+    };
+    text.split("\n\n")
+        .map(|block| block.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+        .filter(|b| !b.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// `schema` with `description` set when the comment is not empty.
+fn described(mut schema: serde_json::Value, description: String) -> serde_json::Value {
+    if !description.is_empty() {
+        if let Some(object) = schema.as_object_mut() {
+            object.insert("description".into(), description.into());
+        }
+    }
+    schema
+}
+
 /// The JSON Schema of one value of `kind`, and the message it names (to describe too).
 fn field_schema(kind: &Kind) -> (serde_json::Value, Option<MessageDescriptor>) {
     use serde_json::json;
@@ -459,6 +486,18 @@ fn field_schema(kind: &Kind) -> (serde_json::Value, Option<MessageDescriptor>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_document_carries_the_protos_comments() {
+        let doc = document();
+        let accept = doc["paths"]["/v1/AdminService/GetWorkflow"]["post"]["description"].as_str().unwrap_or("");
+        assert!(accept.contains("Any authenticated caller"), "{accept}");
+        let case_id = doc["components"]["schemas"]["Case"]["properties"]["caseId"]["description"].as_str();
+        assert!(case_id.is_some_and(|d| d.contains("<region_code>/<case_no>")), "{case_id:?}");
+        let listing =
+            doc["components"]["schemas"]["ListDeadLettersRequest"]["properties"]["limit"]["description"].as_str();
+        assert!(listing.is_some_and(|d| d.contains("default 100")), "{listing:?}");
+    }
 
     #[test]
     fn every_method_has_a_path_and_every_schema_it_names_is_described() {

@@ -1,8 +1,9 @@
 //! JSON over HTTP on the serve listener (`POST /v1/<Service>/<Method>`, `GET /openapi.json`),
 //! against a real server over loopback: the answers are the gRPC answers, as JSON; refusals
-//! carry the gRPC code, its name and message with the mapped HTTP status; the same tokens and
-//! authorisation apply; malformed, oversized and hostile bodies are refused whole; a stream
-//! comes as Server-Sent Events.
+//! carry the gRPC code, its name and message with the mapped HTTP status; every method on its
+//! happy path answers as over gRPC (two twin servers, one called over JSON, one over gRPC); the
+//! same tokens and authorisation apply; malformed, oversized and hostile bodies are refused
+//! whole; a stream comes as Server-Sent Events.
 
 use anyhow::{ensure, Context, Result};
 use integration_tests::fixtures::accept;
@@ -363,4 +364,316 @@ async fn a_json_body_counts_against_the_servers_budget_for_unfinished_requests()
     ensure!(status == 429 && e["status"] == "RESOURCE_EXHAUSTED", "{status}: {e}");
     ensure!(e["message"].as_str().is_some_and(|m| m.contains("limit of unfinished requests")), "{e}");
     server.stop().await
+}
+
+/// A server for the happy-path comparison: tokens checked, supervision messages pushed to
+/// `hook` (which refuses them, so that there are dead letters to list, retry and discard).
+async fn twin(dir: &std::path::Path, hook: &str) -> Result<(TestServer, String)> {
+    use shenguan::auth::verify;
+    use shenguan::outbound::{Config, Destination, Kind, Policy};
+    let db = dir.join("twin.db");
+    let secret = dir.join("hook.secret");
+    std::fs::write(&secret, "a shared secret for the test receiver")?;
+    let key = verify::DevKey::load_or_create(&db.with_extension("dev-key"))?;
+    let admin = key.mint(&Who::new("root", "engine_admin", "", "", "").claims());
+    let verifier = verify::Verifier::new(verify::Config::dev(key.clone()))?;
+    let security = shenguan::server::Security::with(shenguan::auth::layer::Mode::Verify(std::sync::Arc::new(verifier)));
+    let outbound = Config {
+        delivery: Policy { max_attempts: 1, backoff_initial_ms: 10, backoff_max_ms: 50, ..Policy::default() },
+        destinations: vec![Destination {
+            name: "platform".into(),
+            kind: Kind::Webhook,
+            url: hook.into(),
+            channels: vec!["supervision".into()],
+            secret_file: Some(secret),
+            ca_file: None,
+            timeout_secs: 1,
+            concurrency: 4,
+            queue: 100,
+            rate_per_second: None,
+            on_dead_letter: shenguan::outbound::OnDeadLetter::Skip,
+        }],
+        ..Config::default()
+    };
+    let server = TestServer::start_full(START, &db, |_| {}, security, Some(key), outbound).await?;
+    Ok((server, admin))
+}
+
+/// What two servers may answer differently for the same calls: wall-clock times, delivery's
+/// progress (it runs beside the calls), and what a spot-check draw takes at random.
+fn settled(mut v: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map.contains_key("channel") && map.contains_key("recipient") {
+                    for k in ["state", "attempts", "lastError", "receipt", "deliveredAtMs"] {
+                        map.remove(k);
+                    }
+                }
+                for k in ["deadAtMs", "seed", "inspectors", "recordJson"] {
+                    map.remove(k);
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
+}
+
+/// The same call on the JSON twin and the gRPC twin; both must succeed, with the same answer.
+struct Twins {
+    json: TestServer,
+    json_token: String,
+    grpc: TestServer,
+    grpc_token: String,
+    called: std::collections::BTreeSet<String>,
+    step: usize,
+}
+
+impl Twins {
+    async fn call<M: prost::Message>(&mut self, service: &str, method: &str, request: &M) -> Result<serde_json::Value> {
+        self.step += 1;
+        let m = json::method(service, method).with_context(|| format!("no {service}/{method}"))?;
+        let bytes = bytes::Bytes::from(request.encode_to_vec());
+        let body = json::encode_json(&m.input(), bytes.clone()).map_err(anyhow::Error::msg)?;
+        let request_id = format!("happy-{}", self.step);
+        let response = client()
+            .post(format!("http://{}/v1/{service}/{method}", self.json.addr))
+            .header("content-type", "application/json")
+            .header("x-request-id", &request_id)
+            .bearer_auth(&self.json_token)
+            .body(body.clone())
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        ensure!(status == 200, "{service}/{method} {body} over JSON: {status} {text}");
+        let over_json: serde_json::Value = serde_json::from_str(&text)?;
+
+        let mut grpc = tonic::client::Grpc::new(self.grpc.channel.clone());
+        grpc.ready().await?;
+        let mut call = tonic::Request::new(bytes);
+        call.metadata_mut().insert("authorization", format!("Bearer {}", self.grpc_token).parse()?);
+        call.metadata_mut().insert("x-request-id", request_id.parse()?);
+        let path: http::uri::PathAndQuery = format!("/{}/{method}", m.parent_service().full_name()).parse()?;
+        let reply =
+            grpc.unary(call, path, Raw).await.map_err(|e| anyhow::anyhow!("{service}/{method} over gRPC: {e:?}"))?;
+        let over_grpc: serde_json::Value =
+            serde_json::from_str(&json::encode_json(&m.output(), reply.into_inner()).map_err(anyhow::Error::msg)?)?;
+        ensure!(
+            settled(over_json.clone()) == settled(over_grpc.clone()),
+            "{service}/{method}: over JSON {over_json}\n  over gRPC {over_grpc}"
+        );
+        self.called.insert(format!("{service}/{method}"));
+        Ok(over_json)
+    }
+
+    /// Both twins' dead letters, once each has `n`.
+    async fn dead_letters(&self, n: usize) -> Result<()> {
+        for (server, token) in [(&self.json, &self.json_token), (&self.grpc, &self.grpc_token)] {
+            let mut admin = pb::admin_service_client::AdminServiceClient::with_interceptor(
+                server.channel.clone(),
+                integration_tests::bearer(token),
+            );
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let dead = admin.list_dead_letters(pb::ListDeadLettersRequest::default()).await?.into_inner();
+                if dead.dead_letters.len() >= n {
+                    break;
+                }
+                ensure!(tokio::time::Instant::now() < deadline, "{} dead letters, not {n}", dead.dead_letters.len());
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every unary method once on its happy path, over JSON on one server and over gRPC on its twin
+/// (same clock, same calls, same request ids): the answers are the same, up to wall-clock times,
+/// delivery's progress and a draw's random choices. A method added to the proto without a step
+/// here fails the test.
+#[tokio::test]
+async fn every_method_on_its_happy_path_answers_over_json_as_over_grpc() -> Result<()> {
+    use integration_tests::fixtures::{catalogued, deferral, example_catalog, uscc};
+    let hook =
+        integration_tests::receiver::Receiver::start(|_, _| integration_tests::receiver::Answer::Status(400)).await?;
+    let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (json_server, json_token) = twin(a.path(), &hook.url()).await?;
+    let (grpc_server, grpc_token) = twin(b.path(), &hook.url()).await?;
+    let mut t =
+        Twins { json: json_server, json_token, grpc: grpc_server, grpc_token, called: Default::default(), step: 0 };
+    let code = uscc("91320700MA2000001");
+
+    // Cases before the catalogs (free-form items), then the organisation and catalogs.
+    let licence = |id: String| pb::CompleteApprovalRequest {
+        case_id: id,
+        license_no: "JY-H".into(),
+        approval_opinion: "准予许可".into(),
+        document_refs: vec![],
+    };
+    t.call("IntakeService", "AcceptCase", &deferral("H-2", "2026-10-30")).await?;
+    t.call("IntakeService", "SubmitMaterials", &pb::SubmitMaterialsRequest { case_id: "320700/H-2".into() }).await?;
+    t.call("IntakeService", "AcceptCase", &accept("H-3", Route::Normal, Scenario::Unspecified)).await?;
+    t.call("IntakeService", "CompleteApproval", &licence("320700/H-3".into())).await?;
+    let revoke = pb::RevokeApprovalRequest {
+        case_id: "320700/H-3".into(),
+        reason: "以欺骗手段取得许可".into(),
+        basis: "《行政许可法》第六十九条".into(),
+    };
+    t.call("IntakeService", "RevokeApproval", &revoke).await?;
+    let mut dry = example_catalog();
+    dry.dry_run = true;
+    t.call("AdminService", "ImportCatalogs", &dry).await?;
+    t.call("AdminService", "ImportCatalogs", &example_catalog()).await?;
+    let kind = |k: &str| pb::CatalogHistoryRequest { kind: k.into() };
+    t.call("AdminService", "CatalogHistory", &kind("linkage")).await?;
+    let export = pb::ExportCatalogRequest { kind: "linkage".into(), format: "csv".into(), version: 0 };
+    t.call("AdminService", "ExportCatalog", &export).await?;
+    t.call("AdminService", "ListLinkageProblems", &pb::ListLinkageProblemsRequest::default()).await?;
+
+    // Intake.
+    t.call("IntakeService", "AcceptCase", &catalogued("H-1", "FOOD-PROD-NEW", &code, "A")).await?;
+    let h1 = || "320700/H-1".to_string();
+    t.call("IntakeService", "GetCase", &pb::GetCaseRequest { case_id: h1() }).await?;
+    t.call("AdminService", "RelinkCase", &pb::RelinkCaseRequest { case_id: h1() }).await?;
+    let licensed = t.call("IntakeService", "CompleteApproval", &licence(h1())).await?;
+    ensure!(licensed["case"]["state"] == "licensed", "{licensed}");
+    let task = licensed["case"]["tasks"][0]["taskId"].as_str().context("a task")?.to_owned();
+
+    // Supervision.
+    t.call("SupervisionService", "ListTasks", &pb::ListTasksRequest::default()).await?;
+    t.call("SupervisionService", "AcknowledgeTask", &pb::AcknowledgeTaskRequest { task_id: task.clone() }).await?;
+    let inspected = pb::ReportInspectionRequest { task_id: task.clone(), finished_on: "2026-09-28".into() };
+    t.call("SupervisionService", "ReportInspection", &inspected).await?;
+    let result = pb::ReportResultRequest {
+        task_id: task.clone(),
+        outcome: pb::Outcome::NonCompliant as i32,
+        rectification_deadline: "2026-10-30".into(),
+        notes: "仓储温度超标".into(),
+    };
+    t.call("SupervisionService", "ReportResult", &result).await?;
+    let rectified = pb::ReportRectificationRequest { task_id: task, rectified: true, notes: "已整改".into() };
+    t.call("SupervisionService", "ReportRectification", &rectified).await?;
+
+    // What admins read.
+    t.call("AdminService", "GetTimeline", &pb::GetTimelineRequest { case_id: h1() }).await?;
+    t.call("AdminService", "QueryCases", &pb::QueryCasesRequest::default()).await?;
+    let year = pb::GetStatisticsRequest { region_code: "320700".into(), with_ids: true, ..Default::default() };
+    t.call("AdminService", "GetStatistics", &year).await?;
+    t.call("AdminService", "GetEnterpriseProfile", &pb::GetEnterpriseProfileRequest { credit_code: code }).await?;
+    t.call("AdminService", "GetWorkflow", &pb::GetWorkflowRequest { name: "approval_case".into(), version: 0 }).await?;
+    t.call("AdminService", "CalendarStatus", &pb::CalendarStatusRequest {}).await?;
+    let calendar = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/calendars/2026.toml"))?;
+    let load = pb::LoadCalendarRequest { name: "2026.toml".into(), text: calendar, dry_run: true, wait: false };
+    t.call("AdminService", "LoadCalendar", &load).await?;
+
+    // Dead letters: the hook refused every supervision message.
+    t.dead_letters(3).await?;
+    let dead = t.call("AdminService", "ListDeadLetters", &pb::ListDeadLettersRequest::default()).await?;
+    let keys: Vec<String> = dead["deadLetters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["message"]["key"].as_str())
+        .map(str::to_owned)
+        .collect();
+    ensure!(keys.len() >= 3, "{dead}");
+    t.call("AdminService", "RetryDeadLetter", &pb::RetryDeadLetterRequest { key: keys[0].clone() }).await?;
+    let some = |k: &str| pb::DeadLetterSelection { keys: vec![k.to_owned()], ..Default::default() };
+    t.call("AdminService", "RetryDeadLetters", &some(&keys[1])).await?;
+    t.call("AdminService", "DiscardDeadLetters", &some(&keys[2])).await?;
+
+    // A stream consumer: made by a Subscribe on each twin, then acknowledged, listed, dropped.
+    let mut first_id = 0;
+    for (server, token) in [(&t.json, &t.json_token), (&t.grpc, &t.grpc_token)] {
+        let mut events = pb::events_service_client::EventsServiceClient::with_interceptor(
+            server.channel.clone(),
+            integration_tests::bearer(token),
+        );
+        let request = pb::SubscribeRequest { consumer: "happy".into(), max_in_flight: 10, ..Default::default() };
+        let mut stream = events.subscribe(request).await?.into_inner();
+        let event = stream.message().await?.context("an event")?;
+        first_id = event.id;
+    }
+    t.call("EventsService", "Ack", &pb::AckRequest { consumer: "happy".into(), up_to: first_id }).await?;
+    t.call("AdminService", "ListConsumers", &pb::ListConsumersRequest {}).await?;
+    t.call("AdminService", "DropConsumer", &pb::DropConsumerRequest { name: "happy".into() }).await?;
+
+    // The generic engine.
+    let start = pb::StartRequest {
+        workflow: "bench_case".into(),
+        instance_id: "H-E1".into(),
+        vars_json: r#"{"reminder_at":"2026-10-01T09:00:00+08:00","deadline_at":"2026-10-02T09:00:00+08:00"}"#.into(),
+        request_id: "happy-start".into(),
+    };
+    t.call("EngineService", "Start", &start).await?;
+    let signal = pb::SignalRequest {
+        instance_id: "H-E1".into(),
+        event: "materials_submitted".into(),
+        fields_json: String::new(),
+        request_id: "happy-signal".into(),
+    };
+    t.call("EngineService", "Signal", &signal).await?;
+
+    // Spot checks: a plan, its first draw (the runner draws on its own once the clock is
+    // there), a result, the end.
+    let plan = pb::CreateSpotCheckPlanRequest {
+        code: "H-FOOD".into(),
+        region_code: "320700".into(),
+        name: "食品生产企业抽查".into(),
+        office: "SJJ-FOOD".into(),
+        supervision_item: "SJ-FOOD-PROD".into(),
+        schedule: "0 9 * * MON".into(),
+        working_days_only: false,
+        ratios: "A=1".into(),
+        inspectors_per_target: 1,
+    };
+    let plan = t.call("AdminService", "CreateSpotCheckPlan", &plan).await?;
+    let plan_id = plan["planId"].as_str().context("plan id")?.to_owned();
+    t.call("AdminService", "ListSpotCheckPlans", &pb::ListSpotCheckPlansRequest::default()).await?;
+    let to = pb::AdvanceClockRequest { by_millis: 0, to: "2026-10-05T09:00:01+08:00".into() };
+    t.call("AdminService", "AdvanceClock", &to).await?;
+    let runs = pb::ListSpotCheckRunsRequest { plan_id: plan_id.clone(), include_records: false };
+    for (server, token) in [(&t.json, &t.json_token), (&t.grpc, &t.grpc_token)] {
+        let mut admin = pb::admin_service_client::AdminServiceClient::with_interceptor(
+            server.channel.clone(),
+            integration_tests::bearer(token),
+        );
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while admin.list_spot_check_runs(runs.clone()).await?.into_inner().runs.is_empty() {
+            ensure!(tokio::time::Instant::now() < deadline, "no draw");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let drawn = t.call("AdminService", "ListSpotCheckRuns", &runs).await?;
+    let target = drawn["runs"][0]["targets"][0]["taskId"].as_str().context("a target")?.to_owned();
+    let report = pb::ReportSpotCheckResultRequest {
+        task_id: target,
+        outcome: "compliant".into(),
+        findings: "未发现问题".into(),
+    };
+    let reported = t.call("SupervisionService", "ReportSpotCheckResult", &report).await?;
+    ensure!(reported["result"] == "compliant" && reported["state"] == "closed", "{reported}");
+    t.call("AdminService", "EndSpotCheckPlan", &pb::EndSpotCheckPlanRequest { plan_id, reason: "季度结束".into() })
+        .await?;
+
+    // Every unary method was called.
+    let all: std::collections::BTreeSet<String> = json::pool()
+        .services()
+        .filter(|s| s.package_name() == "shenguan.v1")
+        .flat_map(|s| {
+            s.methods()
+                .filter(|m| !m.is_server_streaming() && !m.is_client_streaming())
+                .map(|m| format!("{}/{}", s.name(), m.name()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let missing: Vec<&String> = all.difference(&t.called).collect();
+    ensure!(missing.is_empty(), "no happy path over JSON for {missing:?}");
+    t.json.stop().await?;
+    t.grpc.stop().await
 }

@@ -914,6 +914,7 @@ pub(crate) async fn task(conn: &Conn, cmd: TaskCommand) -> Result<ExitCode> {
                     office: office.unwrap_or_default(),
                     state: state.unwrap_or_default(),
                     overdue_only: overdue,
+                    missed: String::new(),
                     page: Some(proto::PageRequest { page_size: limit, page_token: String::new() }),
                 })
                 .await

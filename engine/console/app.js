@@ -364,6 +364,7 @@ async function casesPage(params) {
     field("受理止", el("input", { name: "to", type: "date", value: p("to") })),
     field("案件编号", el("input", { name: "caseNo", value: p("caseNo"), size: 16 })),
     field("统一社会信用代码", el("input", { name: "creditCode", value: p("creditCode"), size: 20 })),
+    field("承诺到期（工作日内）", el("input", { name: "due", type: "number", min: 0, max: 60, value: p("due"), size: 4 })),
     field("仅逾期", el("input", { name: "overdue", type: "checkbox", checked: p("overdue") === "1" }), "check"),
     el("button", { type: "submit" }, "查询"),
   );
@@ -374,7 +375,7 @@ async function casesPage(params) {
       const id = v.caseNo.includes("/") ? v.caseNo : `${v.region}/${v.caseNo}`;
       return go("/case/" + id);
     }
-    go("/cases", { region: v.region, department: v.department, state: v.state, route: v.route, from: v.from, to: v.to, creditCode: v.creditCode, overdue: v.overdue ? "1" : "", q: "1" });
+    go("/cases", { region: v.region, department: v.department, state: v.state, route: v.route, from: v.from, to: v.to, creditCode: v.creditCode, due: v.due, overdue: v.overdue ? "1" : "", q: "1" });
   });
   const results = el("div", { id: "results" });
   show(el("h1", {}, "案件查询"), el("section", { class: "card" }, form), results);
@@ -387,12 +388,13 @@ async function casesPage(params) {
     applicantCode: p("creditCode"),
     acceptedFrom: p("from"),
     acceptedTo: p("to"),
+    route: p("route"),
+    commitmentDueWithinWorkingDays: Number(p("due") || 0),
     page: { pageSize: 50, pageToken: p("page") },
   };
   try {
     const reply = await api("AdminService", "QueryCases", request);
-    // The route is a property of the case the query does not filter on: narrowed here.
-    const cases = (reply.cases || []).filter((k) => !p("route") || k.route === p("route"));
+    const cases = reply.cases || [];
     results.replaceChildren(
       caseTable(cases),
       reply.nextPageToken ? el("p", {}, link("#/cases?" + new URLSearchParams({ ...Object.fromEntries(params), page: reply.nextPageToken }).toString(), "下一页")) : null,
@@ -631,22 +633,21 @@ async function boardsPage(params) {
   });
   const board = el("div", { class: "board", id: "board" });
   show(el("h1", {}, "部门看板"), el("section", { class: "card" }, form), board);
-  const tile = (title, count, href, note) =>
-    el("div", { class: "tile" }, el("div", { class: "muted" }, title), el("div", { class: "count" }, href ? link(href, String(count)) : String(count)), note ? el("div", { class: "muted" }, note) : null);
+  const tile = (id, title, count, href, note) =>
+    el("div", { class: "tile", "data-tile": id }, el("div", { class: "muted" }, title), el("div", { class: "count" }, href ? link(href, String(count)) : String(count)), note ? el("div", { class: "muted" }, note) : null);
   try {
-    const [overdue, reminded, unviewed, results] = await Promise.all([
-      api("AdminService", "QueryCases", { regionCode: region, approvalDepartment: department, state: "overdue", page: { pageSize: 500 } }),
-      api("AdminService", "QueryCases", { regionCode: region, approvalDepartment: department, state: "reminded", page: { pageSize: 500 } }),
-      api("SupervisionService", "ListTasks", { regionCode: region, department, state: "pushed", overdueOnly: true, page: { pageSize: 500 } }),
-      api("SupervisionService", "ListTasks", { regionCode: region, department, overdueOnly: true, page: { pageSize: 500 } }),
+    const [soon, overdue, unviewed, results] = await Promise.all([
+      api("AdminService", "QueryCases", { regionCode: region, approvalDepartment: department, commitmentDueWithinWorkingDays: 3, page: { pageSize: 200 } }),
+      api("AdminService", "QueryCases", { regionCode: region, approvalDepartment: department, state: "overdue", page: { pageSize: 200 } }),
+      api("SupervisionService", "ListTasks", { regionCode: region, department, state: "pushed", missed: "view", page: { pageSize: 200 } }),
+      api("SupervisionService", "ListTasks", { regionCode: region, department, missed: "result", page: { pageSize: 200 } }),
     ]);
-    const more = (r) => (r.nextPageToken ? "+" : "");
-    const resultsLate = (results.tasks || []).filter((t) => ["viewed", "inspected", "rectifying"].includes(t.state));
+    const count = (list, r) => list.length + (r.nextPageToken ? "+" : "");
     board.replaceChildren(
-      tile("承诺即将到期（已提醒）", (reminded.cases || []).length + more(reminded), "#/cases?" + new URLSearchParams({ region, department, state: "reminded", q: "1" }), "截止前一个工作日已提醒申请人"),
-      tile("承诺已逾期", (overdue.cases || []).length + more(overdue), "#/cases?" + new URLSearchParams({ region, department, state: "overdue", q: "1" })),
-      tile("超期未认领任务", (unviewed.tasks || []).length + more(unviewed), "#/inbox?" + new URLSearchParams({ region, department, state: "pushed", overdue: "1" })),
-      tile("结果超期任务", resultsLate.length + more(results), "#/inbox?" + new URLSearchParams({ region, department, overdue: "1" })),
+      tile("due-soon", "3 个工作日内到期的承诺", count(soon.cases || [], soon), "#/cases?" + new URLSearchParams({ region, department, due: "3", q: "1" }), "按官方工作日历计算"),
+      tile("overdue", "已逾期的承诺", count(overdue.cases || [], overdue), "#/cases?" + new URLSearchParams({ region, department, state: "overdue", q: "1" })),
+      tile("unviewed", "3 个工作日内未认领的任务", count(unviewed.tasks || [], unviewed), "#/inbox?" + new URLSearchParams({ region, department, state: "pushed", missed: "view" })),
+      tile("results-late", "结果反馈超期的任务", count(results.tasks || [], results), "#/inbox?" + new URLSearchParams({ region, department, missed: "result" })),
     );
   } catch (e) {
     board.replaceChildren(errorBox(e));
@@ -666,13 +667,14 @@ async function inboxPage(params) {
     field("部门", el("input", { name: "department", value: p("department") || c.department || "", size: 16 })),
     field("处室", el("input", { name: "office", value: p("office") || c.office || "", size: 12 })),
     field("状态", select("state", [["", "全部"], ...TASK_STATES.map((s) => [s, stateName(s)])], p("state"))),
+    field("超期", select("missed", [["", "不限"], ["view", "认领超期"], ["result", "结果反馈超期"], ["rectification", "整改超期"]], p("missed"))),
     field("仅逾期", el("input", { name: "overdue", type: "checkbox", checked: p("overdue") === "1" }), "check"),
     el("button", { type: "submit" }, "查询"),
   );
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const v = formValues(form);
-    go("/inbox", { region: v.region, department: v.department, office: v.office, state: v.state, overdue: v.overdue ? "1" : "" });
+    go("/inbox", { region: v.region, department: v.department, office: v.office, state: v.state, missed: v.missed, overdue: v.overdue ? "1" : "" });
   });
   const list = el("div", { id: "tasks" });
   const message = el("div", { id: "inbox-message" });
@@ -683,6 +685,7 @@ async function inboxPage(params) {
     office: p("office") || c.office || "",
     state: p("state"),
     overdueOnly: p("overdue") === "1",
+    missed: p("missed"),
     page: { pageSize: 100 },
   });
   const act = async (method, body, done) => {

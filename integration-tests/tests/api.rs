@@ -991,3 +991,51 @@ async fn get_workflow_draws_the_definition_a_case_and_its_task_run_on() -> Resul
     }
     server.stop().await
 }
+
+#[tokio::test]
+async fn the_boards_queries_commitments_due_within_working_days_by_route_and_tasks_by_missed_deadline() -> Result<()> {
+    // Monday 2 November 2026: three working days on are Tuesday to Thursday (5 November).
+    let server = TestServer::start("2026-11-02T10:00:00+08:00").await?;
+    for (no, deadline) in [("D-1", "2026-11-04"), ("D-2", "2026-11-05"), ("D-3", "2026-11-06"), ("D-4", "2026-11-20")] {
+        server.intake().accept_case(deferral(no, deadline)).await?;
+    }
+    server.intake().accept_case(accept("N-1", Route::Normal, Scenario::Unspecified)).await?;
+    let licence = CompleteApprovalRequest {
+        case_id: "320700/N-1".into(),
+        license_no: "JY-N-1".into(),
+        approval_opinion: "同意".into(),
+        document_refs: vec![],
+    };
+    server.intake().complete_approval(licence).await?;
+    let ids = |cases: Vec<Case>| cases.into_iter().map(|c| c.case_id).collect::<Vec<_>>();
+    let due = |n: u32| QueryCasesRequest { commitment_due_within_working_days: n, ..Default::default() };
+    let soon = server.admin().query_cases(due(3)).await?.into_inner().cases;
+    assert_eq!(ids(soon), ["320700/D-1", "320700/D-2"]);
+    let month = server.admin().query_cases(due(20)).await?.into_inner().cases;
+    assert_eq!(ids(month).len(), 4);
+    // A commitment whose materials came in is no longer waiting.
+    server.intake().submit_materials(SubmitMaterialsRequest { case_id: "320700/D-1".into() }).await?;
+    let soon = server.admin().query_cases(due(3)).await?.into_inner().cases;
+    assert_eq!(ids(soon), ["320700/D-2"]);
+
+    let route = |r: &str| QueryCasesRequest { route: r.into(), ..Default::default() };
+    assert_eq!(server.admin().query_cases(route("commitment")).await?.into_inner().cases.len(), 4);
+    assert_eq!(ids(server.admin().query_cases(route("normal")).await?.into_inner().cases), ["320700/N-1"]);
+    for bad in [route("express"), due(61)] {
+        let e = server.admin().query_cases(bad).await.expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+
+    // The task of N-1 is not viewed: after its three working days it missed the view deadline,
+    // not the result deadline.
+    let missed = |m: &str| ListTasksRequest { missed: m.into(), ..Default::default() };
+    assert!(server.supervision().list_tasks(missed("view")).await?.into_inner().tasks.is_empty());
+    server.advance_to("2026-11-06T10:00:00+08:00").await?;
+    let late = server.supervision().list_tasks(missed("view")).await?.into_inner().tasks;
+    assert_eq!(late.len(), 1);
+    assert!(late[0].task_id.starts_with("320700/N-1/"), "{late:?}");
+    assert!(server.supervision().list_tasks(missed("result")).await?.into_inner().tasks.is_empty());
+    let e = server.supervision().list_tasks(missed("lunch")).await.expect_err("refused");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    server.stop().await
+}

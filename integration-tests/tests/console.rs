@@ -233,6 +233,8 @@ async fn an_official_signs_in_finds_a_case_reads_its_timeline_and_a_hostile_name
     // The enterprise's profile by its credit code lists the case.
     let code = browser.text("#case-table tr[data-case='320700/WEB-1'] td:nth-child(3)").await?;
     browser.open(&server, &format!("#/enterprise?code={code}")).await?;
+    // `#profile` is on the page before its answer: wait for what the answer fills in.
+    browser.wait("#profile dl.facts").await?;
     let profile = browser.text("#profile").await?;
     ensure!(profile.contains("320700/WEB-1") && profile.contains(HOSTILE), "{profile}");
     browser.screenshot("enterprise").await?;
@@ -241,11 +243,19 @@ async fn an_official_signs_in_finds_a_case_reads_its_timeline_and_a_hostile_name
     let calendar = browser.text("#calendars").await?;
     ensure!(calendar.contains("全国") && calendar.contains("正式"), "{calendar}");
     browser.screenshot("calendar").await?;
-    // The department's board counts the task not yet viewed only once it is late: none yet.
+    // The department's board counts the task not viewed within its three working days once
+    // they have passed (National Day in between: 8 October), and links to it.
     browser.open(&server, "#/boards?region=320700").await?;
-    let board = browser.text("#board").await?;
-    ensure!(board.contains("承诺已逾期") && board.contains("超期未认领任务"), "{board}");
+    ensure!(browser.text("[data-tile=unviewed] .count").await? == "0");
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(server.as_who(&engine_admin()));
+    admin.advance_clock(pb::AdvanceClockRequest { by_millis: 0, to: "2026-10-09T10:00:00+08:00".into() }).await?;
+    browser.open(&server, "#/boards?region=320700&x=1").await?;
+    let count = browser.wait("[data-tile=unviewed] .count a").await?;
+    ensure!(count.text().await? == "1", "{}", browser.main_text().await);
     browser.screenshot("board").await?;
+    count.click().await?;
+    let listed = browser.text("#task-table").await?;
+    ensure!(listed.contains("320700/WEB-1/T"), "{listed}");
     browser.close().await?;
     server.stop().await
 }

@@ -56,6 +56,9 @@ const MAX_IDS: u64 = 10_000;
 /// Figures per group, each with its count and (when asked for) its ids.
 type Sheet = BTreeMap<Group, BTreeMap<Fig, (u64, Vec<String>)>>;
 
+/// The farthest a "commitments due soon" query looks, in working days (three months).
+const MAX_DUE_WITHIN: u32 = 60;
+
 /// Most dead letters one bulk retry or discard changes.
 const MAX_BULK: usize = 10_000;
 
@@ -203,7 +206,7 @@ impl AdminService for Admin {
         let region = if r.region_code.is_empty() { "national".to_owned() } else { r.region_code.clone() };
         if !r.region_code.is_empty() {
             check("region_code", domain::check_region(&r.region_code))?;
-            filter.vars.push(("region".into(), r.region_code.clone()));
+            filter.in_region(&r.region_code);
         }
         if !r.approval_department.is_empty() {
             check("approval_department", domain::check_text(&r.approval_department, 128))?;
@@ -226,6 +229,29 @@ impl AdminService for Admin {
                 return Err(invalid("state", format!("unknown state {:?}; one of {}", r.state, states.join(", "))));
             }
             filter.state = Some(r.state.clone());
+        }
+        if !r.route.is_empty() {
+            if !["normal", "commitment"].contains(&r.route.as_str()) {
+                return Err(invalid("route", format!("{:?} is not a route: normal or commitment", r.route)));
+            }
+            filter.vars.push(("route".into(), r.route.clone()));
+        }
+        if r.commitment_due_within_working_days > 0 {
+            let n = r.commitment_due_within_working_days;
+            if n > MAX_DUE_WITHIN {
+                return Err(invalid(
+                    "commitment_due_within_working_days",
+                    format!("{n} is more than {MAX_DUE_WITHIN} working days"),
+                ));
+            }
+            let calendars = self.shared.calendars();
+            let calendar = calendars.region(&region);
+            let today = self.shared.today(calendar);
+            let due_by =
+                calendar.add_working_days(today, n).map_err(|e| invalid("commitment_due_within_working_days", e))?;
+            // Waiting for the materials: the states the reminder and the deadline run in.
+            filter.states_in = domain::COMMITMENT_WAITING.iter().map(|s| (*s).to_owned()).collect();
+            filter.vars_at_most.push(("commitment_deadline".into(), due_by.to_string()));
         }
         if r.provisional_only {
             filter.provisional = true;

@@ -94,7 +94,7 @@ impl SupervisionService for Supervision {
         who.scope().limit_tasks(&mut filter);
         if !r.region_code.is_empty() {
             check("region_code", domain::check_region(&r.region_code))?;
-            filter.vars.push(("region".into(), r.region_code.clone()));
+            filter.in_region(&r.region_code);
         }
         // Asked by code or by name, found by either.
         let catalogs = self.shared.context().catalogs.current();
@@ -123,6 +123,13 @@ impl SupervisionService for Supervision {
         }
         if r.overdue_only {
             filter.any_true = domain::TASK_BREACHES.iter().map(|s| (*s).to_owned()).collect();
+        }
+        if !r.missed.is_empty() {
+            let flag = domain::task_breach(&r.missed).ok_or_else(|| {
+                invalid("missed", format!("{:?} is not a task deadline: view, result or rectification", r.missed))
+            })?;
+            // Narrower than `overdue_only` (any of the three), so it replaces it.
+            filter.any_true = vec![flag.to_owned()];
         }
         let rows = self.shared.reader.list(&filter).await.map_err(|e| status::read_error(&e))?;
         let full = rows.len() as u32 == size;

@@ -111,6 +111,15 @@ pub const DOMAIN_WORKFLOWS: [&str; 4] =
 
 /// The breach flags of a supervision task.
 pub const TASK_BREACHES: [&str; 3] = ["ack_breached", "result_breached", "rectification_breached"];
+/// The breach flag of the task deadline a caller names: "view", "result" or "rectification".
+pub fn task_breach(deadline: &str) -> Option<&'static str> {
+    let i = ["view", "result", "rectification"].iter().position(|d| *d == deadline)?;
+    Some(TASK_BREACHES[i])
+}
+
+/// The states of a case waiting for the materials it committed to (the reminder and the
+/// commitment deadline run in them).
+pub const COMMITMENT_WAITING: [&str; 2] = ["commitment_pending", "reminded"];
 /// The breach flag of a case (its commitment deadline).
 pub const CASE_BREACH: &str = "deadline_breached";
 /// Set on a case whose commitment deadline was counted on a provisional calendar.

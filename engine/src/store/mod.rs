@@ -595,6 +595,11 @@ pub struct Filter {
     pub workflow: String,
     /// Exact state.
     pub state: Option<String>,
+    /// One of these states (empty: any).
+    pub states_in: Vec<String>,
+    /// Variable at most this text, compared as text: (variable, bound); for `YYYY-MM-DD`
+    /// dates, on or before. An instance without the variable does not match.
+    pub vars_at_most: Vec<(String, String)>,
     /// Variable equals text: (variable, value).
     pub vars: Vec<(String, String)>,
     /// Variable equals one of these texts (none: nothing matches).
@@ -626,6 +631,20 @@ pub struct Filter {
     pub after: Option<String>,
     /// At most this many.
     pub limit: Option<u32>,
+}
+
+impl Filter {
+    /// Only the instances of one region: the variable, and the range of ids it implies (a case
+    /// id, and so its tasks' ids, start with `<region>/`), so that a listing reads that region's
+    /// part of the primary key instead of the whole workflow. A scope already narrower, or
+    /// disjoint, stays: the variable alone then decides.
+    pub fn in_region(&mut self, region: &str) {
+        self.vars.push(("region".into(), region.to_owned()));
+        let prefix = format!("{region}/");
+        if self.region_prefix.as_deref().is_none_or(|scope| prefix.starts_with(scope)) {
+            self.region_prefix = Some(prefix);
+        }
+    }
 }
 
 /// The read side of storage: what the API's queries and `admin verify` need, and all they may

@@ -1042,6 +1042,17 @@ impl ReadStore for PgReader {
         for (var, values) in &filter.vars_in {
             q.push(" AND vars ->> ").push_bind(var.clone()).push(" = ANY(").push_bind(values.clone()).push("::text[])");
         }
+        if !filter.states_in.is_empty() {
+            q.push(" AND state = ANY(").push_bind(filter.states_in.clone()).push("::text[])");
+        }
+        for (var, bound) in &filter.vars_at_most {
+            // COLLATE "C": compared byte by byte, as SQLite compares text.
+            q.push(" AND (vars ->> ")
+                .push_bind(var.clone())
+                .push(") COLLATE \"C\" <= ")
+                .push_bind(bound.clone())
+                .push(" COLLATE \"C\"");
+        }
         if !filter.any_true.is_empty() || !filter.any_task_true.is_empty() {
             q.push(" AND (false");
             for var in &filter.any_true {

@@ -41,6 +41,13 @@
 //! GetCase's latency against the same calls without the scrapes, and how often the scrapes
 //! read the database. Prints one JSON line.
 //!
+//! `--console N --db PATH [--server-exe EXE]` times the web console's heaviest pages (issue 24)
+//! as the console loads them (their JSON calls sent together) over N cases — the statistics
+//! benchmark's data with 3 % of commitments and 4 % of tasks still open —, written to PATH
+//! first if it does not exist. `--json-intake [--cases N] [--rounds R] [--concurrency C]`
+//! alternates R rounds of N AcceptCase calls over gRPC and over JSON on one server and prints
+//! the ratio of the median rates.
+//!
 //! `--stats N --db PATH [--server-exe EXE]` measures GetStatistics at scale (issue 21): N cases
 //! and their tasks written straight into PATH (once; kept for the next run), then `EXE serve
 //! PATH` (default this binary; another version's `load` gives the before figure on the same
@@ -65,6 +72,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+#[path = "load/console.rs"]
+mod console;
 
 struct Args {
     smoke: bool,
@@ -223,6 +233,15 @@ async fn spawn_exe<S: AsRef<std::ffi::OsStr>>(exe: &Path, args: &[S]) -> Result<
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(ServerProcess { child, addr, pid })
+}
+
+/// Answers once the server at `addr` says it is serving.
+async fn ready(addr: &str) -> Result<()> {
+    let channel = connect(addr).await?;
+    let status =
+        HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
+    ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "not serving");
+    Ok(())
 }
 
 async fn connect(addr: &str) -> Result<Ch> {
@@ -839,6 +858,17 @@ async fn main() -> Result<()> {
         let db = after("--db").context("--stats needs --db PATH (kept: the before and after runs share it)")?;
         let exe = after("--server-exe").map_or_else(std::env::current_exe, Ok)?;
         return stats(n.parse()?, &db, &exe).await;
+    }
+    if let Some(n) = raw.iter().position(|a| a == "--console").and_then(|i| raw.get(i + 1)) {
+        let db = after("--db").context("--console needs --db PATH (kept: a million cases take minutes to write)")?;
+        let exe = after("--server-exe").map_or_else(std::env::current_exe, Ok)?;
+        return console::console(n.parse()?, &db, &exe).await;
+    }
+    if raw.iter().any(|a| a == "--json-intake") {
+        let n = after("--cases").map_or(Ok(5_000), |v| v.to_string_lossy().parse::<usize>())?;
+        let rounds = after("--rounds").map_or(Ok(5), |v| v.to_string_lossy().parse::<usize>())?;
+        let concurrency = after("--concurrency").map_or(Ok(64), |v| v.to_string_lossy().parse::<usize>())?;
+        return console::json_intake(n, rounds, concurrency).await;
     }
     if raw.iter().any(|a| a == "--abuse") {
         let prefill = after("--prefill").map_or(Ok(200_000), |v| v.to_string_lossy().parse::<usize>())?;
@@ -1864,23 +1894,16 @@ async fn stats(n: usize, db: &Path, exe: &Path) -> Result<()> {
     use shenguan::proto::admin_service_client::AdminServiceClient;
     use shenguan::proto::GetStatisticsRequest;
     let serve = |db: &Path| vec![std::ffi::OsString::from("serve"), db.as_os_str().to_owned()];
-    let ready = |addr: String| async move {
-        let channel = connect(&addr).await?;
-        let status =
-            HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
-        ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "not serving");
-        anyhow::Ok(())
-    };
     if !db.exists() {
         // The schema of the build that reads it first: an older one refuses a newer schema.
         let mut server = spawn_exe(exe, &serve(db)).await?;
-        ready(server.addr.clone()).await?;
+        ready(&server.addr).await?;
         server.child.kill().await?;
-        stats_prefill(db, n).await?;
+        stats_prefill(db, n, false).await?;
     }
     let started = Instant::now();
     let mut server = spawn_exe(exe, &serve(db)).await?;
-    ready(server.addr.clone()).await?;
+    ready(&server.addr).await?;
     let start = started.elapsed();
     // The reply before counters listed every id: over 100 MB at a million cases, past any
     // default limit. Measured anyway, so the limit is lifted; the reply's size is reported.
@@ -1933,7 +1956,7 @@ async fn stats(n: usize, db: &Path, exe: &Path) -> Result<()> {
 
 /// The rows of [`stats`]: cases and their tasks as the engine stores them, with the variables
 /// the figures read, spread over 2026 by a fixed pseudo-random sequence (the same every run).
-async fn stats_prefill(db: &Path, n: usize) -> Result<()> {
+async fn stats_prefill(db: &Path, n: usize, open: bool) -> Result<()> {
     const REGIONS: [&str; 7] = ["320700", "320703", "320706", "320707", "320722", "320723", "320724"];
     const APPROVERS: [&str; 8] = [
         "市行政审批局",
@@ -1992,7 +2015,24 @@ async fn stats_prefill(db: &Path, n: usize) -> Result<()> {
             } else if commitment {
                 vars["deadline_breached"] = true.into();
             }
-            let state = if revoked { "revoked" } else { "licensed" };
+            let mut state = if revoked { "revoked" } else { "licensed" };
+            // For the console: 3 % of the cases still open on a commitment (pending, reminded
+            // the day before, overdue), their deadlines in December.
+            if open && !revoked && commitment {
+                match pick(i, 10) % 34 {
+                    0 => state = "commitment_pending",
+                    1 => state = "reminded",
+                    2 => {
+                        state = "overdue";
+                        vars["deadline_breached"] = true.into();
+                    }
+                    _ => {}
+                }
+                if state != "licensed" {
+                    vars["commitment_deadline"] = format!("2026-12-{:02}", 1 + pick(i, 11) % 28).into();
+                    vars.as_object_mut().map(|v| v.remove("commitment_outcome"));
+                }
+            }
             rows.push((id.clone(), "approval_case", state, vars.to_string(), at));
             if revoked {
                 continue;
@@ -2025,7 +2065,32 @@ async fn stats_prefill(db: &Path, n: usize) -> Result<()> {
                     _ => t["result"] = "compliant".into(),
                 }
             }
-            rows.push((format!("{id}/T1"), "supervision_task", "closed", t.to_string(), at));
+            // For the console: 2 % of the tasks not yet viewed (half of them late), 2 % viewed
+            // and waiting for a result.
+            let task_state = match pick(i, 12) % 50 {
+                0 if open => {
+                    t.as_object_mut().map(|v| {
+                        v.remove("viewed_at");
+                        v.remove("result");
+                        v.remove("result_late");
+                        v.remove("ack_late")
+                    });
+                    if pick(i, 13) % 2 == 0 {
+                        t["ack_breached"] = true.into();
+                    }
+                    "pushed"
+                }
+                1 if open => {
+                    t.as_object_mut().map(|v| {
+                        v.remove("result");
+                        v.remove("result_late");
+                        v.remove("rectified")
+                    });
+                    "viewed"
+                }
+                _ => "closed",
+            };
+            rows.push((format!("{id}/T1"), "supervision_task", task_state, t.to_string(), at));
         }
         let mut tx = conn.begin().await?;
         for chunk in rows.chunks(2_000) {
@@ -2049,6 +2114,10 @@ async fn stats_prefill(db: &Path, n: usize) -> Result<()> {
         tx.commit().await?;
         done = (done + 1_000).min(n);
     }
+    // Written behind the engine's back: its next start counts them into the figures' counters
+    // (as it does for a database older than the counters), else GetStatistics would see none.
+    sqlx::query("DELETE FROM figure_counts").execute(&mut conn).await?;
+    sqlx::query("DELETE FROM figure_counts_built").execute(&mut conn).await?;
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
     println!(
         "wrote {n} cases and their tasks in {:.0} s; database {:.2} GiB",

@@ -350,9 +350,19 @@ impl AdminService for Admin {
             let (created_from, created_before) =
                 (figures::start_of(first), last.succ_opt().and_then(figures::start_of));
             for workflow in [domain::TASK_WORKFLOW, domain::CASE_WORKFLOW] {
+                // `wanted` decides; these only narrow the read to the rows it may keep.
+                let (department_var, office) = match workflow {
+                    domain::TASK_WORKFLOW => ("department", offices.as_ref()),
+                    _ => ("approval_department", None),
+                };
+                let vars_in = [(department_var, departments.as_ref()), ("office", office)]
+                    .into_iter()
+                    .filter_map(|(var, names)| Some((var.to_owned(), names?.clone())))
+                    .collect();
                 let filter = Filter {
                     workflow: workflow.into(),
                     vars: query.region.iter().map(|x| ("region".to_owned(), x.clone())).collect(),
+                    vars_in,
                     created_from,
                     created_before,
                     region_prefix: scope.id_prefix(),

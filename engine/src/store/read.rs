@@ -331,15 +331,20 @@ pub fn event_name(entry: &HistoryEntry) -> String {
     }
 }
 
-/// The query of [`Reader::list`] (`Filter` → SQL). Two choices steer SQLite's planner, which
+/// The query of [`Reader::list`] (`Filter` → SQL). Three choices steer SQLite's planner, which
 /// otherwise takes the `(workflow, state)` index for every listing and sorts a whole workflow
 /// (a million cases) to give the first page of 50: without a state, `+workflow` leaves the
-/// primary key to serve `ORDER BY id LIMIT n`; and the correlated subqueries over a case's
-/// tasks (`<id>/T…`) name `+t.workflow`, so that they are a range of the primary key, not a scan
-/// of every task per case.
+/// primary key to serve `ORDER BY id LIMIT n`; an unpaged read of a period (a figure's ids)
+/// takes the `(workflow, created_at)` index instead, and `+id` keeps a region's id range from
+/// pulling it back to the primary key (a region may be every case there is); and the
+/// correlated subqueries over a case's tasks (`<id>/T…`) name `+t.workflow`, so that they are a
+/// range of the primary key, not a scan of every task per case.
 fn list_query(filter: &Filter) -> QueryBuilder<'_, Sqlite> {
     let by_state = filter.state.is_some() || !filter.states_in.is_empty();
-    let workflow = if by_state { "workflow" } else { "+workflow" };
+    let by_period =
+        !by_state && filter.limit.is_none() && (filter.created_from.is_some() || filter.created_before.is_some());
+    let workflow = if by_state || by_period { "workflow" } else { "+workflow" };
+    let id = if by_period { "+id" } else { "id" };
     let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {COLUMNS} FROM instances WHERE {workflow} = "));
     q.push_bind(&filter.workflow);
     if let Some(state) = &filter.state {
@@ -390,7 +395,10 @@ fn list_query(filter: &Filter) -> QueryBuilder<'_, Sqlite> {
     }
     if let Some(prefix) = filter.region_prefix.as_deref().filter(|p| !p.is_empty()) {
         // A range of the primary key: every id that starts with the prefix.
-        q.push(" AND id >= ").push_bind(prefix.to_owned()).push(" AND id < ").push_bind(format!("{prefix}\u{10FFFF}"));
+        q.push(format!(" AND {id} >= "))
+            .push_bind(prefix.to_owned())
+            .push(format!(" AND {id} < "))
+            .push_bind(format!("{prefix}\u{10FFFF}"));
     }
     if let Some((departments, offices)) = &filter.seen_by {
         q.push(" AND (");
@@ -416,7 +424,7 @@ fn list_query(filter: &Filter) -> QueryBuilder<'_, Sqlite> {
         q.push(" AND created_at < ").push_bind(before);
     }
     if let Some(after) = &filter.after {
-        q.push(" AND id > ").push_bind(after);
+        q.push(format!(" AND {id} > ")).push_bind(after);
     }
     q.push(" ORDER BY id");
     if let Some(limit) = filter.limit {
@@ -470,5 +478,26 @@ mod tests {
         state.state = Some("overdue".into());
         let p = plan(&state).await;
         assert!(p.contains("instances_workflow_state") && !p.contains("TEMP B-TREE"), "{p}");
+    }
+
+    // A figure's ids (a region, a month) read every instance of the region: 2.2 s at a million.
+    #[tokio::test]
+    async fn a_periods_unpaged_read_takes_the_creation_index_not_the_regions_id_range() {
+        let month = Filter {
+            workflow: "supervision_task".into(),
+            vars: vec![("region".into(), "320700".into())],
+            vars_in: vec![("department".into(), vec!["市市场监督管理局".into()])],
+            created_from: Some(1_780_243_200_000),
+            created_before: Some(1_782_835_200_000),
+            region_prefix: Some("320700/".into()),
+            ..Filter::default()
+        };
+        let p = plan(&month).await;
+        assert!(p.contains("instances_workflow_created (workflow=? AND created_at>? AND created_at<?)"), "{p}");
+
+        // Paged, the same filter keeps to the primary key's order.
+        let paged = Filter { limit: Some(50), ..month };
+        let p = plan(&paged).await;
+        assert!(!p.contains("instances_workflow_created") && !p.contains("TEMP B-TREE"), "{p}");
     }
 }

@@ -7,6 +7,7 @@
 //! cargo run --release -p integration-tests --bin load               # the full workload
 //! cargo run --release -p integration-tests --bin load -- --smoke    # a few hundred cases, seconds
 //! cargo run --release -p integration-tests --bin load -- --replan 1000000   # calendar re-plan
+//! cargo run --release -p integration-tests --bin load -- --help     # every mode and flag
 //! ```
 //!
 //! `--replan N` measures something else: N supervision tasks whose result deadline counts
@@ -89,44 +90,143 @@ struct Args {
     prefill_only: bool,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        smoke: false,
-        cases: 5_000,
-        timers: 10_000,
-        concurrency: 64,
-        lead: Duration::from_secs(60),
-        json: PathBuf::from("target/load-results.json"),
-        keep: None,
-        prefill: 0,
-        replan: 0,
-        prefill_only: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--smoke" => {
-                a.smoke = true;
-                a.cases = 300;
-                a.timers = 300;
-                a.lead = Duration::from_secs(3);
-            }
-            "--cases" => a.cases = value("--cases")?.parse()?,
-            "--timers" => a.timers = value("--timers")?.parse()?,
-            "--concurrency" => a.concurrency = value("--concurrency")?.parse()?,
-            "--lead-secs" => a.lead = Duration::from_secs(value("--lead-secs")?.parse()?),
-            "--json" => a.json = value("--json")?.into(),
-            "--db" => a.keep = Some(value("--db")?.into()),
-            "--prefill" => a.prefill = value("--prefill")?.parse()?,
-            "--replan" => a.replan = value("--replan")?.parse()?,
-            // With --replan and --db: write the database and stop (for profiling a server on it).
-            "--prefill-only" => a.prefill_only = true,
-            other => bail!("unknown argument {other:?}; see the module doc of integration-tests/src/bin/load.rs"),
+/// The command line. Every mode is a flag of its own, as the commands in BENCHMARKS.md spell
+/// them; with none, the full workload W1–W6 runs. `serve` and `serve-pg` are the server side,
+/// which the harness spawns as its own processes.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "load",
+    about = "The load generator for ../shared/WORKLOAD.md (W1–W6) and the benchmarks in BENCHMARKS.md",
+    long_about = "The load generator for ../shared/WORKLOAD.md (W1–W6) and the benchmarks in BENCHMARKS.md.\n\n\
+                  With no mode flag it runs the whole workload against a server it spawns (this binary in \
+                  `serve` mode on a fresh SQLite file) and writes the results as JSON. Each mode flag runs \
+                  one benchmark instead; integration-tests/src/bin/load.rs says what each measures.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    serve: Option<Serve>,
+
+    /// A few hundred cases and a 3 s lead (seconds; CI runs it).
+    #[arg(long, group = "mode")]
+    smoke: bool,
+    /// Calendar re-plan: N working-day deadlines across New Year re-planned under intake.
+    #[arg(long, value_name = "N", group = "mode")]
+    replan: Option<usize>,
+    /// W1 and W2 only, on a fresh server; one JSON line.
+    #[arg(long, group = "mode")]
+    w12: bool,
+    /// Outbound delivery: webhook, stream, latency, W3's burst, intake beside it.
+    #[arg(long, group = "mode")]
+    delivery: bool,
+    /// W1–W5 on PostgreSQL: a fresh database on the server at URL (an admin URL).
+    #[arg(long, value_name = "URL", group = "mode")]
+    postgres: Option<String>,
+    /// GetStatistics over N cases written to --db (kept for the next run).
+    #[arg(long, value_name = "N", group = "mode", requires = "db")]
+    stats: Option<usize>,
+    /// The web console's heaviest pages over N cases written to --db (kept for the next run).
+    #[arg(long, value_name = "N", group = "mode", requires = "db")]
+    console: Option<usize>,
+    /// AcceptCase over JSON against AcceptCase over gRPC, alternating rounds on one server.
+    #[arg(long, group = "mode")]
+    json_intake: bool,
+    /// What an unauthenticated party can cost others: forged tokens and metrics scrapes.
+    #[arg(long, group = "mode")]
+    abuse: bool,
+
+    /// Cases (W1, --w12, --delivery, --postgres, --json-intake). [default: 5000; --postgres
+    /// 20000; --delivery 10000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    cases: Option<u64>,
+    /// W3's timers due at one instant. [default: 10000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    timers: Option<u64>,
+    /// Concurrent callers. [default: 64]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: Option<u64>,
+    /// Nodes sharing the database (--postgres).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    nodes: u64,
+    /// Rounds (--delivery, --json-intake). [default: 3; --json-intake 5]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: Option<u64>,
+    /// W3's lead: from the first start to the deadlines, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    lead_secs: u64,
+    /// Where the full workload writes its results.
+    #[arg(long, value_name = "PATH", default_value = "target/load-results.json")]
+    json: PathBuf,
+    /// The SQLite file to use and keep (required by --stats and --console).
+    #[arg(long, value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// Cases already pending before the workload starts (the scale runs).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    prefill: usize,
+    /// With --replan and --db: write the database and stop (for profiling a server on it).
+    #[arg(long, requires = "replan")]
+    prefill_only: bool,
+    /// With --stats or --console: the server to measure (another version's `load` gives the
+    /// before figure on the same data). [default: this binary]
+    #[arg(long, value_name = "EXE")]
+    server_exe: Option<PathBuf>,
+    /// --w12: every call over TLS with a verified ES256 token.
+    #[arg(long)]
+    secure: bool,
+    /// --abuse: seconds each part runs.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    secs: u64,
+}
+
+/// The server side, spawned by the harness in a process of its own.
+#[derive(clap::Subcommand, Debug)]
+enum Serve {
+    /// Serves the SQLite file DB on a free loopback port and prints `listening ADDR`.
+    #[command(hide = true)]
+    Serve {
+        db: PathBuf,
+        /// A directory with the TLS material and identity provider keys.
+        #[arg(long, value_name = "DIR")]
+        secure: Option<PathBuf>,
+        /// An outbound destinations file.
+        #[arg(long, value_name = "FILE")]
+        outbound: Option<PathBuf>,
+    },
+    /// One node on PostgreSQL at URL, named NODE.
+    #[command(name = "serve-pg", hide = true)]
+    ServePg { url: String, node: String },
+}
+
+fn count(v: Option<u64>, default: usize) -> usize {
+    v.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+}
+
+impl Cli {
+    /// The full workload's (and --replan's) settings.
+    fn workload(&self) -> Args {
+        let mut a = Args {
+            smoke: self.smoke,
+            cases: count(self.cases, 5_000),
+            timers: count(self.timers, 10_000),
+            concurrency: count(self.concurrency, 64),
+            lead: Duration::from_secs(self.lead_secs),
+            json: self.json.clone(),
+            keep: self.db.clone(),
+            prefill: self.prefill,
+            replan: self.replan.unwrap_or(0),
+            prefill_only: self.prefill_only,
+        };
+        if self.smoke {
+            a.cases = count(self.cases, 300);
+            a.timers = count(self.timers, 300);
+            a.lead = Duration::from_secs(3);
         }
+        a
     }
-    ensure!(a.cases > 0 && a.timers > 0 && a.concurrency > 0, "counts must be positive");
-    Ok(a)
+
+    fn server_exe(&self) -> Result<PathBuf> {
+        self.server_exe.clone().map_or_else(|| Ok(std::env::current_exe()?), Ok)
+    }
 }
 
 /// Latencies and wall time of one phase.
@@ -827,63 +927,42 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let raw: Vec<String> = std::env::args().collect();
-    let after = |flag: &str| raw.iter().position(|a| a == flag).and_then(|i| raw.get(i + 1)).map(PathBuf::from);
-    if raw.get(1).map(String::as_str) == Some("serve") {
-        return serve(Path::new(raw.get(2).context("serve DB")?), after("--secure").as_deref(), after("--outbound"))
-            .await;
+    let cli = <Cli as clap::Parser>::parse();
+    match &cli.serve {
+        Some(Serve::Serve { db, secure, outbound }) => {
+            return serve(db, secure.as_deref(), outbound.clone()).await;
+        }
+        Some(Serve::ServePg { url, node }) => return serve_pg(url, node).await,
+        None => {}
     }
-    if raw.get(1).map(String::as_str) == Some("serve-pg") {
-        return serve_pg(raw.get(2).context("serve-pg URL")?, raw.get(3).context("serve-pg NODE")?).await;
+    if let Some(url) = &cli.postgres {
+        let (nodes, cases) = (count(Some(cli.nodes), 1), count(cli.cases, 20_000));
+        return pg_workload(url, nodes, cases, count(cli.timers, 10_000), count(cli.concurrency, 64)).await;
     }
-    if let Some(url) = raw.iter().position(|a| a == "--postgres").and_then(|i| raw.get(i + 1)) {
-        let num = |flag: &str, default: usize| {
-            raw.iter().position(|a| a == flag).and_then(|i| raw.get(i + 1)).map_or(Ok(default), |v| v.parse::<usize>())
-        };
-        return pg_workload(
-            url,
-            num("--nodes", 1)?,
-            num("--cases", 20_000)?,
-            num("--timers", 10_000)?,
-            num("--concurrency", 64)?,
-        )
-        .await;
+    if cli.delivery {
+        return delivery(count(cli.cases, 10_000), count(cli.rounds, 3)).await;
     }
-    if raw.iter().any(|a| a == "--delivery") {
-        let n = after("--cases").map_or(Ok(10_000), |v| v.to_string_lossy().parse::<usize>())?;
-        let rounds = after("--rounds").map_or(Ok(3), |v| v.to_string_lossy().parse::<usize>())?;
-        return delivery(n, rounds).await;
+    if let Some(n) = cli.stats {
+        let db = cli.db.as_deref().context("--stats needs --db PATH (kept: the before and after runs share it)")?;
+        return stats(n, db, &cli.server_exe()?).await;
     }
-    if let Some(n) = raw.iter().position(|a| a == "--stats").and_then(|i| raw.get(i + 1)) {
-        let db = after("--db").context("--stats needs --db PATH (kept: the before and after runs share it)")?;
-        let exe = after("--server-exe").map_or_else(std::env::current_exe, Ok)?;
-        return stats(n.parse()?, &db, &exe).await;
+    if let Some(n) = cli.console {
+        let db =
+            cli.db.as_deref().context("--console needs --db PATH (kept: a million cases take minutes to write)")?;
+        return console::console(n, db, &cli.server_exe()?).await;
     }
-    if let Some(n) = raw.iter().position(|a| a == "--console").and_then(|i| raw.get(i + 1)) {
-        let db = after("--db").context("--console needs --db PATH (kept: a million cases take minutes to write)")?;
-        let exe = after("--server-exe").map_or_else(std::env::current_exe, Ok)?;
-        return console::console(n.parse()?, &db, &exe).await;
+    if cli.json_intake {
+        let (n, rounds) = (count(cli.cases, 5_000), count(cli.rounds, 5));
+        return console::json_intake(n, rounds, count(cli.concurrency, 64)).await;
     }
-    if raw.iter().any(|a| a == "--json-intake") {
-        let n = after("--cases").map_or(Ok(5_000), |v| v.to_string_lossy().parse::<usize>())?;
-        let rounds = after("--rounds").map_or(Ok(5), |v| v.to_string_lossy().parse::<usize>())?;
-        let concurrency = after("--concurrency").map_or(Ok(64), |v| v.to_string_lossy().parse::<usize>())?;
-        return console::json_intake(n, rounds, concurrency).await;
+    if cli.abuse {
+        let prefill = if cli.prefill == 0 { 200_000 } else { cli.prefill };
+        return abuse(prefill, Duration::from_secs(cli.secs)).await;
     }
-    if raw.iter().any(|a| a == "--abuse") {
-        let prefill = after("--prefill").map_or(Ok(200_000), |v| v.to_string_lossy().parse::<usize>())?;
-        let secs = after("--secs").map_or(Ok(10), |v| v.to_string_lossy().parse::<u64>())?;
-        return abuse(prefill, Duration::from_secs(secs)).await;
+    if cli.w12 {
+        return w12(count(cli.cases, 5_000), cli.secure).await;
     }
-    if raw.iter().any(|a| a == "--w12") {
-        let n = raw
-            .iter()
-            .position(|a| a == "--cases")
-            .and_then(|i| raw.get(i + 1))
-            .map_or(Ok(5_000), |v| v.parse::<usize>())?;
-        return w12(n, raw.iter().any(|a| a == "--secure")).await;
-    }
-    let args = parse_args()?;
+    let args = cli.workload();
     if args.replan > 0 {
         return replan(&args).await;
     }

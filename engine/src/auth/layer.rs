@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use governor::clock::Clock as _;
 
 use serde::Deserialize;
 use tonic::{Request, Status};
@@ -123,45 +125,64 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(der))
 }
 
-/// A token bucket per principal.
+/// `governor`'s keyed limiter, telling after each check how many cells are left.
+type Cells = governor::RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    governor::clock::DefaultClock,
+    governor::middleware::StateInformationMiddleware,
+>;
+
+/// Calls per second per key (a principal, an address), in bursts of twice that: `governor`'s
+/// keyed GCRA. Also knows, without taking a cell, whether a key is out of them, which is what
+/// lets an address be refused before its next token's signature is checked.
 struct Limiter {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    rate: u32,
+    cells: Option<Cells>,
+    /// Keys found out of cells, until when: a check would fail until then.
+    out: Mutex<HashMap<String, Instant>>,
 }
 
 impl Limiter {
     fn new(rate: u32) -> Limiter {
-        Limiter { rate: f64::from(rate), burst: f64::from(rate) * 2.0, buckets: Mutex::new(HashMap::new()) }
+        let cells = std::num::NonZeroU32::new(rate).map(|r| {
+            let burst = r.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
+            governor::RateLimiter::keyed(governor::Quota::per_second(r).allow_burst(burst))
+                .with_middleware::<governor::middleware::StateInformationMiddleware>()
+        });
+        Limiter { rate, cells, out: Mutex::new(HashMap::new()) }
     }
 
-    /// Whether `who` has a token left, without taking it.
+    /// Whether `who` has a cell left, without taking it.
     fn has(&self, who: &str) -> bool {
-        if self.rate <= 0.0 {
-            return true;
-        }
-        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        buckets.get(who).is_none_or(|(tokens, last)| *tokens + last.elapsed().as_secs_f64() * self.rate >= 1.0)
+        let out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        out.get(who).is_none_or(|until| Instant::now() >= *until)
     }
 
+    /// Takes a cell of `who`'s, if one is left.
     fn allow(&self, who: &str) -> bool {
-        if self.rate <= 0.0 {
-            return true;
+        let Some(cells) = &self.cells else { return true };
+        // Keys whose state is back to a fresh key's are dropped, so that the map stays as
+        // large as the keys of the last few seconds.
+        if cells.len() > 100_000 {
+            cells.retain_recent();
         }
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > 100_000 {
-            buckets.clear();
+        let (allowed, out_until) = match cells.check_key(&who.to_owned()) {
+            Ok(left) if left.remaining_burst_capacity() > 0 => (true, None),
+            // That was the last cell: the next comes one emission interval later.
+            Ok(_) => (true, Some(now + Duration::from_secs(1) / self.rate)),
+            Err(not_until) => (false, Some(now + not_until.wait_time_from(cells.clock().now()))),
+        };
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if out.len() > 100_000 {
+            out.retain(|_, until| *until > now);
         }
-        let (tokens, last) = buckets.entry(who.to_owned()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        match out_until {
+            Some(until) => out.insert(who.to_owned(), until),
+            None => out.remove(who),
+        };
+        allowed
     }
 }
 
@@ -292,5 +313,31 @@ impl tonic::service::Interceptor for Authenticator {
         };
         request.extensions_mut().insert(Caller { principal, on_behalf_of, request_id });
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_has_a_burst_of_twice_its_rate_then_is_out_and_others_are_not() {
+        let limiter = Limiter::new(2);
+        for i in 0..4 {
+            assert!(limiter.has("10.0.0.1"), "cell {i}");
+            assert!(limiter.allow("10.0.0.1"), "cell {i}");
+        }
+        // The burst is spent: known without taking a cell, and refused when one is asked for.
+        assert!(!limiter.has("10.0.0.1"));
+        assert!(!limiter.allow("10.0.0.1"));
+        assert!(!limiter.has("10.0.0.1"));
+        assert!(limiter.has("10.0.0.2") && limiter.allow("10.0.0.2"));
+    }
+
+    #[test]
+    fn a_rate_of_zero_is_no_limit() {
+        let limiter = Limiter::new(0);
+        assert!((0..10_000).all(|_| limiter.allow("p")));
+        assert!(limiter.has("p"));
     }
 }

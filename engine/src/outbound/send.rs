@@ -134,22 +134,24 @@ struct CreditRecord<'a> {
     record: Record<'a>,
 }
 
-/// Spaces requests to a rate: each takes the next free slot.
-#[derive(Debug)]
-struct Pace {
-    every: Duration,
-    next: tokio::sync::Mutex<tokio::time::Instant>,
+/// Spaces requests to a rate, one at a time (`governor`, a burst of one).
+struct Pace(governor::DefaultDirectRateLimiter);
+
+impl std::fmt::Debug for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pace")
+    }
 }
 
 impl Pace {
+    /// `None` when `per_second` is too high to space anything.
+    fn new(per_second: f64) -> Option<Pace> {
+        let every = Duration::try_from_secs_f64(1.0 / per_second).ok()?;
+        governor::Quota::with_period(every).map(|q| Pace(governor::RateLimiter::direct(q)))
+    }
+
     async fn wait(&self) {
-        let at = {
-            let mut next = self.next.lock().await;
-            let at = (*next).max(tokio::time::Instant::now());
-            *next = at + self.every;
-            at
-        };
-        tokio::time::sleep_until(at).await;
+        self.0.until_ready().await;
     }
 }
 
@@ -185,10 +187,7 @@ impl Sender {
         let url = reqwest::Url::parse(&d.url)
             .map_err(|e| SetupError::Client { name: d.name.clone(), message: format!("url: {e}") })?;
         let rate = d.rate_per_second.or((d.kind == Kind::Sms).then_some(DEFAULT_SMS_RATE));
-        let pace = rate.map(|r| Pace {
-            every: Duration::from_secs_f64(1.0 / r),
-            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-        });
+        let pace = rate.and_then(Pace::new);
         Ok(Sender { kind: d.kind, url, client, secret, pace, reader })
     }
 

@@ -134,13 +134,10 @@ type Cells = governor::RateLimiter<
 >;
 
 /// Calls per second per key (a principal, an address), in bursts of twice that: `governor`'s
-/// keyed GCRA. Also knows, without taking a cell, whether a key is out of them, which is what
-/// lets an address be refused before its next token's signature is checked.
+/// keyed GCRA; 0: no limit.
 struct Limiter {
     rate: u32,
     cells: Option<Cells>,
-    /// Keys found out of cells, until when: a check would fail until then.
-    out: Mutex<HashMap<String, Instant>>,
 }
 
 impl Limiter {
@@ -150,7 +147,40 @@ impl Limiter {
             governor::RateLimiter::keyed(governor::Quota::per_second(r).allow_burst(burst))
                 .with_middleware::<governor::middleware::StateInformationMiddleware>()
         });
-        Limiter { rate, cells, out: Mutex::new(HashMap::new()) }
+        Limiter { rate, cells }
+    }
+
+    /// Takes a cell of `who`'s: how many are left after it, or how long until the next.
+    fn take(&self, who: &str) -> Result<u32, Duration> {
+        let Some(cells) = &self.cells else { return Ok(u32::MAX) };
+        // Keys whose state is back to a fresh key's are dropped, so that the map stays as
+        // large as the keys of the last few seconds.
+        if cells.len() > 100_000 {
+            cells.retain_recent();
+        }
+        match cells.check_key(&who.to_owned()) {
+            Ok(left) => Ok(left.remaining_burst_capacity()),
+            Err(not_until) => Err(not_until.wait_time_from(cells.clock().now())),
+        }
+    }
+
+    fn allow(&self, who: &str) -> bool {
+        self.take(who).is_ok()
+    }
+}
+
+/// The limit on failed token checks per address. Also knows, without taking a cell, whether
+/// an address is out of them, which is what lets it be refused before its next token's
+/// signature is checked (governor has no look without a take).
+struct Failures {
+    cells: Limiter,
+    /// Addresses found out of cells, until when: a take would fail until then.
+    out: Mutex<HashMap<String, Instant>>,
+}
+
+impl Failures {
+    fn new(rate: u32) -> Failures {
+        Failures { cells: Limiter::new(rate), out: Mutex::new(HashMap::new()) }
     }
 
     /// Whether `who` has a cell left, without taking it.
@@ -159,20 +189,13 @@ impl Limiter {
         out.get(who).is_none_or(|until| Instant::now() >= *until)
     }
 
-    /// Takes a cell of `who`'s, if one is left.
-    fn allow(&self, who: &str) -> bool {
-        let Some(cells) = &self.cells else { return true };
-        // Keys whose state is back to a fresh key's are dropped, so that the map stays as
-        // large as the keys of the last few seconds.
-        if cells.len() > 100_000 {
-            cells.retain_recent();
-        }
+    /// Counts a failure of `who`'s; false if it had no cell left for it.
+    fn record(&self, who: &str) -> bool {
         let now = Instant::now();
-        let (allowed, out_until) = match cells.check_key(&who.to_owned()) {
-            Ok(left) if left.remaining_burst_capacity() > 0 => (true, None),
-            // That was the last cell: the next comes one emission interval later.
-            Ok(_) => (true, Some(now + Duration::from_secs(1) / self.rate)),
-            Err(not_until) => (false, Some(now + not_until.wait_time_from(cells.clock().now()))),
+        let (had, out_until) = match self.cells.take(who) {
+            Ok(0) => (true, Some(now + Duration::from_secs(1) / self.cells.rate)),
+            Ok(_) => (true, None),
+            Err(wait) => (false, Some(now + wait)),
         };
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         if out.len() > 100_000 {
@@ -182,7 +205,7 @@ impl Limiter {
             Some(until) => out.insert(who.to_owned(), until),
             None => out.remove(who),
         };
-        allowed
+        had
     }
 }
 
@@ -196,7 +219,7 @@ struct Inner {
     mode: Mode,
     accounts: Accounts,
     limiter: Limiter,
-    failures: Limiter,
+    failures: Failures,
     metrics: Arc<Metrics>,
 }
 
@@ -205,7 +228,7 @@ impl Authenticator {
     /// authentications per second per IP address before the address is refused outright
     /// (bursts of twice that); 0: no limit.
     pub fn new(mode: Mode, accounts: Accounts, rate: u32, failures: u32, metrics: Arc<Metrics>) -> Self {
-        let (limiter, failures) = (Limiter::new(rate), Limiter::new(failures));
+        let (limiter, failures) = (Limiter::new(rate), Failures::new(failures));
         Authenticator { inner: Arc::new(Inner { mode, accounts, limiter, failures, metrics }) }
     }
 
@@ -253,7 +276,7 @@ impl Authenticator {
                 ));
             }
             return verifier.verify(token).map_err(|e| {
-                self.inner.failures.allow(&peer);
+                self.inner.failures.record(&peer);
                 let reason = format!("{e:?}").split('(').next().unwrap_or("token").to_ascii_lowercase();
                 self.refuse(Status::unauthenticated(e.to_string()), &reason)
             });
@@ -322,22 +345,29 @@ mod tests {
 
     #[test]
     fn a_key_has_a_burst_of_twice_its_rate_then_is_out_and_others_are_not() {
-        let limiter = Limiter::new(2);
+        let failures = Failures::new(2);
         for i in 0..4 {
-            assert!(limiter.has("10.0.0.1"), "cell {i}");
-            assert!(limiter.allow("10.0.0.1"), "cell {i}");
+            assert!(failures.has("10.0.0.1"), "cell {i}");
+            assert!(failures.record("10.0.0.1"), "cell {i}");
         }
         // The burst is spent: known without taking a cell, and refused when one is asked for.
-        assert!(!limiter.has("10.0.0.1"));
-        assert!(!limiter.allow("10.0.0.1"));
-        assert!(!limiter.has("10.0.0.1"));
-        assert!(limiter.has("10.0.0.2") && limiter.allow("10.0.0.2"));
+        assert!(!failures.has("10.0.0.1"));
+        assert!(!failures.record("10.0.0.1"));
+        assert!(!failures.has("10.0.0.1"));
+        assert!(failures.has("10.0.0.2") && failures.record("10.0.0.2"));
+
+        let principals = Limiter::new(2);
+        assert!((0..4).all(|_| principals.allow("p")));
+        assert!(!principals.allow("p"));
+        assert!(principals.allow("q"));
     }
 
     #[test]
     fn a_rate_of_zero_is_no_limit() {
         let limiter = Limiter::new(0);
         assert!((0..10_000).all(|_| limiter.allow("p")));
-        assert!(limiter.has("p"));
+        let failures = Failures::new(0);
+        assert!((0..10_000).all(|_| failures.record("p")));
+        assert!(failures.has("p"));
     }
 }

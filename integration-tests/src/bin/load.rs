@@ -229,6 +229,21 @@ impl Cli {
     }
 }
 
+/// W6's AcceptCase: the fixture's normal-route case with a second supervisor.
+fn w6_accept(case_no: &str) -> shenguan::proto::AcceptCaseRequest {
+    let mut request = integration_tests::fixtures::accept(
+        case_no,
+        shenguan::proto::Route::Normal,
+        shenguan::proto::Scenario::Unspecified,
+    );
+    request.supervisors.push(shenguan::proto::Supervisor {
+        department: "市应急管理局".into(),
+        office: "安全生产监管处".into(),
+        office_admin_mobile: "13900139001".into(),
+    });
+    request
+}
+
 /// Latencies and wall time of one phase.
 struct Phase {
     name: &'static str,
@@ -1105,16 +1120,7 @@ async fn main() -> Result<()> {
     let accept_client = intake.clone();
     let w6_accept = drive("W6 AcceptCase (2 supervisors)", n, c, move |i| {
         let mut client = accept_client.clone();
-        let mut request = integration_tests::fixtures::accept(
-            &format!("W6-{i:07}"),
-            shenguan::proto::Route::Normal,
-            shenguan::proto::Scenario::Unspecified,
-        );
-        request.supervisors.push(shenguan::proto::Supervisor {
-            department: "市应急管理局".into(),
-            office: "安全生产监管处".into(),
-            office_admin_mobile: "13900139001".into(),
-        });
+        let request = w6_accept(&format!("W6-{i:07}"));
         async move {
             let reply = client.accept_case(request).await?.into_inner();
             ensure!(reply.case.is_some_and(|c| c.state == "awaiting_approval"), "W6-{i:07} not awaiting approval");

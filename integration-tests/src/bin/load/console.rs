@@ -133,26 +133,12 @@ pub(super) async fn console(n: usize, db: &Path, exe: &Path) -> Result<()> {
 pub(super) async fn json_intake(n: usize, rounds: usize, concurrency: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("json.db");
-    let exe = std::env::current_exe()?;
-    let mut server = spawn_exe(&exe, &["serve".as_ref(), db.as_os_str()]).await?;
-    super::ready(&server.addr).await?;
+    let (mut server, _) = super::spawn_server(&db).await?;
     let intake = shenguan::proto::intake_service_client::IntakeServiceClient::new(connect(&server.addr).await?);
     let http = reqwest::Client::builder().http1_only().pool_max_idle_per_host(concurrency).build()?;
     let url = format!("http://{}/v1/IntakeService/AcceptCase", server.addr);
     let input = shenguan::server::json::method("IntakeService", "AcceptCase").context("method")?.input();
-    let request = |tag: &str, round: usize, i: usize| {
-        let mut r = integration_tests::fixtures::accept(
-            &format!("{tag}{round}-{i:07}"),
-            shenguan::proto::Route::Normal,
-            shenguan::proto::Scenario::Unspecified,
-        );
-        r.supervisors.push(shenguan::proto::Supervisor {
-            department: "市应急管理局".into(),
-            office: "安全生产监管处".into(),
-            office_admin_mobile: "13900139001".into(),
-        });
-        r
-    };
+    let request = |tag: &str, round: usize, i: usize| super::w6_accept(&format!("{tag}{round}-{i:07}"));
     let (mut grpc_rates, mut json_rates) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let client = intake.clone();

@@ -231,8 +231,9 @@ impl AdminService for Admin {
             filter.state = Some(r.state.clone());
         }
         if !r.route.is_empty() {
-            if !["normal", "commitment"].contains(&r.route.as_str()) {
-                return Err(invalid("route", format!("{:?} is not a route: normal or commitment", r.route)));
+            if !domain::ROUTES.contains(&r.route.as_str()) {
+                let routes = domain::ROUTES.join(" or ");
+                return Err(invalid("route", format!("{:?} is not a route: {routes}", r.route)));
             }
             filter.vars.push(("route".into(), r.route.clone()));
         }

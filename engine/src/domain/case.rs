@@ -273,7 +273,7 @@ pub fn accept(case: &NewCase, policy: &Policy<'_>, actor: &str) -> Result<(Strin
         "applicant_name": applicant.name,
         "applicant_code": code,
         "applicant_mobile": applicant_mobile,
-        "route": if route == Route::Normal { "normal" } else { "commitment" },
+        "route": if route == Route::Normal { super::ROUTE_NORMAL } else { super::ROUTE_COMMITMENT },
         "credit_grade": grade,
     });
     match &routed {

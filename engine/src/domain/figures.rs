@@ -263,7 +263,7 @@ pub fn counted(row: &impl Facts) -> Option<Counted> {
             }
         }
         super::CASE_WORKFLOW => {
-            let commitment = is("route", "commitment");
+            let commitment = is("route", super::ROUTE_COMMITMENT);
             let revoked = row.state() == "revoked";
             when(true, Figure::Cases);
             when(commitment, Figure::Commitments);

@@ -117,6 +117,13 @@ pub fn task_breach(deadline: &str) -> Option<&'static str> {
     Some(TASK_BREACHES[i])
 }
 
+/// A case's route as its `route` variable says it: the normal route…
+pub const ROUTE_NORMAL: &str = "normal";
+/// …and the commitment route (告知承诺制).
+pub const ROUTE_COMMITMENT: &str = "commitment";
+/// Every route, by the names QueryCases filters with.
+pub const ROUTES: [&str; 2] = [ROUTE_NORMAL, ROUTE_COMMITMENT];
+
 /// The states of a case waiting for the materials it committed to (the reminder and the
 /// commitment deadline run in them).
 pub const COMMITMENT_WAITING: [&str; 2] = ["commitment_pending", "reminded"];

@@ -29,6 +29,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 pub mod provisional;
+pub mod replan;
 
 /// Parses exactly `YYYY-MM-DD` (chrono alone also takes `2026-9-1`, which callers should not
 /// get away with: the same date must always be written the same way).

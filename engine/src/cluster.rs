@@ -24,7 +24,6 @@
 //! Calls are not routed: any node accepts any call and writes through optimistic concurrency on
 //! the instance's history (see `docs/ARCHITECTURE.md`, "Several nodes").
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +32,9 @@ use tokio::sync::watch;
 
 use crate::store::Error;
 use crate::writer::Handle;
+
+pub mod ownership;
+pub use ownership::Ownership;
 
 /// Lease timings.
 #[derive(Debug, Clone)]
@@ -56,120 +58,6 @@ impl Settings {
     /// Defaults for a node named `node`.
     pub fn new(node: impl Into<String>) -> Self {
         Settings { node: node.into(), lease: DEFAULT_LEASE, tick: DEFAULT_TICK }
-    }
-}
-
-/// The shards this node holds, with the epoch it took each at. Shared by the writer (fencing,
-/// which timers go into the wheel), the timer service (which timers to fire) and delivery (the
-/// holder of shard 0 dispatches).
-#[derive(Debug)]
-pub struct Ownership {
-    node: String,
-    shards: u32,
-    held: Mutex<BTreeMap<u32, u64>>,
-    /// Shards whose lease moved on without this node handing them back, not yet told about:
-    /// the node may have armed timers in them while it still thought it held them.
-    taken: Mutex<Vec<u32>>,
-    /// Until when, on this node's monotonic clock, every lease held is surely still its own:
-    /// the start of the last round that renewed them, plus the lease time. The database judges
-    /// expiry by its own clock at the renewal, which is later, so this errs early.
-    sure_until: Mutex<Option<std::time::Instant>>,
-    changed: watch::Sender<u64>,
-}
-
-impl Ownership {
-    /// Holding nothing yet.
-    pub fn new(node: impl Into<String>, shards: u32) -> Arc<Self> {
-        Arc::new(Ownership {
-            node: node.into(),
-            shards: shards.max(1),
-            held: Mutex::new(BTreeMap::new()),
-            taken: Mutex::new(Vec::new()),
-            sure_until: Mutex::new(None),
-            changed: watch::Sender::new(0),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, u64>> {
-        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The node's name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// The shard count.
-    pub fn shards(&self) -> u32 {
-        self.shards
-    }
-
-    /// Whether the node holds `shard`.
-    pub fn holds(&self, shard: u32) -> bool {
-        self.lock().contains_key(&shard)
-    }
-
-    /// Whether the node holds `shard` and its lease surely has not expired meanwhile: what a
-    /// node must ask before it acts alone on a shard with nothing to fence it (sending what
-    /// shard 0's holder delivers). A node frozen past its lease, or cut off from the database,
-    /// stops at once, before its keeper learns that the lease moved.
-    pub fn surely_holds(&self, shard: u32) -> bool {
-        let sure = *self.sure_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.holds(shard) && sure.is_some_and(|until| std::time::Instant::now() < until)
-    }
-
-    /// Not told through `subscribe`: a renewal changes nothing held, and whoever asks
-    /// [`Ownership::surely_holds`] asks again before each act.
-    fn renewed(&self, until: std::time::Instant) {
-        *self.sure_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
-    }
-
-    /// Whether the node holds the shard of instance `id`.
-    pub fn holds_instance(&self, id: &str) -> bool {
-        self.holds(crate::store::shard_of(id, self.shards))
-    }
-
-    /// The epoch the node holds `shard` at.
-    pub fn epoch(&self, shard: u32) -> Option<u64> {
-        self.lock().get(&shard).copied()
-    }
-
-    /// The shards held, ascending.
-    pub fn held(&self) -> Vec<u32> {
-        self.lock().keys().copied().collect()
-    }
-
-    /// Changes whenever the held set does.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    fn gain(&self, shards: &[(u32, u64)]) {
-        self.lock().extend(shards.iter().copied());
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// Forgets `shards`, whose leases were taken from this node (a batch met the fence, or a
-    /// renewal failed): the keeper tells their new holders at its next tick.
-    pub(crate) fn taken(&self, shards: &[u32]) {
-        self.lose(shards);
-        self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(shards);
-    }
-
-    fn take_taken(&self) -> Vec<u32> {
-        let mut all = std::mem::take(&mut *self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        all.sort_unstable();
-        all.dedup();
-        all
-    }
-
-    fn lose(&self, shards: &[u32]) {
-        let mut held = self.lock();
-        for s in shards {
-            held.remove(s);
-        }
-        drop(held);
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -273,10 +161,7 @@ impl Keeper {
         let share = usize::try_from((shards + live.max(1) - 1) / live.max(1)).unwrap_or(usize::MAX);
 
         // Renew at the epochs held: a lease someone else took (after ours expired) stays theirs.
-        let held: Vec<(u32, u64)> = {
-            let held = self.ownership.lock();
-            held.iter().map(|(s, e)| (*s, *e)).collect()
-        };
+        let held: Vec<(u32, u64)> = self.ownership.held_epochs();
         let (shard_list, epochs): (Vec<i64>, Vec<i64>) =
             held.iter().map(|(s, e)| (i64::from(*s), i64::try_from(*e).unwrap_or(i64::MAX))).unzip();
         let renewed: Vec<i64> = if held.is_empty() {
@@ -382,7 +267,7 @@ impl Keeper {
         if let Err(e) = crate::store::postgres::notify_now(&self.pool, &notice).await {
             // Told at the next tick instead; the rest of this tick (renewing, taking) goes on.
             tracing::warn!(error = %e, shards = ?taken, "cannot tell the new holders of taken shards yet");
-            self.ownership.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(taken);
+            self.ownership.still_to_tell(taken);
         }
     }
 

@@ -13,9 +13,7 @@ use crate::store::{Database, Store};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::calendar::{Calendars, Live};
-use crate::clock::{Clock, Millis};
-use crate::definition::Registry;
+use crate::clock::Millis;
 use crate::machine::Command;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::{Options, SqliteStore};
@@ -23,47 +21,7 @@ use crate::timer::service::{Control, Service};
 use crate::timer::{self, TimerIndex};
 use crate::writer::{self, Applied, Handle, WriteError};
 
-/// The handles every part of a running engine shares — the writer, the timer service, the
-/// gRPC services: one struct, cloned cheaply (every field is an `Arc`).
-#[derive(Clone)]
-pub struct Context {
-    /// The loaded definitions.
-    pub registry: Arc<Registry>,
-    /// The working-day calendars.
-    pub calendars: Arc<Live>,
-    /// The organisation and the catalogs in force.
-    pub catalogs: Arc<crate::catalog::Live>,
-    /// The engine's clock (virtual in sandbox mode and in tests).
-    pub clock: Arc<dyn Clock>,
-    /// Prometheus metrics.
-    pub metrics: Arc<crate::telemetry::Metrics>,
-    /// Bumped by the writer after each commit that wrote outbox messages (or revived a dead
-    /// letter): what dispatchers and stream subscribers wait on.
-    pub published: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Bumped when dead letters were retried or discarded, here or (notified) on another node:
-    /// every dispatcher then walks its messages again from the start and re-reads its holds.
-    pub rescans: Arc<tokio::sync::watch::Sender<u64>>,
-    /// The stream consumers served on this node, told of acknowledgements and take-overs
-    /// from every node.
-    pub streams: Arc<crate::outbound::live::Live>,
-}
-
-impl Context {
-    /// The handles, with fresh metrics.
-    pub fn new(registry: Arc<Registry>, calendars: Calendars, clock: Arc<dyn Clock>) -> Self {
-        let calendars = Arc::new(Live::new(calendars));
-        Context {
-            registry,
-            calendars,
-            catalogs: Arc::new(crate::catalog::Live::default()),
-            clock,
-            metrics: Arc::new(crate::telemetry::Metrics::new()),
-            published: Arc::new(tokio::sync::watch::Sender::new(0)),
-            rescans: Arc::new(tokio::sync::watch::Sender::new(0)),
-            streams: Arc::new(crate::outbound::live::Live::default()),
-        }
-    }
-}
+pub use crate::context::Context;
 
 /// Engine settings; each is also a `shenguan serve` option (see `shenguan serve --help`).
 #[derive(Debug, Clone)]

@@ -15,8 +15,8 @@
 //! - [`writer`]: group commit — the one path every change takes: a pure batch builder
 //!   ([`writer::batch`]) and the task that loads, commits and answers.
 //! - [`timer`]: the timing wheel, the horizon contract and its paging, the timer service.
-//! - [`engine`]: store + writer + timers, started as one; [`engine::Context`], the handles
-//!   every part shares.
+//! - [`engine`]: store + writer + timers, started as one.
+//! - [`context`]: [`context::Context`], the handles every part shares (a leaf module).
 //! - [`outbound`]: delivery of the outbox — routing by channel, webhooks, the SMS gateway, the
 //!   credit platform, retries and dead letters.
 //! - [`admin`]: offline operations on a database (`admin verify`), through the read side.
@@ -46,6 +46,7 @@ pub mod catalog;
 pub mod clock;
 pub mod cluster;
 pub mod codec;
+pub mod context;
 pub mod definition;
 pub mod domain;
 pub mod engine;

@@ -318,26 +318,6 @@ async fn warn_daily(shared: Arc<Shared>) {
     }
 }
 
-/// How often the spot-check runner looks for runs that fell due. Runs are days apart; a few
-/// seconds late is nothing, and the look is one indexed query.
-const SPOT_CHECK_POLL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Draws spot-check runs as they fall due — with several nodes, on the holder of shard 0 only
-/// (a second drawer would only be refused by the plan's guard).
-async fn draw_spot_checks(runner: crate::domain::spotcheck::Runner, ownership: Option<Arc<crate::cluster::Ownership>>) {
-    let mut tick = tokio::time::interval(SPOT_CHECK_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if ownership.as_ref().is_some_and(|o| !o.holds(0)) {
-            continue;
-        }
-        if let Err(e) = runner.run_due().await {
-            tracing::warn!(error = %e, "cannot draw the spot-check runs due; retrying");
-        }
-    }
-}
-
 /// Starts the engine and serves gRPC on `listener` until `shutdown` completes; then stops the
 /// engine. Everything acknowledged before is durable.
 pub async fn run(
@@ -387,7 +367,7 @@ pub async fn run(
             "no catalog imported: AcceptCase trusts each request's items and supervisors until `shenguan catalog import` (docs/catalogs.md)"
         );
     }
-    let spotchecks = crate::domain::spotcheck::Runner {
+    let spotchecks = crate::timer::spotcheck::Runner {
         reader: reader.clone(),
         writer: engine.handle(),
         catalogs: engine.context().catalogs.clone(),
@@ -406,7 +386,7 @@ pub async fn run(
         consumer_idle_warn_days: options.outbound.delivery.consumer_idle_warn_days,
     });
     let warner = tokio::spawn(warn_daily(shared.clone()));
-    let drawer = tokio::spawn(draw_spot_checks(spotchecks, engine.ownership()));
+    let drawer = tokio::spawn(crate::timer::spotcheck::draw_due(spotchecks, engine.ownership()));
     let security = options.security;
     let reloader = match &security.auth {
         crate::auth::layer::Mode::Verify(v) => Some(tokio::spawn(reload_keys(v.clone(), security.key_reload))),

@@ -235,3 +235,49 @@ async fn a_reopen_after_a_failure_never_creates_a_database() {
     assert!(matches!(e, shenguan::store::Error::Unavailable(_)), "{e:?}");
     assert!(!db.exists(), "the reopen created an empty database");
 }
+
+/// Catalog imports are checked outside the writer, which only commits the versions. Two
+/// imports at once make one version per kind; an import checked against catalogs that
+/// changed before its turn is refused as a conflict and, checked again, changes nothing.
+#[tokio::test]
+async fn catalog_imports_checked_outside_the_writer_never_overwrite_one_another() {
+    use shenguan::catalog::submit::{self, CatalogImport};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("catalogs.db");
+    let clock = VirtualClock::new(t("2026-09-28T10:00:00+08:00"));
+    let engine = start(&db, &clock, |_| {}).await.expect("start");
+    let reader = shenguan::store::Database::Sqlite(db.clone()).reader(2).await.expect("reader");
+    let live = engine.context().catalogs.clone();
+    let import = |by: &str| CatalogImport {
+        files: shenguan::catalog::example_files(),
+        actor: by.to_owned(),
+        comment: String::new(),
+        dry_run: false,
+        region_scope: None,
+    };
+    let kind = shenguan::catalog::Kind::Linkage;
+
+    // Prepared against the empty catalogs, not yet submitted.
+    let (stale, prepared) =
+        submit::prepare(reader.as_ref(), &live, 0, Arc::new(import("late"))).await.expect("checked");
+    assert_eq!(stale.versions.len(), 10);
+    let prepared = prepared.expect("a batch to commit");
+
+    let handle = engine.handle();
+    let (a, b) = tokio::join!(
+        submit::import(reader.as_ref(), &handle, &live, 0, import("a")),
+        submit::import(reader.as_ref(), &handle, &live, 0, import("b")),
+    );
+    let (a, b) = (a.expect("a"), b.expect("b"));
+    let made: Vec<usize> = [&a, &b].iter().map(|i| i.versions.len()).collect();
+    assert!(made == [10, 0] || made == [0, 10], "one import made the versions: {made:?}");
+    assert_eq!(live.current().version(kind), 1, "in force once answered");
+
+    let refused = handle.prepared(prepared).await.expect_err("checked against catalogs that changed");
+    assert!(matches!(refused, WriteError::Conflict(_)), "{refused:?}");
+    let again = submit::import(reader.as_ref(), &handle, &live, 0, import("late")).await.expect("again");
+    assert_eq!((again.versions.len(), again.unchanged.len()), (0, 10), "{again:?}");
+    let history = reader.catalog_history(kind).await.expect("history");
+    assert_eq!(history.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);
+    engine.shutdown().await;
+}

@@ -13,6 +13,7 @@ use tonic::Status;
 
 use super::status::{self, invalid};
 use super::{view, Shared};
+use crate::calendar::replan::{calendar_label, calendars_with, CalendarLoad, LoadError};
 use crate::calendar::{self, CalendarFile, Calendars, FileKey};
 use crate::machine::{decide, Command, CommandKind};
 use crate::proto::{
@@ -20,7 +21,7 @@ use crate::proto::{
     ReplanGroup, ReplanMove,
 };
 use crate::store::StoredCalendarFile;
-use crate::writer::{calendar_label, calendars_with, CalendarLoad, LoadError};
+use crate::writer::WriteError;
 
 /// Largest calendar file accepted (a year file is ~3 KB).
 const MAX_FILE: usize = 256 * 1024;
@@ -54,10 +55,11 @@ pub fn parse(r: &LoadCalendarRequest) -> Result<CalendarFile, Status> {
     CalendarFile::parse(name, &r.text).map_err(|e| invalid("text", e))
 }
 
-fn load_error(e: &LoadError) -> Status {
+fn load_error(e: LoadError) -> Status {
     match e {
         LoadError::Invalid(e) => invalid("text", e),
-        LoadError::Write(w) => status::write_error("calendar", "", w),
+        LoadError::Store(e) => status::write_error("calendar", "", &WriteError::from(e)),
+        LoadError::ShuttingDown => status::write_error("calendar", "", &WriteError::ShuttingDown),
     }
 }
 
@@ -68,7 +70,7 @@ pub async fn load(shared: &Shared, r: LoadCalendarRequest, actor: String) -> Res
         return dry_run(shared, &file).await;
     }
     let handle = shared.engine.handle();
-    let loaded = handle.load_calendar(CalendarLoad { file, loaded_by: actor }).await.map_err(|e| load_error(&e))?;
+    let loaded = handle.load_calendar(CalendarLoad { file, loaded_by: actor }).await.map_err(load_error)?;
     if r.wait {
         handle.replanned(loaded.stored.generation).await.map_err(|e| status::write_error("calendar", "", &e))?;
     }

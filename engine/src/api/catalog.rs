@@ -10,12 +10,12 @@ use tonic::{Request, Response, Status};
 use super::status::{self, invalid};
 use super::{authorize, view, Shared};
 use crate::auth::{Right, Seen};
+use crate::catalog::submit::{CatalogImport, ImportError};
 use crate::catalog::{Kind, Version};
 use crate::domain::{self, spotcheck, CASE_WORKFLOW};
 use crate::machine::CommandKind;
 use crate::proto;
 use crate::store::InstanceRow;
-use crate::writer::{CatalogImport, ImportError};
 
 /// Largest catalog file accepted (the request as a whole is capped by the server too).
 const MAX_FILE: usize = 16 * 1024 * 1024;
@@ -92,8 +92,8 @@ pub(super) async fn import_catalogs(
         let kind = if f.kind.is_empty() { None } else { Some(kind(&format!("{field}.kind"), &f.kind)?) };
         files.push(crate::catalog::ImportFile { name: f.name, kind, content });
     }
-    // Whoever replaces catalogs must hold every region they hold now (the writer checks the
-    // stored ones and the import's own again, in case another node imported meanwhile).
+    // Whoever replaces catalogs must hold every region they hold now (the import checks the
+    // stored ones and its own again, in case another node imported meanwhile).
     if let Some(prefix) = who.scope().id_prefix() {
         if let Some(code) = shared.context().catalogs.current().region_outside(&prefix) {
             return Err(who.outside(shared, || format!("the catalogs of region {code}")));
@@ -106,7 +106,17 @@ pub(super) async fn import_catalogs(
         dry_run: r.dry_run,
         region_scope: who.scope().id_prefix(),
     };
-    match shared.engine.handle().import_catalogs(import).await {
+    let context = shared.context();
+    let now = context.clock.now();
+    match crate::catalog::submit::import(
+        shared.reader.as_ref(),
+        &shared.engine.handle(),
+        &context.catalogs,
+        now,
+        import,
+    )
+    .await
+    {
         Ok(imported) => Ok(Response::new(proto::ImportCatalogsReply {
             versions: imported.versions.iter().map(version_view).collect(),
             unchanged: imported.unchanged.iter().map(|k| k.name().to_owned()).collect(),

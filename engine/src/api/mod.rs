@@ -63,7 +63,7 @@ pub struct Shared {
     /// wait for them.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Draws the spot-check runs that fell due.
-    pub spotchecks: crate::domain::spotcheck::Runner,
+    pub spotchecks: crate::timer::spotcheck::Runner,
 }
 
 impl Shared {

@@ -25,6 +25,7 @@
 //! I/O.
 
 pub mod import;
+pub mod submit;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};

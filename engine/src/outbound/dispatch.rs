@@ -57,7 +57,7 @@ const FLUSH_MARKS: usize = 1_024;
 #[derive(Debug)]
 pub struct Dispatchers {
     tasks: Vec<JoinHandle<()>>,
-    /// The engine's [`crate::engine::Context::rescans`]: what other nodes' retries bump too.
+    /// The engine's [`crate::context::Context::rescans`]: what other nodes' retries bump too.
     rescans: Arc<watch::Sender<u64>>,
 }
 
@@ -87,8 +87,8 @@ pub fn start(
     config: &Config,
     reader: Arc<dyn ReadStore>,
     writer: Handle,
-    context: &crate::engine::Context,
-    ownership: Option<Arc<crate::cluster::Ownership>>,
+    context: &crate::context::Context,
+    ownership: Option<Arc<crate::cluster::ownership::Ownership>>,
 ) -> Result<Dispatchers, SetupError> {
     let mut out = Dispatchers { tasks: Vec::new(), rescans: context.rescans.clone() };
     for d in &config.destinations {
@@ -222,7 +222,7 @@ struct Worker {
     clock: Arc<dyn Clock>,
     window: Window,
     /// Several nodes: deliver only while holding shard 0.
-    ownership: Option<Arc<crate::cluster::Ownership>>,
+    ownership: Option<Arc<crate::cluster::ownership::Ownership>>,
     /// Changes when the shards held do.
     leadership: Option<watch::Receiver<u64>>,
     /// Whether a dead letter holds its case's later messages (`on_dead_letter = "hold"`).

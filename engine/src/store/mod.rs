@@ -331,7 +331,10 @@ pub struct StoredConsumer {
 
 /// The stored form of a message's typed data: JSON text, or NULL for an untyped message.
 pub fn data_column(m: &crate::machine::Message) -> Option<String> {
-    m.data.as_ref().map(|d| serde_json::Value::Object(d.clone()).to_string())
+    // Serialised in place: cloning the record into a `Value` first cost a copy of every field
+    // of every message written. A map with string keys always serialises (as `Value`'s
+    // `Display`, which this replaces, assumes too).
+    m.data.as_ref().map(|d| serde_json::to_string(d).unwrap_or_default())
 }
 
 /// The stored form of a consumer's channels: `",a,b,"`, or `""` for every channel (channel
@@ -698,6 +701,8 @@ pub trait ReadStore: Send + Sync {
     async fn orphans(&self, limit: u32) -> Result<Vec<(String, String)>, Error>;
     /// Every calendar file, in generation order.
     async fn calendar_files(&self) -> Result<Vec<StoredCalendarFile>, Error>;
+    /// The newest version of each catalog kind: the catalogs in force.
+    async fn catalogs(&self) -> Result<Vec<crate::catalog::Version>, Error>;
     /// Every version of a catalog kind, oldest first.
     async fn catalog_history(&self, kind: crate::catalog::Kind) -> Result<Vec<crate::catalog::Version>, Error>;
     /// The instances that concern an enterprise, oldest first.

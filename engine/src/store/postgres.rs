@@ -921,8 +921,7 @@ impl Store for PgStore {
     }
 
     async fn catalogs(&mut self) -> Result<Vec<crate::catalog::Version>, Error> {
-        let rows = sqlx::query(row::LATEST_CATALOGS).fetch_all(&self.pool).await?;
-        rows.iter().map(row::catalog_version).collect()
+        latest_catalogs(&self.pool).await
     }
 
     async fn replans(&mut self) -> Result<Vec<ReplanJob>, Error> {
@@ -938,6 +937,12 @@ impl Store for PgStore {
     ) -> Result<Vec<TimerId>, Error> {
         planned(&self.pool, first, last, after, limit).await
     }
+}
+
+/// The newest version of each catalog kind.
+async fn latest_catalogs(pool: &PgPool) -> Result<Vec<crate::catalog::Version>, Error> {
+    let rows = sqlx::query(row::LATEST_CATALOGS).fetch_all(pool).await?;
+    rows.iter().map(row::catalog_version).collect()
 }
 
 async fn files(pool: &PgPool) -> Result<Vec<StoredCalendarFile>, Error> {
@@ -1248,6 +1253,10 @@ impl ReadStore for PgReader {
 
     async fn calendar_files(&self) -> Result<Vec<StoredCalendarFile>, Error> {
         files(&self.pool).await
+    }
+
+    async fn catalogs(&self) -> Result<Vec<crate::catalog::Version>, Error> {
+        latest_catalogs(&self.pool).await
     }
 
     async fn catalog_history(&self, kind: crate::catalog::Kind) -> Result<Vec<crate::catalog::Version>, Error> {

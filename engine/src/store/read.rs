@@ -261,6 +261,10 @@ impl ReadStore for Reader {
         super::sqlite::calendars::files(&self.pool).await
     }
 
+    async fn catalogs(&self) -> Result<Vec<crate::catalog::Version>, Error> {
+        super::sqlite::catalogs::latest(&self.pool).await
+    }
+
     async fn catalog_history(&self, kind: crate::catalog::Kind) -> Result<Vec<crate::catalog::Version>, Error> {
         super::sqlite::catalogs::history(&self.pool, kind).await
     }

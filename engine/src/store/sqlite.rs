@@ -726,9 +726,13 @@ pub(crate) mod catalogs {
     use crate::catalog::{Kind, Version};
     use crate::store::row;
 
+    /// Two imports prepared at once against the same versions: the second's (kind, version) is
+    /// taken, and it is refused as a conflict (prepared again on what is stored) rather than
+    /// failing as a defect.
     pub(crate) async fn insert<'e, E: sqlx::SqliteExecutor<'e>>(e: E, v: &Version) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO catalog_versions (kind, version, actor, at, comment, changes, rows) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        let written = sqlx::query(
+            "INSERT INTO catalog_versions (kind, version, actor, at, comment, changes, rows) VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(v.kind.name())
         .bind(i64::from(v.version))
@@ -738,7 +742,14 @@ pub(crate) mod catalogs {
         .bind(json(&v.changes)?)
         .bind(json(&v.rows)?)
         .execute(e)
-        .await?;
+        .await?
+        .rows_affected();
+        if written == 0 {
+            return Err(Error::Conflict(format!(
+                "{} version {} was imported by another import first",
+                v.kind, v.version
+            )));
+        }
         Ok(())
     }
 

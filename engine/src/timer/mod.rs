@@ -7,18 +7,24 @@
 //! Both sides of that line are kept by the writer task alone:
 //! - after a commit, the writer inserts a newly armed timer into the wheel only if its key is
 //!   inside the horizon (otherwise a later page brings it in);
-//! - the horizon is extended by the writer task (a [`crate::writer::Request::Extend`]), which
-//!   reads the next page and moves the line in one step, so no commit can slip between the
-//!   read and the move and be missed.
+//! - the horizon is extended by the writer task (a [`crate::writer::Request::Extend`], served
+//!   by [`Paging::extend`]), which reads the next page and moves the line in one step, so no
+//!   commit can slip between the read and the move and be missed. Shards taken or lost
+//!   ([`Paging::change_shards`]) are loaded and dropped the same way, between batches.
 //!
 //! A timer fires as a command whose transaction deletes its row; `decide` refuses a timer that
 //! is no longer armed with that due time, so a stale wheel entry is harmless and a crash before
 //! the commit makes it fire again after restart — never twice.
 
 pub mod service;
+pub mod spotcheck;
 pub mod wheel;
 
 use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use crate::cluster::ownership::Ownership;
 
 use crate::clock::Millis;
 use crate::store::{Store, TimerFrom};
@@ -103,6 +109,70 @@ impl TimerIndex {
             }
         }
         inserted
+    }
+}
+
+/// Shards whose timers the wheel must take in or let go of.
+#[derive(Debug, Clone, Default)]
+pub struct ShardChange {
+    /// Load these shards' timers up to the horizon.
+    pub load: Vec<u32>,
+    /// Drop these shards' timers.
+    pub drop: Vec<u32>,
+}
+
+/// What the writer lends the timers between two batches: the shared index, the service's
+/// wake-up, and the page size.
+pub struct Paging<'a> {
+    /// The index.
+    pub timers: &'a Mutex<TimerIndex>,
+    /// Woken when timers went into the wheel.
+    pub wake: &'a Notify,
+    /// Most timers read per page.
+    pub page: u32,
+}
+
+impl Paging<'_> {
+    /// One page of the horizon towards `until` ([`page_in`]), the service woken if it brought
+    /// timers.
+    pub async fn extend<S: Store>(
+        &self,
+        store: &mut S,
+        until: Millis,
+        held: Option<&[u32]>,
+    ) -> Result<usize, crate::store::Error> {
+        let loaded = page_in(store, self.timers, until, self.page, held).await?;
+        if loaded > 0 {
+            self.wake.notify_one();
+        }
+        Ok(loaded)
+    }
+
+    /// Drops the timers of the shards lost and loads those of the shards taken (of these, the
+    /// ones `ownership` still holds: it may have moved on since the change was sent).
+    pub async fn change_shards<S: Store>(
+        &self,
+        store: &mut S,
+        change: &ShardChange,
+        shards: u32,
+        ownership: Option<&Ownership>,
+    ) -> Result<(), crate::store::Error> {
+        if !change.drop.is_empty() {
+            let dropped = drop_shards(self.timers, &change.drop, shards);
+            tracing::debug!(shards = ?change.drop, timers = dropped, "dropped lost shards' timers");
+        }
+        let held: Vec<u32> = match ownership {
+            Some(o) => change.load.iter().copied().filter(|s| o.holds(*s)).collect(),
+            None => change.load.clone(),
+        };
+        if !held.is_empty() {
+            let loaded = rescan(store, self.timers, &held, self.page).await?;
+            if loaded > 0 {
+                self.wake.notify_one();
+            }
+            tracing::debug!(shards = ?held, timers = loaded, "loaded shards' timers");
+        }
+        Ok(())
     }
 }
 

@@ -83,6 +83,18 @@ pub struct Builder<'a> {
     due_now: Vec<(Millis, String, String)>,
     counts: Vec<(&'static str, &'static str)>,
     rules: Vec<Option<usize>>,
+    /// Groups' first commands decided ahead by [`Builder::derived_ids`], by instance: reused by
+    /// [`Builder::group`] when the instance is still as it was then, so that no command is
+    /// decided twice (a licence's decision cost a CompleteApproval about 2 % of the writer's
+    /// time again; BENCHMARKS.md, issue 23).
+    hints: HashMap<String, Hint>,
+}
+
+/// A command decided ahead, with the instance's `seq` it was decided on (`None`: absent).
+struct Hint {
+    base: Option<u64>,
+    command: Command,
+    transition: Transition,
 }
 
 /// A finished batch.
@@ -142,6 +154,7 @@ impl<'a> Builder<'a> {
             due_now: Vec::new(),
             counts: Vec::new(),
             rules: Vec::new(),
+            hints: HashMap::new(),
         }
     }
 
@@ -384,11 +397,35 @@ impl<'a> Builder<'a> {
     /// not loaded yet. A hint, so that the task reads them for the whole batch at once rather
     /// than group by group; [`Builder::group`] still asks for anything the hint missed (an
     /// earlier command of the batch may change what a group derives). Nothing is recorded.
-    pub fn derived_ids(&self, items: &[GroupItem], derive: Option<&Derive>) -> Vec<String> {
+    pub fn derived_ids(&mut self, items: &[GroupItem], derive: Option<&Derive>) -> Vec<String> {
         let (Some(first), Some(derive)) = (items.first(), derive) else { return Vec::new() };
         let Ok(t) = self.try_decide(&HashMap::new(), &first.command) else { return Vec::new() };
         let Ok(more) = derive(&t.instance) else { return Vec::new() };
-        self.unseen(more.iter().map(|i| i.command.instance.as_str())).into_iter().map(str::to_owned).collect()
+        let ids =
+            self.unseen(more.iter().map(|i| i.command.instance.as_str())).into_iter().map(str::to_owned).collect();
+        let hint = Hint { base: self.base_of(&first.command.instance), command: first.command.clone(), transition: t };
+        self.hints.insert(first.command.instance.clone(), hint);
+        ids
+    }
+
+    /// The `seq` of the instance `id` as the batch holds it now (`None`: absent or unreadable).
+    fn base_of(&self, id: &str) -> Option<u64> {
+        match self.live.get(id) {
+            Some(Ok(instance)) => Some(instance.seq),
+            _ => None,
+        }
+    }
+
+    /// The decision of a group's first command, from its hint if the hint is for this command
+    /// on the instance as it is now (decisions are a function of the instance, the command, the
+    /// batch's instant and calendars — the last two are the batch's own), else decided now.
+    fn decide_first(&mut self, command: &Command) -> Result<Transition, WriteError> {
+        if let Some(hint) = self.hints.remove(&command.instance) {
+            if hint.command == *command && hint.base == self.base_of(&command.instance) {
+                return Ok(hint.transition);
+            }
+        }
+        self.try_decide(&HashMap::new(), command)
     }
 
     /// Decides a group all or nothing: every member on an overlay first, in order (each sees
@@ -423,7 +460,9 @@ impl<'a> Builder<'a> {
                 command.request_id = None;
                 command.idempotency = None;
             }
-            match self.try_decide(&overlay, &command) {
+            let decided_now =
+                if index == 0 { self.decide_first(&command) } else { self.try_decide(&overlay, &command) };
+            match decided_now {
                 Ok(t) => {
                     if let (0, Some(derive)) = (index, derive) {
                         derived = match derive(&t.instance) {

@@ -13,7 +13,7 @@
 //! - The writer task is the only writer of the database and the only task that moves the timer
 //!   horizon ([`Request::Extend`]); see [`crate::timer`] for why that matters.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -22,13 +22,14 @@ pub mod batch;
 
 use batch::{kind_of, Builder, Built, GroupStep};
 
-use crate::calendar::{CalendarFile, Calendars, Live};
+use crate::calendar::replan::{CalendarLoad, LoadError, Loaded, Planner};
+use crate::calendar::Live;
 use crate::clock::{Clock, Millis};
 use crate::definition::Registry;
 use crate::machine::{Command, CommandKind, Instance, Rejection};
-use crate::store::{Batch, ReplanJob, Store, StoredCalendarFile};
+use crate::store::{Batch, ReplanJob, Store};
 use crate::telemetry::Metrics;
-use crate::timer::{lock, TimerIndex};
+use crate::timer::{lock, ShardChange, TimerIndex};
 
 /// The answer to a command that was applied (or had been applied before under its request id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,8 +168,11 @@ pub enum Request {
     /// of timers loaded.
     Extend(Millis, oneshot::Sender<Result<usize, WriteError>>),
     /// Store a calendar file, put the new calendar set in force and start re-planning the
-    /// timers it moves.
+    /// timers it moves ([`crate::calendar::replan`]).
     LoadCalendar(CalendarLoad, oneshot::Sender<Result<Loaded, LoadError>>),
+    /// Commit a batch prepared outside the writer (a catalog import), in a transaction of its
+    /// own after the requests queued before it.
+    Prepared(Box<Prepared>, oneshot::Sender<Result<(), WriteError>>),
     /// Record what delivery learned, in the next batch's transaction.
     Outbound(Outbound, oneshot::Sender<Result<(), WriteError>>),
     /// The node took shards (load their timers up to the horizon; also sent when another node
@@ -176,51 +180,21 @@ pub enum Request {
     Shards(ShardChange, oneshot::Sender<Result<(), WriteError>>),
     /// Another node loaded a calendar: read the stored files again and put them in force.
     ReloadCalendars(oneshot::Sender<Result<(), WriteError>>),
-    /// Check catalog files against the catalogs stored, store the kinds that changed as new
-    /// versions and put them in force (or, as a dry run, only check).
-    ImportCatalogs(CatalogImport, oneshot::Sender<Result<crate::catalog::Imported, ImportError>>),
     /// Another node imported catalogs: read the newest versions again and put them in force.
     ReloadCatalogs(oneshot::Sender<Result<(), WriteError>>),
 }
 
-/// A catalog import as the writer is asked for it.
-#[derive(Debug, Clone)]
-pub struct CatalogImport {
-    /// The files.
-    pub files: Vec<crate::catalog::ImportFile>,
-    /// Who imports (recorded with every version).
-    pub actor: String,
-    /// Why (recorded with every version).
-    pub comment: String,
-    /// Check only; store nothing.
-    pub dry_run: bool,
-    /// The importer's region prefix, if their scope is one region: every region of the
-    /// catalogs as the import would leave them must be inside it (the catalogs are one set for
-    /// the area they cover; a county's administrator may not replace the city's).
-    pub region_scope: Option<String>,
-}
-
-/// Why a catalog import was refused.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum ImportError {
-    /// Rows are wrong; every one found is listed, and nothing was imported.
-    #[error("{} problem(s) in the import; nothing was imported:\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<crate::catalog::RowError>),
-    /// The catalogs would hold a region outside the importer's scope; nothing was imported.
-    #[error("the catalogs would hold region {0}, outside the importer's scope")]
-    OutsideScope(String),
-    /// It could not be stored; nothing changed.
-    #[error(transparent)]
-    Write(#[from] WriteError),
-}
-
-/// Shards whose timers the wheel must take in or let go of.
-#[derive(Debug, Clone, Default)]
-pub struct ShardChange {
-    /// Load these shards' timers up to the horizon.
-    pub load: Vec<u32>,
-    /// Drop these shards' timers.
-    pub drop: Vec<u32>,
+/// A batch prepared outside the writer, with what must still hold when its turn comes and what
+/// follows its commit.
+pub struct Prepared {
+    /// What to write.
+    pub batch: Batch,
+    /// Asked after every request queued before has been committed, just before this commits:
+    /// a reason refuses the batch as a [`WriteError::Conflict`] (prepare it again).
+    pub still_valid: Box<dyn FnOnce() -> Result<(), String> + Send>,
+    /// Run once the batch is durable, before the next batch is decided (puts what it stored
+    /// in force).
+    pub then: Box<dyn FnOnce() + Send>,
 }
 
 /// A change to the outbox or the stream's cursors, from the delivery side. Delivery never
@@ -239,53 +213,6 @@ pub enum Outbound {
     DropConsumer(String),
 }
 
-/// A calendar file to load.
-#[derive(Debug, Clone)]
-pub struct CalendarLoad {
-    /// The file, checked alone ([`CalendarFile::parse`]).
-    pub file: CalendarFile,
-    /// Who loads it.
-    pub loaded_by: String,
-}
-
-/// What a load did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Loaded {
-    /// The stored file.
-    pub stored: StoredCalendarFile,
-    /// The re-plan it started (`None`: no working day changed, nothing to re-plan).
-    pub replan: Option<ReplanJob>,
-}
-
-/// Why a load was refused.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum LoadError {
-    /// The file does not fit the calendars in force (a year twice, a day both off and on…).
-    #[error(transparent)]
-    Invalid(#[from] crate::calendar::Error),
-    /// It could not be stored; nothing changed.
-    #[error(transparent)]
-    Write(#[from] WriteError),
-}
-
-/// The label history entries give a calendar file: `national 2027 v2, <source>`.
-pub fn calendar_label(stored: &StoredCalendarFile) -> String {
-    format!("{} v{}, {}", stored.file.key, stored.version, stored.file.source)
-}
-
-/// The calendar set that loading `file` on top of `files` gives, as of the next generation.
-pub fn calendars_with(
-    files: &[StoredCalendarFile],
-    file: &CalendarFile,
-    policy: crate::calendar::Policy,
-) -> Result<(Calendars, u64, u32), crate::calendar::Error> {
-    let generation = files.last().map_or(0, |f| f.generation) + 1;
-    let version = u32::try_from(files.iter().filter(|f| f.file.key == file.key).count()).unwrap_or(u32::MAX - 1) + 1;
-    let mut all: Vec<CalendarFile> = files.iter().map(|f| f.file.clone()).collect();
-    all.push(file.clone());
-    Ok((Calendars::from_files(&all, generation)?.with_policy(policy), generation, version))
-}
-
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -298,9 +225,7 @@ impl std::fmt::Debug for Request {
             Request::Outbound(o, _) => f.debug_tuple("Outbound").field(o).finish(),
             Request::Shards(c, _) => f.debug_tuple("Shards").field(c).finish(),
             Request::ReloadCalendars(_) => f.write_str("ReloadCalendars"),
-            Request::ImportCatalogs(i, _) => {
-                f.debug_tuple("ImportCatalogs").field(&i.files.iter().map(|f| &f.name).collect::<Vec<_>>()).finish()
-            }
+            Request::Prepared(p, _) => f.debug_tuple("Prepared").field(&p.batch.catalogs.len()).finish(),
             Request::ReloadCatalogs(_) => f.write_str("ReloadCatalogs"),
         }
     }
@@ -387,11 +312,11 @@ impl Handle {
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
-    /// Imports catalog files: every kind that changed becomes a new version, in one
-    /// transaction, and is in force when this answers.
-    pub async fn import_catalogs(&self, import: CatalogImport) -> Result<crate::catalog::Imported, ImportError> {
+    /// Commits a prepared batch in a transaction of its own; answers once it is durable and
+    /// its `then` has run.
+    pub async fn prepared(&self, prepared: Prepared) -> Result<(), WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::ImportCatalogs(import, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.tx.send(Request::Prepared(Box::new(prepared), reply)).await.map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
@@ -399,8 +324,8 @@ impl Handle {
     /// following batches.
     pub async fn load_calendar(&self, load: CalendarLoad) -> Result<Loaded, LoadError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::LoadCalendar(load, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
-        rx.await.map_err(|_| WriteError::ShuttingDown)?
+        self.tx.send(Request::LoadCalendar(load, reply)).await.map_err(|_| LoadError::ShuttingDown)?;
+        rx.await.map_err(|_| LoadError::ShuttingDown)?
     }
 
     /// Records a change from the delivery side; answers once it is durable.
@@ -452,7 +377,7 @@ pub struct Settings {
     pub horizon: Millis,
     /// The shards this node holds when several nodes share the database; `None`: the only
     /// node (every shard is its own, no fencing).
-    pub ownership: Option<Arc<crate::cluster::Ownership>>,
+    pub ownership: Option<Arc<crate::cluster::ownership::Ownership>>,
 }
 
 /// The writer task's state.
@@ -463,14 +388,8 @@ pub struct Writer<S: Store> {
     calendars: Arc<Live>,
     /// The catalogs in force.
     catalogs: Arc<crate::catalog::Live>,
-    /// Every calendar file the database holds, in generation order.
-    files: Vec<StoredCalendarFile>,
-    /// Re-plans to run, oldest first; the front one advances a page per batch.
-    replans: VecDeque<ReplanJob>,
-    /// After a failed re-plan page, the next waits until then.
-    replan_paused_until: Option<tokio::time::Instant>,
-    /// Tells [`Handle::replanned`] how far re-planning got.
-    replanned: tokio::sync::watch::Sender<u64>,
+    /// The calendar files stored and the re-plans to run.
+    planner: Planner,
     clock: Arc<dyn Clock>,
     timers: Arc<Mutex<TimerIndex>>,
     wake: Arc<Notify>,
@@ -496,12 +415,6 @@ pub struct Writer<S: Store> {
 /// How long the writer must have had nothing to do before it runs a batch of re-planning alone.
 const REPLAN_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// Fewest re-plans in a batch that also carries callers' commands.
-const REPLAN_BESIDE_COMMANDS: u32 = 25;
-
-/// After a failed re-plan page, the next is tried this much later (commands go on meanwhile).
-const REPLAN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Expired idempotency keys are pruned at most this often, a bounded number at a time.
 const PRUNE_EVERY: Millis = 60 * 60 * 1000;
 /// Most keys one prune deletes: one statement the next batch waits behind, so kept small.
@@ -517,13 +430,13 @@ const PRUNE_BACKLOG_PAUSE: Millis = 1_000;
 /// Creates a writer and its handle. Run the writer with [`Writer::run`].
 pub fn channel<S: Store>(
     store: S,
-    context: &crate::engine::Context,
+    context: &crate::context::Context,
     timers: Arc<Mutex<TimerIndex>>,
     wake: Arc<Notify>,
     settings: Settings,
 ) -> (Writer<S>, Handle) {
     let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
-    let (replanned, replanned_rx) = tokio::sync::watch::channel(0);
+    let (planner, replanned_rx) = Planner::new(context.calendars.clone());
     (
         Writer {
             store,
@@ -531,10 +444,7 @@ pub fn channel<S: Store>(
             registry: context.registry.clone(),
             calendars: context.calendars.clone(),
             catalogs: context.catalogs.clone(),
-            files: Vec::new(),
-            replans: VecDeque::new(),
-            replan_paused_until: None,
-            replanned,
+            planner,
             clock: context.clock.clone(),
             timers,
             wake,
@@ -576,7 +486,7 @@ impl<S: Store> Writer<S> {
     /// Reads the calendars the database holds, puts them in force, and picks up unfinished
     /// re-plans. Call before [`run`](Self::run).
     pub async fn prepare(&mut self) -> Result<(), crate::store::Error> {
-        self.prepare_calendars(true).await?;
+        self.planner.prepare(&mut self.store, true).await?;
         self.prepare_catalogs().await?;
         self.prepare_figures().await
     }
@@ -621,91 +531,22 @@ impl<S: Store> Writer<S> {
         Ok(())
     }
 
-    async fn import_catalogs(&mut self, import: CatalogImport) -> Result<crate::catalog::Imported, ImportError> {
-        // Against what is stored, not what this node last saw: another node may have imported.
-        let current = crate::catalog::Catalogs::new(self.store.catalogs().await.map_err(WriteError::from)?);
-        let imported =
-            crate::catalog::import(&current, &import.files, &import.actor, &import.comment, self.clock.now())
-                .map_err(ImportError::Invalid)?;
-        // The API checked the catalogs in force as this node saw them; the stored ones are the
-        // truth, and the import's own regions count too.
-        if let Some(prefix) = &import.region_scope {
-            let kind = crate::catalog::Kind::Regions;
-            let imported_regions = imported.versions.iter().filter(|v| v.kind == kind).flat_map(|v| v.rows.iter());
-            let outside =
-                current.region_outside(prefix).or_else(|| crate::catalog::region_outside(imported_regions, prefix));
-            if let Some(code) = outside {
-                return Err(ImportError::OutsideScope(code.to_owned()));
-            }
-        }
-        if import.dry_run || imported.versions.is_empty() {
-            self.catalogs.replace(current);
-            return Ok(imported);
-        }
-        let batch = Batch { catalogs: imported.versions.clone(), ..Batch::default() };
-        self.store.commit(&batch).await.map_err(WriteError::from)?;
-        for v in &imported.versions {
-            tracing::info!(kind = %v.kind, version = v.version, changes = %v.changes.summary(), by = %v.actor, "catalog imported");
-        }
-        self.catalogs.replace(current.with(&imported.versions));
-        Ok(imported)
-    }
-
-    /// Puts the stored calendars in force; with `resume`, also picks up unfinished re-plans
-    /// (at start: a re-plan is run by the node that loaded the calendar, or resumed by any
-    /// node that starts while it is unfinished).
-    async fn prepare_calendars(&mut self, resume: bool) -> Result<(), crate::store::Error> {
-        let files = self.store.calendar_files().await?;
-        if !resume && files.last().map(|f| f.generation) == self.files.last().map(|f| f.generation) {
-            return Ok(());
-        }
-        // A database opened without a seed holds no calendar: the calendars given stay in force.
-        if !files.is_empty() {
-            let generation = files.last().map_or(0, |f| f.generation);
-            let all: Vec<CalendarFile> = files.iter().map(|f| f.file.clone()).collect();
-            let calendars = Calendars::from_files(&all, generation)
-                .map_err(|e| crate::store::Error::Corrupt(format!("stored calendars: {e}")))?;
-            self.calendars.replace(calendars);
-        }
-        self.files = files;
-        if !resume {
-            tracing::info!(
-                generation = self.files.last().map_or(0, |f| f.generation),
-                "put a calendar another node loaded in force"
-            );
-            return Ok(());
-        }
-        self.replans = self.store.replans().await?.into_iter().filter(|j| !j.done).collect();
-        if let Some(job) = self.replans.front() {
-            tracing::info!(calendar = %job.label, after = ?job.after, "resuming an unfinished re-plan");
-        }
-        self.publish_replanned();
-        Ok(())
-    }
-
-    /// Publishes the newest generation with nothing left to re-plan up to it.
-    fn publish_replanned(&self) {
-        let newest = self.files.last().map_or(0, |f| f.generation);
-        let done = self.replans.front().map_or(newest, |j| j.generation.saturating_sub(1));
-        self.replanned.send_replace(done);
-    }
-
     /// Serves requests until every [`Handle`] is dropped.
     pub async fn run(mut self) {
         let mut requests = Vec::with_capacity(self.settings.max_batch);
         loop {
-            let first = if self.replans.is_empty() {
+            let first = if !self.planner.running() {
                 match self.rx.recv().await {
                     Some(r) => r,
                     None => break,
                 }
-            } else if let Some(until) = self.replan_paused_until {
+            } else if let Some(until) = self.planner.paused_until() {
                 // A re-plan page failed: requests are served meanwhile, the page waits.
                 match tokio::time::timeout_at(until, self.rx.recv()).await {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(_) => {
-                        self.replan_paused_until = None;
+                        self.planner.resume();
                         continue;
                     }
                 }
@@ -730,69 +571,79 @@ impl<S: Store> Writer<S> {
             }
             let mut items = Vec::with_capacity(requests.len());
             for request in requests.drain(..) {
-                match request {
-                    Request::Command(c, reply) => items.push(Item::One(c, reply)),
-                    Request::Group(g, derive, reply) => items.push(Item::Group(g, derive, reply)),
-                    Request::Outbound(o, reply) => items.push(Item::Outbound(o, reply)),
-                    Request::Extend(until, reply) => {
-                        // Commands queued before the extension are committed first, so the
-                        // page read sees them.
-                        if !items.is_empty() {
-                            self.process(std::mem::take(&mut items)).await;
-                        }
-                        let held = self.settings.ownership.as_ref().map(|o| o.held());
-                        let loaded = crate::timer::page_in(
-                            &mut self.store,
-                            &self.timers,
-                            until,
-                            self.settings.page,
-                            held.as_deref(),
-                        )
-                        .await
-                        .map_err(WriteError::from);
-                        if loaded.as_ref().is_ok_and(|n| *n > 0) {
-                            self.wake.notify_one();
-                        }
-                        let _ = reply.send(loaded);
+                let alone = match request {
+                    Request::Command(c, reply) => {
+                        items.push(Item::One(c, reply));
+                        continue;
                     }
-                    Request::LoadCalendar(load, reply) => {
-                        // Commands queued before the load are decided on the calendar they
-                        // were sent under.
-                        if !items.is_empty() {
-                            self.process(std::mem::take(&mut items)).await;
-                        }
-                        let _ = reply.send(self.load_calendar(load).await);
+                    Request::Group(g, derive, reply) => {
+                        items.push(Item::Group(g, derive, reply));
+                        continue;
                     }
-                    Request::Shards(change, reply) => {
-                        if !items.is_empty() {
-                            self.process(std::mem::take(&mut items)).await;
-                        }
-                        let _ = reply.send(self.change_shards(&change).await);
+                    Request::Outbound(o, reply) => {
+                        items.push(Item::Outbound(o, reply));
+                        continue;
                     }
-                    Request::ReloadCalendars(reply) => {
-                        if !items.is_empty() {
-                            self.process(std::mem::take(&mut items)).await;
-                        }
-                        let _ = reply.send(self.prepare_calendars(false).await.map_err(WriteError::from));
-                    }
-                    Request::ImportCatalogs(import, reply) => {
-                        if !items.is_empty() {
-                            self.process(std::mem::take(&mut items)).await;
-                        }
-                        let _ = reply.send(self.import_catalogs(import).await);
-                    }
-                    Request::ReloadCatalogs(reply) => {
-                        if !items.is_empty() {
-                            self.process(std::mem::take(&mut items)).await;
-                        }
-                        let _ = reply.send(self.prepare_catalogs().await.map_err(WriteError::from));
-                    }
+                    alone => alone,
+                };
+                // What was queued before is committed first: a page of timers read sees it, and
+                // commands sent under a calendar or catalogs are decided on them.
+                if !items.is_empty() {
+                    self.process(std::mem::take(&mut items)).await;
                 }
+                self.serve_alone(alone).await;
             }
             if !items.is_empty() {
                 self.process(items).await;
             }
         }
+    }
+
+    /// Serves a request that runs between batches, each by its owner: timer paging and shard
+    /// changes by [`crate::timer`], calendar loads by the [`Planner`], prepared batches (catalog
+    /// imports, [`crate::catalog::submit`]) committed as given.
+    async fn serve_alone(&mut self, request: Request) {
+        let held = self.settings.ownership.as_ref().map(|o| o.held());
+        let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
+        match request {
+            Request::Command(..) | Request::Group(..) | Request::Outbound(..) => {
+                unreachable!("batched requests are not served alone")
+            }
+            Request::Extend(until, reply) => {
+                let _ =
+                    reply.send(wheel.extend(&mut self.store, until, held.as_deref()).await.map_err(WriteError::from));
+            }
+            Request::Shards(change, reply) => {
+                let own = self.settings.ownership.as_deref();
+                let _ = reply.send(
+                    wheel
+                        .change_shards(&mut self.store, &change, self.settings.shards, own)
+                        .await
+                        .map_err(WriteError::from),
+                );
+            }
+            Request::LoadCalendar(load, reply) => {
+                let _ = reply.send(self.planner.load(&mut self.store, load, self.clock.now()).await);
+            }
+            Request::ReloadCalendars(reply) => {
+                let _ = reply.send(self.planner.prepare(&mut self.store, false).await.map_err(WriteError::from));
+            }
+            Request::ReloadCatalogs(reply) => {
+                let _ = reply.send(self.prepare_catalogs().await.map_err(WriteError::from));
+            }
+            Request::Prepared(prepared, reply) => {
+                let _ = reply.send(self.commit_prepared(prepared).await);
+            }
+        }
+    }
+
+    /// Commits a batch prepared outside, if it still holds (see [`Prepared`]).
+    async fn commit_prepared(&mut self, prepared: Box<Prepared>) -> Result<(), WriteError> {
+        let Prepared { batch, still_valid, then } = *prepared;
+        still_valid().map_err(WriteError::Conflict)?;
+        self.store.commit(&batch).await?;
+        then();
+        Ok(())
     }
 
     /// With several nodes, a batch's reads are not one snapshot: the idempotency keys are read
@@ -826,108 +677,21 @@ impl<S: Store> Writer<S> {
         }
     }
 
-    /// Loads and drops shards' timers (see [`Request::Shards`]).
-    async fn change_shards(&mut self, change: &ShardChange) -> Result<(), WriteError> {
-        let count = self.settings.shards;
-        if !change.drop.is_empty() {
-            let dropped = crate::timer::drop_shards(&self.timers, &change.drop, count);
-            tracing::debug!(shards = ?change.drop, timers = dropped, "dropped lost shards' timers");
-        }
-        let held: Vec<u32> = match &self.settings.ownership {
-            Some(o) => change.load.iter().copied().filter(|s| o.holds(*s)).collect(),
-            None => change.load.clone(),
-        };
-        if !held.is_empty() {
-            let loaded = crate::timer::rescan(&mut self.store, &self.timers, &held, self.settings.page).await?;
-            if loaded > 0 {
-                self.wake.notify_one();
-            }
-            tracing::debug!(shards = ?held, timers = loaded, "loaded shards' timers");
-        }
-        Ok(())
-    }
-
-    /// Stores a calendar file in a transaction of its own with the re-plan it starts, then puts
-    /// the new set in force: every later batch computes with it.
-    async fn load_calendar(&mut self, load: CalendarLoad) -> Result<Loaded, LoadError> {
-        let current = self.calendars.current();
-        let (calendars, generation, version) = calendars_with(&self.files, &load.file, current.policy())?;
-        let stored = StoredCalendarFile {
-            generation,
-            version,
-            file: load.file,
-            loaded_by: load.loaded_by,
-            loaded_at: self.clock.now(),
-        };
-        let label = calendar_label(&stored);
-        let replan = crate::calendar::changed_range(&current, &calendars).map(|(first, last)| ReplanJob {
-            generation,
-            first,
-            last,
-            label: label.clone(),
-            after: None,
-            moved: 0,
-            done: false,
-        });
-        let batch = Batch { calendar_file: Some(stored.clone()), replan: replan.clone(), ..Batch::default() };
-        self.store.commit(&batch).await.map_err(WriteError::from)?;
-        tracing::info!(calendar = %label, generation, replan = ?replan.as_ref().map(|j| (j.first, j.last)), "calendar loaded");
-        self.calendars.replace(calendars);
-        self.files.push(stored.clone());
-        self.replans.extend(replan.clone());
-        self.publish_replanned();
-        Ok(Loaded { stored, replan })
-    }
-
     /// Adds the next page of the running re-plan to the batch: one `Replan` command per
-    /// instance with a working-day timer in the range. Answers the job as it stands once the
-    /// batch commits, or `None` when no re-plan runs or the page could not be read.
+    /// instance the [`Planner`] names. Answers the job as it stands once the batch commits, or
+    /// `None` when no re-plan runs or the page could not be read.
     async fn replan_page(&mut self, builder: &mut Builder<'_>, commands: usize) -> Option<ReplanJob> {
-        let job = self.replans.front()?.clone();
-        // Alone, a full page; beside callers' commands, one re-plan per two commands: a
-        // re-plan costs about one and a half commands (BENCHMARKS.md), so callers keep more than
-        // half their rate.
-        let page = match commands {
-            0 => self.settings.replan_page,
-            n => u32::try_from(n / 2).unwrap_or(u32::MAX).max(REPLAN_BESIDE_COMMANDS).min(self.settings.replan_page),
-        }
-        .max(1);
-        let ids = match self.store.planned_timers(job.first, job.last, job.after.as_ref(), page).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::warn!(error = %e, calendar = %job.label, "cannot read the next timers to re-plan; will try again");
-                self.replan_paused_until = Some(tokio::time::Instant::now() + REPLAN_RETRY);
-                return None;
-            }
-        };
-        let mut instances: Vec<&str> = ids.iter().map(|(i, _)| i.as_str()).collect();
-        instances.dedup();
+        let mut page = self.planner.next_page(&mut self.store, commands, self.settings.replan_page).await?;
+        let instances: Vec<&str> = page.instances.iter().map(String::as_str).collect();
         if let Err(e) = self.load(builder, &instances).await {
-            tracing::warn!(error = %e, calendar = %job.label, "cannot read the instances to re-plan; will try again");
-            self.replan_paused_until = Some(tokio::time::Instant::now() + REPLAN_RETRY);
+            tracing::warn!(error = %e, calendar = %page.job.label, "cannot read the instances to re-plan; will try again");
+            self.planner.pause();
             return None;
         }
-        let mut moved = 0;
-        for instance in instances {
-            let command = Command {
-                instance: instance.to_owned(),
-                kind: CommandKind::Replan { calendar: job.label.clone() },
-                actor: "calendar".to_owned(),
-                request_id: None,
-                idempotency: None,
-            };
-            if builder.one(&command).0.is_ok() {
-                moved += 1;
-            }
-        }
-        let next = ReplanJob {
-            after: ids.last().cloned().or(job.after),
-            moved: job.moved + moved,
-            done: ids.len() < page as usize,
-            ..job
-        };
-        builder.record_replan(next.clone());
-        Some(next)
+        let moved = page.instances.iter().filter(|i| builder.one(&page.command(i)).0.is_ok()).count();
+        page.job.moved += moved as u64;
+        builder.record_replan(page.job.clone());
+        Some(page.job)
     }
 
     /// Brings the instances `ids` names into the batch: from the cache where it holds them
@@ -1005,13 +769,12 @@ impl<S: Store> Writer<S> {
         // The instances groups will derive commands for (a licence's new tasks), read for the
         // whole batch in one query instead of one per group. A failure here is not the
         // batch's: each group then asks for its own and meets the error itself.
-        let hinted: Vec<String> = items
-            .iter()
-            .flat_map(|item| match item {
-                Item::Group(group, Some(derive), _) => builder.derived_ids(group, Some(derive)),
-                _ => Vec::new(),
-            })
-            .collect();
+        let mut hinted: Vec<String> = Vec::new();
+        for item in &items {
+            if let Item::Group(group, Some(derive), _) = item {
+                hinted.extend(builder.derived_ids(group, Some(derive)));
+            }
+        }
         if !hinted.is_empty() {
             let hinted: Vec<&str> = hinted.iter().map(String::as_str).collect();
             if let Err(e) = self.load(&mut builder, &hinted).await {
@@ -1147,21 +910,11 @@ impl<S: Store> Writer<S> {
             });
         }
         let committed = self.commit(built, pending, now).await;
-        if !committed && replanned.is_some() {
+        match replanned {
             // The batch failed (a full disk): the re-plan waits instead of retrying at once.
-            self.replan_paused_until = Some(tokio::time::Instant::now() + REPLAN_RETRY);
-        }
-        if committed {
-            if let Some(job) = replanned {
-                self.metrics.replanned.inc_by(job.moved - self.replans.front().map_or(0, |j| j.moved));
-                if job.done {
-                    tracing::info!(calendar = %job.label, instances = job.moved, "re-plan finished");
-                    self.replans.pop_front();
-                    self.publish_replanned();
-                } else if let Some(front) = self.replans.front_mut() {
-                    *front = job;
-                }
-            }
+            Some(_) if !committed => self.planner.pause(),
+            Some(job) => self.metrics.replanned.inc_by(self.planner.page_committed(job)),
+            None => {}
         }
     }
 
@@ -1217,6 +970,9 @@ impl<S: Store> Writer<S> {
                     }
                 }
                 self.prune(now).await;
+                if !batch.history.is_empty() {
+                    retire(batch);
+                }
                 true
             }
             Err(e) => {
@@ -1305,6 +1061,16 @@ impl<S: Store> Writer<S> {
                 self.pruned_at = now;
             }
         }
+    }
+}
+
+/// Frees what the writer is done with (a committed batch) off its path. Dropping a batch's rows
+/// — their strings, maps and JSON — took the writer about 5 % of its time under W6
+/// (BENCHMARKS.md, issue 23): time the next batch waited for.
+fn retire<T: Send + 'static>(garbage: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(garbage))),
+        Err(_) => drop(garbage),
     }
 }
 

@@ -127,7 +127,7 @@ async fn main() -> Result<()> {
             ["load", path] => {
                 let text = std::fs::read_to_string(path).context("calendar file")?;
                 let file = shenguan::calendar::CalendarFile::parse(path, &text)?;
-                let load = shenguan::writer::CalendarLoad { file, loaded_by: "crash-test".into() };
+                let load = shenguan::calendar::replan::CalendarLoad { file, loaded_by: "crash-test".into() };
                 let loaded = engine.handle().load_calendar(load).await?;
                 say(&format!("loaded {}", loaded.stored.generation));
                 None

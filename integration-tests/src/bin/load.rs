@@ -20,6 +20,10 @@
 //! bearer token the server verifies, as in production; without, plain HTTP/2 and no identity.
 //! Interleave the two to get the cost of identity as a ratio.
 //!
+//! `--w6 [--server-exe EXE]` runs only W1 and W6 (AcceptCase, CompleteApproval) on a fresh
+//! server and prints one JSON line with W6's rates as ratios to W1's in the same run; with
+//! `--server-exe`, another build's `load` serves, for an A/B against an older commit.
+//!
 //! `--delivery [--cases N] [--rounds R]` measures outbound delivery (BENCHMARKS.md): to a
 //! webhook receiver on loopback (this process, `integration_tests::receiver`), the intake rate
 //! while delivering as a ratio to intake with no destination (R interleaved rounds of N
@@ -116,6 +120,10 @@ struct Cli {
     /// W1 and W2 only, on a fresh server; one JSON line.
     #[arg(long, group = "mode")]
     w12: bool,
+    /// W1 and W6 only (AcceptCase, CompleteApproval), on a fresh server; one JSON line. With
+    /// --server-exe, that build serves (an A/B against another commit).
+    #[arg(long, group = "mode")]
+    w6: bool,
     /// Outbound delivery: webhook, stream, latency, W3's burst, intake beside it.
     #[arg(long, group = "mode")]
     delivery: bool,
@@ -166,7 +174,7 @@ struct Cli {
     /// With --replan and --db: write the database and stop (for profiling a server on it).
     #[arg(long, requires = "replan")]
     prefill_only: bool,
-    /// With --stats or --console: the server to measure (another version's `load` gives the
+    /// With --stats, --console or --w6: the server to measure (another version's `load` gives the
     /// before figure on the same data). [default: this binary]
     #[arg(long, value_name = "EXE")]
     server_exe: Option<PathBuf>,
@@ -977,6 +985,9 @@ async fn main() -> Result<()> {
     if cli.w12 {
         return w12(count(cli.cases, 5_000), cli.secure).await;
     }
+    if cli.w6 {
+        return w6_alone(count(cli.cases, 5_000), count(cli.concurrency, 64), &cli.server_exe()?).await;
+    }
     let args = cli.workload();
     if args.replan > 0 {
         return replan(&args).await;
@@ -1114,41 +1125,7 @@ async fn main() -> Result<()> {
     // W6: the same number of cases through the domain API a platform calls: AcceptCase with
     // two supervisors (the case and its routing, one group, read back), then CompleteApproval
     // (the licence and one task per supervisor, one group, read back with its tasks).
-    let domain = connect(&domain_server.addr).await?;
-    let intake = shenguan::proto::intake_service_client::IntakeServiceClient::new(domain);
-    let n = args.cases;
-    let accept_client = intake.clone();
-    let w6_accept = drive("W6 AcceptCase (2 supervisors)", n, c, move |i| {
-        let mut client = accept_client.clone();
-        let request = w6_accept(&format!("W6-{i:07}"));
-        async move {
-            let reply = client.accept_case(request).await?.into_inner();
-            ensure!(reply.case.is_some_and(|c| c.state == "awaiting_approval"), "W6-{i:07} not awaiting approval");
-            Ok(())
-        }
-    })
-    .await?;
-    let complete_client = intake.clone();
-    let w6_complete = drive("W6 CompleteApproval", n, c, move |i| {
-        let mut client = complete_client.clone();
-        let request = shenguan::proto::CompleteApprovalRequest {
-            case_id: format!("320700/W6-{i:07}"),
-            license_no: format!("L-{i:07}"),
-            approval_opinion: "approved".into(),
-            document_refs: vec![],
-        };
-        async move {
-            let case = client.complete_approval(request).await?.into_inner().case.context("no case")?;
-            ensure!(
-                case.state == "licensed" && case.tasks.len() == 2,
-                "W6-{i:07}: {} with {} tasks",
-                case.state,
-                case.tasks.len()
-            );
-            Ok(())
-        }
-    })
-    .await?;
+    let (w6_accept, w6_complete, _) = w6(&domain_server.addr, args.cases, c, None).await?;
     drop(domain_server);
 
     phases.extend([transport, w1, w2, w3_start, w5_start, storage, storage500, w6_accept, w6_complete]);
@@ -1346,6 +1323,83 @@ async fn w12(n: usize, secure: bool) -> Result<()> {
             "floor_per_s": floor.rate(), "w1_per_s": w1.rate(), "w2_per_s": w2.rate(),
             "w1_p50_ms": w1.pct(0.5), "w1_p99_ms": w1.pct(0.99),
             "w2_p50_ms": w2.pct(0.5), "w2_p99_ms": w2.pct(0.99),
+        })
+    );
+    drop(server);
+    Ok(())
+}
+
+/// W6 against the server at `addr`: `n` AcceptCase calls with two supervisors (the case and its
+/// routing, one group, read back), then `n` CompleteApproval calls (the licence and one task
+/// per supervisor, one group, read back with its tasks), `c` callers each.
+/// With `pid`, also the server's CPU seconds over each of the two phases.
+async fn w6(addr: &str, n: usize, c: usize, pid: Option<u32>) -> Result<(Phase, Phase, [f64; 2])> {
+    let cpu = || pid.map_or(0.0, |p| resources(p).1);
+    let cpu_before = cpu();
+    let domain = connect(addr).await?;
+    let intake = shenguan::proto::intake_service_client::IntakeServiceClient::new(domain);
+    let accept_client = intake.clone();
+    let w6_accept = drive("W6 AcceptCase (2 supervisors)", n, c, move |i| {
+        let mut client = accept_client.clone();
+        let request = w6_accept(&format!("W6-{i:07}"));
+        async move {
+            let reply = client.accept_case(request).await?.into_inner();
+            ensure!(reply.case.is_some_and(|c| c.state == "awaiting_approval"), "W6-{i:07} not awaiting approval");
+            Ok(())
+        }
+    })
+    .await?;
+    let cpu_between = cpu();
+    let complete_client = intake.clone();
+    let w6_complete = drive("W6 CompleteApproval", n, c, move |i| {
+        let mut client = complete_client.clone();
+        let request = shenguan::proto::CompleteApprovalRequest {
+            case_id: format!("320700/W6-{i:07}"),
+            license_no: format!("L-{i:07}"),
+            approval_opinion: "approved".into(),
+            document_refs: vec![],
+        };
+        async move {
+            let case = client.complete_approval(request).await?.into_inner().case.context("no case")?;
+            ensure!(
+                case.state == "licensed" && case.tasks.len() == 2,
+                "W6-{i:07}: {} with {} tasks",
+                case.state,
+                case.tasks.len()
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    Ok((w6_accept, w6_complete, [cpu_between - cpu_before, cpu() - cpu_between]))
+}
+
+/// `--w6`: W1 (the generic start, for the ratio) and W6 on a fresh server — by default this
+/// binary, or `exe` (another build's, for an A/B); one JSON line.
+async fn w6_alone(n: usize, c: usize, exe: &Path) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("w6.db");
+    let server = spawn_exe(exe, &["serve".as_ref(), db.as_os_str()]).await?;
+    let channel = connect(&server.addr).await?;
+    let clients: Vec<EngineServiceClient<Ch>> = vec![EngineServiceClient::new(channel)];
+    let far = now_ms() + 3_600_000;
+    let cpu_before = resources(server.pid).1;
+    let w1 = starts("W1 intake (start)", &clients, "w1", n, c, far - 60_000, far).await?;
+    let w1_cpu = resources(server.pid).1 - cpu_before;
+    let (accept, complete, [accept_cpu, complete_cpu]) = w6(&server.addr, n, c, Some(server.pid)).await?;
+    // The server's CPU per call: steadier than a rate on a shared machine, and it counts what
+    // the server does for a call on every thread, not only on the writer's path.
+    let per_call_us = |cpu: f64| cpu * 1e6 / n as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "cases": n, "w1_per_s": w1.rate(),
+            "accept_per_s": accept.rate(), "complete_per_s": complete.rate(),
+            "accept_over_w1": accept.rate() / w1.rate(), "complete_over_w1": complete.rate() / w1.rate(),
+            "accept_p50_ms": accept.pct(0.5), "accept_p99_ms": accept.pct(0.99),
+            "complete_p50_ms": complete.pct(0.5), "complete_p99_ms": complete.pct(0.99),
+            "w1_cpu_us": per_call_us(w1_cpu), "accept_cpu_us": per_call_us(accept_cpu),
+            "complete_cpu_us": per_call_us(complete_cpu),
         })
     );
     drop(server);

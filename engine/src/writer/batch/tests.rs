@@ -257,6 +257,41 @@ fn the_ids_a_group_will_derive_are_known_ahead_and_nothing_is_recorded() {
     assert!(matches!(b.group(&items, Some(&derive)), GroupStep::Done(Ok(_), true)), "no further load needed");
 }
 
+/// A group's first command decided ahead (to learn what it derives) is not decided again when
+/// the group's turn comes — unless the batch changed its instance in between: a stale decision
+/// would apply a command the instance no longer allows.
+#[test]
+fn a_decision_taken_ahead_is_reused_only_on_the_instance_it_was_taken_on() {
+    let f = fixture();
+    let derive: Derive = Arc::new(|parent: &Instance| {
+        Ok(vec![GroupItem { command: event(&format!("{}/1", parent.id), "parent_done"), required: false }])
+    });
+    let open_a = || {
+        let mut earlier = Builder::new(&f.registry, &f.calendars, 8, 0, NOW, HashMap::new());
+        earlier.insert_loaded(&["a"], Vec::new(), HashMap::new());
+        let Ok(a) = earlier.one(&start("a", LATER)).0 else { panic!("start") };
+        a.instance
+    };
+    let items = vec![required(event("a", "finish"))];
+
+    // Nothing in between: the hint's decision is the group's.
+    let mut b = Builder::new(&f.registry, &f.calendars, 8, 7 * 86_400_000, NOW, HashMap::new());
+    b.insert_loaded(&["a", "a/1"], vec![open_a()], HashMap::new());
+    assert!(b.derived_ids(&items, Some(&derive)).is_empty(), "a/1 is loaded (absent)");
+    let (result, _) = done(b.group(&items, Some(&derive)));
+    assert_eq!(result.expect("group")[0].as_ref().expect("applied").instance.state, "done");
+
+    // The batch finished `a` before the group's turn: decided again, and refused.
+    let mut b = Builder::new(&f.registry, &f.calendars, 8, 7 * 86_400_000, NOW, HashMap::new());
+    b.insert_loaded(&["a", "a/1"], vec![open_a()], HashMap::new());
+    b.derived_ids(&items, Some(&derive));
+    let (first, _) = b.one(&event("a", "finish"));
+    assert_eq!(first.expect("finished").instance.state, "done");
+    let (result, _) = done(b.group(&items, Some(&derive)));
+    let refused = result.expect_err("a done case cannot finish again");
+    assert!(matches!(refused.error, WriteError::Rejected(_)), "{refused:?}");
+}
+
 #[test]
 fn a_derive_that_fails_refuses_the_group() {
     let f = fixture();

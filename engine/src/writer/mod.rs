@@ -410,6 +410,8 @@ pub struct Writer<S: Store> {
     /// COMMIT): the timers it armed may be stored but not in the wheel. The held shards are
     /// loaded again before the next batch.
     reload_wheel: bool,
+    /// Frees committed batches off the writer's path.
+    retirer: Retirer,
 }
 
 /// How long the writer must have had nothing to do before it runs a batch of re-planning alone.
@@ -455,6 +457,7 @@ pub fn channel<S: Store>(
             batches: 0,
             published: context.published.clone(),
             reload_wheel: false,
+            retirer: Retirer::start(),
         },
         Handle { tx, replanned: replanned_rx },
     )
@@ -971,7 +974,7 @@ impl<S: Store> Writer<S> {
                 }
                 self.prune(now).await;
                 if !batch.history.is_empty() {
-                    retire(batch);
+                    self.retirer.retire(batch);
                 }
                 true
             }
@@ -1064,13 +1067,39 @@ impl<S: Store> Writer<S> {
     }
 }
 
-/// Frees what the writer is done with (a committed batch) off its path. Dropping a batch's rows
-/// — their strings, maps and JSON — took the writer about 5 % of its time under W6
-/// (BENCHMARKS.md, issue 23): time the next batch waited for.
-fn retire<T: Send + 'static>(garbage: T) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(garbage))),
-        Err(_) => drop(garbage),
+/// Frees committed batches off the writer's path, on a thread of its own. Dropping a batch's
+/// rows — their strings, maps and JSON — took the writer about 5 % of its time under W6
+/// (BENCHMARKS.md, issue 23): time the next batch waited for. One thread and a short queue:
+/// when the queue is full (or the thread could not start) the writer drops the batch itself,
+/// so memory stays bounded and no batch waits.
+struct Retirer(Option<std::sync::mpsc::SyncSender<Batch>>);
+
+impl Retirer {
+    /// Batches waiting to be dropped, at most.
+    const QUEUE: usize = 4;
+
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(Self::QUEUE);
+        let spawned = std::thread::Builder::new().name("shenguan-retire".into()).spawn(move || {
+            // Ends when the writer, the only sender, is gone.
+            for batch in rx {
+                drop(batch);
+            }
+        });
+        match spawned {
+            Ok(_) => Retirer(Some(tx)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the thread that frees committed batches; the writer frees them");
+                Retirer(None)
+            }
+        }
+    }
+
+    fn retire(&self, batch: Batch) {
+        if let Some(tx) = &self.0 {
+            // Full or gone: dropped here, as before.
+            let _ = tx.try_send(batch);
+        }
     }
 }
 

@@ -121,11 +121,12 @@ fn check(stored: Catalogs, import: &CatalogImport, now: Millis) -> Result<(Catal
 /// The batch that stores `versions`, checked against `based` (the catalogs they were checked
 /// against) when the writer's turn comes.
 fn prepared(based: Catalogs, versions: Vec<Version>, live: Arc<Live>) -> Prepared {
-    let batch = Batch { catalogs: versions.clone(), ..Batch::default() };
+    // Shared by both closures: a catalog's indexes are as large as its rows.
+    let based = Arc::new(based);
     let check_live = live.clone();
     let check_based = based.clone();
     Prepared {
-        batch,
+        batch: Batch { catalogs: versions, ..Batch::default() },
         // A version in force here that the check did not see: another import on this node
         // committed since (a newer one from another node is met by the store instead).
         still_valid: Box::new(move || {
@@ -137,11 +138,11 @@ fn prepared(based: Catalogs, versions: Vec<Version>, live: Arc<Live>) -> Prepare
         }),
         // On top of what is in force (imports of other kinds may have come in since the read),
         // with anything newer the read saw (another node's, not yet told here).
-        then: Box::new(move || {
+        then: Box::new(move |committed: &Batch| {
             let now = live.current();
             let mut newer: Vec<Version> =
                 based.all().filter(|v| v.version > now.version(v.kind)).map(|v| Version::clone(v)).collect();
-            newer.extend(versions);
+            newer.extend(committed.catalogs.iter().cloned());
             live.replace(now.with(&newer));
         }),
     }

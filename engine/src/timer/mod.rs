@@ -166,13 +166,20 @@ impl Paging<'_> {
             None => change.load.clone(),
         };
         if !held.is_empty() {
-            let loaded = rescan(store, self.timers, &held, self.page).await?;
-            if loaded > 0 {
-                self.wake.notify_one();
-            }
+            let loaded = self.reload(store, &held).await?;
             tracing::debug!(shards = ?held, timers = loaded, "loaded shards' timers");
         }
         Ok(())
+    }
+
+    /// Loads again every timer of `shards` the horizon covers ([`rescan`]), the service woken
+    /// if it brought timers: shards taken, or a commit whose outcome was unknown.
+    pub async fn reload<S: Store>(&self, store: &mut S, shards: &[u32]) -> Result<usize, crate::store::Error> {
+        let loaded = rescan(store, self.timers, shards, self.page).await?;
+        if loaded > 0 {
+            self.wake.notify_one();
+        }
+        Ok(loaded)
     }
 }
 

@@ -192,9 +192,9 @@ pub struct Prepared {
     /// Asked after every request queued before has been committed, just before this commits:
     /// a reason refuses the batch as a [`WriteError::Conflict`] (prepare it again).
     pub still_valid: Box<dyn FnOnce() -> Result<(), String> + Send>,
-    /// Run once the batch is durable, before the next batch is decided (puts what it stored
-    /// in force).
-    pub then: Box<dyn FnOnce() + Send>,
+    /// Run with the batch once it is durable, before the next batch is decided (puts what it
+    /// stored in force).
+    pub then: Box<dyn FnOnce(&Batch) + Send>,
 }
 
 /// A change to the outbox or the stream's cursors, from the delivery side. Delivery never
@@ -606,13 +606,14 @@ impl<S: Store> Writer<S> {
     /// changes by [`crate::timer`], calendar loads by the [`Planner`], prepared batches (catalog
     /// imports, [`crate::catalog::submit`]) committed as given.
     async fn serve_alone(&mut self, request: Request) {
-        let held = self.settings.ownership.as_ref().map(|o| o.held());
         let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
         match request {
-            Request::Command(..) | Request::Group(..) | Request::Outbound(..) => {
-                unreachable!("batched requests are not served alone")
-            }
+            // The loop batches these; given here, they are a batch of one.
+            Request::Command(c, reply) => self.process(vec![Item::One(c, reply)]).await,
+            Request::Group(g, derive, reply) => self.process(vec![Item::Group(g, derive, reply)]).await,
+            Request::Outbound(o, reply) => self.process(vec![Item::Outbound(o, reply)]).await,
             Request::Extend(until, reply) => {
+                let held = self.settings.ownership.as_ref().map(|o| o.held());
                 let _ =
                     reply.send(wheel.extend(&mut self.store, until, held.as_deref()).await.map_err(WriteError::from));
             }
@@ -645,7 +646,7 @@ impl<S: Store> Writer<S> {
         let Prepared { batch, still_valid, then } = *prepared;
         still_valid().map_err(WriteError::Conflict)?;
         self.store.commit(&batch).await?;
-        then();
+        then(&batch);
         Ok(())
     }
 
@@ -718,11 +719,9 @@ impl<S: Store> Writer<S> {
         use tracing::Instrument;
         if self.reload_wheel {
             let held = self.settings.ownership.as_ref().map(|o| o.held()).unwrap_or_default();
-            match crate::timer::rescan(&mut self.store, &self.timers, &held, self.settings.page).await {
-                Ok(_) => {
-                    self.reload_wheel = false;
-                    self.wake.notify_one();
-                }
+            let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
+            match wheel.reload(&mut self.store, &held).await {
+                Ok(_) => self.reload_wheel = false,
                 Err(e) => tracing::debug!(error = %e, "cannot reload the wheel yet"),
             }
         }

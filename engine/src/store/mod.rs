@@ -30,7 +30,7 @@ use crate::machine::{decode_vars, encode_vars, ArmedTimer, HistoryEntry, Instanc
 
 /// Storage errors, by what a caller can do about them: only [`Error::Unavailable`] is worth
 /// retrying. Database detail stays in the logs.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The database cannot be opened or prepared at start.
     #[error("cannot open database {path}: {message}")]
@@ -529,6 +529,13 @@ pub struct ReplanJob {
 
 /// The storage operations the engine needs.
 pub trait Store: Send + 'static {
+    /// Another handle on the same database, on a connection of its own, for the command path's
+    /// reads ([`load_instances`](Self::load_instances), [`load_idempotency`](Self::load_idempotency))
+    /// while a commit runs on this one: the writer decides the next batch meanwhile. It sees
+    /// what is committed, nothing of the commit in progress.
+    fn beside(&self) -> Self
+    where
+        Self: Sized;
     /// Rows of the given instances that exist.
     fn load_instances(
         &mut self,

@@ -797,6 +797,11 @@ async fn notify(tx: &mut sqlx::PgConnection, notice: &Notice) -> Result<(), Erro
 }
 
 impl Store for PgStore {
+    fn beside(&self) -> Self {
+        // The pool has connections enough for a commit and the next batch's reads.
+        self.clone()
+    }
+
     async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
         let rows = sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ANY($1::text[])"))
             .bind(ids)

@@ -76,6 +76,8 @@ pub struct SqliteStore {
     opts: SqliteConnectOptions,
     max_pages: Option<u32>,
     path: PathBuf,
+    /// A connection was closed after a failure: the next one opened is a reopen (logged).
+    lost: bool,
 }
 
 async fn set_max_pages(conn: &mut SqliteConnection, pages: Option<u32>) -> Result<(), sqlx::Error> {
@@ -180,7 +182,7 @@ impl SqliteStore {
         // A reopen after a failure must find the database it lost, never create an empty one
         // (a file removed under a running server).
         let opts = opts.create_if_missing(false);
-        Ok(SqliteStore { conn: Some(conn), opts, max_pages: options.max_pages, path: path.to_owned() })
+        Ok(SqliteStore { conn: Some(conn), opts, max_pages: options.max_pages, path: path.to_owned(), lost: false })
     }
 
     /// The open connection, or a new one when the last was closed after a failure.
@@ -190,7 +192,9 @@ impl SqliteStore {
             None => {
                 let mut conn = self.opts.connect().await?;
                 set_max_pages(&mut conn, self.max_pages).await?;
-                tracing::info!(db = %self.path.display(), "reopened the database connection after a failure");
+                if std::mem::take(&mut self.lost) {
+                    tracing::info!(db = %self.path.display(), "reopened the database connection after a failure");
+                }
                 conn
             }
         };
@@ -200,6 +204,7 @@ impl SqliteStore {
     /// Closes the connection after a failure whose effect on its state is not known.
     async fn discard(&mut self) {
         if let Some(conn) = self.conn.take() {
+            self.lost = true;
             // Closing may itself fail on a broken connection; it is gone either way.
             let _ = conn.close().await;
         }
@@ -236,7 +241,7 @@ impl SqliteStore {
         if has_schema == 0 {
             return Err(open_error(path, "not a shenguan database (no instances table)"));
         }
-        Ok(SqliteStore { conn: Some(conn), opts: reopen, max_pages: None, path: path.to_owned() })
+        Ok(SqliteStore { conn: Some(conn), opts: reopen, max_pages: None, path: path.to_owned(), lost: false })
     }
 
     /// The migrations recorded in the file at `path` (none for a missing file).
@@ -878,6 +883,14 @@ pub(crate) mod calendars {
 }
 
 impl Store for SqliteStore {
+    fn beside(&self) -> Self {
+        // WAL lets this connection read while the other commits. Its page cache is small: every
+        // commit by the other connection empties it anyway (SQLite resets a reader's cache when
+        // the WAL has changed), and memory is better spent on the writer's.
+        let opts = self.opts.clone().pragma("cache_size", "-2048");
+        SqliteStore { conn: None, opts, max_pages: None, path: self.path.clone(), lost: false }
+    }
+
     async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
         let result = ops::load_instances(self.conn().await?, ids).await;
         self.after(result).await

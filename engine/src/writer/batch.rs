@@ -158,6 +158,19 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Adds stored request ids to those the batch knows (for commands added after it was
+    /// created). A request id the batch itself recorded stays the batch's.
+    pub fn know_keys(&mut self, rows: HashMap<String, IdempotencyRow>) {
+        self.known_keys.extend(rows);
+    }
+
+    /// Decides the commands added from now on at `now` (never earlier than before): a batch
+    /// that goes on gathering while the one before it commits decides its later commands when
+    /// they arrived, as the next batch would have.
+    pub fn advance(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+    }
+
     /// The ids among `ids` not loaded yet, each once.
     pub fn unseen<'i>(&self, ids: impl IntoIterator<Item = &'i str>) -> Vec<&'i str> {
         let mut out: Vec<&str> = ids.into_iter().filter(|id| !self.looked_up.contains(*id)).collect();

@@ -3,13 +3,21 @@
 //! Callers (gRPC handlers, the timer service) send [`Command`]s through a [`Handle`]. The writer
 //! task drains whatever is queued (up to `max_batch`), loads the instances and idempotency keys
 //! the batch touches with one query each, runs [`decide`] for every command in order against an
-//! in-batch overlay (so two commands to one instance in one batch see each other), writes all
-//! effects in one transaction, and only then answers the callers, updates the timer wheel and
-//! wakes the timer service.
+//! in-batch overlay (so two commands to one instance in one batch see each other), and hands the
+//! batch to a commit task, which writes all effects in one transaction and only then answers the
+//! callers. The writer then updates the timer wheel, wakes the timer service and fills its cache.
+//!
+//! Pipelined: while batch N commits, the writer decides batch N+1 on top of N — N's instances
+//! and request ids are N+1's overlay, and what N+1 must read from the database it reads on a
+//! second connection ([`Store::beside`]). N+1 is committed only once N has. If N fails, N+1 was
+//! decided on writes that never happened: it is decided again, from the database, before
+//! anything of it is written or answered. So the disk does not wait for the decisions nor the
+//! decisions for the disk, and no caller can tell.
 //!
 //! # Important
 //! - A caller is answered after its transaction is durable. If the commit fails, every command
 //!   of the batch is answered [`WriteError::Unavailable`] and nothing of it is visible.
+//! - At most one batch is in flight, and batches commit in the order they were decided.
 //! - The writer task is the only writer of the database and the only task that moves the timer
 //!   horizon ([`Request::Extend`]); see [`crate::timer`] for why that matters.
 
@@ -382,7 +390,12 @@ pub struct Settings {
 
 /// The writer task's state.
 pub struct Writer<S: Store> {
-    store: S,
+    /// The writer's connection. Shared with the task that commits a batch while the writer
+    /// decides the next; everything else takes it only once that batch has landed
+    /// ([`Writer::settle`]), so the lock never waits on anything but a commit.
+    store: Arc<tokio::sync::Mutex<S>>,
+    /// A second connection for the next batch's reads while a commit holds `store`.
+    beside: S,
     rx: mpsc::Receiver<Request>,
     registry: Arc<Registry>,
     calendars: Arc<Live>,
@@ -400,6 +413,13 @@ pub struct Writer<S: Store> {
     /// changed it. Bounded by `settings.cache`: when full, it is emptied (memory stays bounded
     /// and the database stays the truth).
     cache: HashMap<String, Instance>,
+    /// The batch being committed, if any: the next batch is decided on top of it.
+    flight: Option<Flight>,
+    /// Requests received while deciding a batch that are served after it (those served alone,
+    /// and whatever came after them).
+    deferred: std::collections::VecDeque<Request>,
+    /// Every handle is gone: once what was received is served, the writer ends.
+    closed: bool,
     /// When expired idempotency keys were last pruned (engine time).
     pruned_at: Millis,
     /// Batches committed or attempted, for the logs.
@@ -412,6 +432,67 @@ pub struct Writer<S: Store> {
     reload_wheel: bool,
     /// Frees committed batches off the writer's path.
     retirer: Retirer,
+}
+
+/// A batch whose commit runs while the writer decides the next one (pipelining).
+///
+/// The next batch is decided against this one's instances and request ids as an overlay, as if
+/// it had committed. It is committed only after this one has: if this one fails, the next one
+/// was decided on writes that never happened and is decided again from the database
+/// ([`Writer::process`]). Its callers are answered by the commit task itself, as soon as the
+/// outcome is known; the rest of landing (wheel, cache, metrics) is the writer's.
+struct Flight {
+    task: tokio::task::JoinHandle<Box<Landed>>,
+    /// The task's end, once seen while deciding the next batch.
+    joined: Option<Result<Box<Landed>, tokio::task::JoinError>>,
+    /// The instances as the batch leaves them. The next batch takes out those it uses; what is
+    /// left goes to the cache once the batch has committed.
+    live: HashMap<String, Result<Instance, WriteError>>,
+    /// The request ids the batch records.
+    keys: HashMap<String, crate::store::IdempotencyRow>,
+    wheel_ops: Vec<crate::timer::WheelOp>,
+    fired: Vec<batch::Fired>,
+    counts: Vec<(&'static str, &'static str)>,
+    /// Engine time the batch was decided at.
+    now: Millis,
+    /// The re-plan page the batch carries, if any.
+    replanned: Option<ReplanJob>,
+    /// Requests answered by the batch, for the logs.
+    requests: usize,
+}
+
+/// What the commit task gives back.
+struct Landed {
+    batch: Batch,
+    outcome: Result<(), crate::store::Error>,
+    took: std::time::Duration,
+}
+
+/// What deciding a batch has gathered so far besides the builder's rows.
+#[derive(Default)]
+struct Acc {
+    pending: Vec<Pending>,
+    /// Refusals of keyed requests whose key was not stored when the batch read the keys:
+    /// (index in `pending`, key, fingerprint). See `recheck_refusals`.
+    refused_keyed: Vec<(usize, String, String)>,
+    outbound: Vec<Outbound>,
+    /// (shard, epoch) of the wheel's fires in this batch: checked in the transaction.
+    fence: Vec<(u32, u64)>,
+}
+
+/// A batch decided and not yet committed.
+struct Decided {
+    built: Built,
+    pending: Vec<Pending>,
+    now: Millis,
+    replanned: Option<ReplanJob>,
+}
+
+impl Decided {
+    /// The batch's requests as they were given, to decide them again.
+    fn into_items(self) -> Vec<Item> {
+        self.pending.into_iter().map(Pending::into_item).collect()
+    }
 }
 
 /// How long the writer must have had nothing to do before it runs a batch of re-planning alone.
@@ -439,9 +520,11 @@ pub fn channel<S: Store>(
 ) -> (Writer<S>, Handle) {
     let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
     let (planner, replanned_rx) = Planner::new(context.calendars.clone());
+    let beside = store.beside();
     (
         Writer {
-            store,
+            store: Arc::new(tokio::sync::Mutex::new(store)),
+            beside,
             rx,
             registry: context.registry.clone(),
             calendars: context.calendars.clone(),
@@ -453,6 +536,9 @@ pub fn channel<S: Store>(
             settings,
             metrics: context.metrics.clone(),
             cache: HashMap::new(),
+            flight: None,
+            deferred: std::collections::VecDeque::new(),
+            closed: false,
             pruned_at: Millis::MIN,
             batches: 0,
             published: context.published.clone(),
@@ -470,13 +556,14 @@ enum Item {
     Outbound(Outbound, oneshot::Sender<Result<(), WriteError>>),
 }
 
-/// The reply owed to a request once the batch's fate is known.
+/// The reply owed to a request once the batch's fate is known, with the request as it was
+/// given: kept until the batch is committed, because if the batch before it fails, it is
+/// decided again.
 enum Owed {
-    One(Reply, Result<Applied, WriteError>),
-    /// The reply, the answer, and the instance that names the group if its commit fails.
-    Group(GroupReply, Result<Vec<Option<Applied>>, GroupError>, String),
+    One(Reply, Result<Applied, WriteError>, Command),
+    Group(GroupReply, Result<Vec<Option<Applied>>, GroupError>, Vec<GroupItem>, Option<Derive>),
     /// A change from the delivery side: answered once durable.
-    Outbound(oneshot::Sender<Result<(), WriteError>>),
+    Outbound(oneshot::Sender<Result<(), WriteError>>, Outbound),
 }
 
 struct Pending {
@@ -485,11 +572,30 @@ struct Pending {
     needs_commit: bool,
 }
 
+impl Pending {
+    fn into_item(self) -> Item {
+        match self.owed {
+            Owed::One(reply, _, command) => Item::One(command, reply),
+            Owed::Group(reply, _, items, derive) => Item::Group(items, derive, reply),
+            Owed::Outbound(reply, change) => Item::Outbound(change, reply),
+        }
+    }
+}
+
+/// What the writer's loop waits for next.
+enum Next {
+    Request(Option<Request>),
+    Landed(Result<Box<Landed>, tokio::task::JoinError>),
+}
+
 impl<S: Store> Writer<S> {
     /// Reads the calendars the database holds, puts them in force, and picks up unfinished
     /// re-plans. Call before [`run`](Self::run).
     pub async fn prepare(&mut self) -> Result<(), crate::store::Error> {
-        self.planner.prepare(&mut self.store, true).await?;
+        {
+            let mut store = self.store.lock().await;
+            self.planner.prepare(&mut *store, true).await?;
+        }
         self.prepare_catalogs().await?;
         self.prepare_figures().await
     }
@@ -498,7 +604,8 @@ impl<S: Store> Writer<S> {
     /// on every commit keeps them). Before the writer runs: nothing commits while it counts.
     async fn prepare_figures(&mut self) -> Result<(), crate::store::Error> {
         use crate::domain::figures::Tally;
-        if self.store.figures_built().await? {
+        let mut store = self.store.lock().await;
+        if store.figures_built().await? {
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -507,7 +614,7 @@ impl<S: Store> Writer<S> {
         let mut after: Option<String> = None;
         let mut counted = 0u64;
         loop {
-            let page = self.store.instances_page(&workflows, after.as_deref(), FIGURES_PAGE).await?;
+            let page = store.instances_page(&workflows, after.as_deref(), FIGURES_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
             counted += page.len() as u64;
@@ -516,7 +623,7 @@ impl<S: Store> Writer<S> {
             }
         }
         let rows = tally.rows();
-        if self.store.install_figures(&rows, counted, self.clock.now()).await? {
+        if store.install_figures(&rows, counted, self.clock.now()).await? {
             tracing::info!(
                 instances = counted,
                 counters = rows.len(),
@@ -529,7 +636,7 @@ impl<S: Store> Writer<S> {
 
     /// Puts the stored catalogs in force.
     async fn prepare_catalogs(&mut self) -> Result<(), crate::store::Error> {
-        let versions = self.store.catalogs().await?;
+        let versions = self.store.lock().await.catalogs().await?;
         self.catalogs.replace(crate::catalog::Catalogs::new(versions));
         Ok(())
     }
@@ -538,16 +645,26 @@ impl<S: Store> Writer<S> {
     pub async fn run(mut self) {
         let mut requests = Vec::with_capacity(self.settings.max_batch);
         loop {
-            let first = if !self.planner.running() {
-                match self.rx.recv().await {
-                    Some(r) => r,
-                    None => break,
+            let next = if let Some(r) = self.deferred.pop_front() {
+                Next::Request(Some(r))
+            } else if self.closed {
+                break;
+            } else if let Some(flight) = self.flight.as_mut() {
+                match flight.joined.take() {
+                    Some(joined) => Next::Landed(joined),
+                    // A batch is committing: land it once it has, or decide the next meanwhile.
+                    None => tokio::select! {
+                        biased;
+                        joined = &mut flight.task => Next::Landed(joined),
+                        r = self.rx.recv() => Next::Request(r),
+                    },
                 }
+            } else if !self.planner.running() {
+                Next::Request(self.rx.recv().await)
             } else if let Some(until) = self.planner.paused_until() {
                 // A re-plan page failed: requests are served meanwhile, the page waits.
                 match tokio::time::timeout_at(until, self.rx.recv()).await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
+                    Ok(r) => Next::Request(r),
                     Err(_) => {
                         self.planner.resume();
                         continue;
@@ -557,16 +674,29 @@ impl<S: Store> Writer<S> {
                 // A batch of re-planning alone only after a quiet moment: callers between two
                 // requests must not find a full page in front of them.
                 match tokio::time::timeout(REPLAN_QUIET, self.rx.recv()).await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
+                    Ok(r) => Next::Request(r),
                     Err(_) => {
                         self.process(Vec::new()).await;
                         continue;
                     }
                 }
             };
+            let first = match next {
+                Next::Landed(joined) => {
+                    if let Some(flight) = self.flight.take() {
+                        self.land(flight, joined).await;
+                    }
+                    continue;
+                }
+                Next::Request(Some(r)) => r,
+                Next::Request(None) => break,
+            };
             requests.push(first);
             while requests.len() < self.settings.max_batch {
+                if let Some(r) = self.deferred.pop_front() {
+                    requests.push(r);
+                    continue;
+                }
                 match self.rx.try_recv() {
                     Ok(r) => requests.push(r),
                     Err(_) => break,
@@ -600,37 +730,47 @@ impl<S: Store> Writer<S> {
                 self.process(items).await;
             }
         }
+        // Every handle is gone; the last batch's outcome is still owed to the logs and the wheel.
+        self.settle().await;
     }
 
     /// Serves a request that runs between batches, each by its owner: timer paging and shard
     /// changes by [`crate::timer`], calendar loads by the [`Planner`], prepared batches (catalog
-    /// imports, [`crate::catalog::submit`]) committed as given.
+    /// imports, [`crate::catalog::submit`]) committed as given. Every batch before it has landed
+    /// first.
     async fn serve_alone(&mut self, request: Request) {
-        let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
+        if !matches!(request, Request::Command(..) | Request::Group(..) | Request::Outbound(..)) {
+            self.settle().await;
+        }
         match request {
             // The loop batches these; given here, they are a batch of one.
             Request::Command(c, reply) => self.process(vec![Item::One(c, reply)]).await,
             Request::Group(g, derive, reply) => self.process(vec![Item::Group(g, derive, reply)]).await,
             Request::Outbound(o, reply) => self.process(vec![Item::Outbound(o, reply)]).await,
             Request::Extend(until, reply) => {
+                let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
                 let held = self.settings.ownership.as_ref().map(|o| o.held());
-                let _ =
-                    reply.send(wheel.extend(&mut self.store, until, held.as_deref()).await.map_err(WriteError::from));
+                let mut store = self.store.lock().await;
+                let _ = reply.send(wheel.extend(&mut *store, until, held.as_deref()).await.map_err(WriteError::from));
             }
             Request::Shards(change, reply) => {
+                let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
                 let own = self.settings.ownership.as_deref();
+                let mut store = self.store.lock().await;
                 let _ = reply.send(
                     wheel
-                        .change_shards(&mut self.store, &change, self.settings.shards, own)
+                        .change_shards(&mut *store, &change, self.settings.shards, own)
                         .await
                         .map_err(WriteError::from),
                 );
             }
             Request::LoadCalendar(load, reply) => {
-                let _ = reply.send(self.planner.load(&mut self.store, load, self.clock.now()).await);
+                let mut store = self.store.lock().await;
+                let _ = reply.send(self.planner.load(&mut *store, load, self.clock.now()).await);
             }
             Request::ReloadCalendars(reply) => {
-                let _ = reply.send(self.planner.prepare(&mut self.store, false).await.map_err(WriteError::from));
+                let mut store = self.store.lock().await;
+                let _ = reply.send(self.planner.prepare(&mut *store, false).await.map_err(WriteError::from));
             }
             Request::ReloadCatalogs(reply) => {
                 let _ = reply.send(self.prepare_catalogs().await.map_err(WriteError::from));
@@ -645,9 +785,25 @@ impl<S: Store> Writer<S> {
     async fn commit_prepared(&mut self, prepared: Box<Prepared>) -> Result<(), WriteError> {
         let Prepared { batch, still_valid, then } = *prepared;
         still_valid().map_err(WriteError::Conflict)?;
-        self.store.commit(&batch).await?;
+        self.store.lock().await.commit(&batch).await?;
         then(&batch);
         Ok(())
+    }
+
+    /// Stored idempotency keys among `keys`, with those the batch in flight records over them.
+    async fn read_keys(&mut self, keys: &[&str]) -> Result<HashMap<String, crate::store::IdempotencyRow>, WriteError> {
+        let mut stored = match &self.flight {
+            Some(_) => self.beside.load_idempotency(keys).await?,
+            None => self.store.lock().await.load_idempotency(keys).await?,
+        };
+        if let Some(flight) = &self.flight {
+            for key in keys {
+                if let Some(row) = flight.keys.get(*key) {
+                    stored.insert((*key).to_owned(), row.clone());
+                }
+            }
+        }
+        Ok(stored)
     }
 
     /// With several nodes, a batch's reads are not one snapshot: the idempotency keys are read
@@ -659,7 +815,7 @@ impl<S: Store> Writer<S> {
     /// content is decided again (as a conflict), where it is answered as the duplicate it is.
     async fn recheck_refusals(&mut self, pending: &mut [Pending], refused: &[(usize, String, String)]) {
         let keys: Vec<&str> = refused.iter().map(|(_, k, _)| k.as_str()).collect();
-        let stored = match self.store.load_idempotency(&keys).await {
+        let stored = match self.read_keys(&keys).await {
             Ok(rows) => rows,
             // The refusal stands; a retry by the caller meets the key.
             Err(e) => return tracing::debug!(error = %e, "cannot read the keys of refused requests again"),
@@ -672,20 +828,22 @@ impl<S: Store> Writer<S> {
             tracing::debug!(%key, "a refusal met the same request applied by another node; deciding again");
             self.metrics.conflicts.inc();
             match &mut pending[*index].owed {
-                Owed::One(_, result) => *result = Err(again),
-                Owed::Group(_, result, instance) => {
-                    *result = Err(GroupError { index: 0, instance: instance.clone(), error: again })
-                }
-                Owed::Outbound(_) => {}
+                Owed::One(_, result, _) => *result = Err(again),
+                Owed::Group(_, result, items, _) => *result = Err(GroupError::whole(items, again)),
+                Owed::Outbound(..) => {}
             }
         }
     }
 
     /// Adds the next page of the running re-plan to the batch: one `Replan` command per
     /// instance the [`Planner`] names. Answers the job as it stands once the batch commits, or
-    /// `None` when no re-plan runs or the page could not be read.
+    /// `None` when no re-plan runs or the page could not be read. Only with no batch in flight
+    /// (the page is read on the writer's connection).
     async fn replan_page(&mut self, builder: &mut Builder<'_>, commands: usize) -> Option<ReplanJob> {
-        let mut page = self.planner.next_page(&mut self.store, commands, self.settings.replan_page).await?;
+        let mut page = {
+            let mut store = self.store.lock().await;
+            self.planner.next_page(&mut *store, commands, self.settings.replan_page).await?
+        };
         let instances: Vec<&str> = page.instances.iter().map(String::as_str).collect();
         if let Err(e) = self.load(builder, &instances).await {
             tracing::warn!(error = %e, calendar = %page.job.label, "cannot read the instances to re-plan; will try again");
@@ -698,64 +856,83 @@ impl<S: Store> Writer<S> {
         Some(page.job)
     }
 
-    /// Brings the instances `ids` names into the batch: from the cache where it holds them
-    /// (taken out, not copied: after a successful commit every instance of the batch goes back
-    /// in; if the batch fails they are simply read again next time), the rest with one read.
+    /// Brings the instances `ids` names into the batch: as the batch in flight leaves them,
+    /// else from the cache, else with one read. Taken out, not copied: once this batch commits
+    /// every instance of it goes to the cache; if it fails they are simply read again.
     async fn load(&mut self, builder: &mut Builder<'_>, ids: &[&str]) -> Result<(), WriteError> {
         let unseen = builder.unseen(ids.iter().copied());
         let (mut cached, mut missing) = (Vec::new(), Vec::new());
         for id in &unseen {
-            match self.cache.remove(*id) {
-                Some(instance) => cached.push(instance),
-                None => missing.push(*id),
+            let in_flight = self.flight.as_mut().and_then(|f| f.live.remove(*id));
+            match in_flight {
+                Some(Ok(instance)) => cached.push(instance),
+                // Not readable when the batch in flight read it: reading again tells the same
+                // or better.
+                Some(Err(_)) | None => match self.cache.remove(*id) {
+                    Some(instance) => cached.push(instance),
+                    None => missing.push(*id),
+                },
             }
         }
-        let rows = if missing.is_empty() { HashMap::new() } else { self.store.load_instances(&missing).await? };
+        let rows = if missing.is_empty() {
+            HashMap::new()
+        } else if self.flight.is_some() {
+            self.beside.load_instances(&missing).await?
+        } else {
+            self.store.lock().await.load_instances(&missing).await?
+        };
         builder.insert_loaded(&unseen, cached, rows);
         Ok(())
     }
 
+    /// Decides a batch and commits it. With a batch in flight, this one is decided on top of
+    /// it, and committed once that one has; if that one failed, this one is decided again.
     async fn process(&mut self, items: Vec<Item>) {
         use tracing::Instrument;
+        if self.planner.running() || self.reload_wheel {
+            // Both read timers on the writer's connection.
+            self.settle().await;
+        }
         if self.reload_wheel {
             let held = self.settings.ownership.as_ref().map(|o| o.held()).unwrap_or_default();
             let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
-            match wheel.reload(&mut self.store, &held).await {
+            let mut store = self.store.lock().await;
+            match wheel.reload(&mut *store, &held).await {
                 Ok(_) => self.reload_wheel = false,
                 Err(e) => tracing::debug!(error = %e, "cannot reload the wheel yet"),
             }
         }
-        self.batches += 1;
-        // Instrumented, not entered: a guard held across an await would tag other tasks' events.
-        let span = tracing::debug_span!("batch", id = self.batches, requests = items.len());
-        self.process_in_span(items).instrument(span).await;
-    }
-
-    async fn process_in_span(&mut self, items: Vec<Item>) {
-        let now = self.clock.now();
-        let mut ids: Vec<&str> = Vec::new();
-        let mut keys: Vec<&str> = Vec::new();
-        for item in &items {
-            match item {
-                Item::One(c, _) => {
-                    ids.push(&c.instance);
-                    keys.extend(c.idempotency.as_ref().map(|i| i.key.as_str()));
-                }
-                Item::Group(g, _, _) => {
-                    ids.extend(g.iter().map(|i| i.command.instance.as_str()));
-                    keys.extend(g.first().and_then(|i| i.command.idempotency.as_ref()).map(|i| i.key.as_str()));
-                }
-                Item::Outbound(..) => {}
+        let mut items = items;
+        loop {
+            self.batches += 1;
+            // Instrumented, not entered: a guard held across an await would tag other tasks' events.
+            let span = tracing::debug_span!("batch", id = self.batches, requests = items.len());
+            let Some(decided) = self.decide(items).instrument(span.clone()).await else { return };
+            if self.settle().await {
+                self.launch(decided, span);
+                // A task spawned from a worker waits in that worker's own next-task slot, where
+                // no other worker can take it, until the spawner yields. Yield now, so that the
+                // commit starts at once rather than after the next batch's first decisions.
+                tokio::task::yield_now().await;
+                return;
+            }
+            tracing::debug!(parent: &span, "the batch before failed; deciding this one again on what is stored");
+            if decided.replanned.is_some() {
+                self.planner.pause();
+            }
+            items = decided.into_items();
+            if items.is_empty() {
+                return;
             }
         }
-        let known_keys = if keys.is_empty() {
-            HashMap::new()
-        } else {
-            match self.store.load_idempotency(&keys).await {
-                Ok(rows) => rows,
-                Err(e) => return fail_all(items, e.into()),
-            }
-        };
+    }
+
+    /// Decides `items` into a batch — and, while the batch before it commits, every request
+    /// that arrives meanwhile (up to `max_batch`): the batch is as large as without pipelining,
+    /// and only its last requests are decided after the commit before it has ended. `None`
+    /// when nothing is left to commit.
+    async fn decide(&mut self, items: Vec<Item>) -> Option<Decided> {
+        let mut now = self.clock.now();
         let (registry, calendars) = (self.registry.clone(), self.calendars.current());
         let mut builder = Builder::new(
             &registry,
@@ -763,97 +940,69 @@ impl<S: Store> Writer<S> {
             self.settings.shards,
             self.settings.idempotency_retention,
             now,
-            known_keys,
+            HashMap::new(),
         );
-        if let Err(e) = self.load(&mut builder, &ids).await {
-            return fail_all(items, e);
-        }
-        // The instances groups will derive commands for (a licence's new tasks), read for the
-        // whole batch in one query instead of one per group. A failure here is not the
-        // batch's: each group then asks for its own and meets the error itself.
-        let mut hinted: Vec<String> = Vec::new();
-        for item in &items {
-            if let Item::Group(group, Some(derive), _) = item {
-                hinted.extend(builder.derived_ids(group, Some(derive)));
+        let mut acc = Acc::default();
+        self.decide_more(&mut builder, &mut acc, items).await;
+        while acc.pending.len() < self.settings.max_batch {
+            let Some(flight) = self.flight.as_mut() else { break };
+            if flight.joined.is_some() {
+                break;
             }
-        }
-        if !hinted.is_empty() {
-            let hinted: Vec<&str> = hinted.iter().map(String::as_str).collect();
-            if let Err(e) = self.load(&mut builder, &hinted).await {
-                tracing::debug!(error = %e, "cannot read derived instances ahead; each group reads its own");
-            }
-        }
-
-        let mut pending = Vec::with_capacity(items.len());
-        // Refusals of keyed requests whose key was not stored when this batch read the keys:
-        // (index in `pending`, key, fingerprint). See `recheck_refusals`.
-        let mut refused_keyed: Vec<(usize, String, String)> = Vec::new();
-        let mut outbound = Vec::new();
-        // (shard, epoch) of the wheel's fires in this batch: checked in the transaction.
-        let mut fence: Vec<(u32, u64)> = Vec::new();
-        for item in items {
-            match item {
-                Item::One(command, reply)
-                    if matches!(command.kind, CommandKind::Timer { .. }) && self.settings.ownership.is_some() =>
-                {
-                    let shard = crate::store::shard_of(&command.instance, self.settings.shards);
-                    match self.settings.ownership.as_ref().and_then(|o| o.epoch(shard)) {
-                        Some(epoch) => fence.push((shard, epoch)),
-                        None => {
-                            self.metrics.fenced.inc();
-                            let _ = reply.send(Err(WriteError::NotHeld(shard)));
-                            continue;
-                        }
-                    }
-                    let (result, needs_commit) = builder.one(&command);
-                    trace_command(&command, &result);
-                    pending.push(Pending { owed: Owed::One(reply, result), needs_commit });
+            let next = tokio::select! {
+                biased;
+                joined = &mut flight.task => Next::Landed(joined),
+                r = self.rx.recv() => Next::Request(r),
+            };
+            let first = match next {
+                Next::Landed(joined) => {
+                    flight.joined = Some(joined);
+                    break;
                 }
-                Item::Outbound(change, reply) => {
-                    outbound.push(change);
-                    pending.push(Pending { owed: Owed::Outbound(reply), needs_commit: true });
+                Next::Request(None) => {
+                    self.closed = true;
+                    break;
                 }
-                Item::One(command, reply) => {
-                    let (result, needs_commit) = builder.one(&command);
-                    trace_command(&command, &result);
-                    if let (Err(WriteError::Rejected(_)), Some(idem)) = (&result, &command.idempotency) {
-                        refused_keyed.push((pending.len(), idem.key.clone(), idem.fingerprint.clone()));
-                    }
-                    pending.push(Pending { owed: Owed::One(reply, result), needs_commit });
-                }
-                Item::Group(group, derive, reply) => {
-                    let (result, needs_commit) = loop {
-                        match builder.group(&group, derive.as_ref()) {
-                            GroupStep::Done(result, needs_commit) => break (result, needs_commit),
-                            GroupStep::Load(more) => {
-                                let more: Vec<&str> = more.iter().map(String::as_str).collect();
-                                if let Err(error) = self.load(&mut builder, &more).await {
-                                    break (Err(GroupError::whole(&group, error)), false);
-                                }
-                            }
-                        }
-                    };
-                    for (i, item) in group.iter().enumerate() {
-                        let outcome = match &result {
-                            Ok(_) => "applied",
-                            Err(e) if e.index == i => "refused",
-                            Err(_) => "not applied",
-                        };
-                        tracing::debug!(instance = %item.command.instance, kind = kind_of(&item.command), outcome, "group command");
-                    }
-                    let first = first_instance(&group);
-                    let key = group.first().and_then(|i| i.command.idempotency.as_ref());
-                    if let (Err(GroupError { error: WriteError::Rejected(_), .. }), Some(idem)) = (&result, key) {
-                        refused_keyed.push((pending.len(), idem.key.clone(), idem.fingerprint.clone()));
-                    }
-                    pending.push(Pending { owed: Owed::Group(reply, result, first), needs_commit });
+                Next::Request(Some(r)) => r,
+            };
+            let mut more = vec![first];
+            while acc.pending.len() + more.len() < self.settings.max_batch {
+                match self.rx.try_recv() {
+                    Ok(r) => more.push(r),
+                    Err(_) => break,
                 }
             }
+            let mut items = Vec::with_capacity(more.len());
+            let mut more = more.into_iter();
+            let mut stop = false;
+            for request in more.by_ref() {
+                match request {
+                    Request::Command(c, reply) => items.push(Item::One(c, reply)),
+                    Request::Group(g, derive, reply) => items.push(Item::Group(g, derive, reply)),
+                    Request::Outbound(o, reply) => items.push(Item::Outbound(o, reply)),
+                    // Served between batches: it and what came after it wait for this batch.
+                    alone => {
+                        self.deferred.push_back(alone);
+                        stop = true;
+                        break;
+                    }
+                }
+            }
+            self.deferred.extend(more);
+            // Commands decided later in a batch are decided at a later instant, as they would
+            // have been in the next batch.
+            now = now.max(self.clock.now());
+            builder.advance(now);
+            self.decide_more(&mut builder, &mut acc, items).await;
+            if stop {
+                break;
+            }
         }
+        let Acc { mut pending, refused_keyed, outbound, mut fence } = acc;
         if self.settings.ownership.is_some() && !refused_keyed.is_empty() {
             self.recheck_refusals(&mut pending, &refused_keyed).await;
         }
-        let replanned = self.replan_page(&mut builder, pending.len()).await;
+        let replanned = if self.flight.is_none() { self.replan_page(&mut builder, pending.len()).await } else { None };
         builder.fire_due_now();
         let mut built = builder.finish();
         for change in outbound {
@@ -911,25 +1060,168 @@ impl<S: Store> Writer<S> {
                 crate::timer::WheelOp::Cancel(_) => true,
             });
         }
-        let committed = self.commit(built, pending, now).await;
-        match replanned {
-            // The batch failed (a full disk): the re-plan waits instead of retrying at once.
-            Some(_) if !committed => self.planner.pause(),
-            Some(job) => self.metrics.replanned.inc_by(self.planner.page_committed(job)),
-            None => {}
+        Some(Decided { built, pending, now, replanned })
+    }
+
+    /// Decides `items` into the batch `builder` is building: reads their request ids and
+    /// instances (one query each), then decides each in order. If the reads fail, `items` are
+    /// answered with the error and the batch goes on without them.
+    async fn decide_more(&mut self, builder: &mut Builder<'_>, acc: &mut Acc, items: Vec<Item>) {
+        let mut ids: Vec<&str> = Vec::new();
+        let mut keys: Vec<&str> = Vec::new();
+        for item in &items {
+            match item {
+                Item::One(c, _) => {
+                    ids.push(&c.instance);
+                    keys.extend(c.idempotency.as_ref().map(|i| i.key.as_str()));
+                }
+                Item::Group(g, _, _) => {
+                    ids.extend(g.iter().map(|i| i.command.instance.as_str()));
+                    keys.extend(g.first().and_then(|i| i.command.idempotency.as_ref()).map(|i| i.key.as_str()));
+                }
+                Item::Outbound(..) => {}
+            }
+        }
+        if !keys.is_empty() {
+            match self.read_keys(&keys).await {
+                Ok(rows) => builder.know_keys(rows),
+                Err(e) => return fail_all(items, e),
+            }
+        }
+        if let Err(e) = self.load(builder, &ids).await {
+            return fail_all(items, e);
+        }
+        // The instances groups will derive commands for (a licence's new tasks), read for the
+        // whole batch in one query instead of one per group. A failure here is not the
+        // batch's: each group then asks for its own and meets the error itself.
+        let mut hinted: Vec<String> = Vec::new();
+        for item in &items {
+            if let Item::Group(group, Some(derive), _) = item {
+                hinted.extend(builder.derived_ids(group, Some(derive)));
+            }
+        }
+        if !hinted.is_empty() {
+            let hinted: Vec<&str> = hinted.iter().map(String::as_str).collect();
+            if let Err(e) = self.load(builder, &hinted).await {
+                tracing::debug!(error = %e, "cannot read derived instances ahead; each group reads its own");
+            }
+        }
+        for item in items {
+            match item {
+                Item::One(command, reply)
+                    if matches!(command.kind, CommandKind::Timer { .. }) && self.settings.ownership.is_some() =>
+                {
+                    let shard = crate::store::shard_of(&command.instance, self.settings.shards);
+                    match self.settings.ownership.as_ref().and_then(|o| o.epoch(shard)) {
+                        Some(epoch) => acc.fence.push((shard, epoch)),
+                        None => {
+                            self.metrics.fenced.inc();
+                            let _ = reply.send(Err(WriteError::NotHeld(shard)));
+                            continue;
+                        }
+                    }
+                    let (result, needs_commit) = builder.one(&command);
+                    trace_command(&command, &result);
+                    acc.pending.push(Pending { owed: Owed::One(reply, result, command), needs_commit });
+                }
+                Item::Outbound(change, reply) => {
+                    acc.outbound.push(change.clone());
+                    acc.pending.push(Pending { owed: Owed::Outbound(reply, change), needs_commit: true });
+                }
+                Item::One(command, reply) => {
+                    let (result, needs_commit) = builder.one(&command);
+                    trace_command(&command, &result);
+                    if let (Err(WriteError::Rejected(_)), Some(idem)) = (&result, &command.idempotency) {
+                        acc.refused_keyed.push((acc.pending.len(), idem.key.clone(), idem.fingerprint.clone()));
+                    }
+                    acc.pending.push(Pending { owed: Owed::One(reply, result, command), needs_commit });
+                }
+                Item::Group(group, derive, reply) => {
+                    let (result, needs_commit) = loop {
+                        match builder.group(&group, derive.as_ref()) {
+                            GroupStep::Done(result, needs_commit) => break (result, needs_commit),
+                            GroupStep::Load(more) => {
+                                let more: Vec<&str> = more.iter().map(String::as_str).collect();
+                                if let Err(error) = self.load(builder, &more).await {
+                                    break (Err(GroupError::whole(&group, error)), false);
+                                }
+                            }
+                        }
+                    };
+                    for (i, item) in group.iter().enumerate() {
+                        let outcome = match &result {
+                            Ok(_) => "applied",
+                            Err(e) if e.index == i => "refused",
+                            Err(_) => "not applied",
+                        };
+                        tracing::debug!(instance = %item.command.instance, kind = kind_of(&item.command), outcome, "group command");
+                    }
+                    let key = group.first().and_then(|i| i.command.idempotency.as_ref());
+                    if let (Err(GroupError { error: WriteError::Rejected(_), .. }), Some(idem)) = (&result, key) {
+                        acc.refused_keyed.push((acc.pending.len(), idem.key.clone(), idem.fingerprint.clone()));
+                    }
+                    acc.pending.push(Pending { owed: Owed::Group(reply, result, group, derive), needs_commit });
+                }
+            }
         }
     }
 
-    /// Commits a built batch, then answers its callers, updates the wheel and the cache.
-    /// Answers whether the batch committed.
-    async fn commit(&mut self, built: Built, pending: Vec<Pending>, now: Millis) -> bool {
+    /// Starts committing a decided batch; the batch before it has landed.
+    fn launch(&mut self, decided: Decided, span: tracing::Span) {
+        use tracing::Instrument;
+        let Decided { built, pending, now, replanned } = decided;
         let Built { batch, wheel_ops, fired, counts, live, .. } = built;
-        let commit_started = std::time::Instant::now();
-        let committed = if batch.is_empty() { Ok(()) } else { self.store.commit(&batch).await };
-        match committed {
+        let keys = batch.idempotency.iter().cloned().collect();
+        let requests = pending.len();
+        let task = tokio::spawn(commit_and_answer(self.store.clone(), batch, pending).instrument(span));
+        self.flight =
+            Some(Flight { task, joined: None, live, keys, wheel_ops, fired, counts, now, replanned, requests });
+    }
+
+    /// Waits for the batch in flight, if any, and lands it. Answers whether it committed (true
+    /// when there was none).
+    async fn settle(&mut self) -> bool {
+        match self.flight.as_mut() {
+            Some(flight) => {
+                let joined = match flight.joined.take() {
+                    Some(joined) => joined,
+                    None => (&mut flight.task).await,
+                };
+                match self.flight.take() {
+                    Some(flight) => self.land(flight, joined).await,
+                    None => true,
+                }
+            }
+            None => true,
+        }
+    }
+
+    /// After a batch's commit (whose callers the commit task has answered): the metrics, the
+    /// wheel, the cache, the logs. Answers whether the batch committed.
+    async fn land(&mut self, flight: Flight, joined: Result<Box<Landed>, tokio::task::JoinError>) -> bool {
+        let Flight { live, wheel_ops, fired, counts, now, replanned, requests, .. } = flight;
+        let Landed { batch, outcome, took } = match joined {
+            Ok(landed) => *landed,
+            Err(e) => {
+                // The commit task died (a panic): its callers were told the engine is stopping
+                // (their replies were dropped), and whether it committed is unknown.
+                tracing::error!(error = %e, requests, "the commit task failed; the batch's outcome is unknown");
+                if self.settings.ownership.is_some() {
+                    self.reload_wheel = true;
+                }
+                for (kind, _) in &counts {
+                    self.metrics.commands.with_label_values(&[*kind, "failed"]).inc();
+                }
+                if replanned.is_some() {
+                    self.planner.pause();
+                }
+                return false;
+            }
+        };
+        match outcome {
             Ok(()) => {
                 if !batch.is_empty() {
-                    self.metrics.commit_seconds.observe(commit_started.elapsed().as_secs_f64());
+                    self.metrics.commit_seconds.observe(took.as_secs_f64());
                     self.metrics.batch_size.observe(batch.history.len() as f64);
                     self.metrics.outbox_written.inc_by(batch.outbox.len() as u64);
                 }
@@ -964,12 +1256,8 @@ impl<S: Store> Writer<S> {
                     self.published.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 tracing::debug!(commands = batch.history.len(), fired = fired.len(), "batch committed");
-                for p in pending {
-                    match p.owed {
-                        Owed::One(reply, result) => drop(reply.send(result)),
-                        Owed::Group(reply, result, _) => drop(reply.send(result)),
-                        Owed::Outbound(reply) => drop(reply.send(Ok(()))),
-                    }
+                if let Some(job) = replanned {
+                    self.metrics.replanned.inc_by(self.planner.page_committed(job));
                 }
                 self.prune(now).await;
                 if !batch.history.is_empty() {
@@ -978,7 +1266,6 @@ impl<S: Store> Writer<S> {
                 true
             }
             Err(e) => {
-                let requests = pending.len();
                 match &e {
                     // Expected between nodes and decided again: counted, not paged.
                     crate::store::Error::Conflict(_) => {
@@ -1012,17 +1299,9 @@ impl<S: Store> Writer<S> {
                 for (kind, _) in &counts {
                     self.metrics.commands.with_label_values(&[*kind, "failed"]).inc();
                 }
-                let failed = WriteError::from(e);
-                for p in pending {
-                    match (p.owed, p.needs_commit) {
-                        (Owed::One(reply, _), true) => drop(reply.send(Err(failed.clone()))),
-                        (Owed::Group(reply, _, instance), true) => {
-                            drop(reply.send(Err(GroupError { index: 0, instance, error: failed.clone() })))
-                        }
-                        (Owed::Outbound(reply), _) => drop(reply.send(Err(failed.clone()))),
-                        (Owed::One(reply, result), false) => drop(reply.send(result)),
-                        (Owed::Group(reply, result, _), false) => drop(reply.send(result)),
-                    }
+                // The batch failed (a full disk): the re-plan waits instead of retrying at once.
+                if replanned.is_some() {
+                    self.planner.pause();
                 }
                 false
             }
@@ -1037,8 +1316,9 @@ impl<S: Store> Writer<S> {
         }
         let before = now.saturating_sub(self.settings.idempotency_retention);
         let outbox_before = now.saturating_sub(self.settings.outbox_retention);
-        let pruned = match self.store.prune_idempotency(before, PRUNE_LIMIT).await {
-            Ok(keys) => self.store.prune_outbox(outbox_before, PRUNE_LIMIT).await.map(|messages| {
+        let mut store = self.store.lock().await;
+        let pruned = match store.prune_idempotency(before, PRUNE_LIMIT).await {
+            Ok(keys) => store.prune_outbox(outbox_before, PRUNE_LIMIT).await.map(|messages| {
                 if messages > 0 {
                     tracing::debug!(pruned = messages, "pruned delivered messages past their retention");
                 }
@@ -1061,6 +1341,38 @@ impl<S: Store> Writer<S> {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot prune expired request ids; will try again");
                 self.pruned_at = now;
+            }
+        }
+    }
+}
+
+/// The commit task: commits `batch` and answers its callers as soon as the outcome is known.
+async fn commit_and_answer<S: Store>(
+    store: Arc<tokio::sync::Mutex<S>>,
+    batch: Batch,
+    pending: Vec<Pending>,
+) -> Box<Landed> {
+    let started = std::time::Instant::now();
+    let outcome = if batch.is_empty() { Ok(()) } else { store.lock().await.commit(&batch).await };
+    let took = started.elapsed();
+    answer(pending, outcome.as_ref().map_err(|e| WriteError::from(e.clone())));
+    Box::new(Landed { batch, outcome, took })
+}
+
+/// Answers a batch's callers: what was decided if the batch committed (or if the answer did not
+/// need it to), else why it did not.
+fn answer(pending: Vec<Pending>, outcome: Result<&(), WriteError>) {
+    for p in pending {
+        match (p.owed, &outcome) {
+            (Owed::One(reply, result, _), Ok(_)) => drop(reply.send(result)),
+            (Owed::Group(reply, result, ..), Ok(_)) => drop(reply.send(result)),
+            (Owed::Outbound(reply, _), Ok(_)) => drop(reply.send(Ok(()))),
+            (Owed::Outbound(reply, _), Err(failed)) => drop(reply.send(Err(failed.clone()))),
+            (Owed::One(reply, result, _), Err(failed)) => {
+                drop(reply.send(if p.needs_commit { Err(failed.clone()) } else { result }))
+            }
+            (Owed::Group(reply, result, items, _), Err(failed)) => {
+                drop(reply.send(if p.needs_commit { Err(GroupError::whole(&items, failed.clone())) } else { result }))
             }
         }
     }
@@ -1145,6 +1457,9 @@ fn fail_all(items: Vec<Item>, error: WriteError) {
         }
     }
 }
+
+#[cfg(test)]
+mod pipeline_tests;
 
 #[cfg(test)]
 mod handle_tests {

@@ -692,7 +692,8 @@ impl<S: Store> Writer<S> {
                 Next::Request(None) => break,
             };
             requests.push(first);
-            while requests.len() < self.settings.max_batch {
+            let room = self.room();
+            while requests.len() < room {
                 if let Some(r) = self.deferred.pop_front() {
                     requests.push(r);
                     continue;
@@ -944,7 +945,7 @@ impl<S: Store> Writer<S> {
         );
         let mut acc = Acc::default();
         self.decide_more(&mut builder, &mut acc, items).await;
-        while acc.pending.len() < self.settings.max_batch {
+        while acc.pending.len() < self.room() {
             let Some(flight) = self.flight.as_mut() else { break };
             if flight.joined.is_some() {
                 break;
@@ -966,7 +967,8 @@ impl<S: Store> Writer<S> {
                 Next::Request(Some(r)) => r,
             };
             let mut more = vec![first];
-            while acc.pending.len() + more.len() < self.settings.max_batch {
+            let room = self.room();
+            while acc.pending.len() + more.len() < room {
                 match self.rx.try_recv() {
                     Ok(r) => more.push(r),
                     Err(_) => break,
@@ -1061,6 +1063,15 @@ impl<S: Store> Writer<S> {
             });
         }
         Some(Decided { built, pending, now, replanned })
+    }
+
+    /// How many requests the batch being decided may hold: `max_batch`, less the requests of
+    /// the batch in flight (at least one). Two batches are in memory at once only within the
+    /// bound one batch had without pipelining: a burst (10,000 deadlines due at one instant)
+    /// does not double the writer's peak.
+    fn room(&self) -> usize {
+        let in_flight = self.flight.as_ref().map_or(0, |f| f.requests);
+        self.settings.max_batch.saturating_sub(in_flight).max(1)
     }
 
     /// Decides `items` into the batch `builder` is building: reads their request ids and

@@ -582,6 +582,25 @@ impl Pending {
     }
 }
 
+/// A request sorted by how the writer serves it.
+enum Sorted {
+    /// As an item of a batch.
+    Batched(Item),
+    /// Alone, between batches.
+    Alone(Request),
+}
+
+impl Request {
+    fn sorted(self) -> Sorted {
+        match self {
+            Request::Command(c, reply) => Sorted::Batched(Item::One(c, reply)),
+            Request::Group(g, derive, reply) => Sorted::Batched(Item::Group(g, derive, reply)),
+            Request::Outbound(o, reply) => Sorted::Batched(Item::Outbound(o, reply)),
+            alone => Sorted::Alone(alone),
+        }
+    }
+}
+
 /// What the writer's loop waits for next.
 enum Next {
     Request(Option<Request>),
@@ -705,20 +724,12 @@ impl<S: Store> Writer<S> {
             }
             let mut items = Vec::with_capacity(requests.len());
             for request in requests.drain(..) {
-                let alone = match request {
-                    Request::Command(c, reply) => {
-                        items.push(Item::One(c, reply));
+                let alone = match request.sorted() {
+                    Sorted::Batched(item) => {
+                        items.push(item);
                         continue;
                     }
-                    Request::Group(g, derive, reply) => {
-                        items.push(Item::Group(g, derive, reply));
-                        continue;
-                    }
-                    Request::Outbound(o, reply) => {
-                        items.push(Item::Outbound(o, reply));
-                        continue;
-                    }
-                    alone => alone,
+                    Sorted::Alone(alone) => alone,
                 };
                 // What was queued before is committed first: a page of timers read sees it, and
                 // commands sent under a calendar or catalogs are decided on them.
@@ -740,14 +751,15 @@ impl<S: Store> Writer<S> {
     /// imports, [`crate::catalog::submit`]) committed as given. Every batch before it has landed
     /// first.
     async fn serve_alone(&mut self, request: Request) {
-        if !matches!(request, Request::Command(..) | Request::Group(..) | Request::Outbound(..)) {
-            self.settle().await;
-        }
-        match request {
+        let request = match request.sorted() {
             // The loop batches these; given here, they are a batch of one.
-            Request::Command(c, reply) => self.process(vec![Item::One(c, reply)]).await,
-            Request::Group(g, derive, reply) => self.process(vec![Item::Group(g, derive, reply)]).await,
-            Request::Outbound(o, reply) => self.process(vec![Item::Outbound(o, reply)]).await,
+            Sorted::Batched(item) => return self.process(vec![item]).await,
+            Sorted::Alone(alone) => alone,
+        };
+        self.settle().await;
+        match request {
+            // Taken as a batch of one above.
+            Request::Command(..) | Request::Group(..) | Request::Outbound(..) => {}
             Request::Extend(until, reply) => {
                 let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
                 let held = self.settings.ownership.as_ref().map(|o| o.held());
@@ -978,12 +990,10 @@ impl<S: Store> Writer<S> {
             let mut more = more.into_iter();
             let mut stop = false;
             for request in more.by_ref() {
-                match request {
-                    Request::Command(c, reply) => items.push(Item::One(c, reply)),
-                    Request::Group(g, derive, reply) => items.push(Item::Group(g, derive, reply)),
-                    Request::Outbound(o, reply) => items.push(Item::Outbound(o, reply)),
+                match request.sorted() {
+                    Sorted::Batched(item) => items.push(item),
                     // Served between batches: it and what came after it wait for this batch.
-                    alone => {
+                    Sorted::Alone(alone) => {
                         self.deferred.push_back(alone);
                         stop = true;
                         break;

@@ -7,7 +7,7 @@
 //! Both sides of that line are kept by the writer task alone:
 //! - after a commit, the writer inserts a newly armed timer into the wheel only if its key is
 //!   inside the horizon (otherwise a later page brings it in);
-//! - the horizon is extended by the writer task (a [`crate::writer::Request::Extend`], served
+//! - the horizon is extended by the writer task (a [`crate::writer::Handle::extend`] request, served
 //!   by [`Paging::extend`]), which reads the next page and moves the line in one step, so no
 //!   commit can slip between the read and the move and be missed. Shards taken or lost
 //!   ([`Paging::change_shards`]) are loaded and dropped the same way, between batches.

@@ -19,7 +19,7 @@
 //!   of the batch is answered [`WriteError::Unavailable`] and nothing of it is visible.
 //! - At most one batch is in flight, and batches commit in the order they were decided.
 //! - The writer task is the only writer of the database and the only task that moves the timer
-//!   horizon ([`Request::Extend`]); see [`crate::timer`] for why that matters.
+//!   horizon ([`Handle::extend`]); see [`crate::timer`] for why that matters.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -166,12 +166,15 @@ impl GroupError {
 }
 
 /// What the writer task is asked to do.
-pub enum Request {
-    /// Apply a command.
-    Command(Command, Reply),
-    /// Apply several commands all-or-nothing, in one transaction; the optional [`Derive`]
-    /// adds commands computed from the first command's result.
-    Group(Vec<GroupItem>, Option<Derive>, GroupReply),
+enum Request {
+    /// Decided into the next batch.
+    Batched(Item),
+    /// Served alone, between batches, once every batch before it has landed.
+    Alone(Alone),
+}
+
+/// What the writer serves between batches, each by its owner ([`Writer::serve_alone`]).
+enum Alone {
     /// Load the next page of timers due before the instant into the wheel; answers the number
     /// of timers loaded.
     Extend(Millis, oneshot::Sender<Result<usize, WriteError>>),
@@ -181,8 +184,6 @@ pub enum Request {
     /// Commit a batch prepared outside the writer (a catalog import), in a transaction of its
     /// own after the requests queued before it.
     Prepared(Box<Prepared>, oneshot::Sender<Result<(), WriteError>>),
-    /// Record what delivery learned, in the next batch's transaction.
-    Outbound(Outbound, oneshot::Sender<Result<(), WriteError>>),
     /// The node took shards (load their timers up to the horizon; also sent when another node
     /// armed timers in a held shard) or lost them (drop their timers from the wheel).
     Shards(ShardChange, oneshot::Sender<Result<(), WriteError>>),
@@ -221,24 +222,6 @@ pub enum Outbound {
     DropConsumer(String),
 }
 
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Request::Command(c, _) => f.debug_tuple("Command").field(c).finish(),
-            Request::Group(items, derive, _) => {
-                f.debug_struct("Group").field("items", items).field("derives", &derive.is_some()).finish()
-            }
-            Request::Extend(until, _) => f.debug_tuple("Extend").field(until).finish(),
-            Request::LoadCalendar(load, _) => f.debug_tuple("LoadCalendar").field(&load.file.key).finish(),
-            Request::Outbound(o, _) => f.debug_tuple("Outbound").field(o).finish(),
-            Request::Shards(c, _) => f.debug_tuple("Shards").field(c).finish(),
-            Request::ReloadCalendars(_) => f.write_str("ReloadCalendars"),
-            Request::Prepared(p, _) => f.debug_tuple("Prepared").field(&p.batch.catalogs.len()).finish(),
-            Request::ReloadCatalogs(_) => f.write_str("ReloadCatalogs"),
-        }
-    }
-}
-
 /// A cheap, cloneable way to submit commands.
 #[derive(Debug, Clone)]
 pub struct Handle {
@@ -254,7 +237,10 @@ impl Handle {
         let mut tries = 0;
         loop {
             let (reply, rx) = oneshot::channel();
-            self.tx.send(Request::Command(command.clone(), reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+            self.tx
+                .send(Request::Batched(Item::One(command.clone(), reply)))
+                .await
+                .map_err(|_| WriteError::ShuttingDown)?;
             match rx.await.map_err(|_| WriteError::ShuttingDown)? {
                 Err(e) if e.decide_again() && tries < CONFLICT_RETRIES => tries += 1,
                 other => return other,
@@ -265,7 +251,7 @@ impl Handle {
     /// Queues a command; the answer arrives on the returned receiver.
     pub async fn send(&self, command: Command) -> Result<oneshot::Receiver<Result<Applied, WriteError>>, WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Command(command, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.tx.send(Request::Batched(Item::One(command, reply))).await.map_err(|_| WriteError::ShuttingDown)?;
         Ok(rx)
     }
 
@@ -289,7 +275,7 @@ impl Handle {
         let mut tries = 0;
         loop {
             let (reply, rx) = oneshot::channel();
-            let request = Request::Group(items.clone(), derive.clone(), reply);
+            let request = Request::Batched(Item::Group(items.clone(), derive.clone(), reply));
             self.tx.send(request).await.map_err(|_| gone.clone())?;
             match rx.await.map_err(|_| gone.clone())? {
                 Err(e) if e.error.decide_again() && tries < CONFLICT_RETRIES => tries += 1,
@@ -302,21 +288,21 @@ impl Handle {
     pub async fn shards(&self, load: Vec<u32>, drop: Vec<u32>) -> Result<(), WriteError> {
         let (reply, rx) = oneshot::channel();
         let change = ShardChange { load, drop };
-        self.tx.send(Request::Shards(change, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.tx.send(Request::Alone(Alone::Shards(change, reply))).await.map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
     /// Reads the stored calendars again and puts them in force (another node loaded one).
     pub async fn reload_calendars(&self) -> Result<(), WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::ReloadCalendars(reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.tx.send(Request::Alone(Alone::ReloadCalendars(reply))).await.map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
     /// Reads the stored catalogs again and puts them in force.
     pub async fn reload_catalogs(&self) -> Result<(), WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::ReloadCatalogs(reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.tx.send(Request::Alone(Alone::ReloadCatalogs(reply))).await.map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
@@ -324,7 +310,10 @@ impl Handle {
     /// its `then` has run.
     pub async fn prepared(&self, prepared: Prepared) -> Result<(), WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Prepared(Box::new(prepared), reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.tx
+            .send(Request::Alone(Alone::Prepared(Box::new(prepared), reply)))
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
@@ -332,14 +321,14 @@ impl Handle {
     /// following batches.
     pub async fn load_calendar(&self, load: CalendarLoad) -> Result<Loaded, LoadError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::LoadCalendar(load, reply)).await.map_err(|_| LoadError::ShuttingDown)?;
+        self.tx.send(Request::Alone(Alone::LoadCalendar(load, reply))).await.map_err(|_| LoadError::ShuttingDown)?;
         rx.await.map_err(|_| LoadError::ShuttingDown)?
     }
 
     /// Records a change from the delivery side; answers once it is durable.
     pub async fn outbound(&self, change: Outbound) -> Result<(), WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Outbound(change, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.tx.send(Request::Batched(Item::Outbound(change, reply))).await.map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
@@ -352,7 +341,7 @@ impl Handle {
     /// Asks the writer to page in timers due before `until`; returns how many were loaded.
     pub async fn extend(&self, until: Millis) -> Result<usize, WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Extend(until, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.tx.send(Request::Alone(Alone::Extend(until, reply))).await.map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 }
@@ -549,10 +538,14 @@ pub fn channel<S: Store>(
     )
 }
 
-/// A queued request with its reply.
+/// A request decided into a batch, with its reply.
 enum Item {
+    /// Apply a command.
     One(Command, Reply),
+    /// Apply several commands all-or-nothing, in one transaction; the optional [`Derive`]
+    /// adds commands computed from the first command's result.
     Group(Vec<GroupItem>, Option<Derive>, GroupReply),
+    /// Record what delivery learned, in the batch's transaction.
     Outbound(Outbound, oneshot::Sender<Result<(), WriteError>>),
 }
 
@@ -582,21 +575,27 @@ impl Pending {
     }
 }
 
-/// A request sorted by how the writer serves it.
-enum Sorted {
-    /// As an item of a batch.
-    Batched(Item),
-    /// Alone, between batches.
-    Alone(Request),
+/// The connection a batch's reads go to ([`Writer::reads`]).
+enum Reads<'a, S> {
+    Own(tokio::sync::MutexGuard<'a, S>),
+    Beside(&'a mut S),
 }
 
-impl Request {
-    fn sorted(self) -> Sorted {
+impl<S> std::ops::Deref for Reads<'_, S> {
+    type Target = S;
+    fn deref(&self) -> &S {
         match self {
-            Request::Command(c, reply) => Sorted::Batched(Item::One(c, reply)),
-            Request::Group(g, derive, reply) => Sorted::Batched(Item::Group(g, derive, reply)),
-            Request::Outbound(o, reply) => Sorted::Batched(Item::Outbound(o, reply)),
-            alone => Sorted::Alone(alone),
+            Reads::Own(guard) => guard,
+            Reads::Beside(store) => store,
+        }
+    }
+}
+
+impl<S> std::ops::DerefMut for Reads<'_, S> {
+    fn deref_mut(&mut self) -> &mut S {
+        match self {
+            Reads::Own(guard) => guard,
+            Reads::Beside(store) => store,
         }
     }
 }
@@ -662,7 +661,6 @@ impl<S: Store> Writer<S> {
 
     /// Serves requests until every [`Handle`] is dropped.
     pub async fn run(mut self) {
-        let mut requests = Vec::with_capacity(self.settings.max_batch);
         loop {
             let next = if let Some(r) = self.deferred.pop_front() {
                 Next::Request(Some(r))
@@ -710,36 +708,14 @@ impl<S: Store> Writer<S> {
                 Next::Request(Some(r)) => r,
                 Next::Request(None) => break,
             };
-            requests.push(first);
-            let room = self.room();
-            while requests.len() < room {
-                if let Some(r) = self.deferred.pop_front() {
-                    requests.push(r);
-                    continue;
+            match first {
+                Request::Alone(alone) => self.serve_alone(alone).await,
+                Request::Batched(item) => {
+                    let mut items = vec![item];
+                    let room = self.room();
+                    self.drain(&mut items, room);
+                    self.process(items).await;
                 }
-                match self.rx.try_recv() {
-                    Ok(r) => requests.push(r),
-                    Err(_) => break,
-                }
-            }
-            let mut items = Vec::with_capacity(requests.len());
-            for request in requests.drain(..) {
-                let alone = match request.sorted() {
-                    Sorted::Batched(item) => {
-                        items.push(item);
-                        continue;
-                    }
-                    Sorted::Alone(alone) => alone,
-                };
-                // What was queued before is committed first: a page of timers read sees it, and
-                // commands sent under a calendar or catalogs are decided on them.
-                if !items.is_empty() {
-                    self.process(std::mem::take(&mut items)).await;
-                }
-                self.serve_alone(alone).await;
-            }
-            if !items.is_empty() {
-                self.process(items).await;
             }
         }
         // Every handle is gone; the last batch's outcome is still owed to the logs and the wheel.
@@ -750,24 +726,16 @@ impl<S: Store> Writer<S> {
     /// changes by [`crate::timer`], calendar loads by the [`Planner`], prepared batches (catalog
     /// imports, [`crate::catalog::submit`]) committed as given. Every batch before it has landed
     /// first.
-    async fn serve_alone(&mut self, request: Request) {
-        let request = match request.sorted() {
-            // The loop batches these; given here, they are a batch of one.
-            Sorted::Batched(item) => return self.process(vec![item]).await,
-            Sorted::Alone(alone) => alone,
-        };
+    async fn serve_alone(&mut self, alone: Alone) {
         self.settle().await;
-        match request {
-            // Taken as a batch of one above.
-            Request::Command(..) | Request::Group(..) | Request::Outbound(..) => {}
-            Request::Extend(until, reply) => {
-                let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
+        let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
+        match alone {
+            Alone::Extend(until, reply) => {
                 let held = self.settings.ownership.as_ref().map(|o| o.held());
                 let mut store = self.store.lock().await;
                 let _ = reply.send(wheel.extend(&mut *store, until, held.as_deref()).await.map_err(WriteError::from));
             }
-            Request::Shards(change, reply) => {
-                let wheel = crate::timer::Paging { timers: &self.timers, wake: &self.wake, page: self.settings.page };
+            Alone::Shards(change, reply) => {
                 let own = self.settings.ownership.as_deref();
                 let mut store = self.store.lock().await;
                 let _ = reply.send(
@@ -777,18 +745,18 @@ impl<S: Store> Writer<S> {
                         .map_err(WriteError::from),
                 );
             }
-            Request::LoadCalendar(load, reply) => {
+            Alone::LoadCalendar(load, reply) => {
                 let mut store = self.store.lock().await;
                 let _ = reply.send(self.planner.load(&mut *store, load, self.clock.now()).await);
             }
-            Request::ReloadCalendars(reply) => {
+            Alone::ReloadCalendars(reply) => {
                 let mut store = self.store.lock().await;
                 let _ = reply.send(self.planner.prepare(&mut *store, false).await.map_err(WriteError::from));
             }
-            Request::ReloadCatalogs(reply) => {
+            Alone::ReloadCatalogs(reply) => {
                 let _ = reply.send(self.prepare_catalogs().await.map_err(WriteError::from));
             }
-            Request::Prepared(prepared, reply) => {
+            Alone::Prepared(prepared, reply) => {
                 let _ = reply.send(self.commit_prepared(prepared).await);
             }
         }
@@ -803,12 +771,18 @@ impl<S: Store> Writer<S> {
         Ok(())
     }
 
+    /// The connection the batch being decided reads on: while a batch commits, the one beside;
+    /// otherwise the writer's own, whose page cache is warm.
+    async fn reads(&mut self) -> Reads<'_, S> {
+        match self.flight {
+            Some(_) => Reads::Beside(&mut self.beside),
+            None => Reads::Own(self.store.lock().await),
+        }
+    }
+
     /// Stored idempotency keys among `keys`, with those the batch in flight records over them.
     async fn read_keys(&mut self, keys: &[&str]) -> Result<HashMap<String, crate::store::IdempotencyRow>, WriteError> {
-        let mut stored = match &self.flight {
-            Some(_) => self.beside.load_idempotency(keys).await?,
-            None => self.store.lock().await.load_idempotency(keys).await?,
-        };
+        let mut stored = self.reads().await.load_idempotency(keys).await?;
         if let Some(flight) = &self.flight {
             for key in keys {
                 if let Some(row) = flight.keys.get(*key) {
@@ -887,13 +861,8 @@ impl<S: Store> Writer<S> {
                 },
             }
         }
-        let rows = if missing.is_empty() {
-            HashMap::new()
-        } else if self.flight.is_some() {
-            self.beside.load_instances(&missing).await?
-        } else {
-            self.store.lock().await.load_instances(&missing).await?
-        };
+        let rows =
+            if missing.is_empty() { HashMap::new() } else { self.reads().await.load_instances(&missing).await? };
         builder.insert_loaded(&unseen, cached, rows);
         Ok(())
     }
@@ -920,7 +889,7 @@ impl<S: Store> Writer<S> {
             self.batches += 1;
             // Instrumented, not entered: a guard held across an await would tag other tasks' events.
             let span = tracing::debug_span!("batch", id = self.batches, requests = items.len());
-            let Some(decided) = self.decide(items).instrument(span.clone()).await else { return };
+            let decided = self.decide(items).instrument(span.clone()).await;
             if self.settle().await {
                 self.launch(decided, span);
                 // A task spawned from a worker waits in that worker's own next-task slot, where
@@ -929,10 +898,8 @@ impl<S: Store> Writer<S> {
                 tokio::task::yield_now().await;
                 return;
             }
+            // (A re-plan page is added only with no batch in flight: this batch carries none.)
             tracing::debug!(parent: &span, "the batch before failed; deciding this one again on what is stored");
-            if decided.replanned.is_some() {
-                self.planner.pause();
-            }
             items = decided.into_items();
             if items.is_empty() {
                 return;
@@ -942,9 +909,8 @@ impl<S: Store> Writer<S> {
 
     /// Decides `items` into a batch — and, while the batch before it commits, every request
     /// that arrives meanwhile (up to `max_batch`): the batch is as large as without pipelining,
-    /// and only its last requests are decided after the commit before it has ended. `None`
-    /// when nothing is left to commit.
-    async fn decide(&mut self, items: Vec<Item>) -> Option<Decided> {
+    /// and only its last requests are decided after the commit before it has ended.
+    async fn decide(&mut self, items: Vec<Item>) -> Decided {
         let mut now = self.clock.now();
         let (registry, calendars) = (self.registry.clone(), self.calendars.current());
         let mut builder = Builder::new(
@@ -962,10 +928,13 @@ impl<S: Store> Writer<S> {
             if flight.joined.is_some() {
                 break;
             }
-            let next = tokio::select! {
-                biased;
-                joined = &mut flight.task => Next::Landed(joined),
-                r = self.rx.recv() => Next::Request(r),
+            let next = match self.deferred.pop_front() {
+                Some(r) => Next::Request(Some(r)),
+                None => tokio::select! {
+                    biased;
+                    joined = &mut flight.task => Next::Landed(joined),
+                    r = self.rx.recv() => Next::Request(r),
+                },
             };
             let first = match next {
                 Next::Landed(joined) => {
@@ -978,29 +947,18 @@ impl<S: Store> Writer<S> {
                 }
                 Next::Request(Some(r)) => r,
             };
-            let mut more = vec![first];
-            let room = self.room();
-            while acc.pending.len() + more.len() < room {
-                match self.rx.try_recv() {
-                    Ok(r) => more.push(r),
-                    Err(_) => break,
+            let mut items = Vec::new();
+            let stop = match first {
+                Request::Batched(item) => {
+                    items.push(item);
+                    let room = self.room().saturating_sub(acc.pending.len());
+                    self.drain(&mut items, room)
                 }
-            }
-            let mut items = Vec::with_capacity(more.len());
-            let mut more = more.into_iter();
-            let mut stop = false;
-            for request in more.by_ref() {
-                match request.sorted() {
-                    Sorted::Batched(item) => items.push(item),
-                    // Served between batches: it and what came after it wait for this batch.
-                    Sorted::Alone(alone) => {
-                        self.deferred.push_back(alone);
-                        stop = true;
-                        break;
-                    }
+                alone => {
+                    self.deferred.push_front(alone);
+                    true
                 }
-            }
-            self.deferred.extend(more);
+            };
             // Commands decided later in a batch are decided at a later instant, as they would
             // have been in the next batch.
             now = now.max(self.clock.now());
@@ -1072,7 +1030,32 @@ impl<S: Store> Writer<S> {
                 crate::timer::WheelOp::Cancel(_) => true,
             });
         }
-        Some(Decided { built, pending, now, replanned })
+        Decided { built, pending, now, replanned }
+    }
+
+    /// Adds queued requests to `items` — those put back first, then the queue's — until it
+    /// holds `room`, stopping before the first one served alone. That one is put back first in
+    /// line, to be served after this batch: what was queued before it is committed first (a
+    /// page of timers read sees it; commands sent under a calendar or catalogs are decided on
+    /// them). Answers whether it stopped there.
+    fn drain(&mut self, items: &mut Vec<Item>, room: usize) -> bool {
+        while items.len() < room {
+            let request = match self.deferred.pop_front() {
+                Some(r) => r,
+                None => match self.rx.try_recv() {
+                    Ok(r) => r,
+                    Err(_) => return false,
+                },
+            };
+            match request {
+                Request::Batched(item) => items.push(item),
+                alone => {
+                    self.deferred.push_front(alone);
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// How many requests the batch being decided may hold: `max_batch`, less the requests of
@@ -1202,19 +1185,12 @@ impl<S: Store> Writer<S> {
     /// Waits for the batch in flight, if any, and lands it. Answers whether it committed (true
     /// when there was none).
     async fn settle(&mut self) -> bool {
-        match self.flight.as_mut() {
-            Some(flight) => {
-                let joined = match flight.joined.take() {
-                    Some(joined) => joined,
-                    None => (&mut flight.task).await,
-                };
-                match self.flight.take() {
-                    Some(flight) => self.land(flight, joined).await,
-                    None => true,
-                }
-            }
-            None => true,
-        }
+        let Some(mut flight) = self.flight.take() else { return true };
+        let joined = match flight.joined.take() {
+            Some(joined) => joined,
+            None => (&mut flight.task).await,
+        };
+        self.land(flight, joined).await
     }
 
     /// After a batch's commit (whose callers the commit task has answered): the metrics, the
@@ -1223,21 +1199,13 @@ impl<S: Store> Writer<S> {
         let Flight { live, wheel_ops, fired, counts, now, replanned, requests, .. } = flight;
         let Landed { batch, outcome, took } = match joined {
             Ok(landed) => *landed,
-            Err(e) => {
-                // The commit task died (a panic): its callers were told the engine is stopping
-                // (their replies were dropped), and whether it committed is unknown.
-                tracing::error!(error = %e, requests, "the commit task failed; the batch's outcome is unknown");
-                if self.settings.ownership.is_some() {
-                    self.reload_wheel = true;
-                }
-                for (kind, _) in &counts {
-                    self.metrics.commands.with_label_values(&[*kind, "failed"]).inc();
-                }
-                if replanned.is_some() {
-                    self.planner.pause();
-                }
-                return false;
-            }
+            // The commit task died (a panic): its callers were told the engine is stopping (their
+            // replies were dropped), and whether it committed is unknown.
+            Err(e) => Landed {
+                batch: Batch::default(),
+                outcome: Err(crate::store::Error::Indeterminate(format!("the commit task failed: {e}"))),
+                took: std::time::Duration::ZERO,
+            },
         };
         match outcome {
             Ok(()) => {
@@ -1496,7 +1464,7 @@ mod handle_tests {
             while let Some(request) = rx.recv().await {
                 seen += 1;
                 let answer = answers.next().unwrap_or(Err(WriteError::ShuttingDown));
-                if let Request::Command(command, reply) = request {
+                if let Request::Batched(Item::One(command, reply)) = request {
                     let instance = crate::machine::Instance {
                         id: command.instance.clone(),
                         workflow: "w".into(),

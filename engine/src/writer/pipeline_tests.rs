@@ -9,10 +9,10 @@ use std::sync::Mutex as StdMutex;
 
 use tokio::sync::{watch, Semaphore};
 
+use super::batch::tests::{event, keyed};
 use super::*;
 use crate::calendar::Calendars;
 use crate::clock::VirtualClock;
-use crate::machine::Idempotency;
 use crate::store::{
     Error as StoreError, IdempotencyRow, InstanceRow, StoredCalendarFile, TimerFrom, TimerId, TimerRow,
 };
@@ -226,21 +226,6 @@ fn start(id: &str) -> Command {
         request_id: None,
         idempotency: None,
     }
-}
-
-fn event(id: &str, name: &str) -> Command {
-    Command {
-        instance: id.into(),
-        kind: CommandKind::Event { name: name.into(), fields: serde_json::Map::new() },
-        actor: "test".into(),
-        request_id: None,
-        idempotency: None,
-    }
-}
-
-fn keyed(command: Command, key: &str) -> Command {
-    let idempotency = Idempotency::of_command("test", key, &command.instance, &command.kind);
-    Command { request_id: Some(key.into()), idempotency: Some(idempotency), ..command }
 }
 
 /// A bound on each wait, so that a writer that never does what is waited for fails the test

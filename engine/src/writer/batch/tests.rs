@@ -92,7 +92,7 @@ fn start(id: &str, due: Millis) -> Command {
     }
 }
 
-fn event(id: &str, name: &str) -> Command {
+pub(in crate::writer) fn event(id: &str, name: &str) -> Command {
     Command {
         instance: id.into(),
         kind: CommandKind::Event { name: name.into(), fields: serde_json::Map::new() },
@@ -102,7 +102,7 @@ fn event(id: &str, name: &str) -> Command {
     }
 }
 
-fn keyed(command: Command, key: &str) -> Command {
+pub(in crate::writer) fn keyed(command: Command, key: &str) -> Command {
     let idempotency = Idempotency::of_command("test", key, &command.instance, &command.kind);
     Command { request_id: Some(key.into()), idempotency: Some(idempotency), ..command }
 }

@@ -734,3 +734,103 @@ to = "done"
     assert_eq!(rejected, ["shenguan_timer_fires_rejected_total{reason=\"Deadline\"} 1"], "the refused fire is counted");
     engine.shutdown().await;
 }
+
+/// A batch on PostgreSQL is one statement with no transaction around it. One that PostgreSQL
+/// refuses — a history entry another node wrote first, a shard lease that moved on — writes
+/// nothing of itself: not the instances, messages and keys beside the refused row.
+#[tokio::test]
+async fn a_batch_refused_in_its_one_statement_writes_nothing_of_itself() {
+    use shenguan::machine::{HistoryEntry, Message};
+    use shenguan::store::postgres::PgStore;
+    use shenguan::store::{Batch, Error, Fence, IdempotencyRow, InstanceRow, OutboxRow, Store};
+    use sqlx::Connection;
+    let Some(url) = integration_tests::pg::database().await else { return };
+    let mut store = PgStore::open(&url, &Default::default()).await.expect("open");
+    let reader = Backend::Postgres(url.clone()).reader().await;
+    let instance = |id: &str| InstanceRow {
+        id: id.into(),
+        workflow: "commitment_case".into(),
+        version: 1,
+        state: "pending".into(),
+        seq: 1,
+        shard: 5,
+        ..InstanceRow::default()
+    };
+    let entry = |id: &str| {
+        let command = CommandKind::Event { name: "materials_submitted".into(), fields: serde_json::Map::new() };
+        let entry = HistoryEntry {
+            seq: 1,
+            at: 1,
+            actor: "测试".into(),
+            request_id: Some(format!("req-{id}")),
+            command,
+            from: None,
+            to: "pending".into(),
+            armed: Default::default(),
+            cancelled: Default::default(),
+            messages: 1,
+            handled: true,
+            calendar: 0,
+        };
+        (id.to_owned(), entry)
+    };
+    let message = |id: &str| OutboxRow {
+        key: format!("{id}:1:0"),
+        instance: id.into(),
+        seq: 1,
+        message: Message::text("sms", None, "您的承诺事项即将到期"),
+        destination: None,
+        created_at: 1,
+    };
+    let key = |id: &str| {
+        let row = IdempotencyRow { instance: id.into(), seq: 1, fingerprint: "0123".into(), created_at: 1 };
+        (format!("req-{id}"), row)
+    };
+    let case = |id: &str| Batch {
+        instances: vec![instance(id)],
+        history: vec![entry(id)],
+        outbox: vec![message(id)],
+        idempotency: vec![key(id)],
+        ..Batch::default()
+    };
+    let counts = || async {
+        let mut n = vec![];
+        for t in [Table::Instances, Table::History, Table::Outbox, Table::Idempotency] {
+            n.push(reader.count(t).await.expect("count"));
+        }
+        n
+    };
+    store.commit(&case("x")).await.expect("the first batch commits");
+    assert_eq!(counts().await, [1, 1, 1, 1]);
+
+    // y's rows and x's entry and message again, as a node that decided on a stale x would
+    // send them: whichever of the two the statement meets first, it is a conflict.
+    let mut stale = case("y");
+    stale.history.push(entry("x"));
+    stale.outbox.push(message("x"));
+    let e = store.commit(&stale).await.expect_err("x's entry exists");
+    assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+    assert_eq!(counts().await, [1, 1, 1, 1], "nothing of y was written");
+
+    // The node holds shard 5 at epoch 2 and 6 at epoch 1; its fence names epoch 1 for both.
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query(
+        "INSERT INTO shard_leases (shard, owner, epoch, expires_at) VALUES (5, 'n1', 2, 0), (6, 'n1', 1, 0) \
+         ON CONFLICT (shard) DO UPDATE SET owner = excluded.owner, epoch = excluded.epoch",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("leases");
+    let mut fenced = case("z");
+    fenced.fence = Some(Fence { node: "n1".into(), shards: vec![(5, 1), (6, 1)] });
+    let e = store.commit(&fenced).await.expect_err("shard 5 moved on");
+    match e {
+        Error::Fenced { node, lost } => assert_eq!((node.as_str(), lost.as_slice()), ("n1", &[5][..])),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(counts().await, [1, 1, 1, 1], "nothing of z was written");
+
+    fenced.fence = Some(Fence { node: "n1".into(), shards: vec![(5, 2), (6, 1)] });
+    store.commit(&fenced).await.expect("the epochs it holds");
+    assert_eq!(counts().await, [2, 2, 2, 2]);
+}

@@ -5,21 +5,27 @@
 //! default, so a commit is answered only once PostgreSQL has it on disk (and on a synchronous
 //! standby when the server is configured with one).
 //!
-//! The command path is the writer's, as on SQLite: one transaction per batch, one statement per
-//! table, rows passed as arrays and spread by `UNNEST` (a statement carries a whole batch, with
-//! no limit on bound parameters). What several nodes add, all inside that one transaction:
-//! - **Optimistic concurrency.** History rows are inserted `ON CONFLICT DO NOTHING`; fewer rows
-//!   than sent means another node wrote an entry this batch also decided to write (its decision
-//!   was made on a stale instance). The batch rolls back as [`Error::Conflict`] and its commands
-//!   are decided again on fresh rows.
+//! The command path is the writer's, as on SQLite: one transaction per batch, rows passed as
+//! arrays and spread by `UNNEST` (a statement carries a whole batch, with no limit on bound
+//! parameters). A batch of commands, timer fires and delivery outcomes is one statement
+//! ([`ONE_STATEMENT`]: a data-modifying CTE per table) sent without `BEGIN`, so it is its own
+//! transaction and the whole commit one round trip. A batch that also writes what only an
+//! administrator, a consumer or a loader writes (dead letters revived or discarded, consumer
+//! cursors, calendars, re-plans, catalogs) wraps that statement in a transaction with those
+//! statements before it. What several nodes add, all inside the batch's transaction:
+//! - **Optimistic concurrency.** History rows are inserted without `ON CONFLICT`: an entry
+//!   another node wrote first (its decision was made on a stale instance) is a unique
+//!   violation. The batch rolls back as [`Error::Conflict`] and its commands are decided again
+//!   on fresh rows.
 //! - **Fencing.** A batch that fires timers from the wheel names their shards and the epochs its
-//!   node holds them at ([`Batch::fence`]); the transaction reads those lease rows `FOR SHARE` and
-//!   rolls back as [`Error::Fenced`] if one has moved on. The share lock makes a take-over wait for
-//!   the transaction, so no fire commits after its shard was taken.
+//!   node holds them at ([`Batch::fence`]); the statement reads those lease rows `FOR SHARE` and
+//!   fails (`shenguan_fenced`, migration 0006) as [`Error::Fenced`] if one has moved on. The
+//!   share lock makes a take-over wait for the transaction, so no fire commits after its shard
+//!   was taken.
 //! - **Commit order of the outbox.** Outbox ids must grow in commit order (a stream consumer's
-//!   cursor is an id). A batch with messages takes a transaction-level advisory lock just before
-//!   inserting them and holds it to its commit, so ids are handed out in commit order across
-//!   nodes. Only the tail of such transactions is serialised.
+//!   cursor is an id). A batch with messages takes a transaction-level advisory lock before its
+//!   ids are drawn and holds it to its commit, so ids are handed out in commit order across
+//!   nodes.
 //! - **Notifications.** `pg_notify` (delivered at commit) tells the other nodes that messages were
 //!   written (their dispatchers and subscribers wake), that timers were armed in shards this node
 //!   does not hold (the holder loads them), or that a calendar was loaded.
@@ -362,192 +368,148 @@ async fn put_replan(tx: &mut sqlx::PgConnection, job: &ReplanJob) -> Result<(), 
     Ok(())
 }
 
+/// The tables every busy batch writes, in one statement: each a data-modifying CTE over arrays,
+/// the fence checked and the notifications sent by the statement's own query. Without a
+/// transaction around it, the statement is its own: one round trip a batch.
+///
+/// - The fence's lease rows are read `FOR SHARE` by the main query, which runs before the
+///   CTEs nobody reads; `shenguan_fenced` (migration 0006) fails the statement, and so the
+///   batch, if one has moved on.
+/// - History is inserted without `ON CONFLICT`: an entry another node wrote first is a unique
+///   violation on `history_pkey` (or on `outbox_key_key`, its messages' keys, if that CTE meets
+///   it first), which fails the statement ([`translate`] makes it a conflict).
+/// - The outbox lock is taken by a one-row subquery joined to the messages, so only a batch with
+///   messages takes it, and before the ids are drawn: the sort by ordinality sits between the
+///   two, and PostgreSQL evaluates the id's default above a sort.
+const ONE_STATEMENT: &str = "\
+WITH fence AS (
+    SELECT l.shard FROM shard_leases l JOIN UNNEST($2::bigint[], $3::bigint[]) AS f(shard, epoch)
+    ON l.shard = f.shard AND l.epoch = f.epoch WHERE l.owner = $1 FOR SHARE OF l
+), history_rows AS (
+    INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed,
+        cancelled, messages, handled, calendar)
+    SELECT * FROM UNNEST($4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[],
+        $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[], $15::bool[], $16::bigint[])
+), instance_rows AS (
+    INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at)
+    SELECT id, workflow, version, state, vars::jsonb, timers, seq, shard, created_at, updated_at
+    FROM UNNEST($17::text[], $18::text[], $19::bigint[], $20::text[], $21::text[], $22::text[], $23::bigint[],
+        $24::bigint[], $25::bigint[], $26::bigint[])
+        AS u(id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at)
+    ON CONFLICT (id) DO UPDATE SET state = excluded.state, vars = excluded.vars, timers = excluded.timers,
+        seq = excluded.seq, updated_at = excluded.updated_at
+), timers_gone AS (
+    DELETE FROM timers t USING UNNEST($27::text[], $28::text[]) AS d(instance_id, name)
+    WHERE t.instance_id = d.instance_id AND t.name = d.name
+), timer_rows AS (
+    INSERT INTO timers (instance_id, name, due_at, event, shard, plan_first, plan_last, provisional)
+    SELECT * FROM UNNEST($29::text[], $30::text[], $31::bigint[], $32::text[], $33::bigint[], $34::text[],
+        $35::text[], $36::bool[])
+    ON CONFLICT (instance_id, name) DO UPDATE SET due_at = excluded.due_at, event = excluded.event,
+        shard = excluded.shard, plan_first = excluded.plan_first, plan_last = excluded.plan_last,
+        provisional = excluded.provisional
+), marks AS (
+    UPDATE outbox SET status = m.status, attempts = m.attempts, next_attempt_at = m.next,
+        last_error = m.error, receipt = coalesce(m.receipt, outbox.receipt),
+        delivered_at = CASE WHEN m.status = 'pending' THEN NULL ELSE m.at END,
+        first_failed_at = CASE WHEN m.error IS NULL THEN outbox.first_failed_at
+            ELSE coalesce(outbox.first_failed_at, m.at) END
+    FROM UNNEST($37::bigint[], $38::text[], $39::bigint[], $40::bigint[], $41::text[], $42::text[], $43::bigint[])
+        AS m(id, status, attempts, next, error, receipt, at)
+    WHERE outbox.id = m.id AND outbox.status = 'pending'
+), key_rows AS (
+    INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at)
+    SELECT * FROM UNNEST($44::text[], $45::text[], $46::bigint[], $47::text[], $48::bigint[])
+    ON CONFLICT (key) DO UPDATE SET instance_id = excluded.instance_id, seq = excluded.seq,
+        fingerprint = excluded.fingerprint, created_at = excluded.created_at
+), subject_rows AS (
+    INSERT INTO subjects (code, instance_id, workflow, item, grade, created_at)
+    SELECT * FROM UNNEST($49::text[], $50::text[], $51::text[], $52::text[], $53::text[], $54::bigint[])
+    ON CONFLICT DO NOTHING
+), figure_rows AS (
+    INSERT INTO figure_counts (grain, period, side, region, department, office, figure, stripe, n)
+    SELECT grain, period, side, region, department, office, figure, $63, n
+    FROM UNNEST($55::text[], $56::text[], $57::text[], $58::text[], $59::text[], $60::text[], $61::text[],
+        $62::bigint[]) WITH ORDINALITY AS u(grain, period, side, region, department, office, figure, n, o)
+    ORDER BY o
+    ON CONFLICT (grain, period, side, region, department, office, figure, stripe)
+    DO UPDATE SET n = figure_counts.n + excluded.n
+), message_rows AS (
+    INSERT INTO outbox (key, instance_id, seq, channel, recipient, body, created_at, next_attempt_at,
+        destination, status, template, kind, schema_version, data)
+    SELECT key, instance_id, seq, channel, recipient, body, created_at, 0, destination, status, template,
+        kind, schema_version, data
+    FROM UNNEST($64::text[], $65::text[], $66::bigint[], $67::text[], $68::text[], $69::text[], $70::bigint[],
+        $71::text[], $72::text[], $73::text[], $74::text[], $75::bigint[], $76::text[]) WITH ORDINALITY
+        AS u(key, instance_id, seq, channel, recipient, body, created_at, destination, status, template,
+        kind, schema_version, data, n)
+    CROSS JOIN (SELECT pg_advisory_xact_lock($77) WHERE cardinality($64::text[]) > 0) AS held
+    ORDER BY n
+)
+SELECT shenguan_fenced(ARRAY(SELECT s FROM UNNEST($2::bigint[]) AS s EXCEPT SELECT shard FROM fence)),
+    ARRAY(SELECT pg_notify($78, p)::text FROM UNNEST($79::text[]) AS p)";
+
+/// The SQLSTATE `shenguan_fenced` raises (migration 0006).
+const FENCED: &str = "SG001";
+
+/// Whether the batch writes anything beyond [`ONE_STATEMENT`]'s tables: those (an
+/// administrator's or a consumer's requests, calendars, catalogs) take statements of their own
+/// in a transaction around it.
+fn beyond_one_statement(batch: &Batch) -> bool {
+    !batch.revive.is_empty()
+        || !batch.discard.is_empty()
+        || !batch.cursors.is_empty()
+        || !batch.dropped_consumers.is_empty()
+        || batch.calendar_file.is_some()
+        || batch.replan.is_some()
+        || !batch.catalogs.is_empty()
+}
+
 async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
     let mut conn = pool.acquire().await?;
+    if !beyond_one_statement(batch) {
+        // The statement is its own transaction: an error PostgreSQL answers means it did not
+        // commit; a connection lost before the answer leaves the outcome unknown.
+        return one_statement(&mut conn, batch, true).await;
+    }
     let mut tx = conn.begin().await?;
-    if let Some(fence) = &batch.fence {
-        let shards: Vec<i64> = fence.shards.iter().map(|(s, _)| i64::from(*s)).collect();
-        let epochs: Vec<i64> = fence.shards.iter().map(|(_, e)| i(*e)).collect();
-        let held: Vec<i64> = sqlx::query_scalar(
-            "SELECT l.shard FROM shard_leases l JOIN UNNEST($2::bigint[], $3::bigint[]) AS f(shard, epoch) \
-             ON l.shard = f.shard AND l.epoch = f.epoch WHERE l.owner = $1 FOR SHARE OF l",
-        )
-        .bind(&fence.node)
-        .bind(&shards)
-        .bind(&epochs)
-        .fetch_all(&mut *tx)
-        .await?;
-        if held.len() < shards.len() {
-            let lost: Vec<u32> =
-                shards.iter().copied().filter(|s| !held.contains(s)).filter_map(|s| u32::try_from(s).ok()).collect();
-            return Err(Error::Fenced { node: fence.node.clone(), lost });
+    the_rest(&mut tx, batch).await?;
+    one_statement(&mut tx, batch, false).await?;
+    tx.commit().await.map_err(|e| match Error::from(e) {
+        Error::Unavailable(m) => Error::Indeterminate(m),
+        other => other,
+    })?;
+    Ok(())
+}
+
+/// What a failed batch statement means: the fence or another node's history entry refuse the
+/// batch (it is decided again); a connection lost while the statement was its own transaction
+/// leaves its outcome unknown.
+fn translate(e: sqlx::Error, batch: &Batch, autocommit: bool) -> Error {
+    if let sqlx::Error::Database(db) = &e {
+        let code = db.code().unwrap_or_default();
+        if code == FENCED {
+            let detail = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|d| d.detail());
+            let lost = detail.unwrap_or_default().split(',').filter_map(|s| s.parse().ok()).collect();
+            let node = batch.fence.as_ref().map(|f| f.node.clone()).unwrap_or_default();
+            return Error::Fenced { node, lost };
         }
-    }
-    if !batch.history.is_empty() {
-        let h = &batch.history;
-        let mut ids = Vec::with_capacity(h.len());
-        let (mut seq, mut at, mut actor, mut request, mut command) = (vec![], vec![], vec![], vec![], vec![]);
-        let (mut from, mut to, mut armed, mut cancelled, mut messages, mut handled, mut calendar) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (id, e) in h {
-            ids.push(id.as_str());
-            seq.push(i(e.seq));
-            at.push(e.at);
-            actor.push(e.actor.as_str());
-            request.push(e.request_id.as_deref());
-            command.push(json(&e.command)?);
-            from.push(e.from.as_deref());
-            to.push(e.to.as_str());
-            armed.push(json(&e.armed)?);
-            cancelled.push(json(&e.cancelled)?);
-            messages.push(i64::from(e.messages));
-            handled.push(e.handled);
-            calendar.push(i(e.calendar));
+        // Another node wrote an entry this batch decided too: its history row, or the messages
+        // keyed by it (`instance:seq:index`), whichever of the statement's CTEs meets it first.
+        if code == "23505" && matches!(db.constraint(), Some("history_pkey" | "outbox_key_key")) {
+            return Error::Conflict(format!("an entry of this batch was written by another node first: {e}"));
         }
-        let written = sqlx::query(
-            "INSERT INTO history (instance_id, seq, at, actor, request_id, command, from_state, to_state, armed, \
-             cancelled, messages, handled, calendar) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
-             $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bool[], $13::bigint[]) \
-             ON CONFLICT (instance_id, seq) DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&seq)
-        .bind(&at)
-        .bind(&actor)
-        .bind(&request)
-        .bind(&command)
-        .bind(&from)
-        .bind(&to)
-        .bind(&armed)
-        .bind(&cancelled)
-        .bind(&messages)
-        .bind(&handled)
-        .bind(&calendar)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if written < h.len() as u64 {
-            return Err(Error::Conflict(format!(
-                "{} of {} history entries were written by another node first",
-                h.len() as u64 - written,
-                h.len()
-            )));
-        }
+        return Error::from(e);
     }
-    if !batch.instances.is_empty() {
-        let r = &batch.instances;
-        let ids: Vec<&str> = r.iter().map(|r| r.id.as_str()).collect();
-        let workflows: Vec<&str> = r.iter().map(|r| r.workflow.as_str()).collect();
-        let versions: Vec<i64> = r.iter().map(|r| i64::from(r.version)).collect();
-        let states: Vec<&str> = r.iter().map(|r| r.state.as_str()).collect();
-        let vars = r.iter().map(|r| json(&r.vars)).collect::<Result<Vec<_>, _>>()?;
-        let timers = r.iter().map(|r| json(&r.timers)).collect::<Result<Vec<_>, _>>()?;
-        let seqs: Vec<i64> = r.iter().map(|r| i(r.seq)).collect();
-        let shards: Vec<i64> = r.iter().map(|r| i64::from(r.shard)).collect();
-        let created: Vec<i64> = r.iter().map(|r| r.created_at).collect();
-        let updated: Vec<i64> = r.iter().map(|r| r.updated_at).collect();
-        sqlx::query(
-            "INSERT INTO instances (id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) \
-             SELECT id, workflow, version, state, vars::jsonb, timers, seq, shard, created_at, updated_at \
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], \
-             $8::bigint[], $9::bigint[], $10::bigint[]) \
-             AS u(id, workflow, version, state, vars, timers, seq, shard, created_at, updated_at) \
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state, vars = excluded.vars, timers = excluded.timers, \
-             seq = excluded.seq, updated_at = excluded.updated_at",
-        )
-        .bind(&ids)
-        .bind(&workflows)
-        .bind(&versions)
-        .bind(&states)
-        .bind(&vars)
-        .bind(&timers)
-        .bind(&seqs)
-        .bind(&shards)
-        .bind(&created)
-        .bind(&updated)
-        .execute(&mut *tx)
-        .await?;
+    match Error::from(e) {
+        Error::Unavailable(m) if autocommit => Error::Indeterminate(m),
+        other => other,
     }
-    let (deleted, upserted): (Vec<_>, Vec<_>) = batch.timers.iter().partition(|(_, v)| v.is_none());
-    if !deleted.is_empty() {
-        let ids: Vec<&str> = deleted.iter().map(|((i, _), _)| i.as_str()).collect();
-        let names: Vec<&str> = deleted.iter().map(|((_, n), _)| n.as_str()).collect();
-        sqlx::query(
-            "DELETE FROM timers t USING UNNEST($1::text[], $2::text[]) AS d(instance_id, name) \
-             WHERE t.instance_id = d.instance_id AND t.name = d.name",
-        )
-        .bind(&ids)
-        .bind(&names)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !upserted.is_empty() {
-        let mut ids = vec![];
-        let (mut names, mut dues, mut events, mut shards, mut firsts, mut lasts, mut provisional) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for ((id, name), value) in &upserted {
-            let Some((timer, shard)) = value else { continue };
-            let plan = timer.plan.as_ref();
-            ids.push(id.as_str());
-            names.push(name.as_str());
-            dues.push(timer.due);
-            events.push(timer.event.as_str());
-            shards.push(i64::from(*shard));
-            firsts.push(plan.map(|p| p.first.to_string()));
-            lasts.push(plan.map(|p| p.last.to_string()));
-            provisional.push(plan.is_some_and(|p| p.provisional));
-        }
-        sqlx::query(
-            "INSERT INTO timers (instance_id, name, due_at, event, shard, plan_first, plan_last, provisional) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], \
-             $7::text[], $8::bool[]) \
-             ON CONFLICT (instance_id, name) DO UPDATE SET due_at = excluded.due_at, event = excluded.event, \
-             shard = excluded.shard, plan_first = excluded.plan_first, plan_last = excluded.plan_last, \
-             provisional = excluded.provisional",
-        )
-        .bind(&ids)
-        .bind(&names)
-        .bind(&dues)
-        .bind(&events)
-        .bind(&shards)
-        .bind(&firsts)
-        .bind(&lasts)
-        .bind(&provisional)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !batch.marks.is_empty() {
-        let m = &batch.marks;
-        let ids: Vec<i64> = m.iter().map(|m| i(m.id)).collect();
-        let status: Vec<&str> = m.iter().map(|m| m.status.as_str()).collect();
-        let attempts: Vec<i64> = m.iter().map(|m| i64::from(m.attempts)).collect();
-        let next: Vec<i64> = m.iter().map(|m| m.next_attempt_at).collect();
-        let errors: Vec<Option<&str>> = m.iter().map(|m| m.last_error.as_deref()).collect();
-        let receipts: Vec<Option<&str>> = m.iter().map(|m| m.receipt.as_deref()).collect();
-        let at: Vec<i64> = m.iter().map(|m| m.at).collect();
-        // A mark never overrides an administrator's retry that raced it: only a message still
-        // pending is changed.
-        sqlx::query(
-            "UPDATE outbox SET status = m.status, attempts = m.attempts, next_attempt_at = m.next, \
-             last_error = m.error, receipt = coalesce(m.receipt, outbox.receipt), \
-             delivered_at = CASE WHEN m.status = 'pending' THEN NULL ELSE m.at END, \
-             first_failed_at = CASE WHEN m.error IS NULL THEN outbox.first_failed_at \
-                 ELSE coalesce(outbox.first_failed_at, m.at) END \
-             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bigint[]) \
-             AS m(id, status, attempts, next, error, receipt, at) \
-             WHERE outbox.id = m.id AND outbox.status = 'pending'",
-        )
-        .bind(&ids)
-        .bind(&status)
-        .bind(&attempts)
-        .bind(&next)
-        .bind(&errors)
-        .bind(&receipts)
-        .bind(&at)
-        .execute(&mut *tx)
-        .await?;
-    }
+}
+
+/// Writes what a batch holds beyond [`ONE_STATEMENT`]'s tables, in the transaction `tx`
+/// around it.
+async fn the_rest(tx: &mut sqlx::PgConnection, batch: &Batch) -> Result<(), Error> {
     if !batch.revive.is_empty() {
         sqlx::query(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = 0, delivered_at = NULL, \
@@ -589,10 +551,10 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
             Some(stream) => Notice::Subscribed { consumer: c.name.clone(), stream: stream.clone() },
             None => Notice::Acked { consumer: c.name.clone(), acked: c.acked },
         };
-        notify(&mut tx, &notice).await?;
+        notify(tx, &notice).await?;
     }
     for name in &batch.dropped_consumers {
-        notify(&mut tx, &Notice::Dropped(name.clone())).await?;
+        notify(tx, &Notice::Dropped(name.clone())).await?;
     }
     if !batch.dropped_consumers.is_empty() {
         sqlx::query("DELETE FROM consumers WHERE name = ANY($1::text[])")
@@ -600,34 +562,12 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
             .execute(&mut *tx)
             .await?;
     }
-    if !batch.idempotency.is_empty() {
-        let k = &batch.idempotency;
-        let keys: Vec<&str> = k.iter().map(|(key, _)| key.as_str()).collect();
-        let ids: Vec<&str> = k.iter().map(|(_, r)| r.instance.as_str()).collect();
-        let seqs: Vec<i64> = k.iter().map(|(_, r)| i(r.seq)).collect();
-        let prints: Vec<&str> = k.iter().map(|(_, r)| r.fingerprint.as_str()).collect();
-        let created: Vec<i64> = k.iter().map(|(_, r)| r.created_at).collect();
-        // The writer reuses a key only once it has expired.
-        sqlx::query(
-            "INSERT INTO idempotency (key, instance_id, seq, fingerprint, created_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) \
-             ON CONFLICT (key) DO UPDATE SET instance_id = excluded.instance_id, seq = excluded.seq, \
-             fingerprint = excluded.fingerprint, created_at = excluded.created_at",
-        )
-        .bind(&keys)
-        .bind(&ids)
-        .bind(&seqs)
-        .bind(&prints)
-        .bind(&created)
-        .execute(&mut *tx)
-        .await?;
-    }
     if let Some(f) = &batch.calendar_file {
-        insert_file(&mut tx, f).await?;
-        notify(&mut tx, &Notice::Calendar).await?;
+        insert_file(tx, f).await?;
+        notify(tx, &Notice::Calendar).await?;
     }
     if let Some(job) = &batch.replan {
-        put_replan(&mut tx, job).await?;
+        put_replan(tx, job).await?;
     }
     for v in &batch.catalogs {
         // Two nodes importing at once: the second's (kind, version) is taken, and its import
@@ -654,93 +594,228 @@ async fn commit(pool: &PgPool, batch: &Batch) -> Result<(), Error> {
         }
     }
     if !batch.catalogs.is_empty() {
-        notify(&mut tx, &Notice::Catalogs).await?;
+        notify(tx, &Notice::Catalogs).await?;
     }
-    if !batch.subjects.is_empty() {
-        let s = &batch.subjects;
-        let codes: Vec<&str> = s.iter().map(|s| s.code.as_str()).collect();
-        let ids: Vec<&str> = s.iter().map(|s| s.instance.as_str()).collect();
-        let workflows: Vec<&str> = s.iter().map(|s| s.workflow.as_str()).collect();
-        let items: Vec<&str> = s.iter().map(|s| s.item.as_str()).collect();
-        let grades: Vec<&str> = s.iter().map(|s| s.grade.as_str()).collect();
-        let created: Vec<i64> = s.iter().map(|s| s.created_at).collect();
-        sqlx::query(
-            "INSERT INTO subjects (code, instance_id, workflow, item, grade, created_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&codes)
-        .bind(&ids)
-        .bind(&workflows)
-        .bind(&items)
-        .bind(&grades)
-        .bind(&created)
-        .execute(&mut *tx)
-        .await?;
+    Ok(())
+}
+
+/// Writes the batch's [`ONE_STATEMENT`] tables and sends its notifications; `autocommit` says
+/// whether the statement is its own transaction (see [`translate`]).
+async fn one_statement(conn: &mut sqlx::PgConnection, batch: &Batch, autocommit: bool) -> Result<(), Error> {
+    let (node, fence_shards, fence_epochs) = match &batch.fence {
+        Some(f) => (
+            f.node.as_str(),
+            f.shards.iter().map(|(s, _)| i64::from(*s)).collect::<Vec<_>>(),
+            f.shards.iter().map(|(_, e)| i(*e)).collect::<Vec<_>>(),
+        ),
+        None => ("", vec![], vec![]),
+    };
+
+    let h = &batch.history;
+    let mut h_ids = Vec::with_capacity(h.len());
+    let (mut h_seq, mut h_at, mut h_actor, mut h_request, mut h_command) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut h_from, mut h_to, mut h_armed, mut h_cancelled, mut h_messages, mut h_handled, mut h_calendar) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (id, e) in h {
+        h_ids.push(id.as_str());
+        h_seq.push(i(e.seq));
+        h_at.push(e.at);
+        h_actor.push(e.actor.as_str());
+        h_request.push(e.request_id.as_deref());
+        h_command.push(json(&e.command)?);
+        h_from.push(e.from.as_deref());
+        h_to.push(e.to.as_str());
+        h_armed.push(json(&e.armed)?);
+        h_cancelled.push(json(&e.cancelled)?);
+        h_messages.push(i64::from(e.messages));
+        h_handled.push(e.handled);
+        h_calendar.push(i(e.calendar));
     }
+
+    let r = &batch.instances;
+    let r_ids: Vec<&str> = r.iter().map(|r| r.id.as_str()).collect();
+    let r_workflows: Vec<&str> = r.iter().map(|r| r.workflow.as_str()).collect();
+    let r_versions: Vec<i64> = r.iter().map(|r| i64::from(r.version)).collect();
+    let r_states: Vec<&str> = r.iter().map(|r| r.state.as_str()).collect();
+    let r_vars = r.iter().map(|r| json(&r.vars)).collect::<Result<Vec<_>, _>>()?;
+    let r_timers = r.iter().map(|r| json(&r.timers)).collect::<Result<Vec<_>, _>>()?;
+    let r_seqs: Vec<i64> = r.iter().map(|r| i(r.seq)).collect();
+    let r_shards: Vec<i64> = r.iter().map(|r| i64::from(r.shard)).collect();
+    let r_created: Vec<i64> = r.iter().map(|r| r.created_at).collect();
+    let r_updated: Vec<i64> = r.iter().map(|r| r.updated_at).collect();
+
+    let (deleted, upserted): (Vec<_>, Vec<_>) = batch.timers.iter().partition(|(_, v)| v.is_none());
+    let d_ids: Vec<&str> = deleted.iter().map(|((i, _), _)| i.as_str()).collect();
+    let d_names: Vec<&str> = deleted.iter().map(|((_, n), _)| n.as_str()).collect();
+    let mut t_ids = vec![];
+    let (mut t_names, mut t_dues, mut t_events, mut t_shards, mut t_firsts, mut t_lasts, mut t_provisional) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((id, name), value) in &upserted {
+        let Some((timer, shard)) = value else { continue };
+        let plan = timer.plan.as_ref();
+        t_ids.push(id.as_str());
+        t_names.push(name.as_str());
+        t_dues.push(timer.due);
+        t_events.push(timer.event.as_str());
+        t_shards.push(i64::from(*shard));
+        t_firsts.push(plan.map(|p| p.first.to_string()));
+        t_lasts.push(plan.map(|p| p.last.to_string()));
+        t_provisional.push(plan.is_some_and(|p| p.provisional));
+    }
+
+    // A mark never overrides an administrator's retry that raced it: only a message still
+    // pending is changed.
+    let m = &batch.marks;
+    let m_ids: Vec<i64> = m.iter().map(|m| i(m.id)).collect();
+    let m_status: Vec<&str> = m.iter().map(|m| m.status.as_str()).collect();
+    let m_attempts: Vec<i64> = m.iter().map(|m| i64::from(m.attempts)).collect();
+    let m_next: Vec<i64> = m.iter().map(|m| m.next_attempt_at).collect();
+    let m_errors: Vec<Option<&str>> = m.iter().map(|m| m.last_error.as_deref()).collect();
+    let m_receipts: Vec<Option<&str>> = m.iter().map(|m| m.receipt.as_deref()).collect();
+    let m_at: Vec<i64> = m.iter().map(|m| m.at).collect();
+
+    // The writer reuses a key only once it has expired.
+    let k = &batch.idempotency;
+    let k_keys: Vec<&str> = k.iter().map(|(key, _)| key.as_str()).collect();
+    let k_ids: Vec<&str> = k.iter().map(|(_, r)| r.instance.as_str()).collect();
+    let k_seqs: Vec<i64> = k.iter().map(|(_, r)| i(r.seq)).collect();
+    let k_prints: Vec<&str> = k.iter().map(|(_, r)| r.fingerprint.as_str()).collect();
+    let k_created: Vec<i64> = k.iter().map(|(_, r)| r.created_at).collect();
+
+    let s = &batch.subjects;
+    let s_codes: Vec<&str> = s.iter().map(|s| s.code.as_str()).collect();
+    let s_ids: Vec<&str> = s.iter().map(|s| s.instance.as_str()).collect();
+    let s_workflows: Vec<&str> = s.iter().map(|s| s.workflow.as_str()).collect();
+    let s_items: Vec<&str> = s.iter().map(|s| s.item.as_str()).collect();
+    let s_grades: Vec<&str> = s.iter().map(|s| s.grade.as_str()).collect();
+    let s_created: Vec<i64> = s.iter().map(|s| s.created_at).collect();
+
+    // Counters are added in key order: two transactions that meet on a counter (only when two
+    // nodes share a stripe) wait, never deadlock.
+    let f = &batch.figures;
+    let f_grains: Vec<&str> = f.iter().map(|(k, _)| k.grain.as_str()).collect();
+    let f_periods: Vec<&str> = f.iter().map(|(k, _)| k.period.as_str()).collect();
+    let f_sides: Vec<&str> = f.iter().map(|(k, _)| k.group.side.as_str()).collect();
+    let f_regions: Vec<&str> = f.iter().map(|(k, _)| k.group.region.as_str()).collect();
+    let f_departments: Vec<&str> = f.iter().map(|(k, _)| k.group.department.as_str()).collect();
+    let f_offices: Vec<&str> = f.iter().map(|(k, _)| k.group.office.as_str()).collect();
+    let f_figures: Vec<&str> = f.iter().map(|(k, _)| k.figure.as_str()).collect();
+    let f_n: Vec<i64> = f.iter().map(|(_, n)| *n).collect();
+
+    // Outbox ids are handed out in commit order: under a lock held to the commit.
+    let o = &batch.outbox;
+    let o_keys: Vec<&str> = o.iter().map(|m| m.key.as_str()).collect();
+    let o_ids: Vec<&str> = o.iter().map(|m| m.instance.as_str()).collect();
+    let o_seqs: Vec<i64> = o.iter().map(|m| i(m.seq)).collect();
+    let o_channels: Vec<&str> = o.iter().map(|m| m.message.channel.as_str()).collect();
+    let o_recipients: Vec<Option<&str>> = o.iter().map(|m| m.message.recipient.as_deref()).collect();
+    let o_bodies: Vec<&str> = o.iter().map(|m| m.message.body.as_str()).collect();
+    let o_created: Vec<i64> = o.iter().map(|m| m.created_at).collect();
+    let o_destinations: Vec<Option<&str>> = o.iter().map(|m| m.destination.as_deref()).collect();
+    let o_status: Vec<&str> = o
+        .iter()
+        .map(|m| if m.destination.is_some() { DeliveryState::Pending } else { DeliveryState::Stream }.as_str())
+        .collect();
+    let o_templates: Vec<Option<&str>> = o.iter().map(|m| m.message.template.as_deref()).collect();
+    let o_kinds: Vec<Option<&str>> = o.iter().map(|m| m.message.kind.as_deref()).collect();
+    let o_versions: Vec<i64> = o.iter().map(|m| i64::from(m.message.schema_version)).collect();
+    let o_data: Vec<Option<String>> = o.iter().map(|m| super::data_column(&m.message)).collect();
+
+    // Told in the transaction: a node hears of it only once it is durable.
+    let mut notices = vec![];
     if !batch.notify_shards.is_empty() {
-        notify(&mut tx, &Notice::Timers(batch.notify_shards.clone())).await?;
-    }
-    add_figures(&mut tx, &batch.figures, batch.stripe).await?;
-    if !batch.outbox.is_empty() {
-        // Last, and under the lock to the commit: ids are handed out in commit order.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut *tx).await?;
-        let o = &batch.outbox;
-        let keys: Vec<&str> = o.iter().map(|m| m.key.as_str()).collect();
-        let ids: Vec<&str> = o.iter().map(|m| m.instance.as_str()).collect();
-        let seqs: Vec<i64> = o.iter().map(|m| i(m.seq)).collect();
-        let channels: Vec<&str> = o.iter().map(|m| m.message.channel.as_str()).collect();
-        let recipients: Vec<Option<&str>> = o.iter().map(|m| m.message.recipient.as_deref()).collect();
-        let bodies: Vec<&str> = o.iter().map(|m| m.message.body.as_str()).collect();
-        let created: Vec<i64> = o.iter().map(|m| m.created_at).collect();
-        let destinations: Vec<Option<&str>> = o.iter().map(|m| m.destination.as_deref()).collect();
-        let status: Vec<&str> = o
-            .iter()
-            .map(|m| if m.destination.is_some() { DeliveryState::Pending } else { DeliveryState::Stream }.as_str())
-            .collect();
-        let templates: Vec<Option<&str>> = o.iter().map(|m| m.message.template.as_deref()).collect();
-        let kinds: Vec<Option<&str>> = o.iter().map(|m| m.message.kind.as_deref()).collect();
-        let versions: Vec<i64> = o.iter().map(|m| i64::from(m.message.schema_version)).collect();
-        let data: Vec<Option<String>> = o.iter().map(|m| super::data_column(&m.message)).collect();
-        sqlx::query(
-            "INSERT INTO outbox (key, instance_id, seq, channel, recipient, body, created_at, next_attempt_at, \
-             destination, status, template, kind, schema_version, data) \
-             SELECT key, instance_id, seq, channel, recipient, body, created_at, 0, destination, status, template, \
-             kind, schema_version, data \
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], \
-             $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[]) WITH ORDINALITY \
-             AS u(key, instance_id, seq, channel, recipient, body, created_at, destination, status, template, \
-             kind, schema_version, data, n) \
-             ORDER BY n",
-        )
-        .bind(&keys)
-        .bind(&ids)
-        .bind(&seqs)
-        .bind(&channels)
-        .bind(&recipients)
-        .bind(&bodies)
-        .bind(&created)
-        .bind(&destinations)
-        .bind(&status)
-        .bind(&templates)
-        .bind(&kinds)
-        .bind(&versions)
-        .bind(&data)
-        .execute(&mut *tx)
-        .await?;
+        notices.push(Notice::Timers(batch.notify_shards.clone()).payload());
     }
     if !batch.outbox.is_empty() || !batch.revive.is_empty() {
-        notify(&mut tx, &Notice::Outbox).await?;
+        notices.push(Notice::Outbox.payload());
     }
     if !batch.revive.is_empty() || !batch.discard.is_empty() {
-        notify(&mut tx, &Notice::Rescan).await?;
+        notices.push(Notice::Rescan.payload());
     }
-    // A connection lost during COMMIT leaves its outcome unknown; a refusal PostgreSQL answers
-    // (a serialization failure, a constraint) means it did not commit.
-    tx.commit().await.map_err(|e| match Error::from(e) {
-        Error::Unavailable(m) => Error::Indeterminate(m),
-        other => other,
-    })?;
+
+    sqlx::query(ONE_STATEMENT)
+        .bind(node)
+        .bind(&fence_shards)
+        .bind(&fence_epochs)
+        .bind(&h_ids)
+        .bind(&h_seq)
+        .bind(&h_at)
+        .bind(&h_actor)
+        .bind(&h_request)
+        .bind(&h_command)
+        .bind(&h_from)
+        .bind(&h_to)
+        .bind(&h_armed)
+        .bind(&h_cancelled)
+        .bind(&h_messages)
+        .bind(&h_handled)
+        .bind(&h_calendar)
+        .bind(&r_ids)
+        .bind(&r_workflows)
+        .bind(&r_versions)
+        .bind(&r_states)
+        .bind(&r_vars)
+        .bind(&r_timers)
+        .bind(&r_seqs)
+        .bind(&r_shards)
+        .bind(&r_created)
+        .bind(&r_updated)
+        .bind(&d_ids)
+        .bind(&d_names)
+        .bind(&t_ids)
+        .bind(&t_names)
+        .bind(&t_dues)
+        .bind(&t_events)
+        .bind(&t_shards)
+        .bind(&t_firsts)
+        .bind(&t_lasts)
+        .bind(&t_provisional)
+        .bind(&m_ids)
+        .bind(&m_status)
+        .bind(&m_attempts)
+        .bind(&m_next)
+        .bind(&m_errors)
+        .bind(&m_receipts)
+        .bind(&m_at)
+        .bind(&k_keys)
+        .bind(&k_ids)
+        .bind(&k_seqs)
+        .bind(&k_prints)
+        .bind(&k_created)
+        .bind(&s_codes)
+        .bind(&s_ids)
+        .bind(&s_workflows)
+        .bind(&s_items)
+        .bind(&s_grades)
+        .bind(&s_created)
+        .bind(&f_grains)
+        .bind(&f_periods)
+        .bind(&f_sides)
+        .bind(&f_regions)
+        .bind(&f_departments)
+        .bind(&f_offices)
+        .bind(&f_figures)
+        .bind(&f_n)
+        .bind(i64::from(batch.stripe))
+        .bind(&o_keys)
+        .bind(&o_ids)
+        .bind(&o_seqs)
+        .bind(&o_channels)
+        .bind(&o_recipients)
+        .bind(&o_bodies)
+        .bind(&o_created)
+        .bind(&o_destinations)
+        .bind(&o_status)
+        .bind(&o_templates)
+        .bind(&o_kinds)
+        .bind(&o_versions)
+        .bind(&o_data)
+        .bind(OUTBOX_LOCK)
+        .bind(CHANNEL)
+        .bind(&notices)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| translate(e, batch, autocommit))?;
     Ok(())
 }
 

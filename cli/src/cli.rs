@@ -39,6 +39,32 @@ pub(crate) enum Command {
         #[arg(long, env = "SHENGUAN_DATABASE", default_value = "shenguan.db")]
         database: String,
     },
+    /// Copy a SQLite database to a new file while servers keep writing to it: one consistent
+    /// snapshot, everything committed before the backup began. PostgreSQL is backed up with
+    /// its own tools (ops/runbook.md).
+    Backup {
+        /// The database to copy.
+        #[arg(long, visible_alias = "database", env = "SHENGUAN_DATABASE", default_value = "shenguan.db")]
+        db: String,
+        /// The backup file to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Put a backup in place of a SQLite database no server has open, then replay every case
+    /// in it (as `admin verify` does). The database replaced is moved aside, not deleted.
+    Restore {
+        /// The backup file.
+        backup: PathBuf,
+        /// The database to replace (or create).
+        #[arg(long, visible_alias = "database", env = "SHENGUAN_DATABASE", default_value = "shenguan.db")]
+        db: String,
+        /// Definitions and calendars, for the replay.
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// `serve`'s configuration file: the effective configuration, or a file checked.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Working-day calendar questions.
     #[command(subcommand)]
     Calendar(CalendarCommand),
@@ -327,9 +353,15 @@ impl DataArgs {
     }
 }
 
-/// `shenguan serve`.
+/// `shenguan serve`. Every option here may also be set in the configuration file
+/// ([`crate::config`]), under its long name.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
+    /// A configuration file (TOML): each key a serve option without its dashes, e.g.
+    /// `listen = "0.0.0.0:50051"` (ops/shenguan.example.toml). The environment and flags
+    /// override it; `shenguan config print` shows the result.
+    #[arg(long, env = "SHENGUAN_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// SQLite database file (created if missing). The dev key and token are kept beside it,
     /// also when the state is on PostgreSQL.
     #[arg(long, default_value = "shenguan.db")]
@@ -499,6 +531,32 @@ pub(crate) enum WorkflowCommand {
     },
 }
 
+/// `shenguan config …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print the configuration `serve` would run with, given the same options, file and
+    /// environment: a configuration file itself, each value followed by where it came from
+    /// (default, file FILE:LINE, env NAME or flag); a database URL's password is hidden.
+    Print {
+        /// The same options as `serve`, `--config` included.
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
+        /// Each option's help above it (ops/shenguan.example.toml is this with no file, flag or
+        /// environment).
+        #[arg(long)]
+        explain: bool,
+        /// Filled in by [`crate::config::parse`].
+        #[arg(skip)]
+        shown: Vec<crate::config::Shown>,
+    },
+    /// Check a configuration file: unknown keys and values `serve` would refuse, each named
+    /// FILE:LINE (exit 1).
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
 /// `shenguan admin …`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AdminCommand {
@@ -531,6 +589,22 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate { database } => migrate(&database).await,
+        Command::Config(ConfigCommand::Print { shown, explain, .. }) => {
+            print!("{}", crate::config::render(&shown, explain));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file }) => match crate::config::check(&file) {
+            Ok(n) => {
+                out(format!("{}: {n} settings, all known and valid", file.display()))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Backup { db, out } => backup(&db, &out).await,
+        Command::Restore { backup, db, data } => restore(&backup, &db, &data).await,
         Command::Calendar(CalendarCommand::Load { conn, file, dry_run, wait }) => {
             crate::client::calendar(&conn, crate::client::CalendarCall::Load { file, dry_run, wait }).await
         }
@@ -586,18 +660,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin(AdminCommand::Verify { db, data }) => {
-            let database = shenguan::store::Database::parse(&db);
-            let report = shenguan::admin::verify_database(&database, &data.registry()?, &data.calendars()?).await?;
-            for (id, problem) in &report.divergent {
-                out(format!("DIVERGENT {id}: {problem}"))?;
-            }
-            out(format!(
-                "verified {} instances ({} history entries): {} divergent",
-                report.instances,
-                report.entries,
-                report.divergent.len()
-            ))?;
-            Ok(if report.divergent.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            verify(&shenguan::store::Database::parse(&db), &data.registry()?, &data.calendars()?).await
         }
     }
 }
@@ -777,6 +840,76 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
 }
 
 /// `shenguan migrate`.
+/// Replays every instance of `database`; the exit code says whether all matched.
+async fn verify(database: &shenguan::store::Database, registry: &Registry, calendars: &Calendars) -> Result<ExitCode> {
+    let report = shenguan::admin::verify_database(database, registry, calendars).await?;
+    for (id, problem) in &report.divergent {
+        out(format!("DIVERGENT {id}: {problem}"))?;
+    }
+    out(format!(
+        "verified {} instances ({} history entries): {} divergent",
+        report.instances,
+        report.entries,
+        report.divergent.len()
+    ))?;
+    Ok(if report.divergent.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn mib(bytes: u64) -> String {
+    // Display only: a file's size in MiB to one decimal.
+    #[allow(clippy::cast_precision_loss)]
+    let m = bytes as f64 / 1_048_576.0;
+    format!("{m:.1} MiB")
+}
+
+async fn backup(database: &str, to: &std::path::Path) -> Result<ExitCode> {
+    use shenguan::store::backup;
+    let from = backup::sqlite_path(database)?;
+    // A line per tenth on stderr: the answer on stdout stays one line for scripts.
+    let mut said = 0;
+    let summary = backup::backup(&from, to, |p| {
+        let tenth = p.written.saturating_mul(10).checked_div(p.expected).unwrap_or(0).min(10);
+        if tenth > said && p.written < p.expected {
+            said = tenth;
+            eprintln!("backup: {} of about {} written", mib(p.written), mib(p.expected));
+        }
+    })
+    .await?;
+    out(format!(
+        "backed up {} to {}: {} cases, {}, schema version {}",
+        from.display(),
+        summary.path.display(),
+        summary.instances,
+        mib(summary.bytes),
+        summary.schema
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore(from: &std::path::Path, database: &str, data: &DataArgs) -> Result<ExitCode> {
+    use shenguan::store::backup;
+    let to = backup::sqlite_path(database)?;
+    // Checked before anything is moved: a restore that could not replay its cases changes nothing.
+    let (registry, calendars) = (data.registry()?, data.calendars()?);
+    let summary = backup::restore(from, &to).await?;
+    if let Some(aside) = &summary.replaced {
+        out(format!("the database it replaced was moved to {}", aside.display()))?;
+    }
+    out(format!(
+        "restored {} to {}: {} cases, schema version {}",
+        from.display(),
+        to.display(),
+        summary.instances,
+        summary.schema
+    ))?;
+    let database = shenguan::store::Database::Sqlite(to);
+    if summary.schema < summary.newest {
+        let done = shenguan::store::migrate(&database).await?;
+        out(format!("migrated the schema from version {} to {}", summary.schema, done.version))?;
+    }
+    verify(&database, &registry, &calendars).await
+}
+
 async fn migrate(database: &str) -> Result<ExitCode> {
     let database = shenguan::store::Database::parse(database);
     let done = shenguan::store::migrate(&database).await?;

@@ -1,19 +1,18 @@
 //! The `shenguan` binary: parse the command line, run it, print any error as one line.
 //!
 //! The user interface lives here, not in the library: [`cli`] (the commands and `serve`),
-//! [`client`] (the gRPC-client commands and their tables), [`security`] (keys, TLS, dev mode,
-//! tokens) and [`demo`] (the guided tour).
+//! [`client`] (the gRPC-client commands and their tables), [`config`] (serve's configuration
+//! file), [`security`] (keys, TLS, dev mode, tokens) and [`demo`] (the guided tour).
 
 mod catalog;
 mod cli;
 mod client;
+mod config;
 mod demo;
 mod inbox;
 mod security;
 
 use std::process::ExitCode;
-
-use clap::Parser;
 
 /// glibc's malloc was a fifth of the server's CPU under load (perf, W1–W3); mimalloc is faster
 /// for the many small, short-lived allocations of the command path.
@@ -22,7 +21,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = crate::cli::Cli::parse();
+    let cli = match crate::config::parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match crate::cli::run(cli).await {
         Ok(code) => code,
         // A closed pipe (`shenguan … | head`) is the reader's choice, not an error.

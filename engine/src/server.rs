@@ -64,6 +64,9 @@ pub enum Error {
     /// The outbound configuration does not fit the loaded workflows.
     #[error("outbound configuration: {0}")]
     Routes(String),
+    /// Another server has the database file open.
+    #[error(transparent)]
+    InUse(#[from] crate::store::backup::BackupError),
 }
 
 /// Everything the server needs.
@@ -333,6 +336,11 @@ pub async fn run(
     let emitted: std::collections::BTreeSet<String> =
         options.context.registry.all().flat_map(|d| d.channels()).map(str::to_owned).collect();
     crate::outbound::config::check_channels(&options.outbound, &emitted).map_err(Error::Routes)?;
+    // Held while the server runs: a second server on the file, or a restore under it, is refused.
+    let _lock = match &database {
+        crate::store::Database::Sqlite(path) => Some(crate::store::backup::ServerLock::take(path)?),
+        crate::store::Database::Postgres(_) => None,
+    };
     let mut engine_config = options.engine;
     engine_config.routes = options.outbound.routes();
     engine_config.texts = options.outbound.sms_templates.clone();

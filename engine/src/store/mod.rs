@@ -14,6 +14,7 @@
 //! One implementation today ([`sqlite::SqliteStore`]); the PostgreSQL one implements the same
 //! trait.
 
+pub mod backup;
 pub mod figures;
 pub mod postgres;
 pub mod read;

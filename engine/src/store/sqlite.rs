@@ -111,7 +111,7 @@ fn describe(e: &sqlx::Error) -> String {
 
 /// Creates `path` empty with mode 0600 unless it exists (an existing file keeps its mode: the
 /// operator may have chosen it).
-fn create_private(path: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -397,6 +397,10 @@ pub(crate) struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub(crate) log_json: bool,
+    /// Export traces over OTLP/gRPC to this collector, e.g. `http://127.0.0.1:4317`: a span per
+    /// call (method, request id, principal, case) and per writer batch. Off by default.
+    #[arg(long, env = "SHENGUAN_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
+    pub(crate) otlp_endpoint: Option<String>,
     /// The credit grades AcceptCase accepts (repeatable). Matched ignoring case, surrounding
     /// space and full-width forms; any other grade is refused.
     #[arg(long, value_name = "GRADE", default_values = shenguan::domain::credit::DEFAULT_GRADES)]
@@ -569,6 +573,13 @@ pub(crate) enum AdminCommand {
         #[command(flatten)]
         data: DataArgs,
     },
+}
+
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    match s.parse::<hyper::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not an http:// or https:// URL with a host")),
+    }
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate> {
@@ -779,7 +790,11 @@ fn workflow(cmd: WorkflowCommand) -> Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
-    crate::cli::init_tracing(args.log_json);
+    let otlp = args.otlp_endpoint.clone().map(|endpoint| crate::traces::Otlp {
+        endpoint,
+        instance: args.node.clone().unwrap_or_else(engine::default_node_name),
+    });
+    let traces = crate::traces::init(args.log_json, otlp.as_ref()).map_err(|e| anyhow!("--otlp-endpoint: {e}"))?;
     let virtual_clock = match args.virtual_clock.as_deref() {
         None => None,
         Some("now") => Some(VirtualClock::new(SystemClock.now())),
@@ -835,7 +850,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
         tracing::info!("shutting down");
     };
-    shenguan::server::run(options, listener, shutdown).await?;
+    let served = shenguan::server::run(options, listener, shutdown).await;
+    traces.shutdown().await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -925,20 +942,4 @@ async fn migrate(database: &str) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Installs the tracing subscriber: human-readable by default, JSON lines on request;
-/// `RUST_LOG` filters (default `info`).
-pub(crate) fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // A span's close is logged with its busy and idle time: at debug level, one line per gRPC
-    // call and per writer batch says how long it took.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -2,7 +2,8 @@
 //!
 //! The user interface lives here, not in the library: [`cli`] (the commands and `serve`),
 //! [`client`] (the gRPC-client commands and their tables), [`config`] (serve's configuration
-//! file), [`security`] (keys, TLS, dev mode, tokens) and [`demo`] (the guided tour).
+//! file), [`traces`] (logs, and spans over OTLP), [`security`] (keys, TLS, dev mode, tokens)
+//! and [`demo`] (the guided tour).
 
 mod catalog;
 mod cli;
@@ -11,6 +12,7 @@ mod config;
 mod demo;
 mod inbox;
 mod security;
+mod traces;
 
 use std::process::ExitCode;
 

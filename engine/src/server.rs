@@ -446,7 +446,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(tls = security.tls.is_some(), %addr, "serving gRPC");
     }
-    let held = metrics.request_bytes_held.clone();
+    let (held, call_seconds) = (metrics.request_bytes_held.clone(), metrics.call_seconds.clone());
     let conns = net::Conns::new(security.connections.clone(), metrics);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio::spawn(net::accept_loop(listener, conns.clone(), tx));
@@ -491,7 +491,7 @@ pub async fn run(
         // Pings from the server would count as traffic and keep idle peers open; the idle
         // timeout (net) closes dead and idle connections instead.
         .http2_keepalive_interval(None)
-        .layer(body::Gate::new(security.bodies.clone(), conns, held))
+        .layer(body::Gate::new(security.bodies.clone(), conns, held, call_seconds))
         // One span per call, so that a slow or failed call can be followed in the logs: the
         // handlers record the instance, the writer's batch and command events nest inside.
         .trace_fn(|request| {
@@ -500,6 +500,7 @@ pub async fn run(
                 "grpc",
                 method = request.uri().path(),
                 request_id = header("x-request-id"),
+                principal = tracing::field::Empty,
                 instance = tracing::field::Empty,
             )
         })

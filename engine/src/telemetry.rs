@@ -5,9 +5,14 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// What every metric's name starts with (`shenguan_…`).
+const PREFIX: &str = "shenguan";
+
 /// The engine's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Every metric family's full name, whether or not it has a sample yet.
+    names: Vec<String>,
     /// Commands by kind (start, event, timer, replan) and result (applied, duplicate, rejected,
     /// failed; `unchanged` for a re-plan that found nothing to move).
     pub commands: IntCounterVec,
@@ -15,6 +20,9 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Seconds from BEGIN to durable COMMIT.
     pub commit_seconds: Histogram,
+    /// Seconds from a domain call's arrival (its whole message received) to its response, by
+    /// method (`unknown` for a path no service has).
+    pub call_seconds: prometheus::HistogramVec,
     /// Timers fired (committed).
     pub timers_fired: IntCounter,
     /// Seconds between a timer's due instant and the commit of its transition.
@@ -95,7 +103,7 @@ impl Metrics {
     /// Fresh metrics in their own registry.
     pub fn new() -> Self {
         // Fails only for an empty or invalid prefix; "shenguan" is neither.
-        let registry = Registry::new_custom(Some("shenguan".into()), None).unwrap_or_default();
+        let registry = Registry::new_custom(Some(PREFIX.into()), None).unwrap_or_default();
         let commands =
             IntCounterVec::new(Opts::new("commands_total", "Commands by kind and result"), &["kind", "result"])
                 .unwrap_or_else(|_| unreachable_metric());
@@ -106,6 +114,12 @@ impl Metrics {
         let commit_seconds = Histogram::with_opts(
             HistogramOpts::new("commit_seconds", "Seconds from BEGIN to durable COMMIT")
                 .buckets(buckets(0.0001, 2.0, 16)),
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let call_seconds = prometheus::HistogramVec::new(
+            HistogramOpts::new("call_seconds", "Seconds from a domain call's arrival to its response, by method")
+                .buckets(buckets(0.0005, 2.0, 16)),
+            &["method"],
         )
         .unwrap_or_else(|_| unreachable_metric());
         let timers_fired = IntCounter::new("timers_fired_total", "Timers fired and committed")
@@ -235,11 +249,13 @@ impl Metrics {
             "Scrapes that read the database-backed gauges (backlog, timers pending, re-plans)",
         )
         .unwrap_or_else(|_| unreachable_metric());
-        let m = Metrics {
+        let mut m = Metrics {
             registry,
+            names: Vec::new(),
             commands,
             batch_size,
             commit_seconds,
+            call_seconds,
             timers_fired,
             fire_lateness_seconds,
             last_fire_commit_ms,
@@ -274,6 +290,7 @@ impl Metrics {
             Box::new(m.commands.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.batch_size.clone()),
             Box::new(m.commit_seconds.clone()),
+            Box::new(m.call_seconds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.fire_lateness_seconds.clone()),
             Box::new(m.last_fire_commit_ms.clone()),
@@ -304,10 +321,18 @@ impl Metrics {
             Box::new(m.timer_fires_rejected.clone()),
             Box::new(m.gauge_refreshes.clone()),
         ] {
+            // The registry adds the prefix when it gathers.
+            m.names.extend(c.desc().iter().map(|d| format!("{PREFIX}_{}", d.fq_name)));
             // Names are distinct constants, so registration cannot collide.
             let _ = m.registry.register(c);
         }
         m
+    }
+
+    /// Every metric family's full name (`shenguan_…`), also of those with no sample yet: the
+    /// alert rules and the dashboard in ops/ are checked against these.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition format.
@@ -329,4 +354,100 @@ impl Default for Metrics {
 /// type checker without a panic path reachable from input.
 fn unreachable_metric<T>() -> T {
     unreachable!("constant metric options are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(path: &str) -> String {
+        let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops").join(path);
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+    }
+
+    /// Every `shenguan_…` name in `text`, with a histogram's `_bucket`, `_sum` and `_count`
+    /// taken back to its family.
+    fn used(text: &str, names: &[String]) -> Vec<(String, bool)> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(i) = text[at..].find("shenguan_") {
+            let start = at + i;
+            let end = start
+                + bytes[start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || **b == b'_')
+                    .count();
+            let name = &text[start..end];
+            at = end;
+            // "shenguan_*" in prose names no metric.
+            if name == "shenguan_" {
+                continue;
+            }
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| names.iter().any(|n| n == f)))
+                .unwrap_or(name);
+            out.push((name.to_owned(), names.iter().any(|n| n == family)));
+        }
+        out
+    }
+
+    #[test]
+    fn the_alert_rules_and_the_dashboard_name_only_real_metrics() {
+        let metrics = Metrics::new();
+        let names = metrics.names();
+        assert!(names.iter().any(|n| n == "shenguan_call_seconds"), "{names:?}");
+        for file in ["monitoring/shenguan-alerts.yml", "monitoring/shenguan-dashboard.json"] {
+            let used = used(&ops(file), names);
+            assert!(used.len() >= 15, "{file} names {} metrics", used.len());
+            let unknown: Vec<&String> = used.iter().filter(|(_, known)| !known).map(|(n, _)| n).collect();
+            assert!(unknown.is_empty(), "{file} names metrics the engine does not have: {unknown:?}");
+        }
+        // A misspelt name is caught.
+        assert!(!used("rate(shenguan_comit_seconds_bucket[5m])", names)[0].1);
+    }
+
+    #[test]
+    fn every_alert_says_what_it_is_and_where_the_runbook_says_what_to_do() {
+        let rules = ops("monitoring/shenguan-alerts.yml");
+        let runbook = ops("runbook.md");
+        // GitHub's heading anchors: lower case, spaces to '-', punctuation dropped.
+        let anchors: Vec<String> = runbook
+            .lines()
+            .filter_map(|l| l.strip_prefix("## "))
+            .map(|h| {
+                h.to_lowercase()
+                    .chars()
+                    .filter_map(|c| match c {
+                        ' ' => Some('-'),
+                        c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let alerts = rules.matches("- alert: ").count();
+        assert!(alerts >= 12, "{alerts} alerts");
+        assert_eq!(rules.matches("\n        expr: ").count(), alerts, "each alert has an expression");
+        assert_eq!(rules.matches("summary: ").count(), alerts, "each alert has a summary");
+        let links: Vec<&str> =
+            rules.lines().filter_map(|l| l.trim().strip_prefix("runbook: \"ops/runbook.md#")).collect();
+        assert_eq!(links.len(), alerts, "each alert links the runbook");
+        for link in links {
+            let anchor = link.trim_end_matches('"');
+            assert!(anchors.iter().any(|a| a == anchor), "no runbook heading for #{anchor}: {anchors:?}");
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&ops("monitoring/shenguan-dashboard.json")).expect("the dashboard is JSON");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 12);
+        for p in panels {
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(
+                !targets.is_empty() && targets.iter().all(|t| t["expr"].as_str().is_some_and(|e| !e.is_empty())),
+                "{p}"
+            );
+        }
+    }
 }

@@ -677,3 +677,37 @@ async fn every_method_on_its_happy_path_answers_over_json_as_over_grpc() -> Resu
     t.json.stop().await?;
     t.grpc.stop().await
 }
+
+/// Each domain call's time is measured by method, over gRPC and over JSON alike; a path no
+/// service has is counted under one `unknown` label, so a caller cannot add label values.
+#[tokio::test]
+async fn call_times_are_measured_by_method_and_unknown_paths_share_one_label() -> Result<()> {
+    let server = TestServer::start(START).await?;
+    server.intake().accept_case(accept("M-1", Route::Normal, Scenario::Unspecified)).await?;
+    let (status, _, _) =
+        post(&server, "IntakeService/AcceptCase", body(&accept("M-2", Route::Normal, Scenario::Unspecified)), None)
+            .await?;
+    ensure!(status == 200, "accepted over JSON: {status}");
+    for hostile in ["IntakeService/NoSuchMethod-1", "NoSuchService-2/Call", "IntakeService/%E5%AE%A1-3"] {
+        let (status, _, _) = post(&server, hostile, "{}", None).await?;
+        ensure!(status == 404 || status == 501, "{hostile}: {status}");
+    }
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    grpc.ready().await?;
+    let path = http::uri::PathAndQuery::from_static("/shenguan.v1.IntakeService/NoSuchMethod-4");
+    let codec = tonic_prost::ProstCodec::<pb::AcceptCaseRequest, pb::CaseReply>::default();
+    let answer =
+        grpc.unary(tonic::Request::new(accept("M-3", Route::Normal, Scenario::Unspecified)), path, codec).await;
+    ensure!(answer.as_ref().err().map(tonic::Status::code) == Some(tonic::Code::Unimplemented), "{answer:?}");
+
+    let metrics = integration_tests::scrape(server.addr).await?;
+    let count = |method: &str| {
+        let prefix = format!("shenguan_call_seconds_count{{method=\"{method}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map(str::to_owned)
+    };
+    ensure!(count("/shenguan.v1.IntakeService/AcceptCase").as_deref() == Some("1"), "{metrics}");
+    ensure!(count("/v1/IntakeService/AcceptCase").as_deref() == Some("1"), "{metrics}");
+    ensure!(count("unknown").as_deref() == Some("4"), "{metrics}");
+    ensure!(!metrics.contains("NoSuch"), "no label from a caller's path: {metrics}");
+    server.stop().await
+}

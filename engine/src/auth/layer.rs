@@ -334,6 +334,11 @@ impl tonic::service::Interceptor for Authenticator {
             id if !id.is_empty() => id,
             _ => format!("srv-{:016x}", rand::random::<u64>()),
         };
+        // The call's span (logs, and traces when exported) names who called and under which id,
+        // the one made here included.
+        let span = tracing::Span::current();
+        span.record("principal", principal.subject.as_str());
+        span.record("request_id", request_id.as_str());
         request.extensions_mut().insert(Caller { principal, on_behalf_of, request_id });
         Ok(request)
     }

@@ -56,13 +56,32 @@ pub struct Gate {
     budget: Arc<tokio::sync::Semaphore>,
     conns: Arc<Conns>,
     held: prometheus::IntGauge,
+    calls: prometheus::HistogramVec,
 }
 
 impl Gate {
-    /// Over the server's connections (to mark calls in progress); `held` shows the bytes held.
-    pub fn new(limits: BodyLimits, conns: Arc<Conns>, held: prometheus::IntGauge) -> Gate {
+    /// Over the server's connections (to mark calls in progress); `held` shows the bytes held,
+    /// `calls` how long each domain call took, by method.
+    pub fn new(
+        limits: BodyLimits,
+        conns: Arc<Conns>,
+        held: prometheus::IntGauge,
+        calls: prometheus::HistogramVec,
+    ) -> Gate {
         let budget = Arc::new(tokio::sync::Semaphore::new(limits.budget.min(tokio::sync::Semaphore::MAX_PERMITS)));
-        Gate { limits: Arc::new(limits), budget, conns, held }
+        Gate { limits: Arc::new(limits), budget, conns, held, calls }
+    }
+}
+
+/// The method label of a call to `path` answered `response`: the path itself, or `unknown`
+/// for one no service has — a caller must not be able to add label values at will.
+fn method_label<'a>(path: &'a str, response: &http::Response<tonic::body::Body>) -> &'a str {
+    let unimplemented = response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"12");
+    let missing = matches!(response.status(), http::StatusCode::NOT_FOUND | http::StatusCode::NOT_IMPLEMENTED);
+    if unimplemented || missing {
+        "unknown"
+    } else {
+        path
     }
 }
 
@@ -201,7 +220,13 @@ where
                 }
             };
             let body = tonic::body::Body::new(http_body_util::Full::new(bytes));
-            inner.call(http::Request::from_parts(parts, body)).await.map(|r| guarded(r, call))
+            let (started, path) = (std::time::Instant::now(), parts.uri.path().to_owned());
+            let response = inner.call(http::Request::from_parts(parts, body)).await;
+            if let Ok(r) = &response {
+                // To the response's head: for a unary call, the whole of its handling.
+                gate.calls.with_label_values(&[method_label(&path, r)]).observe(started.elapsed().as_secs_f64());
+            }
+            response.map(|r| guarded(r, call))
         })
     }
 }

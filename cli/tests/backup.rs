@@ -4,9 +4,8 @@
 //! not a database changes nothing; a second server on one file is refused.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,15 +14,13 @@ use shenguan::proto::intake_service_client::IntakeServiceClient;
 use sqlx::Connection;
 
 struct Server {
-    child: Child,
-    url: String,
-    token: PathBuf,
+    process: integration_tests::ServeProcess,
+    token: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Server {
+    fn kill(self) {
+        drop(self.process);
     }
 }
 
@@ -32,8 +29,7 @@ fn serve_command(db: &Path) -> Command {
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--virtual-clock", "2026-09-28T10:00:00+08:00", "--db"])
         .arg(db)
-        .env("RUST_LOG", "info,sqlx=warn")
-        .stdout(Stdio::null());
+        .env("RUST_LOG", "info,sqlx=warn");
     command
 }
 
@@ -44,18 +40,10 @@ fn serve(db: &Path) -> Server {
 
 /// [`serve`] with more `serve` arguments.
 fn serve_with(db: &Path, extra: &[&str]) -> Server {
-    let mut child = serve_command(db).args(extra).stderr(Stdio::piped()).spawn().expect("spawn serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = loop {
-        let line = lines.next().expect("the server logs its address first").expect("read");
-        if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
-            break format!("http://{}", addr.trim());
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let mut token = db.file_name().expect("name").to_os_string();
-    token.push(".dev-token");
-    Server { child, url, token: db.with_file_name(token) }
+    let mut command = serve_command(db);
+    command.args(extra);
+    let process = integration_tests::ServeProcess::spawn(command);
+    Server { process, token: integration_tests::ServeProcess::dev_token(db) }
 }
 
 fn shenguan(args: &[&str]) -> Output {
@@ -97,11 +85,10 @@ async fn accept(server: &Server, prefix: &str, n: usize) -> BTreeSet<String> {
 type Intake = IntakeServiceClient<integration_tests::Authed>;
 
 fn intake(server: &Server) -> Intake {
-    let token = std::fs::read_to_string(&server.token).expect("dev token");
-    let channel = tonic::transport::Channel::from_shared(server.url.clone()).expect("url").connect_lazy();
+    let channel = tonic::transport::Channel::from_shared(server.process.url.clone()).expect("url").connect_lazy();
     IntakeServiceClient::new(tonic::service::interceptor::InterceptedService::new(
         channel,
-        integration_tests::bearer(token.trim()),
+        integration_tests::bearer(&server.token),
     ))
 }
 
@@ -184,7 +171,7 @@ async fn a_backup_under_load_holds_every_case_acknowledged_before_it_and_restore
     assert!(text(&o).contains(&format!("verified {} instances", in_backup.len())), "{}", text(&o));
     assert!(text(&o).contains(": 0 divergent"), "{}", text(&o));
     assert_eq!(ids(&restored).await, in_backup);
-    drop(server);
+    server.kill();
 
     // Over the stopped server's database: the old one is moved aside with its WAL, not lost.
     let o = shenguan(&["restore", s(&backup), "--db", s(&live)]);
@@ -204,7 +191,7 @@ async fn bad_backups_and_restores_are_refused_with_what_to_do_and_change_nothing
     let server = serve(&live);
 
     // A second server on the same file.
-    let o = serve_command(&live).stderr(Stdio::piped()).output().expect("second server");
+    let o = serve_command(&live).output().expect("second server");
     assert!(!o.status.success(), "a second server on one file must not start");
     assert!(String::from_utf8_lossy(&o.stderr).contains("a server has"), "{}", String::from_utf8_lossy(&o.stderr));
 

@@ -2,9 +2,8 @@
 //! OpenTelemetry's own trace service): a call's span arrives with its method, request id,
 //! principal and case; a collector that is down costs the server nothing.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,45 +32,24 @@ impl TraceService for Collector {
 }
 
 struct Server {
-    child: Child,
-    url: String,
+    process: integration_tests::ServeProcess,
     token: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     fn start(db: &Path, endpoint: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shenguan"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shenguan"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--virtual-clock", "2026-09-28T10:00:00+08:00"])
             .args(["--node", "节点-a", "--otlp-endpoint", endpoint, "--db"])
             .arg(db)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let url = loop {
-            let line = lines.next().expect("the server logs its address first").expect("read");
-            if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
-                break format!("http://{}", addr.trim());
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let mut token = db.file_name().expect("name").to_os_string();
-        token.push(".dev-token");
-        let token = std::fs::read_to_string(db.with_file_name(token)).expect("dev token").trim().to_owned();
-        Server { child, url, token }
+            .env("RUST_LOG", "info");
+        let process = integration_tests::ServeProcess::spawn(command);
+        Server { process, token: integration_tests::ServeProcess::dev_token(db) }
     }
 
     async fn accept(&self, case_no: &str, request_id: &str) -> String {
-        let channel = tonic::transport::Channel::from_shared(self.url.clone()).expect("url").connect_lazy();
+        let channel = tonic::transport::Channel::from_shared(self.process.url.clone()).expect("url").connect_lazy();
         let mut intake = IntakeServiceClient::with_interceptor(channel, integration_tests::bearer(&self.token));
         let mut request = tonic::Request::new(fixtures::accept(case_no, Route::Normal, Scenario::Unspecified));
         request.metadata_mut().insert("x-request-id", request_id.parse().expect("ascii"));
@@ -81,9 +59,9 @@ impl Server {
     /// SIGINT, as a terminal or systemd stops it; answers how long it took to exit.
     fn interrupt(&mut self) -> Duration {
         let started = std::time::Instant::now();
-        let status = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status().expect("kill");
+        let status = Command::new("kill").arg("-INT").arg(self.process.child.id().to_string()).status().expect("kill");
         assert!(status.success());
-        let exit = self.child.wait().expect("wait");
+        let exit = self.process.child.wait().expect("wait");
         assert!(exit.success(), "{exit}");
         started.elapsed()
     }

@@ -410,6 +410,51 @@ impl Drop for Tmpfs {
 
 pub mod receiver;
 
+/// A `shenguan serve` process started from a prepared command (the CLI's tests name their own
+/// binary), with the address it logged; its log is drained so that it never blocks on a full
+/// pipe. Killed when dropped.
+pub struct ServeProcess {
+    /// The process.
+    pub child: std::process::Child,
+    /// `http://ADDR`, from its "serving gRPC" line.
+    pub url: String,
+}
+
+impl ServeProcess {
+    /// Spawns `command` (which must be `serve` with `--listen …:0` or a port) and waits until it
+    /// serves; panics with what it logged if it exits first.
+    pub fn spawn(mut command: std::process::Command) -> ServeProcess {
+        use std::io::BufRead;
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        let url = loop {
+            let Some(Ok(line)) = lines.next() else { panic!("serve exited before serving: {seen:#?}") };
+            if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("serving gRPC")) {
+                break format!("http://{}", addr.trim());
+            }
+            seen.push(line);
+        };
+        std::thread::spawn(move || for _ in lines {});
+        ServeProcess { child, url }
+    }
+
+    /// The dev-mode admin token a server without keys wrote beside its database `db`.
+    pub fn dev_token(db: &Path) -> String {
+        let mut name = db.file_name().expect("a file name").to_os_string();
+        name.push(".dev-token");
+        std::fs::read_to_string(db.with_file_name(name)).expect("dev token").trim().to_owned()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A test CA that signs server and client certificates: the engine's development CA.
 pub struct Pki {
     ca: shenguan::server::pki::DevCa,

@@ -277,3 +277,34 @@ async fn the_runbooks_postgresql_procedure_restores_every_case() {
     assert!(text(&o).contains(&format!("verified {} instances", accepted.len())), "{}", text(&o));
     assert!(text(&o).contains(": 0 divergent"), "{}", text(&o));
 }
+
+/// A backup onto a file system that fills up half-way: the error says so, no file that looks
+/// like a backup is left (nor the partial one), and the database backed up is untouched.
+#[tokio::test]
+async fn a_backup_onto_a_full_disk_fails_whole_and_leaves_nothing() {
+    let fs = match integration_tests::Tmpfs::mount(256) {
+        Ok(fs) => fs,
+        // CI runs as root and must run this; elsewhere say why it did not.
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: {e:#}");
+            return;
+        }
+        Err(e) => panic!("{e:#}"),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("live.db");
+    let server = serve(&live);
+    // More than the 256 KiB the backup may fill.
+    let accepted = accept(&server, "FULL", 300).await;
+    let target = fs.path().join("backup.db");
+    let o = shenguan(&["backup", "--db", s(&live), "--out", s(&target)]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).to_lowercase().contains("full"), "the error says the disk is full: {}", text(&o));
+    let left: Vec<_> = std::fs::read_dir(fs.path()).expect("dir").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left on the full disk: {left:?}");
+    assert!(ids(&live).await.is_superset(&accepted), "the database backed up is untouched");
+    // With room, the same backup is whole.
+    let o = shenguan(&["backup", "--db", s(&live), "--out", s(&dir.path().join("room.db"))]);
+    assert!(o.status.success(), "{}", text(&o));
+    drop(server);
+}

@@ -47,6 +47,10 @@ pub(crate) enum ConfigError {
 pub(crate) struct Setting {
     /// The option's long name.
     pub(crate) key: String,
+    /// The option's clap id.
+    pub(crate) id: String,
+    /// Whether it is a flag (its values: `true`, or none).
+    pub(crate) flag: bool,
     /// Its values (none for a flag set to false).
     pub(crate) values: Vec<String>,
     /// `FILE:LINE`.
@@ -117,7 +121,13 @@ fn check_text(name: &str, text: &str) -> Result<Vec<Setting>, ConfigError> {
         let offset = key.span().start;
         let Some(arg) = settable(&serve).find(|a| a.get_long() == Some(key.get_ref().as_str())) else {
             let known: Vec<&str> = settable(&serve).filter_map(clap::Arg::get_long).collect();
-            let near = known.iter().find(|k| close(k, key.get_ref()));
+            // As clap suggests a flag: the most similar name, if similar enough.
+            let near = known
+                .iter()
+                .map(|k| (strsim::jaro_winkler(k, key.get_ref()), k))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, k)| k);
             let hint = match near {
                 Some(k) => format!(" (did you mean {k:?}?)"),
                 None => format!("; the keys are serve's options: {}", known.join(", ")),
@@ -137,7 +147,13 @@ fn check_text(name: &str, text: &str) -> Result<Vec<Setting>, ConfigError> {
                 match bad {
                     Some((v, e)) => problems
                         .push(error(value.span().start, format!("{}: {v:?}: {}", key.get_ref(), clap_reason(&e)))),
-                    None => settings.push(Setting { key: key.get_ref().clone(), values, at: at(offset) }),
+                    None => settings.push(Setting {
+                        key: key.get_ref().clone(),
+                        id: arg.get_id().as_str().to_owned(),
+                        flag: is_flag(arg),
+                        values,
+                        at: at(offset),
+                    }),
                 }
             }
             Err(why) => problems.push(error(value.span().start, format!("{}: {why}", key.get_ref()))),
@@ -160,20 +176,6 @@ fn parses(arg: &clap::Arg, value: &str) -> Result<(), clap::Error> {
             .allow_hyphen_values(true),
     );
     alone.try_get_matches_from([value]).map(|_| ())
-}
-
-/// Whether `a` is one edit (a letter added, removed, changed or two swapped) from `b`.
-fn close(a: &str, b: &str) -> bool {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    if a.len().abs_diff(b.len()) > 1 {
-        return false;
-    }
-    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let (ra, rb) = (&a[prefix..], &b[prefix..]);
-    ra.get(1..) == rb.get(1..)
-        || ra.get(1..) == Some(rb)
-        || Some(ra) == rb.get(1..)
-        || (ra.len() >= 2 && rb.len() >= 2 && ra[0] == rb[1] && ra[1] == rb[0] && ra[2..] == rb[2..])
 }
 
 /// A clap error's reason, without its "error:" prefix and usage lines.
@@ -231,21 +233,18 @@ pub(crate) fn parse(argv: Vec<OsString>) -> Result<Cli, ConfigError> {
     let mut argv = argv;
     if let Some(path) = serve.get_one::<PathBuf>("config") {
         for s in load(path)? {
-            let command = serve_command();
-            let arg = settable(&command).find(|a| a.get_long() == Some(s.key.as_str())).expect("checked");
-            let id = arg.get_id().as_str();
             // The environment and the command line override the file.
-            if !matches!(serve.value_source(id), None | Some(ValueSource::DefaultValue)) {
+            if !matches!(serve.value_source(&s.id), None | Some(ValueSource::DefaultValue)) {
                 continue;
             }
-            if is_flag(arg) {
+            if s.flag {
                 if !s.values.is_empty() {
                     argv.push(format!("--{}", s.key).into());
                 }
             } else {
                 argv.extend(s.values.iter().map(|v| OsString::from(format!("--{}={v}", s.key))));
             }
-            applied.insert(id.to_owned(), s.at);
+            applied.insert(s.id, s.at);
         }
     }
     let matches = Cli::command().get_matches_from(argv);

@@ -153,31 +153,39 @@ async fn open(path: &Path, read_only: bool) -> Result<SqliteConnection, BackupEr
 /// Checks that `path` is a whole shenguan database with a schema this build knows; answers its
 /// schema version and instance count.
 async fn check(path: &Path) -> Result<(i64, u64), BackupError> {
-    let unusable = |why: String| BackupError::Unusable { path: path.to_owned(), why };
     let mut conn = open(path, true).await?;
     let verdict: Result<String, sqlx::Error> = sqlx::query_scalar("PRAGMA quick_check").fetch_one(&mut conn).await;
+    let unusable = |why: String| BackupError::Unusable { path: path.to_owned(), why };
     match verdict {
         Ok(v) if v == "ok" => {}
         Ok(v) => return Err(unusable(format!("damaged: {v}"))),
         Err(e) => return Err(unusable(e.to_string())),
     }
+    let found = schema(&mut conn, path).await;
+    let _ = conn.close().await;
+    found
+}
+
+/// The shenguan schema in the database `conn` has open (`path`): its version, refused if newer
+/// than this build, and its instance count. Reads the schema and one count, not every page.
+async fn schema(conn: &mut SqliteConnection, path: &Path) -> Result<(i64, u64), BackupError> {
+    let unusable = |why: String| BackupError::Unusable { path: path.to_owned(), why };
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('_sqlx_migrations', 'instances')",
     )
-    .fetch_one(&mut conn)
+    .fetch_one(&mut *conn)
     .await
     .map_err(db(path))?;
     if tables < 2 {
         return Err(unusable("no shenguan schema in it".into()));
     }
     let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-        .fetch_all(&mut conn)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db(path))?;
     super::newer_schema(&applied, &super::sqlite::MIGRATOR).map_err(unusable)?;
     let instances: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM instances").fetch_one(&mut conn).await.map_err(db(path))?;
-    let _ = conn.close().await;
+        sqlx::query_scalar("SELECT count(*) FROM instances").fetch_one(&mut *conn).await.map_err(db(path))?;
     Ok((applied.iter().copied().max().unwrap_or(0), u64::try_from(instances).unwrap_or(0)))
 }
 
@@ -214,8 +222,10 @@ pub async fn backup(from: &Path, to: &Path, mut progress: impl FnMut(Progress)) 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(BackupError::Io { path: partial, source: e }),
     }
-    check(from).await?;
     let mut conn = open(from, true).await?;
+    // The source's schema only: its pages are read once, by the copy, and the copy is checked
+    // whole below.
+    schema(&mut conn, from).await?;
     let pages: i64 = sqlx::query_scalar(
         "SELECT (SELECT page_count FROM pragma_page_count()) - \
          (SELECT freelist_count FROM pragma_freelist_count())",
@@ -243,13 +253,18 @@ pub async fn backup(from: &Path, to: &Path, mut progress: impl FnMut(Progress)) 
             }
         }
     };
-    if let Err(e) = done {
-        let _ = std::fs::remove_file(&partial);
-        return Err(db(from)(e));
-    }
     let _ = conn.close().await;
-    File::open(&partial).and_then(|f| f.sync_all()).map_err(io(&partial))?;
-    let (schema, instances) = check(&partial).await?;
+    let copied = match done {
+        Err(e) => Err(db(from)(e)),
+        Ok(_) => match File::open(&partial).and_then(|f| f.sync_all()) {
+            Err(e) => Err(io(&partial)(e)),
+            Ok(()) => check(&partial).await,
+        },
+    };
+    // Whatever went wrong, no partial copy stays behind.
+    let (schema, instances) = copied.inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })?;
     std::fs::rename(&partial, to).map_err(io(to))?;
     sync_dir(to)?;
     let bytes = std::fs::metadata(to).map_err(io(to))?.len();

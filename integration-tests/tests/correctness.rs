@@ -407,6 +407,29 @@ async fn statistics_with_no_filters_cover_every_region_this_year() -> Result<()>
     server.stop().await
 }
 
+/// September's statistics request.
+fn period() -> GetStatisticsRequest {
+    GetStatisticsRequest { from: "2026-09-01".into(), to: "2026-09-30".into(), ..Default::default() }
+}
+
+/// Three cases and a task that count in several figures (one commitment overdue), then
+/// September's statistics, checked to count them.
+async fn counted_statistics(server: &TestServer) -> Result<shenguan::proto::GetStatisticsReply> {
+    server.intake().accept_case(accept("FC-1", Route::Normal, Scenario::Unspecified)).await?;
+    server.intake().accept_case(deferral("FC-2", "2026-09-30")).await?;
+    server.intake().accept_case(deferral("FC-3", "2026-10-09")).await?;
+    server.intake().submit_materials(SubmitMaterialsRequest { case_id: "320700/FC-3".into() }).await?;
+    server.intake().complete_approval(complete_request("320700/FC-1")).await?;
+    server.supervision().acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/FC-1/T1".into() }).await?;
+    server.advance_to("2026-10-12T09:00:00+08:00").await?;
+    let counted = server.admin().get_statistics(period()).await?.into_inner();
+    let cases: u64 = counted.approval.iter().map(|a| a.cases.as_ref().map_or(0, |f| f.count)).sum();
+    let overdue: u64 = counted.approval.iter().map(|a| a.commitments_overdue.as_ref().map_or(0, |f| f.count)).sum();
+    let tasks: u64 = counted.supervision.iter().map(|s| s.tasks.as_ref().map_or(0, |f| f.count)).sum();
+    ensure!(cases == 3 && overdue == 1 && tasks >= 1, "{counted:?}");
+    Ok(counted)
+}
+
 /// The statistics are summed from counters the writer keeps. A database from before they
 /// existed has none: the first start counts its cases and tasks, and the figures are what they
 /// were. A counter that drifts from the rows is named by `admin verify`.
@@ -416,19 +439,7 @@ async fn statistics_counters_are_built_at_first_start_and_verify_names_a_drifted
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("counters.db");
     let server = TestServer::start_on(START, &db, |_| {}).await?;
-    server.intake().accept_case(accept("FC-1", Route::Normal, Scenario::Unspecified)).await?;
-    server.intake().accept_case(deferral("FC-2", "2026-09-30")).await?;
-    server.intake().accept_case(deferral("FC-3", "2026-10-09")).await?;
-    server.intake().submit_materials(SubmitMaterialsRequest { case_id: "320700/FC-3".into() }).await?;
-    server.intake().complete_approval(complete_request("320700/FC-1")).await?;
-    server.supervision().acknowledge_task(AcknowledgeTaskRequest { task_id: "320700/FC-1/T1".into() }).await?;
-    server.advance_to("2026-10-12T09:00:00+08:00").await?;
-    let request = || GetStatisticsRequest { from: "2026-09-01".into(), to: "2026-09-30".into(), ..Default::default() };
-    let before = server.admin().get_statistics(request()).await?.into_inner();
-    let cases: u64 = before.approval.iter().map(|a| a.cases.as_ref().map_or(0, |f| f.count)).sum();
-    let overdue: u64 = before.approval.iter().map(|a| a.commitments_overdue.as_ref().map_or(0, |f| f.count)).sum();
-    let tasks: u64 = before.supervision.iter().map(|s| s.tasks.as_ref().map_or(0, |f| f.count)).sum();
-    ensure!(cases == 3 && overdue == 1 && tasks >= 1, "{before:?}");
+    let before = counted_statistics(&server).await?;
     server.stop().await?;
 
     // As a database migrated from before the counters: the tables empty, nothing built.
@@ -437,7 +448,7 @@ async fn statistics_counters_are_built_at_first_start_and_verify_names_a_drifted
     sqlx::query("DELETE FROM figure_counts_built").execute(&mut conn).await?;
     conn.close().await?;
     let server = TestServer::start_on("2026-10-12T09:00:00+08:00", &db, |_| {}).await?;
-    let after = server.admin().get_statistics(request()).await?.into_inner();
+    let after = server.admin().get_statistics(period()).await?.into_inner();
     ensure!(after == before, "rebuilt {after:?}\nwas {before:?}");
     server.stop().await?;
     let registry = shenguan::definition::Registry::embedded()?;
@@ -462,4 +473,29 @@ async fn statistics_counters_are_built_at_first_start_and_verify_names_a_drifted
         report.divergent
     );
     Ok(())
+}
+
+/// On PostgreSQL too: the counters rebuilt at first start are those the commits kept (the
+/// rebuild writes them with the batch statement's counter upsert, as the commits do).
+#[tokio::test]
+async fn statistics_counters_rebuilt_on_postgresql_are_those_the_commits_kept() -> Result<()> {
+    use sqlx::Connection;
+    let Some(url) = integration_tests::pg::database().await else { return Ok(()) };
+    let on_postgres = || {
+        let url = url.clone();
+        move |c: &mut shenguan::engine::Config| c.database = shenguan::store::Database::Postgres(url)
+    };
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("beside.db");
+    let server = TestServer::start_on(START, &db, on_postgres()).await?;
+    let before = counted_statistics(&server).await?;
+    server.stop().await?;
+
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    sqlx::query("DELETE FROM figure_counts").execute(&mut conn).await?;
+    sqlx::query("DELETE FROM figure_counts_built").execute(&mut conn).await?;
+    let server = TestServer::start_on("2026-10-12T09:00:00+08:00", &db, on_postgres()).await?;
+    let after = server.admin().get_statistics(period()).await?.into_inner();
+    ensure!(after == before, "rebuilt {after:?}\nwas {before:?}");
+    server.stop().await
 }

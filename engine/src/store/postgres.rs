@@ -819,47 +819,6 @@ async fn one_statement(conn: &mut sqlx::PgConnection, batch: &Batch, autocommit:
     Ok(())
 }
 
-/// Adds to the statistics counters (creating them at 0), in key order: two transactions that
-/// meet on a counter (only when two nodes share a stripe) wait, never deadlock.
-async fn add_figures(
-    tx: &mut sqlx::PgConnection,
-    rows: &[(crate::domain::figures::CounterKey, i64)],
-    stripe: u32,
-) -> Result<(), Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let grains: Vec<&str> = rows.iter().map(|(k, _)| k.grain.as_str()).collect();
-    let periods: Vec<&str> = rows.iter().map(|(k, _)| k.period.as_str()).collect();
-    let sides: Vec<&str> = rows.iter().map(|(k, _)| k.group.side.as_str()).collect();
-    let regions: Vec<&str> = rows.iter().map(|(k, _)| k.group.region.as_str()).collect();
-    let departments: Vec<&str> = rows.iter().map(|(k, _)| k.group.department.as_str()).collect();
-    let offices: Vec<&str> = rows.iter().map(|(k, _)| k.group.office.as_str()).collect();
-    let figures: Vec<&str> = rows.iter().map(|(k, _)| k.figure.as_str()).collect();
-    let n: Vec<i64> = rows.iter().map(|(_, n)| *n).collect();
-    sqlx::query(
-        "INSERT INTO figure_counts (grain, period, side, region, department, office, figure, stripe, n) \
-         SELECT grain, period, side, region, department, office, figure, $9, n \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::bigint[]) WITH ORDINALITY AS u(grain, period, side, region, department, office, figure, n, o) \
-         ORDER BY o \
-         ON CONFLICT (grain, period, side, region, department, office, figure, stripe) \
-         DO UPDATE SET n = figure_counts.n + excluded.n",
-    )
-    .bind(&grains)
-    .bind(&periods)
-    .bind(&sides)
-    .bind(&regions)
-    .bind(&departments)
-    .bind(&offices)
-    .bind(&figures)
-    .bind(&n)
-    .bind(i64::from(stripe))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 /// Sends `notice` to every node now, outside any transaction.
 pub(crate) async fn notify_now(pool: &PgPool, notice: &Notice) -> Result<(), Error> {
     let mut conn = pool.acquire().await?;
@@ -942,7 +901,9 @@ impl Store for PgStore {
         }
         sqlx::query("DELETE FROM figure_counts").execute(&mut *tx).await?;
         for chunk in rows.chunks(10_000) {
-            add_figures(&mut tx, chunk, 0).await?;
+            // The batch statement's counter upsert, with nothing else in the batch.
+            let counters = Batch { figures: chunk.to_vec(), ..Batch::default() };
+            one_statement(&mut tx, &counters, false).await?;
         }
         tx.commit().await?;
         Ok(true)

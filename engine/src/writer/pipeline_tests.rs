@@ -9,42 +9,13 @@ use std::sync::Mutex as StdMutex;
 
 use tokio::sync::{watch, Semaphore};
 
-use super::batch::tests::{event, keyed};
+use super::batch::tests::{event, keyed, start, DEF, LATER, NOW};
 use super::*;
 use crate::calendar::Calendars;
 use crate::clock::VirtualClock;
 use crate::store::{
     Error as StoreError, IdempotencyRow, InstanceRow, StoredCalendarFile, TimerFrom, TimerId, TimerRow,
 };
-
-const DEF: &str = r#"
-name = "t"
-version = 1
-initial = "open"
-terminal = ["done"]
-
-[events]
-poke = {}
-finish = {}
-
-[[states]]
-name = "open"
-
-[[states]]
-name = "done"
-
-[[transitions]]
-from = "open"
-event = "poke"
-to = "open"
-
-[[transitions]]
-from = "open"
-event = "finish"
-to = "done"
-"#;
-
-const NOW: Millis = 1_800_000_000_000;
 
 /// What the fake database holds and how its commits go.
 #[derive(Default)]
@@ -218,16 +189,6 @@ fn writer(fake: &Fake) -> Handle {
     handle
 }
 
-fn start(id: &str) -> Command {
-    Command {
-        instance: id.into(),
-        kind: CommandKind::Start { workflow: "t".into(), version: None, vars: serde_json::Map::new() },
-        actor: "test".into(),
-        request_id: None,
-        idempotency: None,
-    }
-}
-
 /// A bound on each wait, so that a writer that never does what is waited for fails the test
 /// instead of hanging it.
 const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
@@ -256,7 +217,7 @@ async fn read_meanwhile(fake: &Fake) {
 async fn the_next_batch_is_decided_while_one_commits_and_commits_after_it() {
     let fake = Fake::new();
     let handle = writer(&fake);
-    let first = handle.send(start("a")).await.expect("queued");
+    let first = handle.send(start("a", LATER)).await.expect("queued");
     commits_started(&fake, 1).await;
     let second = handle.send(keyed(event("a", "poke"), "k-2")).await.expect("queued");
     read_meanwhile(&fake).await;
@@ -281,7 +242,7 @@ async fn a_batch_decided_on_one_that_fails_is_decided_again() {
     let fake = Fake::new();
     fake.db().outcomes.push_back(StoreError::Unavailable("disk full".into()));
     let handle = writer(&fake);
-    let first = handle.send(start("a")).await.expect("queued");
+    let first = handle.send(start("a", LATER)).await.expect("queued");
     commits_started(&fake, 1).await;
     let second = handle.send(keyed(event("a", "poke"), "k-2")).await.expect("queued");
     read_meanwhile(&fake).await;
@@ -299,7 +260,7 @@ async fn a_batch_decided_on_one_that_fails_is_decided_again() {
 
     // The writer goes on: the instance can be started now, and poked.
     fake.gate.add_permits(2);
-    handle.submit(start("a")).await.expect("started");
+    handle.submit(start("a", LATER)).await.expect("started");
     assert_eq!(handle.submit(event("a", "poke")).await.expect("poked").seq, 2);
 }
 
@@ -310,7 +271,7 @@ async fn a_request_repeated_while_its_first_commits_is_a_duplicate() {
     let fake = Fake::new();
     let handle = writer(&fake);
     fake.gate.add_permits(1);
-    handle.submit(start("a")).await.expect("started");
+    handle.submit(start("a", LATER)).await.expect("started");
     let first = handle.send(keyed(event("a", "poke"), "k-1")).await.expect("queued");
     commits_started(&fake, 2).await;
     let again = handle.send(keyed(event("a", "poke"), "k-1")).await.expect("queued");

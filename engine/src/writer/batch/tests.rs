@@ -8,7 +8,8 @@ use serde_json::json;
 use super::*;
 use crate::machine::Idempotency;
 
-const DEF: &str = r#"
+/// A workflow of three states with a deadline, for the writer's own tests.
+pub(in crate::writer) const DEF: &str = r#"
 name = "t"
 version = 1
 initial = "open"
@@ -55,8 +56,8 @@ event = "expired"
 to = "late"
 "#;
 
-const NOW: Millis = 1_800_000_000_000;
-const LATER: Millis = NOW + 86_400_000;
+pub(in crate::writer) const NOW: Millis = 1_800_000_000_000;
+pub(in crate::writer) const LATER: Millis = NOW + 86_400_000;
 
 struct Fixture {
     registry: Registry,
@@ -80,7 +81,7 @@ impl Fixture {
     }
 }
 
-fn start(id: &str, due: Millis) -> Command {
+pub(in crate::writer) fn start(id: &str, due: Millis) -> Command {
     let vars = json!({"owner": format!("owner of {id}"), "due_at": due});
     let serde_json::Value::Object(vars) = vars else { unreachable!() };
     Command {

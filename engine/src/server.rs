@@ -64,9 +64,10 @@ pub enum Error {
     /// The outbound configuration does not fit the loaded workflows.
     #[error("outbound configuration: {0}")]
     Routes(String),
-    /// Another server has the database file open.
+    /// The SQLite file cannot be locked for this server: another server holds it, or the
+    /// file cannot be opened.
     #[error(transparent)]
-    InUse(#[from] crate::store::backup::BackupError),
+    Lock(#[from] crate::store::backup::BackupError),
 }
 
 /// Everything the server needs.

@@ -138,6 +138,10 @@ async fn figures(store: &dyn ReadStore, tally: &crate::domain::figures::Tally) -
         let name = format!("{} {} {}/{} {}", g.side.as_str(), g.region, g.department, g.office, key.figure.as_str());
         *expected.entry(name).or_default() += n;
     }
+    // Archived cases are counted still, and no longer stored.
+    for ([side, region, department, office, figure], n) in store.archived_counts().await? {
+        *expected.entry(format!("{side} {region} {department}/{office} {figure}")).or_default() += n;
+    }
     let mut out = Vec::new();
     let all = [
         ("day", Cover { months: None, days: vec![("0000-01-01".into(), "9999-12-31".into())] }),

@@ -19,6 +19,8 @@
 //! - [`context`]: [`context::Context`], the handles every part shares (a leaf module).
 //! - [`outbound`]: delivery of the outbox — routing by channel, webhooks, the SMS gateway, the
 //!   credit platform, retries and dead letters.
+//! - [`archive`]: the data lifecycle — which closed cases may be archived, the archive file's
+//!   format and reading it back.
 //! - [`admin`]: offline operations on a database (`admin verify`), through the read side.
 //! - [`server`]: the gRPC server: the services, health and reflection.
 //! - [`api`]: the gRPC services (intake, supervision, admin, engine): proto ↔ domain, errors →
@@ -40,6 +42,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod calendar;
 pub mod catalog;

@@ -371,6 +371,14 @@ pub struct IndexSpec {
     pub grade: Option<String>,
 }
 
+impl IndexSpec {
+    /// The code an instance is indexed under, given its text variables: the subject variable,
+    /// when set and not empty.
+    pub fn code<'a>(&self, text: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
+        text(&self.subject).filter(|s| !s.is_empty()).map(str::to_owned)
+    }
+}
+
 /// A validated workflow definition.
 #[derive(Debug, Clone)]
 pub struct Definition {

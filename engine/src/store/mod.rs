@@ -18,6 +18,7 @@ pub mod backup;
 pub mod figures;
 pub mod postgres;
 pub mod read;
+pub(crate) mod removal;
 mod row;
 pub mod sqlite;
 
@@ -127,8 +128,9 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-/// An instance row as stored; variables stay JSON until a definition types them.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// An instance row as stored; variables stay JSON until a definition types them. (Serialised
+/// as an archive's instance, [`crate::archive::InstanceRecord`].)
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct InstanceRow {
     /// Id.
     pub id: String,
@@ -465,6 +467,77 @@ pub struct Subject {
     pub state: String,
 }
 
+/// A closed case to remove now that it is in an archive file: the case and its tasks, each with
+/// the history length it had when it was written there ([`Store::remove_archived`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The case id (its tasks are `<case>/T…`).
+    pub case: String,
+    /// (instance, history length) of the case and of every task it had when archived.
+    pub instances: Vec<(String, u64)>,
+    /// (code, instance) of its rows in the enterprise index.
+    pub subjects: Vec<(String, String)>,
+    /// (instance, instant) of each of its history entries: a request id it recorded was
+    /// recorded at that instant, so its row is found by `created_at` without a scan.
+    pub keyed_at: Vec<(String, Millis)>,
+    /// The case's final state.
+    pub state: String,
+    /// When the case started.
+    pub created_at: Millis,
+    /// The last change of the case or of one of its tasks.
+    pub closed_at: Millis,
+    /// What the case and its tasks count in the statistics (day counters only): recorded in
+    /// `archived_counts`, the counters themselves unchanged.
+    pub figures: Vec<(crate::domain::figures::CounterKey, i64)>,
+}
+
+impl Removal {
+    /// Whether what is stored is still what was archived: the same instances (no task more or
+    /// less) at the same history lengths, and no message of theirs waiting for delivery or an
+    /// administrator (`undelivered`). Otherwise the case changed since: it stays.
+    pub fn unchanged(&self, stored: &[(String, i64)], undelivered: i64) -> bool {
+        let mut archived: Vec<(&str, i64)> =
+            self.instances.iter().map(|(id, seq)| (id.as_str(), *seq as i64)).collect();
+        let mut now: Vec<(&str, i64)> = stored.iter().map(|(id, seq)| (id.as_str(), *seq)).collect();
+        archived.sort_unstable();
+        now.sort_unstable();
+        undelivered == 0 && archived == now
+    }
+
+    /// The ids of the case and its tasks.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.instances.iter().map(|(id, _)| id.as_str())
+    }
+}
+
+/// What [`Store::remove_archived`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Cases removed (and recorded as archived).
+    pub removed: Vec<String>,
+    /// Cases that changed since they were archived, or are gone: left as they are.
+    pub changed: Vec<String>,
+}
+
+/// A case that was archived and removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedRow {
+    /// The case id.
+    pub id: String,
+    /// Its final state.
+    pub state: String,
+    /// The case and its tasks.
+    pub instances: u32,
+    /// When it started.
+    pub created_at: Millis,
+    /// The last change of the case or a task.
+    pub closed_at: Millis,
+    /// The archive file's name.
+    pub archive: String,
+    /// When it was removed (wall-clock ms).
+    pub archived_at: Millis,
+}
+
 /// The leases a batch depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
@@ -597,6 +670,15 @@ pub trait Store: Send + 'static {
         instances: u64,
         at: Millis,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Removes archived cases, each whole — its instances, their history, timers, messages,
+    /// request ids and enterprise-index rows — and records it in `archived`, in one transaction; a case that
+    /// changed since ([`Removal::unchanged`]) is left as it is. The statistics counters stay.
+    fn remove_archived(
+        &mut self,
+        cases: &[Removal],
+        archive: &str,
+        at: Millis,
+    ) -> impl Future<Output = Result<Removed, Error>> + Send;
 }
 
 /// A filter on an instance listing.
@@ -736,6 +818,11 @@ pub trait ReadStore: Send + Sync {
     async fn figures_built(&self) -> Result<bool, Error>;
     /// The statistics counters summed per group and figure over a period.
     async fn figure_counts(&self, query: &figures::CounterQuery) -> Result<Vec<figures::Summed>, Error>;
+    /// The record of an archived case, if it was archived.
+    async fn archived(&self, id: &str) -> Result<Option<ArchivedRow>, Error>;
+    /// What archived cases counted, summed over all days: ((side, region, department, office,
+    /// figure), n).
+    async fn archived_counts(&self) -> Result<Vec<([String; 5], i64)>, Error>;
 }
 
 /// Tables that [`ReadStore::count`] can count.

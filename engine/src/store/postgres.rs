@@ -909,6 +909,19 @@ impl Store for PgStore {
         Ok(true)
     }
 
+    async fn remove_archived(
+        &mut self,
+        cases: &[crate::store::Removal],
+        archive: &str,
+        at: Millis,
+    ) -> Result<crate::store::Removed, Error> {
+        let mut tx = self.pool.begin().await?;
+        // Locked: another node's batch that read one of these rows commits before or fails after.
+        let out = super::removal::remove_in!(tx, cases, archive, at, " FOR UPDATE")?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
     async fn prune_idempotency(&mut self, before: Millis, limit: u32) -> Result<u64, Error> {
         let sql = "DELETE FROM idempotency WHERE key IN \
                    (SELECT key FROM idempotency WHERE created_at < $1 LIMIT $2)";
@@ -1352,6 +1365,22 @@ impl ReadStore for PgReader {
         }
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM figure_counts_built").fetch_one(&self.pool).await?;
         Ok(n > 0)
+    }
+
+    async fn archived_counts(&self) -> Result<Vec<([String; 5], i64)>, Error> {
+        // A database from before archiving (verify does not migrate) has archived nothing.
+        let tables: i64 = sqlx::query_scalar(TABLE_EXISTS).bind("archived_counts").fetch_one(&self.pool).await?;
+        if tables == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String, String, i64)> =
+            sqlx::query_as(super::removal::COUNTS).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(a, b, c, d, e, n)| ([a, b, c, d, e], n)).collect())
+    }
+
+    async fn archived(&self, id: &str) -> Result<Option<super::ArchivedRow>, Error> {
+        let row = sqlx::query(super::row::ARCHIVED).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(super::row::archived).transpose()
     }
 
     async fn figure_counts(&self, query: &super::figures::CounterQuery) -> Result<Vec<super::figures::Summed>, Error> {

@@ -312,6 +312,22 @@ impl ReadStore for Reader {
         Ok(n > 0)
     }
 
+    async fn archived_counts(&self) -> Result<Vec<([String; 5], i64)>, Error> {
+        // A database from before archiving (verify does not migrate) has archived nothing.
+        let tables: i64 = sqlx::query_scalar(TABLE_EXISTS).bind("archived_counts").fetch_one(&self.pool).await?;
+        if tables == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String, String, i64)> =
+            sqlx::query_as(super::removal::COUNTS).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(a, b, c, d, e, n)| ([a, b, c, d, e], n)).collect())
+    }
+
+    async fn archived(&self, id: &str) -> Result<Option<super::ArchivedRow>, Error> {
+        let row = sqlx::query(super::row::ARCHIVED).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(super::row::archived).transpose()
+    }
+
     async fn figure_counts(&self, query: &super::figures::CounterQuery) -> Result<Vec<super::figures::Summed>, Error> {
         let mut q: sqlx::QueryBuilder<Sqlite> = sqlx::QueryBuilder::new("");
         super::figures::build(&mut q, query);

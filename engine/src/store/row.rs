@@ -251,3 +251,20 @@ pub(crate) fn catalog_history_sql(placeholder: &str) -> String {
 pub(crate) const SUBJECT_COLUMNS: &str =
     "SELECT s.code, s.instance_id, s.workflow, s.item, s.grade, s.created_at, i.state FROM subjects s \
      JOIN instances i ON i.id = s.instance_id ";
+
+/// An archived case's record, by id (`$1` on both backends).
+pub(crate) const ARCHIVED: &str =
+    "SELECT id, state, instances, created_at, closed_at, archive, archived_at FROM archived WHERE id = $1";
+
+/// A row of `archived`.
+pub(crate) fn archived(r: &impl Get) -> Result<super::ArchivedRow, Error> {
+    Ok(super::ArchivedRow {
+        id: r.text("id")?,
+        state: r.text("state")?,
+        instances: u32::try_from(r.int("instances")?).unwrap_or(u32::MAX),
+        created_at: r.int("created_at")?,
+        closed_at: r.int("closed_at")?,
+        archive: r.text("archive")?,
+        archived_at: r.int("archived_at")?,
+    })
+}

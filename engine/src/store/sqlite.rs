@@ -623,6 +623,18 @@ mod ops {
         Ok(true)
     }
 
+    pub(super) async fn remove_archived(
+        conn: &mut SqliteConnection,
+        cases: &[crate::store::Removal],
+        archive: &str,
+        at: Millis,
+    ) -> Result<crate::store::Removed, Error> {
+        let mut tx = conn.begin().await?;
+        let out = crate::store::removal::remove_in!(tx, cases, archive, at, "")?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
     /// Adds to the statistics counters (creating them at 0).
     pub(super) async fn add_figures(
         conn: &mut SqliteConnection,
@@ -918,6 +930,16 @@ impl Store for SqliteStore {
 
     async fn install_figures(&mut self, rows: &[(CounterKey, i64)], instances: u64, at: Millis) -> Result<bool, Error> {
         let result = ops::install_figures(self.conn().await?, rows, instances, at).await;
+        self.after(result).await
+    }
+
+    async fn remove_archived(
+        &mut self,
+        cases: &[crate::store::Removal],
+        archive: &str,
+        at: Millis,
+    ) -> Result<crate::store::Removed, Error> {
+        let result = ops::remove_archived(self.conn().await?, cases, archive, at).await;
         self.after(result).await
     }
 

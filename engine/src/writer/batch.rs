@@ -353,14 +353,12 @@ impl<'a> Builder<'a> {
         let Some(spec) = registry.get(&instance.workflow, instance.version).and_then(|d| d.index.as_ref()) else {
             return;
         };
-        let text = |name: Option<&String>| match name.and_then(|n| instance.vars.get(n)) {
-            Some(crate::definition::Value::Str(s)) => s.clone(),
-            _ => String::new(),
+        let var = |name: &str| match instance.vars.get(name) {
+            Some(crate::definition::Value::Str(s)) => Some(s.as_str()),
+            _ => None,
         };
-        let code = text(Some(&spec.subject));
-        if code.is_empty() {
-            return;
-        }
+        let text = |name: Option<&String>| name.and_then(|n| var(n)).unwrap_or_default().to_owned();
+        let Some(code) = spec.code(var) else { return };
         self.batch.subjects.push(crate::store::SubjectRow {
             code,
             instance: instance.id.clone(),

@@ -191,6 +191,8 @@ enum Alone {
     ReloadCalendars(oneshot::Sender<Result<(), WriteError>>),
     /// Another node imported catalogs: read the newest versions again and put them in force.
     ReloadCatalogs(oneshot::Sender<Result<(), WriteError>>),
+    /// Remove cases written to an archive ([`crate::archive`]), named by the archive file.
+    RemoveArchived(Vec<crate::store::Removal>, String, oneshot::Sender<Result<crate::store::Removed, WriteError>>),
 }
 
 /// A batch prepared outside the writer, with what must still hold when its turn comes and what
@@ -312,6 +314,22 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Alone(Alone::Prepared(Box::new(prepared), reply)))
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Removes cases written to the archive file `archive`, each whole and only if unchanged
+    /// since ([`crate::store::Store::remove_archived`]): one transaction between two batches, so
+    /// keep `cases` short ([`crate::archive::REMOVE_CHUNK`]).
+    pub async fn remove_archived(
+        &self,
+        cases: Vec<crate::store::Removal>,
+        archive: String,
+    ) -> Result<crate::store::Removed, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Alone(Alone::RemoveArchived(cases, archive, reply)))
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
@@ -724,7 +742,8 @@ impl<S: Store> Writer<S> {
 
     /// Serves a request that runs between batches, each by its owner: timer paging and shard
     /// changes by [`crate::timer`], calendar loads by the [`Planner`], prepared batches (catalog
-    /// imports, [`crate::catalog::submit`]) committed as given. Every batch before it has landed
+    /// imports, [`crate::catalog::submit`]) committed as given, archived cases removed by the
+    /// store ([`crate::archive`]). Every batch before it has landed
     /// first.
     async fn serve_alone(&mut self, alone: Alone) {
         self.settle().await;
@@ -758,6 +777,15 @@ impl<S: Store> Writer<S> {
             }
             Alone::Prepared(prepared, reply) => {
                 let _ = reply.send(self.commit_prepared(prepared).await);
+            }
+            Alone::RemoveArchived(cases, archive, reply) => {
+                // Out of the cache first: a case removed must be read (and not found) again.
+                for id in cases.iter().flat_map(crate::store::Removal::ids) {
+                    self.cache.remove(id);
+                }
+                let at = chrono::Utc::now().timestamp_millis();
+                let mut store = self.store.lock().await;
+                let _ = reply.send(store.remove_archived(&cases, &archive, at).await.map_err(WriteError::from));
             }
         }
     }

@@ -160,6 +160,15 @@ impl Store for Fake {
     ) -> Result<bool, StoreError> {
         Ok(true)
     }
+
+    async fn remove_archived(
+        &mut self,
+        _: &[crate::store::Removal],
+        _: &str,
+        _: Millis,
+    ) -> Result<crate::store::Removed, StoreError> {
+        Ok(crate::store::Removed::default())
+    }
 }
 
 /// A running writer over `fake`.

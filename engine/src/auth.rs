@@ -164,6 +164,8 @@ pub enum Right {
     ReadSpotChecks,
     /// Read workflow definitions (their states and transitions; no case data).
     ReadWorkflows,
+    /// Export closed cases to an archive and remove them.
+    Archive,
 }
 
 impl Right {
@@ -190,6 +192,7 @@ impl Right {
             Right::ManageSpotChecks => "manage_spot_checks",
             Right::ReadSpotChecks => "read_spot_checks",
             Right::ReadWorkflows => "read_workflows",
+            Right::Archive => "archive",
         }
     }
 }

@@ -602,6 +602,17 @@ async fn every_method_on_its_happy_path_answers_over_json_as_over_grpc() -> Resu
     t.call("EventsService", "Ack", &pb::AckRequest { consumer: "happy".into(), up_to: first_id }).await?;
     t.call("AdminService", "ListConsumers", &pb::ListConsumersRequest {}).await?;
     t.call("AdminService", "DropConsumer", &pb::DropConsumerRequest { name: "happy".into() }).await?;
+    // The data lifecycle: nothing closed before today; a case still open is kept, said so.
+    let export = pb::ExportArchiveRequest { before: "2026-09-28".into(), after: String::new(), limit: 10 };
+    t.call("AdminService", "ExportArchive", &export).await?;
+    let open = pb::RemovableCase {
+        case_id: "320700/H-2".into(),
+        instances: vec![pb::ArchivedInstance { id: "320700/H-2".into(), seq: 2 }],
+    };
+    let remove =
+        pb::RemoveArchivedRequest { archive: "h.jsonl.gz".into(), before: "2026-09-28".into(), cases: vec![open] };
+    let kept = t.call("AdminService", "RemoveArchived", &remove).await?;
+    ensure!(kept["changed"][0] == "320700/H-2", "{kept}");
 
     // The generic engine.
     let start = pb::StartRequest {

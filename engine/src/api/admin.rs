@@ -177,7 +177,7 @@ impl AdminService for Admin {
             .map_err(|e| status::read_error(&e))?
             .filter(|r| r.workflow == domain::CASE_WORKFLOW)
         else {
-            return Err(status::not_found("case", &case_id));
+            return Err(super::intake::case_not_found(&self.shared, &case_id).await);
         };
         let tasks = super::intake::tasks_of(reader.as_ref(), &case_id).await?;
         super::intake::require_case(&self.shared, &who, &case, &tasks)?;
@@ -604,6 +604,20 @@ impl AdminService for Admin {
         self.shared.context().streams.end(&name, crate::outbound::live::Ended::Dropped);
         tracing::warn!(consumer = %name, acked = stored.acked, "stream consumer dropped: retention no longer keeps its messages");
         Ok(Response::new(crate::proto::DropConsumerReply { acked: stored.acked }))
+    }
+
+    async fn export_archive(
+        &self,
+        request: Request<crate::proto::ExportArchiveRequest>,
+    ) -> Result<Response<crate::proto::ExportArchiveReply>, Status> {
+        super::archive::export(&self.shared, request).await
+    }
+
+    async fn remove_archived(
+        &self,
+        request: Request<crate::proto::RemoveArchivedRequest>,
+    ) -> Result<Response<crate::proto::RemoveArchivedReply>, Status> {
+        super::archive::remove(&self.shared, request).await
     }
 
     async fn import_catalogs(

@@ -39,6 +39,27 @@ pub(crate) fn scoped_case_id(shared: &Shared, who: &Authorized, field: &str, id:
     Ok(id.to_owned())
 }
 
+/// What to tell a caller who asks for a case that is not stored: where it went if it was
+/// archived (NOT_FOUND either way).
+pub(crate) async fn case_not_found(shared: &Shared, case_id: &str) -> Status {
+    match shared.reader.archived(case_id).await {
+        Ok(Some(a)) => status::told(Status::not_found(archived_text(&a))),
+        Ok(None) => status::not_found("case", case_id),
+        Err(e) => status::read_error(&e),
+    }
+}
+
+/// Where an archived case went, for a person.
+fn archived_text(a: &crate::store::ArchivedRow) -> String {
+    let day = crate::clock::to_datetime(a.archived_at).with_timezone(&crate::calendar::DEFAULT_TZ).date_naive();
+    format!(
+        "case {id} ({state}) was archived on {day} into {file}; read it with `shenguan archive show {file} {id}`",
+        id = a.id,
+        state = a.state,
+        file = a.archive
+    )
+}
+
 /// Whether a case (and its tasks) is in the caller's scope: PERMISSION_DENIED if not.
 pub(crate) fn require_case(
     shared: &Shared,
@@ -82,7 +103,7 @@ impl Intake {
         let reader = &self.shared.reader;
         let row = reader.instance(case_id).await.map_err(|e| status::read_error(&e))?;
         let Some(row) = row.filter(|r| r.workflow == CASE_WORKFLOW) else {
-            return Err(status::not_found("case", case_id));
+            return Err(case_not_found(&self.shared, case_id).await);
         };
         let tasks = tasks_of(reader.as_ref(), case_id).await?;
         if let Some(who) = who {
@@ -244,6 +265,11 @@ impl IntakeService for Intake {
             }
         };
         tracing::Span::current().record("instance", case_id.as_str());
+        // An archived case's number stays taken: its timeline is in the archive, and a second
+        // case under it would make the two indistinguishable there.
+        if let Some(a) = self.shared.reader.archived(&case_id).await.map_err(|e| status::read_error(&e))? {
+            return Err(status::told(Status::already_exists(archived_text(&a))));
+        }
         // The case number is the natural idempotency key: one case per number and region, for
         // every caller. The fingerprint is of the request as received, so a retry on a later
         // day (when "10 working days from today" would give another deadline) is the same.

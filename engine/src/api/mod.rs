@@ -15,6 +15,7 @@
 //! - [`view`]: domain → proto. [`status`]: errors → `tonic::Status`.
 
 pub mod admin;
+pub mod archive;
 pub mod calendar;
 pub mod catalog;
 pub mod engine;

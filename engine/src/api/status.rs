@@ -7,7 +7,7 @@ use crate::machine::Rejection;
 
 /// Every status a call is answered with passes here: at debug level the call's span (method,
 /// request id, instance) then shows why it failed.
-fn told(status: Status) -> Status {
+pub(crate) fn told(status: Status) -> Status {
     tracing::debug!(code = ?status.code(), message = status.message(), "answered with an error");
     status
 }

@@ -62,6 +62,10 @@ pub(crate) enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Write the cases that closed before a day (revoked, or licensed and supervised to the
+    /// end) from a running server to a compressed archive, then remove them from its database;
+    /// `archive show FILE CASE` reads one back. The statistics keep counting them.
+    Archive(Box<crate::archive::ArchiveArgs>),
     /// `serve`'s configuration file: the effective configuration, or a file checked.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -615,6 +619,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
         Command::Backup { db, out } => backup(&db, &out).await,
+        Command::Archive(args) => crate::archive::run(*args).await,
         Command::Restore { backup, db, data } => restore(&backup, &db, &data).await,
         Command::Calendar(CalendarCommand::Load { conn, file, dry_run, wait }) => {
             crate::client::calendar(&conn, crate::client::CalendarCall::Load { file, dry_run, wait }).await

@@ -5,6 +5,7 @@
 //! file), [`traces`] (logs, and spans over OTLP), [`security`] (keys, TLS, dev mode, tokens)
 //! and [`demo`] (the guided tour).
 
+mod archive;
 mod catalog;
 mod cli;
 mod client;

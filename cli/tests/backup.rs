@@ -6,8 +6,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use integration_tests::fixtures;
 use shenguan::proto::intake_service_client::IntakeServiceClient;
@@ -50,13 +48,7 @@ fn shenguan(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shenguan")).args(args).env_remove("SHENGUAN_DATABASE").output().expect("run")
 }
 
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 path")
-}
+use integration_tests::{arg as s, output_text as text};
 
 async fn ids(db: &Path) -> BTreeSet<String> {
     let url = format!("sqlite://{}?mode=ro", db.display());
@@ -100,52 +92,22 @@ async fn a_backup_under_load_holds_every_case_acknowledged_before_it_and_restore
     let client = intake(&server);
 
     // Cases accepted 16 at a time until told to stop; each id recorded once acknowledged.
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut load = tokio::task::JoinSet::new();
-    for worker in 0..16 {
-        let (mut client, acked, stopped) = (client.clone(), acked.clone(), stopped.clone());
-        load.spawn(async move {
-            let mut n = 0;
-            while !*stopped.borrow() {
-                let request = fixtures::deferral(&format!("BK-{worker:02}-{n:05}"), "2026-10-30");
-                n += 1;
-                let answer = client.accept_case(request).await.expect("accepted");
-                let id = answer.into_inner().case.expect("case").case_id;
-                acked.lock().expect("acked").push(id);
-            }
-        });
-    }
-    let wait_for = |n: usize| {
-        let acked = acked.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(60), async {
-                while acked.lock().expect("acked").len() < n {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await
-            .expect("the server keeps accepting");
-        }
-    };
-    wait_for(500).await;
+    let load = integration_tests::AcceptLoad::start(client, 16, "BK", "2026-10-30");
+    load.wait_for(500).await;
 
-    let before: BTreeSet<String> = acked.lock().expect("acked").iter().cloned().collect();
+    let before: BTreeSet<String> = load.acked().into_iter().collect();
     let backup = dir.path().join("backup.db");
     let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_shenguan"))
         .args(["backup", "--db", s(&live), "--out", s(&backup)])
         .output()
         .await
         .expect("run backup");
-    let after = acked.lock().expect("acked").len();
+    let after = load.acked().len();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("backed up "), "{}", String::from_utf8_lossy(&o.stdout));
     // The load goes on past the backup: the server was not held up by it.
-    wait_for(after + 200).await;
-    let _ = stop.send(true);
-    while let Some(done) = load.join_next().await {
-        done.expect("a load task");
-    }
+    load.wait_for(after + 200).await;
+    load.stop().await;
 
     let in_backup = ids(&backup).await;
     let missing: Vec<&String> = before.difference(&in_backup).collect();

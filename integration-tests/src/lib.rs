@@ -488,6 +488,85 @@ pub async fn scrape(addr: impl tokio::net::ToSocketAddrs) -> Result<String> {
     Ok(response)
 }
 
+/// What a command printed, stdout then stderr, for assertions and their messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// A path as a command-line argument (the tests' temporary paths are UTF-8).
+pub fn arg(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// Callers that accept cases until stopped — the load something else runs under (a backup, an
+/// archive) — each case id recorded once acknowledged. A refused call fails the test.
+pub struct AcceptLoad {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    count: tokio::sync::watch::Receiver<usize>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl AcceptLoad {
+    /// `workers` callers on `client`, cases `PREFIX-WORKER-N` (deferral cases due `deadline`).
+    pub fn start(
+        client: shenguan::proto::intake_service_client::IntakeServiceClient<Authed>,
+        workers: usize,
+        prefix: &str,
+        deadline: &str,
+    ) -> AcceptLoad {
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counted, count) = tokio::sync::watch::channel(0);
+        let counted = std::sync::Arc::new(counted);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..workers {
+            let (mut client, acked, counted, stopped) =
+                (client.clone(), acked.clone(), counted.clone(), stopped.clone());
+            let (prefix, deadline) = (prefix.to_owned(), deadline.to_owned());
+            tasks.spawn(async move {
+                let mut n = 0;
+                while !*stopped.borrow() {
+                    let request = fixtures::deferral(&format!("{prefix}-{worker:02}-{n:05}"), &deadline);
+                    n += 1;
+                    let answer = client.accept_case(request).await.expect("accepted under load");
+                    let id = answer.into_inner().case.expect("case").case_id;
+                    let len = {
+                        let mut acked = acked.lock().expect("acked");
+                        acked.push(id);
+                        acked.len()
+                    };
+                    counted.send_replace(len);
+                }
+            });
+        }
+        AcceptLoad { acked, count, stop, tasks }
+    }
+
+    /// Waits until `n` cases have been acknowledged in all (a minute at most).
+    pub async fn wait_for(&self, n: usize) {
+        let mut count = self.count.clone();
+        tokio::time::timeout(std::time::Duration::from_secs(60), count.wait_for(|c| *c >= n))
+            .await
+            .expect("the server keeps accepting")
+            .expect("the callers are running");
+    }
+
+    /// The ids acknowledged so far, in the order acknowledged.
+    pub fn acked(&self) -> Vec<String> {
+        self.acked.lock().expect("acked").clone()
+    }
+
+    /// Stops the callers once their calls in flight are answered; the ids acknowledged.
+    pub async fn stop(mut self) -> Vec<String> {
+        let _ = self.stop.send(true);
+        while let Some(done) = self.tasks.join_next().await {
+            done.expect("a caller");
+        }
+        self.acked()
+    }
+}
+
 /// Requests the suites share.
 pub mod fixtures {
     use shenguan::proto::{applicant, AcceptCaseRequest, Applicant, Route, Scenario, Supervisor};

@@ -15,6 +15,10 @@
 //! intake is measured alone, then a 2027 notice is loaded and intake is measured again while
 //! the N deadlines are re-planned; it reports how long the re-plan took and the intake ratio.
 //!
+//! `--archive N` measures the data lifecycle: N closed cases (revoked; one in ten licensed
+//! first) written on a sandbox clock, two years on intake measured alone, then while the N are
+//! exported and removed as `shenguan archive` does; it reports both rates and the intake ratio.
+//!
 //! `--w12 [--secure]` runs only W1 and W2 (and the transport floor), on a fresh server, and
 //! prints one JSON line: with `--secure` every call crosses TLS (rustls) and carries an ES256
 //! bearer token the server verifies, as in production; without, plain HTTP/2 and no identity.
@@ -142,6 +146,9 @@ struct Cli {
     /// What an unauthenticated party can cost others: forged tokens and metrics scrapes.
     #[arg(long, group = "mode")]
     abuse: bool,
+    /// Data lifecycle: N closed cases archived (exported, then removed) under full intake.
+    #[arg(long, value_name = "N", group = "mode")]
+    archive: Option<usize>,
 
     /// Cases (W1, --w12, --delivery, --postgres, --json-intake). [default: 5000; --postgres
     /// 20000; --delivery 10000]
@@ -199,6 +206,10 @@ enum Serve {
         /// An outbound destinations file.
         #[arg(long, value_name = "FILE")]
         outbound: Option<PathBuf>,
+        /// Sandbox mode: the engine's clock starts at this instant (RFC 3339) and AdvanceClock
+        /// moves it.
+        #[arg(long, value_name = "INSTANT")]
+        virtual_clock: Option<String>,
     },
     /// One node on PostgreSQL at URL, named NODE.
     #[command(name = "serve-pg", hide = true)]
@@ -678,14 +689,20 @@ async fn commit_stats(addr: &str) -> Result<(f64, f64)> {
     Ok((value("shenguan_commit_batch_size_sum ") / commits, value("shenguan_commit_seconds_sum ") * 1000.0 / commits))
 }
 
-async fn serve(db: &Path, secure: Option<&Path>, outbound: Option<PathBuf>) -> Result<()> {
+async fn serve(db: &Path, secure: Option<&Path>, outbound: Option<PathBuf>, clock: Option<&str>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
+    let clock = match clock {
+        Some(t) => {
+            Some(shenguan::clock::VirtualClock::new(chrono::DateTime::parse_from_rfc3339(t)?.timestamp_millis()))
+        }
+        None => None,
+    };
     let mut options = shenguan::server::Options::new(
         shenguan::engine::Config::new(db),
         Arc::new(shenguan::definition::Registry::embedded()?),
         shenguan::calendar::Calendars::embedded()?,
-        None,
+        clock,
     );
     if let Some(path) = outbound {
         options.outbound = shenguan::outbound::Config::load(&path)?;
@@ -816,6 +833,38 @@ async fn intake_until(
     Ok(Phase { name: prefix, ops, wall: started.elapsed(), latencies })
 }
 
+/// Intake alone against intake beside something else (`what`): rates, medians, p99s, ratio.
+fn beside(alone: &Phase, what: &str, during: &Phase) -> String {
+    format!(
+        "intake alone {:.0}/s (p50 {:.1} ms, p99 {:.1} ms); {what} {:.0}/s (p50 {:.1} ms, p99 {:.1} ms): ratio {:.2}",
+        alone.rate(),
+        alone.pct(0.5),
+        alone.pct(0.99),
+        during.rate(),
+        during.pct(0.5),
+        during.pct(0.99),
+        during.rate() / alone.rate()
+    )
+}
+
+/// [`intake_until`] for `wall` (in rounds of 2,000 starts: the last one finishes).
+async fn intake_for(
+    clients: &[EngineServiceClient<Ch>],
+    prefix: &'static str,
+    concurrency: usize,
+    wall: Duration,
+) -> Result<Phase> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(wall).await;
+        flag.store(true, Ordering::Relaxed);
+    });
+    let phase = intake_until(clients, prefix, concurrency, stop).await?;
+    stopper.await?;
+    Ok(phase)
+}
+
 /// `--replan N`: the re-plan rate with N pending working-day timers, and intake meanwhile.
 async fn replan(args: &Args) -> Result<()> {
     use shenguan::proto::admin_service_client::AdminServiceClient;
@@ -839,14 +888,7 @@ async fn replan(args: &Args) -> Result<()> {
     let moved_alone = count_at(&db, due("2027-01-04T23:59:59.999+08:00")?).await?;
 
     // 2. Intake alone, as the base.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(15)).await;
-        flag.store(true, Ordering::Relaxed);
-    });
-    let alone = intake_until(&clients, "base", c, stop).await?;
-    stopper.await?;
+    let alone = intake_for(&clients, "base", c, Duration::from_secs(15)).await?;
 
     // 3. An amended notice (no make-up Saturday) moves every deadline back, under full intake.
     let amended = NOTICE_2027.replace("{ date = 2027-01-02, for = \"元旦\" },\n", "");
@@ -869,16 +911,7 @@ async fn replan(args: &Args) -> Result<()> {
         busy_replanned / busy_took.as_secs_f64(),
         args.replan
     );
-    println!(
-        "intake alone {:.0}/s (p50 {:.1} ms, p99 {:.1} ms); during the re-plan {:.0}/s (p50 {:.1} ms, p99 {:.1} ms): ratio {:.2}",
-        alone.rate(),
-        alone.pct(0.5),
-        alone.pct(0.99),
-        during.rate(),
-        during.pct(0.5),
-        during.pct(0.99),
-        during.rate() / alone.rate()
-    );
+    println!("{}", beside(&alone, "during the re-plan", &during));
     ensure!(moved_alone as usize == args.replan, "{moved_alone} of {} deadlines moved", args.replan);
     ensure!(moved_back as usize == args.replan, "{moved_back} of {} deadlines moved back", args.replan);
     Ok(())
@@ -944,6 +977,122 @@ async fn load_and_time_during(
     Ok((answered, took, replanned, intake?))
 }
 
+/// `--archive N`: N cases accepted and revoked on 4 March 2024 (one in ten licensed first, so
+/// with a supervision task) on a sandbox server; two years on, intake is measured alone, then
+/// while the N cases are archived as `shenguan archive` does it — every page exported, then
+/// removed 200 cases a call (the server removes 20 per writer transaction).
+async fn archive(n: usize, concurrency: usize) -> Result<()> {
+    use integration_tests::fixtures;
+    use shenguan::proto::admin_service_client::AdminServiceClient;
+    use shenguan::proto::intake_service_client::IntakeServiceClient;
+    use shenguan::proto::{Route, Scenario};
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("archive.db");
+    let (mut server, _) =
+        spawn_server_with(&db, &["--virtual-clock".as_ref(), "2024-03-04T10:00:00+08:00".as_ref()]).await?;
+    let channel = connect(&server.addr).await?;
+    let intake = IntakeServiceClient::new(channel.clone());
+    // The sandbox clock stands still unless moved: a minute every 50 ms spreads the cases (and
+    // their request ids) over the day as real traffic would, instead of one millisecond.
+    let ticking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let ticker = {
+        let (mut admin, ticking) = (AdminServiceClient::new(channel.clone()), ticking.clone());
+        tokio::spawn(async move {
+            while ticking.load(Ordering::Relaxed) {
+                let minute = shenguan::proto::AdvanceClockRequest { to: String::new(), by_millis: 60_000 };
+                admin.advance_clock(minute).await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let written = drive("closed cases", n, concurrency, move |i| {
+        let mut intake = intake.clone();
+        async move {
+            let request = fixtures::accept(&format!("ARC-{i:08}"), Route::Normal, Scenario::Unspecified);
+            let id = intake.accept_case(request).await?.into_inner().case.context("a case")?.case_id;
+            if i % 10 == 0 {
+                let licence = shenguan::proto::CompleteApprovalRequest {
+                    case_id: id.clone(),
+                    license_no: format!("JY{i:014}"),
+                    approval_opinion: "同意".into(),
+                    document_refs: vec![],
+                };
+                intake.complete_approval(licence).await?;
+            }
+            let revoke = shenguan::proto::RevokeApprovalRequest {
+                case_id: id,
+                reason: "申请人以欺骗手段取得许可".into(),
+                basis: "《行政许可法》第六十九条".into(),
+            };
+            intake.revoke_approval(revoke).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    ticking.store(false, Ordering::Relaxed);
+    ticker.await??;
+    let mut admin = AdminServiceClient::new(channel);
+    let two_years = shenguan::proto::AdvanceClockRequest { to: "2026-03-04T10:00:00+08:00".into(), by_millis: 0 };
+    admin.advance_clock(two_years).await?;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(EngineServiceClient::new(connect(&server.addr).await?));
+    }
+
+    // Intake alone, as the base.
+    let alone = intake_for(&clients, "base", concurrency, Duration::from_secs(15)).await?;
+
+    // Intake while the cases are archived.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let during = intake_until(&clients, "during", concurrency, done.clone());
+    let run = async {
+        let started = Instant::now();
+        let (mut cases, mut bytes, mut after) = (Vec::new(), 0usize, String::new());
+        loop {
+            let request =
+                shenguan::proto::ExportArchiveRequest { before: "2025-01-01".into(), after: after.clone(), limit: 200 };
+            let page = admin.export_archive(request).await?.into_inner();
+            ensure!(page.held_back.is_empty(), "held back: {:?}", page.held_back.first());
+            for c in page.cases {
+                bytes += c.record.len();
+                cases.push(shenguan::proto::RemovableCase { case_id: c.case_id, instances: c.instances });
+            }
+            if page.next.is_empty() {
+                break;
+            }
+            after = page.next;
+        }
+        let exported = started.elapsed();
+        let mut removed = 0;
+        for chunk in cases.chunks(200) {
+            let request = shenguan::proto::RemoveArchivedRequest {
+                archive: "load.jsonl.gz".into(),
+                before: "2025-01-01".into(),
+                cases: chunk.to_vec(),
+            };
+            removed += admin.remove_archived(request).await?.into_inner().removed as usize;
+        }
+        done.store(true, Ordering::Relaxed);
+        Ok::<_, anyhow::Error>((cases.len(), bytes, exported, started.elapsed() - exported, removed))
+    };
+    let (during, run) = tokio::join!(during, run);
+    let (during, (exported_n, bytes, export_took, remove_took, removed)) = (during?, run?);
+    server.child.kill().await?;
+    println!("{} closed cases written in {:.1} s", n, written.wall.as_secs_f64());
+    println!(
+        "exported {exported_n} cases ({:.1} MiB of JSON) in {:.1} s ({:.0}/s); removed {removed} in {:.1} s ({:.0}/s)",
+        bytes as f64 / (1 << 20) as f64,
+        export_took.as_secs_f64(),
+        exported_n as f64 / export_took.as_secs_f64(),
+        remove_took.as_secs_f64(),
+        removed as f64 / remove_took.as_secs_f64()
+    );
+    println!("{}", beside(&alone, "while archiving", &during));
+    ensure!(exported_n == n && removed == n, "{exported_n} exported and {removed} removed of {n}");
+    Ok(())
+}
+
 /// The same allocator as the `shenguan` binary, so the server measured is the server shipped.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -952,8 +1101,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> Result<()> {
     let cli = <Cli as clap::Parser>::parse();
     match &cli.serve {
-        Some(Serve::Serve { db, secure, outbound }) => {
-            return serve(db, secure.as_deref(), outbound.clone()).await;
+        Some(Serve::Serve { db, secure, outbound, virtual_clock }) => {
+            return serve(db, secure.as_deref(), outbound.clone(), virtual_clock.as_deref()).await;
         }
         Some(Serve::ServePg { url, node }) => return serve_pg(url, node).await,
         None => {}
@@ -981,6 +1130,9 @@ async fn main() -> Result<()> {
     if cli.abuse {
         let prefill = if cli.prefill == 0 { 200_000 } else { cli.prefill };
         return abuse(prefill, Duration::from_secs(cli.secs)).await;
+    }
+    if let Some(n) = cli.archive {
+        return archive(n, count(cli.concurrency, 64)).await;
     }
     if cli.w12 {
         return w12(count(cli.cases, 5_000), cli.secure).await;

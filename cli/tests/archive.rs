@@ -360,3 +360,40 @@ async fn closed_cases_are_archived_on_postgresql_and_the_database_verifies_clean
     let o = shenguan(&["admin", "verify", "--db", &url]);
     assert!(o.status.success() && text(&o).contains("0 divergent"), "{}", text(&o));
 }
+
+/// An archive onto a full disk fails, leaves no file (not even the partial one) and removes
+/// nothing; with room, the same run archives every closed case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_onto_a_full_disk_fails_whole_and_removes_nothing() {
+    let fs = match integration_tests::Tmpfs::mount(4) {
+        Ok(fs) => fs,
+        // CI runs as root and must run this; elsewhere say why it did not.
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: {e:#}");
+            return;
+        }
+        Err(e) => panic!("{e:#}"),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("live.db");
+    let server = Server::start(&db);
+    let (revoked, _) = old_cases(&server).await;
+    server
+        .admin()
+        .advance_clock(AdvanceClockRequest { to: "2026-03-04T10:00:00+08:00".into(), ..Default::default() })
+        .await
+        .expect("two years on");
+    let (before_rows, _) = rows(&db).await;
+    let target = fs.path().join("full.jsonl.gz");
+    let o = server.cli(&["archive", "--before", "2025-01-01", "--out", s(&target)]).await;
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("No space left on device"), "the error says the disk is full: {}", text(&o));
+    let left: Vec<_> = std::fs::read_dir(fs.path()).expect("dir").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left on the full disk: {left:?}");
+    assert_eq!(rows(&db).await, (before_rows, BTreeSet::new()), "nothing removed");
+
+    let room = dir.path().join("room.jsonl.gz");
+    let o = server.cli(&["archive", "--before", "2025-01-01", "--out", s(&room)]).await;
+    assert!(o.status.success() && text(&o).contains("30 cases removed"), "{}", text(&o));
+    assert_eq!(rows(&db).await.1, revoked);
+}

@@ -215,18 +215,19 @@ pub enum Examined {
     Ready(Box<Ready>),
 }
 
-/// Whether the case `id` can be archived as closed before `before`, read whole if so.
+/// Whether the case `id` can be archived as closed before `before`, read whole if so;
+/// `consumers` are the stream's, read once for every case a call examines.
 pub async fn examine_id(
     reader: &dyn ReadStore,
     registry: &Registry,
+    consumers: &[StoredConsumer],
     before: Millis,
     id: &str,
 ) -> Result<Examined, Error> {
     let Some(case) = reader.instance(id).await?.filter(|r| r.workflow == crate::domain::CASE_WORKFLOW) else {
         return Ok(Examined::Open);
     };
-    let consumers = reader.consumers().await?;
-    examine(reader, registry, &consumers, before, case).await
+    examine(reader, registry, consumers, before, case).await
 }
 
 async fn examine(

@@ -396,6 +396,20 @@ impl Tmpfs {
         Ok(Tmpfs { dir })
     }
 
+    /// [`mount`](Self::mount) for a test that needs the right to mount: `None` (the reason
+    /// printed, with `also`) where it cannot mount; under CI, which runs as root and must run
+    /// every such test, a failure to mount panics.
+    pub fn mount_or_skip(kib: u64, also: &str) -> Option<Tmpfs> {
+        match Tmpfs::mount(kib) {
+            Ok(fs) => Some(fs),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipped: {e:#}{also}");
+                None
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
     /// Where it is mounted.
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -94,17 +94,20 @@ pub(crate) async fn remove(
     // Each case is examined again as it is now: only what is still closed and settled is
     // removed, whatever the caller sends; the writer then requires the versions archived.
     let mut removals = Vec::new();
+    let read = |e: crate::store::Error| status::read_error(&e);
+    let consumers = shared.reader.consumers().await.map_err(read)?;
     for (i, case) in r.cases.iter().enumerate() {
         let field = format!("cases[{i}]");
         if case.instances.is_empty() || case.instances.len() > 10_000 {
             return Err(invalid(&field, "name the case and its tasks, each with its history length"));
         }
-        if case.instances.iter().any(|n| n.id != case.case_id && !n.id.starts_with(&format!("{}/", case.case_id))) {
+        let tasks = format!("{}/", case.case_id);
+        if case.instances.iter().any(|n| n.id != case.case_id && !n.id.starts_with(&tasks)) {
             return Err(invalid(&field, "an instance that is neither the case nor one of its tasks"));
         }
-        match archive::examine_id(shared.reader.as_ref(), shared.registry(), before, &case.case_id)
+        match archive::examine_id(shared.reader.as_ref(), shared.registry(), &consumers, before, &case.case_id)
             .await
-            .map_err(|e| status::read_error(&e))?
+            .map_err(read)?
         {
             Examined::Ready(ready) => {
                 let mut removal = ready.removal;

@@ -253,13 +253,10 @@ pub(super) async fn relink_case(
 ) -> Result<Response<proto::CaseReply>, Status> {
     let who = authorize(shared, &request, Right::ManageCatalogs)?;
     let case_id = super::intake::scoped_case_id(shared, &who, "case_id", &request.get_ref().case_id)?;
-    let row = shared
-        .reader
-        .instance(&case_id)
-        .await
-        .map_err(|e| status::read_error(&e))?
-        .filter(|r| r.workflow == CASE_WORKFLOW)
-        .ok_or_else(|| status::not_found("case", &case_id))?;
+    let row = shared.reader.instance(&case_id).await.map_err(|e| status::read_error(&e))?;
+    let Some(row) = row.filter(|r| r.workflow == CASE_WORKFLOW) else {
+        return Err(super::intake::case_not_found(shared, &case_id).await);
+    };
     let catalogs = shared.context().catalogs.current();
     let handling = view::var(&row, "handling_item");
     let supervisors = domain::case::linked_supervisors(&catalogs, &handling);

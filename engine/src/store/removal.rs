@@ -48,9 +48,10 @@ pub(crate) const COUNTS: &str = "SELECT side, region, department, office, figure
 macro_rules! remove_in {
     ($tx:expr, $cases:expr, $archive:expr, $at:expr, $lock:expr) => {{
         let mut out = $crate::store::Removed::default();
+        let stored_sql = format!("{}{}", $crate::store::removal::STORED, $lock);
         for case in $cases {
             let prefix = format!("{}/", case.case);
-            let stored: Vec<(String, i64)> = sqlx::query_as(&format!("{}{}", $crate::store::removal::STORED, $lock))
+            let stored: Vec<(String, i64)> = sqlx::query_as(&stored_sql)
                 .bind(&case.case)
                 .bind(&prefix)
                 .bind(format!("{prefix}\u{10FFFF}"))

@@ -30,6 +30,42 @@ fn embed(out: &Path, file: &str, items: &[(&str, Vec<PathBuf>)]) {
     std::fs::write(out.join(file), code).expect("write embedded list");
 }
 
+/// The migrations of one backend as `(version, description, include_str!(file))`, named and
+/// ordered as sqlx's `migrate!` (and `Migrator::new` on the directory) names and orders them:
+/// `NNNN_some_words.sql` is version NNNN, description "some words". Built here rather than by
+/// `migrate!` so that the build does not compile sqlx's drivers a second time for its proc-macro
+/// (BENCHMARKS.md, "Build and CI times"); a test checks the two agree.
+fn embed_migrations(out: &Path, root: &Path) {
+    let mut code = String::new();
+    for (name, dir) in [("SQLITE_MIGRATIONS", "sqlite"), ("POSTGRES_MIGRATIONS", "postgres")] {
+        let dir = root.join("migrations").join(dir);
+        let mut found: Vec<(i64, String, PathBuf)> = std::fs::read_dir(&dir)
+            .expect("migrations directory")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .filter_map(|p| {
+                let file = p.file_name()?.to_str()?.to_owned();
+                let (version, rest) = file.split_once('_')?;
+                let description = rest.strip_suffix(".sql")?;
+                assert!(
+                    !description.ends_with(".up") && !description.ends_with(".down"),
+                    "{file}: reversible migrations are not embedded"
+                );
+                let version: i64 = version.parse().unwrap_or_else(|_| panic!("{file}: no integer version"));
+                Some((version, description.replace('_', " "), p))
+            })
+            .collect();
+        found.sort_by_key(|(version, ..)| *version);
+        let _ = writeln!(code, "/// Embedded (version, description, SQL) triples, by version.\npub(crate) const {name}: &[(i64, &str, &str)] = &[");
+        for (version, description, path) in found {
+            let abs = path.canonicalize().expect("migration path");
+            let _ = writeln!(code, "    ({version}, {description:?}, include_str!({:?})),", abs.display().to_string());
+        }
+        code.push_str("];\n");
+    }
+    std::fs::write(out.join("embedded_migrations.rs"), code).expect("write embedded migrations");
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
@@ -45,10 +81,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     embed(&out, "embedded_calendars.rs", &[("YEARS", years), ("REGIONS", toml_files(&calendars.join("regions")))]);
     embed(&out, "embedded_workflows.rs", &[("WORKFLOWS", toml_files(&root.join("workflows")))]);
+    embed_migrations(&out, &root);
     println!("cargo:rerun-if-changed={}", calendars.display());
     println!("cargo:rerun-if-changed={}", calendars.join("regions").display());
     println!("cargo:rerun-if-changed={}", root.join("workflows").display());
     println!("cargo:rerun-if-changed={}", root.join("migrations").display());
+    println!("cargo:rerun-if-changed={}", root.join("migrations/sqlite").display());
+    println!("cargo:rerun-if-changed={}", root.join("migrations/postgres").display());
     println!("cargo:rerun-if-changed={}", root.join("proto").display());
 
     // protoc comes from the build, so a fresh machine needs nothing installed by hand.

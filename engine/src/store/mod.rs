@@ -852,6 +852,29 @@ impl Table {
     }
 }
 
+include!(concat!(env!("OUT_DIR"), "/embedded_migrations.rs"));
+
+/// A migrator over migrations embedded by the build (`build.rs`): what sqlx's `migrate!` would
+/// build from the same directory, checksums included, so databases migrated by earlier builds
+/// (which used the macro) open unchanged.
+pub(crate) fn embedded_migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use std::borrow::Cow;
+    let migrations = migrations
+        .iter()
+        .map(|&(version, description, sql)| {
+            sqlx::migrate::Migration::new(
+                version,
+                Cow::Borrowed(description),
+                sqlx::migrate::MigrationType::Simple,
+                Cow::Borrowed(sql),
+                // sqlx's own rule for a migration that must run outside a transaction.
+                sql.starts_with("-- no-transaction"),
+            )
+        })
+        .collect::<Vec<_>>();
+    sqlx::migrate::Migrator { migrations: Cow::Owned(migrations), ..sqlx::migrate::Migrator::DEFAULT }
+}
+
 /// Refuses a database whose schema has migrations this build does not know: it was migrated by
 /// a newer shenguan, and this one would misread it. `applied` are the versions recorded in the
 /// database.
@@ -945,6 +968,24 @@ mod tests {
 
     async fn memory() -> sqlx::SqliteConnection {
         sqlx::sqlite::SqliteConnectOptions::new().in_memory(true).connect().await.expect("in-memory SQLite")
+    }
+
+    /// The embedded migrations are what sqlx reads from the directory — same versions,
+    /// descriptions, kinds and checksums — so a database migrated by a build that embedded them
+    /// with `migrate!` is recognised, and a migration file added later is embedded.
+    #[tokio::test]
+    async fn the_embedded_migrations_are_the_directorys() {
+        for (dir, embedded) in [("sqlite", &*super::sqlite::MIGRATOR), ("postgres", &*super::postgres::MIGRATOR)] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(dir);
+            let read = sqlx::migrate::Migrator::new(path).await.expect("read the migrations directory");
+            let shape = |m: &sqlx::migrate::Migrator| {
+                m.iter()
+                    .map(|m| (m.version, m.description.to_string(), m.migration_type, m.checksum.to_vec(), m.no_tx))
+                    .collect::<Vec<_>>()
+            };
+            assert!(embedded.iter().count() >= 7, "{dir}: migrations embedded");
+            assert_eq!(shape(embedded), shape(&read), "{dir}");
+        }
     }
 
     #[tokio::test]

@@ -46,7 +46,8 @@ use crate::clock::Millis;
 use crate::machine::HistoryEntry;
 
 /// Migrations of the PostgreSQL schema, embedded at build time.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| super::embedded_migrator(super::POSTGRES_MIGRATIONS));
 
 /// The channel `pg_notify` uses; the payload says what changed (see [`Notice`]).
 pub const CHANNEL: &str = "shenguan";

@@ -31,7 +31,8 @@ pub(crate) const HISTORY_COLUMNS: &str =
     "seq, at, actor, request_id, command, from_state, to_state, armed, cancelled, messages, handled, calendar";
 
 /// Migrations of the SQLite schema, embedded at build time.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| super::embedded_migrator(super::SQLITE_MIGRATIONS));
 
 /// SQLite allows 32,766 bound parameters per statement: a statement carries as many rows as
 /// fit, because every statement is a hop to sqlx's SQLite worker thread.

@@ -3,12 +3,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-fn toml_files(dir: &Path) -> Vec<PathBuf> {
+/// The files in `dir` whose names end in `.ext`, sorted; none if `dir` is missing.
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+                .filter(|p| p.extension().is_some_and(|e| e == ext) && p.is_file())
                 .collect()
         })
         .unwrap_or_default();
@@ -39,10 +40,8 @@ fn embed_migrations(out: &Path, root: &Path) {
     let mut code = String::new();
     for (name, dir) in [("SQLITE_MIGRATIONS", "sqlite"), ("POSTGRES_MIGRATIONS", "postgres")] {
         let dir = root.join("migrations").join(dir);
-        let mut found: Vec<(i64, String, PathBuf)> = std::fs::read_dir(&dir)
-            .expect("migrations directory")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
+        let mut found: Vec<(i64, String, PathBuf)> = files(&dir, "sql")
+            .into_iter()
             .filter_map(|p| {
                 let file = p.file_name()?.to_str()?.to_owned();
                 let (version, rest) = file.split_once('_')?;
@@ -55,6 +54,7 @@ fn embed_migrations(out: &Path, root: &Path) {
                 Some((version, description.replace('_', " "), p))
             })
             .collect();
+        assert!(!found.is_empty(), "no migrations in {}", dir.display());
         found.sort_by_key(|(version, ..)| *version);
         let _ = writeln!(code, "/// Embedded (version, description, SQL) triples, by version.\npub(crate) const {name}: &[(i64, &str, &str)] = &[");
         for (version, description, path) in found {
@@ -71,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let calendars = root.join("ops/calendars");
-    let years: Vec<PathBuf> = toml_files(&calendars)
+    let years: Vec<PathBuf> = files(&calendars, "toml")
         .into_iter()
         .filter(|p| {
             p.file_stem()
@@ -79,8 +79,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .is_some_and(|s| s.len() == 4 && s.bytes().all(|b| b.is_ascii_digit()))
         })
         .collect();
-    embed(&out, "embedded_calendars.rs", &[("YEARS", years), ("REGIONS", toml_files(&calendars.join("regions")))]);
-    embed(&out, "embedded_workflows.rs", &[("WORKFLOWS", toml_files(&root.join("workflows")))]);
+    embed(&out, "embedded_calendars.rs", &[("YEARS", years), ("REGIONS", files(&calendars.join("regions"), "toml"))]);
+    embed(&out, "embedded_workflows.rs", &[("WORKFLOWS", files(&root.join("workflows"), "toml"))]);
     embed_migrations(&out, &root);
     println!("cargo:rerun-if-changed={}", calendars.display());
     println!("cargo:rerun-if-changed={}", calendars.join("regions").display());

@@ -136,11 +136,22 @@ pub fn default_node_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// An engine starting: see [`Engine::start`].
+pub type Starting = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Engine, Error>> + Send>>;
+
 impl Engine {
     /// Opens the database and starts the writer and the timer service (and, on PostgreSQL, the
     /// lease keeper and the notification listener: the node takes its share of the shards
     /// before it loads any timer).
-    pub async fn start(config: Config, context: Context) -> Result<Engine, Error> {
+    ///
+    /// Boxed, as [`crate::server::run`] is and for the same reason: the engine is compiled here,
+    /// not again in each test binary that starts one.
+    #[inline(never)]
+    pub fn start(config: Config, context: Context) -> Starting {
+        Box::pin(Self::open(config, context))
+    }
+
+    async fn open(config: Config, context: Context) -> Result<Engine, Error> {
         // A new database starts with the calendars the engine was given; an existing one keeps
         // what it holds.
         let seed = context.calendars.current().files().to_vec();

@@ -30,6 +30,7 @@ pub mod net;
 pub mod pki;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -322,12 +323,30 @@ async fn warn_daily(shared: Arc<Shared>) {
     }
 }
 
+/// The server, running: a boxed future, so that what it runs is compiled in this crate.
+pub type Serving = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
 /// Starts the engine and serves gRPC on `listener` until `shutdown` completes; then stops the
 /// engine. Everything acknowledged before is durable.
-pub async fn run(
+///
+/// Only the boxing of `shutdown` is generic. An `async fn`'s body is compiled in the crate that
+/// awaits it, so a generic or `async` entry point here compiled the whole server (the engine,
+/// both stores, the writer, every service) again in each binary that started it: the CLI, the
+/// load generator and every test binary (BENCHMARKS.md, "Build and CI times").
+pub fn run(options: Options, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Serving {
+    serve(options, listener, Box::pin(shutdown))
+}
+
+/// [`run`]'s one instance: coercing [`serve_until`]'s future to `dyn Future` here compiles it here.
+#[inline(never)]
+fn serve(options: Options, listener: TcpListener, shutdown: Pin<Box<dyn Future<Output = ()> + Send>>) -> Serving {
+    Box::pin(serve_until(options, listener, shutdown))
+}
+
+async fn serve_until(
     options: Options,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<(), Error> {
     let database = options.engine.database.clone();
     // A destination's files are checked before the database is touched.

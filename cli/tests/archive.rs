@@ -197,6 +197,7 @@ async fn closed_cases_are_archived_under_load_and_nothing_else_is_touched() {
     let again = fixtures::accept(&number, Route::Normal, Scenario::Unspecified);
     let e = server.intake().accept_case(again).await.expect_err("an archived number");
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{}", e.message());
+    assert!(e.message().contains("archived") && e.message().contains("2024.jsonl.gz"), "{}", e.message());
 
     // The archive reads back: the list, one licensed-then-revoked case with its task.
     let o = shenguan(&["archive", "show", s(&archive)]);

@@ -43,21 +43,10 @@ pub(crate) fn scoped_case_id(shared: &Shared, who: &Authorized, field: &str, id:
 /// archived (NOT_FOUND either way).
 pub(crate) async fn case_not_found(shared: &Shared, case_id: &str) -> Status {
     match shared.reader.archived(case_id).await {
-        Ok(Some(a)) => status::told(Status::not_found(archived_text(&a))),
+        Ok(Some(a)) => status::told(Status::not_found(status::archived_text(&a))),
         Ok(None) => status::not_found("case", case_id),
         Err(e) => status::read_error(&e),
     }
-}
-
-/// Where an archived case went, for a person.
-fn archived_text(a: &crate::store::ArchivedRow) -> String {
-    let day = crate::clock::to_datetime(a.archived_at).with_timezone(&crate::calendar::DEFAULT_TZ).date_naive();
-    format!(
-        "case {id} ({state}) was archived on {day} into {file}; read it with `shenguan archive show {file} {id}`",
-        id = a.id,
-        state = a.state,
-        file = a.archive
-    )
 }
 
 /// Whether a case (and its tasks) is in the caller's scope: PERMISSION_DENIED if not.
@@ -265,11 +254,8 @@ impl IntakeService for Intake {
             }
         };
         tracing::Span::current().record("instance", case_id.as_str());
-        // An archived case's number stays taken: its timeline is in the archive, and a second
-        // case under it would make the two indistinguishable there.
-        if let Some(a) = self.shared.reader.archived(&case_id).await.map_err(|e| status::read_error(&e))? {
-            return Err(status::told(Status::already_exists(archived_text(&a))));
-        }
+        // An archived case's number stays taken: the writer refuses the start, in the batch
+        // that would commit it (`WriteError::Archived`).
         // The case number is the natural idempotency key: one case per number and region, for
         // every caller. The fingerprint is of the request as received, so a retry on a later
         // day (when "10 working days from today" would give another deadline) is the same.

@@ -49,10 +49,23 @@ fn refusal_status(r: &crate::domain::Refusal) -> Status {
     }
 }
 
+/// Where an archived case went, for a person.
+pub(crate) fn archived_text(a: &crate::store::ArchivedRow) -> String {
+    let day = crate::clock::to_datetime(a.archived_at).with_timezone(&crate::calendar::DEFAULT_TZ).date_naive();
+    format!(
+        "case {id} ({state}) was archived on {day} into {file}; read it with `shenguan archive show {file} {id}`",
+        id = a.id,
+        state = a.state,
+        file = a.archive
+    )
+}
+
 /// The status for a write that failed, for an instance of kind `what` ("case", "task").
 fn write_error_status(what: &str, id: &str, error: &WriteError) -> Status {
     match error {
         WriteError::Rejected(r) => rejection(what, id, r),
+        // Its number stays taken: the timeline is in the archive.
+        WriteError::Archived(a) => Status::already_exists(archived_text(a)),
         WriteError::KeyReused { .. } => {
             Status::already_exists(format!("{what} {id} was already submitted with different content"))
         }

@@ -615,6 +615,12 @@ pub trait Store: Send + 'static {
         &mut self,
         ids: &[&str],
     ) -> impl Future<Output = Result<HashMap<String, InstanceRow>, Error>> + Send;
+    /// The archived cases among `ids` ([`remove_archived`](Self::remove_archived) recorded
+    /// them): their numbers stay taken.
+    fn load_archived(
+        &mut self,
+        ids: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, ArchivedRow>, Error>> + Send;
     /// Stored idempotency keys among `keys`.
     fn load_idempotency(
         &mut self,

@@ -845,6 +845,14 @@ impl Store for PgStore {
         rows.iter().map(|r| row::instance(r).map(|i| (i.id.clone(), i))).collect()
     }
 
+    async fn load_archived(&mut self, ids: &[&str]) -> Result<HashMap<String, super::ArchivedRow>, Error> {
+        let rows = sqlx::query(&format!("SELECT {} FROM archived WHERE id = ANY($1::text[])", row::ARCHIVED_COLUMNS))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| row::archived(r).map(|a| (a.id.clone(), a))).collect()
+    }
+
     async fn load_idempotency(&mut self, keys: &[&str]) -> Result<HashMap<String, IdempotencyRow>, Error> {
         let rows =
             sqlx::query(&format!("SELECT {} FROM idempotency WHERE key = ANY($1::text[])", row::IDEMPOTENCY_COLUMNS))

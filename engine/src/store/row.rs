@@ -253,8 +253,16 @@ pub(crate) const SUBJECT_COLUMNS: &str =
      JOIN instances i ON i.id = s.instance_id ";
 
 /// An archived case's record, by id (`$1` on both backends).
-pub(crate) const ARCHIVED: &str =
-    "SELECT id, state, instances, created_at, closed_at, archive, archived_at FROM archived WHERE id = $1";
+macro_rules! archived_columns {
+    () => {
+        "id, state, instances, created_at, closed_at, archive, archived_at"
+    };
+}
+
+/// The columns [`archived`] decodes.
+pub(crate) const ARCHIVED_COLUMNS: &str = archived_columns!();
+
+pub(crate) const ARCHIVED: &str = concat!("SELECT ", archived_columns!(), " FROM archived WHERE id = $1");
 
 /// A row of `archived`.
 pub(crate) fn archived(r: &impl Get) -> Result<super::ArchivedRow, Error> {

@@ -326,6 +326,29 @@ mod ops {
         Ok(out)
     }
 
+    pub(super) async fn load_archived(
+        conn: &mut SqliteConnection,
+        ids: &[&str],
+    ) -> Result<HashMap<String, crate::store::ArchivedRow>, Error> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(rows_for(1)) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "SELECT {} FROM archived WHERE id IN (",
+                crate::store::row::ARCHIVED_COLUMNS
+            ));
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *conn).await? {
+                let row = crate::store::row::archived(&row)?;
+                out.insert(row.id.clone(), row);
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) async fn load_idempotency(
         conn: &mut SqliteConnection,
         keys: &[&str],
@@ -906,6 +929,11 @@ impl Store for SqliteStore {
 
     async fn load_instances(&mut self, ids: &[&str]) -> Result<HashMap<String, InstanceRow>, Error> {
         let result = ops::load_instances(self.conn().await?, ids).await;
+        self.after(result).await
+    }
+
+    async fn load_archived(&mut self, ids: &[&str]) -> Result<HashMap<String, crate::store::ArchivedRow>, Error> {
+        let result = ops::load_archived(self.conn().await?, ids).await;
         self.after(result).await
     }
 

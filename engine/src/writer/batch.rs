@@ -70,6 +70,8 @@ pub struct Builder<'a> {
     live: HashMap<String, Result<Instance, WriteError>>,
     /// Ids loaded (present or not): nothing more to read for them.
     looked_up: HashSet<String>,
+    /// Archived cases among the ids loaded and not present: a start under one is refused.
+    archived: HashMap<String, crate::store::ArchivedRow>,
     known_keys: HashMap<String, IdempotencyRow>,
     new_keys: HashMap<String, IdempotencyRow>,
     batch: Batch,
@@ -143,6 +145,7 @@ impl<'a> Builder<'a> {
             now,
             live: HashMap::new(),
             looked_up: HashSet::new(),
+            archived: HashMap::new(),
             known_keys,
             new_keys: HashMap::new(),
             batch: Batch::default(),
@@ -190,6 +193,11 @@ impl<'a> Builder<'a> {
             self.live.insert(id, decoded);
         }
         self.looked_up.extend(ids.iter().map(|id| (*id).to_owned()));
+    }
+
+    /// Records which of the ids loaded and not present are archived cases.
+    pub fn insert_archived(&mut self, archived: HashMap<String, crate::store::ArchivedRow>) {
+        self.archived.extend(archived);
     }
 
     fn decode(&self, row: InstanceRow) -> Result<Instance, WriteError> {
@@ -256,6 +264,11 @@ impl<'a> Builder<'a> {
                 None => None,
             },
         };
+        if let (None, CommandKind::Start { .. }) = (current, &command.kind) {
+            if let Some(archived) = self.archived.get(&command.instance) {
+                return Err(WriteError::Archived(Box::new(archived.clone())));
+            }
+        }
         let def = self.definition_for(command, current)?;
         Ok(decide(&def, current, command, self.now, self.calendars)?)
     }

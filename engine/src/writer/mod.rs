@@ -74,6 +74,9 @@ pub enum WriteError {
     /// a case's recorded supervisors).
     #[error("stored data is damaged: {0}")]
     DataLoss(String),
+    /// A start under the number of an archived case ([`crate::store::Store::remove_archived`]).
+    #[error("{} was archived into {}", .0.id, .0.archive)]
+    Archived(Box<crate::store::ArchivedRow>),
     /// The engine is stopping.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -889,9 +892,21 @@ impl<S: Store> Writer<S> {
                 },
             }
         }
-        let rows =
-            if missing.is_empty() { HashMap::new() } else { self.reads().await.load_instances(&missing).await? };
+        let (rows, archived) = if missing.is_empty() {
+            (HashMap::new(), HashMap::new())
+        } else {
+            let mut reads = self.reads().await;
+            let rows = reads.load_instances(&missing).await?;
+            // An archived case's number stays taken: its timeline is in the archive, and a
+            // second case under it would make the two indistinguishable there. Read here, in
+            // the batch that would start it, so no start (AcceptCase or the generic one) slips
+            // between the read and the commit: archiving removes cases between batches.
+            let absent: Vec<&str> = missing.iter().copied().filter(|id| !rows.contains_key(*id)).collect();
+            let archived = if absent.is_empty() { HashMap::new() } else { reads.load_archived(&absent).await? };
+            (rows, archived)
+        };
         builder.insert_loaded(&unseen, cached, rows);
+        builder.insert_archived(archived);
         Ok(())
     }
 

@@ -22,6 +22,8 @@ use crate::store::{
 struct Db {
     instances: HashMap<String, InstanceRow>,
     keys: HashMap<String, IdempotencyRow>,
+    /// Cases archived and removed.
+    archived: HashMap<String, crate::store::ArchivedRow>,
     /// Each committed batch's history: (instance, seq).
     committed: Vec<Vec<(String, u64)>>,
     /// Outcomes of the next commits (then `Ok`).
@@ -73,6 +75,11 @@ impl Store for Fake {
         self.read();
         let db = self.db();
         Ok(ids.iter().filter_map(|id| db.instances.get(*id).map(|r| ((*id).to_owned(), r.clone()))).collect())
+    }
+
+    async fn load_archived(&mut self, ids: &[&str]) -> Result<HashMap<String, crate::store::ArchivedRow>, StoreError> {
+        let db = self.db();
+        Ok(ids.iter().filter_map(|id| db.archived.get(*id).map(|r| ((*id).to_owned(), r.clone()))).collect())
     }
 
     async fn load_idempotency(&mut self, keys: &[&str]) -> Result<HashMap<String, IdempotencyRow>, StoreError> {
@@ -295,4 +302,32 @@ async fn a_request_repeated_while_its_first_commits_is_a_duplicate() {
     let db = fake.db();
     assert_eq!(db.committed.iter().flatten().filter(|(_, seq)| *seq == 2).count(), 1, "applied once");
     assert_eq!(db.instances["a"].seq, 2);
+}
+
+/// An archived case's number stays taken, whoever starts it: the writer refuses the start in the
+/// batch that would commit it (so no archiving slips between a check and the commit), and
+/// writes nothing; another id in the same batch starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_under_an_archived_number_is_refused_by_the_writer() {
+    let fake = Fake::new();
+    let archived = crate::store::ArchivedRow {
+        id: "a".into(),
+        state: "revoked".into(),
+        instances: 1,
+        created_at: 0,
+        closed_at: 1,
+        archive: "2024.jsonl.gz".into(),
+        archived_at: 2,
+    };
+    fake.db().archived.insert("a".into(), archived.clone());
+    let handle = writer(&fake);
+    fake.gate.add_permits(2);
+    let refused = handle.send(start("a", LATER)).await.expect("queued");
+    let other = handle.send(start("b", LATER)).await.expect("queued");
+    let refused = refused.await.expect("answered");
+    assert!(matches!(&refused, Err(WriteError::Archived(a)) if **a == archived), "{refused:?}");
+    other.await.expect("answered").expect("another number starts");
+    let db = fake.db();
+    assert!(!db.instances.contains_key("a"), "nothing written under the archived number");
+    assert!(db.instances.contains_key("b"));
 }

@@ -252,7 +252,7 @@ pub(crate) const SUBJECT_COLUMNS: &str =
     "SELECT s.code, s.instance_id, s.workflow, s.item, s.grade, s.created_at, i.state FROM subjects s \
      JOIN instances i ON i.id = s.instance_id ";
 
-/// An archived case's record, by id (`$1` on both backends).
+/// The columns [`archived`] decodes, for [`ARCHIVED_COLUMNS`] and [`ARCHIVED`] alike.
 macro_rules! archived_columns {
     () => {
         "id, state, instances, created_at, closed_at, archive, archived_at"
@@ -262,6 +262,7 @@ macro_rules! archived_columns {
 /// The columns [`archived`] decodes.
 pub(crate) const ARCHIVED_COLUMNS: &str = archived_columns!();
 
+/// An archived case's record, by id (`$1` on both backends).
 pub(crate) const ARCHIVED: &str = concat!("SELECT ", archived_columns!(), " FROM archived WHERE id = $1");
 
 /// A row of `archived`.

@@ -305,71 +305,62 @@ fn seq_i64(seq: u64) -> i64 {
 mod ops {
     use super::*;
 
+    /// The rows of `SELECT {columns} FROM {table} WHERE {key} IN (keys)`, as many keys to a
+    /// statement as fit, each decoded to (key, value).
+    async fn select_in<T>(
+        conn: &mut SqliteConnection,
+        (columns, table, key): (&str, &str, &str),
+        keys: &[&str],
+        decode: impl Fn(&sqlx::sqlite::SqliteRow) -> Result<(String, T), Error>,
+    ) -> Result<HashMap<String, T>, Error> {
+        let mut out = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(rows_for(1)) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("SELECT {columns} FROM {table} WHERE {key} IN ("));
+            let mut sep = q.separated(", ");
+            for k in chunk {
+                sep.push_bind(*k);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *conn).await? {
+                let (k, value) = decode(&row)?;
+                out.insert(k, value);
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) async fn load_instances(
         conn: &mut SqliteConnection,
         ids: &[&str],
     ) -> Result<HashMap<String, InstanceRow>, Error> {
-        let mut out = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(rows_for(1)) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id IN ("));
-            let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(*id);
-            }
-            q.push(")");
-            for row in q.build().fetch_all(&mut *conn).await? {
-                let row = crate::store::row::instance(&row)?;
-                out.insert(row.id.clone(), row);
-            }
-        }
-        Ok(out)
+        select_in(conn, (INSTANCE_COLUMNS, "instances", "id"), ids, |row| {
+            crate::store::row::instance(row).map(|r| (r.id.clone(), r))
+        })
+        .await
     }
 
     pub(super) async fn load_archived(
         conn: &mut SqliteConnection,
         ids: &[&str],
     ) -> Result<HashMap<String, crate::store::ArchivedRow>, Error> {
-        let mut out = HashMap::new();
-        for chunk in ids.chunks(rows_for(1)) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "SELECT {} FROM archived WHERE id IN (",
-                crate::store::row::ARCHIVED_COLUMNS
-            ));
-            let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(*id);
-            }
-            q.push(")");
-            for row in q.build().fetch_all(&mut *conn).await? {
-                let row = crate::store::row::archived(&row)?;
-                out.insert(row.id.clone(), row);
-            }
-        }
-        Ok(out)
+        select_in(conn, (crate::store::row::ARCHIVED_COLUMNS, "archived", "id"), ids, |row| {
+            crate::store::row::archived(row).map(|r| (r.id.clone(), r))
+        })
+        .await
     }
 
     pub(super) async fn load_idempotency(
         conn: &mut SqliteConnection,
         keys: &[&str],
     ) -> Result<HashMap<String, IdempotencyRow>, Error> {
-        let mut out = HashMap::new();
-        for chunk in keys.chunks(rows_for(1)) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "SELECT {} FROM idempotency WHERE key IN (",
-                crate::store::row::IDEMPOTENCY_COLUMNS
-            ));
-            let mut sep = q.separated(", ");
-            for key in chunk {
-                sep.push_bind(*key);
-            }
-            q.push(")");
-            for row in q.build().fetch_all(&mut *conn).await? {
-                let (key, row) = crate::store::row::idempotency(&row)?;
-                out.insert(key, row);
-            }
-        }
-        Ok(out)
+        select_in(
+            conn,
+            (crate::store::row::IDEMPOTENCY_COLUMNS, "idempotency", "key"),
+            keys,
+            crate::store::row::idempotency,
+        )
+        .await
     }
 
     pub(super) async fn commit(conn: &mut SqliteConnection, batch: &Batch) -> Result<(), Error> {

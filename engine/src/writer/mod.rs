@@ -899,8 +899,8 @@ impl<S: Store> Writer<S> {
             let rows = reads.load_instances(&missing).await?;
             // An archived case's number stays taken: its timeline is in the archive, and a
             // second case under it would make the two indistinguishable there. Read here, in
-            // the batch that would start it, so no start (AcceptCase or the generic one) slips
-            // between the read and the commit: archiving removes cases between batches.
+            // the batch that would start it, so that no archiving slips between the read and
+            // the commit: archiving removes cases between batches.
             let absent: Vec<&str> = missing.iter().copied().filter(|id| !rows.contains_key(*id)).collect();
             let archived = if absent.is_empty() { HashMap::new() } else { reads.load_archived(&absent).await? };
             (rows, archived)
